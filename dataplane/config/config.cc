@@ -1,0 +1,186 @@
+// config.cc — see config.h.
+#include "dataplane/config/config.h"
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include "dataplane/policy/cidr.h"
+
+namespace mailseal::config {
+namespace {
+using google::protobuf::TextFormat;
+using mailseal::v1::Config;
+
+class Collector : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit Collector(std::string name) : name_(std::move(name)) {}
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (first_.empty()) first_ = StrCat(name_, ":", line + 1, ":", column + 1, ": ", message);
+  }
+  void AddWarning(int line, google::protobuf::io::ColumnNumber column,
+                  const std::string& message) override {}
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string name_;
+  std::string first_;
+};
+
+// Where a field was written, for messages; "name" alone when it was not written at all.
+std::string Where(const std::string& name, const TextFormat::ParseInfoTree& tree,
+                  const google::protobuf::Message& msg, const std::string& field, int index = -1) {
+  const auto* fd = msg.GetDescriptor()->FindFieldByName(field);
+  if (fd) {
+    auto loc = tree.GetLocation(fd, index);
+    if (loc.line >= 0) return StrCat(name, ":", loc.line + 1, ":", loc.column + 1);
+  }
+  return name;
+}
+}  // namespace
+
+bool ParseHostPort(const std::string& in, std::string* host, uint16_t* port) {
+  std::string h, p;
+  if (!in.empty() && in.front() == '[') {
+    size_t close = in.find(']');
+    if (close == std::string::npos || close + 1 >= in.size() || in[close + 1] != ':') return false;
+    h = in.substr(1, close - 1);
+    p = in.substr(close + 2);
+  } else {
+    size_t colon = in.rfind(':');
+    if (colon == std::string::npos || in.find(':') != colon) return false;
+    h = in.substr(0, colon);
+    p = in.substr(colon + 1);
+  }
+  unsigned v = 0;
+  auto [ptr, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+  if (h.empty() || p.empty() || ec != std::errc() || ptr != p.data() + p.size() || v > 65535)
+    return false;
+  *host = h;
+  *port = static_cast<uint16_t>(v);
+  return true;
+}
+
+Result<Config> ParseConfigText(const std::string& text, const std::string& name) {
+  Config cfg;
+  TextFormat::Parser parser;
+  Collector collector(name);
+  TextFormat::ParseInfoTree tree;
+  parser.RecordErrorsTo(&collector);
+  parser.WriteLocationsTo(&tree);
+  if (!parser.ParseFromString(text, &cfg)) {
+    return InvalidArgumentError(collector.first().empty() ? name + ": cannot parse"
+                                                          : collector.first());
+  }
+  auto bad = [&](const google::protobuf::Message& m, const TextFormat::ParseInfoTree& t,
+                 const std::string& field, int index, const std::string& what) {
+    return InvalidArgumentError(StrCat(Where(name, t, m, field, index), ": field '", field,
+                                       "': ", what));
+  };
+
+  if (cfg.listen_size() == 0) return bad(cfg, tree, "listen", -1, "at least one listener is required");
+  for (int i = 0; i < cfg.listen_size(); ++i) {
+    std::string host;
+    uint16_t port;
+    const auto* sub = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("listen"), i);
+    in6_addr a6;
+    in_addr a4;
+    if (!ParseHostPort(cfg.listen(i).address(), &host, &port) ||
+        (inet_pton(AF_INET, host.c_str(), &a4) != 1 && inet_pton(AF_INET6, host.c_str(), &a6) != 1)) {
+      if (sub) return bad(cfg.listen(i), *sub, "address", -1,
+                          StrCat("'", cfg.listen(i).address(), "' is not IP:port or [IPv6]:port"));
+      return bad(cfg, tree, "listen", i, "bad address");
+    }
+  }
+  if (cfg.spool_dir().empty()) return bad(cfg, tree, "spool_dir", -1, "is required");
+  if (cfg.spool_dir().front() != '/') return bad(cfg, tree, "spool_dir", -1, "must be an absolute path");
+  if (cfg.hostname().empty()) {
+    char h[256] = {};
+    gethostname(h, sizeof h - 1);
+    cfg.set_hostname(h[0] ? h : "localhost");
+  }
+  for (unsigned char c : cfg.hostname())
+    if (c <= 32 || c >= 127) return bad(cfg, tree, "hostname", -1, "must be a plain host name");
+  if (cfg.net_threads() == 0) cfg.set_net_threads(2);
+  if (cfg.net_threads() > 64) return bad(cfg, tree, "net_threads", -1, "at most 64");
+  if (cfg.crypto_workers() == 0) cfg.set_crypto_workers(2);
+  if (cfg.crypto_workers() > 64) return bad(cfg, tree, "crypto_workers", -1, "at most 64");
+  for (int i = 0; i < cfg.trusted_networks_size(); ++i) {
+    policy::Cidr c;
+    if (!policy::ParseCidr(cfg.trusted_networks(i), &c))
+      return bad(cfg, tree, "trusted_networks", i,
+                 StrCat("'", cfg.trusted_networks(i), "' is not a CIDR block"));
+  }
+  for (int i = 0; i < cfg.local_domains_size(); ++i) {
+    const std::string& d = cfg.local_domains(i);
+    if (d.empty() || d.find_first_of(" @[]") != std::string::npos)
+      return bad(cfg, tree, "local_domains", i, StrCat("'", d, "' is not a domain"));
+  }
+  if (cfg.bare_newline() == mailseal::v1::BARE_NEWLINE_UNSPECIFIED)
+    cfg.set_bare_newline(mailseal::v1::BARE_NEWLINE_REJECT);
+  if (cfg.max_active_messages() == 0) cfg.set_max_active_messages(10000);
+
+  auto* lim = cfg.mutable_limits();
+  const auto* ltree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("limits"), -1);
+  auto lbad = [&](const std::string& field, const std::string& what) {
+    if (ltree) return bad(*lim, *ltree, field, -1, what);
+    return bad(cfg, tree, "limits", -1, what);
+  };
+  if (lim->max_message_size() == 0) lim->set_max_message_size(35ull << 20);
+  if (lim->max_recipients() == 0) lim->set_max_recipients(1000);
+  if (lim->max_line_length() == 0) lim->set_max_line_length(2048);
+  if (lim->max_line_length() < 512) return lbad("max_line_length", "RFC 5321 needs at least 512");
+  if (lim->max_line_length() > 65536) return lbad("max_line_length", "at most 65536");
+  if (lim->max_data_line_length() == 0) lim->set_max_data_line_length(1000 * 64);
+  if (lim->max_data_line_length() < 1000) return lbad("max_data_line_length", "RFC 5321 needs at least 1000");
+  if (lim->max_header_size() == 0) lim->set_max_header_size(1u << 20);
+  if (lim->max_errors() == 0) lim->set_max_errors(10);
+  if (lim->max_commands_before_mail() == 0) lim->set_max_commands_before_mail(50);
+  if (lim->idle_timeout_ms() == 0) lim->set_idle_timeout_ms(300000);
+  if (lim->max_connections() == 0) lim->set_max_connections(4096);
+
+  auto* del = cfg.mutable_delivery();
+  const auto* dtree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("delivery"), -1);
+  auto dbad = [&](const std::string& field, const std::string& what) {
+    if (dtree) return bad(*del, *dtree, field, -1, what);
+    return bad(cfg, tree, "delivery", -1, what);
+  };
+  if (!cfg.has_delivery()) return bad(cfg, tree, "delivery", -1, "is required");
+  if (!del->relay_host().empty()) {
+    std::string h;
+    uint16_t p;
+    if (!ParseHostPort(del->relay_host(), &h, &p) || p == 0)
+      return dbad("relay_host", StrCat("'", del->relay_host(), "' is not host:port"));
+  }
+  if (del->agents() == 0) del->set_agents(20);
+  if (del->agents() > 1000) return dbad("agents", "at most 1000");
+  if (del->per_destination_concurrency() == 0) del->set_per_destination_concurrency(10);
+  if (del->min_backoff_s() == 0) del->set_min_backoff_s(300);
+  if (del->max_backoff_s() == 0) del->set_max_backoff_s(4000);
+  if (del->max_backoff_s() < del->min_backoff_s())
+    return dbad("max_backoff_s", "must not be below min_backoff_s");
+  if (del->max_lifetime_s() == 0) del->set_max_lifetime_s(5 * 24 * 3600);
+  if (del->connect_timeout_ms() == 0) del->set_connect_timeout_ms(30000);
+  if (del->command_timeout_ms() == 0) del->set_command_timeout_ms(300000);
+  if (del->queue_scan_interval_ms() == 0) del->set_queue_scan_interval_ms(1000);
+  return cfg;
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidArgumentError(StrCat(path, ": cannot open"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().size() > (1u << 20)) return InvalidArgumentError(StrCat(path, ": larger than 1 MiB"));
+  return ParseConfigText(ss.str(), path);
+}
+
+}  // namespace mailseal::config

@@ -1,0 +1,133 @@
+// dns.cc — see dns.h.
+#include "dataplane/io/dns.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <unbound.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace mailseal::io {
+namespace {
+constexpr int kTypeA = 1, kTypeMx = 15, kTypeAaaa = 28, kClassIn = 1;
+constexpr size_t kMaxMx = 32, kMaxAddrs = 16;
+
+// Decodes a (possibly compressed-free) domain name from RDATA; unbound returns uncompressed.
+bool DecodeName(const unsigned char* p, size_t len, size_t* off, std::string* out) {
+  out->clear();
+  while (*off < len) {
+    unsigned l = p[(*off)++];
+    if (l == 0) return true;
+    if (l > 63 || *off + l > len) return false;
+    if (!out->empty()) out->push_back('.');
+    out->append(reinterpret_cast<const char*>(p + *off), l);
+    *off += l;
+  }
+  return false;
+}
+}  // namespace
+
+Resolver::Resolver(const std::string& forwarder, const std::vector<std::string>& local_data) {
+  ctx_ = ub_ctx_create();
+  if (!ctx_) {
+    init_ = InternalError("ub_ctx_create failed");
+    return;
+  }
+  int rc = forwarder.empty() ? ub_ctx_resolvconf(ctx_, nullptr)
+                             : ub_ctx_set_fwd(ctx_, forwarder.c_str());
+  if (rc != 0) {
+    init_ = InvalidArgumentError(StrCat("resolver setup: ", ub_strerror(rc)));
+    return;
+  }
+  for (const std::string& rr : local_data) {
+    if ((rc = ub_ctx_data_add(ctx_, rr.c_str())) != 0) {
+      init_ = InvalidArgumentError(StrCat("dns_local_data '", rr, "': ", ub_strerror(rc)));
+      return;
+    }
+  }
+}
+
+Resolver::~Resolver() {
+  if (ctx_) ub_ctx_delete(ctx_);
+}
+
+Result<std::vector<MxHost>> Resolver::LookupMx(const std::string& domain) {
+  if (!init_.ok()) return init_;
+  ub_result* res = nullptr;
+  int rc = ub_resolve(ctx_, domain.c_str(), kTypeMx, kClassIn, &res);
+  if (rc != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": ", ub_strerror(rc)));
+  struct Free {
+    ub_result* r;
+    ~Free() { ub_resolve_free(r); }
+  } f{res};
+  if (res->rcode == 3) return NotFoundError(StrCat("domain ", domain, " does not exist"));
+  if (res->rcode != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": rcode ", res->rcode));
+  std::vector<MxHost> out;
+  if (res->havedata) {
+    for (int i = 0; res->data[i] && out.size() < kMaxMx; ++i) {
+      const auto* p = reinterpret_cast<const unsigned char*>(res->data[i]);
+      size_t len = static_cast<size_t>(res->len[i]);
+      if (len < 3) continue;
+      MxHost mx;
+      mx.preference = (p[0] << 8) | p[1];
+      size_t off = 2;
+      if (!DecodeName(p, len, &off, &mx.host)) continue;
+      out.push_back(std::move(mx));
+    }
+  }
+  if (out.size() == 1 && out[0].host.empty())
+    return FailedPreconditionError(StrCat("domain ", domain, " accepts no mail (null MX)"));
+  std::stable_sort(out.begin(), out.end(),
+                   [](const MxHost& a, const MxHost& b) { return a.preference < b.preference; });
+  if (out.empty()) out.push_back(MxHost{0, domain});  // implicit MX
+  return out;
+}
+
+Result<std::vector<sockaddr_storage>> Resolver::LookupAddresses(const std::string& host) {
+  std::vector<sockaddr_storage> out;
+  // An address literal needs no lookup.
+  sockaddr_storage ss{};
+  auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, host.c_str(), &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    out.push_back(ss);
+    return out;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    out.push_back(ss);
+    return out;
+  }
+  if (!init_.ok()) return init_;
+  bool nxdomain = false, tempfail = false;
+  for (int type : {kTypeA, kTypeAaaa}) {
+    ub_result* res = nullptr;
+    int rc = ub_resolve(ctx_, host.c_str(), type, kClassIn, &res);
+    if (rc != 0) { tempfail = true; continue; }
+    if (res->rcode == 3) nxdomain = true;
+    else if (res->rcode != 0) tempfail = true;
+    for (int i = 0; res->havedata && res->data[i] && out.size() < kMaxAddrs; ++i) {
+      sockaddr_storage a{};
+      if (type == kTypeA && res->len[i] == 4) {
+        auto* a4 = reinterpret_cast<sockaddr_in*>(&a);
+        a4->sin_family = AF_INET;
+        std::memcpy(&a4->sin_addr, res->data[i], 4);
+        out.push_back(a);
+      } else if (type == kTypeAaaa && res->len[i] == 16) {
+        auto* a6 = reinterpret_cast<sockaddr_in6*>(&a);
+        a6->sin6_family = AF_INET6;
+        std::memcpy(&a6->sin6_addr, res->data[i], 16);
+        out.push_back(a);
+      }
+    }
+    ub_resolve_free(res);
+  }
+  if (!out.empty()) return out;
+  if (tempfail) return UnavailableError(StrCat("address lookup for ", host, " failed"));
+  if (nxdomain) return NotFoundError(StrCat("host ", host, " does not exist"));
+  return NotFoundError(StrCat("host ", host, " has no address"));
+}
+
+}  // namespace mailseal::io

@@ -1,0 +1,45 @@
+// dns.h — MX and address lookups for delivery, through libunbound.
+//
+// SECURITY: answers are untrusted network data; at most 32 MX hosts and 16 addresses per host
+// are used. DNSSEC validation arrives with the DANE/transport-security issue.
+// STANDARDS: RFC 5321 §5.1 (MX, implicit MX), RFC 7505 (null MX).
+#pragma once
+
+#include <sys/socket.h>
+
+#include <string>
+#include <vector>
+
+#include "dataplane/base/status.h"
+
+struct ub_ctx;
+
+namespace mailseal::io {
+
+struct MxHost {
+  int preference = 0;
+  std::string host;
+};
+
+class Resolver {
+ public:
+  // forwarder: "ip" or "ip@port", empty for /etc/resolv.conf. local_data: unbound RRs.
+  Resolver(const std::string& forwarder, const std::vector<std::string>& local_data);
+  ~Resolver();
+  Resolver(const Resolver&) = delete;
+  Resolver& operator=(const Resolver&) = delete;
+
+  Status init_status() const { return init_; }
+  // LookupMx: the MX hosts by preference, or the domain itself (implicit MX) when it has
+  // addresses but no MX. NotFound: the domain does not exist (permanent). FailedPrecondition:
+  // null MX (permanent). Unavailable: try again later.
+  Result<std::vector<MxHost>> LookupMx(const std::string& domain);
+  // LookupAddresses: A then AAAA records of a host (port left 0).
+  Result<std::vector<sockaddr_storage>> LookupAddresses(const std::string& host);
+
+ private:
+  ub_ctx* ctx_ = nullptr;
+  Status init_;
+};
+
+}  // namespace mailseal::io

@@ -1,0 +1,67 @@
+// smtp_server.h — the kernel back end's net threads: epoll loops that accept SMTP clients
+// and drive one sans-I/O ServerSession per connection.
+//
+// SECURITY: clients are untrusted. Relay control: only trusted_networks may send to any
+// domain; others only to local_domains. Memory per connection is bounded (session limits,
+// output buffer cap: a client that does not read its replies is not read from either).
+// A message is acknowledged (250) only after the Committer reports it durable.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "dataplane/io/event_loop.h"
+#include "dataplane/policy/snapshot.h"
+#include "dataplane/queue/committer.h"
+#include "dataplane/queue/queue_manager.h"
+#include "dataplane/queue/spool.h"
+
+namespace mailseal::io {
+
+struct ServerContext {
+  policy::PolicyStore* policy = nullptr;
+  queue::Spool* spool = nullptr;
+  queue::Committer* committer = nullptr;
+  queue::QueueManager* qmgr = nullptr;
+};
+
+// OpenListener: a non-blocking listening socket with SO_REUSEPORT. `port` 0 picks one;
+// the chosen port is written back.
+Result<int> OpenListener(const std::string& ip, uint16_t* port);
+
+class NetThread {
+ public:
+  NetThread(int index, ServerContext ctx, std::vector<int> listen_fds);
+  ~NetThread();
+  void Start();
+  // BeginDrain (any thread): stop accepting, answer 421 to idle sessions, let transactions
+  // finish until deadline_ms (monotonic), then close the rest and end the thread.
+  void BeginDrain(int64_t deadline_ms);
+  void Join();
+
+ private:
+  class Listener;
+  class Conn;
+  void Tick();
+  void AfterBatch();
+  void Accept(int listen_fd);
+  void CloseConn(Conn* c);
+
+  int index_;
+  ServerContext ctx_;
+  std::vector<int> listen_fds_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  EventLoop loop_;
+  std::thread thread_;
+  std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
+  std::vector<std::unique_ptr<Conn>> dead_;
+  uint64_t next_conn_id_ = 1;
+  bool draining_ = false;
+  int64_t drain_deadline_ms_ = 0;
+};
+
+}  // namespace mailseal::io

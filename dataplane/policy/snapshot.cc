@@ -1,0 +1,54 @@
+// snapshot.cc — see snapshot.h.
+#include "dataplane/policy/snapshot.h"
+
+#include <cctype>
+
+namespace mailseal::policy {
+
+bool PolicySnapshot::IsTrusted(const sockaddr* peer) const {
+  for (const Cidr& c : trusted_networks)
+    if (Contains(c, peer)) return true;
+  return false;
+}
+
+bool PolicySnapshot::IsLocalDomain(const std::string& domain) const {
+  for (const std::string& d : local_domains) {
+    if (d.front() == '.') {
+      if (domain.size() > d.size() && domain.compare(domain.size() - d.size(), d.size(), d) == 0)
+        return true;
+    } else if (domain == d) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& cfg, uint64_t version) {
+  auto s = std::make_shared<PolicySnapshot>();
+  s->version = version;
+  s->smtp.hostname = cfg.hostname();
+  const auto& l = cfg.limits();
+  s->smtp.limits.max_message_size = l.max_message_size();
+  s->smtp.limits.max_recipients = l.max_recipients();
+  s->smtp.limits.max_line_length = l.max_line_length();
+  s->smtp.limits.max_data_line_length = l.max_data_line_length();
+  s->smtp.limits.max_header_size = l.max_header_size();
+  s->smtp.limits.max_errors = l.max_errors();
+  s->smtp.limits.max_commands_before_mail = l.max_commands_before_mail();
+  s->smtp.bare_newline = cfg.bare_newline() == mailseal::v1::BARE_NEWLINE_NORMALIZE
+                             ? smtp::BareNewlinePolicy::kNormalize
+                             : smtp::BareNewlinePolicy::kReject;
+  s->idle_timeout_ms = l.idle_timeout_ms();
+  s->max_connections = l.max_connections();
+  for (const std::string& t : cfg.trusted_networks()) {
+    Cidr c;
+    if (ParseCidr(t, &c)) s->trusted_networks.push_back(c);
+  }
+  for (std::string d : cfg.local_domains()) {
+    for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    s->local_domains.push_back(d);
+  }
+  return s;
+}
+
+}  // namespace mailseal::policy

@@ -1,0 +1,224 @@
+// delivery_agent.cc — see delivery_agent.h.
+#include "dataplane/queue/delivery_agent.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include "dataplane/base/log.h"
+#include "dataplane/config/config.h"
+#include "dataplane/io/socket_util.h"
+#include "dataplane/smtp/address.h"
+
+namespace mailseal::queue {
+using base::Log;
+using base::LogLevel;
+using smtp::ClientSession;
+using smtp::MakeReply;
+using smtp::Reply;
+
+namespace {
+constexpr int kIdleKeepMs = 2000;
+constexpr size_t kReadChunk = 16 * 1024;
+}  // namespace
+
+DeliveryAgent::DeliveryAgent(QueueManager* qmgr, int index) : qmgr_(qmgr), index_(index) {}
+
+DeliveryAgent::~DeliveryAgent() { Join(); }
+
+void DeliveryAgent::Start() {
+  thread_ = std::thread([this] { Run(); });
+  std::string name = "smtp" + std::to_string(index_);
+  pthread_setname_np(thread_.native_handle(), name.c_str());
+}
+
+void DeliveryAgent::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void DeliveryAgent::CloseConnection(bool quit) {
+  if (conn_.fd < 0) return;
+  if (quit && conn_.session) {
+    conn_.session->Quit();
+    (void)io::WriteAllTimeout(conn_.fd, conn_.session->TakeOutput(), 1000);
+  }
+  ::close(conn_.fd);
+  conn_ = Connection{};
+}
+
+void DeliveryAgent::Run() {
+  const auto& d = qmgr_->options().delivery;
+  std::vector<std::string> local_data(d.dns_local_data().begin(), d.dns_local_data().end());
+  resolver_ = std::make_unique<io::Resolver>(d.dns_forwarder(), local_data);
+  while (!qmgr_->stopping()) {
+    DeliveryJob job;
+    if (!qmgr_->TakeJob(conn_.destination, kIdleKeepMs, &job)) {
+      CloseConnection(true);  // idle: give the connection back
+      continue;
+    }
+    DeliveryResult r = Deliver(job);
+    qmgr_->PostResult(std::move(r));
+  }
+  CloseConnection(true);
+}
+
+Status DeliveryAgent::Pump(int timeout_ms) {
+  std::string out = conn_.session->TakeOutput();
+  if (!out.empty()) {
+    if (Status s = io::WriteAllTimeout(conn_.fd, out, timeout_ms); !s.ok()) return s;
+  }
+  char buf[kReadChunk];
+  Result<size_t> n = io::ReadSome(conn_.fd, buf, sizeof buf, timeout_ms);
+  if (!n.ok()) return n.status();
+  if (*n == 0) return UnavailableError("next hop closed the connection");
+  conn_.session->Feed(std::string_view(buf, *n));
+  return OkStatus();
+}
+
+Reply DeliveryAgent::Connect(const DeliveryJob& job) {
+  const auto& d = qmgr_->options().delivery;
+  struct Hop {
+    std::string host;
+    uint16_t port;
+  };
+  std::vector<Hop> hops;
+  if (!d.relay_host().empty()) {
+    std::string h;
+    uint16_t p = 25;
+    config::ParseHostPort(d.relay_host(), &h, &p);
+    hops.push_back({h, p});
+  } else {
+    Result<std::vector<io::MxHost>> mx = resolver_->LookupMx(job.destination);
+    if (!mx.ok()) {
+      StatusCode c = mx.status().code();
+      if (c == StatusCode::kNotFound || c == StatusCode::kFailedPrecondition)
+        return MakeReply(550, c == StatusCode::kNotFound ? "5.1.2" : "5.1.10", mx.status().message());
+      return MakeReply(451, "4.4.3", mx.status().message());
+    }
+    for (const auto& m : *mx) hops.push_back({m.host, 25});
+  }
+  Reply last = MakeReply(451, "4.4.1", "no next hop could be reached");
+  int connect_timeout = static_cast<int>(d.connect_timeout_ms());
+  int cmd_timeout = static_cast<int>(d.command_timeout_ms());
+  for (const Hop& hop : hops) {
+    Result<std::vector<sockaddr_storage>> addrs = resolver_->LookupAddresses(hop.host);
+    if (!addrs.ok()) {
+      last = MakeReply(451, "4.4.3", addrs.status().message());
+      continue;
+    }
+    for (sockaddr_storage a : *addrs) {
+      io::SetPort(&a, hop.port);
+      std::string where = StrCat(hop.host, " [", io::FormatAddress(reinterpret_cast<sockaddr*>(&a)), "]");
+      Result<int> fd = io::ConnectWithTimeout(a, connect_timeout);
+      if (!fd.ok()) {
+        last = MakeReply(451, "4.4.1", fd.status().message());
+        continue;
+      }
+      conn_.fd = *fd;
+      conn_.destination = job.destination;
+      conn_.remote = where;
+      conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname);
+      while (conn_.session->state() == ClientSession::State::kGreeting ||
+             conn_.session->state() == ClientSession::State::kEhlo ||
+             conn_.session->state() == ClientSession::State::kHelo) {
+        if (Status s = Pump(cmd_timeout); !s.ok()) {
+          conn_.session->Fail(MakeReply(451, "4.4.2", s.message()));
+          break;
+        }
+      }
+      if (conn_.session->state() == ClientSession::State::kReady) return Reply{};
+      Reply f = conn_.session->failure();
+      last = MakeReply(451, "4.4.2", StrCat(where, " refused the session: ", f.OneLine()));
+      CloseConnection(false);
+    }
+  }
+  return last;
+}
+
+bool DeliveryAgent::Transact(const DeliveryJob& job, DeliveryResult* result, bool* stale) {
+  *stale = false;
+  const auto& env = job.msg->envelope;
+  int timeout = static_cast<int>(qmgr_->options().delivery.command_timeout_ms());
+  smtp::ClientMessage m;
+  m.mail_from = env.mail_from();
+  for (uint32_t i : job.rcpts) {
+    const auto& r = env.recipients(static_cast<int>(i));
+    m.recipients.push_back({r.address(), r.notify(), r.orcpt()});
+  }
+  m.body_type = env.body_type();
+  m.smtputf8 = env.smtputf8();
+  m.ret = env.ret();
+  m.envid = env.envid();
+  m.size = job.msg->body_size;
+  ClientSession& s = *conn_.session;
+  s.StartMessage(m);
+  Status st;
+  while (st.ok() && s.state() == ClientSession::State::kInMessage) st = Pump(timeout);
+  if (st.ok() && s.state() == ClientSession::State::kSendBody) {
+    smtp::BodyEncoder enc;
+    std::string wire;
+    st = ReadBody(job.path, *job.msg, [&](std::string_view chunk) {
+      wire.clear();
+      enc.Encode(chunk, &wire);
+      return io::WriteAllTimeout(conn_.fd, wire, timeout);
+    });
+    if (st.code() == StatusCode::kDataLoss) {
+      // The spool file went bad under us: never send a damaged message. The manager moves it.
+      for (uint32_t i : job.rcpts)
+        result->results.push_back({i, MakeReply(451, "4.3.0", st.message())});
+      result->spool_corrupt = true;
+      return false;
+    }
+    if (st.ok()) {
+      wire.clear();
+      enc.Finish(&wire);
+      st = io::WriteAllTimeout(conn_.fd, wire, timeout);
+    }
+    if (st.ok()) {
+      s.BodyDone();
+      while (st.ok() && s.state() == ClientSession::State::kBodySent) st = Pump(timeout);
+    }
+  }
+  if (!st.ok() || s.state() != ClientSession::State::kMessageDone) {
+    *stale = s.result().mail.code == 0;  // not even MAIL was answered: a dead cached session
+    std::string why = !st.ok() ? st.message() : s.failure().OneLine();
+    for (uint32_t i : job.rcpts)
+      result->results.push_back(
+          {i, MakeReply(451, "4.4.2", StrCat("conversation with ", conn_.remote, " failed: ", why))});
+    return false;
+  }
+  for (size_t k = 0; k < job.rcpts.size(); ++k)
+    result->results.push_back({job.rcpts[k], s.result().RecipientOutcome(k)});
+  return true;
+}
+
+DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
+  DeliveryResult result;
+  result.queue_id = job.msg->id;
+  result.destination = job.destination;
+  // Reuse a cached session to the same destination; if it turns out dead, connect anew once.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    bool reused = conn_.fd >= 0 && conn_.destination == job.destination && conn_.session &&
+                  (conn_.session->state() == ClientSession::State::kReady ||
+                   conn_.session->state() == ClientSession::State::kMessageDone);
+    if (!reused) {
+      CloseConnection(true);
+      Reply r = Connect(job);
+      if (r.code != 0) {
+        for (uint32_t i : job.rcpts) result.results.push_back({i, r});
+        return result;
+      }
+    }
+    result.remote_mta = conn_.remote;
+    result.results.clear();
+    bool stale = false;
+    bool ok = Transact(job, &result, &stale);
+    if (ok) return result;
+    CloseConnection(false);
+    if (!reused || !stale || result.spool_corrupt) return result;
+    Log(LogLevel::kDebug, "smtp", "cached connection failed, reconnecting",
+        {{"qid", job.msg->id}});
+  }
+  return result;
+}
+
+}  // namespace mailseal::queue

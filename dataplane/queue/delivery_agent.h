@@ -1,0 +1,54 @@
+// delivery_agent.h — one outbound SMTP delivery thread (the kernel back end's smtp client).
+//
+// Takes a job from the queue manager, finds the next hop (relay_host, or MX then addresses),
+// drives a sans-I/O ClientSession over a blocking socket with deadlines on every wait, and
+// reports one reply per recipient. A connection is kept for up to 2 s for the next job to
+// the same destination (connection cache).
+//
+// SECURITY: the next hop is untrusted: replies are bounded by ClientSession, every wait has a
+// deadline. STARTTLS lands with the TLS issue: today mail leaves in clear, so only plain mail
+// is ever delivered (nothing is sealed yet either).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "dataplane/io/dns.h"
+#include "dataplane/queue/queue_manager.h"
+#include "dataplane/smtp/client_session.h"
+
+namespace mailseal::queue {
+
+class DeliveryAgent {
+ public:
+  DeliveryAgent(QueueManager* qmgr, int index);
+  ~DeliveryAgent();
+  void Start();
+  void Join();
+
+ private:
+  struct Connection {
+    int fd = -1;
+    std::string destination;
+    std::string remote;      // "host [ip]:port"
+    std::unique_ptr<smtp::ClientSession> session;
+  };
+  void Run();
+  DeliveryResult Deliver(const DeliveryJob& job);
+  // Opens a session to the job's destination; on failure returns the reply for all rcpts.
+  smtp::Reply Connect(const DeliveryJob& job);
+  // Runs one transaction on conn_. Returns false when the connection broke.
+  // `stale`: broken before the next hop answered anything (safe to retry on a new connection).
+  bool Transact(const DeliveryJob& job, DeliveryResult* result, bool* stale);
+  Status Pump(int timeout_ms);   // send pending output, read one batch of replies
+  void CloseConnection(bool quit);
+
+  QueueManager* qmgr_;
+  int index_;
+  std::thread thread_;
+  std::unique_ptr<io::Resolver> resolver_;
+  Connection conn_;
+};
+
+}  // namespace mailseal::queue

@@ -1,0 +1,101 @@
+// dsn.cc — see dsn.h.
+#include "dataplane/queue/dsn.h"
+
+#include <ctime>
+
+namespace mailseal::queue {
+
+std::string Rfc5322Date(int64_t unix_ms) {
+  std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+  return buf;
+}
+
+std::string EnhancedStatusOf(int code, const std::string& enhanced) {
+  if (!enhanced.empty() && enhanced[0] == static_cast<char>('0' + code / 100)) return enhanced;
+  if (code >= 500) return "5.0.0";
+  if (code >= 400) return "4.0.0";
+  return "2.0.0";
+}
+
+bool WantsFailureDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index) {
+  if (env.mail_from().empty() || env.is_dsn()) return false;
+  if (rcpt_index >= static_cast<uint32_t>(env.recipients_size())) return false;
+  const std::string& notify = env.recipients(static_cast<int>(rcpt_index)).notify();
+  return notify.empty() || notify.find("FAILURE") != std::string::npos;
+}
+
+Result<std::string> BuildFailureDsn(
+    const std::string& reporting_host, const SpoolMessage& msg,
+    const std::vector<FailedRecipient>& failed,
+    const std::function<Status(const std::function<Status(std::string_view)>&)>& body,
+    int64_t now_unix_ms, size_t max_quote) {
+  const auto& env = msg.envelope;
+  std::string boundary = StrCat(msg.id, "/", reporting_host);
+  std::string out;
+  out += StrCat("From: Mail Delivery System <postmaster@", reporting_host, ">\r\n");
+  out += StrCat("To: <", env.mail_from(), ">\r\n");
+  out += "Subject: Undelivered Mail Returned to Sender\r\n";
+  out += StrCat("Date: ", Rfc5322Date(now_unix_ms), "\r\n");
+  out += StrCat("Message-ID: <", msg.id, ".dsn@", reporting_host, ">\r\n");
+  out += "Auto-Submitted: auto-replied\r\n";
+  out += "MIME-Version: 1.0\r\n";
+  out += StrCat("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"",
+                boundary, "\"\r\n");
+  out += "\r\nThis is a MIME-encapsulated message.\r\n\r\n";
+  out += StrCat("--", boundary, "\r\n");
+  out += "Content-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+  out += StrCat("This is the mail gateway at ", reporting_host, ".\r\n\r\n");
+  out += "Your message could not be delivered to one or more recipients. It is attached below.\r\n\r\n";
+  for (const FailedRecipient& f : failed) {
+    out += StrCat("<", env.recipients(static_cast<int>(f.index)).address(), ">: ", f.diagnostic,
+                  "\r\n");
+  }
+  out += StrCat("\r\n--", boundary, "\r\n");
+  out += "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n";
+  out += StrCat("Reporting-MTA: dns; ", reporting_host, "\r\n");
+  out += StrCat("X-Mailseal-Queue-ID: ", msg.id, "\r\n");
+  if (!env.envid().empty()) out += StrCat("Original-Envelope-Id: ", env.envid(), "\r\n");
+  out += StrCat("Arrival-Date: ", Rfc5322Date(env.arrival_unix_ms()), "\r\n");
+  for (const FailedRecipient& f : failed) {
+    const auto& r = env.recipients(static_cast<int>(f.index));
+    out += StrCat("\r\nFinal-Recipient: rfc822; ", r.address(), "\r\n");
+    if (!r.orcpt().empty()) {
+      size_t semi = r.orcpt().find(';');
+      out += StrCat("Original-Recipient: ", r.orcpt().substr(0, semi), "; ",
+                    r.orcpt().substr(semi + 1), "\r\n");
+    }
+    out += "Action: failed\r\n";
+    out += StrCat("Status: ", f.status, "\r\n");
+    if (!f.remote_mta.empty()) out += StrCat("Remote-MTA: dns; ", f.remote_mta, "\r\n");
+    out += StrCat("Diagnostic-Code: ", f.diagnostic, "\r\n");
+    out += StrCat("Last-Attempt-Date: ", Rfc5322Date(now_unix_ms), "\r\n");
+  }
+  out += StrCat("\r\n--", boundary, "\r\n");
+  bool headers_only = env.ret() == "HDRS" || msg.body_size > max_quote;
+  std::string original;
+  Status st = body([&](std::string_view chunk) {
+    if (original.size() < max_quote) original.append(chunk.substr(0, max_quote - original.size()));
+    return OkStatus();
+  });
+  if (!st.ok()) return st;
+  if (headers_only) {
+    size_t end = original.find("\r\n\r\n");
+    original = end == std::string::npos ? original : original.substr(0, end + 2);
+    out += "Content-Description: Undelivered Message Headers\r\n";
+    out += "Content-Type: text/rfc822-headers\r\n\r\n";
+  } else {
+    out += "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n";
+    if (env.body_type() == "8BITMIME") out += "Content-Transfer-Encoding: 8bit\r\n";
+    out += "\r\n";
+  }
+  out += original;
+  if (!original.empty() && original.back() != '\n') out += "\r\n";
+  out += StrCat("\r\n--", boundary, "--\r\n");
+  return out;
+}
+
+}  // namespace mailseal::queue

@@ -1,0 +1,43 @@
+// dsn.h — delivery status notifications (RFC 3464) from postmaster@.
+//
+// SECURITY: the original message is quoted, never interpreted. Notifications are never made
+// for the null sender or for a notification (no loops, SEE-2.12).
+// STANDARDS: RFC 3461 (NOTIFY/RET/ENVID/ORCPT), RFC 3462/6522 (multipart/report), RFC 3464.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dataplane/base/status.h"
+#include "dataplane/queue/spool.h"
+
+namespace mailseal::queue {
+
+struct FailedRecipient {
+  uint32_t index = 0;          // into the envelope's recipients
+  std::string status;          // enhanced status "5.1.1"
+  std::string diagnostic;      // "smtp; 550 5.1.1 no such user" or our own text
+  std::string remote_mta;      // host name of the next hop, empty when none answered
+};
+
+// WantsFailureDsn: whether a failure notice goes to the sender for this recipient.
+bool WantsFailureDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index);
+
+// BuildFailureDsn renders the notification. `body` streams the original message. At most
+// `max_quote` bytes of the original are quoted in full; a larger one (or RET=HDRS) gets its
+// header only.
+Result<std::string> BuildFailureDsn(const std::string& reporting_host, const SpoolMessage& msg,
+                                    const std::vector<FailedRecipient>& failed,
+                                    const std::function<Status(
+                                        const std::function<Status(std::string_view)>&)>& body,
+                                    int64_t now_unix_ms, size_t max_quote = 1u << 20);
+
+// Rfc5322Date formats a time as "Sun, 22 Nov 2026 05:21:47 +0000".
+std::string Rfc5322Date(int64_t unix_ms);
+
+// EnhancedStatusOf picks the enhanced code from a reply, or derives one from its basic code.
+std::string EnhancedStatusOf(int code, const std::string& enhanced);
+
+}  // namespace mailseal::queue

@@ -1,0 +1,494 @@
+// queue_manager.cc — see queue_manager.h.
+#include "dataplane/queue/queue_manager.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "dataplane/base/log.h"
+#include "dataplane/queue/delivery_agent.h"
+#include "dataplane/queue/dsn.h"
+#include "dataplane/smtp/address.h"
+
+namespace mailseal::queue {
+using base::Log;
+using base::LogLevel;
+using mailseal::v1::SpoolStatus;
+
+namespace {
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+constexpr const char* kRelayDestination = "[relay]";
+
+Status AppendStatuses(const std::string& path, const std::vector<SpoolStatus>& statuses) {
+  for (const SpoolStatus& s : statuses) {
+    if (Status st = AppendStatus(path, s); !st.ok()) return st;
+  }
+  return OkStatus();
+}
+}  // namespace
+
+QueueManager::QueueManager(Spool* spool, QueueOptions options)
+    : spool_(spool), options_(std::move(options)) {
+  crypto_ = std::make_unique<crypto::CryptoStage>(options_.crypto_workers, 1024, [this] { Wake(); });
+}
+
+QueueManager::~QueueManager() { Stop(); }
+
+std::string QueueManager::PathOf(const Entry& e) const { return spool_->PathOf(e.state, e.msg->id); }
+
+int64_t QueueManager::Backoff(uint32_t attempts) const {
+  int64_t d = static_cast<int64_t>(options_.delivery.min_backoff_s()) * 1000;
+  int64_t cap = static_cast<int64_t>(options_.delivery.max_backoff_s()) * 1000;
+  for (uint32_t i = 1; i < attempts && d < cap; ++i) d *= 2;
+  return std::min(d, cap);
+}
+
+void QueueManager::MoveToCorrupt(const std::string& id, SpoolState from, const Status& why) {
+  Status st = spool_->Move(id, from, SpoolState::kCorrupt);
+  Log(LogLevel::kError, "qmgr", "corrupt spool file moved to corrupt/",
+      {{"qid", id}, {"error", why.message()}, {"move", st.ok() ? "ok" : st.message()}});
+  std::lock_guard<std::mutex> l(mu_);
+  ++stats_.corrupt;
+}
+
+Status QueueManager::Recover() {
+  int64_t now = NowMs();
+  // incoming/: whatever has a valid END was complete (maybe acknowledged); the rest was not.
+  Result<std::vector<std::string>> incoming = spool_->List(SpoolState::kIncoming);
+  if (!incoming.ok()) return incoming.status();
+  for (const std::string& id : *incoming) {
+    std::string path = spool_->PathOf(SpoolState::kIncoming, id);
+    Result<SpoolMessage> m = ReadSpoolFile(path);
+    if (m.ok() && m->id == id) {
+      if (Status st = spool_->Move(id, SpoolState::kIncoming, SpoolState::kActive); !st.ok()) return st;
+      Log(LogLevel::kWarning, "qmgr", "recovered complete message from incoming/", {{"qid", id}});
+      Admit(std::move(m.value()), SpoolState::kActive, now, 0);
+    } else {
+      Log(LogLevel::kWarning, "qmgr", "removed incomplete, never acknowledged message",
+          {{"qid", id}, {"reason", m.ok() ? "id mismatch" : m.status().message()}});
+      if (Status st = spool_->Remove(id, SpoolState::kIncoming); !st.ok()) return st;
+    }
+  }
+  for (SpoolState state : {SpoolState::kActive, SpoolState::kDeferred}) {
+    Result<std::vector<std::string>> ids = spool_->List(state);
+    if (!ids.ok()) return ids.status();
+    for (const std::string& id : *ids) {
+      Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(state, id));
+      if (!m.ok() || m->id != id) {
+        MoveToCorrupt(id, state, m.ok() ? DataLossError("queue id does not match file name") : m.status());
+        continue;
+      }
+      int64_t next = now;
+      uint32_t attempts = 0;
+      for (const SpoolStatus& s : m->statuses) {
+        if (s.kind() == SpoolStatus::KIND_DEFERRED) {
+          attempts = s.attempts();
+          if (state == SpoolState::kDeferred) next = s.next_attempt_unix_ms();
+        }
+      }
+      Admit(std::move(m.value()), state, next, attempts);
+    }
+  }
+  Result<std::vector<std::string>> held = spool_->List(SpoolState::kHold);
+  Result<std::vector<std::string>> corrupt = spool_->List(SpoolState::kCorrupt);
+  Log(LogLevel::kInfo, "qmgr", "queue recovered",
+      {{"messages", std::to_string(entries_.size())},
+       {"hold", std::to_string(held.ok() ? held->size() : 0)},
+       {"corrupt", std::to_string(corrupt.ok() ? corrupt->size() : 0)}});
+  return OkStatus();
+}
+
+void QueueManager::Admit(SpoolMessage msg, SpoolState state, int64_t next_attempt_ms,
+                         uint32_t attempts) {
+  Entry e;
+  size_t n = static_cast<size_t>(msg.envelope.recipients_size());
+  e.rcpt.assign(n, kPending);
+  e.recorded.assign(n, false);
+  e.failures.resize(n);
+  for (const SpoolStatus& s : msg.statuses) {
+    if (s.recipient_index() >= n) continue;
+    if (s.kind() == SpoolStatus::KIND_DELIVERED) e.rcpt[s.recipient_index()] = kDelivered;
+    else if (s.kind() == SpoolStatus::KIND_FAILED) e.rcpt[s.recipient_index()] = kFailed;
+    else continue;
+    e.recorded[s.recipient_index()] = true;
+  }
+  e.state = state;
+  e.attempts = attempts;
+  e.next_attempt_ms = next_attempt_ms;
+  std::string id = msg.id;
+  e.msg = std::make_shared<const SpoolMessage>(std::move(msg));
+  entries_[id] = std::move(e);
+  held_.store(static_cast<uint32_t>(entries_.size()), std::memory_order_relaxed);
+  if (state == SpoolState::kActive) to_crypto_.push_back(id);
+}
+
+void QueueManager::Start() {
+  crypto_->Start();
+  thread_ = std::thread([this] { Run(); });
+  pthread_setname_np(thread_.native_handle(), "qmgr");
+  for (uint32_t i = 0; i < options_.delivery.agents(); ++i) {
+    agents_.push_back(std::make_unique<DeliveryAgent>(this, static_cast<int>(i)));
+    agents_.back()->Start();
+  }
+}
+
+void QueueManager::Stop() {
+  if (stop_.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    wake_ = true;
+  }
+  manager_cv_.notify_all();
+  agents_cv_.notify_all();
+  for (auto& a : agents_) a->Join();
+  if (thread_.joinable()) thread_.join();
+  crypto_->Stop();
+}
+
+void QueueManager::Wake() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    wake_ = true;
+  }
+  manager_cv_.notify_one();
+}
+
+void QueueManager::Submit(SpoolMessage msg) {
+  held_.fetch_add(1, std::memory_order_relaxed);  // counted now; Admit recounts exactly
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    submitted_.push_back(std::move(msg));
+    ++stats_.received;
+    wake_ = true;
+  }
+  manager_cv_.notify_one();
+}
+
+QueueStats QueueManager::Stats() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return stats_;
+}
+
+bool QueueManager::TakeJob(const std::string& preferred, int wait_ms, DeliveryJob* job) {
+  std::unique_lock<std::mutex> l(mu_);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  const uint32_t limit = options_.delivery.per_destination_concurrency();
+  while (!stop_.load(std::memory_order_acquire)) {
+    auto take = [&](std::map<std::string, std::deque<DeliveryJob>>::iterator it) {
+      *job = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) ready_.erase(it);
+      ++busy_[job->destination];
+      return true;
+    };
+    if (!preferred.empty()) {
+      auto it = ready_.find(preferred);
+      if (it != ready_.end() && busy_[preferred] < limit) return take(it);
+    }
+    for (auto it = ready_.begin(); it != ready_.end(); ++it) {
+      if (busy_[it->first] < limit) return take(it);
+    }
+    if (agents_cv_.wait_until(l, deadline) == std::cv_status::timeout) return false;
+  }
+  return false;
+}
+
+void QueueManager::PostResult(DeliveryResult result) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto b = busy_.find(result.destination);
+    if (b != busy_.end() && --b->second == 0) busy_.erase(b);
+    results_.push_back(std::move(result));
+    wake_ = true;
+  }
+  manager_cv_.notify_one();
+  agents_cv_.notify_one();  // a destination slot is free again
+}
+
+void QueueManager::PumpCrypto() {
+  while (!to_crypto_.empty()) {
+    const std::string& id = to_crypto_.front();
+    auto it = entries_.find(id);
+    if (it == entries_.end()) {
+      to_crypto_.pop_front();
+      continue;
+    }
+    if (!crypto_->Submit(crypto::Job{id, PathOf(it->second)})) break;  // ring full: later
+    to_crypto_.pop_front();
+  }
+}
+
+void QueueManager::Dispatch(Entry& e) {
+  std::map<std::string, std::vector<uint32_t>> by_dest;
+  bool relay = !options_.delivery.relay_host().empty();
+  for (uint32_t i = 0; i < e.rcpt.size(); ++i) {
+    if (e.rcpt[i] != kPending) continue;
+    std::string dest = relay ? kRelayDestination
+                             : smtp::DomainOf(e.msg->envelope.recipients(static_cast<int>(i)).address());
+    by_dest[dest].push_back(i);
+  }
+  if (by_dest.empty()) {
+    Finalize(e.msg->id);
+    return;
+  }
+  std::string path = PathOf(e);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [dest, rcpts] : by_dest) {
+      // Bound one job's recipients like a next hop would (RFC 5321 §4.5.3.1.8: at least 100).
+      for (size_t k = 0; k < rcpts.size(); k += 100) {
+        DeliveryJob j;
+        j.msg = e.msg;
+        j.path = path;
+        j.destination = dest;
+        j.rcpts.assign(rcpts.begin() + static_cast<long>(k),
+                       rcpts.begin() + static_cast<long>(std::min(rcpts.size(), k + 100)));
+        ready_[dest].push_back(std::move(j));
+        ++e.outstanding;
+      }
+    }
+  }
+  agents_cv_.notify_all();
+}
+
+void QueueManager::Apply(const DeliveryResult& r) {
+  auto it = entries_.find(r.queue_id);
+  if (it == entries_.end()) return;
+  Entry& e = it->second;
+  --e.outstanding;
+  if (r.spool_corrupt) e.last_temp = "spool file corrupt";
+  for (const RecipientResult& rr : r.results) {
+    if (rr.index >= e.rcpt.size() || e.rcpt[rr.index] != kPending) continue;
+    const std::string& addr = e.msg->envelope.recipients(static_cast<int>(rr.index)).address();
+    if (rr.reply.ok()) {
+      e.rcpt[rr.index] = kDelivered;
+      Log(LogLevel::kInfo, "smtp", "delivered",
+          {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
+      std::lock_guard<std::mutex> l(mu_);
+      ++stats_.delivered;
+    } else if (rr.reply.permanent()) {
+      e.rcpt[rr.index] = kFailed;
+      e.failures[rr.index] = {EnhancedStatusOf(rr.reply.code, rr.reply.enhanced),
+                              StrCat("smtp; ", rr.reply.OneLine()),
+                              r.remote_mta.substr(0, r.remote_mta.find(' '))};
+      Log(LogLevel::kWarning, "smtp", "bounced",
+          {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
+    } else {
+      e.last_temp = rr.reply.OneLine();
+      Log(LogLevel::kInfo, "smtp", "deferred",
+          {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
+    }
+  }
+  if (r.spool_corrupt) {
+    if (e.outstanding == 0) {
+      SpoolState st = e.state;
+      entries_.erase(it);
+      held_.store(static_cast<uint32_t>(entries_.size()), std::memory_order_relaxed);
+      MoveToCorrupt(r.queue_id, st, DataLossError("body CRC mismatch during delivery"));
+    }
+    return;
+  }
+  if (e.outstanding == 0) Finalize(r.queue_id);
+}
+
+void QueueManager::Finalize(const std::string& id) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return;
+  Entry& e = it->second;
+  e.needs_finalize = false;
+  int64_t now = NowMs();
+  bool pending = std::count(e.rcpt.begin(), e.rcpt.end(), kPending) > 0;
+  int64_t age_ms = now - e.msg->envelope.arrival_unix_ms();
+  bool expired = pending && age_ms >= static_cast<int64_t>(options_.delivery.max_lifetime_s()) * 1000;
+  if (expired) {
+    for (size_t i = 0; i < e.rcpt.size(); ++i) {
+      if (e.rcpt[i] != kPending) continue;
+      e.rcpt[i] = kFailed;
+      e.failures[i] = {"4.4.7",
+                       StrCat("X-Mailseal; delivery time expired after ", e.attempts + 1,
+                              " attempts; last error: ", e.last_temp),
+                       ""};
+      Log(LogLevel::kWarning, "qmgr", "expired",
+          {{"qid", id}, {"to", e.msg->envelope.recipients(static_cast<int>(i)).address()},
+           {"last_error", e.last_temp}});
+    }
+    pending = false;
+  }
+  // Failed recipients not yet covered: one DSN for them, made durable before we record them.
+  std::vector<FailedRecipient> dsn;
+  std::vector<SpoolStatus> records;
+  for (uint32_t i = 0; i < e.rcpt.size(); ++i) {
+    if (e.recorded[i] || e.rcpt[i] == kPending) continue;
+    SpoolStatus s;
+    s.set_recipient_index(i);
+    s.set_at_unix_ms(now);
+    if (e.rcpt[i] == kDelivered) {
+      s.set_kind(SpoolStatus::KIND_DELIVERED);
+    } else {
+      s.set_kind(SpoolStatus::KIND_FAILED);
+      s.set_reply(e.failures[i].diagnostic);
+      s.set_remote_mta(e.failures[i].remote_mta);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        ++stats_.bounced;
+      }
+      if (WantsFailureDsn(e.msg->envelope, i))
+        dsn.push_back({i, e.failures[i].status, e.failures[i].diagnostic, e.failures[i].remote_mta});
+    }
+    records.push_back(std::move(s));
+  }
+  std::string path = PathOf(e);
+  if (!dsn.empty()) {
+    Result<std::string> text = BuildFailureDsn(
+        options_.hostname, *e.msg, dsn,
+        [&](const std::function<Status(std::string_view)>& sink) { return ReadBody(path, *e.msg, sink); },
+        now);
+    Status st = text.status();
+    if (text.ok()) {
+      mailseal::v1::SpoolEnvelope env;
+      env.set_mail_from("");
+      auto* r = env.add_recipients();
+      r->set_address(e.msg->envelope.mail_from());
+      env.set_arrival_unix_ms(now);
+      env.set_is_dsn(true);
+      env.set_body_type("8BITMIME");
+      Result<std::string> qid = WriteWholeMessage(spool_, env, *text);
+      st = qid.status();
+      if (qid.ok()) {
+        Log(LogLevel::kInfo, "qmgr", "sender notified (DSN)",
+            {{"qid", id}, {"dsn_qid", *qid}, {"to", e.msg->envelope.mail_from()}});
+        Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, *qid));
+        if (m.ok()) {
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            ++stats_.dsns;
+          }
+          Admit(std::move(m.value()), SpoolState::kActive, now, 0);
+        }
+      }
+    }
+    if (!st.ok()) {
+      // Could not queue the notice: keep the message and try the whole step again later.
+      Log(LogLevel::kError, "qmgr", "cannot queue DSN, will retry", {{"qid", id}, {"error", st.message()}});
+      e.needs_finalize = true;
+      e.next_attempt_ms = now + Backoff(1);
+      return;
+    }
+  }
+  auto it2 = entries_.find(id);  // Admit may have rehashed the map
+  Entry& e2 = it2->second;
+  if (!pending) {
+    if (Status st = spool_->Remove(id, e2.state); !st.ok())
+      Log(LogLevel::kError, "qmgr", "cannot remove delivered message", {{"qid", id}, {"error", st.message()}});
+    Log(LogLevel::kInfo, "qmgr", "removed", {{"qid", id}});
+    entries_.erase(it2);
+    held_.store(static_cast<uint32_t>(entries_.size()), std::memory_order_relaxed);
+    return;
+  }
+  // Some recipients wait for another attempt: record progress, then defer.
+  e2.attempts++;
+  e2.next_attempt_ms = now + Backoff(e2.attempts);
+  SpoolStatus d;
+  d.set_kind(SpoolStatus::KIND_DEFERRED);
+  d.set_at_unix_ms(now);
+  d.set_next_attempt_unix_ms(e2.next_attempt_ms);
+  d.set_attempts(e2.attempts);
+  d.set_reply(e2.last_temp);
+  records.push_back(d);
+  if (Status st = AppendStatuses(path, records); !st.ok()) {
+    Log(LogLevel::kError, "qmgr", "cannot record delivery status", {{"qid", id}, {"error", st.message()}});
+  } else {
+    for (size_t i = 0; i < e2.rcpt.size(); ++i)
+      if (e2.rcpt[i] != kPending) e2.recorded[i] = true;
+  }
+  if (e2.state == SpoolState::kActive) {
+    if (Status st = spool_->Move(id, SpoolState::kActive, SpoolState::kDeferred); st.ok())
+      e2.state = SpoolState::kDeferred;
+    else
+      Log(LogLevel::kError, "qmgr", "cannot move to deferred/", {{"qid", id}, {"error", st.message()}});
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++stats_.deferrals;
+  }
+  Log(LogLevel::kInfo, "qmgr", "deferred",
+      {{"qid", id}, {"attempts", std::to_string(e2.attempts)},
+       {"retry_in_s", std::to_string((e2.next_attempt_ms - now) / 1000)}, {"reason", e2.last_temp}});
+}
+
+void QueueManager::RetryDue(int64_t now) {
+  std::vector<std::string> due;
+  std::vector<std::string> finalize;
+  for (auto& [id, e] : entries_) {
+    if (e.needs_finalize && e.outstanding == 0 && e.next_attempt_ms <= now) {
+      finalize.push_back(id);
+      continue;
+    }
+    if (e.outstanding == 0 && e.sealed && e.next_attempt_ms <= now &&
+        std::count(e.rcpt.begin(), e.rcpt.end(), kPending) > 0 &&
+        (e.state == SpoolState::kDeferred || e.attempts > 0))
+      due.push_back(id);
+  }
+  for (const std::string& id : finalize) Finalize(id);
+  for (const std::string& id : due) {
+    Entry& e = entries_[id];
+    if (e.state == SpoolState::kDeferred) {
+      if (Status st = spool_->Move(id, SpoolState::kDeferred, SpoolState::kActive); !st.ok()) {
+        Log(LogLevel::kError, "qmgr", "cannot move to active/", {{"qid", id}, {"error", st.message()}});
+        e.next_attempt_ms = now + Backoff(1);
+        continue;
+      }
+      e.state = SpoolState::kActive;
+    }
+    Dispatch(e);
+  }
+}
+
+void QueueManager::Run() {
+  const auto scan = std::chrono::milliseconds(options_.delivery.queue_scan_interval_ms());
+  int64_t last_scan = 0;
+  // Recovered deferred messages have passed the crypto stage in an earlier life.
+  for (auto& [id, e] : entries_)
+    if (e.state == SpoolState::kDeferred) e.sealed = true;
+  std::vector<crypto::Completion> done;
+  while (true) {
+    std::deque<SpoolMessage> submitted;
+    std::deque<DeliveryResult> results;
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      manager_cv_.wait_for(l, scan, [&] { return wake_; });
+      wake_ = false;
+      submitted.swap(submitted_);
+      results.swap(results_);
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    int64_t now = NowMs();
+    for (SpoolMessage& m : submitted) Admit(std::move(m), SpoolState::kActive, now, 0);
+    done.clear();
+    crypto_->DrainCompletions(&done);
+    for (const crypto::Completion& c : done) {
+      auto it = entries_.find(c.queue_id);
+      if (it == entries_.end()) continue;
+      it->second.sealed = true;
+      Log(LogLevel::kDebug, "qmgr", "policy verdict", {{"qid", c.queue_id}, {"verdict", "plain"}, {"reason", c.reason}});
+      Dispatch(it->second);
+    }
+    PumpCrypto();
+    for (const DeliveryResult& r : results) Apply(r);
+    if (now - last_scan >= scan.count()) {
+      last_scan = now;
+      RetryDue(now);
+      std::lock_guard<std::mutex> l(mu_);
+      stats_.in_queue = entries_.size();
+      stats_.deferred = static_cast<size_t>(std::count_if(
+          entries_.begin(), entries_.end(), [](const auto& p) { return p.second.state == SpoolState::kDeferred; }));
+    }
+  }
+}
+
+}  // namespace mailseal::queue

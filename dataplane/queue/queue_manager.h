@@ -1,0 +1,146 @@
+// queue_manager.h — the queue manager: schedules acknowledged mail through the crypto stage
+// to delivery agents, retries with exponential backoff, and bounces what cannot be delivered.
+//
+// Threads: one manager thread owns every message's delivery state and does all spool state
+// changes; delivery agents (threads, like Postfix's smtp(8) processes) deliver one job at a
+// time and hand results back; the crypto stage's workers are fed over SPSC rings by the
+// manager thread alone. Shared queues between them are guarded by one mutex (control path).
+//
+// SECURITY: spool files are re-validated on recovery; a bad one goes to corrupt/. A message
+// leaves the spool only after every recipient is delivered or bounced (or, with NOTIFY=NEVER,
+// failed), so nothing acknowledged is lost.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "dataplane/crypto/crypto_stage.h"
+#include "dataplane/queue/spool.h"
+#include "dataplane/smtp/reply.h"
+#include "mailseal/v1/config.pb.h"
+
+namespace mailseal::queue {
+
+struct DeliveryJob {
+  std::shared_ptr<const SpoolMessage> msg;
+  std::string path;                 // spool file to read the body from
+  std::string destination;          // next-hop key: "[relay]" or the recipient domain
+  std::vector<uint32_t> rcpts;      // recipient indices
+};
+
+struct RecipientResult {
+  uint32_t index = 0;
+  smtp::Reply reply;
+};
+
+struct DeliveryResult {
+  std::string queue_id;
+  std::string destination;
+  std::vector<RecipientResult> results;
+  std::string remote_mta;           // "host [ip]:port" that answered, if any
+  bool spool_corrupt = false;       // the body failed its CRC: move the file to corrupt/
+};
+
+struct QueueOptions {
+  std::string hostname;
+  mailseal::v1::Delivery delivery;
+  uint32_t max_messages = 10000;
+  uint32_t crypto_workers = 2;
+};
+
+struct QueueStats {
+  uint64_t received = 0, delivered = 0, bounced = 0, deferrals = 0, dsns = 0, corrupt = 0;
+  size_t in_queue = 0, deferred = 0;
+};
+
+class DeliveryAgent;
+
+class QueueManager {
+ public:
+  QueueManager(Spool* spool, QueueOptions options);
+  ~QueueManager();
+
+  // Recover scans the spool before Start(): incoming/ (complete files go on, incomplete ones
+  // were never acknowledged and are removed), active/ and deferred/.
+  [[nodiscard]] Status Recover();
+  void Start();
+  // Stop ends the agents after their current job and joins every thread. Mail stays queued.
+  void Stop();
+
+  // Submit (any thread): a message just published to active/.
+  void Submit(SpoolMessage msg);
+  // Accepting: false when the queue holds max_messages (SMTP answers 452 4.3.1).
+  bool Accepting() const { return held_.load(std::memory_order_relaxed) < options_.max_messages; }
+  QueueStats Stats() const;
+
+  // For agents.
+  bool TakeJob(const std::string& preferred_destination, int wait_ms, DeliveryJob* job);
+  void PostResult(DeliveryResult result);
+  bool stopping() const { return stop_.load(std::memory_order_acquire); }
+  const QueueOptions& options() const { return options_; }
+
+ private:
+  enum RcptState : uint8_t { kPending, kDelivered, kFailed };
+  struct FailedInfo {
+    std::string status, diagnostic, remote_mta;
+  };
+  struct Entry {
+    std::shared_ptr<const SpoolMessage> msg;
+    SpoolState state = SpoolState::kActive;
+    std::vector<RcptState> rcpt;
+    std::vector<bool> recorded;          // a STATUS record (and DSN) already covers it
+    std::vector<FailedInfo> failures;
+    uint32_t attempts = 0;
+    int64_t next_attempt_ms = 0;
+    int outstanding = 0;
+    bool sealed = false;
+    bool needs_finalize = false;         // a DSN could not be queued: run Finalize again
+    std::string last_temp;               // last temporary failure, for logs
+  };
+
+  void Run();
+  void Wake();
+  void Admit(SpoolMessage msg, SpoolState state, int64_t next_attempt_ms, uint32_t attempts);
+  void PumpCrypto();
+  void Dispatch(Entry& e);
+  void Apply(const DeliveryResult& r);
+  void Finalize(const std::string& id);
+  void RetryDue(int64_t now);
+  void MoveToCorrupt(const std::string& id, SpoolState from, const Status& why);
+  std::string PathOf(const Entry& e) const;
+  int64_t Backoff(uint32_t attempts) const;
+
+  Spool* spool_;
+  QueueOptions options_;
+  std::unique_ptr<crypto::CryptoStage> crypto_;
+  std::thread thread_;
+  std::vector<std::unique_ptr<DeliveryAgent>> agents_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint32_t> held_{0};
+
+  // Manager thread only.
+  std::unordered_map<std::string, Entry> entries_;
+  std::deque<std::string> to_crypto_;
+
+  // Shared, under mu_.
+  mutable std::mutex mu_;
+  std::condition_variable manager_cv_;
+  std::condition_variable agents_cv_;
+  bool wake_ = false;
+  std::deque<SpoolMessage> submitted_;
+  std::deque<DeliveryResult> results_;
+  std::map<std::string, std::deque<DeliveryJob>> ready_;
+  std::map<std::string, uint32_t> busy_;
+  QueueStats stats_;
+};
+
+}  // namespace mailseal::queue

@@ -1,0 +1,415 @@
+// spool.cc — see spool.h and FORMAT.md.
+#include "dataplane/queue/spool.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+
+namespace mailseal::queue {
+namespace {
+
+constexpr char kMagic[8] = {'M', 'S', 'P', 'O', 'O', 'L', '1', '\n'};
+constexpr uint8_t kEnvelope = 1, kBody = 2, kEnd = 3, kStatus = 4;
+constexpr uint32_t kMaxRecord = 16u << 20;
+constexpr size_t kMaxBodyRecord = 64 * 1024;
+constexpr size_t kMaxStatuses = 10000;
+constexpr size_t kHeader = 9;
+
+Status Errno(std::string_view what, std::string_view path) {
+  return InternalError(StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+uint32_t Crc(uint8_t type, std::string_view payload) {
+  uLong c = crc32(0L, Z_NULL, 0);
+  c = crc32(c, &type, 1);
+  c = crc32(c, reinterpret_cast<const Bytef*>(payload.data()), static_cast<uInt>(payload.size()));
+  return static_cast<uint32_t>(c);
+}
+
+void PutU32(std::string* s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void PutU64(std::string* s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+uint64_t GetU64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::string Frame(uint8_t type, std::string_view payload) {
+  std::string r;
+  r.reserve(kHeader + payload.size());
+  r.push_back(static_cast<char>(type));
+  PutU32(&r, static_cast<uint32_t>(payload.size()));
+  PutU32(&r, Crc(type, payload));
+  r.append(payload);
+  return r;
+}
+
+Status WriteAll(int fd, std::string_view data, std::string_view path) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("write", path);
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return OkStatus();
+}
+
+Status FsyncPath(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno("open", dir);
+  int rc = ::fsync(fd);
+  int saved = errno;
+  ::close(fd);
+  errno = saved;
+  if (rc != 0) return Errno("fsync", dir);
+  return OkStatus();
+}
+
+Status PreadAll(int fd, char* buf, size_t len, uint64_t off, const std::string& path) {
+  while (len) {
+    ssize_t n = ::pread(fd, buf, len, static_cast<off_t>(off));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("read", path);
+    }
+    if (n == 0) return DataLossError(StrCat(path, ": unexpected end of file"));
+    buf += n;
+    len -= static_cast<size_t>(n);
+    off += static_cast<uint64_t>(n);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+const char* StateDir(SpoolState s) {
+  switch (s) {
+    case SpoolState::kIncoming: return "incoming";
+    case SpoolState::kActive: return "active";
+    case SpoolState::kDeferred: return "deferred";
+    case SpoolState::kHold: return "hold";
+    case SpoolState::kCorrupt: return "corrupt";
+  }
+  return "?";
+}
+
+Status Spool::Init() {
+  if (::mkdir(root_.c_str(), 0700) != 0 && errno != EEXIST) return Errno("mkdir", root_);
+  for (SpoolState s : {SpoolState::kIncoming, SpoolState::kActive, SpoolState::kDeferred,
+                       SpoolState::kHold, SpoolState::kCorrupt}) {
+    std::string d = StrCat(root_, "/", StateDir(s));
+    if (::mkdir(d.c_str(), 0700) != 0 && errno != EEXIST) return Errno("mkdir", d);
+    if (::access(d.c_str(), W_OK | X_OK) != 0) return Errno("access", d);
+  }
+  return FsyncPath(root_);
+}
+
+std::string Spool::PathOf(SpoolState s, std::string_view id) const {
+  return StrCat(root_, "/", StateDir(s), "/", id);
+}
+
+std::string Spool::NewQueueId() {
+  static std::atomic<uint32_t> counter{0};
+  static const uint32_t salt = [] {
+    uint32_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != sizeof v) v = static_cast<uint32_t>(getpid());
+    return v;
+  }();
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
+  uint32_t c = counter.fetch_add(1, std::memory_order_relaxed);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%013llX%05X%04X", static_cast<unsigned long long>(us),
+                (c ^ salt) & 0xFFFFF, (salt >> 16) & 0xFFFF);
+  return buf;
+}
+
+Status Spool::Move(std::string_view id, SpoolState from, SpoolState to) const {
+  std::string a = PathOf(from, id), b = PathOf(to, id);
+  if (::rename(a.c_str(), b.c_str()) != 0) return Errno("rename", a);
+  return FsyncDir(to);
+}
+
+Status Spool::Remove(std::string_view id, SpoolState s) const {
+  std::string p = PathOf(s, id);
+  if (::unlink(p.c_str()) != 0 && errno != ENOENT) return Errno("unlink", p);
+  return OkStatus();
+}
+
+Status Spool::FsyncDir(SpoolState s) const {
+  return FsyncPath(StrCat(root_, "/", StateDir(s)));
+}
+
+Result<std::vector<std::string>> Spool::List(SpoolState s) const {
+  std::string d = StrCat(root_, "/", StateDir(s));
+  DIR* dir = ::opendir(d.c_str());
+  if (!dir) return Errno("opendir", d);
+  std::vector<std::string> ids;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    ids.emplace_back(e->d_name);
+  }
+  ::closedir(dir);
+  return ids;
+}
+
+// ---- SpoolWriter -----------------------------------------------------------------------
+
+SpoolWriter::~SpoolWriter() {
+  if (fd_ >= 0) Abandon();
+}
+
+Status SpoolWriter::Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env_in) {
+  spool_ = spool;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    id_ = spool->NewQueueId();
+    std::string path = spool->PathOf(SpoolState::kIncoming, id_);
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd_ >= 0) break;
+    if (errno != EEXIST) return Errno("create", path);
+  }
+  if (fd_ < 0) return InternalError("could not create a unique spool file");
+  mailseal::v1::SpoolEnvelope env = env_in;
+  env.set_queue_id(id_);
+  std::string payload;
+  if (!env.SerializeToString(&payload)) return InternalError("envelope serialisation");
+  buf_.assign(kMagic, sizeof kMagic);
+  buf_ += Frame(kEnvelope, payload);
+  file_offset_ = buf_.size();
+  envelope_ = std::move(env);
+  body_crc_ = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
+  return OkStatus();
+}
+
+void SpoolWriter::AddBodyRecord() {
+  uint32_t crc = Crc(kBody, pending_body_);
+  extents_.push_back({file_offset_ + kHeader, static_cast<uint32_t>(pending_body_.size()), crc});
+  buf_.push_back(static_cast<char>(kBody));
+  PutU32(&buf_, static_cast<uint32_t>(pending_body_.size()));
+  PutU32(&buf_, crc);
+  buf_ += pending_body_;
+  file_offset_ += kHeader + pending_body_.size();
+  pending_body_.clear();
+}
+
+SpoolMessage SpoolWriter::TakeMessage() {
+  SpoolMessage m;
+  m.id = id_;
+  m.envelope = std::move(envelope_);
+  m.body = std::move(extents_);
+  m.body_size = body_size_;
+  m.file_size = file_offset_;
+  return m;
+}
+
+Status SpoolWriter::FlushBuffer() {
+  if (buf_.empty()) return OkStatus();
+  Status st = WriteAll(fd_, buf_, spool_->PathOf(SpoolState::kIncoming, id_));
+  buf_.clear();
+  if (!st.ok()) failed_ = true;
+  return st;
+}
+
+Status SpoolWriter::Append(std::string_view body) {
+  if (failed_ || fd_ < 0) return FailedPreconditionError("spool writer failed earlier");
+  body_size_ += body.size();
+  body_crc_ = static_cast<uint32_t>(
+      crc32(body_crc_, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size())));
+  while (!body.empty()) {
+    size_t room = kMaxBodyRecord - pending_body_.size();
+    size_t n = std::min(room, body.size());
+    pending_body_.append(body.substr(0, n));
+    body.remove_prefix(n);
+    if (pending_body_.size() == kMaxBodyRecord) {
+      AddBodyRecord();
+      if (buf_.size() >= 256 * 1024) {
+        if (Status st = FlushBuffer(); !st.ok()) return st;
+      }
+    }
+  }
+  return OkStatus();
+}
+
+Status SpoolWriter::Finish() {
+  if (failed_ || fd_ < 0) return FailedPreconditionError("spool writer failed earlier");
+  if (!pending_body_.empty()) AddBodyRecord();
+  std::string end;
+  PutU64(&end, body_size_);
+  PutU32(&end, body_crc_);
+  buf_ += Frame(kEnd, end);
+  file_offset_ += kHeader + end.size();
+  if (Status st = FlushBuffer(); !st.ok()) return st;
+  if (::fdatasync(fd_) != 0) {
+    failed_ = true;
+    return Errno("fdatasync", spool_->PathOf(SpoolState::kIncoming, id_));
+  }
+  return OkStatus();
+}
+
+Status SpoolWriter::Publish() {
+  if (failed_ || fd_ < 0) return FailedPreconditionError("spool writer failed earlier");
+  std::string a = spool_->PathOf(SpoolState::kIncoming, id_);
+  std::string b = spool_->PathOf(SpoolState::kActive, id_);
+  if (::rename(a.c_str(), b.c_str()) != 0) {
+    failed_ = true;
+    return Errno("rename", a);
+  }
+  ::close(fd_);
+  fd_ = -1;
+  return OkStatus();
+}
+
+void SpoolWriter::Abandon() {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  fd_ = -1;
+  std::string p = spool_->PathOf(SpoolState::kIncoming, id_);
+  ::unlink(p.c_str());
+}
+
+// ---- reading ---------------------------------------------------------------------------
+
+Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open", path);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Errno("fstat", path);
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  auto corrupt = [&](std::string_view why) {
+    return DataLossError(StrCat(path, ": ", why));
+  };
+  if (size < sizeof kMagic) return corrupt("too short for a spool file");
+  char magic[sizeof kMagic];
+  if (Status s = PreadAll(fd, magic, sizeof magic, 0, path); !s.ok()) return s;
+  if (std::memcmp(magic, kMagic, sizeof kMagic) != 0) return corrupt("bad magic");
+
+  SpoolMessage msg;
+  uint64_t off = sizeof kMagic;
+  bool have_env = false, have_end = false;
+  uint32_t body_crc = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
+  std::string payload;
+  while (off < size) {
+    if (size - off < kHeader) {
+      if (have_end) break;  // torn STATUS append
+      return corrupt("truncated record header");
+    }
+    char hdr[kHeader];
+    if (Status s = PreadAll(fd, hdr, kHeader, off, path); !s.ok()) return s;
+    uint8_t type = static_cast<uint8_t>(hdr[0]);
+    uint32_t len = GetU32(hdr + 1), crc = GetU32(hdr + 5);
+    if (len > kMaxRecord) return corrupt("record too long");
+    if (size - off - kHeader < len) {
+      if (have_end && type == kStatus) break;  // torn STATUS append
+      return corrupt("truncated record");
+    }
+    payload.resize(len);
+    if (Status s = PreadAll(fd, payload.data(), len, off + kHeader, path); !s.ok()) return s;
+    if (Crc(type, payload) != crc) {
+      if (have_end && off + kHeader + len == size) break;  // torn last append
+      return corrupt(StrCat("CRC mismatch at offset ", off));
+    }
+    if (!have_env) {
+      if (type != kEnvelope) return corrupt("first record is not the envelope");
+      if (len > (1u << 20) || !msg.envelope.ParseFromString(payload))
+        return corrupt("unreadable envelope");
+      if (msg.envelope.recipients_size() == 0 || msg.envelope.recipients_size() > 100000)
+        return corrupt("envelope recipient count out of range");
+      have_env = true;
+    } else if (!have_end) {
+      if (type == kBody) {
+        if (len > kMaxBodyRecord) return corrupt("body record too long");
+        msg.body.push_back({off + kHeader, len, crc});
+        msg.body_size += len;
+        body_crc = static_cast<uint32_t>(
+            crc32(body_crc, reinterpret_cast<const Bytef*>(payload.data()), len));
+      } else if (type == kEnd) {
+        if (len != 12) return corrupt("bad END record");
+        if (GetU64(payload.data()) != msg.body_size || GetU32(payload.data() + 8) != body_crc)
+          return corrupt("END does not match the body");
+        have_end = true;
+      } else {
+        return corrupt("unexpected record before END");
+      }
+    } else {
+      if (type != kStatus) return corrupt("unexpected record after END");
+      if (msg.statuses.size() >= kMaxStatuses) return corrupt("too many STATUS records");
+      mailseal::v1::SpoolStatus status;
+      if (!status.ParseFromString(payload)) return corrupt("unreadable STATUS record");
+      msg.statuses.push_back(std::move(status));
+    }
+    off += kHeader + len;
+  }
+  if (!have_env) return corrupt("no envelope");
+  if (!have_end) return corrupt("no END record (incomplete message)");
+  msg.id = msg.envelope.queue_id();
+  msg.file_size = off;
+  return msg;
+}
+
+Status ReadBody(const std::string& path, const SpoolMessage& msg,
+                      const std::function<Status(std::string_view)>& sink) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open", path);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::string buf;
+  for (const BodyExtent& e : msg.body) {
+    buf.resize(e.length);
+    if (Status s = PreadAll(fd, buf.data(), e.length, e.offset, path); !s.ok()) return s;
+    if (Crc(kBody, buf) != e.crc)
+      return DataLossError(StrCat(path, ": body CRC mismatch at ", e.offset));
+    if (Status s = sink(buf); !s.ok()) return s;
+  }
+  return OkStatus();
+}
+
+Status AppendStatus(const std::string& path, const mailseal::v1::SpoolStatus& status) {
+  std::string payload;
+  if (!status.SerializeToString(&payload)) return InternalError("status serialisation");
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return Errno("open", path);
+  Status st = WriteAll(fd, Frame(kStatus, payload), path);
+  if (st.ok() && ::fdatasync(fd) != 0) st = Errno("fdatasync", path);
+  ::close(fd);
+  return st;
+}
+
+Result<std::string> WriteWholeMessage(Spool* spool, mailseal::v1::SpoolEnvelope env,
+                                              std::string_view body) {
+  SpoolWriter w;
+  if (Status s = w.Open(spool, env); !s.ok()) return s;
+  if (Status s = w.Append(body); !s.ok()) return s;
+  if (Status s = w.Finish(); !s.ok()) return s;
+  if (Status s = w.Publish(); !s.ok()) return s;
+  if (Status s = spool->FsyncDir(SpoolState::kActive); !s.ok()) return s;
+  return w.id();
+}
+
+}  // namespace mailseal::queue

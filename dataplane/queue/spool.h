@@ -1,0 +1,116 @@
+// spool.h — durable one-file-per-message queue storage (see FORMAT.md beside this file).
+//
+// SECURITY: spool files are written 0600 by the daemon user and are trusted only after the
+// reader has checked framing and CRCs; a damaged file is moved to corrupt/, never delivered
+// and never silently deleted. Not yet encrypted at rest (DE-22 lands with the HSM issue).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "dataplane/base/status.h"
+#include "mailseal/v1/spool.pb.h"
+
+namespace mailseal::queue {
+
+
+enum class SpoolState { kIncoming, kActive, kDeferred, kHold, kCorrupt };
+const char* StateDir(SpoolState s);
+
+// Spool owns the directory tree. Thread safe (no mutable state beyond the id counter).
+class Spool {
+ public:
+  explicit Spool(std::string root) : root_(std::move(root)) {}
+  // Init creates the directories (0700) and checks they are writable.
+  [[nodiscard]] Status Init();
+  const std::string& root() const { return root_; }
+  std::string PathOf(SpoolState s, std::string_view id) const;
+  // NewQueueId: a unique, sortable id (time + counter + random), safe as a file name.
+  std::string NewQueueId();
+  // Move renames a file between states and fsyncs the target directory.
+  [[nodiscard]] Status Move(std::string_view id, SpoolState from, SpoolState to) const;
+  [[nodiscard]] Status Remove(std::string_view id, SpoolState s) const;
+  // List returns the ids in a state directory.
+  [[nodiscard]] Result<std::vector<std::string>> List(SpoolState s) const;
+  // FsyncDir makes renames into `s` durable.
+  [[nodiscard]] Status FsyncDir(SpoolState s) const;
+
+ private:
+  std::string root_;
+};
+
+struct BodyExtent {
+  uint64_t offset;   // of the payload in the file
+  uint32_t length;
+  uint32_t crc;      // record CRC (over type + payload)
+};
+
+// SpoolMessage is what a reader learns from a complete file.
+struct SpoolMessage {
+  std::string id;
+  mailseal::v1::SpoolEnvelope envelope;
+  std::vector<mailseal::v1::SpoolStatus> statuses;
+  std::vector<BodyExtent> body;
+  uint64_t body_size = 0;
+  uint64_t file_size = 0;   // bytes up to the last whole record
+};
+
+// SpoolWriter writes one new message into incoming/. Not thread safe; one per message.
+class SpoolWriter {
+ public:
+  SpoolWriter() = default;
+  ~SpoolWriter();
+  SpoolWriter(const SpoolWriter&) = delete;
+  SpoolWriter& operator=(const SpoolWriter&) = delete;
+
+  [[nodiscard]] Status Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env);
+  // Append buffers body bytes; errors surface here or in Finish().
+  [[nodiscard]] Status Append(std::string_view body);
+  // Finish writes END and fdatasyncs; the file is complete but still in incoming/.
+  [[nodiscard]] Status Finish();
+  // Publish renames incoming/ -> active/ (the caller fsyncs active/, possibly for a batch).
+  [[nodiscard]] Status Publish();
+  // Abandon deletes the incoming file (message refused or connection lost before END).
+  void Abandon();
+
+  const std::string& id() const { return id_; }
+  uint64_t body_size() const { return body_size_; }
+  // TakeMessage: after Publish(), what a reader would load from the file (no second read).
+  SpoolMessage TakeMessage();
+
+ private:
+  void AddBodyRecord();
+  [[nodiscard]] Status FlushBuffer();
+  Spool* spool_ = nullptr;
+  int fd_ = -1;
+  std::string id_;
+  std::string buf_;
+  std::string pending_body_;
+  uint64_t body_size_ = 0;
+  uint32_t body_crc_ = 0;
+  bool failed_ = false;   // after a failed write or fsync, every later call fails (LevelDB)
+  uint64_t file_offset_ = 0;                 // bytes framed so far (flushed or buffered)
+  mailseal::v1::SpoolEnvelope envelope_;
+  std::vector<BodyExtent> extents_;
+};
+
+// ReadSpoolFile validates and loads a file. A corrupt file gives DataLossError with the reason.
+[[nodiscard]] Result<SpoolMessage> ReadSpoolFile(const std::string& path);
+
+// ReadBody streams the body of a loaded message, checking each record's CRC again.
+[[nodiscard]] Status ReadBody(const std::string& path, const SpoolMessage& msg,
+                                    const std::function<Status(std::string_view)>& sink);
+
+// AppendStatus appends a STATUS record and fdatasyncs it.
+[[nodiscard]] Status AppendStatus(const std::string& path,
+                                        const mailseal::v1::SpoolStatus& status);
+
+// WriteWholeMessage writes a complete message (used for DSNs) straight to active/, durably.
+[[nodiscard]] Result<std::string> WriteWholeMessage(
+    Spool* spool, mailseal::v1::SpoolEnvelope env, std::string_view body);
+
+}  // namespace mailseal::queue

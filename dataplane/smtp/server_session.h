@@ -1,0 +1,188 @@
+// server_session.h — the SMTP server protocol core, sans-I/O.
+//
+// Bytes from the client go in through Feed(); replies come out through TakeOutput(); message
+// content and transaction decisions go to a ServerHandler. Nothing here touches a socket, a
+// file or a clock, so the kernel and DPDK back ends, unit tests and fuzzers all drive it alike.
+//
+// SECURITY: every byte is untrusted. Each buffer that input can grow is bounded by
+// ServerLimits. The only end of DATA is <CR><LF>.<CR><LF>: a bare LF or bare CR never ends the
+// data (SMTP smuggling, 2023), and such a message is refused or normalised by configuration.
+//
+// STANDARDS: RFC 5321 (SMTP), RFC 2920 (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
+// RFC 2034/3463 (ENHANCEDSTATUSCODES), RFC 3030 (CHUNKING), RFC 6531 (SMTPUTF8),
+// RFC 3461 (DSN parameters).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dataplane/smtp/address.h"
+#include "dataplane/smtp/reply.h"
+
+namespace mailseal::smtp {
+
+struct ServerLimits {
+  uint64_t max_message_size = 35ull << 20;
+  uint32_t max_recipients = 1000;
+  uint32_t max_line_length = 2048;
+  uint32_t max_data_line_length = 1000 * 64;
+  uint32_t max_header_size = 1u << 20;
+  uint32_t max_errors = 10;
+  uint32_t max_commands_before_mail = 50;
+};
+
+enum class BareNewlinePolicy { kReject, kNormalize };
+
+struct ServerOptions {
+  std::string hostname = "localhost";
+  ServerLimits limits;
+  BareNewlinePolicy bare_newline = BareNewlinePolicy::kReject;
+};
+
+struct Recipient {
+  std::string address;
+  std::string notify;  // RFC 3461 NOTIFY, upper-cased; empty: not given
+  std::string orcpt;   // RFC 3461 ORCPT as given
+};
+
+struct Transaction {
+  std::string helo;
+  std::string mail_from;      // empty: null sender
+  uint64_t declared_size = 0; // SIZE=, 0: not given
+  std::string body_type;      // "7BIT", "8BITMIME"; empty: not given
+  bool smtputf8 = false;
+  std::string ret;            // "FULL" / "HDRS"
+  std::string envid;          // xtext-decoded
+  std::vector<Recipient> recipients;
+};
+
+// ServerHandler receives the session's decisions and message content. Every call happens
+// inside Feed() (or CompleteData()) on the caller's thread.
+class ServerHandler {
+ public:
+  virtual ~ServerHandler() = default;
+  // OnMail may refuse a transaction (e.g. 452 4.3.1 when the queue is full). Default: accept.
+  virtual Reply OnMail(const Transaction& txn) { return {}; }
+  // OnRcpt decides one recipient (relay control). Return code 0 to accept.
+  virtual Reply OnRcpt(const Transaction& txn, const Recipient& rcpt) { return {}; }
+  // OnDataStart opens the message's storage. Return code 0 to go on.
+  virtual Reply OnDataStart(const Transaction& txn) { return {}; }
+  // OnDataChunk receives message content in order: CRLF lines, dot-unstuffed.
+  virtual void OnDataChunk(std::string_view bytes) {}
+  // OnDataEnd: content is complete and valid. The handler must make it durable and then call
+  // ServerSession::CompleteData() with the reply (now or later); until then input is buffered.
+  virtual void OnDataEnd(const Transaction& txn) = 0;
+  // OnDataAbort: the content that was started will not complete (refused, reset, closed).
+  virtual void OnDataAbort() {}
+};
+
+class ServerSession {
+ public:
+  ServerSession(const ServerOptions& options, ServerHandler* handler);
+
+  // Start queues the 220 greeting.
+  void Start();
+  // Feed consumes client bytes. Returns false once the session is closed (after QUIT, 421...).
+  bool Feed(std::string_view bytes);
+  // CompleteData delivers the reply for the message passed to OnDataEnd and resumes input.
+  void CompleteData(const Reply& reply);
+  // Timeout answers 421 and closes (the driver's idle timer fired).
+  void Timeout();
+  // Shutdown answers 421 (daemon stopping) and closes.
+  void Shutdown();
+
+  // TakeOutput moves out the reply bytes produced so far.
+  std::string TakeOutput();
+  bool HasOutput() const { return !out_.empty(); }
+  // Closed: the driver should flush the output and close the connection.
+  bool Closed() const { return closed_; }
+  // Paused: waiting for CompleteData(); the driver should stop reading (input is buffered).
+  bool Paused() const { return state_ == State::kCommitting; }
+  size_t BufferedInput() const { return in_.size(); }
+  // InTransaction: between MAIL and the end of the message (a drain waits for it).
+  bool InTransaction() const { return in_txn_ || state_ != State::kCommand; }
+
+  struct Counters {
+    uint64_t messages_accepted = 0;
+    uint64_t messages_refused = 0;
+    uint64_t errors = 0;
+  };
+  const Counters& counters() const { return counters_; }
+
+ private:
+  enum class State { kCommand, kData, kBdat, kCommitting, kClosed };
+  enum class DataState { kBol, kBolBare, kMid, kCR, kBolDot, kBolDotCR };
+  enum class Refusal { kNone, kBareNewline, kTooBig, kLineTooLong, kHeaderTooBig };
+
+  struct Verb;
+  void ProcessInput();
+  void HandleLine(std::string_view line);
+  void Send(const Reply& r);
+  void Send(int code, std::string_view enhanced, std::string_view text);
+  void Error(int code, std::string_view enhanced, std::string_view text);
+  void Close(int code, std::string_view enhanced, std::string_view text);
+  void ResetTransaction();
+  Reply BeginData();
+  void AbortData(Refusal why);
+  size_t ConsumeData(std::string_view in);   // returns bytes consumed
+  size_t ConsumeBdat(std::string_view in);
+  void EmitData(std::string_view bytes);
+  void EmitDataChar(char c);
+  void EmitRun(std::string_view run);
+  void FlushChunk();
+  void FinishData();
+
+  void CmdEhlo(std::string_view args);
+  void CmdHelo(std::string_view args);
+  void CmdMail(std::string_view args);
+  void CmdRcpt(std::string_view args);
+  void CmdData(std::string_view args);
+  void CmdBdat(std::string_view args);
+  void CmdRset(std::string_view args);
+  void CmdNoop(std::string_view args);
+  void CmdQuit(std::string_view args);
+  void CmdHelp(std::string_view args);
+  void CmdVrfy(std::string_view args);
+  void CmdExpn(std::string_view args);
+  void CmdStarttls(std::string_view args);
+
+  ServerOptions options_;
+  ServerHandler* handler_;
+  State state_ = State::kCommand;
+  std::string in_;         // unconsumed input (a partial command line, or paused input)
+  std::string out_;
+  bool closed_ = false;
+  bool discarding_long_line_ = false;
+
+  // Session state.
+  std::string helo_;
+  bool esmtp_ = false;
+  uint32_t errors_ = 0;
+  uint32_t commands_outside_txn_ = 0;
+
+  // Transaction state.
+  bool in_txn_ = false;
+  bool used_bdat_ = false;
+  bool data_started_ = false;   // OnDataStart accepted (storage open)
+  Transaction txn_;
+  // Data phase.
+  DataState dstate_ = DataState::kBol;
+  Refusal refusal_ = Refusal::kNone;
+  uint64_t data_bytes_ = 0;
+  uint64_t line_bytes_ = 0;
+  uint64_t header_bytes_ = 0;
+  bool in_header_ = true;
+  bool saw_bare_ = false;
+  std::string chunk_;
+  uint64_t bdat_remaining_ = 0;
+  bool bdat_last_ = false;
+  bool bdat_refused_ = false;   // swallow this chunk's bytes, then send bdat_reply_
+  Reply bdat_reply_;
+  bool processing_ = false;
+
+  Counters counters_;
+};
+
+}  // namespace mailseal::smtp
