@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <charconv>
 #include <fstream>
 #include <sstream>
@@ -39,6 +40,9 @@ class Collector : public google::protobuf::io::ErrorCollector {
 std::string Where(const std::string& name, const TextFormat::ParseInfoTree& tree,
                   const google::protobuf::Message& msg, const std::string& field, int index = -1) {
   const auto* fd = msg.GetDescriptor()->FindFieldByName(field);
+  if (fd && fd->is_repeated() && index < 0) index = 0;
+  if (fd && fd->is_repeated() && index >= msg.GetReflection()->FieldSize(msg, fd)) fd = nullptr;
+  if (fd && !fd->is_repeated()) index = -1;
   if (fd) {
     auto loc = tree.GetLocation(fd, index);
     if (loc.line >= 0) return StrCat(name, ":", loc.line + 1, ":", loc.column + 1);
@@ -147,18 +151,28 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (lim->idle_timeout_ms() == 0) lim->set_idle_timeout_ms(300000);
   if (lim->max_connections() == 0) lim->set_max_connections(4096);
 
+  if (!cfg.has_delivery()) return bad(cfg, tree, "delivery", -1, "is required");
   auto* del = cfg.mutable_delivery();
   const auto* dtree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("delivery"), -1);
   auto dbad = [&](const std::string& field, const std::string& what) {
     if (dtree) return bad(*del, *dtree, field, -1, what);
     return bad(cfg, tree, "delivery", -1, what);
   };
-  if (!cfg.has_delivery()) return bad(cfg, tree, "delivery", -1, "is required");
   if (!del->relay_host().empty()) {
     std::string h;
     uint16_t p;
     if (!ParseHostPort(del->relay_host(), &h, &p) || p == 0)
       return dbad("relay_host", StrCat("'", del->relay_host(), "' is not host:port"));
+  }
+  for (int i = 0; i < del->routes_size(); ++i) {
+    auto* r = del->mutable_routes(i);
+    std::string h;
+    uint16_t p;
+    if (r->domain().empty() || !ParseHostPort(r->next_hop(), &h, &p) || p == 0)
+      return dbad("routes", StrCat("route ", i + 1, " needs a domain and next_hop host:port"));
+    std::string d = r->domain();
+    for (char& c : d) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    r->set_domain(d);
   }
   if (del->agents() == 0) del->set_agents(20);
   if (del->agents() > 1000) return dbad("agents", "at most 1000");

@@ -29,7 +29,7 @@ void CryptoStage::Stop() {
     if (w->thread.joinable()) w->thread.join();
 }
 
-bool CryptoStage::Submit(Job job) {
+bool CryptoStage::Submit(Job& job) {
   // Round robin; a full ring is tried once each, then the caller keeps the job.
   for (size_t tries = 0; tries < workers_.size(); ++tries) {
     Worker* w = workers_[next_++ % workers_.size()].get();
@@ -59,7 +59,7 @@ void CryptoStage::Run(Worker* w) {
       Completion c = Process(*job);
       // The completion ring is as large as the job ring, and the dispatcher drains it before
       // submitting more, so it cannot stay full; yield until there is room.
-      while (!w->done.TryPush(c)) {
+      while (!w->done.TryPush(std::move(c))) {
         if (stop_.load(std::memory_order_acquire)) return;
         on_completion_ready_();
         std::this_thread::yield();

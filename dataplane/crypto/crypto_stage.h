@@ -43,8 +43,9 @@ class CryptoStage {
 
   void Start();
   void Stop();
-  // Submit (dispatcher thread only): false when the chosen ring is full (push back).
-  bool Submit(Job job);
+  // Submit (dispatcher thread only): false when every ring is full (push back); `job` is
+  // left intact then.
+  bool Submit(Job& job);
   // DrainCompletions (dispatcher thread only).
   size_t DrainCompletions(std::vector<Completion>* out);
 

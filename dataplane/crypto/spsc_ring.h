@@ -33,7 +33,8 @@ class SpscRing {
   size_t capacity() const { return mask_ + 1; }
 
   // TryPush (producer only): false when full — the caller pushes back, never spins.
-  bool TryPush(T value) {
+  // `value` is moved from only when the push succeeds.
+  bool TryPush(T&& value) {
     const uint64_t tail = tail_.load(std::memory_order_relaxed);
     // acquire pairs with the consumer's release store of head_: the slot is free to reuse.
     if (tail - head_cache_ > mask_) {
@@ -44,6 +45,11 @@ class SpscRing {
     // release pairs with the consumer's acquire load of tail_: the slot's contents are visible.
     tail_.store(tail + 1, std::memory_order_release);
     return true;
+  }
+
+  bool TryPush(const T& value) {
+    T copy(value);
+    return TryPush(std::move(copy));
   }
 
   // TryPop (consumer only): nullopt when empty.

@@ -81,10 +81,13 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
     uint16_t port;
   };
   std::vector<Hop> hops;
-  if (!d.relay_host().empty()) {
+  std::string fixed = job.destination == "[relay]" ? d.relay_host() : "";
+  for (const auto& r : d.routes())
+    if (r.domain() == job.destination) fixed = r.next_hop();
+  if (!fixed.empty()) {
     std::string h;
     uint16_t p = 25;
-    config::ParseHostPort(d.relay_host(), &h, &p);
+    config::ParseHostPort(fixed, &h, &p);
     hops.push_back({h, p});
   } else {
     Result<std::vector<io::MxHost>> mx = resolver_->LookupMx(job.destination);

@@ -218,7 +218,8 @@ void QueueManager::PumpCrypto() {
       to_crypto_.pop_front();
       continue;
     }
-    if (!crypto_->Submit(crypto::Job{id, PathOf(it->second)})) break;  // ring full: later
+    crypto::Job job{id, PathOf(it->second)};
+    if (!crypto_->Submit(job)) break;  // every ring full: try again after completions
     to_crypto_.pop_front();
   }
 }
@@ -228,8 +229,10 @@ void QueueManager::Dispatch(Entry& e) {
   bool relay = !options_.delivery.relay_host().empty();
   for (uint32_t i = 0; i < e.rcpt.size(); ++i) {
     if (e.rcpt[i] != kPending) continue;
-    std::string dest = relay ? kRelayDestination
-                             : smtp::DomainOf(e.msg->envelope.recipients(static_cast<int>(i)).address());
+    std::string domain = smtp::DomainOf(e.msg->envelope.recipients(static_cast<int>(i)).address());
+    bool routed = false;
+    for (const auto& r : options_.delivery.routes()) routed = routed || r.domain() == domain;
+    std::string dest = (relay && !routed) ? kRelayDestination : domain;
     by_dest[dest].push_back(i);
   }
   if (by_dest.empty()) {

@@ -374,6 +374,7 @@ void ServerSession::CmdBdat(std::string_view args) {
     return Close(554, "5.5.4", "Error: bad BDAT syntax, closing");
   }
   bdat_remaining_ = n;
+  bdat_size_ = n;
   bdat_last_ = last;
   bdat_refused_ = false;
   state_ = State::kBdat;
@@ -545,7 +546,7 @@ size_t ServerSession::ConsumeBdat(std::string_view in) {
       // Keep accepting chunks until LAST; the refusal is reported then.
       Send(250, "2.0.0", "chunk discarded");
     } else {
-      Send(250, "2.0.0", std::to_string(n) + " octets received");
+      Send(250, "2.0.0", std::to_string(bdat_size_) + " octets received");
     }
   }
   return n;

@@ -177,6 +177,7 @@ class ServerSession {
   bool saw_bare_ = false;
   std::string chunk_;
   uint64_t bdat_remaining_ = 0;
+  uint64_t bdat_size_ = 0;
   bool bdat_last_ = false;
   bool bdat_refused_ = false;   // swallow this chunk's bytes, then send bdat_reply_
   Reply bdat_reply_;

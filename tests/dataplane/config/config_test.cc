@@ -1,0 +1,67 @@
+// Config validation: a bad config is refused with file:line:column and the field (issue #2).
+#include "dataplane/config/config.h"
+
+#include <gtest/gtest.h>
+
+namespace mailseal::config {
+namespace {
+
+const char kGood[] = R"(listen { address: "127.0.0.1:2525" }
+spool_dir: "/var/spool/mailseal"
+delivery { relay_host: "[127.0.0.1]:25" }
+)";
+
+TEST(Config, DefaultsAreApplied) {
+  Result<v1::Config> c = ParseConfigText(kGood, "gw.conf");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->net_threads(), 2u);
+  EXPECT_EQ(c->limits().max_message_size(), 35ull << 20);
+  EXPECT_EQ(c->delivery().max_lifetime_s(), 5u * 24 * 3600);
+  EXPECT_EQ(c->bare_newline(), v1::BARE_NEWLINE_REJECT);
+  EXPECT_FALSE(c->hostname().empty());
+}
+
+TEST(Config, SyntaxErrorNamesLineAndColumn) {
+  Result<v1::Config> c = ParseConfigText("listen { address: \"127.0.0.1:25\" }\nrequre_tls: true\n", "gw.conf");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message().rfind("gw.conf:2:", 0), 0u) << c.status().message();
+  EXPECT_NE(c.status().message().find("requre_tls"), std::string::npos);
+}
+
+TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
+  struct Case {
+    std::string text, want_prefix, want_field;
+  } cases[] = {
+      {"listen { address: \"nonsense\" }\nspool_dir: \"/q\"\ndelivery {}\n", "gw.conf:1:10", "address"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"relative\"\ndelivery {}\n", "gw.conf:2:1", "spool_dir"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ntrusted_networks: \"10.0.0.0/33\"\ndelivery {}\n",
+       "gw.conf:3:1", "trusted_networks"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\nlimits {\n  max_line_length: 100\n}\ndelivery {}\n",
+       "gw.conf:4:3", "max_line_length"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n relay_host: \"x\"\n}\n",
+       "gw.conf:4:2", "relay_host"},
+      {"spool_dir: \"/q\"\ndelivery {}\n", "gw.conf", "listen"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\n", "gw.conf", "delivery"},
+  };
+  for (const Case& k : cases) {
+    Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
+    ASSERT_FALSE(c.ok()) << k.text;
+    EXPECT_EQ(c.status().message().rfind(k.want_prefix + ":", 0), 0u) << c.status().message();
+    EXPECT_NE(c.status().message().find("field '" + k.want_field + "'"), std::string::npos)
+        << c.status().message();
+  }
+}
+
+TEST(Config, HostPort) {
+  std::string h;
+  uint16_t p;
+  EXPECT_TRUE(ParseHostPort("[::1]:25", &h, &p));
+  EXPECT_EQ(h, "::1");
+  EXPECT_TRUE(ParseHostPort("mx.test:2525", &h, &p));
+  EXPECT_EQ(p, 2525);
+  EXPECT_FALSE(ParseHostPort("::1:25", &h, &p));
+  EXPECT_FALSE(ParseHostPort("h:99999", &h, &p));
+}
+
+}  // namespace
+}  // namespace mailseal::config
