@@ -1,0 +1,270 @@
+"""Helpers for mailseal's integration tests: real peers on loopback, started on free ports and
+stopped by PID (also when a test fails).
+
+Peers: mailseald (the binary under test), Postfix (a private instance), smtp-sink (Postfix's
+test sink, which writes every message it accepts to a file), swaks.
+"""
+import argparse
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+_cleanups = []
+
+
+def cleanup_all():
+    while _cleanups:
+        fn = _cleanups.pop()
+        try:
+            fn()
+        except Exception as e:  # keep cleaning up
+            print(f"cleanup: {e}", file=sys.stderr)
+
+
+atexit.register(cleanup_all)
+
+
+def args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--mailseald", required=True)
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    return p.parse_args()
+
+
+def tempdir(keep=False):
+    d = tempfile.mkdtemp(prefix="mailseal-it-")
+    os.chmod(d, 0o755)  # the postfix user must be able to enter it
+    if not keep:
+        _cleanups.insert(0, lambda: shutil.rmtree(d, ignore_errors=True))
+    return d
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wait_for(pred, timeout, what, interval=0.1):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+
+
+class Sink:
+    """smtp-sink writing each accepted message to DIR/<file>."""
+
+    def __init__(self, root, extra=()):
+        self.dir = os.path.join(root, f"sink-{free_port()}")
+        os.makedirs(self.dir)
+        shutil.chown(self.dir, "postfix")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["smtp-sink", "-u", "postfix", "-d", os.path.join(self.dir, "%M."), *extra,
+             f"127.0.0.1:{self.port}", "256"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _cleanups.append(self.stop)
+        wait_port(self.port)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def messages(self):
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                out.append(f.read())
+        return out
+
+
+class Mailseald:
+    def __init__(self, binary, root, relay_port=None, extra="", name="gw", trusted="127.0.0.0/8",
+                 delivery_extra=""):
+        self.binary = binary
+        self.root = os.path.join(root, name)
+        os.makedirs(self.root, exist_ok=True)
+        self.spool = os.path.join(self.root, "spool")
+        self.config = os.path.join(self.root, "mailseald.conf")
+        self.log = os.path.join(self.root, "mailseald.log")
+        self.port = free_port()
+        relay = f'relay_host: "127.0.0.1:{relay_port}"' if relay_port else ""
+        with open(self.config, "w") as f:
+            f.write(f"""hostname: "gw.test"
+listen {{ address: "127.0.0.1:{self.port}" }}
+spool_dir: "{self.spool}"
+trusted_networks: "{trusted}"
+local_domains: "agency-a.test"
+delivery {{
+  {relay}
+  min_backoff_s: 1
+  max_backoff_s: 2
+  queue_scan_interval_ms: 200
+  connect_timeout_ms: 2000
+  command_timeout_ms: 10000
+  {delivery_extra}
+}}
+{extra}
+""")
+        self.proc = None
+        _cleanups.append(self.kill)
+
+    def start(self):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([self.binary, "--config", self.config], stdout=logf, stderr=logf)
+        logf.close()
+        end = time.time() + 10
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailseald exited {self.proc.returncode}:\n{self.read_log()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.recv(100)
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mailseald did not start listening")
+
+    def stop(self, timeout=20):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def read_log(self):
+        with open(self.log, "r", errors="replace") as f:
+            return f.read()
+
+    def queue_files(self, state):
+        d = os.path.join(self.spool, state)
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+class Postfix:
+    """A private Postfix instance that relays everything to relay_port (TESTING.md recipe)."""
+
+    def __init__(self, root, relay_port, extra_main=""):
+        self.dir = os.path.join(root, f"postfix-{free_port()}")
+        self.port = free_port()
+        conf, queue, data = (os.path.join(self.dir, x) for x in ("conf", "queue", "data"))
+        for d in (conf, queue, data):
+            os.makedirs(d)
+        os.chmod(self.dir, 0o755)
+        shutil.chown(data, "postfix")
+        with open("/etc/postfix/master.cf") as f:
+            master = f.read()
+        master = re.sub(r"^smtp\s+inet\s.*$", f"127.0.0.1:{self.port} inet n - n - - smtpd", master,
+                        count=1, flags=re.M)
+        with open(os.path.join(conf, "master.cf"), "w") as f:
+            f.write(master)
+        with open(os.path.join(conf, "main.cf"), "w") as f:
+            f.write(f"""compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+myhostname = peer.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{relay_port}
+smtpd_recipient_restrictions = permit_mynetworks, reject
+maillog_file_prefixes = /var, /dev/stdout, /tmp
+maillog_file = {self.dir}/maillog
+message_size_limit = 104857600
+{extra_main}
+""")
+        self.conf = conf
+        r = subprocess.run(["postfix", "-c", conf, "start"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix start failed: {r.stdout}{r.stderr}")
+        _cleanups.append(self.stop)
+        wait_port(self.port)
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", self.conf, "stop"], capture_output=True)
+        pid_file = os.path.join(self.dir, "queue", "pid", "master.pid")
+        try:
+            with open(pid_file) as f:
+                pid = int(f.read().strip())
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def smtp_exchange(port, lines, timeout=10.0):
+    """Sends raw bytes (a list of chunks) and returns everything the server said."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    out = b""
+    try:
+        out += s.recv(4096)
+        for chunk in lines:
+            s.sendall(chunk)
+            time.sleep(0.05)
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except (ConnectionResetError, BrokenPipeError, socket.timeout, OSError):
+        pass
+    finally:
+        s.close()
+    return out
+
+
+class Checker:
+    """Collects named checks; prints 'N passed, N failed' and exits non-zero on failure."""
+
+    def __init__(self, name):
+        self.name = name
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, cond, what, detail=""):
+        if cond:
+            self.passed += 1
+            print(f"ok   {what}")
+        else:
+            self.failed += 1
+            print(f"FAIL {what}" + (f"\n     {detail}" if detail else ""))
+        return cond
+
+    def finish(self):
+        print(f"{self.name}: {self.passed} passed, {self.failed} failed")
+        cleanup_all()
+        sys.exit(1 if self.failed or not self.passed else 0)
