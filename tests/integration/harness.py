@@ -76,11 +76,11 @@ def wait_for(pred, timeout, what, interval=0.1):
 class Sink:
     """smtp-sink writing each accepted message to DIR/<file>."""
 
-    def __init__(self, root, extra=()):
-        self.dir = os.path.join(root, f"sink-{free_port()}")
+    def __init__(self, root, extra=(), port=None):
+        self.port = port or free_port()
+        self.dir = os.path.join(root, f"sink-{self.port}")
         os.makedirs(self.dir)
         shutil.chown(self.dir, "postfix")
-        self.port = free_port()
         self.proc = subprocess.Popen(
             ["smtp-sink", "-u", "postfix", "-d", os.path.join(self.dir, "%M."), *extra,
              f"127.0.0.1:{self.port}", "256"],
