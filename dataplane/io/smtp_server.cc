@@ -216,6 +216,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       });
     });
   }
+  void OnRefused(const smtp::Transaction& txn, const Reply& r) override {
+    Log(LogLevel::kWarning, "smtpd", "message refused",
+        {{"client", peer_}, {"from", txn.mail_from}, {"reply", r.OneLine()}});
+  }
   void OnDataAbort() override {
     if (writer_) writer_->Abandon();
     writer_.reset();

@@ -563,15 +563,19 @@ void ServerSession::FinishData() {
   }
   AbortData(why);
   ++counters_.messages_refused;
+  Reply r;
   switch (why) {
     case Refusal::kBareNewline:
-      Error(550, "5.5.2", "Error: bare <LF> or <CR> in message text; use <CR><LF>");
+      r = MakeReply(550, "5.5.2", "Error: bare <LF> or <CR> in message text; use <CR><LF>");
       break;
-    case Refusal::kTooBig: Error(552, "5.3.4", "Error: message size exceeds fixed limit"); break;
-    case Refusal::kLineTooLong: Error(554, "5.6.0", "Error: message line too long"); break;
-    case Refusal::kHeaderTooBig: Error(552, "5.3.4", "Error: message header too large"); break;
-    case Refusal::kNone: Send(451, "4.3.0", "Error: message storage failed"); break;
+    case Refusal::kTooBig: r = MakeReply(552, "5.3.4", "Error: message size exceeds fixed limit"); break;
+    case Refusal::kLineTooLong: r = MakeReply(554, "5.6.0", "Error: message line too long"); break;
+    case Refusal::kHeaderTooBig: r = MakeReply(552, "5.3.4", "Error: message header too large"); break;
+    case Refusal::kNone: r = MakeReply(451, "4.3.0", "Error: message storage failed"); break;
   }
+  handler_->OnRefused(txn_, r);
+  if (r.transient()) Send(r);
+  else Error(r.code, r.enhanced, r.text);
   ResetTransaction();
 }
 

@@ -76,6 +76,9 @@ class ServerHandler {
   virtual void OnDataEnd(const Transaction& txn) = 0;
   // OnDataAbort: the content that was started will not complete (refused, reset, closed).
   virtual void OnDataAbort() {}
+  // OnRefused: a message was refused after its content (smuggling defence, size, line
+  // length); `reply` says why. For the operator's log.
+  virtual void OnRefused(const Transaction& txn, const Reply& reply) {}
 };
 
 class ServerSession {

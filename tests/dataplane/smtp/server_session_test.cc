@@ -192,6 +192,8 @@ struct SmugglingCase {
   const char* fake_end;
 };
 
+void PrintTo(const SmugglingCase& c, std::ostream* os) { *os << c.name; }
+
 class Smuggling : public ::testing::TestWithParam<SmugglingCase> {};
 
 TEST_P(Smuggling, FakeEndNeverEndsDataAndTheMessageIsRefused) {
