@@ -7,6 +7,7 @@
 // SECURITY: the configuration is validated completely before the spool is touched; a bad
 // config exits 2 with file:line:column. Nothing secret is read from argv or the environment.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <poll.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 
 #include "dataplane/base/log.h"
 #include "dataplane/config/config.h"
+#include "dataplane/io/dns.h"
 #include "dataplane/io/event_loop.h"
 #include "dataplane/io/smtp_server.h"
 #include "dataplane/policy/snapshot.h"
@@ -67,6 +69,23 @@ int Run(const std::string& path) {
     return kExitUsage;
   }
   base::SetLogLevel(level);
+  {
+    // The resolver settings are checked now, not at the first delivery.
+    const auto& d = cfg.delivery();
+    io::Resolver probe(d.dns_forwarder(), {d.dns_local_zones().begin(), d.dns_local_zones().end()},
+                       {d.dns_local_data().begin(), d.dns_local_data().end()});
+    if (!probe.init_status().ok()) {
+      std::fprintf(stderr, "mailseald: %s: field 'delivery': %s\n", path.c_str(),
+                   probe.init_status().message().c_str());
+      return kExitUsage;
+    }
+  }
+  // Thousands of SMTP connections need thousands of descriptors: raise the soft limit.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
 
   // Signals go to the control thread's signalfd only; block them before any thread starts.
   sigset_t sigs;

@@ -28,7 +28,8 @@ bool DecodeName(const unsigned char* p, size_t len, size_t* off, std::string* ou
 }
 }  // namespace
 
-Resolver::Resolver(const std::string& forwarder, const std::vector<std::string>& local_data) {
+Resolver::Resolver(const std::string& forwarder, const std::vector<std::string>& local_zones,
+                   const std::vector<std::string>& local_data) {
   ctx_ = ub_ctx_create();
   if (!ctx_) {
     init_ = InternalError("ub_ctx_create failed");
@@ -39,6 +40,15 @@ Resolver::Resolver(const std::string& forwarder, const std::vector<std::string>&
   if (rc != 0) {
     init_ = InvalidArgumentError(StrCat("resolver setup: ", ub_strerror(rc)));
     return;
+  }
+  for (const std::string& zone : local_zones) {
+    size_t sp = zone.find(' ');
+    if (sp == std::string::npos ||
+        (rc = ub_ctx_zone_add(ctx_, zone.substr(0, sp).c_str(), zone.substr(sp + 1).c_str())) != 0) {
+      init_ = InvalidArgumentError(StrCat("dns_local_zones '", zone, "': ",
+                                          sp == std::string::npos ? "want \"name type\"" : ub_strerror(rc)));
+      return;
+    }
   }
   for (const std::string& rr : local_data) {
     if ((rc = ub_ctx_data_add(ctx_, rr.c_str())) != 0) {

@@ -23,8 +23,10 @@ struct MxHost {
 
 class Resolver {
  public:
-  // forwarder: "ip" or "ip@port", empty for /etc/resolv.conf. local_data: unbound RRs.
-  Resolver(const std::string& forwarder, const std::vector<std::string>& local_data);
+  // forwarder: "ip" or "ip@port", empty for /etc/resolv.conf. local_zones: unbound
+  // "name type" zones; local_data: unbound RRs.
+  Resolver(const std::string& forwarder, const std::vector<std::string>& local_zones,
+           const std::vector<std::string>& local_data);
   ~Resolver();
   Resolver(const Resolver&) = delete;
   Resolver& operator=(const Resolver&) = delete;

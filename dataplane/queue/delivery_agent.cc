@@ -47,8 +47,9 @@ void DeliveryAgent::CloseConnection(bool quit) {
 
 void DeliveryAgent::Run() {
   const auto& d = qmgr_->options().delivery;
+  std::vector<std::string> zones(d.dns_local_zones().begin(), d.dns_local_zones().end());
   std::vector<std::string> local_data(d.dns_local_data().begin(), d.dns_local_data().end());
-  resolver_ = std::make_unique<io::Resolver>(d.dns_forwarder(), local_data);
+  resolver_ = std::make_unique<io::Resolver>(d.dns_forwarder(), zones, local_data);
   while (!qmgr_->stopping()) {
     DeliveryJob job;
     if (!qmgr_->TakeJob(conn_.destination, kIdleKeepMs, &job)) {

@@ -52,15 +52,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=10.0):
+def wait_port(port, timeout=10.0, host="127.0.0.1"):
     end = time.time() + timeout
     while time.time() < end:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+    raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
 def wait_for(pred, timeout, what, interval=0.1):
@@ -76,17 +76,17 @@ def wait_for(pred, timeout, what, interval=0.1):
 class Sink:
     """smtp-sink writing each accepted message to DIR/<file>."""
 
-    def __init__(self, root, extra=(), port=None):
+    def __init__(self, root, extra=(), port=None, host="127.0.0.1", dump=True):
         self.port = port or free_port()
-        self.dir = os.path.join(root, f"sink-{self.port}")
+        self.dir = os.path.join(root, f"sink-{host}-{self.port}")
         os.makedirs(self.dir)
         shutil.chown(self.dir, "postfix")
+        dump_args = ["-d", os.path.join(self.dir, "%M.")] if dump else []
         self.proc = subprocess.Popen(
-            ["smtp-sink", "-u", "postfix", "-d", os.path.join(self.dir, "%M."), *extra,
-             f"127.0.0.1:{self.port}", "256"],
+            ["smtp-sink", "-u", "postfix", *dump_args, *extra, f"{host}:{self.port}", "1024"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _cleanups.append(self.stop)
-        wait_port(self.port)
+        wait_port(self.port, host=host)
 
     def stop(self):
         if self.proc.poll() is None:
