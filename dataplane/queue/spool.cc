@@ -100,6 +100,17 @@ Status PreadAll(int fd, char* buf, size_t len, uint64_t off, const std::string& 
   return OkStatus();
 }
 
+// ReadOnlyFile closes its descriptor when it goes out of scope.
+struct ReadOnlyFile {
+  explicit ReadOnlyFile(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
+  ~ReadOnlyFile() {
+    if (fd >= 0) ::close(fd);
+  }
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+  int fd;
+};
+
 }  // namespace
 
 const char* StateDir(SpoolState s) {
@@ -291,12 +302,9 @@ void SpoolWriter::Abandon() {
 // ---- reading ---------------------------------------------------------------------------
 
 Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno("open", path);
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  ReadOnlyFile file(path);
+  if (file.fd < 0) return Errno("open", path);
+  const int fd = file.fd;
   struct stat st {};
   if (::fstat(fd, &st) != 0) return Errno("fstat", path);
   uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -373,12 +381,9 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
 
 Status ReadBody(const std::string& path, const SpoolMessage& msg,
                       const std::function<Status(std::string_view)>& sink) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno("open", path);
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  ReadOnlyFile file(path);
+  if (file.fd < 0) return Errno("open", path);
+  const int fd = file.fd;
   std::string buf;
   for (const BodyExtent& e : msg.body) {
     buf.resize(e.length);

@@ -18,6 +18,19 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
          });
 }
 
+std::string StrCatView(std::string_view a, std::string_view b, std::string_view c) {
+  std::string s(a);
+  s += b;
+  s += c;
+  return s;
+}
+
+std::string Upper(std::string_view in) {
+  std::string v(in);
+  for (char& c : v) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return v;
+}
+
 bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && EqualsIgnoreCase(s.substr(0, prefix.size()), prefix);
 }
@@ -207,6 +220,29 @@ void ServerSession::CmdHelo(std::string_view args) {
   Send(250, "", options_.hostname);
 }
 
+bool ServerSession::ParsePath(std::string_view args, bool is_mail, bool utf8, PathArgs* pa) {
+  // RFC 3463: X.1.7 is about the sender's address, X.1.3 about a recipient's.
+  const char* esc = is_mail ? "5.1.7" : "5.1.3";
+  const char* who = is_mail ? "sender" : "recipient";
+  switch (ParsePathArgs(args, /*allow_null=*/is_mail, utf8, pa)) {
+    case PathError::kOk: break;
+    case PathError::kTooLong:
+      Error(501, esc, StrCatView("Error: ", who, " address too long"));
+      return false;
+    case PathError::kNeedsUtf8:
+      Error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8");
+      return false;
+    case PathError::kSyntax:
+      Error(501, esc, StrCatView("Error: bad ", who, " address syntax"));
+      return false;
+  }
+  if (!pa->params.empty() && !esmtp_) {
+    Error(555, "5.5.4", StrCatView("Error: ", is_mail ? "MAIL" : "RCPT", " parameters need EHLO"));
+    return false;
+  }
+  return true;
+}
+
 void ServerSession::CmdMail(std::string_view args) {
   if (helo_.empty()) return Error(503, "5.5.1", "Error: send HELO/EHLO first");
   if (in_txn_) return Error(503, "5.5.1", "Error: nested MAIL command");
@@ -215,20 +251,10 @@ void ServerSession::CmdMail(std::string_view args) {
   // SMTPUTF8 must be known before the path is judged.
   bool utf8 = false;
   if (esmtp_) {
-    std::string upper;
-    for (char c : rest) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    utf8 = upper.find(" SMTPUTF8") != std::string::npos;
+    utf8 = Upper(rest).find(" SMTPUTF8") != std::string::npos;
   }
   PathArgs pa;
-  switch (ParsePathArgs(rest, /*allow_null=*/true, utf8, &pa)) {
-    case PathError::kOk: break;
-    case PathError::kTooLong: return Error(501, "5.1.7", "Error: sender address too long");
-    case PathError::kNeedsUtf8:
-      return Error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8");
-    case PathError::kSyntax: return Error(501, "5.1.7", "Error: bad sender address syntax");
-  }
-  if (!pa.params.empty() && !esmtp_)
-    return Error(555, "5.5.4", "Error: MAIL parameters need EHLO");
+  if (!ParsePath(rest, /*is_mail=*/true, utf8, &pa)) return;
   Transaction t;
   t.helo = helo_;
   t.mail_from = pa.address;
@@ -246,8 +272,7 @@ void ServerSession::CmdMail(std::string_view args) {
       t.declared_size = v;
     } else if (p.keyword == "BODY" && !seen_body && p.has_value) {
       seen_body = true;
-      std::string v;
-      for (char c : p.value) v += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      std::string v = Upper(p.value);
       if (v != "7BIT" && v != "8BITMIME")
         return Error(555, "5.5.4", "Error: unsupported BODY parameter");
       t.body_type = v;
@@ -256,8 +281,7 @@ void ServerSession::CmdMail(std::string_view args) {
       t.smtputf8 = true;
     } else if (p.keyword == "RET" && !seen_ret && p.has_value) {
       seen_ret = true;
-      std::string v;
-      for (char c : p.value) v += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      std::string v = Upper(p.value);
       if (v != "FULL" && v != "HDRS") return Error(501, "5.5.4", "Error: bad RET parameter");
       t.ret = v;
     } else if (p.keyword == "ENVID" && !seen_envid && p.has_value) {
@@ -284,15 +308,7 @@ void ServerSession::CmdRcpt(std::string_view args) {
   if (!in_txn_) return Error(503, "5.5.1", "Error: need MAIL command");
   if (!StartsWithIgnoreCase(args, "TO:")) return Error(501, "5.5.4", "Syntax: RCPT TO:<address>");
   PathArgs pa;
-  switch (ParsePathArgs(args.substr(3), /*allow_null=*/false, txn_.smtputf8, &pa)) {
-    case PathError::kOk: break;
-    case PathError::kTooLong: return Error(501, "5.1.3", "Error: recipient address too long");
-    case PathError::kNeedsUtf8:
-      return Error(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8");
-    case PathError::kSyntax: return Error(501, "5.1.3", "Error: bad recipient address syntax");
-  }
-  if (!pa.params.empty() && !esmtp_)
-    return Error(555, "5.5.4", "Error: RCPT parameters need EHLO");
+  if (!ParsePath(args.substr(3), /*is_mail=*/false, txn_.smtputf8, &pa)) return;
   if (txn_.recipients.size() >= options_.limits.max_recipients)
     return Send(452, "4.5.3", "Error: too many recipients");
   Recipient rc;
@@ -301,8 +317,7 @@ void ServerSession::CmdRcpt(std::string_view args) {
   for (const EsmtpParam& p : pa.params) {
     if (p.keyword == "NOTIFY" && !seen_notify && p.has_value) {
       seen_notify = true;
-      std::string v;
-      for (char c : p.value) v += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      std::string v = Upper(p.value);
       bool never = false, other = false;
       std::string_view rest = v;
       while (true) {

@@ -137,6 +137,8 @@ class ServerSession {
   void FlushChunk();
   void FinishData();
 
+  // ParsePath parses MAIL/RCPT arguments; on failure it has already answered.
+  bool ParsePath(std::string_view args, bool is_mail, bool utf8, PathArgs* pa);
   void CmdEhlo(std::string_view args);
   void CmdHelo(std::string_view args);
   void CmdMail(std::string_view args);
