@@ -359,7 +359,9 @@ Reply ServerSession::BeginData() {
   dstate_ = DataState::kBol;
   refusal_ = Refusal::kNone;
   data_bytes_ = line_bytes_ = header_bytes_ = 0;
-  in_header_ = true;
+  header_done_ = false;
+  header_line_len_ = header_prefix_len_ = 0;
+  received_count_ = 0;
   saw_bare_ = false;
   chunk_.clear();
   return Reply{};
@@ -459,10 +461,35 @@ void ServerSession::FlushChunk() {
   chunk_.clear();
 }
 
+void ServerSession::ScanHeader(std::string_view bytes) {
+  // Runs over the message header only (DATA and BDAT alike): bounds its size and counts
+  // Received: fields to stop mail loops (RFC 5321 §6.3).
+  static constexpr std::string_view kReceived = "received:";
+  for (char c : bytes) {
+    if (header_done_) return;
+    if (++header_bytes_ > options_.limits.max_header_size) return AbortData(Refusal::kHeaderTooBig);
+    if (c == '\n') {
+      if (header_line_len_ == 0) header_done_ = true;
+      else if (header_prefix_len_ == kReceived.size() && ++received_count_ > kMaxReceived)
+        return AbortData(Refusal::kTooManyHops);
+      header_line_len_ = header_prefix_len_ = 0;
+      continue;
+    }
+    if (c == '\r') continue;
+    if (header_line_len_++ == header_prefix_len_ && header_prefix_len_ < kReceived.size() &&
+        std::tolower(static_cast<unsigned char>(c)) == kReceived[header_prefix_len_])
+      ++header_prefix_len_;
+  }
+}
+
 void ServerSession::EmitData(std::string_view bytes) {
   if (refusal_ != Refusal::kNone) return;
   data_bytes_ += bytes.size();
   if (data_bytes_ > options_.limits.max_message_size) return AbortData(Refusal::kTooBig);
+  if (!header_done_) {
+    ScanHeader(bytes);
+    if (refusal_ != Refusal::kNone) return;
+  }
   chunk_.append(bytes);
   if (chunk_.size() >= kChunkSize) FlushChunk();
 }
@@ -481,11 +508,6 @@ size_t ServerSession::ConsumeData(std::string_view in) {
   // CRLF. See server_session.h SECURITY.
   const bool normalize = options_.bare_newline == BareNewlinePolicy::kNormalize;
   auto end_line = [&]() {
-    if (in_header_) {
-      if (line_bytes_ == 0) in_header_ = false;
-      else if ((header_bytes_ += line_bytes_ + 2) > options_.limits.max_header_size)
-        AbortData(Refusal::kHeaderTooBig);
-    }
     EmitData("\r\n");
     line_bytes_ = 0;
   };
@@ -586,6 +608,9 @@ void ServerSession::FinishData() {
     case Refusal::kTooBig: r = MakeReply(552, "5.3.4", "Error: message size exceeds fixed limit"); break;
     case Refusal::kLineTooLong: r = MakeReply(554, "5.6.0", "Error: message line too long"); break;
     case Refusal::kHeaderTooBig: r = MakeReply(552, "5.3.4", "Error: message header too large"); break;
+    case Refusal::kTooManyHops:
+      r = MakeReply(554, "5.4.6", "Error: too many Received headers, mail loop suspected");
+      break;
     case Refusal::kNone: r = MakeReply(451, "4.3.0", "Error: message storage failed"); break;
   }
   handler_->OnRefused(txn_, r);

@@ -117,7 +117,8 @@ class ServerSession {
  private:
   enum class State { kCommand, kData, kBdat, kCommitting, kClosed };
   enum class DataState { kBol, kBolBare, kMid, kCR, kBolDot, kBolDotCR };
-  enum class Refusal { kNone, kBareNewline, kTooBig, kLineTooLong, kHeaderTooBig };
+  enum class Refusal { kNone, kBareNewline, kTooBig, kLineTooLong, kHeaderTooBig, kTooManyHops };
+  static constexpr uint32_t kMaxReceived = 100;  // Postfix's hopcount_limit default is 50
 
   struct Verb;
   void ProcessInput();
@@ -134,6 +135,7 @@ class ServerSession {
   void EmitData(std::string_view bytes);
   void EmitDataChar(char c);
   void EmitRun(std::string_view run);
+  void ScanHeader(std::string_view bytes);
   void FlushChunk();
   void FinishData();
 
@@ -178,7 +180,10 @@ class ServerSession {
   uint64_t data_bytes_ = 0;
   uint64_t line_bytes_ = 0;
   uint64_t header_bytes_ = 0;
-  bool in_header_ = true;
+  bool header_done_ = false;
+  uint32_t header_line_len_ = 0;
+  uint32_t header_prefix_len_ = 0;   // how much of "received:" this header line starts with
+  uint32_t received_count_ = 0;
   bool saw_bare_ = false;
   std::string chunk_;
   uint64_t bdat_remaining_ = 0;

@@ -261,6 +261,26 @@ TEST(ServerSession, OverlongDataLineAndHugeHeaderAreRefused) {
   EXPECT_TRUE(t.h.messages.empty());
 }
 
+TEST(ServerSession, MailLoopIsRefusedAfterTooManyReceivedHeaders) {
+  for (bool bdat : {false, true}) {
+    Harness t;
+    std::string header;
+    for (int i = 0; i < 101; ++i) header += "Received: from hop" + std::to_string(i) + "\r\n";
+    std::string msg = header + "Subject: loop\r\n\r\nbody with Received: in it\r\n";
+    std::string out = bdat ? t.Feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT " +
+                                    std::to_string(msg.size()) + " LAST\r\n" + msg)
+                           : t.Feed(std::string(kEnvelope) + msg + ".\r\n");
+    EXPECT_NE(out.find("554 5.4.6 Error: too many Received headers"), std::string::npos) << bdat << out;
+    EXPECT_TRUE(t.h.messages.empty());
+  }
+  // 100 hops (and "Received:" text in the body) are fine.
+  Harness t;
+  std::string header;
+  for (int i = 0; i < 100; ++i) header += "RECEIVED: from hop\r\n";
+  t.Feed(std::string(kEnvelope) + header + "\r\nReceived: x\r\nReceived: y\r\n.\r\n");
+  EXPECT_EQ(t.h.messages.size(), 1u);
+}
+
 // ---- CHUNKING (RFC 3030) -------------------------------------------------------------
 
 TEST(ServerSession, BdatChunksAreRawAndCounted) {
