@@ -1,0 +1,80 @@
+// csr.cc — see csr.h. STANDARDS: RFC 2986 (PKCS#10), RFC 5280 (SAN, key usage), RFC 3183.
+#include "hsm/csr.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <cctype>
+
+namespace mailseal::hsm {
+
+const char* AuthorityName(Purpose p) {
+  return p == Purpose::kDcaEncrypt ? "domain-confidentiality-authority" : "domain-signing-authority";
+}
+
+Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& r) {
+  if (r.purpose != Purpose::kDsaSign && r.purpose != Purpose::kDcaEncrypt)
+    return InvalidArgumentError("a CSR is for a DSA (signing) or DCA (encryption) key");
+  if (r.domains.empty()) return InvalidArgumentError("a CSR needs at least one served domain");
+  for (const std::string& d : r.domains) {
+    if (d.empty() || d.size() > 253) return InvalidArgumentError(StrCat("bad domain '", d, "'"));
+    for (unsigned char c : d)
+      if (!(std::isalnum(c) || c == '-' || c == '.')) return InvalidArgumentError(StrCat("bad domain '", d, "'"));
+  }
+  if (!r.country.empty() && r.country.size() != 2) return InvalidArgumentError("country must be two letters");
+  const char* cn = AuthorityName(r.purpose);
+  X509_REQ* req = X509_REQ_new();
+  X509_NAME* name = X509_NAME_new();
+  auto add = [&](const char* field, const std::string& v) {
+    return X509_NAME_add_entry_by_txt(name, field, MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(v.c_str()), -1, -1, 0);
+  };
+  bool ok = X509_REQ_set_version(req, 0) == 1;
+  if (!r.country.empty()) ok = ok && add("C", r.country);
+  if (!r.organization.empty()) ok = ok && add("O", r.organization);
+  ok = ok && add("CN", cn) && X509_REQ_set_subject_name(req, name) == 1 && X509_REQ_set_pubkey(req, key) == 1;
+
+  STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
+  std::string san;
+  for (const std::string& d : r.domains) san += StrCat(san.empty() ? "" : ",", "email:", cn, "@", d);
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, nullptr, nullptr, req, nullptr, 0);
+  const char* ku = r.purpose == Purpose::kDsaSign ? "critical,digitalSignature,nonRepudiation"
+                                                  : "critical,keyEncipherment,keyAgreement";
+  for (auto [nid, value] : {std::pair<int, std::string>{NID_subject_alt_name, san},
+                            std::pair<int, std::string>{NID_key_usage, ku},
+                            std::pair<int, std::string>{NID_ext_key_usage, "emailProtection"}}) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+    if (!ext) {
+      ok = false;
+      break;
+    }
+    sk_X509_EXTENSION_push(exts, ext);
+  }
+  ok = ok && X509_REQ_add_extensions(req, exts) == 1;
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  X509_NAME_free(name);
+  // The signature is made by the token through the engine.
+  ok = ok && X509_REQ_sign(req, key, EVP_sha256()) > 0;
+  std::string out;
+  if (ok) {
+    BIO* bio = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509_REQ(bio, req);
+    char* data = nullptr;
+    long n = BIO_get_mem_data(bio, &data);
+    out.assign(data, static_cast<size_t>(n));
+    BIO_free(bio);
+  }
+  X509_REQ_free(req);
+  if (!ok) {
+    char buf[256] = "unknown error";
+    ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
+    ERR_clear_error();
+    return InternalError(StrCat("building the CSR failed: ", buf));
+  }
+  return out;
+}
+
+}  // namespace mailseal::hsm

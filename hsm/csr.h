@@ -1,0 +1,31 @@
+// csr.h — PKCS#10 certificate requests for the gateway's domain keys, signed in the HSM.
+//
+// Names follow RFC 3183 §4 and SEE-2.6: CN=domain-signing-authority (DSA, signing) or
+// CN=domain-confidentiality-authority (DCA, encryption), and one rfc822Name SAN
+// "<cn>@<domain>" for every domain the gateway serves.
+#pragma once
+
+#include <openssl/evp.h>
+
+#include <string>
+#include <vector>
+
+#include "dataplane/base/status.h"
+#include "hsm/keys.h"
+
+namespace mailseal::hsm {
+
+struct CsrRequest {
+  Purpose purpose = Purpose::kDsaSign;   // kDsaSign or kDcaEncrypt
+  std::vector<std::string> domains;      // served domains, at least one
+  std::string organization;              // O=, optional
+  std::string country;                   // C=, optional (two letters)
+};
+
+// AuthorityName: "domain-signing-authority" or "domain-confidentiality-authority".
+const char* AuthorityName(Purpose p);
+
+// BuildCsrPem signs the request with `key` (an HSM key through the OpenSSL bridge).
+Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& req);
+
+}  // namespace mailseal::hsm

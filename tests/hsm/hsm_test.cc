@@ -1,0 +1,273 @@
+// HSM layer against a real SoftHSM 2 token (issue #3; REQUIREMENTS.md §6 SEE-2.4b: private keys
+// never leave the HSM in clear).
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <thread>
+
+#include "hsm/csr.h"
+#include "hsm/keys.h"
+#include "hsm/openssl_bridge.h"
+#include "tests/hsm/softhsm_fixture.h"
+
+namespace mailseal::hsm {
+namespace {
+using testing::SoftHsmTest;
+
+bool Verify(EVP_PKEY* pub, SignMechanism m, const std::string& data, const std::string& sig) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_PKEY_CTX* pctx = nullptr;
+  bool sha384 = m == SignMechanism::kRsaPkcs1Sha384 || m == SignMechanism::kEcdsaSha384;
+  bool ok = EVP_DigestVerifyInit(ctx, &pctx, sha384 ? EVP_sha384() : EVP_sha256(), nullptr, pub) == 1;
+  if (ok && m == SignMechanism::kRsaPssSha256) {
+    ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+         EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32) == 1;
+  }
+  ok = ok && EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                              reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
+  EVP_MD_CTX_free(ctx);
+  return ok;
+}
+
+TEST_F(SoftHsmTest, GeneratedPrivateKeysAreSensitiveAndNeverExtractable) {
+  Result<KeyPair> rsa = GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kDsaSign, "dsa-sign"});
+  ASSERT_TRUE(rsa.ok()) << rsa.status().ToString();
+  Result<KeyPair> ec = GenerateKeyPair(*session_, {KeyType::kEcP256, Purpose::kAudit, "audit"});
+  ASSERT_TRUE(ec.ok()) << ec.status().ToString();
+  for (const KeyPair& k : {*rsa, *ec}) {
+    EXPECT_TRUE(*BoolAttribute(*session_, k.priv, CKA_SENSITIVE));
+    EXPECT_TRUE(*BoolAttribute(*session_, k.priv, CKA_ALWAYS_SENSITIVE));
+    EXPECT_FALSE(*BoolAttribute(*session_, k.priv, CKA_EXTRACTABLE));
+    EXPECT_TRUE(*BoolAttribute(*session_, k.priv, CKA_NEVER_EXTRACTABLE));
+    EXPECT_TRUE(*BoolAttribute(*session_, k.priv, CKA_PRIVATE));
+    EXPECT_TRUE(*BoolAttribute(*session_, k.priv, CKA_LOCAL)) << "generated on the token";
+    EXPECT_EQ(k.id.size(), 9u);
+    EXPECT_EQ(*Attribute(*session_, k.pub, CKA_ID), std::string(k.id.begin(), k.id.end())) << "pair shares CKA_ID";
+  }
+  EXPECT_EQ(rsa->id[0], static_cast<uint8_t>(Purpose::kDsaSign));
+  // Purpose limits use: a signing key cannot decrypt.
+  EXPECT_FALSE(*BoolAttribute(*session_, rsa->priv, CKA_DECRYPT));
+  // Asking for the secret fails with the PKCS#11 reason in the message.
+  Result<std::string> d = Attribute(*session_, rsa->priv, CKA_PRIVATE_EXPONENT);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(d.status().message(), "C_GetAttributeValue failed: CKR_ATTRIBUTE_SENSITIVE");
+  EXPECT_FALSE(Attribute(*session_, ec->priv, CKA_VALUE).ok());
+}
+
+TEST_F(SoftHsmTest, Pkcs11ToolSeesTheAttributesAndCannotExtract) {
+  ASSERT_TRUE(GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kDsaSign, "dsa-sign"}).ok());
+  ASSERT_TRUE(GenerateKeyPair(*session_, {KeyType::kEcP384, Purpose::kDcaEncrypt, "dca-ec"}).ok());
+  std::string base = StrCat("pkcs11-tool --module ", testing::kSoftHsmModule, " --token-label ", testing::kTokenLabel,
+                            " --login --pin ", testing::kTestUserPin);
+  int rc = 0;
+  std::string list = Run(base + " --list-objects --type privkey", &rc);
+  ASSERT_EQ(rc, 0) << list;
+  EXPECT_NE(list.find("label:      dsa-sign"), std::string::npos) << list;
+  EXPECT_NE(list.find("label:      dca-ec"), std::string::npos) << list;
+  size_t access = 0, pos = 0;
+  while ((pos = list.find("Access:     sensitive, always sensitive, never extractable, local", pos)) != std::string::npos) {
+    ++access;
+    ++pos;
+  }
+  EXPECT_EQ(access, 2u) << list;
+  // pkcs11-tool's own extraction attempt gets nothing (it reads CKA_VALUE-style attributes,
+  // which the token refuses for sensitive keys).
+  std::string out = Run(base + " --read-object --type privkey --label dsa-sign -o " + dir_ + "/stolen.der", &rc);
+  struct stat st {};
+  EXPECT_TRUE(stat((dir_ + "/stolen.der").c_str(), &st) != 0 || st.st_size == 0) << out;
+  // Nor does asking the token for the private exponent through pkcs11-tool's attribute dump.
+  out = Run(base + " --list-objects --type privkey --label dsa-sign --verbose", &rc);
+  EXPECT_EQ(out.find("privateExponent"), std::string::npos) << out;
+}
+
+TEST_F(SoftHsmTest, SignaturesVerifyWithOpenSsl) {
+  struct Case {
+    KeyType type;
+    SignMechanism mech;
+  } cases[] = {{KeyType::kRsa2048, SignMechanism::kRsaPkcs1Sha256}, {KeyType::kRsa2048, SignMechanism::kRsaPssSha256},
+               {KeyType::kRsa3072, SignMechanism::kRsaPkcs1Sha384}, {KeyType::kEcP256, SignMechanism::kEcdsaSha256},
+               {KeyType::kEcP384, SignMechanism::kEcdsaSha384}};
+  int i = 0;
+  for (const Case& c : cases) {
+    Result<KeyPair> k = GenerateKeyPair(*session_, {c.type, Purpose::kDsaSign, "k" + std::to_string(i++)});
+    ASSERT_TRUE(k.ok()) << k.status().ToString();
+    Result<EVP_PKEY*> pub = PublicKey(*session_, k->pub);
+    ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+    std::string data = "mail to sign " + std::to_string(i);
+    Result<std::string> sig = Sign(*session_, k->priv, c.mech, data);
+    ASSERT_TRUE(sig.ok()) << sig.status().ToString();
+    EXPECT_TRUE(Verify(*pub, c.mech, data, *sig)) << KeyTypeName(c.type);
+    EXPECT_FALSE(Verify(*pub, c.mech, data + "x", *sig)) << "a changed message must not verify";
+    EVP_PKEY_free(*pub);
+  }
+}
+
+TEST_F(SoftHsmTest, DecryptOaepAndPkcs1ForLegacyMail) {
+  Result<KeyPair> k = GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kDcaEncrypt, "dca"});
+  ASSERT_TRUE(k.ok());
+  Result<EVP_PKEY*> pub = PublicKey(*session_, k->pub);
+  ASSERT_TRUE(pub.ok());
+  for (DecryptMechanism m : {DecryptMechanism::kRsaOaepSha256, DecryptMechanism::kRsaOaepSha1, DecryptMechanism::kRsaPkcs1}) {
+    std::string cek(32, '\x5a');
+    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new(*pub, nullptr);
+    ASSERT_EQ(EVP_PKEY_encrypt_init(ctx), 1);
+    if (m == DecryptMechanism::kRsaPkcs1) {
+      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING);
+    } else {
+      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING);
+      const EVP_MD* md = m == DecryptMechanism::kRsaOaepSha1 ? EVP_sha1() : EVP_sha256();
+      EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md);
+      EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md);
+    }
+    size_t len = 0;
+    ASSERT_EQ(EVP_PKEY_encrypt(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(cek.data()), cek.size()), 1);
+    std::string ct(len, '\0');
+    ASSERT_EQ(EVP_PKEY_encrypt(ctx, reinterpret_cast<unsigned char*>(ct.data()), &len,
+                               reinterpret_cast<const unsigned char*>(cek.data()), cek.size()), 1);
+    EVP_PKEY_CTX_free(ctx);
+    ct.resize(len);
+    Result<std::string> pt = Decrypt(*session_, k->priv, m, ct);
+    if (m == DecryptMechanism::kRsaOaepSha256 && !pt.ok()) {
+      // SoftHSM 2.6 limitation (keys.h): a clear, typed refusal the caller can fall back on.
+      EXPECT_EQ(pt.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_EQ(pt.status().message(), "C_Decrypt(CKM_RSA_PKCS_OAEP) init failed: CKR_ARGUMENTS_BAD");
+      continue;
+    }
+    ASSERT_TRUE(pt.ok()) << pt.status().ToString();
+    EXPECT_EQ(*pt, cek);
+    ct[10] ^= 1;
+    EXPECT_FALSE(Decrypt(*session_, k->priv, m, ct).ok()) << "tampered ciphertext";
+  }
+  EVP_PKEY_free(*pub);
+}
+
+TEST_F(SoftHsmTest, ErrorsNameTheCallAndTheCode) {
+  Result<std::unique_ptr<Session>> s = Session::Open(module_.get(), slot_);
+  ASSERT_TRUE(s.ok());
+  session_.reset();  // log everyone out: the token's login state is shared by our sessions
+  (*s)->fn()->C_Logout((*s)->handle());
+  Status st = (*s)->Login(Secret("wrong-pin"));
+  EXPECT_EQ(st.code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(st.message(), "C_Login(CKU_USER) failed: CKR_PIN_INCORRECT");
+  Result<CK_SLOT_ID> none = module_->FindToken("no-such-token");
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(none.status().message().find("no-such-token"), std::string::npos);
+  EXPECT_EQ(Module::Load("/nonexistent/module.so").status().code(), StatusCode::kFailedPrecondition);
+  Status again = module_->InitializeToken(slot_, testing::kTokenLabel, Secret(testing::kTestSoPin), Secret("x"));
+  EXPECT_EQ(again.code(), StatusCode::kFailedPrecondition) << "an initialised token is never wiped by accident";
+}
+
+TEST_F(SoftHsmTest, DuplicateLabelIsRefused) {
+  ASSERT_TRUE(GenerateKeyPair(*session_, {KeyType::kEcP256, Purpose::kDsaSign, "same"}).ok());
+  Result<KeyPair> again = GenerateKeyPair(*session_, {KeyType::kEcP256, Purpose::kDsaSign, "same"});
+  EXPECT_EQ(again.status().code(), StatusCode::kAlreadyExists);
+  Result<KeyPair> found = FindKeyPair(*session_, "same");
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(found->purpose, Purpose::kDsaSign);
+}
+
+TEST_F(SoftHsmTest, OnlyBackupWrappableKeysLeaveWrappedAndComeBackWorking) {
+  // CKA_TRUSTED needs the SO: a user session is refused.
+  Result<CK_OBJECT_HANDLE> trusted = GenerateAesKey(*session_, "trusted-kek", Purpose::kBackup, 256, /*trusted=*/true);
+  EXPECT_EQ(trusted.status().code(), StatusCode::kPermissionDenied) << trusted.status().ToString();
+  Result<CK_OBJECT_HANDLE> kek = GenerateAesKey(*session_, "backup-kek", Purpose::kBackup);
+  ASSERT_TRUE(kek.ok()) << kek.status().ToString();
+  EXPECT_FALSE(Attribute(*session_, *kek, CKA_VALUE).ok()) << "the wrapping key never leaves in clear";
+  KeyPairSpec spec{KeyType::kRsa2048, Purpose::kDsaSign, "dsa-backupable", /*backup_wrappable=*/true};
+  Result<KeyPair> k = GenerateKeyPair(*session_, spec);
+  ASSERT_TRUE(k.ok());
+  Result<KeyPair> fixed = GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kDsaSign, "dsa-fixed"});
+  ASSERT_TRUE(fixed.ok());
+  Result<std::string> refused = WrapKey(*session_, *kek, fixed->priv);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied) << refused.status().ToString();
+
+  Result<std::string> wrapped = WrapKey(*session_, *kek, k->priv);
+  ASSERT_TRUE(wrapped.ok()) << wrapped.status().ToString();
+  Result<CK_OBJECT_HANDLE> restored =
+      UnwrapPrivateKey(*session_, *kek, *wrapped, CKK_RSA, "dsa-restored", k->id, Purpose::kDsaSign);
+  ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+  EXPECT_FALSE(*BoolAttribute(*session_, *restored, CKA_EXTRACTABLE));
+  Result<EVP_PKEY*> pub = PublicKey(*session_, k->pub);
+  ASSERT_TRUE(pub.ok());
+  Result<std::string> sig = Sign(*session_, *restored, SignMechanism::kRsaPkcs1Sha256, "restored");
+  ASSERT_TRUE(sig.ok());
+  EXPECT_TRUE(Verify(*pub, SignMechanism::kRsaPkcs1Sha256, "restored", *sig));
+  EVP_PKEY_free(*pub);
+  std::string bad = *wrapped;
+  bad[5] ^= 1;
+  EXPECT_FALSE(UnwrapPrivateKey(*session_, *kek, bad, CKK_RSA, "dsa-bad", k->id, Purpose::kDsaSign).ok())
+      << "a damaged backup is refused";
+}
+
+TEST_F(SoftHsmTest, CsrIsSignedInTheHsmWithRfc3183Names) {
+  Result<KeyPair> k = GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kDsaSign, "dsa-sign"});
+  ASSERT_TRUE(k.ok());
+  Result<std::unique_ptr<OpenSslBridge>> bridge = OpenSslBridge::Open(testing::kSoftHsmModule, Secret(testing::kTestUserPin));
+  ASSERT_TRUE(bridge.ok()) << bridge.status().ToString();
+  Result<EVP_PKEY*> priv = (*bridge)->LoadPrivateKey(testing::kTokenLabel, "dsa-sign");
+  ASSERT_TRUE(priv.ok()) << priv.status().ToString();
+  CsrRequest req{Purpose::kDsaSign, {"agency-a.test", "sub.agency-a.test"}, "Agency A", "NZ"};
+  Result<std::string> pem = BuildCsrPem(*priv, req);
+  ASSERT_TRUE(pem.ok()) << pem.status().ToString();
+  std::string f = dir_ + "/dsa.csr";
+  std::ofstream(f) << *pem;
+  int rc = 0;
+  std::string v = Run("openssl req -verify -noout -in " + f, &rc);
+  EXPECT_EQ(rc, 0) << v;
+  EXPECT_NE(v.find("verify OK"), std::string::npos) << v;
+  std::string text = Run("openssl req -noout -text -in " + f, &rc);
+  EXPECT_NE(text.find("Subject: C = NZ, O = Agency A, CN = domain-signing-authority"), std::string::npos) << text;
+  EXPECT_NE(text.find("email:domain-signing-authority@agency-a.test, email:domain-signing-authority@sub.agency-a.test"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("Digital Signature, Non Repudiation"), std::string::npos) << text;
+  // The CSR carries the token's public key.
+  Result<EVP_PKEY*> pub = PublicKey(*session_, k->pub);
+  ASSERT_TRUE(pub.ok());
+  EXPECT_EQ(EVP_PKEY_eq(*pub, *priv), 1);
+  EVP_PKEY_free(*pub);
+  EVP_PKEY_free(*priv);
+  EXPECT_EQ(BuildCsrPem(nullptr, {Purpose::kTls, {"a.test"}, "", ""}).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(SoftHsmTest, SessionPoolServesConcurrentWorkers) {
+  Result<KeyPair> k = GenerateKeyPair(*session_, {KeyType::kEcP256, Purpose::kDsaSign, "pool"});
+  ASSERT_TRUE(k.ok());
+  Result<std::unique_ptr<SessionPool>> pool = SessionPool::Open(module_.get(), slot_, 2, Secret(testing::kTestUserPin));
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  std::atomic<int> good{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) {
+    ts.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        SessionPool::Lease l = (*pool)->Acquire();
+        if (Sign(*l, k->priv, SignMechanism::kEcdsaSha256, "x").ok()) good++;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(good.load(), 200);
+}
+
+TEST(Secret, FileMustBePrivateAndIsTrimmed) {
+  char tmpl[] = "/tmp/mailseal-pin-XXXXXX";
+  int fd = mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "s3cret\n", 7), 7);
+  close(fd);
+  chmod(tmpl, 0644);
+  Result<Secret> loose = ReadSecretFile(tmpl);
+  EXPECT_EQ(loose.status().code(), StatusCode::kPermissionDenied);
+  chmod(tmpl, 0600);
+  Result<Secret> ok = ReadSecretFile(tmpl);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->Reveal(), "s3cret");
+  unlink(tmpl);
+  EXPECT_FALSE(ReadSecretFile("/nonexistent-pin").ok());
+}
+
+}  // namespace
+}  // namespace mailseal::hsm
