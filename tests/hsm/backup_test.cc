@@ -8,6 +8,7 @@
 #include "hsm/backup.h"
 #include "hsm/csr.h"
 #include "hsm/openssl_bridge.h"
+#include "tests/hsm/custodians.h"
 #include "tests/hsm/softhsm_fixture.h"
 
 namespace mailseal::hsm {
@@ -23,12 +24,9 @@ class BackupTest : public testing::SoftHsmTest {
     std::string out = Run(StrCat("cd ", dir_, " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt "
                                  "-subj /CN=Test-CA -days 30"), &rc);
     ASSERT_EQ(rc, 0) << out;
-    for (int i = 1; i <= 5; ++i) {
-      out = Run(StrCat("cd ", dir_, " && openssl req -x509 -newkey rsa:2048 -nodes -keyout c", i, ".key -out c", i,
-                       ".crt -subj /CN=custodian-", i, " -days 30"), &rc);
-      ASSERT_EQ(rc, 0) << out;
-      custodians_.push_back({StrCat("custodian-", i), Slurp(StrCat(dir_, "/c", i, ".crt"))});
-    }
+    people_ = testing::MakeCustodians(dir_, 5);
+    ASSERT_EQ(people_.size(), 5u);
+    for (const auto& p : people_) custodians_.push_back({p.name, p.cert_pem});
     for (auto [type, purpose, label] : {std::tuple{KeyType::kRsa2048, Purpose::kDsaSign, "dsa-sign"},
                                         std::tuple{KeyType::kRsa2048, Purpose::kDcaEncrypt, "dca-encrypt"},
                                         std::tuple{KeyType::kEcP256, Purpose::kAudit, "audit"}}) {
@@ -36,18 +34,9 @@ class BackupTest : public testing::SoftHsmTest {
       ASSERT_TRUE(k.ok()) << k.status().ToString();
     }
   }
-  std::string Slurp(const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
   Result<mailseal::v1::KeyShare> Open(const BackupBundle& b, int i /*1-based*/, int key_of = 0) {
     int k = key_of ? key_of : i;
-    std::string pem = Slurp(StrCat(dir_, "/c", k, ".key"));
-    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
-    EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-    BIO_free(bio);
+    EVP_PKEY* key = people_[static_cast<size_t>(k - 1)].Key();
     auto r = OpenShareFile(b.share_files[static_cast<size_t>(i - 1)], key, custodians_[static_cast<size_t>(k - 1)].cert_pem);
     EVP_PKEY_free(key);
     return r;
@@ -67,6 +56,7 @@ class BackupTest : public testing::SoftHsmTest {
     s.fn()->C_FindObjectsFinal(s.handle());
     return n;
   }
+  std::vector<testing::TestCustodian> people_;
   std::vector<Custodian> custodians_;
 };
 
@@ -96,7 +86,7 @@ TEST_F(BackupTest, RestoreWithThreeOfFiveSharesAndVerifyUnderTokenACertificate) 
   out = Run(StrCat("cd ", dir_, " && openssl cms -decrypt -binary -inform DER -in share2.cms -recip c2.crt -inkey c2.key -out share2.bin"), &rc);
   EXPECT_EQ(rc, 0) << "a custodian needs only openssl: " << out;
   mailseal::v1::KeyShare s2;
-  EXPECT_TRUE(s2.ParseFromString(Slurp(dir_ + "/share2.bin")));
+  EXPECT_TRUE(s2.ParseFromString(testing::Slurp(dir_ + "/share2.bin")));
   EXPECT_EQ(s2.x(), 2u);
   std::vector<mailseal::v1::KeyShare> three;
   for (int i : {1, 3, 5}) {

@@ -1,0 +1,156 @@
+// Quorum key ceremonies (issue #3; CARD: "generation, backup and restore of keys under quorum
+// (M of N custodians), each step recorded and signed").
+#include <fstream>
+
+#include "hsm/backup.h"
+#include "hsm/ceremony.h"
+#include "tests/hsm/custodians.h"
+#include "tests/hsm/softhsm_fixture.h"
+
+namespace mailseal::hsm {
+namespace {
+using mailseal::v1::CeremonyTranscript;
+
+class CeremonyTest : public testing::SoftHsmTest {
+ protected:
+  void SetUp() override {
+    SoftHsmTest::SetUp();
+    if (HasFatalFailure()) return;
+    people_ = testing::MakeCustodians(dir_, 5, /*mixed=*/true);  // RSA and P-256 custodians
+    ASSERT_EQ(people_.size(), 5u);
+    for (const auto& p : people_) records_.push_back(p.Record());
+    Result<KeyPair> audit = GenerateKeyPair(*session_, {KeyType::kEcP256, Purpose::kAudit, "audit"});
+    ASSERT_TRUE(audit.ok());
+    audit_ = *audit;
+    ASSERT_TRUE(GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kDsaSign, "dsa-sign", true}).ok());
+  }
+  std::string ApproveAs(int i, const std::string& statement) {
+    EVP_PKEY* k = people_[static_cast<size_t>(i - 1)].Key();
+    Result<std::string> sig = SignApproval(k, statement);
+    EVP_PKEY_free(k);
+    return sig.ok() ? *sig : "";
+  }
+  std::vector<testing::TestCustodian> people_;
+  std::vector<mailseal::v1::CustodianRecord> records_;
+  KeyPair audit_;
+};
+
+TEST_F(CeremonyTest, BackupCeremonyWithThreeApprovalsIsRecordedSignedAndVerifiesOffline) {
+  Result<Ceremony> c = Ceremony::Begin("backup", 3, records_, "quarterly backup of gw-test");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  Result<std::string> statement = c->Propose("backup-keys", "keys: dsa-sign; shares: 3 of 5");
+  ASSERT_TRUE(statement.ok());
+  // Custodian 1 approves with plain openssl, as they would on their own machine.
+  std::ofstream(dir_ + "/statement.txt", std::ios::binary) << *statement;
+  int rc = 0;
+  std::string out = Run(StrCat("openssl dgst -sha256 -sign ", people_[0].key_path, " -out ", dir_, "/a1.sig ", dir_, "/statement.txt"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_TRUE(c->Approve("custodian-1", testing::Slurp(dir_ + "/a1.sig")).ok());
+  EXPECT_TRUE(c->Approve("custodian-2", ApproveAs(2, *statement)).ok()) << "P-256 custodian";
+  EXPECT_TRUE(c->Approve("custodian-4", ApproveAs(4, *statement)).ok());
+  std::vector<Custodian> share_holders;
+  for (const auto& p : people_) share_holders.push_back({p.name, p.cert_pem});
+  BackupBundle bundle;
+  Status ran = c->Execute([&]() -> Result<std::string> {
+    Result<BackupBundle> b = CreateBackup(*session_, testing::kTokenLabel, {"dsa-sign"}, share_holders, 3);
+    if (!b.ok()) return b.status();
+    bundle = *b;
+    return StrCat("backup ", b->backup.backup_id(), " with ", b->backup.keys_size(), " key(s)");
+  });
+  ASSERT_TRUE(ran.ok()) << ran.ToString();
+  EXPECT_EQ(bundle.share_files.size(), 5u);
+  Result<CeremonyTranscript> t = c->Finish(*session_, audit_);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_TRUE(VerifyTranscript(*t).ok()) << VerifyTranscript(*t).ToString();
+  ASSERT_GE(t->steps_size(), 4);
+  EXPECT_EQ(t->steps(2).action(), "result");
+  EXPECT_NE(t->steps(2).detail().find(bundle.backup.backup_id()), std::string::npos);
+  // Pinning the appliance's audit key: the right key passes, another is refused.
+  EXPECT_TRUE(VerifyTranscript(*t, t->audit_public_key_der()).ok());
+  EXPECT_EQ(VerifyTranscript(*t, "other key").code(), StatusCode::kPermissionDenied);
+}
+
+TEST_F(CeremonyTest, TooFewRepeatedForeignOrWrongApprovalsChangeNothing) {
+  Result<Ceremony> c = Ceremony::Begin("destroy", 3, records_, "retire old DSA key");
+  ASSERT_TRUE(c.ok());
+  Result<std::string> st = c->Propose("destroy-key", "label: dsa-sign");
+  ASSERT_TRUE(st.ok());
+  EXPECT_TRUE(c->Approve("custodian-1", ApproveAs(1, *st)).ok());
+  Status dup = c->Approve("custodian-1", ApproveAs(1, *st));
+  EXPECT_EQ(dup.code(), StatusCode::kAlreadyExists);
+  Status stranger = c->Approve("mallory", ApproveAs(2, *st));
+  EXPECT_EQ(stranger.code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(stranger.message(), "step 1: mallory is not a registered custodian");
+  Status wrong_key = c->Approve("custodian-3", ApproveAs(2, *st));
+  EXPECT_EQ(wrong_key.code(), StatusCode::kPermissionDenied);
+  Status other_text = c->Approve("custodian-3", ApproveAs(3, "mailseal ceremony approval v1\nsomething else\n"));
+  EXPECT_EQ(other_text.code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(c->Approve("custodian-5", ApproveAs(5, *st)).ok());
+  bool called = false;
+  Status ran = c->Execute([&]() -> Result<std::string> { called = true; return std::string("destroyed"); });
+  EXPECT_EQ(ran.code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(ran.message(), "step 1 (destroy-key) needs 3 approvals, has 2");
+  EXPECT_FALSE(called) << "M-1 approvals never run the action";
+  EXPECT_TRUE(FindKeyPair(*session_, "dsa-sign").ok()) << "the key is still there";
+  Result<CeremonyTranscript> t = c->Finish(*session_, audit_);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->steps(2).action(), "refused") << "refusals are part of the record";
+  EXPECT_TRUE(VerifyTranscript(*t).ok());
+}
+
+TEST_F(CeremonyTest, TamperedTranscriptsAreDetected) {
+  Result<Ceremony> c = Ceremony::Begin("backup", 2, records_, "test");
+  ASSERT_TRUE(c.ok());
+  Result<std::string> st = c->Propose("backup-keys", "keys: dsa-sign");
+  ASSERT_TRUE(c->Approve("custodian-2", ApproveAs(2, *st)).ok());
+  ASSERT_TRUE(c->Approve("custodian-3", ApproveAs(3, *st)).ok());
+  ASSERT_TRUE(c->Execute([]() -> Result<std::string> { return std::string("done"); }).ok());
+  Result<CeremonyTranscript> good = c->Finish(*session_, audit_);
+  ASSERT_TRUE(good.ok());
+  ASSERT_TRUE(VerifyTranscript(*good).ok());
+
+  CeremonyTranscript t = *good;
+  t.mutable_steps(1)->set_detail("keys: dsa-sign, and every other key");
+  EXPECT_EQ(VerifyTranscript(t).message(), "step 1 (backup-keys): hash does not match its content or its predecessor");
+
+  t = *good;
+  t.mutable_steps(1)->mutable_approvals()->RemoveLast();
+  EXPECT_EQ(VerifyTranscript(t).message(), "step 1 ran with 1 of 2 approvals");
+
+  t = *good;
+  *t.mutable_steps(1)->add_approvals() = t.steps(1).approvals(0);
+  EXPECT_EQ(VerifyTranscript(t).message(), "step 1: custodian-2 approved twice");
+
+  t = *good;
+  t.mutable_steps()->RemoveLast();  // drop the end: the audit signature no longer matches
+  EXPECT_EQ(VerifyTranscript(t).message(), "the audit signature over the transcript does not verify");
+
+  t = *good;
+  std::string sig = t.audit_signature();
+  sig[sig.size() / 2] ^= 1;
+  t.set_audit_signature(sig);
+  EXPECT_EQ(VerifyTranscript(t).code(), StatusCode::kDataLoss);
+
+  // Offline: the serialized transcript verifies in a fresh parse, no HSM involved.
+  std::string wire;
+  good->SerializeToString(&wire);
+  CeremonyTranscript parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire));
+  session_.reset();
+  module_.reset();
+  EXPECT_TRUE(VerifyTranscript(parsed).ok());
+}
+
+TEST_F(CeremonyTest, BadQuorumDefinitionsAreRefused) {
+  EXPECT_EQ(Ceremony::Begin("backup", 1, records_, "").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Ceremony::Begin("backup", 6, records_, "").status().code(), StatusCode::kInvalidArgument);
+  auto twice = records_;
+  twice[1].set_name("custodian-1");
+  EXPECT_EQ(Ceremony::Begin("backup", 3, twice, "").status().code(), StatusCode::kInvalidArgument);
+  Result<Ceremony> c = Ceremony::Begin("backup", 3, records_, "");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->Approve("custodian-1", "x").code(), StatusCode::kFailedPrecondition) << "nothing proposed yet";
+}
+
+}  // namespace
+}  // namespace mailseal::hsm
