@@ -12,6 +12,8 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <ctime>
 #include <cstring>
 #include <memory>
 
@@ -53,9 +55,11 @@ CK_ULONG RsaBits(KeyType t) {
   }
 }
 
-// What each purpose may do: signing keys sign, DCA keys decrypt/unwrap.
+// What each purpose may do: signing keys sign, DCA keys decrypt/unwrap. A DCA key may also
+// sign, because its PKCS#10 request must be signed by the key itself (proof of possession);
+// mailseal never signs mail with it (KeyRing hands out only the DSA key for that).
 void Usage(Attr* priv, Attr* pub, Purpose p) {
-  bool sign = p == Purpose::kDsaSign || p == Purpose::kTls || p == Purpose::kAudit;
+  bool sign = p == Purpose::kDsaSign || p == Purpose::kTls || p == Purpose::kAudit || p == Purpose::kDcaEncrypt;
   bool decrypt = p == Purpose::kDcaEncrypt || p == Purpose::kTls;
   priv->Bool(CKA_SIGN, sign);
   priv->Bool(CKA_DECRYPT, decrypt);
@@ -169,6 +173,20 @@ Result<KeyPair> GenerateKeyPair(Session& s, const KeyPairSpec& spec) {
     a->Bytes(CKA_LABEL, spec.label.data(), spec.label.size());
     a->Bytes(CKA_ID, kp.id.data(), kp.id.size());
   }
+  // CKA_START_DATE records when the pair was made: the key-age rules of SEE-2.3 read it.
+  CK_DATE start{};
+  {
+    std::time_t t = spec.created_unix_s ? static_cast<std::time_t>(spec.created_unix_s) : std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%04d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+    std::memcpy(start.year, buf, 4);
+    std::memcpy(start.month, buf + 4, 2);
+    std::memcpy(start.day, buf + 6, 2);
+  }
+  pub.Bytes(CKA_START_DATE, &start, sizeof start);
+  priv.Bytes(CKA_START_DATE, &start, sizeof start);
   pub.Bool(CKA_PRIVATE, false);
   priv.Bool(CKA_PRIVATE, true);
   priv.Bool(CKA_SENSITIVE, true);

@@ -41,6 +41,7 @@ struct KeyPairSpec {
   Purpose purpose = Purpose::kDsaSign;
   std::string label;              // e.g. "dsa-sign-2026"; must be unique on the token
   bool backup_wrappable = false;  // extractable only when wrapped under a trusted key
+  int64_t created_unix_s = 0;     // CKA_START_DATE of the pair (key age, SEE-2.3); 0: now
 };
 
 struct KeyPair {

@@ -7,6 +7,11 @@
 // into the process; Module (module.h) shares its initialisation and never finalizes it under
 // the engine.
 //
+// Lifetime: open the bridge once per process, after the Module, and keep both to the end.
+// libp11 keeps its slot and session state in the engine across ENGINE_finish/ENGINE_init, so
+// finalising and re-initialising the module under a live engine leaves it with dead session
+// handles (CKR_SESSION_HANDLE_INVALID). Tests therefore run one test per process (ctest).
+//
 // SECURITY: the PIN reaches the engine through ENGINE_ctrl_cmd_string, never argv/env. The
 // EVP_PKEY holds a handle to the token key, never the key itself.
 #pragma once
