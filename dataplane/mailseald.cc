@@ -12,6 +12,8 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -28,6 +30,7 @@
 #include "dataplane/queue/committer.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
+#include "hsm/token_manager.h"
 
 namespace {
 using namespace mailseal;
@@ -135,9 +138,20 @@ int Run(const std::string& path) {
     Log(LogLevel::kInfo, "mailseald", "listening", {{"address", shown}});
   }
 
+  // The security module: opened before mail flows; while it is unreachable, mail is
+  // suspended both ways (fail safe).
+  std::unique_ptr<hsm::TokenManager> token;
+  std::atomic<bool> hsm_ok{true};
+  if (cfg.has_hsm()) {
+    const auto& h = cfg.hsm();
+    token = std::make_unique<hsm::TokenManager>(
+        hsm::TokenConfig{h.module_path(), h.token_label(), h.token_serial(), h.pin_file(), h.sessions()});
+    hsm_ok.store(token->Tick());
+    qmgr.SetSuspended(!hsm_ok.load());
+  }
   qmgr.Start();
   committer.Start();
-  io::ServerContext ctx{&policy, &spool, &committer, &qmgr};
+  io::ServerContext ctx{&policy, &spool, &committer, &qmgr, token ? &hsm_ok : nullptr};
   std::vector<std::unique_ptr<io::NetThread>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<io::NetThread>(static_cast<int>(t), ctx, fds[t]));
@@ -151,9 +165,17 @@ int Run(const std::string& path) {
 
   // Control loop.
   auto last_stats = std::chrono::steady_clock::now();
+  auto last_health = std::chrono::steady_clock::now();
+  const auto health_every = std::chrono::milliseconds(cfg.has_hsm() ? cfg.hsm().health_interval_ms() : 1000);
   while (true) {
     pollfd p{sfd, POLLIN, 0};
-    int n = ::poll(&p, 1, 1000);
+    int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(1000, health_every.count())));
+    if (token && std::chrono::steady_clock::now() - last_health >= health_every) {
+      last_health = std::chrono::steady_clock::now();
+      bool ok = token->Tick();
+      hsm_ok.store(ok, std::memory_order_release);
+      qmgr.SetSuspended(!ok);
+    }
     if (n > 0) {
       signalfd_siginfo si{};
       if (::read(sfd, &si, sizeof si) != sizeof si) continue;

@@ -132,6 +132,23 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     cfg.set_bare_newline(mailseal::v1::BARE_NEWLINE_REJECT);
   if (cfg.max_active_messages() == 0) cfg.set_max_active_messages(10000);
 
+  if (cfg.has_hsm()) {
+    auto* h = cfg.mutable_hsm();
+    const auto* htree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("hsm"), -1);
+    auto hbad = [&](const std::string& field, const std::string& what) {
+      if (htree) return bad(*h, *htree, field, -1, what);
+      return bad(cfg, tree, "hsm", -1, what);
+    };
+    if (h->module_path().empty() || h->module_path().front() != '/')
+      return hbad("module_path", "an absolute path to the PKCS#11 module is required");
+    if (h->token_label().empty() && h->token_serial().empty())
+      return hbad("token_label", "a token label or serial is required");
+    if (h->pin_file().empty() || h->pin_file().front() != '/')
+      return hbad("pin_file", "an absolute path to the PIN file is required (never the PIN itself)");
+    if (h->sessions() == 0) h->set_sessions(cfg.crypto_workers());
+    if (h->sessions() > 64) return hbad("sessions", "at most 64");
+    if (h->health_interval_ms() == 0) h->set_health_interval_ms(1000);
+  }
   auto* lim = cfg.mutable_limits();
   const auto* ltree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("limits"), -1);
   auto lbad = [&](const std::string& field, const std::string& what) {

@@ -143,6 +143,8 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   // ---- ServerHandler ----
   Reply OnMail(const smtp::Transaction& txn) override {
     if (t_->draining_) return MakeReply(421, "4.3.2", "Service shutting down, try again later");
+    if (t_->ctx_.hsm_available && !t_->ctx_.hsm_available->load(std::memory_order_acquire))
+      return MakeReply(451, "4.3.0", "Security module unavailable: mail is suspended, try again later");
     if (!t_->ctx_.qmgr->Accepting())
       return MakeReply(452, "4.3.1", "Insufficient system resources, try again later");
     return {};

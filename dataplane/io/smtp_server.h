@@ -7,6 +7,7 @@
 // A message is acknowledged (250) only after the Committer reports it durable.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -27,6 +28,9 @@ struct ServerContext {
   queue::Spool* spool = nullptr;
   queue::Committer* committer = nullptr;
   queue::QueueManager* qmgr = nullptr;
+  // hsm_available, when set, is false while the security module is unreachable: every new
+  // transaction is then answered 451 (fail safe, SEE-AG-4).
+  const std::atomic<bool>* hsm_available = nullptr;
 };
 
 // OpenListener: a non-blocking listening socket with SO_REUSEPORT. `port` 0 picks one;

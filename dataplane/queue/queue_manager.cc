@@ -169,6 +169,17 @@ void QueueManager::Submit(SpoolMessage msg) {
   manager_cv_.notify_one();
 }
 
+void QueueManager::SetSuspended(bool suspended) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (suspended_ == suspended) return;
+    suspended_ = suspended;
+  }
+  Log(suspended ? LogLevel::kWarning : LogLevel::kInfo, "qmgr",
+      suspended ? "delivery suspended" : "delivery resumed", {});
+  agents_cv_.notify_all();
+}
+
 QueueStats QueueManager::Stats() const {
   std::lock_guard<std::mutex> l(mu_);
   return stats_;
@@ -179,6 +190,10 @@ bool QueueManager::TakeJob(const std::string& preferred, int wait_ms, DeliveryJo
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   const uint32_t limit = options_.delivery.per_destination_concurrency();
   while (!stop_.load(std::memory_order_acquire)) {
+    if (suspended_) {
+      if (agents_cv_.wait_until(l, deadline) == std::cv_status::timeout) return false;
+      continue;
+    }
     auto take = [&](std::map<std::string, std::deque<DeliveryJob>>::iterator it) {
       *job = std::move(it->second.front());
       it->second.pop_front();

@@ -81,6 +81,9 @@ class QueueManager {
   // Accepting: false when the queue holds max_messages (SMTP answers 452 4.3.1).
   bool Accepting() const { return held_.load(std::memory_order_relaxed) < options_.max_messages; }
   QueueStats Stats() const;
+  // SetSuspended: while true no delivery starts (mail stays queued) — the security module is
+  // down and nothing may leave unprotected (SEE-AG-4).
+  void SetSuspended(bool suspended);
 
   // For agents.
   bool TakeJob(const std::string& preferred_destination, int wait_ms, DeliveryJob* job);
@@ -136,6 +139,7 @@ class QueueManager {
   std::condition_variable manager_cv_;
   std::condition_variable agents_cv_;
   bool wake_ = false;
+  bool suspended_ = false;
   std::deque<SpoolMessage> submitted_;
   std::deque<DeliveryResult> results_;
   std::map<std::string, std::deque<DeliveryJob>> ready_;

@@ -42,6 +42,8 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf:4:2", "relay_host"},
       {"spool_dir: \"/q\"\ndelivery {}\n", "gw.conf", "listen"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\n", "gw.conf", "delivery"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nhsm {\n  module_path: \"/m.so\"\n  token_label: \"t\"\n  pin_file: \"1234\"\n}\n",
+       "gw.conf:7:3", "pin_file"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
