@@ -458,4 +458,66 @@ Result<CK_OBJECT_HANDLE> UnwrapPrivateKey(Session& s, CK_OBJECT_HANDLE wrapping,
   return h;
 }
 
+Result<Secret> NewDataKey() {
+  std::string k(32, '\0');
+  if (RAND_priv_bytes(reinterpret_cast<unsigned char*>(k.data()), 32) != 1) return InternalError("no randomness");
+  return Secret(std::move(k));
+}
+
+namespace {
+// A session object holding a data key in clear inside the token, destroyed on scope exit.
+struct SessionObject {
+  Session& s;
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  ~SessionObject() {
+    if (h != CK_INVALID_HANDLE) s.fn()->C_DestroyObject(s.handle(), h);
+  }
+};
+}  // namespace
+
+Result<std::string> WrapDataKey(Session& s, CK_OBJECT_HANDLE kek, const Secret& data_key) {
+  if (data_key.Reveal().size() != 16 && data_key.Reveal().size() != 32)
+    return InvalidArgumentError("a data key is 128 or 256 bits");
+  Attr a;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  std::string v(data_key.Reveal());
+  a.Bytes(CKA_CLASS, &cls, sizeof cls);
+  a.Bytes(CKA_KEY_TYPE, &kt, sizeof kt);
+  a.Bool(CKA_TOKEN, false);
+  a.Bool(CKA_PRIVATE, true);
+  a.Bool(CKA_SENSITIVE, true);
+  a.Bool(CKA_EXTRACTABLE, true);
+  a.Bytes(CKA_VALUE, v.data(), v.size());
+  SessionObject obj{s};
+  Status st = Check(s.fn()->C_CreateObject(s.handle(), a.data(), a.size(), &obj.h), "C_CreateObject(data key)");
+  OPENSSL_cleanse(v.data(), v.size());
+  if (!st.ok()) return st;
+  return WrapKey(s, kek, obj.h);
+}
+
+Result<Secret> UnwrapDataKey(Session& s, CK_OBJECT_HANDLE kek, std::string_view wrapped) {
+  Attr a;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  a.Bytes(CKA_CLASS, &cls, sizeof cls);
+  a.Bytes(CKA_KEY_TYPE, &kt, sizeof kt);
+  a.Bool(CKA_TOKEN, false);
+  a.Bool(CKA_PRIVATE, true);
+  a.Bool(CKA_SENSITIVE, false);   // a data key is used in software: that is its purpose
+  a.Bool(CKA_EXTRACTABLE, true);
+  CK_MECHANISM mech{kAesKeyWrapPadSoftHsm, nullptr, 0};
+  SessionObject obj{s};
+  if (Status st = Check(s.fn()->C_UnwrapKey(s.handle(), &mech, kek,
+                                            reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(wrapped.data())),
+                                            wrapped.size(), a.data(), a.size(), &obj.h),
+                        "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)");
+      !st.ok())
+    return st;
+  Result<std::string> v = Attribute(s, obj.h, CKA_VALUE);
+  if (!v.ok()) return v.status();
+  Secret key(std::move(v.value()));
+  return key;
+}
+
 }  // namespace mailseal::hsm

@@ -20,6 +20,7 @@
 
 #include "dataplane/base/status.h"
 #include "hsm/module.h"
+#include "hsm/secret.h"
 
 namespace mailseal::hsm {
 
@@ -85,5 +86,15 @@ Result<std::string> WrapKey(Session& s, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HAN
 Result<CK_OBJECT_HANDLE> UnwrapPrivateKey(Session& s, CK_OBJECT_HANDLE wrapping, std::string_view wrapped,
                                           CK_KEY_TYPE key_type, const std::string& label,
                                           const std::vector<uint8_t>& id, Purpose purpose);
+
+// Envelope encryption for bulk data (spool files DE-22, archive copies DE-21): the data key
+// is a random AES-256 key used in software (AES-NI); only its wrapped form is stored. The KEK
+// (a Purpose::kSpool / kArchive key made by GenerateAesKey) never leaves the token.
+// NewDataKey draws a fresh 256-bit data key from OpenSSL's DRBG.
+Result<Secret> NewDataKey();
+// WrapDataKey wraps `data_key` under `kek` inside the token (RFC 5649).
+Result<std::string> WrapDataKey(Session& s, CK_OBJECT_HANDLE kek, const Secret& data_key);
+// UnwrapDataKey gives the data key back for use in software; the token does the unwrapping.
+Result<Secret> UnwrapDataKey(Session& s, CK_OBJECT_HANDLE kek, std::string_view wrapped);
 
 }  // namespace mailseal::hsm

@@ -154,3 +154,78 @@ TEST_F(CeremonyTest, BadQuorumDefinitionsAreRefused) {
 
 }  // namespace
 }  // namespace mailseal::hsm
+
+namespace mailseal::hsm {
+namespace {
+
+// DE-21 e-records recovery: an archived message's data key is opened only by a quorum.
+TEST_F(CeremonyTest, OpeningAnArchiveKeyNeedsTheQuorum) {
+  Result<CK_OBJECT_HANDLE> archive_kek = GenerateAesKey(*session_, "archive-kek", Purpose::kArchive);
+  ASSERT_TRUE(archive_kek.ok());
+  // At archive time: a fresh data key, wrapped; only the wrapped form is kept with the copy.
+  Result<Secret> dk = NewDataKey();
+  Result<std::string> wrapped = WrapDataKey(*session_, *archive_kek, *dk);
+  ASSERT_TRUE(wrapped.ok());
+  for (int approvals : {2, 3}) {
+    Result<Ceremony> c = Ceremony::Begin("open-archive", 3, records_, "court order 2026/17");
+    ASSERT_TRUE(c.ok());
+    Result<std::string> st = c->Propose("open-archive-key", "archive record 660D75778EA4B20A89F402");
+    for (int i = 1; i <= approvals; ++i) ASSERT_TRUE(c->Approve(StrCat("custodian-", i), ApproveAs(i, *st)).ok());
+    bool opened = false;
+    Status ran = c->Execute([&]() -> Result<std::string> {
+      Result<Secret> key = UnwrapDataKey(*session_, *archive_kek, *wrapped);
+      if (!key.ok()) return key.status();
+      opened = key->Reveal() == dk->Reveal();
+      return std::string("archive data key opened for record 660D75778EA4B20A89F402");
+    });
+    if (approvals == 2) {
+      EXPECT_EQ(ran.code(), StatusCode::kPermissionDenied);
+      EXPECT_FALSE(opened);
+    } else {
+      EXPECT_TRUE(ran.ok()) << ran.ToString();
+      EXPECT_TRUE(opened);
+    }
+    Result<CeremonyTranscript> t = c->Finish(*session_, audit_);
+    ASSERT_TRUE(t.ok());
+    EXPECT_TRUE(VerifyTranscript(*t).ok());
+  }
+}
+
+// Initialising an appliance: token init with SO and user PINs and the first keys, under quorum.
+TEST_F(CeremonyTest, InitialiseCeremonyCreatesTokenAndFirstKeys) {
+  Result<Ceremony> c = Ceremony::Begin("initialise", 2, records_, "appliance gw-2");
+  ASSERT_TRUE(c.ok());
+  Result<std::string> st = c->Propose("init-token", "label gw-2; keys: dsa-sign, dca-encrypt, audit, spool, archive");
+  ASSERT_TRUE(c->Approve("custodian-2", ApproveAs(2, *st)).ok());
+  ASSERT_TRUE(c->Approve("custodian-5", ApproveAs(5, *st)).ok());
+  std::unique_ptr<Session> s2;
+  KeyPair audit2;
+  Status ran = c->Execute([&]() -> Result<std::string> {
+    CK_SLOT_ID slot = InitToken("gw-2");
+    auto s = Session::Open(module_.get(), slot);
+    if (!s.ok()) return s.status();
+    s2 = std::move(s.value());
+    if (Status l = s2->Login(Secret(testing::kTestUserPin)); !l.ok()) return l;
+    for (auto [type, purpose, label] : {std::tuple{KeyType::kRsa3072, Purpose::kDsaSign, "dsa-sign"},
+                                        std::tuple{KeyType::kRsa3072, Purpose::kDcaEncrypt, "dca-encrypt"},
+                                        std::tuple{KeyType::kEcP384, Purpose::kAudit, "audit"}}) {
+      Result<KeyPair> k = GenerateKeyPair(*s2, {type, purpose, label, /*backup_wrappable=*/true});
+      if (!k.ok()) return k.status();
+      if (purpose == Purpose::kAudit) audit2 = *k;
+    }
+    for (auto [label, purpose] : {std::pair{"spool-kek", Purpose::kSpool}, std::pair{"archive-kek", Purpose::kArchive}}) {
+      Result<CK_OBJECT_HANDLE> k = GenerateAesKey(*s2, label, purpose);
+      if (!k.ok()) return k.status();
+    }
+    return std::string("token gw-2 initialised with 5 keys");
+  });
+  ASSERT_TRUE(ran.ok()) << ran.ToString();
+  Result<CeremonyTranscript> t = c->Finish(*s2, audit2);  // signed by the new appliance's audit key
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_TRUE(VerifyTranscript(*t).ok());
+  EXPECT_TRUE(FindKeyPair(*s2, "dsa-sign").ok());
+  EXPECT_TRUE(FindSecretKey(*s2, "archive-kek").ok());
+}
+
+}  // namespace
+}  // namespace mailseal::hsm

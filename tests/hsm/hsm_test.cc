@@ -271,3 +271,31 @@ TEST(Secret, FileMustBePrivateAndIsTrimmed) {
 
 }  // namespace
 }  // namespace mailseal::hsm
+
+namespace mailseal::hsm {
+namespace {
+using DataKeyTest = testing::SoftHsmTest;
+
+TEST_F(DataKeyTest, DataKeysAreWrappedUnderATokenKekForSpoolAndArchive) {
+  Result<CK_OBJECT_HANDLE> kek = GenerateAesKey(*session_, "spool-kek", Purpose::kSpool);
+  Result<CK_OBJECT_HANDLE> other = GenerateAesKey(*session_, "archive-kek", Purpose::kArchive);
+  ASSERT_TRUE(kek.ok() && other.ok());
+  Result<Secret> dk = NewDataKey();
+  ASSERT_TRUE(dk.ok());
+  Result<std::string> wrapped = WrapDataKey(*session_, *kek, *dk);
+  ASSERT_TRUE(wrapped.ok()) << wrapped.status().ToString();
+  EXPECT_EQ(wrapped->size(), 40u) << "RFC 5649 output for a 256-bit key";
+  EXPECT_EQ(wrapped->find(std::string(dk->Reveal())), std::string::npos);
+  Result<Secret> back = UnwrapDataKey(*session_, *kek, *wrapped);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->Reveal(), dk->Reveal());
+  EXPECT_FALSE(UnwrapDataKey(*session_, *other, *wrapped).ok()) << "another KEK cannot open it";
+  std::string bad = *wrapped;
+  bad[3] ^= 1;
+  EXPECT_FALSE(UnwrapDataKey(*session_, *kek, bad).ok()) << "a damaged wrapped key is refused";
+  EXPECT_EQ(Attribute(*session_, *kek, CKA_VALUE).status().code(), StatusCode::kPermissionDenied)
+      << "the KEK itself never leaves the token";
+}
+
+}  // namespace
+}  // namespace mailseal::hsm
