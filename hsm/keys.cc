@@ -45,6 +45,17 @@ struct Attr {
   CK_ULONG size() const { return static_cast<CK_ULONG>(list.size()); }
 };
 
+// A token object that is ours and stays inside the token: label and id tie it to its
+// purpose; private, sensitive and never extractable.
+void StoredAndProtected(Attr* a, const std::string& label, const std::vector<uint8_t>& id) {
+  a->Bytes(CKA_LABEL, label.data(), label.size());
+  a->Bytes(CKA_ID, id.data(), id.size());
+  a->Bool(CKA_TOKEN, true);
+  a->Bool(CKA_PRIVATE, true);
+  a->Bool(CKA_SENSITIVE, true);
+  a->Bool(CKA_EXTRACTABLE, false);
+}
+
 bool IsRsa(KeyType t) { return t == KeyType::kRsa2048 || t == KeyType::kRsa3072 || t == KeyType::kRsa4096; }
 
 CK_ULONG RsaBits(KeyType t) {
@@ -389,12 +400,7 @@ Result<CK_OBJECT_HANDLE> GenerateAesKey(Session& s, const std::string& label, Pu
   a.Bytes(CKA_CLASS, &cls, sizeof cls);
   a.Bytes(CKA_KEY_TYPE, &kt, sizeof kt);
   a.Ulong(CKA_VALUE_LEN, bits / 8);
-  a.Bytes(CKA_LABEL, label.data(), label.size());
-  a.Bytes(CKA_ID, id.data(), id.size());
-  a.Bool(CKA_TOKEN, true);
-  a.Bool(CKA_PRIVATE, true);
-  a.Bool(CKA_SENSITIVE, true);
-  a.Bool(CKA_EXTRACTABLE, false);
+  StoredAndProtected(&a, label, id);
   a.Bool(CKA_WRAP, true);
   a.Bool(CKA_UNWRAP, true);
   a.Bool(CKA_ENCRYPT, false);
@@ -440,12 +446,7 @@ Result<CK_OBJECT_HANDLE> UnwrapPrivateKey(Session& s, CK_OBJECT_HANDLE wrapping,
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
   a.Bytes(CKA_CLASS, &cls, sizeof cls);
   a.Bytes(CKA_KEY_TYPE, &key_type, sizeof key_type);
-  a.Bytes(CKA_LABEL, label.data(), label.size());
-  a.Bytes(CKA_ID, id.data(), id.size());
-  a.Bool(CKA_TOKEN, true);
-  a.Bool(CKA_PRIVATE, true);
-  a.Bool(CKA_SENSITIVE, true);
-  a.Bool(CKA_EXTRACTABLE, false);
+  StoredAndProtected(&a, label, id);
   Usage(&a, &ignored_pub, purpose);
   CK_MECHANISM mech{kAesKeyWrapPadSoftHsm, nullptr, 0};
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
