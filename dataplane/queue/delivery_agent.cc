@@ -50,16 +50,25 @@ void DeliveryAgent::Run() {
   std::vector<std::string> zones(d.dns_local_zones().begin(), d.dns_local_zones().end());
   std::vector<std::string> local_data(d.dns_local_data().begin(), d.dns_local_data().end());
   resolver_ = std::make_unique<io::Resolver>(d.dns_forwarder(), zones, local_data);
+  std::string held;  // destination whose connection slot we hold
   while (!qmgr_->stopping()) {
     DeliveryJob job;
-    if (!qmgr_->TakeJob(conn_.destination, kIdleKeepMs, &job)) {
-      CloseConnection(true);  // idle: give the connection back
+    if (!qmgr_->TakeJob(held, kIdleKeepMs, &job)) {
+      CloseConnection(true);  // idle: give the connection and its slot back
+      if (!held.empty()) qmgr_->ReleaseSlot(held);
+      held.clear();
       continue;
     }
+    held = job.destination;
     DeliveryResult r = Deliver(job);
     qmgr_->PostResult(std::move(r));
+    if (conn_.fd < 0) {  // no connection kept: the slot goes back at once
+      qmgr_->ReleaseSlot(held);
+      held.clear();
+    }
   }
   CloseConnection(true);
+  if (!held.empty()) qmgr_->ReleaseSlot(held);
 }
 
 Status DeliveryAgent::Pump(int timeout_ms) {

@@ -185,44 +185,57 @@ QueueStats QueueManager::Stats() const {
   return stats_;
 }
 
-bool QueueManager::TakeJob(const std::string& preferred, int wait_ms, DeliveryJob* job) {
+bool QueueManager::TakeJob(const std::string& held, int wait_ms, DeliveryJob* job) {
+  // Connections per destination are what the limit counts: an agent that holds a connection
+  // (busy or cached idle) to a destination occupies one of its slots until it releases it.
   std::unique_lock<std::mutex> l(mu_);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   const uint32_t limit = options_.delivery.per_destination_concurrency();
   while (!stop_.load(std::memory_order_acquire)) {
-    if (suspended_) {
-      if (agents_cv_.wait_until(l, deadline) == std::cv_status::timeout) return false;
-      continue;
-    }
-    auto take = [&](std::map<std::string, std::deque<DeliveryJob>>::iterator it) {
-      *job = std::move(it->second.front());
-      it->second.pop_front();
-      if (it->second.empty()) ready_.erase(it);
-      ++busy_[job->destination];
-      return true;
-    };
-    if (!preferred.empty()) {
-      auto it = ready_.find(preferred);
-      if (it != ready_.end() && busy_[preferred] < limit) return take(it);
-    }
-    for (auto it = ready_.begin(); it != ready_.end(); ++it) {
-      if (busy_[it->first] < limit) return take(it);
+    if (!suspended_) {
+      auto take = [&](std::map<std::string, std::deque<DeliveryJob>>::iterator it) {
+        *job = std::move(it->second.front());
+        it->second.pop_front();
+        if (it->second.empty()) ready_.erase(it);
+        if (job->destination != held) {
+          if (!held.empty()) ReleaseSlotLocked(held);
+          ++conns_[job->destination];
+        }
+        return true;
+      };
+      if (!held.empty()) {
+        auto it = ready_.find(held);
+        if (it != ready_.end()) return take(it);  // reuse the connection we hold
+      }
+      for (auto it = ready_.begin(); it != ready_.end(); ++it) {
+        if (conns_[it->first] < limit) return take(it);
+      }
     }
     if (agents_cv_.wait_until(l, deadline) == std::cv_status::timeout) return false;
   }
   return false;
 }
 
+void QueueManager::ReleaseSlotLocked(const std::string& destination) {
+  auto c = conns_.find(destination);
+  if (c != conns_.end() && --c->second == 0) conns_.erase(c);
+}
+
+void QueueManager::ReleaseSlot(const std::string& destination) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ReleaseSlotLocked(destination);
+  }
+  agents_cv_.notify_all();  // a destination slot is free again
+}
+
 void QueueManager::PostResult(DeliveryResult result) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    auto b = busy_.find(result.destination);
-    if (b != busy_.end() && --b->second == 0) busy_.erase(b);
     results_.push_back(std::move(result));
     wake_ = true;
   }
   manager_cv_.notify_one();
-  agents_cv_.notify_one();  // a destination slot is free again
 }
 
 void QueueManager::PumpCrypto() {

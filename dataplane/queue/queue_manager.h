@@ -85,8 +85,12 @@ class QueueManager {
   // down and nothing may leave unprotected (SEE-AG-4).
   void SetSuspended(bool suspended);
 
-  // For agents.
-  bool TakeJob(const std::string& preferred_destination, int wait_ms, DeliveryJob* job);
+  // For agents. TakeJob: `held` is the destination the agent holds a connection slot for
+  // ("" when none); taking a job for another destination gives that slot up and occupies one
+  // of the new destination (at most per_destination_concurrency connections per destination,
+  // busy or cached). ReleaseSlot: the agent closed its connection.
+  bool TakeJob(const std::string& held, int wait_ms, DeliveryJob* job);
+  void ReleaseSlot(const std::string& destination);
   void PostResult(DeliveryResult result);
   bool stopping() const { return stop_.load(std::memory_order_acquire); }
   const QueueOptions& options() const { return options_; }
@@ -118,6 +122,7 @@ class QueueManager {
   void Apply(const DeliveryResult& r);
   void Finalize(const std::string& id);
   void RetryDue(int64_t now);
+  void ReleaseSlotLocked(const std::string& destination);
   void MoveToCorrupt(const std::string& id, SpoolState from, const Status& why);
   std::string PathOf(const Entry& e) const;
   int64_t Backoff(uint32_t attempts) const;
@@ -143,7 +148,7 @@ class QueueManager {
   std::deque<SpoolMessage> submitted_;
   std::deque<DeliveryResult> results_;
   std::map<std::string, std::deque<DeliveryJob>> ready_;
-  std::map<std::string, uint32_t> busy_;
+  std::map<std::string, uint32_t> conns_;   // connection slots held per destination
   QueueStats stats_;
 };
 

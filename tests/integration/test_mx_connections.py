@@ -11,6 +11,7 @@ DNS (delivery.dns_local_zones "test. static" + dns_local_data):
 import os
 import resource
 import socket
+import subprocess
 import sys
 import time
 
@@ -32,6 +33,7 @@ def main():
     # 127.0.0.25:25 (we run as root).
     mx_sink = harness.Sink(root, port=25, host="127.0.0.25")
     dsn_sink = harness.Sink(root)
+    slow_sink = harness.Sink(root, extra=["-w", "1"])  # answers DATA after 1 s
     dns = "\n".join([
         'dns_local_zones: "test. static"',
         'dns_local_data: "partner.test. MX 10 mx1.partner.test."',
@@ -41,6 +43,8 @@ def main():
         'dns_local_data: "implicit.test. A 127.0.0.25"',
         'dns_local_data: "nullmx.test. MX 0 ."',
         f'routes {{ domain: "agency-a.test" next_hop: "127.0.0.1:{dsn_sink.port}" }}',
+        f'routes {{ domain: "slow.test" next_hop: "127.0.0.1:{slow_sink.port}" }}',
+        "per_destination_concurrency: 2",
     ])
     gw = harness.Mailseald(a.mailseald, root, delivery_extra=dns).start()
 
@@ -62,6 +66,19 @@ def main():
     c.check(b"Status: 5.1.10" in nm, "null MX: bounced with 5.1.10")
     nx = harness.wait_for(lambda: dsn("nxdomain"), 20, "NXDOMAIN DSN")
     c.check(b"Status: 5.1.2" in nx, "non-existent domain: bounced with 5.1.2")
+
+    # Per-destination concurrency: 8 messages to a slow next hop, never more than 2 connections.
+    for i in range(8):
+        assert b"250 2.0.0 Ok: queued" in send(gw.port, f"r{i}@slow.test", f"slow-{i}")
+    peak = 0
+    t0 = time.time()
+    while len(slow_sink.messages()) < 8 and time.time() - t0 < 30:
+        out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{slow_sink.port} )"],
+                             capture_output=True, text=True).stdout
+        peak = max(peak, len([l for l in out.splitlines() if l.strip()]))
+        time.sleep(0.05)
+    c.check(len(slow_sink.messages()) == 8, f"all 8 messages reached the slow next hop ({time.time()-t0:.1f}s)")
+    c.check(1 <= peak <= 2, f"never more than 2 connections to one destination (peak {peak})")
 
     # Thousands of concurrent connections.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
