@@ -41,6 +41,7 @@ Resolver::Resolver(const std::string& forwarder, const std::vector<std::string>&
     init_ = InvalidArgumentError(StrCat("resolver setup: ", ub_strerror(rc)));
     return;
   }
+  ub_ctx_hosts(ctx_, nullptr);  // /etc/hosts too, like every MTA (a missing file is fine)
   for (const std::string& zone : local_zones) {
     size_t sp = zone.find(' ');
     if (sp == std::string::npos ||

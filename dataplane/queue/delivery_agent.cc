@@ -2,6 +2,7 @@
 #include "dataplane/queue/delivery_agent.h"
 
 #include <pthread.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "dataplane/base/log.h"
@@ -35,8 +36,14 @@ void DeliveryAgent::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
+void DeliveryAgent::Abort() {
+  int fd = live_fd_.load(std::memory_order_acquire);
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);  // the owner thread sees an error and closes it
+}
+
 void DeliveryAgent::CloseConnection(bool quit) {
   if (conn_.fd < 0) return;
+  live_fd_.store(-1, std::memory_order_release);
   if (quit && conn_.session) {
     conn_.session->Quit();
     (void)io::WriteAllTimeout(conn_.fd, conn_.session->TakeOutput(), 1000);
@@ -127,6 +134,8 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
         continue;
       }
       conn_.fd = *fd;
+      live_fd_.store(*fd, std::memory_order_release);
+      if (qmgr_->stopping()) ::shutdown(*fd, SHUT_RDWR);
       conn_.destination = job.destination;
       conn_.remote = where;
       conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname);

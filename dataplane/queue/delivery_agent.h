@@ -10,6 +10,7 @@
 // is ever delivered (nothing is sealed yet either).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -26,6 +27,8 @@ class DeliveryAgent {
   ~DeliveryAgent();
   void Start();
   void Join();
+  // Abort (any thread): break off the connection in use, for a prompt shutdown.
+  void Abort();
 
  private:
   struct Connection {
@@ -49,6 +52,7 @@ class DeliveryAgent {
   std::thread thread_;
   std::unique_ptr<io::Resolver> resolver_;
   Connection conn_;
+  std::atomic<int> live_fd_{-1};   // conn_.fd, readable from other threads for Abort()
 };
 
 }  // namespace mailseal::queue

@@ -145,6 +145,9 @@ void QueueManager::Stop() {
   }
   manager_cv_.notify_all();
   agents_cv_.notify_all();
+  // A delivery in progress may wait minutes for a slow next hop: cut it short. Its message
+  // stays queued (a possible duplicate later, never a loss).
+  for (auto& a : agents_) a->Abort();
   for (auto& a : agents_) a->Join();
   if (thread_.joinable()) thread_.join();
   crypto_->Stop();
@@ -467,7 +470,9 @@ void QueueManager::RetryDue(int64_t now) {
   }
   for (const std::string& id : finalize) Finalize(id);
   for (const std::string& id : due) {
-    Entry& e = entries_[id];
+    auto found = entries_.find(id);
+    if (found == entries_.end()) continue;
+    Entry& e = found->second;
     if (e.state == SpoolState::kDeferred) {
       if (Status st = spool_->Move(id, SpoolState::kDeferred, SpoolState::kActive); !st.ok()) {
         Log(LogLevel::kError, "qmgr", "cannot move to active/", {{"qid", id}, {"error", st.message()}});

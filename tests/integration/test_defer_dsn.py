@@ -9,6 +9,7 @@ with 550 5.1.1, agency-a.test (the senders' domain) -> the DSN sink.
 """
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -91,6 +92,19 @@ def main():
     log = gw.read_log()
     c.check(log.count("qmgr: expired") == 4, f"four expiries logged ({log.count('qmgr: expired')})")
     c.check(gw.stop() == 0, "clean stop")
+
+    # SIGTERM while a delivery waits on a very slow next hop: the stop is prompt and the
+    # message stays queued for the next start.
+    stuck = harness.Sink(root, extra=["-w", "120"])
+    gw3 = harness.Mailseald(a.mailseald, root, relay_port=stuck.port, name="gw3").start()
+    c.check(b"250 2.0.0 Ok: queued" in send(gw3.port, "alice@agency-a.test", "bob@partner.test", "slow"), "accepted for a slow next hop")
+    harness.wait_for(lambda: subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{stuck.port} )"],
+                                            capture_output=True, text=True).stdout.strip(), 10, "delivery under way")
+    time.sleep(0.5)
+    t1 = time.time()
+    rc = gw3.stop(timeout=30)
+    c.check(rc == 0 and time.time() - t1 < 5, f"SIGTERM during a slow delivery stops in {time.time()-t1:.1f}s")
+    c.check(len(gw3.queue_files("active") + gw3.queue_files("deferred")) == 1, "the message is still queued")
     c.finish()
 
 
