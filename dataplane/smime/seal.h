@@ -1,0 +1,60 @@
+// seal.h — domain-level S/MIME (RFC 3183 with RFC 8551 messages, RFC 5652/5083 CMS): seal a
+// whole message for a partner domain, and open one sealed for us. Issue #4, first part: the
+// CMS core over OpenSSL. Keys come as EVP_PKEYs (HSM keys through hsm/openssl_bridge.h).
+//
+// Sealed form: the original message, headers and all, becomes a message/rfc822 entity (so its
+// header is protected), which is signed as opaque signed-data by our DSA (signer certificate,
+// chain and SMIMECapabilities included, SEE-2.9), and that is enveloped for the partner's DCA
+// (AuthEnvelopedData AES-256-GCM by default, EnvelopedData AES-256-CBC for partners that only
+// announce that; never 3DES, SEE-2.4). The outer message carries From, To, Cc, Date,
+// Message-ID and a placeholder Subject.
+//
+// SECURITY: everything opened is untrusted until the signature verifies against the trust
+// store; a verdict says exactly what held. Sizes are bounded by the caller (SMTP limits).
+#pragma once
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <string>
+#include <vector>
+
+#include "dataplane/base/status.h"
+
+namespace mailseal::smime {
+
+enum class ContentCipher { kAes256Gcm, kAes256Cbc };
+
+struct Signer {
+  X509* cert = nullptr;             // our DSA certificate
+  EVP_PKEY* key = nullptr;          // its private key (in the HSM)
+  std::vector<X509*> chain;         // intermediates to include
+};
+
+struct SealOptions {
+  ContentCipher cipher = ContentCipher::kAes256Gcm;
+  std::string outer_subject = "[sealed by the sending domain]";  // RFC 9788 placeholder
+};
+
+// Seal: `message` is an RFC 5322 message with CRLF line ends.
+Result<std::string> Seal(const std::string& message, const Signer& signer,
+                         const std::vector<X509*>& recipients, const SealOptions& options = SealOptions());
+
+struct Opened {
+  std::string message;          // the original message, byte-exact
+  bool signed_ok = false;       // a signature verified against the trust store
+  std::string signer_subject;   // of the signing certificate
+  std::vector<std::string> signer_emails;   // its rfc822Name SANs
+  std::string cipher;           // e.g. "id-aes256-GCM"
+};
+
+struct Recipient {
+  X509* cert = nullptr;         // our DCA certificate
+  EVP_PKEY* key = nullptr;      // its private key (in the HSM)
+};
+
+// Open decrypts with `us`, verifies with `trust` (a store with the trust anchors) and returns
+// the original message. A message that decrypts but does not verify is an error naming why.
+Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust);
+
+}  // namespace mailseal::smime
