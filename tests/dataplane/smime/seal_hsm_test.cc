@@ -1,0 +1,75 @@
+// Seal and open with the gateway's keys inside a real SoftHSM token: the DSA signs and the DCA
+// decrypts through the OpenSSL bridge, so no private key ever exists outside the token
+// (issue #4 with issue #3's HSM layer; SEE-2.4b).
+#include <openssl/pem.h>
+
+#include <fstream>
+
+#include "dataplane/smime/seal.h"
+#include "hsm/csr.h"
+#include "hsm/keys.h"
+#include "hsm/openssl_bridge.h"
+#include "tests/hsm/custodians.h"
+#include "tests/hsm/softhsm_fixture.h"
+
+namespace mailseal::smime {
+namespace {
+using hsm::testing::SoftHsmTest;
+
+class SealWithHsmTest : public SoftHsmTest {
+ protected:
+  X509* IssueFor(hsm::OpenSslBridge& bridge, const std::string& label, hsm::Purpose p) {
+    Result<EVP_PKEY*> k = bridge.LoadPrivateKey(hsm::testing::kTokenLabel, label);
+    EXPECT_TRUE(k.ok()) << k.status().ToString();
+    Result<std::string> csr = hsm::BuildCsrPem(*k, {p, {"agency-a.test"}, "Agency A", "NZ"});
+    EVP_PKEY_free(*k);
+    std::ofstream(dir_ + "/" + label + ".csr") << *csr;
+    int rc = 0;
+    std::string out = Run(StrCat("cd ", dir_, " && openssl x509 -req -in ", label, ".csr -CA ca.crt -CAkey ca.key ",
+                                 "-CAcreateserial -copy_extensions copy -days 30 -out ", label, ".crt"), &rc);
+    EXPECT_EQ(rc, 0) << out;
+    std::string pem = hsm::testing::Slurp(dir_ + "/" + label + ".crt");
+    BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    return x;
+  }
+};
+
+TEST_F(SealWithHsmTest, TokenKeysSignAndDecrypt) {
+  int rc = 0;
+  std::string out = Run(StrCat("cd ", dir_, " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt "
+                               "-subj /CN=Test-CA -days 30"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  ASSERT_TRUE(hsm::GenerateKeyPair(*session_, {hsm::KeyType::kRsa2048, hsm::Purpose::kDsaSign, "dsa"}).ok());
+  ASSERT_TRUE(hsm::GenerateKeyPair(*session_, {hsm::KeyType::kRsa2048, hsm::Purpose::kDcaEncrypt, "dca"}).ok());
+  auto bridge = hsm::OpenSslBridge::Open(hsm::testing::kSoftHsmModule, hsm::Secret(hsm::testing::kTestUserPin));
+  ASSERT_TRUE(bridge.ok()) << bridge.status().ToString();
+  X509* dsa_cert = IssueFor(**bridge, "dsa", hsm::Purpose::kDsaSign);
+  X509* dca_cert = IssueFor(**bridge, "dca", hsm::Purpose::kDcaEncrypt);
+  ASSERT_TRUE(dsa_cert && dca_cert);
+  EVP_PKEY* dsa = *(*bridge)->LoadPrivateKey(hsm::testing::kTokenLabel, "dsa");
+  EVP_PKEY* dca = *(*bridge)->LoadPrivateKey(hsm::testing::kTokenLabel, "dca");
+  const std::string msg = "From: a@agency-a.test\r\nTo: b@agency-a.test\r\nSubject: hsm\r\n\r\nsealed by the token\r\n";
+  Result<std::string> sealed = Seal(msg, {dsa_cert, dsa, {}}, {dca_cert});
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  X509_STORE* trust = X509_STORE_new();
+  std::string ca = hsm::testing::Slurp(dir_ + "/ca.crt");
+  BIO* b = BIO_new_mem_buf(ca.data(), static_cast<int>(ca.size()));
+  X509* cax = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+  BIO_free(b);
+  X509_STORE_add_cert(trust, cax);
+  Result<Opened> o = Open(*sealed, {dca_cert, dca}, trust);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->message, msg);
+  EXPECT_TRUE(o->signed_ok);
+  X509_free(cax);
+  X509_STORE_free(trust);
+  X509_free(dsa_cert);
+  X509_free(dca_cert);
+  EVP_PKEY_free(dsa);
+  EVP_PKEY_free(dca);
+}
+
+}  // namespace
+}  // namespace mailseal::smime
