@@ -482,14 +482,17 @@ void ServerSession::ScanHeader(std::string_view bytes) {
   }
 }
 
+// The limits are checked byte by byte in message order, so the first one a message crosses is
+// the one reported, however the input was split into reads (the fuzzer checks this).
 void ServerSession::EmitData(std::string_view bytes) {
   if (refusal_ != Refusal::kNone) return;
-  data_bytes_ += bytes.size();
-  if (data_bytes_ > options_.limits.max_message_size) return AbortData(Refusal::kTooBig);
+  const uint64_t room = options_.limits.max_message_size - std::min(data_bytes_, options_.limits.max_message_size);
   if (!header_done_) {
-    ScanHeader(bytes);
+    ScanHeader(bytes.substr(0, static_cast<size_t>(std::min<uint64_t>(room, bytes.size()))));
     if (refusal_ != Refusal::kNone) return;
   }
+  data_bytes_ += bytes.size();
+  if (bytes.size() > room) return AbortData(Refusal::kTooBig);
   chunk_.append(bytes);
   if (chunk_.size() >= kChunkSize) FlushChunk();
 }
@@ -498,9 +501,12 @@ void ServerSession::EmitDataChar(char c) { EmitRun(std::string_view(&c, 1)); }
 
 void ServerSession::EmitRun(std::string_view run) {
   if (refusal_ != Refusal::kNone) return;
+  const uint64_t max = options_.limits.max_data_line_length;
+  const uint64_t fits = max - std::min(line_bytes_, max);
   line_bytes_ += run.size();
-  if (line_bytes_ > options_.limits.max_data_line_length) return AbortData(Refusal::kLineTooLong);
-  EmitData(run);
+  if (run.size() <= fits) return EmitData(run);
+  EmitData(run.substr(0, static_cast<size_t>(fits)));  // bytes before the line limit count first
+  if (refusal_ == Refusal::kNone) AbortData(Refusal::kLineTooLong);
 }
 
 size_t ServerSession::ConsumeData(std::string_view in) {

@@ -340,3 +340,23 @@ TEST(ServerSession, TimeoutAndShutdownAnswer421) {
 
 }  // namespace
 }  // namespace mailseal::smtp
+
+namespace mailseal::smtp {
+namespace {
+// Found by fuzz_smtp_server in CI: which limit a message breaks first must not depend on how
+// the input was split into reads.
+TEST(ServerSession, FirstLimitCrossedWinsWhateverTheChunking) {
+  ServerOptions o = Harness::DefaultOptions();
+  o.limits.max_message_size = 300;
+  o.limits.max_header_size = 100;
+  o.limits.max_data_line_length = 1000;
+  for (const std::string& body : {std::string(2000, 'h') + "\r\n", "Subject: " + std::string(500, 'x') + "\r\n\r\nb\r\n",
+                                  "A: b\r\n\r\n" + std::string(1200, 'y') + "\r\n"}) {
+    Harness whole(o), split(o);
+    std::string a = whole.Feed(std::string(kEnvelope) + body + ".\r\n");
+    std::string b = split.Feed(std::string(kEnvelope) + body + ".\r\n", /*bytewise=*/true);
+    EXPECT_EQ(a, b);
+  }
+}
+}  // namespace
+}  // namespace mailseal::smtp
