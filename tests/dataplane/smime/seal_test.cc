@@ -165,3 +165,104 @@ TEST_F(SealTest, WrongKeyTamperingAndUntrustedSignersAreRefused) {
 
 }  // namespace
 }  // namespace mailseal::smime
+
+namespace mailseal::smime {
+namespace {
+
+// gpgsm (GnuPG 2.2) as the second independent implementation. It reads EnvelopedData
+// (AES-CBC) but not AuthEnvelopedData: its 2.2 line fails on AES-GCM ("error getting IV"), so
+// partners on gpgsm get CBC (they announce no GCM in SMIMECapabilities; SEE-2.4).
+class GpgsmTest : public SealTest {
+ protected:
+  void SetUp() override {
+    home_ = dir_ + "/gnupg";
+    std::string cmd = StrCat(
+        "rm -rf ", home_, " && mkdir -m 700 ", home_, " && echo allow-loopback-pinentry > ", home_,
+        "/gpg-agent.conf && echo disable-crl-checks > ", home_, "/gpgsm.conf && cd ", dir_);
+    for (const char* n : {"dca_b", "dsa_b"}) {
+      cmd += StrCat(" && openssl pkcs12 -export -in ", n, ".crt -inkey ", n, ".key -out ", n,
+                    ".p12 -passout pass:fixture -certpbe PBE-SHA1-3DES -keypbe PBE-SHA1-3DES -macalg sha1",
+                    " && echo fixture | ", Gpg(), " --pinentry-mode loopback --passphrase-fd 0 --import ", n, ".p12");
+    }
+    cmd += StrCat(" && ", Gpg(), " --import ca.crt dsa_a.crt dca_a.crt");
+    cmd += StrCat(" && echo \"$(", Gpg(), " --with-colons --list-keys Test-CA | awk -F: '/^fpr/{print $10; exit}') S\" > ",
+                  home_, "/trustlist.txt");
+    ASSERT_EQ(Run(cmd), 0) << "gpgsm set-up failed";
+  }
+  void TearDown() override { Run(StrCat("GNUPGHOME=", home_, " gpgconf --kill gpg-agent")); }
+  std::string Gpg() const { return StrCat("GNUPGHOME=", home_, " gpgsm --batch"); }
+  static std::string DerOf(const std::string& smime) {  // the base64 body of an S/MIME entity
+    size_t body = smime.find("\r\n\r\n", smime.find("application/pkcs7-mime"));
+    std::string b64;
+    for (char c : smime.substr(body + 4))
+      if (c != '\r' && c != '\n') b64 += c;
+    std::string der(b64.size(), '\0');
+    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()),
+                            reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
+    size_t pad = b64.size() >= 2 ? (b64[b64.size() - 1] == '=') + (b64[b64.size() - 2] == '=') : 0;
+    der.resize(static_cast<size_t>(n) - pad);
+    return der;
+  }
+  static std::string Lines(const std::string& b64) {  // MIME base64: lines of 76
+    std::string out;
+    for (size_t i = 0; i < b64.size(); i += 76) out += b64.substr(i, 76) + "\r\n";
+    return out;
+  }
+  std::string home_;
+};
+
+TEST_F(GpgsmTest, GpgsmDecryptsAndVerifiesWhatWeSeal) {
+  X509 *dsa = Cert("dsa_a"), *dca = Cert("dca_b");
+  EVP_PKEY* key = Key("dsa_a");
+  SealOptions o;
+  o.cipher = ContentCipher::kAes256Cbc;
+  Result<std::string> sealed = Seal(msg_, {dsa, key, {}}, {dca}, o);
+  ASSERT_TRUE(sealed.ok());
+  std::ofstream(dir_ + "/g-env.der", std::ios::binary) << DerOf(*sealed);
+  ASSERT_EQ(Run(StrCat("cd ", dir_, " && echo fixture | ", Gpg(),
+                       " --pinentry-mode loopback --passphrase-fd 0 --decrypt --output g-signed.eml g-env.der")), 0)
+      << "gpgsm could not decrypt";
+  std::ofstream(dir_ + "/g-signed.der", std::ios::binary) << DerOf(Slurp(dir_ + "/g-signed.eml"));
+  ASSERT_EQ(Run(StrCat("cd ", dir_, " && ", Gpg(), " --verify --output g-inner.eml g-signed.der")), 0)
+      << "gpgsm did not accept the signature";
+  EXPECT_EQ(Slurp(dir_ + "/g-inner.eml"), "Content-Type: message/rfc822\r\n\r\n" + msg_);
+  X509_free(dsa);
+  X509_free(dca);
+  EVP_PKEY_free(key);
+}
+
+TEST_F(GpgsmTest, WeOpenWhatGpgsmSignsAndEncrypts) {
+  std::ofstream(dir_ + "/h-wrapped.eml", std::ios::binary) << "Content-Type: message/rfc822\r\n\r\n" + msg_;
+  ASSERT_EQ(Run(StrCat("cd ", dir_, " && echo fixture | ", Gpg(), " --pinentry-mode loopback --passphrase-fd 0 ",
+                       "--include-certs -1 -u domain-signing-authority@agency-b.test --sign --output h-s.der h-wrapped.eml")), 0);
+  // Our Open reads S/MIME entities: wrap gpgsm's signed-data, have gpgsm encrypt that.
+  std::string der = Slurp(dir_ + "/h-s.der");
+  std::string b64(4 * ((der.size() + 2) / 3) + 1, '\0');
+  b64.resize(static_cast<size_t>(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()),
+                                                 reinterpret_cast<const unsigned char*>(der.data()), static_cast<int>(der.size()))));
+  std::ofstream(dir_ + "/h-entity.eml", std::ios::binary)
+      << "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m\r\n"
+         "Content-Transfer-Encoding: base64\r\n\r\n" << Lines(b64);
+  ASSERT_EQ(Run(StrCat("cd ", dir_, " && ", Gpg(), " -r domain-confidentiality-authority@agency-a.test ",
+                       "--encrypt --output h-e.der h-entity.eml")), 0);
+  std::string env = Slurp(dir_ + "/h-e.der");
+  std::string eb(4 * ((env.size() + 2) / 3) + 1, '\0');
+  eb.resize(static_cast<size_t>(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(eb.data()),
+                                                reinterpret_cast<const unsigned char*>(env.data()), static_cast<int>(env.size()))));
+  std::string mail = "From: b@agency-b.test\r\nMIME-Version: 1.0\r\n"
+                     "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n"
+                     "Content-Transfer-Encoding: base64\r\n\r\n" + Lines(eb);
+  X509* dca = Cert("dca_a");
+  EVP_PKEY* key = Key("dca_a");
+  X509_STORE* trust = Trust();
+  Result<Opened> o = Open(mail, {dca, key}, trust);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->message, msg_);
+  EXPECT_EQ(o->signer_emails, std::vector<std::string>{"domain-signing-authority@agency-b.test"});
+  X509_STORE_free(trust);
+  X509_free(dca);
+  EVP_PKEY_free(key);
+}
+
+}  // namespace
+}  // namespace mailseal::smime
