@@ -7,6 +7,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
+#include <openssl/x509.h>
+#include <openssl/asn1t.h>
 
 #include <algorithm>
 #include <cstring>
@@ -70,6 +72,18 @@ std::string Pkcs7Entity(const char* smime_type, const std::string& der) {
 
 }  // namespace
 
+const std::vector<std::string>& OurCapabilities() {
+  static const std::vector<std::string> kCaps = {"id-aes256-GCM", "id-aes128-GCM", "AES-256-CBC", "AES-192-CBC",
+                                                 "AES-128-CBC"};
+  return kCaps;
+}
+
+ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
+  for (const std::string& c : caps)
+    if (c == "id-aes256-GCM" || c == "id-aes128-GCM" || c == "id-aes192-GCM") return ContentCipher::kAes256Gcm;
+  return ContentCipher::kAes256Cbc;
+}
+
 Result<std::string> Seal(const std::string& message, const Signer& signer, const std::vector<X509*>& recipients,
                          const SealOptions& options) {
   if (!signer.cert || !signer.key) return InvalidArgumentError("no signer");
@@ -90,9 +104,20 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   BioPtr in = MemIn(inner);
   STACK_OF(X509)* chain = sk_X509_new_null();
   for (X509* c : signer.chain) sk_X509_push(chain, c);
-  CmsPtr signed_cms(CMS_sign(signer.cert, signer.key, chain, in.get(), CMS_BINARY));
+  // SMIMECapabilities: our own list (OpenSSL's default omits AES-GCM), strongest first.
+  CmsPtr signed_cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL));
   sk_X509_free(chain);
   if (!signed_cms) return InternalError(SslError("signing failed"));
+  CMS_SignerInfo* si = CMS_add1_signer(signed_cms.get(), signer.cert, signer.key, EVP_sha256(),
+                                       CMS_BINARY | CMS_NOSMIMECAP);
+  STACK_OF(X509_ALGOR)* caps = nullptr;
+  bool caps_ok = si != nullptr;
+  for (const std::string& name : OurCapabilities())
+    caps_ok = caps_ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
+  caps_ok = caps_ok && CMS_add_smimecap(si, caps) == 1;
+  sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
+  if (!caps_ok || CMS_final(signed_cms.get(), in.get(), nullptr, CMS_BINARY) != 1)
+    return InternalError(SslError("signing failed"));
   std::string signed_entity = Pkcs7Entity("signed-data", Der(signed_cms.get()));
   // 2. Envelope it for the partner's DCA.
   STACK_OF(X509)* recips = sk_X509_new_null();
@@ -146,6 +171,29 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     GENERAL_NAMES_free(sans);
   }
   sk_X509_free(signers);
+  // The signer's SMIMECapabilities, to learn what the partner can read.
+  STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(sig.get());
+  if (infos && sk_CMS_SignerInfo_num(infos) > 0) {
+    STACK_OF(X509_ALGOR)* algs = nullptr;
+    X509_ATTRIBUTE* attr = CMS_signed_get_attr(
+        sk_CMS_SignerInfo_value(infos, 0),
+        CMS_signed_get_attr_by_NID(sk_CMS_SignerInfo_value(infos, 0), NID_SMIMECapabilities, -1));
+    ASN1_TYPE* t = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : nullptr;
+    if (t && t->type == V_ASN1_SEQUENCE) {
+      const unsigned char* p = t->value.sequence->data;
+      algs = reinterpret_cast<STACK_OF(X509_ALGOR)*>(ASN1_item_d2i(nullptr, &p, t->value.sequence->length,
+                                                                   ASN1_ITEM_rptr(X509_ALGORS)));
+    }
+    for (int i = 0; algs && i < sk_X509_ALGOR_num(algs) && i < 64; ++i) {
+      const ASN1_OBJECT* obj = nullptr;
+      X509_ALGOR_get0(&obj, nullptr, nullptr, sk_X509_ALGOR_value(algs, i));
+      int nid = OBJ_obj2nid(obj);
+      char oid[80];
+      OBJ_obj2txt(oid, sizeof oid, obj, 1);
+      out.capabilities.emplace_back(nid != NID_undef ? OBJ_nid2sn(nid) : oid);
+    }
+    sk_X509_ALGOR_pop_free(algs, X509_ALGOR_free);
+  }
   std::string body = Drain(verified.get());
   // Unwrap our message/rfc822 entity; anything else is returned as the entity it is.
   mime::Parser p;

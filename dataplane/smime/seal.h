@@ -42,6 +42,9 @@ Result<std::string> Seal(const std::string& message, const Signer& signer,
 
 struct Opened {
   std::string message;          // the original message, byte-exact
+  std::vector<std::string> capabilities;  // the signer's SMIMECapabilities (OpenSSL short names
+                                          // or dotted OIDs), in
+                                          // its order of preference (learnt per domain, SEE-2.4)
   bool signed_ok = false;       // a signature verified against the trust store
   std::string signer_subject;   // of the signing certificate
   std::vector<std::string> signer_emails;   // its rfc822Name SANs
@@ -52,6 +55,14 @@ struct Recipient {
   X509* cert = nullptr;         // our DCA certificate
   EVP_PKEY* key = nullptr;      // its private key (in the HSM)
 };
+
+// ChooseCipher picks the strongest content cipher a partner announced (SEE-2.4): AES-256-GCM
+// when it lists an AES-GCM algorithm, else AES-256-CBC (every S/MIME 3.2+ agent reads it).
+// Never 3DES, whatever the partner lists. No capabilities known: AES-256-CBC, readable by all.
+ContentCipher ChooseCipher(const std::vector<std::string>& capabilities);
+
+// OurCapabilities: what Seal announces, strongest first.
+const std::vector<std::string>& OurCapabilities();
 
 // Open decrypts with `us`, verifies with `trust` (a store with the trust anchors) and returns
 // the original message. A message that decrypts but does not verify is an error naming why.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -97,6 +98,8 @@ TEST_F(SealTest, SealThenOpenGivesTheOriginalByteExact) {
   EXPECT_TRUE(o->signed_ok);
   EXPECT_EQ(o->signer_emails, std::vector<std::string>{"domain-signing-authority@agency-a.test"});
   EXPECT_EQ(o->cipher, "authEnveloped-data");
+  EXPECT_EQ(o->capabilities, OurCapabilities()) << "a partner running mailseal learns we read AES-GCM";
+  EXPECT_EQ(ChooseCipher(o->capabilities), ContentCipher::kAes256Gcm);
   X509_STORE_free(trust);
   X509_free(dsa);
   X509_free(dca);
@@ -134,9 +137,18 @@ TEST_F(SealTest, WeOpenWhatOpensslCmsSeals) {
   ASSERT_TRUE(o.ok()) << o.status().ToString();
   EXPECT_EQ(o->message, msg_);
   EXPECT_EQ(o->signer_emails, std::vector<std::string>{"domain-signing-authority@agency-b.test"});
+  // OpenSSL's default SMIMECapabilities list no AES-GCM: such a partner gets AES-256-CBC.
+  EXPECT_NE(std::find(o->capabilities.begin(), o->capabilities.end(), "AES-256-CBC"), o->capabilities.end());
+  EXPECT_EQ(ChooseCipher(o->capabilities), ContentCipher::kAes256Cbc);
   X509_STORE_free(trust);
   X509_free(dca);
   EVP_PKEY_free(key);
+}
+
+TEST(Capabilities, StrongestCommonCipherNeverTripleDes) {
+  EXPECT_EQ(ChooseCipher({"DES-EDE3-CBC", "id-aes128-GCM"}), ContentCipher::kAes256Gcm);
+  EXPECT_EQ(ChooseCipher({"DES-EDE3-CBC"}), ContentCipher::kAes256Cbc) << "3DES is never used to send";
+  EXPECT_EQ(ChooseCipher({}), ContentCipher::kAes256Cbc) << "unknown partner: what every agent reads";
 }
 
 TEST_F(SealTest, WrongKeyTamperingAndUntrustedSignersAreRefused) {
@@ -259,6 +271,7 @@ TEST_F(GpgsmTest, WeOpenWhatGpgsmSignsAndEncrypts) {
   ASSERT_TRUE(o.ok()) << o.status().ToString();
   EXPECT_EQ(o->message, msg_);
   EXPECT_EQ(o->signer_emails, std::vector<std::string>{"domain-signing-authority@agency-b.test"});
+  EXPECT_EQ(ChooseCipher(o->capabilities), ContentCipher::kAes256Cbc) << "gpgsm 2.2 announces no AES-GCM";
   X509_STORE_free(trust);
   X509_free(dca);
   EVP_PKEY_free(key);
