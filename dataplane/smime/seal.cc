@@ -72,6 +72,28 @@ std::string Pkcs7Entity(const char* smime_type, const std::string& der) {
 
 }  // namespace
 
+namespace {
+// RootHeader parses only an entity's own header block (its body may be anything).
+bool RootHeader(const std::string& entity, mime::Part* root) {
+  size_t end = entity.find("\n\r\n");
+  size_t end_lf = entity.find("\n\n");
+  size_t cut = std::min(end == std::string::npos ? entity.size() : end + 3,
+                        end_lf == std::string::npos ? entity.size() : end_lf + 2);
+  mime::Parser p;
+  if (!p.Feed(std::string_view(entity).substr(0, cut)).ok() || !p.Finish().ok()) return false;
+  *root = p.parts()[0];
+  return root->header_complete;
+}
+
+// IsSmime: whether an entity's own Content-Type is an S/MIME layer to peel.
+bool IsSmime(const std::string& entity) {
+  mime::Part root;
+  if (!RootHeader(entity, &root)) return false;
+  return (root.type == "application" && (root.subtype == "pkcs7-mime" || root.subtype == "x-pkcs7-mime")) ||
+         (root.type == "multipart" && root.subtype == "signed");
+}
+}  // namespace
+
 const std::vector<std::string>& OurCapabilities() {
   static const std::vector<std::string> kCaps = {"id-aes256-GCM", "id-aes128-GCM", "AES-256-CBC", "AES-192-CBC",
                                                  "AES-128-CBC"};
@@ -84,41 +106,43 @@ ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
   return ContentCipher::kAes256Cbc;
 }
 
+// SignEntity makes opaque signed-data (DER) over `content`: our certificate and chain, SHA-256,
+// and our own SMIMECapabilities (OpenSSL's default list omits AES-GCM), strongest first.
+Result<std::string> SignEntity(const std::string& content, const Signer& signer) {
+  BioPtr in = MemIn(content);
+  STACK_OF(X509)* chain = sk_X509_new_null();
+  for (X509* c : signer.chain) sk_X509_push(chain, c);
+  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL));
+  sk_X509_free(chain);
+  if (!cms) return InternalError(SslError("signing failed"));
+  CMS_SignerInfo* si = CMS_add1_signer(cms.get(), signer.cert, signer.key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP);
+  STACK_OF(X509_ALGOR)* caps = nullptr;
+  bool ok = si != nullptr;
+  for (const std::string& name : OurCapabilities())
+    ok = ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
+  ok = ok && CMS_add_smimecap(si, caps) == 1;
+  sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
+  if (!ok || CMS_final(cms.get(), in.get(), nullptr, CMS_BINARY) != 1) return InternalError(SslError("signing failed"));
+  return Der(cms.get());
+}
+
 Result<std::string> Seal(const std::string& message, const Signer& signer, const std::vector<X509*>& recipients,
                          const SealOptions& options) {
   if (!signer.cert || !signer.key) return InvalidArgumentError("no signer");
   if (recipients.empty()) return InvalidArgumentError("no recipient certificate");
   // The outer header: the routing fields of the original, byte-exact; the rest stays inside.
-  mime::Parser parser;
-  Status pst = parser.Feed(message);
-  if (pst.ok()) pst = parser.Finish();
-  if (!pst.ok()) return InvalidArgumentError(StrCat("message cannot be sealed: ", pst.message()));
+  mime::Part root;
+  if (!RootHeader(message, &root)) return InvalidArgumentError("message cannot be sealed: no complete header");
   std::string outer;
-  for (const mime::HeaderField& f : parser.parts()[0].headers) {
+  for (const mime::HeaderField& f : root.headers) {
     for (const char* keep : {"From", "To", "Cc", "Date", "Message-ID", "Reply-To", "In-Reply-To", "References"}) {
       if (f.name.size() == std::strlen(keep) && strncasecmp(f.name.c_str(), keep, f.name.size()) == 0) outer += f.raw;
     }
   }
   // 1. Sign the wrapped message (opaque signed-data; signer cert, chain, SMIMECapabilities).
-  std::string inner = kWrapper + message;
-  BioPtr in = MemIn(inner);
-  STACK_OF(X509)* chain = sk_X509_new_null();
-  for (X509* c : signer.chain) sk_X509_push(chain, c);
-  // SMIMECapabilities: our own list (OpenSSL's default omits AES-GCM), strongest first.
-  CmsPtr signed_cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL));
-  sk_X509_free(chain);
-  if (!signed_cms) return InternalError(SslError("signing failed"));
-  CMS_SignerInfo* si = CMS_add1_signer(signed_cms.get(), signer.cert, signer.key, EVP_sha256(),
-                                       CMS_BINARY | CMS_NOSMIMECAP);
-  STACK_OF(X509_ALGOR)* caps = nullptr;
-  bool caps_ok = si != nullptr;
-  for (const std::string& name : OurCapabilities())
-    caps_ok = caps_ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
-  caps_ok = caps_ok && CMS_add_smimecap(si, caps) == 1;
-  sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
-  if (!caps_ok || CMS_final(signed_cms.get(), in.get(), nullptr, CMS_BINARY) != 1)
-    return InternalError(SslError("signing failed"));
-  std::string signed_entity = Pkcs7Entity("signed-data", Der(signed_cms.get()));
+  Result<std::string> signed_der = SignEntity(kWrapper + message, signer);
+  if (!signed_der.ok()) return signed_der.status();
+  std::string signed_entity = Pkcs7Entity("signed-data", *signed_der);
   // 2. Envelope it for the partner's DCA.
   STACK_OF(X509)* recips = sk_X509_new_null();
   for (X509* r : recipients) sk_X509_push(recips, r);
@@ -128,81 +152,102 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   sk_X509_free(recips);
   if (!env) return InternalError(SslError("encryption failed"));
   const char* type = options.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data" : "enveloped-data";
-  return StrCat(outer, "Subject: ", options.outer_subject, "\r\nMIME-Version: 1.0\r\n", Pkcs7Entity(type, Der(env.get())));
+  std::string entity = Pkcs7Entity(type, Der(env.get()));
+  if (options.triple_wrap) {
+    // RFC 2634 triple wrapping: the encrypted entity is signed again, so relays can check who
+    // sent it without decrypting.
+    Result<std::string> outer_sig = SignEntity(entity, signer);
+    if (!outer_sig.ok()) return outer_sig.status();
+    entity = Pkcs7Entity("signed-data", *outer_sig);
+  }
+  return StrCat(outer, "Subject: ", options.outer_subject, "\r\nMIME-Version: 1.0\r\n", entity);
 }
 
-Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust) {
-  Opened out;
-  BioPtr in = MemIn(sealed);
-  BIO* content = nullptr;
-  CmsPtr env(SMIME_read_CMS(in.get(), &content));
-  if (content) BIO_free(content);
-  if (!env) return InvalidArgumentError(SslError("not an S/MIME message"));
-  int type = OBJ_obj2nid(CMS_get0_type(env.get()));
-  if (type != NID_pkcs7_enveloped && type != NID_id_smime_ct_authEnvelopedData)
-    return InvalidArgumentError("the message is not encrypted (no enveloped or authEnveloped data)");
-  out.cipher = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
-  BioPtr dec(BIO_new(BIO_s_mem()));
-  if (CMS_decrypt(env.get(), us.key, us.cert, nullptr, dec.get(), CMS_BINARY) != 1)
-    return Status(StatusCode::kPermissionDenied, SslError("cannot decrypt for our domain"));
-  std::string entity = Drain(dec.get());
-  BioPtr ein = MemIn(entity);
-  BIO* detached = nullptr;
-  CmsPtr sig(SMIME_read_CMS(ein.get(), &detached));
-  BioPtr detached_owner(detached);
-  if (!sig) return InvalidArgumentError(SslError("decrypted content is not signed S/MIME"));
-  BioPtr verified(BIO_new(BIO_s_mem()));
-  if (CMS_verify(sig.get(), nullptr, trust, detached, verified.get(), CMS_BINARY) != 1)
-    return Status(StatusCode::kPermissionDenied, SslError("the signature does not verify"));
-  out.signed_ok = true;
-  STACK_OF(X509)* signers = CMS_get0_signers(sig.get());
+namespace {
+// RecordSigner notes who signed a layer and what they can read.
+void RecordSigner(CMS_ContentInfo* sig, Opened* out) {
+  out->signer_emails.clear();
+  out->capabilities.clear();
+  STACK_OF(X509)* signers = CMS_get0_signers(sig);
   if (signers && sk_X509_num(signers) > 0) {
     X509* s = sk_X509_value(signers, 0);
     char name[512];
     X509_NAME_oneline(X509_get_subject_name(s), name, sizeof name);
-    out.signer_subject = name;
+    out->signer_subject = name;
     auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(s, NID_subject_alt_name, nullptr, nullptr));
     for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
       const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
       if (g->type == GEN_EMAIL)
-        out.signer_emails.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(g->d.rfc822Name)),
-                                       static_cast<size_t>(ASN1_STRING_length(g->d.rfc822Name)));
+        out->signer_emails.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(g->d.rfc822Name)),
+                                        static_cast<size_t>(ASN1_STRING_length(g->d.rfc822Name)));
     }
     GENERAL_NAMES_free(sans);
   }
   sk_X509_free(signers);
-  // The signer's SMIMECapabilities, to learn what the partner can read.
-  STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(sig.get());
-  if (infos && sk_CMS_SignerInfo_num(infos) > 0) {
-    STACK_OF(X509_ALGOR)* algs = nullptr;
-    X509_ATTRIBUTE* attr = CMS_signed_get_attr(
-        sk_CMS_SignerInfo_value(infos, 0),
-        CMS_signed_get_attr_by_NID(sk_CMS_SignerInfo_value(infos, 0), NID_SMIMECapabilities, -1));
-    ASN1_TYPE* t = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : nullptr;
-    if (t && t->type == V_ASN1_SEQUENCE) {
-      const unsigned char* p = t->value.sequence->data;
-      algs = reinterpret_cast<STACK_OF(X509_ALGOR)*>(ASN1_item_d2i(nullptr, &p, t->value.sequence->length,
-                                                                   ASN1_ITEM_rptr(X509_ALGORS)));
-    }
-    for (int i = 0; algs && i < sk_X509_ALGOR_num(algs) && i < 64; ++i) {
-      const ASN1_OBJECT* obj = nullptr;
-      X509_ALGOR_get0(&obj, nullptr, nullptr, sk_X509_ALGOR_value(algs, i));
-      int nid = OBJ_obj2nid(obj);
-      char oid[80];
-      OBJ_obj2txt(oid, sizeof oid, obj, 1);
-      out.capabilities.emplace_back(nid != NID_undef ? OBJ_nid2sn(nid) : oid);
-    }
-    sk_X509_ALGOR_pop_free(algs, X509_ALGOR_free);
+  STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(sig);
+  if (!infos || sk_CMS_SignerInfo_num(infos) == 0) return;
+  CMS_SignerInfo* si = sk_CMS_SignerInfo_value(infos, 0);
+  X509_ATTRIBUTE* attr = CMS_signed_get_attr(si, CMS_signed_get_attr_by_NID(si, NID_SMIMECapabilities, -1));
+  ASN1_TYPE* t = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : nullptr;
+  STACK_OF(X509_ALGOR)* algs = nullptr;
+  if (t && t->type == V_ASN1_SEQUENCE) {
+    const unsigned char* p = t->value.sequence->data;
+    algs = reinterpret_cast<STACK_OF(X509_ALGOR)*>(
+        ASN1_item_d2i(nullptr, &p, t->value.sequence->length, ASN1_ITEM_rptr(X509_ALGORS)));
   }
-  std::string body = Drain(verified.get());
+  for (int i = 0; algs && i < sk_X509_ALGOR_num(algs) && i < 64; ++i) {
+    const ASN1_OBJECT* obj = nullptr;
+    X509_ALGOR_get0(&obj, nullptr, nullptr, sk_X509_ALGOR_value(algs, i));
+    int nid = OBJ_obj2nid(obj);
+    char oid[80];
+    OBJ_obj2txt(oid, sizeof oid, obj, 1);
+    out->capabilities.emplace_back(nid != NID_undef ? OBJ_nid2sn(nid) : oid);
+  }
+  sk_X509_ALGOR_pop_free(algs, X509_ALGOR_free);
+}
+
+}  // namespace
+
+Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust) {
+  // Peel the layers: any order of signed and enveloped data (signed, encrypted, triple
+  // wrapped), at most kMaxLayers deep. Every signature must verify.
+  constexpr int kMaxLayers = 4;
+  Opened out;
+  if (!IsSmime(sealed)) return InvalidArgumentError("not an S/MIME message");
+  std::string current = sealed;
+  for (int layer = 0; layer < kMaxLayers && IsSmime(current); ++layer) {
+    BioPtr in = MemIn(current);
+    BIO* detached = nullptr;
+    CmsPtr cms(SMIME_read_CMS(in.get(), &detached));
+    BioPtr detached_owner(detached);
+    if (!cms) return InvalidArgumentError(SslError(StrCat("S/MIME layer ", layer + 1, " is unreadable")));
+    int type = OBJ_obj2nid(CMS_get0_type(cms.get()));
+    BioPtr next(BIO_new(BIO_s_mem()));
+    if (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData) {
+      const char* name = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
+      if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1)
+        return Status(StatusCode::kPermissionDenied, SslError("cannot decrypt for our domain"));
+      out.cipher = name;
+      out.layers.emplace_back(name);
+    } else if (type == NID_pkcs7_signed) {
+      if (CMS_verify(cms.get(), nullptr, trust, detached, next.get(), CMS_BINARY) != 1)
+        return Status(StatusCode::kPermissionDenied, SslError("the signature does not verify"));
+      out.signed_ok = true;
+      out.layers.emplace_back("signed-data");
+      RecordSigner(cms.get(), &out);  // the innermost signature is the one over the content
+    } else {
+      return InvalidArgumentError(StrCat("unsupported S/MIME layer (", OBJ_nid2ln(type), ")"));
+    }
+    current = Drain(next.get());
+  }
+  if (IsSmime(current)) return InvalidArgumentError(StrCat("more than ", kMaxLayers, " S/MIME layers"));
+  ERR_clear_error();
   // Unwrap our message/rfc822 entity; anything else is returned as the entity it is.
-  mime::Parser p;
-  Status pst = p.Feed(body);
-  if (pst.ok()) pst = p.Finish();
-  if (pst.ok() && p.parts()[0].type == "message" && p.parts()[0].subtype == "rfc822") {
-    out.message = body.substr(p.parts()[0].body_begin);
+  mime::Part root;
+  if (RootHeader(current, &root) && root.type == "message" && root.subtype == "rfc822") {
+    out.message = current.substr(root.body_begin);
   } else {
-    out.message = body;
+    out.message = std::move(current);
   }
   return out;
 }

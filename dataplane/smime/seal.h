@@ -34,6 +34,7 @@ struct Signer {
 struct SealOptions {
   ContentCipher cipher = ContentCipher::kAes256Gcm;
   std::string outer_subject = "[sealed by the sending domain]";  // RFC 9788 placeholder
+  bool triple_wrap = false;     // sign, encrypt, sign again (RFC 2634 / RFC 3183 triple wrap)
 };
 
 // Seal: `message` is an RFC 5322 message with CRLF line ends.
@@ -48,7 +49,8 @@ struct Opened {
   bool signed_ok = false;       // a signature verified against the trust store
   std::string signer_subject;   // of the signing certificate
   std::vector<std::string> signer_emails;   // its rfc822Name SANs
-  std::string cipher;           // e.g. "id-aes256-GCM"
+  std::string cipher;           // "authEnveloped-data", "enveloped-data"; empty: not encrypted
+  std::vector<std::string> layers;  // outermost first: "signed-data", "authEnveloped-data"...
 };
 
 struct Recipient {
@@ -64,8 +66,10 @@ ContentCipher ChooseCipher(const std::vector<std::string>& capabilities);
 // OurCapabilities: what Seal announces, strongest first.
 const std::vector<std::string>& OurCapabilities();
 
-// Open decrypts with `us`, verifies with `trust` (a store with the trust anchors) and returns
-// the original message. A message that decrypts but does not verify is an error naming why.
+// Open peels every S/MIME layer (signed, encrypted, triple wrapped; at most 4): decrypts with
+// `us`, verifies each signature with `trust` (a store with the trust anchors), and returns the
+// original message. A signature that does not verify is an error naming why; a message that
+// was only encrypted opens with signed_ok == false (never a "verified" mark it did not earn).
 Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust);
 
 }  // namespace mailseal::smime

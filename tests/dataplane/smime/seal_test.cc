@@ -145,6 +145,57 @@ TEST_F(SealTest, WeOpenWhatOpensslCmsSeals) {
   EVP_PKEY_free(key);
 }
 
+TEST_F(SealTest, TripleWrapInteroperatesWithOpensslCms) {
+  X509 *dsa = Cert("dsa_a"), *dca = Cert("dca_b");
+  EVP_PKEY *dsa_key = Key("dsa_a"), *dca_key = Key("dca_b");
+  SealOptions opt;
+  opt.triple_wrap = true;
+  Result<std::string> sealed = Seal(msg_, {dsa, dsa_key, {}}, {dca}, opt);
+  ASSERT_TRUE(sealed.ok());
+  X509_STORE* trust = Trust();
+  Result<Opened> o = Open(*sealed, {dca, dca_key}, trust);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->message, msg_);
+  EXPECT_EQ(o->layers, (std::vector<std::string>{"signed-data", "authEnveloped-data", "signed-data"}));
+  std::ofstream(dir_ + "/t.eml", std::ios::binary) << *sealed;
+  EXPECT_EQ(Run("openssl cms -verify -binary -in t.eml -CAfile ca.crt -out t-env.eml && "
+                "openssl cms -decrypt -in t-env.eml -recip dca_b.crt -inkey dca_b.key -out t-signed.eml && "
+                "openssl cms -verify -binary -in t-signed.eml -CAfile ca.crt -out t-inner.eml"), 0);
+  EXPECT_EQ(Slurp(dir_ + "/t-inner.eml"), "Content-Type: message/rfc822\r\n\r\n" + msg_);
+  X509_STORE_free(trust);
+  X509_free(dsa);
+  X509_free(dca);
+  EVP_PKEY_free(dsa_key);
+  EVP_PKEY_free(dca_key);
+}
+
+TEST_F(SealTest, SignedOnlyDetachedAndEncryptedOnlyMessages) {
+  std::ofstream(dir_ + "/w.eml", std::ios::binary) << "Content-Type: message/rfc822\r\n\r\n" + msg_;
+  ASSERT_EQ(Run("openssl cms -sign -binary -nodetach -in w.eml -signer dsa_b.crt -inkey dsa_b.key -out so.eml && "
+                "openssl cms -sign -binary -in w.eml -signer dsa_b.crt -inkey dsa_b.key -out det.eml && "
+                "openssl cms -encrypt -binary -aes-256-cbc -in w.eml -out eo.eml dca_a.crt"), 0);
+  X509* dca = Cert("dca_a");
+  EVP_PKEY* key = Key("dca_a");
+  X509_STORE* trust = Trust();
+  Result<Opened> so = Open(Slurp(dir_ + "/so.eml"), {dca, key}, trust);
+  ASSERT_TRUE(so.ok()) << so.status().ToString();
+  EXPECT_EQ(so->message, msg_);
+  EXPECT_TRUE(so->signed_ok);
+  EXPECT_TRUE(so->cipher.empty()) << "signed, not encrypted";
+  Result<Opened> det = Open(Slurp(dir_ + "/det.eml"), {dca, key}, trust);
+  ASSERT_TRUE(det.ok()) << det.status().ToString();
+  EXPECT_EQ(det->message, msg_) << "multipart/signed (detached) verifies over the exact part bytes";
+  EXPECT_TRUE(det->signed_ok);
+  Result<Opened> eo = Open(Slurp(dir_ + "/eo.eml"), {dca, key}, trust);
+  ASSERT_TRUE(eo.ok()) << eo.status().ToString();
+  EXPECT_EQ(eo->message, msg_);
+  EXPECT_FALSE(eo->signed_ok) << "encrypted only: no verified mark";
+  EXPECT_EQ(eo->layers, std::vector<std::string>{"enveloped-data"});
+  X509_STORE_free(trust);
+  X509_free(dca);
+  EVP_PKEY_free(key);
+}
+
 TEST(Capabilities, StrongestCommonCipherNeverTripleDes) {
   EXPECT_EQ(ChooseCipher({"DES-EDE3-CBC", "id-aes128-GCM"}), ContentCipher::kAes256Gcm);
   EXPECT_EQ(ChooseCipher({"DES-EDE3-CBC"}), ContentCipher::kAes256Cbc) << "3DES is never used to send";
