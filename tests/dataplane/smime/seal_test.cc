@@ -241,7 +241,7 @@ class GpgsmTest : public SealTest {
     home_ = dir_ + "/gnupg";
     std::string cmd = StrCat(
         "rm -rf ", home_, " && mkdir -m 700 ", home_, " && echo allow-loopback-pinentry > ", home_,
-        "/gpg-agent.conf && echo disable-crl-checks > ", home_, "/gpgsm.conf && cd ", dir_);
+        "/gpg-agent.conf && printf 'disable-crl-checks\\ndisable-dirmngr\\n' > ", home_, "/gpgsm.conf && cd ", dir_);
     for (const char* n : {"dca_b", "dsa_b"}) {
       cmd += StrCat(" && openssl pkcs12 -export -in ", n, ".crt -inkey ", n, ".key -out ", n,
                     ".p12 -passout pass:fixture -certpbe PBE-SHA1-3DES -keypbe PBE-SHA1-3DES -macalg sha1",
@@ -252,7 +252,7 @@ class GpgsmTest : public SealTest {
                   home_, "/trustlist.txt");
     ASSERT_EQ(Run(cmd), 0) << "gpgsm set-up failed";
   }
-  void TearDown() override { Run(StrCat("GNUPGHOME=", home_, " gpgconf --kill gpg-agent")); }
+  void TearDown() override { Run(StrCat("GNUPGHOME=", home_, " gpgconf --kill all")); }  // agent, dirmngr
   std::string Gpg() const { return StrCat("GNUPGHOME=", home_, " gpgsm --batch"); }
   static std::string DerOf(const std::string& smime) {  // the base64 body of an S/MIME entity
     size_t body = smime.find("\r\n\r\n", smime.find("application/pkcs7-mime"));
