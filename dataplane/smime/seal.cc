@@ -9,6 +9,7 @@
 #include <openssl/x509v3.h>
 #include <openssl/x509.h>
 #include <openssl/asn1t.h>
+#include <openssl/rsa.h>
 
 #include <algorithm>
 #include <cstring>
@@ -94,10 +95,34 @@ bool IsSmime(const std::string& entity) {
 }
 }  // namespace
 
+X509Ref Ref(X509* owned) { return X509Ref(owned, X509_free); }
+X509Ref RefUp(X509* borrowed) {
+  if (borrowed) X509_up_ref(borrowed);
+  return Ref(borrowed);
+}
+
+const char* CertStatusName(CertStatus s) {
+  switch (s) {
+    case CertStatus::kValid: return "valid";
+    case CertStatus::kStatusUnknown: return "status-unknown";
+    case CertStatus::kExpired: return "expired";
+    case CertStatus::kUnknownCa: return "unknown-ca";
+    case CertStatus::kRevoked: return "revoked";
+  }
+  return "?";
+}
+
 const std::vector<std::string>& OurCapabilities() {
+  // Content ciphers strongest first, then the key transport we can unwrap (RFC 8551 §2.5.2).
   static const std::vector<std::string> kCaps = {"id-aes256-GCM", "id-aes128-GCM", "AES-256-CBC", "AES-192-CBC",
-                                                 "AES-128-CBC"};
+                                                 "AES-128-CBC", "RSAES-OAEP"};
   return kCaps;
+}
+
+KeyTransport KeyTransportFor(const std::vector<std::string>& caps) {
+  for (const std::string& c : caps)
+    if (c == "RSAES-OAEP") return KeyTransport::kRsaOaep;
+  return KeyTransport::kRsaPkcs1;
 }
 
 ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
@@ -144,13 +169,21 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   if (!signed_der.ok()) return signed_der.status();
   std::string signed_entity = Pkcs7Entity("signed-data", *signed_der);
   // 2. Envelope it for the partner's DCA.
-  STACK_OF(X509)* recips = sk_X509_new_null();
-  for (X509* r : recipients) sk_X509_push(recips, r);
   BioPtr sin = MemIn(signed_entity);
   const EVP_CIPHER* cipher = options.cipher == ContentCipher::kAes256Gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
-  CmsPtr env(CMS_encrypt(recips, sin.get(), cipher, CMS_BINARY));
-  sk_X509_free(recips);
+  CmsPtr env(CMS_encrypt(nullptr, nullptr, cipher, CMS_BINARY | CMS_PARTIAL));
   if (!env) return InternalError(SslError("encryption failed"));
+  for (X509* r : recipients) {
+    CMS_RecipientInfo* ri = CMS_add1_recipient_cert(env.get(), r, CMS_KEY_PARAM);
+    if (!ri) return InvalidArgumentError(SslError("recipient certificate unusable"));
+    EVP_PKEY_CTX* pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
+    bool rsa = EVP_PKEY_get_base_id(X509_get0_pubkey(r)) == EVP_PKEY_RSA;
+    if (rsa && options.key_transport == KeyTransport::kRsaOaep &&
+        (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) != 1 ||
+         EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1))
+      return InternalError(SslError("RSA-OAEP setup failed"));
+  }
+  if (CMS_final(env.get(), sin.get(), nullptr, CMS_BINARY) != 1) return InternalError(SslError("encryption failed"));
   const char* type = options.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data" : "enveloped-data";
   std::string entity = Pkcs7Entity(type, Der(env.get()));
   if (options.triple_wrap) {
@@ -208,13 +241,55 @@ void RecordSigner(CMS_ContentInfo* sig, Opened* out) {
 
 }  // namespace
 
-Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust) {
+namespace {
+// PathStatus checks a signer certificate's path to the trust anchors and maps every problem
+// found (the callback keeps going after the first) to the worst SEE-2.8 status.
+int CollectErrors(int ok, X509_STORE_CTX* ctx) {
+  if (!ok) {
+    auto* worst = static_cast<std::pair<CertStatus, int>*>(
+        X509_STORE_CTX_get_ex_data(ctx, 0));
+    int err = X509_STORE_CTX_get_error(ctx);
+    CertStatus s = CertStatus::kUnknownCa;
+    switch (err) {
+      case X509_V_ERR_CERT_HAS_EXPIRED:
+      case X509_V_ERR_CERT_NOT_YET_VALID: s = CertStatus::kExpired; break;
+      case X509_V_ERR_CERT_REVOKED: s = CertStatus::kRevoked; break;
+      case X509_V_ERR_UNABLE_TO_GET_CRL:
+      case X509_V_ERR_CRL_HAS_EXPIRED:
+      case X509_V_ERR_CRL_NOT_YET_VALID:
+      case X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: s = CertStatus::kStatusUnknown; break;
+      default: s = CertStatus::kUnknownCa;
+    }
+    if (worst && static_cast<int>(s) > static_cast<int>(worst->first)) *worst = {s, err};
+  }
+  return 1;
+}
+
+std::pair<CertStatus, std::string> PathStatus(X509* cert, STACK_OF(X509)* untrusted, X509_STORE* trust) {
+  X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+  std::pair<CertStatus, int> worst{CertStatus::kValid, X509_V_OK};
+  X509_STORE_CTX_init(ctx, trust, cert, untrusted);
+  X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SMIME_SIGN);
+  X509_STORE_CTX_set_ex_data(ctx, 0, &worst);
+  X509_STORE_CTX_set_verify_cb(ctx, CollectErrors);
+  int rc = X509_verify_cert(ctx);
+  if (rc <= 0 && worst.first == CertStatus::kValid) worst = {CertStatus::kUnknownCa, X509_STORE_CTX_get_error(ctx)};
+  X509_STORE_CTX_free(ctx);
+  ERR_clear_error();
+  return {worst.first, worst.second == X509_V_OK ? "" : X509_verify_cert_error_string(worst.second)};
+}
+}  // namespace
+
+Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust,
+                    const std::vector<X509*>& known) {
   // Peel the layers: any order of signed and enveloped data (signed, encrypted, triple
-  // wrapped), at most kMaxLayers deep. Every signature must verify.
+  // wrapped), at most kMaxLayers deep. Every signature's math must verify; certificate
+  // problems are reported in cert_status.
   constexpr int kMaxLayers = 4;
   Opened out;
   if (!IsSmime(sealed)) return InvalidArgumentError("not an S/MIME message");
   std::string current = sealed;
+  bool any_signed = false;
   for (int layer = 0; layer < kMaxLayers && IsSmime(current); ++layer) {
     BioPtr in = MemIn(current);
     BIO* detached = nullptr;
@@ -225,21 +300,56 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     BioPtr next(BIO_new(BIO_s_mem()));
     if (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData) {
       const char* name = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
+      if (!us.key || !us.cert) return Status(StatusCode::kPermissionDenied, "encrypted, and no decryption key");
       if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1)
         return Status(StatusCode::kPermissionDenied, SslError("cannot decrypt for our domain"));
       out.cipher = name;
       out.layers.emplace_back(name);
     } else if (type == NID_pkcs7_signed) {
-      if (CMS_verify(cms.get(), nullptr, trust, detached, next.get(), CMS_BINARY) != 1)
+      STACK_OF(X509)* extra = sk_X509_new_null();
+      for (X509* k : known) sk_X509_push(extra, k);
+      int ok = CMS_verify(cms.get(), extra, trust, detached, next.get(), CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY);
+      if (ok != 1) {
+        unsigned long e = ERR_peek_error();
+        sk_X509_free(extra);
+        if (ERR_GET_REASON(e) == CMS_R_SIGNER_CERTIFICATE_NOT_FOUND)
+          return Status(StatusCode::kNotFound, SslError("the signer's certificate is neither in the message nor known"));
         return Status(StatusCode::kPermissionDenied, SslError("the signature does not verify"));
-      out.signed_ok = true;
+      }
+      any_signed = true;
       out.layers.emplace_back("signed-data");
       RecordSigner(cms.get(), &out);  // the innermost signature is the one over the content
+      // Every signer's certificate path; the worst status counts.
+      STACK_OF(X509)* carried = CMS_get1_certs(cms.get());
+      STACK_OF(X509)* untrusted = sk_X509_new_null();
+      for (int i = 0; carried && i < sk_X509_num(carried); ++i) {
+        sk_X509_push(untrusted, sk_X509_value(carried, i));
+        out.certs.push_back(RefUp(sk_X509_value(carried, i)));
+      }
+      for (X509* k : known) sk_X509_push(untrusted, k);
+      STACK_OF(X509)* signers = CMS_get0_signers(cms.get());
+      for (int i = 0; signers && i < sk_X509_num(signers); ++i) {
+        X509* sc = sk_X509_value(signers, i);
+        if (i == 0) out.signer_cert = RefUp(sc);
+        auto [st, why] = PathStatus(sc, untrusted, trust);
+        if (static_cast<int>(st) > static_cast<int>(out.cert_status) || (out.cert_detail.empty() && !why.empty())) {
+          if (static_cast<int>(st) >= static_cast<int>(out.cert_status)) {
+            out.cert_status = st;
+            out.cert_detail = why;
+          }
+        }
+      }
+      sk_X509_free(signers);
+      sk_X509_free(untrusted);
+      sk_X509_pop_free(carried, X509_free);
+      sk_X509_free(extra);
     } else {
       return InvalidArgumentError(StrCat("unsupported S/MIME layer (", OBJ_nid2ln(type), ")"));
     }
     current = Drain(next.get());
   }
+  out.signature_ok = any_signed;
+  out.signed_ok = out.signature_ok && out.cert_status == CertStatus::kValid;
   if (IsSmime(current)) return InvalidArgumentError(StrCat("more than ", kMaxLayers, " S/MIME layers"));
   ERR_clear_error();
   // Unwrap our message/rfc822 entity; anything else is returned as the entity it is.

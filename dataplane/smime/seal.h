@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,8 +32,13 @@ struct Signer {
   std::vector<X509*> chain;         // intermediates to include
 };
 
+// Key transport to an RSA recipient: RSAES-OAEP (SHA-256, MGF1-SHA-256) when the partner
+// announced it (RFC 8551 §2.3), else PKCS#1 v1.5. EC recipients always get ECDH (RFC 5753).
+enum class KeyTransport { kRsaPkcs1, kRsaOaep };
+
 struct SealOptions {
   ContentCipher cipher = ContentCipher::kAes256Gcm;
+  KeyTransport key_transport = KeyTransport::kRsaPkcs1;
   std::string outer_subject = "[sealed by the sending domain]";  // RFC 9788 placeholder
   bool triple_wrap = false;     // sign, encrypt, sign again (RFC 2634 / RFC 3183 triple wrap)
 };
@@ -41,12 +47,31 @@ struct SealOptions {
 Result<std::string> Seal(const std::string& message, const Signer& signer,
                          const std::vector<X509*>& recipients, const SealOptions& options = SealOptions());
 
+using X509Ref = std::shared_ptr<X509>;
+X509Ref Ref(X509* owned);       // takes ownership
+X509Ref RefUp(X509* borrowed);  // takes a new reference
+
+// CertStatus of a signer certificate, in the terms of the SEE-2.8 table (receiving column).
+enum class CertStatus {
+  kValid,           // chains to a trust anchor, in date, not revoked: pass
+  kStatusUnknown,   // revocation could not be checked (no CRL): SOFT warning
+  kExpired,         // expired or not yet valid: SOFT warning
+  kUnknownCa,       // no path to a trust anchor, or otherwise invalid: HARD warning
+  kRevoked,         // revoked or suspended: HARD warning
+};
+const char* CertStatusName(CertStatus s);
+
 struct Opened {
   std::string message;          // the original message, byte-exact
   std::vector<std::string> capabilities;  // the signer's SMIMECapabilities (OpenSSL short names
                                           // or dotted OIDs), in
                                           // its order of preference (learnt per domain, SEE-2.4)
-  bool signed_ok = false;       // a signature verified against the trust store
+  bool signed_ok = false;       // every signature verified and its certificate is kValid
+  bool signature_ok = false;    // at least one signature layer, and every one's math verified
+  CertStatus cert_status = CertStatus::kValid;  // the worst of every signer's
+  std::string cert_detail;      // OpenSSL's reason for the worst status, for logs
+  X509Ref signer_cert;          // of the innermost signature
+  std::vector<X509Ref> certs;   // every certificate carried by the signed layers (harvest)
   std::string signer_subject;   // of the signing certificate
   std::vector<std::string> signer_emails;   // its rfc822Name SANs
   std::string cipher;           // "authEnveloped-data", "enveloped-data"; empty: not encrypted
@@ -66,10 +91,19 @@ ContentCipher ChooseCipher(const std::vector<std::string>& capabilities);
 // OurCapabilities: what Seal announces, strongest first.
 const std::vector<std::string>& OurCapabilities();
 
+// KeyTransportFor: OAEP when the partner announced RSAES-OAEP.
+KeyTransport KeyTransportFor(const std::vector<std::string>& capabilities);
+
 // Open peels every S/MIME layer (signed, encrypted, triple wrapped; at most 4): decrypts with
-// `us`, verifies each signature with `trust` (a store with the trust anchors), and returns the
-// original message. A signature that does not verify is an error naming why; a message that
-// was only encrypted opens with signed_ok == false (never a "verified" mark it did not earn).
-Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust);
+// `us`, verifies each signature and then its certificate's path to `trust` (a store with the
+// trust anchors, and CRLs when the caller set X509_V_FLAG_CRL_CHECK), and returns the original
+// message. A signature whose math fails (tampered content, wrong key) is an error
+// (PERMISSION_DENIED); so is a signature whose certificate is neither in the message nor in
+// `known` (NOT_FOUND). A certificate that is expired, revoked or from an unknown CA does not
+// fail the open: cert_status says which (the SEE-2.8 table decides the warning). A message
+// that was only encrypted opens with signed_ok == false (never a "verified" mark it did not
+// earn). `us.key` may be null when no layer is encrypted.
+Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust,
+                    const std::vector<X509*>& known = {});
 
 }  // namespace mailseal::smime

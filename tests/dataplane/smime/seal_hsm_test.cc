@@ -9,6 +9,7 @@
 #include "hsm/csr.h"
 #include "hsm/keys.h"
 #include "hsm/openssl_bridge.h"
+#include "hsm/token_key.h"
 #include "tests/hsm/custodians.h"
 #include "tests/hsm/softhsm_fixture.h"
 
@@ -69,6 +70,61 @@ TEST_F(SealWithHsmTest, TokenKeysSignAndDecrypt) {
   X509_free(dca_cert);
   EVP_PKEY_free(dsa);
   EVP_PKEY_free(dca);
+}
+
+// The crypto workers' path: keys bound to the worker's own PKCS#11 session (no engine). RSA
+// DSA signs, the DCA unwraps PKCS#1 v1.5 and RSA-OAEP/SHA-256 content keys (OAEP padding is
+// checked in software around the token's raw RSA), and a P-256 DSA signs with ECDSA.
+TEST_F(SealWithHsmTest, SessionBoundKeysSignDecryptOaepAndEcdsa) {
+  int rc = 0;
+  std::string out = Run(StrCat("cd ", dir_, " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt "
+                               "-subj /CN=Test-CA -days 30"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  Result<hsm::KeyPair> dsa_k = hsm::GenerateKeyPair(*session_, {hsm::KeyType::kRsa2048, hsm::Purpose::kDsaSign, "dsa"});
+  Result<hsm::KeyPair> dca_k =
+      hsm::GenerateKeyPair(*session_, {hsm::KeyType::kRsa2048, hsm::Purpose::kDcaEncrypt, "dca"});
+  Result<hsm::KeyPair> ec_k = hsm::GenerateKeyPair(*session_, {hsm::KeyType::kEcP256, hsm::Purpose::kDsaSign, "dsa-ec"});
+  ASSERT_TRUE(dsa_k.ok() && dca_k.ok() && ec_k.ok());
+  Result<EVP_PKEY*> dsa = hsm::TokenPrivateKey(session_.get(), *dsa_k);
+  Result<EVP_PKEY*> dca = hsm::TokenPrivateKey(session_.get(), *dca_k);
+  Result<EVP_PKEY*> ec = hsm::TokenPrivateKey(session_.get(), *ec_k);
+  ASSERT_TRUE(dsa.ok() && dca.ok() && ec.ok()) << dsa.status().ToString() << ec.status().ToString();
+  auto issue = [&](EVP_PKEY* k, const std::string& label, hsm::Purpose p) -> X509* {
+    Result<std::string> csr = hsm::BuildCsrPem(k, {p, {"agency-a.test"}, "Agency A", "NZ"});
+    EXPECT_TRUE(csr.ok()) << csr.status().ToString();
+    std::ofstream(dir_ + "/" + label + ".csr") << *csr;
+    int rc2 = 0;
+    std::string o = Run(StrCat("cd ", dir_, " && openssl x509 -req -in ", label, ".csr -CA ca.crt -CAkey ca.key ",
+                               "-CAcreateserial -copy_extensions copy -days 30 -out ", label, ".crt"), &rc2);
+    EXPECT_EQ(rc2, 0) << o;
+    std::string pem = hsm::testing::Slurp(dir_ + "/" + label + ".crt");
+    BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    return x;
+  };
+  X509* dsa_cert = issue(*dsa, "dsa", hsm::Purpose::kDsaSign);
+  X509* dca_cert = issue(*dca, "dca", hsm::Purpose::kDcaEncrypt);
+  X509* ec_cert = issue(*ec, "dsa-ec", hsm::Purpose::kDsaSign);
+  ASSERT_TRUE(dsa_cert && dca_cert && ec_cert);
+  X509_STORE* trust = X509_STORE_new();
+  X509_STORE_load_file(trust, (dir_ + "/ca.crt").c_str());
+  const std::string msg = "From: a@agency-a.test\r\nTo: b@agency-a.test\r\nSubject: s\r\n\r\nbody\r\n";
+  for (KeyTransport kt : {KeyTransport::kRsaPkcs1, KeyTransport::kRsaOaep}) {
+    for (auto [cert, key] : {std::pair<X509*, EVP_PKEY*>{dsa_cert, *dsa}, {ec_cert, *ec}}) {
+      SealOptions o;
+      o.key_transport = kt;
+      Result<std::string> sealed = Seal(msg, {cert, key, {}}, {dca_cert}, o);
+      ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+      Result<Opened> opened = Open(*sealed, {dca_cert, *dca}, trust);
+      ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+      EXPECT_EQ(opened->message, msg);
+      EXPECT_TRUE(opened->signed_ok);
+    }
+  }
+  X509_STORE_free(trust);
+  for (X509* x : {dsa_cert, dca_cert, ec_cert}) X509_free(x);
+  for (EVP_PKEY* k : {*dsa, *dca, *ec}) EVP_PKEY_free(k);
 }
 
 }  // namespace

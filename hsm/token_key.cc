@@ -1,0 +1,153 @@
+// token_key.cc — see token_key.h. The RSA_METHOD / EC_KEY_METHOD APIs are deprecated in
+// OpenSSL 3.0 (as the ENGINE API is); they are the supported way to plug a token key into
+// the legacy EVP path until a PKCS#11 provider is in Debian, so the warning is silenced here.
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include "hsm/token_key.h"
+
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
+#include <openssl/objects.h>
+#include <openssl/rsa.h>
+
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "dataplane/base/log.h"
+
+namespace mailseal::hsm {
+namespace {
+
+struct Binding {
+  Session* session;
+  CK_OBJECT_HANDLE handle;
+};
+
+int RsaIndex() {
+  static int idx = RSA_get_ex_new_index(0, nullptr, nullptr, nullptr,
+                                        [](void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+                                          delete static_cast<Binding*>(ptr);
+                                        });
+  return idx;
+}
+int EcIndex() {
+  static int idx = EC_KEY_get_ex_new_index(0, nullptr, nullptr, nullptr,
+                                           [](void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+                                             delete static_cast<Binding*>(ptr);
+                                           });
+  return idx;
+}
+
+// Op runs one single-part C_Sign or C_Decrypt. Failures are logged (OpenSSL's callbacks can
+// only return -1) and leave an OpenSSL error for the caller's message.
+int Op(const Binding* b, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned char* in, size_t inlen,
+       unsigned char* out, size_t outcap) {
+  if (!b || !b->session) return -1;
+  CK_FUNCTION_LIST* f = b->session->fn();
+  CK_SESSION_HANDLE h = b->session->handle();
+  CK_MECHANISM mech{mech_type, nullptr, 0};
+  CK_RV rv = sign ? f->C_SignInit(h, &mech, b->handle) : f->C_DecryptInit(h, &mech, b->handle);
+  CK_ULONG len = outcap;
+  auto* pin = const_cast<CK_BYTE_PTR>(in);
+  if (rv == CKR_OK) rv = sign ? f->C_Sign(h, pin, inlen, out, &len) : f->C_Decrypt(h, pin, inlen, out, &len);
+  if (rv != CKR_OK) {
+    Status st = Check(rv, sign ? "C_Sign" : "C_Decrypt");
+    base::Log(base::LogLevel::kWarning, "hsm", "token private-key operation failed", {{"error", st.message()}});
+    ERR_raise_data(ERR_LIB_RSA, ERR_R_OPERATION_FAIL, "%s", st.message().c_str());
+    return -1;
+  }
+  return static_cast<int>(len);
+}
+
+int RsaPrivEnc(int flen, const unsigned char* from, unsigned char* to, RSA* rsa, int padding) {
+  // PKCS#1 v1.5 over a DigestInfo (RSA_sign without a method hook), or raw for PSS done above.
+  CK_MECHANISM_TYPE m = padding == RSA_PKCS1_PADDING ? CKM_RSA_PKCS : padding == RSA_NO_PADDING ? CKM_RSA_X_509 : 0;
+  if (!m) return -1;
+  return Op(static_cast<Binding*>(RSA_get_ex_data(rsa, RsaIndex())), m, true, from, static_cast<size_t>(flen), to,
+            static_cast<size_t>(RSA_size(rsa)));
+}
+
+int RsaPrivDec(int flen, const unsigned char* from, unsigned char* to, RSA* rsa, int padding) {
+  // PKCS#1 v1.5 key transport; raw for OAEP, whose padding OpenSSL checks in software.
+  CK_MECHANISM_TYPE m = padding == RSA_PKCS1_PADDING ? CKM_RSA_PKCS : padding == RSA_NO_PADDING ? CKM_RSA_X_509 : 0;
+  if (!m) return -1;
+  return Op(static_cast<Binding*>(RSA_get_ex_data(rsa, RsaIndex())), m, false, from, static_cast<size_t>(flen), to,
+            static_cast<size_t>(RSA_size(rsa)));
+}
+
+const RSA_METHOD* TokenRsaMethod() {
+  static RSA_METHOD* m = [] {
+    RSA_METHOD* r = RSA_meth_dup(RSA_PKCS1_OpenSSL());
+    RSA_meth_set1_name(r, "mailseal PKCS#11 session key");
+    RSA_meth_set_priv_enc(r, RsaPrivEnc);
+    RSA_meth_set_priv_dec(r, RsaPrivDec);
+    return r;
+  }();
+  return m;
+}
+
+int EcSign(int, const unsigned char* dgst, int dlen, unsigned char* sig, unsigned int* siglen, const BIGNUM*,
+           const BIGNUM*, EC_KEY* ec) {
+  auto* b = static_cast<Binding*>(EC_KEY_get_ex_data(ec, EcIndex()));
+  unsigned char raw[2 * 66];
+  int n = Op(b, CKM_ECDSA, true, dgst, static_cast<size_t>(dlen), raw, sizeof raw);
+  if (n <= 0 || n % 2) return 0;
+  ECDSA_SIG* s = ECDSA_SIG_new();
+  BIGNUM* r = BN_bin2bn(raw, n / 2, nullptr);
+  BIGNUM* t = BN_bin2bn(raw + n / 2, n / 2, nullptr);
+  ECDSA_SIG_set0(s, r, t);
+  unsigned char* p = sig;
+  int len = i2d_ECDSA_SIG(s, &p);
+  ECDSA_SIG_free(s);
+  if (len <= 0) return 0;
+  *siglen = static_cast<unsigned int>(len);
+  return 1;
+}
+
+ECDSA_SIG* EcSignSig(const unsigned char* dgst, int dlen, const BIGNUM*, const BIGNUM*, EC_KEY* ec) {
+  unsigned char der[160];
+  unsigned int len = 0;
+  if (EcSign(0, dgst, dlen, der, &len, nullptr, nullptr, ec) != 1) return nullptr;
+  const unsigned char* p = der;
+  return d2i_ECDSA_SIG(nullptr, &p, len);
+}
+
+const EC_KEY_METHOD* TokenEcMethod() {
+  static EC_KEY_METHOD* m = [] {
+    EC_KEY_METHOD* e = EC_KEY_METHOD_new(EC_KEY_OpenSSL());
+    EC_KEY_METHOD_set_sign(e, EcSign, nullptr, EcSignSig);
+    return e;
+  }();
+  return m;
+}
+
+}  // namespace
+
+Result<EVP_PKEY*> TokenPrivateKey(Session* session, const KeyPair& key) {
+  Result<EVP_PKEY*> pub = PublicKey(*session, key.pub);
+  if (!pub.ok()) return pub.status();
+  EVP_PKEY* out = EVP_PKEY_new();
+  bool ok = false;
+  if (EVP_PKEY_get_base_id(*pub) == EVP_PKEY_RSA) {
+    RSA* rsa = EVP_PKEY_get1_RSA(*pub);
+    ok = rsa && RSA_set_method(rsa, TokenRsaMethod()) == 1 &&
+         RSA_set_ex_data(rsa, RsaIndex(), new Binding{session, key.priv}) == 1 && EVP_PKEY_assign_RSA(out, rsa) == 1;
+    if (!ok) RSA_free(rsa);
+  } else if (EVP_PKEY_get_base_id(*pub) == EVP_PKEY_EC) {
+    EC_KEY* ec = EVP_PKEY_get1_EC_KEY(*pub);
+    ok = ec && EC_KEY_set_method(ec, TokenEcMethod()) == 1 &&
+         EC_KEY_set_ex_data(ec, EcIndex(), new Binding{session, key.priv}) == 1 &&
+         EVP_PKEY_assign_EC_KEY(out, ec) == 1;
+    if (!ok) EC_KEY_free(ec);
+  }
+  EVP_PKEY_free(*pub);
+  if (!ok) {
+    EVP_PKEY_free(out);
+    ERR_clear_error();
+    return InvalidArgumentError(StrCat("key '", key.label, "' is neither RSA nor EC, or cannot be bound"));
+  }
+  return out;
+}
+
+}  // namespace mailseal::hsm
