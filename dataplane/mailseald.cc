@@ -31,6 +31,7 @@
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
 #include "hsm/token_manager.h"
+#include "dataplane/crypto/smime_processor.h"
 
 namespace {
 using namespace mailseal;
@@ -107,11 +108,34 @@ int Run(const std::string& path) {
   uint64_t version = 1;
   policy.Publish(policy::BuildSnapshot(cfg, version));
 
+  // The security module: opened before mail flows; while it is unreachable, mail is
+  // suspended both ways (fail safe). Each crypto worker keeps one session of the pool.
+  std::unique_ptr<hsm::TokenManager> token;
+  std::atomic<bool> hsm_ok{true};
+  if (cfg.has_hsm()) {
+    const auto& h = cfg.hsm();
+    token = std::make_unique<hsm::TokenManager>(
+        hsm::TokenConfig{h.module_path(), h.token_label(), h.token_serial(), h.pin_file(),
+                         std::max<size_t>(h.sessions(), cfg.crypto_workers())});
+  }
+  std::unique_ptr<crypto::SmimeShared> smime;
+  if (cfg.has_smime()) {
+    Result<std::unique_ptr<crypto::SmimeShared>> loaded_smime = crypto::LoadSmime(cfg, &spool, token.get());
+    if (!loaded_smime.ok()) {
+      std::fprintf(stderr, "mailseald: %s: %s\n", path.c_str(), loaded_smime.status().message().c_str());
+      return kExitUsage;
+    }
+    smime = std::move(loaded_smime.value());
+    Log(LogLevel::kInfo, "mailseald", "domain security on",
+        {{"partners", std::to_string(smime->policy.partners.size())}, {"authserv_id", smime->policy.authserv_id}});
+  }
+
   queue::QueueOptions qopts;
   qopts.hostname = cfg.hostname();
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
   qopts.crypto_workers = cfg.crypto_workers();
+  if (smime) qopts.processor = crypto::SmimeProcessorFactory(smime.get());
   queue::QueueManager qmgr(&spool, qopts);
   if (Status st = qmgr.Recover(); !st.ok()) {
     Log(LogLevel::kError, "mailseald", "queue recovery failed", {{"error", st.message()}});
@@ -138,14 +162,7 @@ int Run(const std::string& path) {
     Log(LogLevel::kInfo, "mailseald", "listening", {{"address", shown}});
   }
 
-  // The security module: opened before mail flows; while it is unreachable, mail is
-  // suspended both ways (fail safe).
-  std::unique_ptr<hsm::TokenManager> token;
-  std::atomic<bool> hsm_ok{true};
-  if (cfg.has_hsm()) {
-    const auto& h = cfg.hsm();
-    token = std::make_unique<hsm::TokenManager>(
-        hsm::TokenConfig{h.module_path(), h.token_label(), h.token_serial(), h.pin_file(), h.sessions()});
+  if (token) {
     hsm_ok.store(token->Tick());
     qmgr.SetSuspended(!hsm_ok.load());
   }

@@ -11,8 +11,16 @@ using base::LogLevel;
 TokenManager::~TokenManager() { Close(); }
 
 void TokenManager::Close() {
-  pool_.reset();
-  module_.reset();  // C_Finalize (a fresh C_Initialize is what brings a vanished token back)
+  // The last holder's release closes the sessions and calls C_Finalize (a fresh C_Initialize
+  // is what brings a vanished token back).
+  std::lock_guard<std::mutex> l(mu_);
+  if (handle_) previous_ = handle_;
+  handle_.reset();
+}
+
+std::shared_ptr<TokenHandle> TokenManager::Handle() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return handle_;
 }
 
 Status TokenManager::Open() {
@@ -24,16 +32,21 @@ Status TokenManager::Open() {
   if (!pin.ok()) return pin.status();
   Result<std::unique_ptr<SessionPool>> pool = SessionPool::Open(m->get(), *slot, cfg_.sessions, *pin);
   if (!pool.ok()) return pool.status();
-  module_ = std::move(m.value());
-  pool_ = std::move(pool.value());
+  auto h = std::make_shared<TokenHandle>();
+  h->module = std::move(m.value());
+  h->pool = std::move(pool.value());
+  h->generation = ++generation_;
   slot_ = *slot;
+  std::lock_guard<std::mutex> l(mu_);
+  handle_ = std::move(h);
   return OkStatus();
 }
 
 bool TokenManager::Tick() {
   if (available()) {
     CK_TOKEN_INFO ti{};
-    CK_RV rv = module_->fn()->C_GetTokenInfo(slot_, &ti);
+    std::shared_ptr<TokenHandle> h = Handle();
+    CK_RV rv = h ? h->module->fn()->C_GetTokenInfo(slot_, &ti) : CKR_DEVICE_REMOVED;
     if (rv == CKR_OK && (ti.flags & CKF_USER_PIN_LOCKED) == 0) return true;
     last_error_ = rv == CKR_OK ? "user PIN locked" : StrCat("C_GetTokenInfo failed: ", CkrName(rv));
     available_.store(false, std::memory_order_release);
@@ -41,6 +54,12 @@ bool TokenManager::Tick() {
     Log(LogLevel::kError, "hsm", "security module unavailable: mail suspended (4xx) until it is back",
         {{"token", cfg_.token_label}, {"reason", last_error_}});
     Close();
+    return false;
+  }
+  // Re-open only once every holder of the closed opening let go (crypto workers do within a
+  // second): C_Initialize must not meet a module a worker still uses.
+  if (!previous_.expired()) {
+    last_error_ = "waiting for crypto workers to release the previous sessions";
     return false;
   }
   Status st = Open();

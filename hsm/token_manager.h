@@ -29,6 +29,16 @@ struct TokenConfig {
   size_t sessions = 2;
 };
 
+// TokenHandle: one opening of the token. Holders (crypto workers, for the length of a job or
+// while their session lease lives) keep module and sessions alive across a re-open; the
+// generation tells them their keys' object handles belong to an older opening.
+struct TokenHandle {
+  std::shared_ptr<Module> module;
+  std::unique_ptr<SessionPool> pool;   // destroyed before the module
+  uint64_t generation = 0;
+  ~TokenHandle() { pool.reset(); }
+};
+
 class TokenManager {
  public:
   explicit TokenManager(TokenConfig cfg) : cfg_(std::move(cfg)) {}
@@ -37,9 +47,9 @@ class TokenManager {
   // Tick probes or re-opens; returns whether the token is available afterwards.
   bool Tick();
   bool available() const { return available_.load(std::memory_order_acquire); }
-  // Pool: sessions for crypto workers; nullptr while unavailable. Callers must treat any
-  // UNAVAILABLE error from an operation as "token gone" (the next Tick confirms it).
-  SessionPool* pool() { return pool_.get(); }
+  // Handle: the current opening (sessions for crypto workers); null while unavailable. Callers
+  // must treat any failing operation as "token maybe gone" (the next Tick confirms it).
+  std::shared_ptr<TokenHandle> Handle() const;
   const std::string& last_error() const { return last_error_; }
   uint64_t outages() const { return outages_; }
 
@@ -48,8 +58,10 @@ class TokenManager {
   void Close();
 
   TokenConfig cfg_;
-  std::unique_ptr<Module> module_;
-  std::unique_ptr<SessionPool> pool_;
+  mutable std::mutex mu_;
+  std::shared_ptr<TokenHandle> handle_;   // under mu_
+  std::weak_ptr<TokenHandle> previous_;   // a closed opening, until its last holder lets go
+  uint64_t generation_ = 0;
   CK_SLOT_ID slot_ = 0;
   std::atomic<bool> available_{false};
   bool ever_opened_ = false;

@@ -3,11 +3,13 @@
 
 #include <pthread.h>
 
+#include <chrono>
+
 namespace mailseal::crypto {
 
 CryptoStage::CryptoStage(size_t workers, size_t ring_capacity,
-                         std::function<void()> on_completion_ready)
-    : on_completion_ready_(std::move(on_completion_ready)) {
+                         std::function<void()> on_completion_ready, ProcessorFactory factory)
+    : on_completion_ready_(std::move(on_completion_ready)), factory_(std::move(factory)) {
   for (size_t i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>(ring_capacity));
 }
 
@@ -16,7 +18,7 @@ CryptoStage::~CryptoStage() { Stop(); }
 void CryptoStage::Start() {
   for (size_t i = 0; i < workers_.size(); ++i) {
     Worker* w = workers_[i].get();
-    w->thread = std::thread([this, w] { Run(w); });
+    w->thread = std::thread([this, w, i] { Run(w, i); });
     std::string name = "crypto" + std::to_string(i);
     pthread_setname_np(w->thread.native_handle(), name.c_str());
   }
@@ -47,16 +49,21 @@ size_t CryptoStage::DrainCompletions(std::vector<Completion>* out) {
   return n;
 }
 
-Completion CryptoStage::Process(const Job& job) {
-  return Completion{job.queue_id, Verdict::kPlain, "no protection rule applies"};
-}
-
-void CryptoStage::Run(Worker* w) {
+void CryptoStage::Run(Worker* w, size_t index) {
+  std::unique_ptr<JobProcessor> processor = factory_ ? factory_(index) : nullptr;
+  auto process = [&](const Job& job) {
+    if (processor) return processor->Process(job);
+    return Completion{job.queue_id, Verdict::kPlain, "no protection rule applies", {}};
+  };
   while (true) {
-    w->wake.acquire();
+    if (!w->wake.try_acquire_for(std::chrono::seconds(1))) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      if (processor) processor->Idle();
+      continue;
+    }
     if (stop_.load(std::memory_order_acquire)) return;
     while (std::optional<Job> job = w->jobs.TryPop()) {
-      Completion c = Process(*job);
+      Completion c = process(*job);
       // The completion ring is as large as the job ring, and the dispatcher drains it before
       // submitting more, so it cannot stay full; yield until there is room.
       while (!w->done.TryPush(std::move(c))) {

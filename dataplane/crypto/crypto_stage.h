@@ -4,13 +4,15 @@
 // worker is the only producer of its completion ring. A full job ring is push-back: Submit()
 // returns false and the caller keeps the job, never spins or drops it.
 //
-// Today the workers seal nothing: policy has no rule that protects mail yet (issues #4, #6),
-// so every job completes with verdict kPlain and the message goes on unchanged. The stage is
-// here so that S/MIME sealing is added as work inside Worker::Process, not as a restructure.
+// What a worker does with a job is its JobProcessor's business (one per worker, made on the
+// worker's own thread, so it may own a PKCS#11 session and OpenSSL state): the daemon plugs in
+// the S/MIME processor (dataplane/crypto/smime_processor.h). Without one, every job completes
+// with verdict kPlain and the message goes on unchanged.
 #pragma once
 
 #include <atomic>
 #include <functional>
+#include <cstdint>
 #include <memory>
 #include <semaphore>
 #include <string>
@@ -28,17 +30,38 @@ struct Job {
   std::string spool_path;   // the message's current spool file
 };
 
+// DerivedCopy: a new spool file a worker made from the job's message (a sealed copy for one
+// domain, an opened copy for our recipients, or a held copy); it takes over `rcpts`.
+struct DerivedCopy {
+  std::string queue_id;
+  std::vector<uint32_t> rcpts;
+  bool held = false;        // written to hold/, not active/
+  std::string what;         // protection or hold reason, for the log
+};
+
 struct Completion {
   std::string queue_id;
   Verdict verdict = Verdict::kPlain;
   std::string reason;       // why, for the log and the audit trail
+  std::vector<DerivedCopy> derived;   // kSealed: these copies carry their recipients on
 };
+
+class JobProcessor {
+ public:
+  virtual ~JobProcessor() = default;
+  virtual Completion Process(const Job& job) = 0;
+  // Idle is called about once a second while the worker has no job (drop stale resources).
+  virtual void Idle() {}
+};
+// ProcessorFactory makes worker `index`'s processor, on that worker's thread.
+using ProcessorFactory = std::function<std::unique_ptr<JobProcessor>(size_t index)>;
 
 class CryptoStage {
  public:
   // on_completion_ready is called from a worker thread after it posted a completion; it must
   // only wake the dispatcher (which then calls DrainCompletions()).
-  CryptoStage(size_t workers, size_t ring_capacity, std::function<void()> on_completion_ready);
+  CryptoStage(size_t workers, size_t ring_capacity, std::function<void()> on_completion_ready,
+              ProcessorFactory factory = nullptr);
   ~CryptoStage();
 
   void Start();
@@ -59,11 +82,11 @@ class CryptoStage {
     std::counting_semaphore<> wake;
     std::thread thread;
   };
-  void Run(Worker* w);
-  Completion Process(const Job& job);
+  void Run(Worker* w, size_t index);
 
   std::vector<std::unique_ptr<Worker>> workers_;
   std::function<void()> on_completion_ready_;
+  ProcessorFactory factory_;
   size_t next_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> jobs_done_{0};

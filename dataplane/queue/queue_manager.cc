@@ -34,7 +34,8 @@ Status AppendStatuses(const std::string& path, const std::vector<SpoolStatus>& s
 
 QueueManager::QueueManager(Spool* spool, QueueOptions options)
     : spool_(spool), options_(std::move(options)) {
-  crypto_ = std::make_unique<crypto::CryptoStage>(options_.crypto_workers, 1024, [this] { Wake(); });
+  crypto_ = std::make_unique<crypto::CryptoStage>(options_.crypto_workers, 1024, [this] { Wake(); },
+                                                  options_.processor);
 }
 
 QueueManager::~QueueManager() { Stop(); }
@@ -95,6 +96,16 @@ Status QueueManager::Recover() {
     }
   }
   Result<std::vector<std::string>> held = spool_->List(SpoolState::kHold);
+  // A crash between a crypto-stage copy being written and its original recording the transfer
+  // leaves both: record it now, so the original's recipients are not sealed a second time.
+  std::vector<std::pair<std::string, mailseal::v1::SpoolEnvelope>> copies;
+  for (const auto& [id, e] : entries_)
+    if (!e.msg->envelope.derived_from().empty()) copies.emplace_back(id, e.msg->envelope);
+  for (const std::string& id : held.ok() ? *held : std::vector<std::string>{}) {
+    Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kHold, id));
+    if (m.ok() && !m->envelope.derived_from().empty()) copies.emplace_back(id, m->envelope);
+  }
+  for (const auto& [id, env] : copies) ReconcileCopies(id, env, now);
   Result<std::vector<std::string>> corrupt = spool_->List(SpoolState::kCorrupt);
   Log(LogLevel::kInfo, "qmgr", "queue recovered",
       {{"messages", std::to_string(entries_.size())},
@@ -114,6 +125,7 @@ void QueueManager::Admit(SpoolMessage msg, SpoolState state, int64_t next_attemp
     if (s.recipient_index() >= n) continue;
     if (s.kind() == SpoolStatus::KIND_DELIVERED) e.rcpt[s.recipient_index()] = kDelivered;
     else if (s.kind() == SpoolStatus::KIND_FAILED) e.rcpt[s.recipient_index()] = kFailed;
+    else if (s.kind() == SpoolStatus::KIND_TRANSFERRED) e.rcpt[s.recipient_index()] = kTransferred;
     else continue;
     e.recorded[s.recipient_index()] = true;
   }
@@ -253,6 +265,69 @@ void QueueManager::PumpCrypto() {
     if (!crypto_->Submit(job)) break;  // every ring full: try again after completions
     to_crypto_.pop_front();
   }
+}
+
+void QueueManager::Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const std::string& to, int64_t now) {
+  std::vector<SpoolStatus> records;
+  for (uint32_t i : rcpts) {
+    if (i >= e.rcpt.size() || e.rcpt[i] != kPending) continue;
+    SpoolStatus s;
+    s.set_kind(SpoolStatus::KIND_TRANSFERRED);
+    s.set_recipient_index(i);
+    s.set_reply(to);
+    s.set_at_unix_ms(now);
+    records.push_back(std::move(s));
+    e.rcpt[i] = kTransferred;
+    e.recorded[i] = true;
+  }
+  if (Status st = AppendStatuses(PathOf(e), records); !st.ok())
+    Log(LogLevel::kError, "qmgr", "cannot record transfer to a crypto-stage copy (a restart may duplicate it)",
+        {{"qid", e.msg->id}, {"copy", to}, {"error", st.message()}});
+}
+
+void QueueManager::ReconcileCopies(const std::string& id, const mailseal::v1::SpoolEnvelope& env, int64_t now) {
+  auto it = entries_.find(env.derived_from());
+  if (it == entries_.end()) return;
+  std::vector<uint32_t> rcpts(env.derived_rcpts().begin(), env.derived_rcpts().end());
+  Transfer(it->second, rcpts, id, now);
+}
+
+void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
+  auto it = entries_.find(c.queue_id);
+  if (it == entries_.end()) return;
+  if (c.verdict == crypto::Verdict::kTempFail) {
+    it->second.crypto_retry_ms = now + 5000;
+    it->second.last_temp = c.reason;
+    Log(LogLevel::kWarning, "crypto", "deferred by the crypto stage", {{"qid", c.queue_id}, {"reason", c.reason}});
+    return;
+  }
+  if (c.verdict == crypto::Verdict::kHold && c.derived.empty()) {
+    SpoolState st = it->second.state;
+    entries_.erase(it);
+    held_.store(static_cast<uint32_t>(entries_.size()), std::memory_order_relaxed);
+    MoveToCorrupt(c.queue_id, st, DataLossError(c.reason));
+    return;
+  }
+  it->second.sealed = true;
+  std::vector<std::string> admit;
+  for (const crypto::DerivedCopy& d : c.derived) {
+    Transfer(it->second, d.rcpts, d.queue_id, now);
+    Log(d.held ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held ? "held" : "transformed",
+        {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
+    if (!d.held && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
+  }
+  for (const std::string& qid : admit) {
+    Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, qid));
+    if (!m.ok()) {
+      Log(LogLevel::kError, "qmgr", "crypto-stage copy unreadable", {{"qid", qid}, {"error", m.status().message()}});
+      continue;
+    }
+    Admit(std::move(m.value()), SpoolState::kActive, now, 0);
+  }
+  auto again = entries_.find(c.queue_id);  // Admit may have rehashed the map
+  if (again == entries_.end()) return;
+  Log(LogLevel::kDebug, "qmgr", "policy verdict", {{"qid", c.queue_id}, {"reason", c.reason}});
+  Dispatch(again->second);
 }
 
 void QueueManager::Dispatch(Entry& e) {
@@ -459,6 +534,11 @@ void QueueManager::RetryDue(int64_t now) {
   std::vector<std::string> due;
   std::vector<std::string> finalize;
   for (auto& [id, e] : entries_) {
+    if (!e.sealed && e.crypto_retry_ms && e.crypto_retry_ms <= now) {
+      e.crypto_retry_ms = 0;
+      to_crypto_.push_back(id);
+      continue;
+    }
     if (e.needs_finalize && e.outstanding == 0 && e.next_attempt_ms <= now) {
       finalize.push_back(id);
       continue;
@@ -507,13 +587,7 @@ void QueueManager::Run() {
     for (SpoolMessage& m : submitted) Admit(std::move(m), SpoolState::kActive, now, 0);
     done.clear();
     crypto_->DrainCompletions(&done);
-    for (const crypto::Completion& c : done) {
-      auto it = entries_.find(c.queue_id);
-      if (it == entries_.end()) continue;
-      it->second.sealed = true;
-      Log(LogLevel::kDebug, "qmgr", "policy verdict", {{"qid", c.queue_id}, {"verdict", "plain"}, {"reason", c.reason}});
-      Dispatch(it->second);
-    }
+    for (const crypto::Completion& c : done) ApplyCompletion(c, now);
     PumpCrypto();
     for (const DeliveryResult& r : results) Apply(r);
     if (now - last_scan >= scan.count()) {

@@ -55,6 +55,7 @@ struct QueueOptions {
   mailseal::v1::Delivery delivery;
   uint32_t max_messages = 10000;
   uint32_t crypto_workers = 2;
+  crypto::ProcessorFactory processor;   // what crypto workers do; null: pass everything on
 };
 
 struct QueueStats {
@@ -96,7 +97,7 @@ class QueueManager {
   const QueueOptions& options() const { return options_; }
 
  private:
-  enum RcptState : uint8_t { kPending, kDelivered, kFailed };
+  enum RcptState : uint8_t { kPending, kDelivered, kFailed, kTransferred };
   struct FailedInfo {
     std::string status, diagnostic, remote_mta;
   };
@@ -109,7 +110,8 @@ class QueueManager {
     uint32_t attempts = 0;
     int64_t next_attempt_ms = 0;
     int outstanding = 0;
-    bool sealed = false;
+    bool sealed = false;                 // the crypto stage is done with it
+    int64_t crypto_retry_ms = 0;         // the crypto stage deferred it: resubmit then
     bool needs_finalize = false;         // a DSN could not be queued: run Finalize again
     std::string last_temp;               // last temporary failure, for logs
   };
@@ -118,6 +120,10 @@ class QueueManager {
   void Wake();
   void Admit(SpoolMessage msg, SpoolState state, int64_t next_attempt_ms, uint32_t attempts);
   void PumpCrypto();
+  void ApplyCompletion(const crypto::Completion& c, int64_t now);
+  // Transfer records that `rcpts` of `id` are carried on by the copy `to` (durably).
+  void Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const std::string& to, int64_t now);
+  void ReconcileCopies(const std::string& id, const mailseal::v1::SpoolEnvelope& env, int64_t now);
   void Dispatch(Entry& e);
   void Apply(const DeliveryResult& r);
   void Finalize(const std::string& id);

@@ -194,11 +194,12 @@ SpoolWriter::~SpoolWriter() {
 Status SpoolWriter::Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env_in) {
   spool_ = spool;
   for (int attempt = 0; attempt < 8; ++attempt) {
-    id_ = spool->NewQueueId();
+    id_ = env_in.queue_id().empty() ? spool->NewQueueId() : env_in.queue_id();
     std::string path = spool->PathOf(SpoolState::kIncoming, id_);
     fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd_ >= 0) break;
     if (errno != EEXIST) return Errno("create", path);
+    if (!env_in.queue_id().empty()) return AlreadyExistsError(StrCat("spool file ", id_, " exists"));
   }
   if (fd_ < 0) return InternalError("could not create a unique spool file");
   mailseal::v1::SpoolEnvelope env = env_in;
@@ -278,10 +279,10 @@ Status SpoolWriter::Finish() {
   return OkStatus();
 }
 
-Status SpoolWriter::Publish() {
+Status SpoolWriter::Publish(SpoolState to) {
   if (failed_ || fd_ < 0) return FailedPreconditionError("spool writer failed earlier");
   std::string a = spool_->PathOf(SpoolState::kIncoming, id_);
-  std::string b = spool_->PathOf(SpoolState::kActive, id_);
+  std::string b = spool_->PathOf(to, id_);
   if (::rename(a.c_str(), b.c_str()) != 0) {
     failed_ = true;
     return Errno("rename", a);
@@ -407,13 +408,13 @@ Status AppendStatus(const std::string& path, const mailseal::v1::SpoolStatus& st
 }
 
 Result<std::string> WriteWholeMessage(Spool* spool, mailseal::v1::SpoolEnvelope env,
-                                              std::string_view body) {
+                                              std::string_view body, SpoolState to) {
   SpoolWriter w;
   if (Status s = w.Open(spool, env); !s.ok()) return s;
   if (Status s = w.Append(body); !s.ok()) return s;
   if (Status s = w.Finish(); !s.ok()) return s;
-  if (Status s = w.Publish(); !s.ok()) return s;
-  if (Status s = spool->FsyncDir(SpoolState::kActive); !s.ok()) return s;
+  if (Status s = w.Publish(to); !s.ok()) return s;
+  if (Status s = spool->FsyncDir(to); !s.ok()) return s;
   return w.id();
 }
 

@@ -72,8 +72,9 @@ class SpoolWriter {
   [[nodiscard]] Status Append(std::string_view body);
   // Finish writes END and fdatasyncs; the file is complete but still in incoming/.
   [[nodiscard]] Status Finish();
-  // Publish renames incoming/ -> active/ (the caller fsyncs active/, possibly for a batch).
-  [[nodiscard]] Status Publish();
+  // Publish renames incoming/ -> active/ (the caller fsyncs active/, possibly for a batch);
+  // copies made by the crypto stage may go to hold/ instead.
+  [[nodiscard]] Status Publish(SpoolState to = SpoolState::kActive);
   // Abandon deletes the incoming file (message refused or connection lost before END).
   void Abandon();
 
@@ -109,8 +110,10 @@ class SpoolWriter {
 [[nodiscard]] Status AppendStatus(const std::string& path,
                                         const mailseal::v1::SpoolStatus& status);
 
-// WriteWholeMessage writes a complete message (used for DSNs) straight to active/, durably.
+// WriteWholeMessage writes a complete message (DSNs, crypto-stage copies) straight to active/
+// (or `to`), durably. A non-empty env.queue_id is used as the id; ALREADY_EXISTS if it is taken.
 [[nodiscard]] Result<std::string> WriteWholeMessage(
-    Spool* spool, mailseal::v1::SpoolEnvelope env, std::string_view body);
+    Spool* spool, mailseal::v1::SpoolEnvelope env, std::string_view body,
+    SpoolState to = SpoolState::kActive);
 
 }  // namespace mailseal::queue

@@ -265,11 +265,12 @@ int CollectErrors(int ok, X509_STORE_CTX* ctx) {
   return 1;
 }
 
-std::pair<CertStatus, std::string> PathStatus(X509* cert, STACK_OF(X509)* untrusted, X509_STORE* trust) {
+std::pair<CertStatus, std::string> PathStatus(X509* cert, STACK_OF(X509)* untrusted, X509_STORE* trust,
+                                              int purpose = X509_PURPOSE_SMIME_SIGN) {
   X509_STORE_CTX* ctx = X509_STORE_CTX_new();
   std::pair<CertStatus, int> worst{CertStatus::kValid, X509_V_OK};
   X509_STORE_CTX_init(ctx, trust, cert, untrusted);
-  X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SMIME_SIGN);
+  X509_STORE_CTX_set_purpose(ctx, purpose);
   X509_STORE_CTX_set_ex_data(ctx, 0, &worst);
   X509_STORE_CTX_set_verify_cb(ctx, CollectErrors);
   int rc = X509_verify_cert(ctx);
@@ -278,10 +279,77 @@ std::pair<CertStatus, std::string> PathStatus(X509* cert, STACK_OF(X509)* untrus
   ERR_clear_error();
   return {worst.first, worst.second == X509_V_OK ? "" : X509_verify_cert_error_string(worst.second)};
 }
+
+// IsDomainAuthority: the certificate names a domain authority in its CN or an rfc822Name.
+bool IsDomainAuthority(X509* cert, std::string_view authority) {
+  if (!cert) return false;
+  std::string prefix = StrCat(authority, "@");
+  auto starts = [&](const unsigned char* d, int n) {
+    return n >= static_cast<int>(prefix.size()) && strncasecmp(reinterpret_cast<const char*>(d), prefix.c_str(), prefix.size()) == 0;
+  };
+  X509_NAME* subject = X509_get_subject_name(cert);
+  for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) {
+    ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
+    if (starts(ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) return true;
+  }
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  bool found = false;
+  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans) && !found; ++i) {
+    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
+    found = g->type == GEN_EMAIL && starts(ASN1_STRING_get0_data(g->d.rfc822Name), ASN1_STRING_length(g->d.rfc822Name));
+  }
+  GENERAL_NAMES_free(sans);
+  return found;
+}
+
+// ForUs: an enveloped layer has a key-transport recipient info for our DCA.
+bool ForUs(CMS_ContentInfo* cms, X509* us) {
+  STACK_OF(CMS_RecipientInfo)* ris = CMS_get0_RecipientInfos(cms);
+  for (int i = 0; ris && us && i < sk_CMS_RecipientInfo_num(ris); ++i) {
+    CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(ris, i);
+    if (CMS_RecipientInfo_type(ri) == CMS_RECIPINFO_TRANS && CMS_RecipientInfo_ktri_cert_cmp(ri, us) == 0) return true;
+  }
+  return false;
+}
+
+// SignedByAuthority: every signer of a signed layer is a domain-signing-authority (found in
+// the message's certificates or `known`).
+bool SignedByAuthority(CMS_ContentInfo* cms, const std::vector<X509*>& known) {
+  STACK_OF(X509)* certs = CMS_get1_certs(cms);
+  if (!certs) certs = sk_X509_new_null();
+  for (X509* k : known) {
+    X509_up_ref(k);
+    sk_X509_push(certs, k);
+  }
+  STACK_OF(CMS_SignerInfo)* sis = CMS_get0_SignerInfos(cms);
+  bool all = sis && sk_CMS_SignerInfo_num(sis) > 0;
+  for (int i = 0; all && i < sk_CMS_SignerInfo_num(sis); ++i) {
+    CMS_SignerInfo* si = sk_CMS_SignerInfo_value(sis, i);
+    bool match = false;
+    for (int j = 0; j < sk_X509_num(certs) && !match; ++j) {
+      X509* c = sk_X509_value(certs, j);
+      match = CMS_SignerInfo_cert_cmp(si, c) == 0 && IsDomainAuthority(c, "domain-signing-authority");
+    }
+    all = match;
+  }
+  sk_X509_pop_free(certs, X509_free);
+  return all;
+}
 }  // namespace
 
+bool IsSmimeEntity(const std::string& entity) { return IsSmime(entity); }
+
+std::pair<CertStatus, std::string> CheckPath(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
+                                             int purpose) {
+  STACK_OF(X509)* u = sk_X509_new_null();
+  for (X509* c : untrusted) sk_X509_push(u, c);
+  auto r = PathStatus(cert, u, trust, purpose);
+  sk_X509_free(u);
+  return r;
+}
+
 Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust,
-                    const std::vector<X509*>& known) {
+                    const std::vector<X509*>& known, const OpenOptions& options) {
   // Peel the layers: any order of signed and enveloped data (signed, encrypted, triple
   // wrapped), at most kMaxLayers deep. Every signature's math must verify; certificate
   // problems are reported in cert_status.
@@ -289,7 +357,7 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
   Opened out;
   if (!IsSmime(sealed)) return InvalidArgumentError("not an S/MIME message");
   std::string current = sealed;
-  bool any_signed = false;
+  bool any_signed = false, user_inner = false;
   for (int layer = 0; layer < kMaxLayers && IsSmime(current); ++layer) {
     BioPtr in = MemIn(current);
     BIO* detached = nullptr;
@@ -298,6 +366,16 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     if (!cms) return InvalidArgumentError(SslError(StrCat("S/MIME layer ", layer + 1, " is unreadable")));
     int type = OBJ_obj2nid(CMS_get0_type(cms.get()));
     BioPtr next(BIO_new(BIO_s_mem()));
+    if (options.domain_layers_only) {
+      bool ours = (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData)
+                      ? ForUs(cms.get(), us.cert)
+                      : type == NID_pkcs7_signed && SignedByAuthority(cms.get(), known);
+      if (!ours) {
+        if (layer == 0) return FailedPreconditionError("S/MIME, but no layer of it is our domain's (user-level)");
+        user_inner = true;
+        break;  // a user's own S/MIME inside: delivered intact
+      }
+    }
     if (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData) {
       const char* name = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
       if (!us.key || !us.cert) return Status(StatusCode::kPermissionDenied, "encrypted, and no decryption key");
@@ -350,12 +428,14 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
   }
   out.signature_ok = any_signed;
   out.signed_ok = out.signature_ok && out.cert_status == CertStatus::kValid;
-  if (IsSmime(current)) return InvalidArgumentError(StrCat("more than ", kMaxLayers, " S/MIME layers"));
+  if (IsSmime(current) && !user_inner)
+    return InvalidArgumentError(StrCat("more than ", kMaxLayers, " S/MIME layers"));
   ERR_clear_error();
   // Unwrap our message/rfc822 entity; anything else is returned as the entity it is.
   mime::Part root;
   if (RootHeader(current, &root) && root.type == "message" && root.subtype == "rfc822") {
     out.message = current.substr(root.body_begin);
+    out.rfc822 = true;
   } else {
     out.message = std::move(current);
   }

@@ -76,6 +76,16 @@ struct Opened {
   std::vector<std::string> signer_emails;   // its rfc822Name SANs
   std::string cipher;           // "authEnveloped-data", "enveloped-data"; empty: not encrypted
   std::vector<std::string> layers;  // outermost first: "signed-data", "authEnveloped-data"...
+  bool rfc822 = false;          // the content was a whole message (message/rfc822), so its
+                                // header is the protected original; else `message` is a MIME
+                                // entity that goes under the outer header
+};
+
+struct OpenOptions {
+  // domain_layers_only: peel only a gateway's layers — enveloped data with a recipient info
+  // for our DCA, signed data whose signer is a domain-signing-authority (RFC 3183) — and keep
+  // a user's own S/MIME intact (SEE-AG-2). Nothing for us at the top: FAILED_PRECONDITION.
+  bool domain_layers_only = false;
 };
 
 struct Recipient {
@@ -104,6 +114,14 @@ KeyTransport KeyTransportFor(const std::vector<std::string>& capabilities);
 // that was only encrypted opens with signed_ok == false (never a "verified" mark it did not
 // earn). `us.key` may be null when no layer is encrypted.
 Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust,
-                    const std::vector<X509*>& known = {});
+                    const std::vector<X509*>& known = {}, const OpenOptions& options = OpenOptions());
+
+// IsSmimeEntity: whether an entity's own Content-Type is an S/MIME layer.
+bool IsSmimeEntity(const std::string& entity);
+
+// CheckPath: a certificate's status for `purpose` (X509_PURPOSE_SMIME_SIGN / _ENCRYPT) against
+// the trust store, with `untrusted` as path candidates; the reason for logs.
+std::pair<CertStatus, std::string> CheckPath(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
+                                             int purpose);
 
 }  // namespace mailseal::smime

@@ -35,6 +35,7 @@ def args():
     p = argparse.ArgumentParser()
     p.add_argument("--mailseald", required=True)
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument("--keygen", help="mailseal-keygen (tests that make token keys)")
     return p.parse_args()
 
 
@@ -103,8 +104,9 @@ class Sink:
 
 class Mailseald:
     def __init__(self, binary, root, relay_port=None, extra="", name="gw", trusted="127.0.0.0/8",
-                 delivery_extra=""):
+                 delivery_extra="", local_domain="agency-a.test", env=None, hostname="gw.test"):
         self.binary = binary
+        self.env = env
         self.root = os.path.join(root, name)
         os.makedirs(self.root, exist_ok=True)
         self.spool = os.path.join(self.root, "spool")
@@ -113,11 +115,11 @@ class Mailseald:
         self.port = free_port()
         relay = f'relay_host: "127.0.0.1:{relay_port}"' if relay_port else ""
         with open(self.config, "w") as f:
-            f.write(f"""hostname: "gw.test"
+            f.write(f"""hostname: "{hostname}"
 listen {{ address: "127.0.0.1:{self.port}" }}
 spool_dir: "{self.spool}"
 trusted_networks: "{trusted}"
-local_domains: "agency-a.test"
+local_domains: "{local_domain}"
 delivery {{
   {relay}
   min_backoff_s: 1
@@ -134,7 +136,8 @@ delivery {{
 
     def start(self):
         logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([self.binary, "--config", self.config], stdout=logf, stderr=logf)
+        self.proc = subprocess.Popen([self.binary, "--config", self.config], stdout=logf, stderr=logf,
+                                     env=self.env)
         logf.close()
         end = time.time() + 10
         while time.time() < end:

@@ -1,0 +1,291 @@
+// smime_processor.cc — see smime_processor.h.
+#include "dataplane/crypto/smime_processor.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "dataplane/base/log.h"
+#include "hsm/lifecycle.h"
+#include "hsm/token_key.h"
+
+namespace mailseal::crypto {
+namespace {
+using base::Log;
+using base::LogLevel;
+
+std::vector<smime::X509Ref> ReadCerts(const std::string& path, std::string* error) {
+  std::vector<smime::X509Ref> out;
+  BIO* b = BIO_new_file(path.c_str(), "r");
+  if (!b) {
+    *error = StrCat(path, ": cannot be read");
+    return out;
+  }
+  while (X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr)) out.push_back(smime::Ref(x));
+  ERR_clear_error();
+  BIO_free(b);
+  if (out.empty()) *error = StrCat(path, ": no PEM certificate in it");
+  return out;
+}
+
+class SmimeProcessor : public JobProcessor {
+ public:
+  explicit SmimeProcessor(const SmimeShared* s) : s_(s), gateway_(&s->policy, s->store.get()) {}
+  ~SmimeProcessor() override { Drop(); }
+
+  void Idle() override {
+    std::shared_ptr<hsm::TokenHandle> h = s_->token->Handle();
+    if (!h || h->generation != generation_) Drop();
+  }
+
+  Completion Process(const Job& job) override {
+    Completion c{job.queue_id, Verdict::kPlain, "", {}};
+    Result<queue::SpoolMessage> m = queue::ReadSpoolFile(job.spool_path);
+    if (!m.ok()) {
+      c.verdict = m.status().code() == StatusCode::kDataLoss ? Verdict::kHold : Verdict::kTempFail;
+      c.reason = m.status().message();
+      return c;
+    }
+    const auto& env = m->envelope;
+    if (env.crypto_done()) {
+      c.reason = "copy made by the crypto stage";
+      return c;
+    }
+    std::string body;
+    body.reserve(m->body_size);
+    Status rs = queue::ReadBody(job.spool_path, *m, [&](std::string_view chunk) {
+      body.append(chunk);
+      return OkStatus();
+    });
+    if (!rs.ok()) {
+      c.verdict = rs.code() == StatusCode::kDataLoss ? Verdict::kHold : Verdict::kTempFail;
+      c.reason = rs.message();
+      return c;
+    }
+    std::vector<std::string> rcpts;
+    for (const auto& r : env.recipients()) rcpts.push_back(r.address());
+    smime::GatewayKeys keys = Keys();
+    std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys);
+    bool any_hold = false;
+    for (const smime::Output& o : outs) {
+      if (o.action == smime::Action::kTempFail) {
+        c.verdict = Verdict::kTempFail;
+        c.reason = o.reason;
+        return c;
+      }
+      any_hold = any_hold || o.action == smime::Action::kHold;
+    }
+    if (any_hold && !SessionAlive()) {
+      Drop();
+      c.verdict = Verdict::kTempFail;
+      c.reason = "security module stopped answering during sealing/opening (SEE-AG-4)";
+      return c;
+    }
+    for (size_t k = 0; k < outs.size(); ++k) {
+      const smime::Output& o = outs[k];
+      if (o.action == smime::Action::kPass) continue;
+      DerivedCopy d;
+      d.queue_id = StrCat(job.queue_id, "-", k);
+      d.rcpts = o.rcpts;
+      d.held = o.action == smime::Action::kHold;
+      d.what = d.held ? o.reason : (o.reason.empty() ? o.protection : StrCat(o.protection, "; ", o.reason));
+      Status st = WriteCopy(*m, body, o, d);
+      if (!st.ok()) {
+        c.verdict = Verdict::kTempFail;
+        c.reason = StrCat("cannot write crypto-stage copy: ", st.message());
+        return c;
+      }
+      c.derived.push_back(std::move(d));
+    }
+    c.verdict = c.derived.empty() ? Verdict::kPlain : Verdict::kSealed;
+    c.reason = c.derived.empty() ? "no protection rule applies" : "";
+    return c;
+  }
+
+ private:
+  Status WriteCopy(const queue::SpoolMessage& m, const std::string& original, const smime::Output& o,
+                   DerivedCopy& d) {
+    for (queue::SpoolState st : {queue::SpoolState::kActive, queue::SpoolState::kDeferred, queue::SpoolState::kHold}) {
+      if (::access(s_->spool->PathOf(st, d.queue_id).c_str(), F_OK) == 0) {
+        d.held = st == queue::SpoolState::kHold;
+        return OkStatus();   // made before a crash; the original now records the transfer
+      }
+    }
+    mailseal::v1::SpoolEnvelope env;
+    env.set_queue_id(d.queue_id);
+    env.set_mail_from(m.envelope.mail_from());
+    for (uint32_t i : o.rcpts) *env.add_recipients() = m.envelope.recipients(static_cast<int>(i));
+    env.set_arrival_unix_ms(m.envelope.arrival_unix_ms());
+    env.set_client_address(m.envelope.client_address());
+    env.set_helo(m.envelope.helo());
+    env.set_body_type(m.envelope.body_type());
+    env.set_smtputf8(m.envelope.smtputf8());
+    env.set_ret(m.envelope.ret());
+    env.set_envid(m.envelope.envid());
+    env.set_is_dsn(m.envelope.is_dsn());
+    env.set_crypto_done(true);
+    env.set_derived_from(m.id);
+    for (uint32_t i : o.rcpts) env.add_derived_rcpts(i);
+    if (d.held) env.set_hold_reason(o.reason);
+    env.set_protection(o.protection);
+    // A held copy keeps the message exactly as it arrived, for the operator to inspect or release.
+    Result<std::string> id = queue::WriteWholeMessage(s_->spool, env, d.held ? original : o.body,
+                                                      d.held ? queue::SpoolState::kHold : queue::SpoolState::kActive);
+    return id.status();
+  }
+
+  // Keys binds the DSA and DCA to this worker's session for the token's current opening.
+  smime::GatewayKeys Keys() {
+    smime::GatewayKeys k{s_->dsa_cert, s_->dca_cert, s_->chain, nullptr, nullptr};
+    std::shared_ptr<hsm::TokenHandle> h = s_->token ? s_->token->Handle() : nullptr;
+    if (!h) {
+      Drop();
+      return k;
+    }
+    if (h->generation != generation_ || !lease_) {
+      Drop();
+      handle_ = h;
+      lease_ = std::make_unique<hsm::SessionPool::Lease>(h->pool->Acquire());
+      generation_ = h->generation;
+      Result<hsm::KeyPair> dsa = hsm::FindKeyPair(**lease_, s_->dsa_label);
+      Result<hsm::KeyPair> dca = hsm::FindKeyPair(**lease_, s_->dca_label);
+      if (dsa.ok()) {
+        dsa_pair_ = *dsa;
+        Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&**lease_, *dsa);
+        if (key.ok()) dsa_ = *key;
+      }
+      if (dca.ok()) {
+        Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&**lease_, *dca);
+        if (key.ok()) dca_ = *key;
+      }
+      if (!dsa_ || !dca_)
+        Log(LogLevel::kError, "crypto", "domain keys not usable on the token: sealing/opening deferred",
+            {{"dsa", dsa.ok() ? "ok" : dsa.status().message()}, {"dca", dca.ok() ? "ok" : dca.status().message()}});
+      may_sign_checked_ = 0;
+    }
+    // Key age (SEE-2.3) is re-checked once a minute: an old DSA stops signing.
+    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (dsa_ && now - may_sign_checked_ >= 60) {
+      Status st = hsm::CheckMaySign(**lease_, dsa_pair_);
+      may_sign_ = st.ok();
+      may_sign_checked_ = now;
+      if (!st.ok())
+        Log(LogLevel::kError, "crypto", "DSA may not sign: sealing deferred until it is renewed", {{"reason", st.message()}});
+    }
+    k.dsa_key = may_sign_ ? dsa_ : nullptr;
+    k.dca_key = dca_;
+    return k;
+  }
+
+  bool SessionAlive() {
+    if (!lease_) return false;
+    CK_SESSION_INFO info{};
+    return (*lease_)->fn()->C_GetSessionInfo((*lease_)->handle(), &info) == CKR_OK;
+  }
+
+  void Drop() {
+    EVP_PKEY_free(dsa_);
+    EVP_PKEY_free(dca_);
+    dsa_ = dca_ = nullptr;
+    lease_.reset();   // before the handle that owns its pool
+    handle_.reset();
+    generation_ = 0;
+  }
+
+  const SmimeShared* s_;
+  smime::Gateway gateway_;
+  std::shared_ptr<hsm::TokenHandle> handle_;
+  std::unique_ptr<hsm::SessionPool::Lease> lease_;
+  uint64_t generation_ = 0;
+  hsm::KeyPair dsa_pair_;
+  EVP_PKEY* dsa_ = nullptr;
+  EVP_PKEY* dca_ = nullptr;
+  bool may_sign_ = false;
+  int64_t may_sign_checked_ = 0;
+};
+
+}  // namespace
+
+ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared) {
+  return [shared](size_t) -> std::unique_ptr<JobProcessor> { return std::make_unique<SmimeProcessor>(shared); };
+}
+
+}  // namespace mailseal::crypto
+
+namespace mailseal::crypto {
+
+Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
+                                               hsm::TokenManager* token) {
+  const auto& c = cfg.smime();
+  auto need = [](const std::string& v, const char* field) -> Status {
+    return v.empty() ? InvalidArgumentError(StrCat("field 'smime.", field, "': required")) : OkStatus();
+  };
+  if (!cfg.has_hsm()) return InvalidArgumentError("field 'smime': needs 'hsm' (the domain keys live on the token)");
+  for (auto [v, f] : {std::pair<const std::string&, const char*>{c.dsa_key_label(), "dsa_key_label"},
+                      {c.dsa_cert_file(), "dsa_cert_file"}, {c.dca_key_label(), "dca_key_label"},
+                      {c.dca_cert_file(), "dca_cert_file"}, {c.trust_anchors_file(), "trust_anchors_file"}})
+    if (Status st = need(v, f); !st.ok()) return st;
+  auto s = std::make_unique<SmimeShared>();
+  s->spool = spool;
+  s->token = token;
+  s->dsa_label = c.dsa_key_label();
+  s->dca_label = c.dca_key_label();
+  std::string err;
+  std::vector<smime::X509Ref> dsa = ReadCerts(c.dsa_cert_file(), &err);
+  if (dsa.empty()) return InvalidArgumentError(StrCat("field 'smime.dsa_cert_file': ", err));
+  std::vector<smime::X509Ref> dca = ReadCerts(c.dca_cert_file(), &err);
+  if (dca.empty()) return InvalidArgumentError(StrCat("field 'smime.dca_cert_file': ", err));
+  s->dsa_cert = dsa[0];
+  s->dca_cert = dca[0];
+  if (!c.chain_file().empty()) {
+    s->chain = ReadCerts(c.chain_file(), &err);
+    if (s->chain.empty()) return InvalidArgumentError(StrCat("field 'smime.chain_file': ", err));
+  }
+  std::string dir = c.cert_store_dir().empty() ? StrCat(cfg.spool_dir(), "/certs") : c.cert_store_dir();
+  Result<std::unique_ptr<smime::CertStore>> store = smime::CertStore::Open(
+      dir, c.trust_anchors_file(), {c.crl_files().begin(), c.crl_files().end()});
+  if (!store.ok()) return InvalidArgumentError(StrCat("field 'smime': ", store.status().message()));
+  s->store = std::move(store.value());
+  // Our own certificates must be what they claim: domain authorities that chain to the trust
+  // list (a partner would refuse them otherwise).
+  for (auto [cert, purpose, field] :
+       {std::tuple{s->dsa_cert.get(), X509_PURPOSE_SMIME_SIGN, "dsa_cert_file"},
+        std::tuple{s->dca_cert.get(), X509_PURPOSE_SMIME_ENCRYPT, "dca_cert_file"}}) {
+    std::vector<X509*> chain;
+    for (const auto& x : s->chain) chain.push_back(x.get());
+    auto [st, why] = smime::CheckPath(cert, chain, s->store->trust(), purpose);
+    if (st != smime::CertStatus::kValid && st != smime::CertStatus::kStatusUnknown)
+      return InvalidArgumentError(StrCat("field 'smime.", field, "': our certificate is ", smime::CertStatusName(st),
+                                         why.empty() ? "" : StrCat(" (", why, ")")));
+  }
+  for (const std::string& d : cfg.local_domains()) {
+    std::string l = d;
+    for (char& ch : l) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    s->policy.local_domains.push_back(l);
+  }
+  for (int i = 0; i < c.partners_size(); ++i) {
+    const auto& p = c.partners(i);
+    std::string d = p.domain();
+    for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (!smime::ValidDomainName(d))
+      return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].domain': '", p.domain(), "' is not a domain"));
+    s->policy.partners[d] = {p.triple_wrap()};
+    if (!p.dca_cert_file().empty()) {
+      if (Status st = s->store->Pin(d, p.dca_cert_file()); !st.ok())
+        return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].dca_cert_file': ", st.message()));
+    }
+  }
+  s->policy.seal_when_known = c.seal_when_known();
+  if (!c.outer_subject().empty()) s->policy.outer_subject = c.outer_subject();
+  s->policy.keep_subject = c.keep_subject();
+  s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
+  return s;
+}
+
+}  // namespace mailseal::crypto

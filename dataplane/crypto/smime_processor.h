@@ -1,0 +1,44 @@
+// smime_processor.h — the crypto workers' job: seal and open queued mail (issue #4).
+//
+// Each worker has its own SmimeProcessor, made on its thread: it leases one PKCS#11 session for
+// itself and binds the DSA and DCA keys to it (hsm/token_key.h), so workers never share a
+// session or OpenSSL key state. Per job it reads the spool file, asks smime::Gateway what to
+// do, writes every sealed/opened/held copy as a new spool file (durably, with an id derived
+// from the original's, so a retry after a crash finds the copy instead of making a second),
+// and returns the copies in its completion; the queue manager records the transfer.
+//
+// SECURITY: token trouble never turns into clear mail or a hold: when a key operation fails
+// the session is probed and, if the token is gone, the whole message is deferred (SEE-AG-4).
+// The DSA signs only while hsm::CheckMaySign allows it (key age, SEE-2.3).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "dataplane/crypto/crypto_stage.h"
+#include "dataplane/queue/spool.h"
+#include "dataplane/smime/gateway.h"
+#include "hsm/token_manager.h"
+#include "mailseal/v1/config.pb.h"
+
+namespace mailseal::crypto {
+
+// SmimeShared: what every worker reads (built once at start-up, immutable but for the store).
+struct SmimeShared {
+  queue::Spool* spool = nullptr;
+  hsm::TokenManager* token = nullptr;
+  std::unique_ptr<smime::CertStore> store;
+  smime::GatewayPolicy policy;
+  smime::X509Ref dsa_cert, dca_cert;
+  std::vector<smime::X509Ref> chain;
+  std::string dsa_label, dca_label;
+};
+
+// LoadSmime builds the shared part from the config, refusing what cannot work (missing files,
+// certificates that are not ours); errors name the field.
+Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
+                                               hsm::TokenManager* token);
+
+ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
+
+}  // namespace mailseal::crypto

@@ -1,0 +1,253 @@
+// cert_store.cc — see cert_store.h.
+#include "dataplane/smime/cert_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "dataplane/base/log.h"
+
+namespace mailseal::smime {
+namespace {
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError(StrCat(path, ": cannot be read"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+X509Ref ParsePem(const std::string& pem) {
+  BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+  BIO_free(b);
+  ERR_clear_error();
+  return Ref(x);
+}
+
+std::string ToPem(X509* x) {
+  BIO* b = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(b, x);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(b, &data);
+  std::string out(data, static_cast<size_t>(n));
+  BIO_free(b);
+  return out;
+}
+
+// AuthorityDomains: the domains a certificate names for `authority` (CN and rfc822Names).
+std::vector<std::string> AuthorityDomains(X509* cert, std::string_view authority) {
+  std::vector<std::string> out;
+  std::string prefix = StrCat(authority, "@");
+  auto take = [&](const unsigned char* d, int n) {
+    std::string v = Lower(std::string_view(reinterpret_cast<const char*>(d), static_cast<size_t>(n)));
+    if (v.size() > prefix.size() && v.compare(0, prefix.size(), prefix) == 0) out.push_back(v.substr(prefix.size()));
+  };
+  X509_NAME* subject = X509_get_subject_name(cert);
+  for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) {
+    ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
+    take(ASN1_STRING_get0_data(v), ASN1_STRING_length(v));
+  }
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
+    if (g->type == GEN_EMAIL) take(ASN1_STRING_get0_data(g->d.rfc822Name), ASN1_STRING_length(g->d.rfc822Name));
+  }
+  GENERAL_NAMES_free(sans);
+  return out;
+}
+
+bool SameCert(X509* a, X509* b) { return a && b && X509_cmp(a, b) == 0; }
+
+}  // namespace
+
+bool ValidDomainName(std::string_view d) {
+  if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.') return false;
+  char prev = '.';
+  for (char c : d) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+    if (!ok || (c == '.' && prev == '.')) return false;
+    prev = c;
+  }
+  return true;
+}
+
+CertStore::~CertStore() { X509_STORE_free(trust_); }
+
+Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const std::string& trust_file,
+                                                   const std::vector<std::string>& crl_files) {
+  std::unique_ptr<CertStore> s(new CertStore());
+  s->dir_ = dir;
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return InternalError(StrCat("mkdir ", dir, ": ", std::strerror(errno)));
+  s->trust_ = X509_STORE_new();
+  if (X509_STORE_load_file(s->trust_, trust_file.c_str()) != 1) {
+    ERR_clear_error();
+    return InvalidArgumentError(StrCat(trust_file, ": no trust anchors could be loaded (PEM certificates expected)"));
+  }
+  for (const std::string& crl : crl_files) {
+    X509_LOOKUP* lookup = X509_STORE_add_lookup(s->trust_, X509_LOOKUP_file());
+    if (!lookup || X509_load_crl_file(lookup, crl.c_str(), X509_FILETYPE_PEM) <= 0) {
+      ERR_clear_error();
+      return InvalidArgumentError(StrCat(crl, ": no CRL could be loaded (PEM expected)"));
+    }
+  }
+  if (!crl_files.empty()) X509_STORE_set_flags(s->trust_, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+  // Harvested entries: <domain>.dca.pem, <domain>.dsa.pem, <domain>.caps.
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return InternalError(StrCat("opendir ", dir, ": ", std::strerror(errno)));
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    for (const char* kind : {".dca.pem", ".dsa.pem", ".caps"}) {
+      size_t k = std::strlen(kind);
+      if (name.size() <= k || name.compare(name.size() - k, k, kind) != 0) continue;
+      std::string domain = name.substr(0, name.size() - k);
+      if (!ValidDomainName(domain)) continue;
+      Result<std::string> data = ReadFile(dir + "/" + name);
+      if (!data.ok()) continue;
+      if (std::strcmp(kind, ".caps") == 0) {
+        std::istringstream lines(*data);
+        std::string line;
+        auto& caps = s->caps_[domain];
+        while (std::getline(lines, line) && caps.size() < 64)
+          if (!line.empty()) caps.push_back(line);
+      } else if (X509Ref x = ParsePem(*data)) {
+        (std::strcmp(kind, ".dca.pem") == 0 ? s->dca_ : s->dsa_)[domain] = x;
+      } else {
+        base::Log(base::LogLevel::kWarning, "certstore", "unreadable certificate file ignored", {{"file", name}});
+      }
+    }
+  }
+  ::closedir(d);
+  return s;
+}
+
+Status CertStore::Pin(const std::string& domain_in, const std::string& pem_file) {
+  std::string domain = Lower(domain_in);
+  if (!ValidDomainName(domain)) return InvalidArgumentError(StrCat("partner domain '", domain_in, "' is not a domain name"));
+  Result<std::string> pem = ReadFile(pem_file);
+  if (!pem.ok()) return pem.status();
+  X509Ref x = ParsePem(*pem);
+  if (!x) return InvalidArgumentError(StrCat(pem_file, ": no PEM certificate"));
+  std::unique_lock l(mu_);
+  dca_[domain] = x;
+  pinned_[domain] = true;
+  return OkStatus();
+}
+
+X509Ref CertStore::Dca(std::string_view domain_in, std::string* covering) const {
+  std::string domain = Lower(domain_in);
+  std::shared_lock l(mu_);
+  for (std::string_view d = domain; !d.empty();) {
+    auto it = dca_.find(std::string(d));
+    if (it != dca_.end()) {
+      if (covering) *covering = it->first;
+      return it->second;
+    }
+    size_t dot = d.find('.');
+    if (dot == std::string_view::npos) break;
+    d = d.substr(dot + 1);
+  }
+  return nullptr;
+}
+
+std::vector<std::string> CertStore::Capabilities(std::string_view domain) const {
+  std::shared_lock l(mu_);
+  auto it = caps_.find(Lower(domain));
+  return it == caps_.end() ? std::vector<std::string>{} : it->second;
+}
+
+std::vector<X509Ref> CertStore::KnownSigners() const {
+  std::shared_lock l(mu_);
+  std::vector<X509Ref> out;
+  for (const auto& [d, x] : dsa_) out.push_back(x);
+  return out;
+}
+
+std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) const {
+  return CheckPath(cert, {}, trust_, purpose);
+}
+
+Status CertStore::Persist(const std::string& name, const std::string& data) const {
+  std::string tmp = StrCat(dir_, "/.", name, ".tmp");
+  std::string final_path = StrCat(dir_, "/", name);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return InternalError(StrCat("open ", tmp, ": ", std::strerror(errno)));
+  bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return InternalError(StrCat("cannot write ", final_path));
+  }
+  int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return OkStatus();
+}
+
+std::string CertStore::Learn(const std::string& domain_in, const std::vector<X509Ref>& certs,
+                             const std::vector<std::string>& caps) {
+  std::string domain = Lower(domain_in);
+  if (!ValidDomainName(domain)) return "";
+  std::vector<std::string> changed;
+  for (const X509Ref& c : certs) {
+    for (auto [authority, purpose, table, kind] :
+         {std::tuple{"domain-confidentiality-authority", X509_PURPOSE_SMIME_ENCRYPT, &dca_, "dca"},
+          std::tuple{"domain-signing-authority", X509_PURPOSE_SMIME_SIGN, &dsa_, "dsa"}}) {
+      std::vector<std::string> names = AuthorityDomains(c.get(), authority);
+      if (std::find(names.begin(), names.end(), domain) == names.end()) continue;
+      if (Check(c.get(), purpose).first != CertStatus::kValid) continue;
+      {
+        std::unique_lock l(mu_);
+        if (table == &dca_ && pinned_.count(domain)) continue;
+        auto it = table->find(domain);
+        if (it != table->end() && SameCert(it->second.get(), c.get())) continue;
+        (*table)[domain] = c;
+      }
+      if (Status st = Persist(StrCat(domain, ".", kind, ".pem"), ToPem(c.get())); !st.ok())
+        base::Log(base::LogLevel::kWarning, "certstore", "cannot persist harvested certificate", {{"error", st.message()}});
+      changed.push_back(StrCat(kind, " certificate"));
+    }
+  }
+  if (!caps.empty()) {
+    bool differs;
+    {
+      std::unique_lock l(mu_);
+      std::vector<std::string> bounded(caps.begin(), caps.begin() + static_cast<long>(std::min<size_t>(caps.size(), 64)));
+      differs = caps_[domain] != bounded;
+      if (differs) caps_[domain] = bounded;
+    }
+    if (differs) {
+      std::string text;
+      for (const std::string& c : caps) text += c + "\n";
+      if (Status st = Persist(StrCat(domain, ".caps"), text); !st.ok())
+        base::Log(base::LogLevel::kWarning, "certstore", "cannot persist capabilities", {{"error", st.message()}});
+      changed.push_back("capabilities");
+    }
+  }
+  std::string out;
+  for (const std::string& c : changed) out += (out.empty() ? "" : ", ") + c;
+  return out;
+}
+
+}  // namespace mailseal::smime

@@ -1,0 +1,69 @@
+// cert_store.h — partner domain certificates and what each partner can read (SEE-2.8b, 2.10).
+//
+// Holds the managed trust list (SEE-2.7) and CRLs, the DCA certificates of partner domains
+// (pinned by the operator's config, or harvested from their verified signed mail), their DSA
+// certificates (to verify mail that arrives without certificates), and each domain's cached
+// SMIMECapabilities (SEE-2.4). Harvested entries persist in a directory, one file per domain
+// and kind, written atomically (temp file, fsync, rename).
+//
+// SECURITY: only certificates that chain to the trust list for the right purpose and carry the
+// RFC 3183 authority name of the learning domain are harvested, and only from messages whose
+// signature verified (the caller's duty); a pinned certificate is never replaced by a
+// harvested one. Domain names are checked before they become file names.
+// Thread safe: workers look up and learn concurrently.
+#pragma once
+
+#include <openssl/x509.h>
+
+#include <map>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dataplane/base/status.h"
+#include "dataplane/smime/seal.h"
+
+namespace mailseal::smime {
+
+class CertStore {
+ public:
+  // Open loads the trust list (PEM bundle), CRLs (PEM; any given turns revocation checking on)
+  // and the harvested entries in `dir` (created 0700 if missing).
+  static Result<std::unique_ptr<CertStore>> Open(const std::string& dir, const std::string& trust_file,
+                                                  const std::vector<std::string>& crl_files);
+  ~CertStore();
+
+  X509_STORE* trust() const { return trust_; }
+  // Pin sets a partner's DCA certificate from the operator's config.
+  Status Pin(const std::string& domain, const std::string& pem_file);
+  // Dca: the DCA certificate for a recipient domain — the domain's own, or its nearest
+  // ancestor's (RFC 3183: a domain certificate covers sub-domains). Null when none.
+  X509Ref Dca(std::string_view domain, std::string* covering_domain = nullptr) const;
+  std::vector<std::string> Capabilities(std::string_view domain) const;
+  // KnownSigners: DSA certificates for messages that arrive without one.
+  std::vector<X509Ref> KnownSigners() const;
+  // Learn takes what a verified message from `domain` teaches: its DCA and DSA certificates
+  // (those among `certs` that qualify) and its capabilities. Returns what changed, for the log.
+  std::string Learn(const std::string& domain, const std::vector<X509Ref>& certs,
+                    const std::vector<std::string>& capabilities);
+  // Check: a certificate's standing for `purpose` (X509_PURPOSE_SMIME_ENCRYPT for a DCA).
+  std::pair<CertStatus, std::string> Check(X509* cert, int purpose) const;
+
+ private:
+  CertStore() = default;
+  mailseal::Status Persist(const std::string& name, const std::string& data) const;
+
+  std::string dir_;
+  X509_STORE* trust_ = nullptr;
+  mutable std::shared_mutex mu_;
+  std::map<std::string, X509Ref> dca_, dsa_;
+  std::map<std::string, bool> pinned_;
+  std::map<std::string, std::vector<std::string>> caps_;
+};
+
+// ValidDomainName: letters, digits, '-' and '.', at most 253 bytes, no empty label.
+bool ValidDomainName(std::string_view d);
+
+}  // namespace mailseal::smime

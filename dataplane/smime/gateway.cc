@@ -1,0 +1,349 @@
+// gateway.cc — see gateway.h.
+#include "dataplane/smime/gateway.h"
+
+#include <openssl/x509v3.h>
+#include <strings.h>
+
+#include <algorithm>
+
+#include "dataplane/smime/naming.h"
+#include "dataplane/smtp/address.h"
+
+namespace mailseal::smime {
+namespace {
+
+struct Field {
+  std::string name;   // as written
+  std::string raw;    // whole field with its line ends, byte-exact
+  std::string_view Value() const {
+    std::string_view v(raw);
+    v.remove_prefix(std::min(v.size(), name.size() + 1));
+    return v;
+  }
+};
+
+bool NameIs(const Field& f, std::string_view n) {
+  return f.name.size() == n.size() && strncasecmp(f.name.data(), n.data(), n.size()) == 0;
+}
+
+// SplitHeader parses a message's header block into fields (folded lines kept with their
+// field) and returns where the body starts (after the blank line). No header: 0 fields.
+size_t SplitHeader(const std::string& m, std::vector<Field>* fields) {
+  size_t pos = 0;
+  while (pos < m.size()) {
+    size_t eol = m.find('\n', pos);
+    size_t next = eol == std::string::npos ? m.size() : eol + 1;
+    std::string_view line(m.data() + pos, next - pos);
+    if (line == "\r\n" || line == "\n") return next;
+    if ((line[0] == ' ' || line[0] == '\t') && !fields->empty()) {
+      fields->back().raw.append(line);
+    } else {
+      size_t colon = line.find(':');
+      if (colon == std::string_view::npos) return pos;  // not a header line: body starts here
+      std::string name(line.substr(0, colon));
+      while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.pop_back();
+      fields->push_back({name, std::string(line)});
+    }
+    pos = next;
+  }
+  return pos;
+}
+
+std::string Trim(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t' || v.front() == '\r' || v.front() == '\n')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r' || v.back() == '\n')) v.remove_suffix(1);
+  return std::string(v);
+}
+
+// OursAr: an Authentication-Results field that claims to be from us (RFC 8601 §5: remove).
+bool OursAr(const Field& f, const std::string& authserv_id) {
+  if (!NameIs(f, "Authentication-Results")) return false;
+  std::string v = Trim(f.Value());
+  size_t end = v.find_first_of("; \t\r\n(");
+  std::string id = v.substr(0, end);
+  return strcasecmp(id.c_str(), authserv_id.c_str()) == 0;
+}
+
+// AddressIn: the mailbox of a From-like field ("Name <a@b>" or "a@b").
+std::string AddressIn(std::string_view v) {
+  size_t lt = v.rfind('<');
+  size_t gt = v.rfind('>');
+  if (lt != std::string_view::npos && gt != std::string_view::npos && gt > lt) return Trim(v.substr(lt + 1, gt - lt - 1));
+  return Trim(v);
+}
+
+std::string Unfold(std::string_view v) {
+  std::string out;
+  for (char c : v)
+    if (c != '\r' && c != '\n') out += c;
+  return Trim(out);
+}
+
+std::string Sanitize(std::string_view v) {
+  // For our own header values: no CR/LF/parentheses that could break the field.
+  std::string out;
+  for (char c : v) out += (c == '\r' || c == '\n' || c == '(' || c == ')') ? ' ' : c;
+  return out;
+}
+
+}  // namespace
+
+const char* ActionName(Action a) {
+  switch (a) {
+    case Action::kPass: return "pass";
+    case Action::kDeliver: return "deliver";
+    case Action::kHold: return "hold";
+    case Action::kTempFail: return "tempfail";
+  }
+  return "?";
+}
+
+std::string WarningFor(CertStatus s) {
+  switch (s) {
+    case CertStatus::kValid: return "";
+    case CertStatus::kRevoked: return "[HARD WARNING: Certificate revoked/suspended - message integrity uncertain]";
+    case CertStatus::kUnknownCa: return "[HARD WARNING: Certificate unknown - message integrity uncertain]";
+    case CertStatus::kExpired: return "[SOFT WARNING: Certificate expired - message integrity uncertain]";
+    case CertStatus::kStatusUnknown:
+      return "[SOFT WARNING: Certificate status could not be checked - message integrity uncertain]";
+  }
+  return "";
+}
+
+bool Gateway::IsLocal(const std::string& domain) const {
+  for (const std::string& l : policy_->local_domains) {
+    if (!l.empty() && l[0] == '.') {
+      if (domain.size() > l.size() && domain.compare(domain.size() - l.size(), l.size(), l) == 0) return true;
+      if (domain == l.substr(1)) return true;
+    } else if (domain == l) {
+      return true;
+    }
+  }
+  return false;
+}
+
+const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
+  for (std::string_view d = domain; !d.empty();) {
+    auto it = policy_->partners.find(std::string(d));
+    if (it != policy_->partners.end()) return &it->second;
+    size_t dot = d.find('.');
+    if (dot == std::string_view::npos) break;
+    d = d.substr(dot + 1);
+  }
+  return nullptr;
+}
+
+std::vector<Output> Gateway::Process(const std::string& sender, const std::vector<std::string>& recipients,
+                                     const std::string& message, const GatewayKeys& keys) const {
+  std::vector<uint32_t> local;
+  std::map<std::string, std::vector<uint32_t>> remote;
+  for (uint32_t i = 0; i < recipients.size(); ++i) {
+    std::string d = smtp::DomainOf(recipients[i]);
+    if (d.empty() || IsLocal(d)) local.push_back(i);
+    else remote[d].push_back(i);
+  }
+  std::vector<Output> out;
+  Output pass;
+  auto add = [&](Output o) {
+    if (o.action == Action::kPass) pass.rcpts.insert(pass.rcpts.end(), o.rcpts.begin(), o.rcpts.end());
+    else out.push_back(std::move(o));
+  };
+  if (!local.empty()) add(Open1(sender, std::move(local), message, keys));
+  for (auto& [domain, rcpts] : remote) add(Seal1(domain, std::move(rcpts), message, keys));
+  if (!pass.rcpts.empty()) {
+    std::sort(pass.rcpts.begin(), pass.rcpts.end());
+    out.push_back(std::move(pass));
+  }
+  return out;
+}
+
+Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
+                      const GatewayKeys& keys) const {
+  Output o;
+  o.rcpts = std::move(rcpts);
+  const PartnerPolicy* partner = PartnerFor(domain);
+  std::string covering;
+  X509Ref dca = store_->Dca(domain, &covering);
+  if (!partner && !(policy_->seal_when_known && dca)) {
+    o.reason = "no protection rule applies";
+    return o;  // kPass (SEE-AG-1)
+  }
+  if (!dca) {
+    o.action = Action::kHold;
+    o.reason = StrCat("no DCA certificate known for partner domain ", domain, " (SEE-2.8: hold, never send in clear)");
+    return o;
+  }
+  auto [status, detail] = store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT);
+  if (status != CertStatus::kValid && status != CertStatus::kStatusUnknown) {
+    if (!partner) {
+      o.reason = StrCat("known DCA certificate for ", domain, " is ", CertStatusName(status), "; not a partner: sent as is");
+      return o;  // only valid certificates are used (SEE-2.9)
+    }
+    o.action = Action::kHold;
+    o.reason = StrCat("DCA certificate for partner domain ", covering, " is ", CertStatusName(status),
+                      detail.empty() ? "" : StrCat(" (", detail, ")"), "; held (SEE-2.8)");
+    return o;
+  }
+  if (!keys.dsa_key || !keys.dsa_cert) {
+    o.action = Action::kTempFail;
+    o.reason = "security module unavailable: sealing deferred (SEE-AG-4)";
+    return o;
+  }
+  std::vector<std::string> caps = store_->Capabilities(covering);
+  SealOptions so;
+  so.cipher = ChooseCipher(caps);
+  so.key_transport = KeyTransportFor(caps);
+  so.triple_wrap = partner && partner->triple_wrap;
+  so.outer_subject = policy_->outer_subject;
+  if (policy_->keep_subject) {
+    std::vector<Field> fields;
+    SplitHeader(message, &fields);
+    for (const Field& f : fields)
+      if (NameIs(f, "Subject")) so.outer_subject = Unfold(f.Value());
+  }
+  Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
+  for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());
+  if (keys.dca_cert) signer.chain.push_back(keys.dca_cert.get());  // partners harvest our DCA (SEE-2.10)
+  std::vector<X509*> recips = {dca.get()};
+  Result<std::string> sealed = Seal(message, signer, recips, so);
+  if (!sealed.ok()) {
+    o.action = Action::kHold;
+    o.reason = StrCat("sealing for ", domain, " failed: ", sealed.status().message());
+    return o;
+  }
+  o.action = Action::kDeliver;
+  o.body = std::move(*sealed);
+  o.protection = StrCat("sealed for ", covering, " (", so.triple_wrap ? "triple-wrapped, " : "",
+                        so.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data AES-256-GCM" : "enveloped-data AES-256-CBC",
+                        so.key_transport == KeyTransport::kRsaOaep ? ", RSA-OAEP" : "", ")");
+  o.reason = status == CertStatus::kStatusUnknown ? "DCA certificate status could not be checked (SEE-2.8: send, notify)" : "";
+  return o;
+}
+
+Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
+                      const GatewayKeys& keys) const {
+  Output o;
+  o.rcpts = std::move(rcpts);
+  const std::string& id = policy_->authserv_id;
+  std::vector<Field> outer;
+  SplitHeader(message, &outer);
+  auto mark = [&](const std::string& result, const std::string& comment, const std::string& identifier) {
+    return StrCat("Authentication-Results: ", id, "; smime=", result, " (", Sanitize(comment), ")",
+                  identifier.empty() ? "" : StrCat(" body.smime-identifier=", Sanitize(identifier)), "\r\n");
+  };
+  // Rebuild helper: marks + fields (minus forged marks) + separator + body.
+  auto rebuild = [&](const std::string& marks, const std::vector<Field>& fields, std::string_view rest) {
+    std::string body = marks;
+    for (const Field& f : fields)
+      if (!OursAr(f, id)) body += f.raw;
+    body.append(rest);
+    return body;
+  };
+  size_t sep = 0;  // start of the separator line within message (outer_body points after it)
+  {
+    size_t p = 0;
+    for (const Field& f : outer) p += f.raw.size();
+    sep = p;
+  }
+  if (!IsSmimeEntity(message)) {
+    o.action = Action::kDeliver;
+    o.protection = "inbound, not S/MIME";
+    o.body = rebuild(mark("none", "not S/MIME", ""), outer, std::string_view(message).substr(sep));
+    return o;
+  }
+  std::vector<X509Ref> known_refs = store_->KnownSigners();
+  std::vector<X509*> known;
+  for (const X509Ref& k : known_refs) known.push_back(k.get());
+  OpenOptions opts;
+  opts.domain_layers_only = true;
+  Result<Opened> r = Open(message, {keys.dca_cert.get(), keys.dca_key}, store_->trust(), known, opts);
+  if (!r.ok()) {
+    if (r.status().code() == StatusCode::kFailedPrecondition) {
+      o.action = Action::kDeliver;
+      o.protection = "inbound, user-level S/MIME left intact";
+      o.body = rebuild(mark("none", "user-level S/MIME, not for this domain; left intact", ""), outer,
+                       std::string_view(message).substr(sep));
+      return o;
+    }
+    if (!keys.dca_key) {
+      o.action = Action::kTempFail;
+      o.reason = "security module unavailable: opening deferred (SEE-AG-4)";
+      return o;
+    }
+    o.action = Action::kHold;
+    o.reason = StrCat("S/MIME could not be opened: ", r.status().message());
+    return o;
+  }
+  Opened& op = *r;
+  // Compose: outer trace fields, our mark, then the protected original (or the outer header
+  // over an opened entity when the partner signed only the body entity).
+  std::vector<Field> inner;
+  size_t inner_sep = 0;
+  if (op.rfc822) {
+    SplitHeader(op.message, &inner);
+    for (const Field& f : inner) inner_sep += f.raw.size();
+  }
+  std::string from_addr = sender;
+  for (const Field& f : op.rfc822 ? inner : outer)
+    if (NameIs(f, "From")) from_addr = AddressIn(Unfold(f.Value()));
+  std::string result = "none", comment, identifier, warning;
+  std::string how = op.cipher.empty() ? "not encrypted" : StrCat("encrypted as ", op.cipher);
+  if (op.signature_ok) {
+    for (const std::string& e : op.signer_emails)
+      if (identifier.empty()) identifier = e;
+    NamingVerdict nv = CheckDomainSigner(op.signer_emails, from_addr);
+    if (op.cert_status != CertStatus::kValid) {
+      result = "fail";
+      comment = StrCat("signature good, certificate ", CertStatusName(op.cert_status),
+                       op.cert_detail.empty() ? "" : StrCat(": ", op.cert_detail), "; ", how);
+      warning = WarningFor(op.cert_status);
+    } else if (!nv.ok) {
+      result = "fail";
+      comment = StrCat("signature good, but ", nv.reason, "; ", how);
+      warning = "[HARD WARNING: Sender address does not match the domain certificate - message integrity uncertain]";
+    } else {
+      result = "pass";
+      comment = StrCat("signed by the domain of ", nv.matched_domain, ", certificate valid; ", how);
+      std::string learnt = store_->Learn(nv.matched_domain, op.certs, op.capabilities);
+      if (!learnt.empty()) o.reason = StrCat("learnt from ", nv.matched_domain, ": ", learnt);
+    }
+  } else {
+    comment = StrCat(how, " to this domain; not signed");
+  }
+  std::string marks = mark(result, comment, identifier);
+  std::vector<Field> trace;
+  for (const Field& f : outer)
+    if (NameIs(f, "Received") || NameIs(f, "Return-Path")) trace.push_back(f);
+  std::vector<Field> fields = trace;
+  std::string_view rest;
+  if (op.rfc822) {
+    fields.insert(fields.end(), inner.begin(), inner.end());
+    rest = std::string_view(op.message).substr(inner_sep);
+  } else {
+    for (const Field& f : outer) {
+      if (NameIs(f, "Received") || NameIs(f, "Return-Path") || NameIs(f, "MIME-Version") ||
+          strncasecmp(f.name.c_str(), "Content-", 8) == 0)
+        continue;
+      fields.push_back(f);
+    }
+    fields.push_back({"MIME-Version", "MIME-Version: 1.0\r\n"});
+    rest = op.message;  // the entity: its own Content-* fields, blank line, body
+  }
+  if (!warning.empty()) {
+    bool found = false;
+    for (Field& f : fields) {
+      if (!NameIs(f, "Subject")) continue;
+      std::string v(f.Value());
+      size_t lead = v.find_first_not_of(" \t");
+      f.raw = StrCat(f.name, ": ", warning, " ", lead == std::string::npos ? v : v.substr(lead));
+      found = true;
+    }
+    if (!found) fields.push_back({"Subject", StrCat("Subject: ", warning, "\r\n")});
+  }
+  o.action = Action::kDeliver;
+  o.body = rebuild(marks, fields, rest);
+  o.protection = StrCat("opened: smime=", result, " (", Sanitize(comment), ")");
+  return o;
+}
+
+}  // namespace mailseal::smime
