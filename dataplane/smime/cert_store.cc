@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -183,7 +184,25 @@ std::vector<X509Ref> CertStore::KnownSigners() const {
 }
 
 std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) const {
-  return CheckPath(cert, {}, trust_, purpose);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::steady_clock::now().time_since_epoch()).count();
+  std::string key;
+  if (X509_digest(cert, EVP_sha1(), md, &n) == 1) {
+    key.assign(reinterpret_cast<char*>(md), n);
+    key += static_cast<char>(purpose);
+    std::lock_guard<std::mutex> l(check_mu_);
+    auto it = checked_.find(key);
+    if (it != checked_.end() && now - it->second.at_s < 60) return {it->second.status, it->second.detail};
+  }
+  auto r = CheckPath(cert, {}, trust_, purpose);
+  if (!key.empty()) {
+    std::lock_guard<std::mutex> l(check_mu_);
+    if (checked_.size() > 4096) checked_.clear();
+    checked_[key] = {r.first, r.second, now};
+  }
+  return r;
 }
 
 Status CertStore::Persist(const std::string& name, const std::string& data) const {

@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include <map>
+#include <mutex>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -49,6 +50,8 @@ class CertStore {
   std::string Learn(const std::string& domain, const std::vector<X509Ref>& certs,
                     const std::vector<std::string>& capabilities);
   // Check: a certificate's standing for `purpose` (X509_PURPOSE_SMIME_ENCRYPT for a DCA).
+  // Results are cached for a minute per (certificate, purpose): a path check costs more than
+  // the ECDSA signature of a 4 KiB message (tools/bench/smime).
   std::pair<CertStatus, std::string> Check(X509* cert, int purpose) const;
 
  private:
@@ -61,6 +64,13 @@ class CertStore {
   std::map<std::string, X509Ref> dca_, dsa_;
   std::map<std::string, bool> pinned_;
   std::map<std::string, std::vector<std::string>> caps_;
+  struct Checked {
+    CertStatus status;
+    std::string detail;
+    int64_t at_s;
+  };
+  mutable std::mutex check_mu_;
+  mutable std::map<std::string, Checked> checked_;   // key: purpose + SHA-1 of the certificate
 };
 
 // ValidDomainName: letters, digits, '-' and '.', at most 253 bytes, no empty label.

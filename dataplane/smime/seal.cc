@@ -38,22 +38,34 @@ using CmsPtr = std::unique_ptr<CMS_ContentInfo, CmsDel>;
 
 BioPtr MemIn(const std::string& s) { return BioPtr(BIO_new_mem_buf(s.data(), static_cast<int>(s.size()))); }
 
-std::string Drain(BIO* b) {
-  char* data = nullptr;
-  long n = BIO_get_mem_data(b, &data);
-  return std::string(data, static_cast<size_t>(n));
+// StringSink: a write-only BIO that appends to a std::string. OpenSSL's memory BIO grows by
+// realloc-and-cleanse, which for megabyte messages costs more than the cipher (measured with
+// tools/bench/smime: 2 MiB seals ran at ~80 MB/s, mostly memmove and page faults).
+int SinkWrite(BIO* b, const char* data, int n) {
+  static_cast<std::string*>(BIO_get_data(b))->append(data, static_cast<size_t>(n));
+  return n;
 }
-
-std::string Der(CMS_ContentInfo* cms) {
-  unsigned char* der = nullptr;
-  int n = i2d_CMS_ContentInfo(cms, &der);
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(n > 0 ? n : 0));
-  OPENSSL_free(der);
-  return out;
+long SinkCtrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+int SinkCreate(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+BioPtr StringSink(std::string* out) {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mailseal string sink");
+    BIO_meth_set_write(m, SinkWrite);
+    BIO_meth_set_ctrl(m, SinkCtrl);
+    BIO_meth_set_create(m, SinkCreate);
+    return m;
+  }();
+  BIO* b = BIO_new(method);
+  BIO_set_data(b, out);
+  return BioPtr(b);
 }
 
 std::string Base64Lines(const std::string& der) {
   std::string out;
+  out.reserve(der.size() / 57 * 78 + 80);
   for (size_t off = 0; off < der.size(); off += 57) {  // 57 bytes -> 76 characters a line
     size_t n = std::min<size_t>(57, der.size() - off);
     unsigned char buf[80];
@@ -137,7 +149,7 @@ Result<std::string> SignEntity(const std::string& content, const Signer& signer)
   BioPtr in = MemIn(content);
   STACK_OF(X509)* chain = sk_X509_new_null();
   for (X509* c : signer.chain) sk_X509_push(chain, c);
-  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL));
+  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL | CMS_STREAM));
   sk_X509_free(chain);
   if (!cms) return InternalError(SslError("signing failed"));
   CMS_SignerInfo* si = CMS_add1_signer(cms.get(), signer.cert, signer.key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP);
@@ -147,8 +159,13 @@ Result<std::string> SignEntity(const std::string& content, const Signer& signer)
     ok = ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
   ok = ok && CMS_add_smimecap(si, caps) == 1;
   sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
-  if (!ok || CMS_final(cms.get(), in.get(), nullptr, CMS_BINARY) != 1) return InternalError(SslError("signing failed"));
-  return Der(cms.get());
+  // Streamed (BER, indefinite length): the content goes straight from `in` to the output.
+  std::string der;
+  der.reserve(content.size() + 16384);
+  BioPtr out = StringSink(&der);
+  if (!ok || i2d_CMS_bio_stream(out.get(), cms.get(), in.get(), CMS_BINARY | CMS_STREAM) != 1)
+    return InternalError(SslError("signing failed"));
+  return der;
 }
 
 Result<std::string> Seal(const std::string& message, const Signer& signer, const std::vector<X509*>& recipients,
@@ -171,7 +188,7 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   // 2. Envelope it for the partner's DCA.
   BioPtr sin = MemIn(signed_entity);
   const EVP_CIPHER* cipher = options.cipher == ContentCipher::kAes256Gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
-  CmsPtr env(CMS_encrypt(nullptr, nullptr, cipher, CMS_BINARY | CMS_PARTIAL));
+  CmsPtr env(CMS_encrypt(nullptr, nullptr, cipher, CMS_BINARY | CMS_PARTIAL | CMS_STREAM));
   if (!env) return InternalError(SslError("encryption failed"));
   for (X509* r : recipients) {
     CMS_RecipientInfo* ri = CMS_add1_recipient_cert(env.get(), r, CMS_KEY_PARAM);
@@ -183,9 +200,13 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
          EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1))
       return InternalError(SslError("RSA-OAEP setup failed"));
   }
-  if (CMS_final(env.get(), sin.get(), nullptr, CMS_BINARY) != 1) return InternalError(SslError("encryption failed"));
+  std::string env_der;
+  env_der.reserve(signed_entity.size() + 4096);
+  BioPtr env_out = StringSink(&env_der);
+  if (i2d_CMS_bio_stream(env_out.get(), env.get(), sin.get(), CMS_BINARY | CMS_STREAM) != 1)
+    return InternalError(SslError("encryption failed"));
   const char* type = options.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data" : "enveloped-data";
-  std::string entity = Pkcs7Entity(type, Der(env.get()));
+  std::string entity = Pkcs7Entity(type, env_der);
   if (options.triple_wrap) {
     // RFC 2634 triple wrapping: the encrypted entity is signed again, so relays can check who
     // sent it without decrypting.
@@ -365,7 +386,9 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     BioPtr detached_owner(detached);
     if (!cms) return InvalidArgumentError(SslError(StrCat("S/MIME layer ", layer + 1, " is unreadable")));
     int type = OBJ_obj2nid(CMS_get0_type(cms.get()));
-    BioPtr next(BIO_new(BIO_s_mem()));
+    std::string next_text;
+    next_text.reserve(current.size());
+    BioPtr next = StringSink(&next_text);
     if (options.domain_layers_only) {
       bool ours = (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData)
                       ? ForUs(cms.get(), us.cert)
@@ -424,7 +447,7 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     } else {
       return InvalidArgumentError(StrCat("unsupported S/MIME layer (", OBJ_nid2ln(type), ")"));
     }
-    current = Drain(next.get());
+    current = std::move(next_text);
   }
   out.signature_ok = any_signed;
   out.signed_ok = out.signature_ok && out.cert_status == CertStatus::kValid;
