@@ -1,0 +1,216 @@
+// smime::Gateway — what the crypto stage does with one message (issue #4; REQUIREMENTS.md
+// SEE-AG-1/2/3, SEE-2.4, SEE-2.6, SEE-2.8, SEE-2.9, SEE-2.10, SM-8.2). Software keys from the
+// test PKI stand in for the token keys (the token path is covered by smime_hsm_test and the
+// two-gateway integration test).
+#include "dataplane/smime/gateway.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/dataplane/smime/pki_fixture.h"
+
+namespace mailseal::smime {
+namespace {
+using testing::Slurp;
+
+class GatewayTest : public testing::PkiTest {
+ protected:
+  // Gateway `own` ("a" or "b") with its keys, partners pinned as the test asks.
+  struct Side {
+    GatewayPolicy policy;
+    std::unique_ptr<CertStore> store;
+    GatewayKeys keys;
+    std::unique_ptr<Gateway> gw;
+  };
+  Side Make(const std::string& own, std::map<std::string, std::string> pinned, std::vector<std::string> partners) {
+    Side s;
+    s.policy.local_domains = {"agency-" + own + ".test"};
+    for (const std::string& p : partners) s.policy.partners[p] = {};
+    s.policy.authserv_id = "gw-" + own + ".test";
+    std::string store_dir = dir_ + "/store-" + own + "-" + std::to_string(++counter_);
+    Result<std::unique_ptr<CertStore>> st = CertStore::Open(store_dir, dir_ + "/ca.crt", {});
+    EXPECT_TRUE(st.ok()) << st.status().ToString();
+    s.store = std::move(st.value());
+    for (auto& [domain, file] : pinned) EXPECT_TRUE(s.store->Pin(domain, dir_ + "/" + file + ".crt").ok());
+    s.keys.dsa_cert = Ref(Cert("dsa_" + own));
+    s.keys.dca_cert = Ref(Cert("dca_" + own));
+    s.keys.dsa_key = Key("dsa_" + own);
+    s.keys.dca_key = Key("dca_" + own);
+    keys_.push_back(s.keys.dsa_key);
+    keys_.push_back(s.keys.dca_key);
+    s.gw = std::make_unique<Gateway>(&s.policy, s.store.get());
+    return s;
+  }
+  void TearDown() override {
+    for (EVP_PKEY* k : keys_) EVP_PKEY_free(k);
+  }
+  std::string Mail(const std::string& from, const std::string& subject, const std::string& body) {
+    return "From: " + from + "\r\nTo: bob@agency-b.test\r\nSubject: " + subject +
+           "\r\nMessage-ID: <g1@agency-a.test>\r\n\r\n" + body + "\r\n";
+  }
+  std::vector<EVP_PKEY*> keys_;
+  static inline int counter_ = 0;  // unique store directories across the suite
+};
+
+const Output* Find(const std::vector<Output>& outs, Action a, uint32_t rcpt) {
+  for (const Output& o : outs)
+    if (o.action == a && std::find(o.rcpts.begin(), o.rcpts.end(), rcpt) != o.rcpts.end()) return &o;
+  return nullptr;
+}
+
+TEST_F(GatewayTest, SplitsByDomainSealsOncePerDomainAndPassesTheRest) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}, {"agency-c.test", "dca_c"}}, {"agency-b.test", "agency-c.test"});
+  std::string msg = Mail("alice@agency-a.test", "split", "to three domains");
+  std::vector<Output> outs = a.gw->Process(
+      "alice@agency-a.test", {"b1@agency-b.test", "c1@agency-c.test", "x@plain.test", "b2@Agency-B.test"}, msg, a.keys);
+  ASSERT_EQ(outs.size(), 3u);
+  const Output* b = Find(outs, Action::kDeliver, 0);
+  const Output* c = Find(outs, Action::kDeliver, 1);
+  const Output* plain = Find(outs, Action::kPass, 2);
+  ASSERT_TRUE(b && c && plain);
+  EXPECT_EQ(b->rcpts, (std::vector<uint32_t>{0, 3})) << "two users of one domain: sealed once (SEE-2.9)";
+  EXPECT_EQ(plain->rcpts, std::vector<uint32_t>{2}) << "no rule for plain.test: unchanged (SEE-AG-1)";
+  X509_STORE* trust = Trust();
+  X509 *dca_b = Cert("dca_b"), *dca_c = Cert("dca_c");
+  EVP_PKEY *kb = Key("dca_b"), *kc = Key("dca_c");
+  Result<Opened> ob = Open(b->body, {dca_b, kb}, trust);
+  ASSERT_TRUE(ob.ok()) << ob.status().ToString();
+  EXPECT_EQ(ob->message, msg);
+  EXPECT_FALSE(Open(b->body, {dca_c, kc}, trust).ok()) << "agency-c cannot read agency-b's copy";
+  EXPECT_TRUE(Open(c->body, {dca_c, kc}, trust).ok());
+  EXPECT_NE(b->protection.find("sealed for agency-b.test"), std::string::npos);
+  X509_STORE_free(trust);
+  X509_free(dca_b);
+  X509_free(dca_c);
+  EVP_PKEY_free(kb);
+  EVP_PKEY_free(kc);
+}
+
+TEST_F(GatewayTest, PartnerMailWithoutAValidCertificateIsHeldNeverSentInClear) {
+  Side a = Make("a", {{"agency-c.test", "dca_c_forged"}}, {"agency-c.test", "agency-d.test"});
+  std::string msg = Mail("alice@agency-a.test", "hold", "secret");
+  std::vector<Output> outs = a.gw->Process("alice@agency-a.test", {"c@agency-c.test", "d@sub.agency-d.test"}, msg, a.keys);
+  const Output* c = Find(outs, Action::kHold, 0);
+  const Output* d = Find(outs, Action::kHold, 1);
+  ASSERT_TRUE(c && d);
+  EXPECT_NE(c->reason.find("unknown-ca"), std::string::npos) << c->reason;
+  EXPECT_NE(d->reason.find("no DCA certificate known for partner domain sub.agency-d.test"), std::string::npos)
+      << "a partner covers its sub-domains: " << d->reason;
+  // And with the token gone, sealing defers rather than holds or passes (SEE-AG-4).
+  Side a2 = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  a2.keys.dsa_key = nullptr;
+  outs = a2.gw->Process("alice@agency-a.test", {"b@agency-b.test"}, msg, a2.keys);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].action, Action::kTempFail);
+}
+
+TEST_F(GatewayTest, SealsForKnownNonPartnersOnlyWhenAskedAndOnlyWithValidCertificates) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}, {"agency-c.test", "dca_c_forged"}}, {});
+  std::string msg = Mail("alice@agency-a.test", "known", "x");
+  std::vector<Output> outs = a.gw->Process("alice@agency-a.test", {"b@agency-b.test"}, msg, a.keys);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].action, Action::kPass);
+  a.policy.seal_when_known = true;  // SEE-2.9
+  outs = a.gw->Process("alice@agency-a.test", {"b@agency-b.test", "c@agency-c.test"}, msg, a.keys);
+  EXPECT_TRUE(Find(outs, Action::kDeliver, 0));
+  EXPECT_TRUE(Find(outs, Action::kPass, 1)) << "an invalid certificate is never used, and c is no partner";
+}
+
+TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  Side b = Make("b", {}, {"agency-a.test"});
+  std::string msg = "From: Alice <alice@hr.agency-a.test>\r\nTo: bob@agency-b.test\r\nSubject: [SENSITIVE] plan\r\n"
+                    "Authentication-Results: GW-B.test; smime=pass (forged)\r\n"
+                    "Authentication-Results: other.example; spf=pass\r\n\r\nthe plan\r\n";
+  std::vector<Output> sealed = a.gw->Process("alice@hr.agency-a.test", {"bob@agency-b.test"}, msg, a.keys);
+  ASSERT_EQ(sealed.size(), 1u);
+  ASSERT_EQ(sealed[0].action, Action::kDeliver);
+  std::string wire = "Received: from gw-a.test by gw-b.test; Sun, 22 Nov 2026 08:00:00 +0000\r\n" + sealed[0].body;
+  std::vector<Output> opened = b.gw->Process("alice@hr.agency-a.test", {"bob@agency-b.test"}, wire, b.keys);
+  ASSERT_EQ(opened.size(), 1u);
+  ASSERT_EQ(opened[0].action, Action::kDeliver) << opened[0].reason;
+  const std::string& got = opened[0].body;
+  EXPECT_EQ(got.rfind("Authentication-Results: gw-b.test; smime=pass (signed by the domain of agency-a.test", 0), 0u)
+      << got;
+  EXPECT_NE(got.find("body.smime-identifier=domain-signing-authority@agency-a.test"), std::string::npos);
+  EXPECT_EQ(got.find("(forged)"), std::string::npos) << "our name in a foreign mark: removed (RFC 8601 §5)";
+  EXPECT_NE(got.find("Authentication-Results: other.example; spf=pass"), std::string::npos) << "others' marks stay";
+  EXPECT_NE(got.find("Received: from gw-a.test by gw-b.test"), std::string::npos) << "trace fields kept";
+  EXPECT_NE(got.find("Subject: [SENSITIVE] plan\r\n"), std::string::npos) << "protected Subject restored";
+  EXPECT_NE(got.find("\r\n\r\nthe plan\r\n"), std::string::npos);
+  // SEE-2.10: b now knows a's DCA and capabilities, and seals the reply to them without a pin.
+  EXPECT_TRUE(b.store->Dca("agency-a.test"));
+  EXPECT_FALSE(b.store->Capabilities("agency-a.test").empty());
+  std::vector<Output> reply = b.gw->Process("bob@agency-b.test", {"alice@hr.agency-a.test"},
+                                            Mail("bob@agency-b.test", "re", "ok"), b.keys);
+  ASSERT_EQ(reply.size(), 1u);
+  EXPECT_EQ(reply[0].action, Action::kDeliver);
+  EXPECT_NE(reply[0].protection.find("AES-256-GCM"), std::string::npos) << "a announced GCM (SEE-2.4)";
+}
+
+TEST_F(GatewayTest, NamingMismatchAndUnknownCaGetHardWarnings) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  Side b = Make("b", {}, {});
+  // Signed by agency-a's DSA, but the From is in another domain (SEE-2.6).
+  std::vector<Output> s1 = a.gw->Process("eve@evil.test", {"bob@agency-b.test"},
+                                         "From: eve@evil.test\r\nTo: bob@agency-b.test\r\n\r\nhi\r\n", a.keys);
+  ASSERT_EQ(s1.size(), 1u);
+  std::vector<Output> o1 = b.gw->Process("eve@evil.test", {"bob@agency-b.test"}, s1[0].body, b.keys);
+  ASSERT_EQ(o1[0].action, Action::kDeliver);
+  EXPECT_NE(o1[0].body.find("smime=fail"), std::string::npos);
+  EXPECT_NE(o1[0].body.find("Subject: [HARD WARNING: Sender address does not match the domain certificate"),
+            std::string::npos) << "no Subject: one is added for the warning\n" << o1[0].body;
+  EXPECT_FALSE(b.store->Dca("agency-a.test")) << "nothing is learnt from a mismatched message: " << o1[0].reason << o1[0].protection;
+  // Same names from an untrusted CA: HARD "Certificate unknown" (SEE-2.8).
+  a.keys.dsa_cert = Ref(Cert("forged"));
+  std::vector<Output> s2 = a.gw->Process("alice@agency-a.test", {"bob@agency-b.test"},
+                                         Mail("alice@agency-a.test", "pay now", "x"), a.keys);
+  std::vector<Output> o2 = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, s2[0].body, b.keys);
+  ASSERT_EQ(o2[0].action, Action::kDeliver);
+  EXPECT_NE(o2[0].body.find("Subject: [HARD WARNING: Certificate unknown - message integrity uncertain] pay now"),
+            std::string::npos);
+  EXPECT_FALSE(b.store->Dca("agency-a.test"));
+}
+
+TEST_F(GatewayTest, BrokenInputIsHeldWithAReason) {
+  Side b = Make("b", {}, {});
+  for (const std::string& bad :
+       {std::string("Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\r\nAAAA\r\n"),
+        std::string("Content-Type: application/pkcs7-mime\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!!\r\n")}) {
+    std::vector<Output> o = b.gw->Process("x@agency-a.test", {"bob@agency-b.test"}, bad, b.keys);
+    ASSERT_EQ(o.size(), 1u);
+    EXPECT_EQ(o[0].action, Action::kHold);
+    EXPECT_NE(o[0].reason.find("S/MIME could not be opened"), std::string::npos) << o[0].reason;
+  }
+  // A nesting bomb: five domain signatures deep (more than the 4 layers we peel).
+  std::ofstream(dir_ + "/n0.eml", std::ios::binary) << "Content-Type: text/plain\r\n\r\nbomb\r\n";
+  for (int i = 0; i < 5; ++i)
+    ASSERT_EQ(Run("openssl cms -sign -binary -nodetach -in n" + std::to_string(i) + ".eml -signer dsa_a.crt -inkey "
+                  "dsa_a.key -outform SMIME -out n" + std::to_string(i + 1) + ".eml"), 0);
+  std::vector<Output> o = b.gw->Process("x@agency-a.test", {"bob@agency-b.test"}, Slurp(dir_ + "/n5.eml"), b.keys);
+  ASSERT_EQ(o.size(), 1u);
+  EXPECT_EQ(o[0].action, Action::kHold);
+  EXPECT_NE(o[0].reason.find("more than 4 S/MIME layers"), std::string::npos) << o[0].reason;
+}
+
+TEST_F(GatewayTest, UserLevelSmimeInsideTravelsByteExact) {
+  // SEE-AG-2: alice signed her own message (detached multipart/signed); the gateways seal and
+  // open around it and her signature still verifies on the bytes bob receives.
+  std::ofstream(dir_ + "/u.txt", std::ios::binary) << "Content-Type: text/plain\r\n\r\nsigned by alice  \r\n";
+  ASSERT_EQ(Run("openssl req -x509 -newkey rsa:2048 -nodes -keyout alice.key -out alice.crt -subj /CN=alice "
+                "-days 2 && openssl cms -sign -in u.txt -signer alice.crt -inkey alice.key -out u.eml "
+                "-from alice@agency-a.test -to bob@agency-b.test -subject user-signed"), 0);
+  std::string user = Slurp(dir_ + "/u.eml");
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  Side b = Make("b", {}, {});
+  std::vector<Output> s = a.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, user, a.keys);
+  ASSERT_EQ(s[0].action, Action::kDeliver);
+  std::vector<Output> o = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, s[0].body, b.keys);
+  ASSERT_EQ(o[0].action, Action::kDeliver);
+  size_t mark_end = o[0].body.find("\r\n") + 2;
+  EXPECT_EQ(o[0].body.substr(mark_end), user) << "byte-identical after the gateway's mark";
+  std::ofstream(dir_ + "/u-got.eml", std::ios::binary) << o[0].body.substr(mark_end);
+  EXPECT_EQ(Run("openssl cms -verify -in u-got.eml -CAfile alice.crt -out /dev/null"), 0);
+}
+
+}  // namespace
+}  // namespace mailseal::smime

@@ -1,0 +1,87 @@
+// pki_fixture.h — a test PKI made with the openssl CLI for the S/MIME tests: a trusted CA,
+// DSA/DCA certificates for agency-a/-b (and a DCA for agency-c), an untrusted "Evil-CA" and
+// certificates it issued under the same names. Test fixtures only; the keys are throw-away.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <openssl/pem.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace mailseal::smime::testing {
+
+inline std::string Slurp(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class PkiTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/mailseal-smime-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::ofstream(dir_ + "/ext.cnf") <<
+        "[dsa_a]\nkeyUsage=critical,digitalSignature,nonRepudiation\nextendedKeyUsage=emailProtection\n"
+        "subjectAltName=email:domain-signing-authority@agency-a.test\n"
+        "[dsa_b]\nkeyUsage=critical,digitalSignature,nonRepudiation\nextendedKeyUsage=emailProtection\n"
+        "subjectAltName=email:domain-signing-authority@agency-b.test\n"
+        "[dca_a]\nkeyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n"
+        "subjectAltName=email:domain-confidentiality-authority@agency-a.test\n"
+        "[dca_b]\nkeyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n"
+        "subjectAltName=email:domain-confidentiality-authority@agency-b.test\n"
+        "[dca_c]\nkeyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n"
+        "subjectAltName=email:domain-confidentiality-authority@agency-c.test\n";
+    std::string cmd = "cd " + dir_ + " && (openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt "
+                      "-subj /CN=Test-CA -days 30 && openssl req -x509 -newkey rsa:2048 -nodes -keyout evil.key "
+                      "-out evil.crt -subj /CN=Evil-CA -days 30";
+    for (const char* n : {"dsa_a", "dsa_b", "dca_a", "dca_b", "dca_c"}) {
+      cmd += std::string(" && openssl req -newkey rsa:2048 -nodes -keyout ") + n + ".key -out " + n + ".csr -subj /CN=" +
+             n + " && openssl x509 -req -in " + n + ".csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
+             "-extfile ext.cnf -extensions " + n + " -out " + n + ".crt";
+    }
+    cmd += std::string(" && openssl x509 -req -in dsa_a.csr -CA evil.crt -CAkey evil.key -CAcreateserial -days 30 ") +
+           "-extfile ext.cnf -extensions dsa_a -out forged.crt";
+    cmd += std::string(" && openssl x509 -req -in dca_c.csr -CA evil.crt -CAkey evil.key -CAcreateserial -days 30 ") +
+           "-extfile ext.cnf -extensions dca_c -out dca_c_forged.crt) >/dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+  static void TearDownTestSuite() { std::system(("rm -rf " + dir_).c_str()); }
+
+  static X509* Cert(const std::string& n) {
+    std::string pem = Slurp(dir_ + "/" + n + ".crt");
+    BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    return x;
+  }
+  static EVP_PKEY* Key(const std::string& n) {
+    std::string pem = Slurp(dir_ + "/" + n + ".key");
+    BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    EVP_PKEY* k = PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    return k;
+  }
+  static X509_STORE* Trust() {
+    X509_STORE* s = X509_STORE_new();
+    X509* ca = Cert("ca");
+    X509_STORE_add_cert(s, ca);
+    X509_free(ca);
+    return s;
+  }
+  static int Run(const std::string& cmd) { return std::system(("cd " + dir_ + " && " + cmd + " 2>/dev/null").c_str()); }
+
+  static std::string dir_;
+  const std::string msg_ =
+      "From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: [IN-CONFIDENCE] budget\r\n"
+      "Date: Sun, 22 Nov 2026 05:54:31 +0000\r\nMessage-ID: <m1@agency-a.test>\r\nMIME-Version: 1.0\r\n"
+      "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+      "Grüße — the numbers are in.\r\n.leading dot\r\ntrailing space \r\n";
+};
+inline std::string PkiTest::dir_;
+
+}  // namespace mailseal::smime::testing
