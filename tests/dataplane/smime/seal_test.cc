@@ -83,6 +83,57 @@ TEST_F(SealTest, WeOpenWhatOpensslCmsSeals) {
   EVP_PKEY_free(key);
 }
 
+// Attachments and many recipients, both directions: openssl triple-wraps a message with a
+// binary attachment for three domains (one recipient with RSA-OAEP); we open it as each of them.
+// We seal for three recipients; openssl decrypts as each.
+TEST_F(SealTest, AttachmentsAndManyRecipientsBothWays) {
+  std::string attachment;
+  for (int i = 0; i < 6000; ++i) attachment += static_cast<char>((i * 7919) % 256);
+  const unsigned char* raw = reinterpret_cast<const unsigned char*>(attachment.data());
+  std::string b64(attachment.size() * 4 / 3 + 8, '\0');
+  b64.resize(static_cast<size_t>(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), raw,
+                                                 static_cast<int>(attachment.size()))));
+  std::string body;
+  for (size_t i = 0; i < b64.size(); i += 76) body += b64.substr(i, 76) + "\r\n";
+  const std::string msg = "From: alice@agency-a.test\r\nTo: x@agency-a.test, y@agency-b.test, z@agency-c.test\r\n"
+                          "Subject: report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+                          "--zz\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                          "Bericht über Maßnahmen\r\n--zz\r\nContent-Type: application/octet-stream\r\n"
+                          "Content-Transfer-Encoding: base64\r\n\r\n" + body + "--zz--\r\n";
+  std::ofstream(dir_ + "/many.eml", std::ios::binary) << "Content-Type: message/rfc822\r\n\r\n" + msg;
+  ASSERT_EQ(Run("openssl cms -sign -binary -nodetach -in many.eml -signer dsa_b.crt -inkey dsa_b.key -out m1.eml && "
+                "openssl cms -encrypt -binary -aes256 -in m1.eml -out m2.eml -recip dca_a.crt -keyopt rsa_padding_mode:oaep "
+                "-recip dca_b.crt -recip dca_c.crt && "
+                "openssl cms -sign -binary -nodetach -in m2.eml -signer dsa_b.crt -inkey dsa_b.key -out m3.eml"), 0);
+  X509_STORE* trust = Trust();
+  for (const char* who : {"dca_a", "dca_c"}) {
+    X509* dca = Cert(who);
+    EVP_PKEY* key = Key(who);
+    Result<Opened> o = Open(Slurp(dir_ + "/m3.eml"), {dca, key}, trust);
+    ASSERT_TRUE(o.ok()) << who << ": " << o.status().ToString();
+    EXPECT_EQ(o->message, msg) << who;
+    EXPECT_TRUE(o->signed_ok);
+    EXPECT_EQ(o->layers, (std::vector<std::string>{"signed-data", "enveloped-data", "signed-data"}));
+    X509_free(dca);
+    EVP_PKEY_free(key);
+  }
+  X509 *dsa = Cert("dsa_a"), *ra = Cert("dca_a"), *rb = Cert("dca_b"), *rc = Cert("dca_c");
+  EVP_PKEY* dsa_key = Key("dsa_a");
+  SealOptions cbc;
+  cbc.cipher = ContentCipher::kAes256Cbc;
+  Result<std::string> sealed = Seal(msg, {dsa, dsa_key, {}}, {ra, rb, rc}, cbc);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  std::ofstream(dir_ + "/ours-many.eml", std::ios::binary) << *sealed;
+  for (const char* who : {"dca_a", "dca_b", "dca_c"}) {
+    EXPECT_EQ(Run(std::string("openssl cms -decrypt -in ours-many.eml -recip ") + who + ".crt -inkey " + who +
+                  ".key -out om.p7 && openssl cms -verify -binary -in om.p7 -CAfile ca.crt -out om.eml"), 0) << who;
+    EXPECT_EQ(Slurp(dir_ + "/om.eml"), "Content-Type: message/rfc822\r\n\r\n" + msg) << who;
+  }
+  X509_STORE_free(trust);
+  for (X509* x : {dsa, ra, rb, rc}) X509_free(x);
+  EVP_PKEY_free(dsa_key);
+}
+
 TEST_F(SealTest, TripleWrapInteroperatesWithOpensslCms) {
   X509 *dsa = Cert("dsa_a"), *dca = Cert("dca_b");
   EVP_PKEY *dsa_key = Key("dsa_a"), *dca_key = Key("dca_b");
