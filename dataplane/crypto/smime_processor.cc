@@ -275,7 +275,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
     for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (!smime::ValidDomainName(d))
       return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].domain': '", p.domain(), "' is not a domain"));
-    s->policy.partners[d] = {p.triple_wrap()};
+    s->policy.partners[d] = {p.triple_wrap(), p.detached_signature()};
     if (!p.dca_cert_file().empty()) {
       if (Status st = s->store->Pin(d, p.dca_cert_file()); !st.ok())
         return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].dca_cert_file': ", st.message()));
@@ -284,6 +284,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   s->policy.seal_when_known = c.seal_when_known();
   if (!c.outer_subject().empty()) s->policy.outer_subject = c.outer_subject();
   s->policy.keep_subject = c.keep_subject();
+  s->policy.show_classification = c.show_classification();
   s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
   return s;
 }

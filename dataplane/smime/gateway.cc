@@ -5,6 +5,7 @@
 #include <strings.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "dataplane/smime/naming.h"
 #include "dataplane/smtp/address.h"
@@ -110,6 +111,20 @@ std::string WarningFor(CertStatus s) {
   return "";
 }
 
+std::string ClassificationWord(std::string_view subject) {
+  static const char* kWords[] = {"SEEMAIL", "IN-CONFIDENCE", "IN CONFIDENCE", "SENSITIVE", "RESTRICTED"};
+  for (size_t i = 0; i < subject.size(); ++i) {
+    if (subject[i] != '[' && subject[i] != '{') continue;
+    for (const char* w : kWords) {
+      size_t n = std::strlen(w);
+      if (i + 1 + n >= subject.size() || strncasecmp(subject.data() + i + 1, w, n) != 0) continue;
+      char close = subject[i + 1 + n];
+      if (close == ']' || close == '}') return StrCat("[", std::string_view(w) == "IN CONFIDENCE" ? "IN-CONFIDENCE" : w, "]");
+    }
+  }
+  return "";
+}
+
 bool Gateway::IsLocal(const std::string& domain) const {
   for (const std::string& l : policy_->local_domains) {
     if (!l.empty() && l[0] == '.') {
@@ -194,12 +209,18 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   so.cipher = ChooseCipher(caps);
   so.key_transport = KeyTransportFor(caps);
   so.triple_wrap = partner && partner->triple_wrap;
+  so.detached_signature = partner && partner->detached_signature;
   so.outer_subject = policy_->outer_subject;
-  if (policy_->keep_subject) {
+  if (policy_->keep_subject || policy_->show_classification) {
     std::vector<Field> fields;
     SplitHeader(message, &fields);
-    for (const Field& f : fields)
-      if (NameIs(f, "Subject")) so.outer_subject = Unfold(f.Value());
+    for (const Field& f : fields) {
+      if (!NameIs(f, "Subject")) continue;
+      std::string real = Unfold(f.Value());
+      std::string word = ClassificationWord(real);
+      if (policy_->keep_subject) so.outer_subject = real;
+      else if (!word.empty()) so.outer_subject = StrCat(word, " ", policy_->outer_subject);
+    }
   }
   Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
   for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());

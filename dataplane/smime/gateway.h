@@ -28,6 +28,7 @@ namespace mailseal::smime {
 
 struct PartnerPolicy {
   bool triple_wrap = false;
+  bool detached_signature = false;
 };
 
 struct GatewayPolicy {
@@ -36,6 +37,7 @@ struct GatewayPolicy {
   bool seal_when_known = false;
   std::string outer_subject = "[sealed]";
   bool keep_subject = false;
+  bool show_classification = false;   // the Subject's classification word stays visible
   std::string authserv_id;
 };
 
@@ -84,6 +86,10 @@ class Gateway {
   const GatewayPolicy* policy_;
   CertStore* store_;
 };
+
+// ClassificationWord: the first SEE-2.1 classification word in `subject` ("[RESTRICTED]",
+// normalised to upper case with square brackets), or "" when none.
+std::string ClassificationWord(std::string_view subject);
 
 // Warning texts of the SEE-2.8 table (receiving column), put in front of the Subject.
 std::string WarningFor(CertStatus s);

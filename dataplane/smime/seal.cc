@@ -16,6 +16,7 @@
 #include <memory>
 #include <strings.h>
 
+#include "dataplane/mime/canonical.h"
 #include "dataplane/mime/parser.h"
 
 namespace mailseal::smime {
@@ -45,6 +46,7 @@ int SinkWrite(BIO* b, const char* data, int n) {
   static_cast<std::string*>(BIO_get_data(b))->append(data, static_cast<size_t>(n));
   return n;
 }
+int SinkPuts(BIO* b, const char* str) { return SinkWrite(b, str, static_cast<int>(std::strlen(str))); }
 long SinkCtrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
 int SinkCreate(BIO* b) {
   BIO_set_init(b, 1);
@@ -54,6 +56,7 @@ BioPtr StringSink(std::string* out) {
   static BIO_METHOD* method = [] {
     BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mailseal string sink");
     BIO_meth_set_write(m, SinkWrite);
+    BIO_meth_set_puts(m, SinkPuts);
     BIO_meth_set_ctrl(m, SinkCtrl);
     BIO_meth_set_create(m, SinkCreate);
     return m;
@@ -143,6 +146,32 @@ ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
   return ContentCipher::kAes256Cbc;
 }
 
+// SignDetached makes a multipart/signed entity (CRLF line ends) over `canonical`, which
+// must already be 7-bit (mime::ToSevenBit): our certificate and chain, SHA-256, our
+// SMIMECapabilities.
+Result<std::string> SignDetached(const std::string& canonical, const Signer& signer) {
+  BioPtr in = MemIn(canonical);
+  STACK_OF(X509)* chain = sk_X509_new_null();
+  for (X509* c : signer.chain) sk_X509_push(chain, c);
+  int flags = CMS_DETACHED | CMS_BINARY | CMS_STREAM;
+  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, flags | CMS_PARTIAL));
+  sk_X509_free(chain);
+  if (!cms) return InternalError(SslError("signing failed"));
+  CMS_SignerInfo* si = CMS_add1_signer(cms.get(), signer.cert, signer.key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP);
+  STACK_OF(X509_ALGOR)* caps = nullptr;
+  bool ok = si != nullptr;
+  for (const std::string& name : OurCapabilities())
+    ok = ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
+  ok = ok && CMS_add_smimecap(si, caps) == 1;
+  sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
+  std::string out;
+  out.reserve(canonical.size() + 16384);
+  BioPtr sink = StringSink(&out);
+  if (!ok || SMIME_write_CMS(sink.get(), cms.get(), in.get(), flags | CMS_CRLFEOL) != 1)
+    return InternalError(SslError("signing failed"));
+  return out;
+}
+
 // SignEntity makes opaque signed-data (DER) over `content`: our certificate and chain, SHA-256,
 // and our own SMIMECapabilities (OpenSSL's default list omits AES-GCM), strongest first.
 Result<std::string> SignEntity(const std::string& content, const Signer& signer) {
@@ -181,10 +210,20 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
       if (f.name.size() == std::strlen(keep) && strncasecmp(f.name.c_str(), keep, f.name.size()) == 0) outer += f.raw;
     }
   }
-  // 1. Sign the wrapped message (opaque signed-data; signer cert, chain, SMIMECapabilities).
-  Result<std::string> signed_der = SignEntity(kWrapper + message, signer);
-  if (!signed_der.ok()) return signed_der.status();
-  std::string signed_entity = Pkcs7Entity("signed-data", *signed_der);
+  // 1. Sign the wrapped message (signer cert, chain, SMIMECapabilities): opaque signed-data,
+  // or multipart/signed over its canonical 7-bit form.
+  std::string signed_entity;
+  Result<std::string> canonical = options.detached_signature ? mime::ToSevenBit(kWrapper + message)
+                                                             : Result<std::string>(FailedPreconditionError("opaque"));
+  if (canonical.ok()) {
+    Result<std::string> detached = SignDetached(*canonical, signer);
+    if (!detached.ok()) return detached.status();
+    signed_entity = std::move(*detached);
+  } else {
+    Result<std::string> signed_der = SignEntity(kWrapper + message, signer);
+    if (!signed_der.ok()) return signed_der.status();
+    signed_entity = Pkcs7Entity("signed-data", *signed_der);
+  }
   // 2. Envelope it for the partner's DCA.
   BioPtr sin = MemIn(signed_entity);
   const EVP_CIPHER* cipher = options.cipher == ContentCipher::kAes256Gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
@@ -383,6 +422,10 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     BioPtr in = MemIn(current);
     BIO* detached = nullptr;
     CmsPtr cms(SMIME_read_CMS(in.get(), &detached));
+    // The detached content goes to CMS_verify behind a buffer BIO: handed a memory BIO,
+    // OpenSSL 3.0's CMS_verify leaks a copy of it when the signed data is malformed (found by
+    // fuzz_smime_open).
+    if (detached) detached = BIO_push(BIO_new(BIO_f_buffer()), detached);
     BioPtr detached_owner(detached);
     if (!cms) return InvalidArgumentError(SslError(StrCat("S/MIME layer ", layer + 1, " is unreadable")));
     int type = OBJ_obj2nid(CMS_get0_type(cms.get()));

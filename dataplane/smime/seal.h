@@ -41,6 +41,11 @@ struct SealOptions {
   KeyTransport key_transport = KeyTransport::kRsaPkcs1;
   std::string outer_subject = "[sealed by the sending domain]";  // RFC 9788 placeholder
   bool triple_wrap = false;     // sign, encrypt, sign again (RFC 2634 / RFC 3183 triple wrap)
+  // detached_signature: the inner signature as multipart/signed (RFC 8551 §3.5.3) over the
+  // canonical 7-bit form of the wrapped message (mime::ToSevenBit), readable by agents that
+  // do not understand pkcs7-mime once decrypted. When the message cannot be made 7-bit
+  // without touching a user's signed part, opaque signed-data is used instead.
+  bool detached_signature = false;
 };
 
 // Seal: `message` is an RFC 5322 message with CRLF line ends.

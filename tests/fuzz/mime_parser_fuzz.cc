@@ -1,11 +1,12 @@
 // libFuzzer target for the MIME parser (issue #4). Invariants beyond "no crash, no sanitizer
 // report": whole and chunked input give the same parts; every part's offsets are ordered and
-// inside the input and inside its parent.
+// inside the input and inside its parent; canonicalisation yields 7-bit-safe output.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
+#include "dataplane/mime/canonical.h"
 #include "dataplane/mime/parser.h"
 
 using namespace mailseal::mime;
@@ -43,5 +44,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (a[i].begin < p.body_begin || a[i].end > p.end) std::abort();
     }
   }
+  // Canonicalisation for detached signatures: when it succeeds the result is 7-bit safe, and
+  // 7-bit input comes back unchanged.
+  mailseal::Result<std::string> c = ToSevenBit(in, Small());
+  if (c.ok() && !IsSevenBitSafe(*c)) std::abort();
+  if (IsSevenBitSafe(in) && (!c.ok() || *c != in)) std::abort();
   return 0;
 }

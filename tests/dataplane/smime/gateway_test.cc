@@ -171,6 +171,36 @@ TEST_F(GatewayTest, NamingMismatchAndUnknownCaGetHardWarnings) {
   EXPECT_FALSE(b.store->Dca("agency-a.test"));
 }
 
+TEST_F(GatewayTest, OuterSubjectIsAPlaceholderUnlessPolicyShowsTheClassification) {
+  EXPECT_EQ(ClassificationWord("re: {in confidence] budget"), "[IN-CONFIDENCE]") << "SEE-2.1 bracket mix";
+  EXPECT_EQ(ClassificationWord("[Restricted} x"), "[RESTRICTED]");
+  EXPECT_EQ(ClassificationWord("restricted, no brackets"), "");
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  std::string msg = Mail("alice@agency-a.test", "{restricted] the plan", "x");
+  auto outer_subject = [&] {
+    std::vector<Output> o = a.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, msg, a.keys);
+    size_t at = o[0].body.find("Subject: ");
+    return o[0].body.substr(at, o[0].body.find("\r\n", at) - at);
+  };
+  EXPECT_EQ(outer_subject(), "Subject: [sealed]") << "RFC 9788: the real Subject travels inside only";
+  a.policy.show_classification = true;
+  EXPECT_EQ(outer_subject(), "Subject: [RESTRICTED] [sealed]");
+  a.policy.keep_subject = true;
+  EXPECT_EQ(outer_subject(), "Subject: {restricted] the plan");
+  // A partner that wants a detached inner signature gets multipart/signed inside.
+  a.policy.partners["agency-b.test"].detached_signature = true;
+  std::vector<Output> o = a.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, msg, a.keys);
+  X509_STORE* trust = Trust();
+  X509* dca = Cert("dca_b");
+  EVP_PKEY* k = Key("dca_b");
+  Result<Opened> opened = Open(o[0].body, {dca, k}, trust);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_TRUE(opened->signed_ok);
+  X509_STORE_free(trust);
+  X509_free(dca);
+  EVP_PKEY_free(k);
+}
+
 TEST_F(GatewayTest, BrokenInputIsHeldWithAReason) {
   Side b = Make("b", {}, {});
   for (const std::string& bad :

@@ -73,7 +73,7 @@ class PkiTest : public ::testing::Test {
     X509_free(ca);
     return s;
   }
-  static int Run(const std::string& cmd) { return std::system(("cd " + dir_ + " && " + cmd + " 2>/dev/null").c_str()); }
+  static int Run(const std::string& cmd) { return std::system(("cd " + dir_ + " && " + cmd + (std::getenv("PKI_DEBUG") ? "" : " >/dev/null 2>&1")).c_str()); }
 
   static std::string dir_;
   const std::string msg_ =

@@ -134,6 +134,45 @@ TEST_F(SealTest, AttachmentsAndManyRecipientsBothWays) {
   EVP_PKEY_free(dsa_key);
 }
 
+// The detached form (multipart/signed inside the encryption) over the canonical 7-bit message:
+// openssl decrypts and verifies it; we open it; a message that holds a user's signed part with
+// 8-bit content falls back to opaque signing rather than touch it (SEE-AG-2).
+TEST_F(SealTest, DetachedSignatureOverTheCanonicalForm) {
+  X509 *dsa = Cert("dsa_a"), *dca = Cert("dca_b");
+  EVP_PKEY *dsa_key = Key("dsa_a"), *dca_key = Key("dca_b");
+  SealOptions o;
+  o.detached_signature = true;
+  Result<std::string> sealed = Seal(msg_, {dsa, dsa_key, {}}, {dca}, o);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  std::ofstream(dir_ + "/d.eml", std::ios::binary) << *sealed;
+  ASSERT_EQ(Run("openssl cms -decrypt -in d.eml -recip dca_b.crt -inkey dca_b.key -out d-signed.eml && "
+                "grep -q 'multipart/signed' d-signed.eml && "
+                "openssl cms -verify -in d-signed.eml -CAfile ca.crt -out d-inner.eml"), 0);
+  std::string inner = Slurp(dir_ + "/d-inner.eml");
+  EXPECT_NE(inner.find("Content-Transfer-Encoding: quoted-printable"), std::string::npos) << "8bit made 7-bit";
+  EXPECT_NE(inner.find("Gr=C3=BC=C3=9Fe"), std::string::npos);
+  X509_STORE* trust = Trust();
+  Result<Opened> opened = Open(*sealed, {dca, dca_key}, trust);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_TRUE(opened->signed_ok);
+  EXPECT_TRUE(opened->rfc822);
+  EXPECT_NE(opened->message.find("Subject: [IN-CONFIDENCE] budget"), std::string::npos);
+  std::string user_signed = "From: a@agency-a.test\r\nContent-Type: multipart/signed; protocol=\"application/"
+                            "pkcs7-signature\"; boundary=s\r\n\r\n--s\r\nContent-Type: text/plain\r\n"
+                            "Content-Transfer-Encoding: 8bit\r\n\r\nsigné\r\n--s\r\nContent-Type: application/"
+                            "pkcs7-signature\r\n\r\nAAAA\r\n--s--\r\n";
+  Result<std::string> fallback = Seal(user_signed, {dsa, dsa_key, {}}, {dca}, o);
+  ASSERT_TRUE(fallback.ok());
+  Result<Opened> f = Open(*fallback, {dca, dca_key}, trust);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->message, user_signed) << "opaque signing kept the user's bytes exactly";
+  X509_STORE_free(trust);
+  X509_free(dsa);
+  X509_free(dca);
+  EVP_PKEY_free(dsa_key);
+  EVP_PKEY_free(dca_key);
+}
+
 TEST_F(SealTest, TripleWrapInteroperatesWithOpensslCms) {
   X509 *dsa = Cert("dsa_a"), *dca = Cert("dca_b");
   EVP_PKEY *dsa_key = Key("dsa_a"), *dca_key = Key("dca_b");
