@@ -54,6 +54,13 @@ int CheckConfig(const std::string& path) {
     std::fprintf(stderr, "mailseald: %s\n", cfg.status().message().c_str());
     return kExitUsage;
   }
+  if (cfg->has_smime()) {
+    Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(*cfg, nullptr, nullptr, true);
+    if (!smime.ok()) {
+      std::fprintf(stderr, "mailseald: %s: %s\n", path.c_str(), smime.status().message().c_str());
+      return kExitUsage;
+    }
+  }
   std::printf("%s: OK (hostname %s, %d listener(s), spool %s, next hop %s)\n", path.c_str(),
               cfg->hostname().c_str(), cfg->listen_size(), cfg->spool_dir().c_str(),
               cfg->delivery().relay_host().empty() ? "MX lookup" : cfg->delivery().relay_host().c_str());

@@ -221,7 +221,7 @@ ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared) {
 namespace mailseal::crypto {
 
 Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
-                                               hsm::TokenManager* token) {
+                                               hsm::TokenManager* token, bool check_only) {
   const auto& c = cfg.smime();
   auto need = [](const std::string& v, const char* field) -> Status {
     return v.empty() ? InvalidArgumentError(StrCat("field 'smime.", field, "': required")) : OkStatus();
@@ -249,7 +249,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   }
   std::string dir = c.cert_store_dir().empty() ? StrCat(cfg.spool_dir(), "/certs") : c.cert_store_dir();
   Result<std::unique_ptr<smime::CertStore>> store = smime::CertStore::Open(
-      dir, c.trust_anchors_file(), {c.crl_files().begin(), c.crl_files().end()});
+      dir, c.trust_anchors_file(), {c.crl_files().begin(), c.crl_files().end()}, !check_only);
   if (!store.ok()) return InvalidArgumentError(StrCat("field 'smime': ", store.status().message()));
   s->store = std::move(store.value());
   // Our own certificates must be what they claim: domain authorities that chain to the trust

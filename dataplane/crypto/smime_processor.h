@@ -36,8 +36,9 @@ struct SmimeShared {
 
 // LoadSmime builds the shared part from the config, refusing what cannot work (missing files,
 // certificates that are not ours); errors name the field.
+// `check_only` (mailseald --check-config) touches nothing on disk.
 Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
-                                               hsm::TokenManager* token);
+                                               hsm::TokenManager* token, bool check_only = false);
 
 ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
 

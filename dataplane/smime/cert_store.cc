@@ -94,10 +94,10 @@ bool ValidDomainName(std::string_view d) {
 CertStore::~CertStore() { X509_STORE_free(trust_); }
 
 Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const std::string& trust_file,
-                                                   const std::vector<std::string>& crl_files) {
+                                                   const std::vector<std::string>& crl_files, bool create) {
   std::unique_ptr<CertStore> s(new CertStore());
   s->dir_ = dir;
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+  if (create && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     return InternalError(StrCat("mkdir ", dir, ": ", std::strerror(errno)));
   s->trust_ = X509_STORE_new();
   if (X509_STORE_load_file(s->trust_, trust_file.c_str()) != 1) {
@@ -114,6 +114,7 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
   if (!crl_files.empty()) X509_STORE_set_flags(s->trust_, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
   // Harvested entries: <domain>.dca.pem, <domain>.dsa.pem, <domain>.caps.
   DIR* d = ::opendir(dir.c_str());
+  if (!d && !create && errno == ENOENT) return s;
   if (!d) return InternalError(StrCat("opendir ", dir, ": ", std::strerror(errno)));
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;

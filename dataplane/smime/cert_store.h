@@ -32,8 +32,9 @@ class CertStore {
  public:
   // Open loads the trust list (PEM bundle), CRLs (PEM; any given turns revocation checking on)
   // and the harvested entries in `dir` (created 0700 if missing).
+  // `create` false (config checks): a missing directory is not made, just treated as empty.
   static Result<std::unique_ptr<CertStore>> Open(const std::string& dir, const std::string& trust_file,
-                                                  const std::vector<std::string>& crl_files);
+                                                  const std::vector<std::string>& crl_files, bool create = true);
   ~CertStore();
 
   X509_STORE* trust() const { return trust_; }

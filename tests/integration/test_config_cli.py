@@ -34,6 +34,22 @@ def main():
     c.check(r.returncode == 2 and f"{typo}:2:" in r.stderr and "requre_tls" in r.stderr,
             "unknown field: refused with its line", r.stderr)
 
+    # Domain security settings are checked too (issue #4), naming the field, touching nothing.
+    base = f'listen {{ address: "127.0.0.1:2525" }}\nspool_dir: "{spool}"\ndelivery {{}}\n'
+    for body, want in [
+        ('smime { dsa_key_label: "dsa" }\n', "field 'smime': needs 'hsm'"),
+        ('hsm { module_path: "/m.so" token_label: "t" pin_file: "/p" }\n'
+         'smime { dsa_key_label: "dsa" dsa_cert_file: "/no/dsa.crt" dca_key_label: "dca" '
+         'dca_cert_file: "/no/dca.crt" trust_anchors_file: "/no/ca.crt" }\n', "field 'smime.dsa_cert_file'"),
+        ('hsm { module_path: "/m.so" token_label: "t" pin_file: "/p" }\nsmime { dsa_key_label: "dsa" }\n',
+         "field 'smime.dsa_cert_file': required")]:
+        sm = os.path.join(root, "smime.conf")
+        with open(sm, "w") as f:
+            f.write(base + body)
+        r = subprocess.run([a.mailseald, "--check-config", sm], capture_output=True, text=True)
+        c.check(r.returncode == 2 and want in r.stderr, f"S/MIME settings refused: {want}", r.stderr)
+    c.check(not os.path.exists(spool), "the spool was still not touched")
+
     r = subprocess.run([a.mailseald, "--check-config", "/nonexistent.conf"], capture_output=True, text=True)
     c.check(r.returncode == 2 and "cannot open" in r.stderr, "missing file: clear error")
     r = subprocess.run([a.mailseald], capture_output=True, text=True)
