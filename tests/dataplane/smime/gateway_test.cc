@@ -147,6 +147,27 @@ TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {
   EXPECT_NE(reply[0].protection.find("AES-256-GCM"), std::string::npos) << "a announced GCM (SEE-2.4)";
 }
 
+// SEE-2.10: a signature that arrives without certificates is verified with the DSA certificate
+// the store learnt earlier. Before that nobody can tell a domain signature from a user's, so
+// the message goes on intact and unverified (smime=none, SEE-AG-2) — never marked verified.
+TEST_F(GatewayTest, MessagesWithoutCertificatesVerifyFromTheStore) {
+  Side b = Make("b", {}, {});
+  std::ofstream(dir_ + "/nc.eml", std::ios::binary)
+      << "Content-Type: message/rfc822\r\n\r\nFrom: alice@agency-a.test\r\nSubject: nocerts\r\n\r\nx\r\n";
+  ASSERT_EQ(Run("openssl cms -sign -binary -nodetach -nocerts -in nc.eml -signer dsa_a.crt -inkey dsa_a.key "
+                "-out nc-signed.eml"), 0);
+  std::string nocerts = Slurp(dir_ + "/nc-signed.eml");
+  std::vector<Output> before = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, nocerts, b.keys);
+  ASSERT_EQ(before[0].action, Action::kDeliver);
+  EXPECT_NE(before[0].body.find("smime=none"), std::string::npos);
+  EXPECT_NE(before[0].body.find(nocerts), std::string::npos) << "left intact";
+  X509* dsa = Cert("dsa_a");
+  b.store->Learn("agency-a.test", {Ref(dsa)}, {});
+  std::vector<Output> after = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, nocerts, b.keys);
+  ASSERT_EQ(after[0].action, Action::kDeliver) << after[0].reason;
+  EXPECT_NE(after[0].body.find("smime=pass"), std::string::npos);
+}
+
 TEST_F(GatewayTest, NamingMismatchAndUnknownCaGetHardWarnings) {
   Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
   Side b = Make("b", {}, {});

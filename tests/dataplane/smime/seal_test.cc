@@ -58,10 +58,40 @@ TEST_F(SealTest, OpensslCmsOpensWhatWeSeal) {
                   "openssl cms -verify -binary -in signed.eml -CAfile ca.crt -out inner.eml"), 0)
         << "openssl cms could not open it";
     EXPECT_EQ(Slurp(dir_ + "/inner.eml"), "Content-Type: message/rfc822\r\n\r\n" + msg_);
+    // RFC 8551 §2.5: content-type, message-digest, signing-time and SMIMECapabilities are
+    // signed attributes; the signer's certificate and chain travel with it (SEE-2.9).
+    EXPECT_EQ(Run("openssl cms -cmsout -print -in signed.eml > attrs.txt && grep -q 'object: contentType' attrs.txt "
+                  "&& grep -q 'object: messageDigest' attrs.txt && grep -q 'object: signingTime' attrs.txt && "
+                  "grep -q 'object: S/MIME Capabilities' attrs.txt && grep -q 'CN=dsa_a' attrs.txt"), 0);
   }
   X509_free(dsa);
   X509_free(dca);
   EVP_PKEY_free(dsa_key);
+}
+
+// RFC 5753: a partner whose DCA has a P-256 key gets ECDH key agreement; openssl opens it.
+TEST_F(SealTest, EcPartnerGetsEcdhKeyAgreement) {
+  ASSERT_EQ(Run("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dca_ec.key -out dca_ec.csr "
+                "-subj /CN=domain-confidentiality-authority@agency-c.test && openssl x509 -req -in dca_ec.csr -CA ca.crt "
+                "-CAkey ca.key -CAcreateserial -days 30 -extfile ext.cnf -extensions dca_c -out dca_ec.crt"), 0);
+  X509 *dsa = Cert("dsa_a"), *dca = Cert("dca_ec");
+  EVP_PKEY *dsa_key = Key("dsa_a"), *dca_key = Key("dca_ec");
+  ASSERT_TRUE(dca);
+  Result<std::string> sealed = Seal(msg_, {dsa, dsa_key, {}}, {dca});
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  std::ofstream(dir_ + "/ec.eml", std::ios::binary) << *sealed;
+  EXPECT_EQ(Run("openssl cms -cmsout -print -in ec.eml | grep -q dhSinglePass && "
+                "openssl cms -decrypt -in ec.eml -recip dca_ec.crt -inkey dca_ec.key -out ec-signed.eml && "
+                "openssl cms -verify -binary -in ec-signed.eml -CAfile ca.crt -out ec-inner.eml"), 0);
+  X509_STORE* trust = Trust();
+  Result<Opened> o = Open(*sealed, {dca, dca_key}, trust);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->message, msg_);
+  X509_STORE_free(trust);
+  X509_free(dsa);
+  X509_free(dca);
+  EVP_PKEY_free(dsa_key);
+  EVP_PKEY_free(dca_key);
 }
 
 TEST_F(SealTest, WeOpenWhatOpensslCmsSeals) {
