@@ -35,25 +35,49 @@ bool IsSevenBitSafe(std::string_view s) {
   return true;
 }
 
-std::string EncodeBase64Lines(std::string_view data) {
-  std::string out;
-  out.reserve(data.size() / 57 * 78 + 80);
+void AppendBase64Lines(std::string* out, std::string_view data) {
+  // Sized once and written through a pointer: this runs over every sealed message (twice).
+  size_t n = data.size();
+  size_t quads = (n + 2) / 3;
+  size_t lines = (quads + 18) / 19;  // 19 quads = 76 characters a line
+  size_t old = out->size();
+  out->resize(old + quads * 4 + lines * 2);
+  char* w = out->data() + old;
   const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  size_t n = data.size(), col = 0;
-  for (size_t i = 0; i < n; i += 3) {
-    uint32_t v = static_cast<uint32_t>(p[i]) << 16;
-    if (i + 1 < n) v |= static_cast<uint32_t>(p[i + 1]) << 8;
-    if (i + 2 < n) v |= p[i + 2];
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += i + 1 < n ? kB64[(v >> 6) & 63] : '=';
-    out += i + 2 < n ? kB64[v & 63] : '=';
-    if ((col += 4) == 76) {
-      out += "\r\n";
+  size_t i = 0, col = 0;
+  for (; i + 3 <= n; i += 3) {
+    uint32_t v = (static_cast<uint32_t>(p[i]) << 16) | (static_cast<uint32_t>(p[i + 1]) << 8) | p[i + 2];
+    w[0] = kB64[v >> 18];
+    w[1] = kB64[(v >> 12) & 63];
+    w[2] = kB64[(v >> 6) & 63];
+    w[3] = kB64[v & 63];
+    w += 4;
+    if (++col == 19) {
+      *w++ = '\r';
+      *w++ = '\n';
       col = 0;
     }
   }
-  if (col) out += "\r\n";
+  if (i < n) {
+    uint32_t v = static_cast<uint32_t>(p[i]) << 16;
+    if (i + 1 < n) v |= static_cast<uint32_t>(p[i + 1]) << 8;
+    w[0] = kB64[v >> 18];
+    w[1] = kB64[(v >> 12) & 63];
+    w[2] = i + 1 < n ? kB64[(v >> 6) & 63] : '=';
+    w[3] = '=';
+    w += 4;
+    ++col;
+  }
+  if (col) {
+    *w++ = '\r';
+    *w++ = '\n';
+  }
+  out->resize(static_cast<size_t>(w - out->data()));
+}
+
+std::string EncodeBase64Lines(std::string_view data) {
+  std::string out;
+  AppendBase64Lines(&out, data);
   return out;
 }
 

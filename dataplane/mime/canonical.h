@@ -26,5 +26,6 @@ bool IsSevenBitSafe(std::string_view s);
 // at most 76 characters. EncodeBase64Lines: 76-character lines, each ending CRLF.
 std::string EncodeQuotedPrintable(std::string_view text);
 std::string EncodeBase64Lines(std::string_view data);
+void AppendBase64Lines(std::string* out, std::string_view data);
 
 }  // namespace mailseal::mime

@@ -66,24 +66,12 @@ BioPtr StringSink(std::string* out) {
   return BioPtr(b);
 }
 
-std::string Base64Lines(const std::string& der) {
-  std::string out;
-  out.reserve(der.size() / 57 * 78 + 80);
-  for (size_t off = 0; off < der.size(); off += 57) {  // 57 bytes -> 76 characters a line
-    size_t n = std::min<size_t>(57, der.size() - off);
-    unsigned char buf[80];
-    int len = EVP_EncodeBlock(buf, reinterpret_cast<const unsigned char*>(der.data()) + off, static_cast<int>(n));
-    out.append(reinterpret_cast<char*>(buf), static_cast<size_t>(len));
-    out += "\r\n";
-  }
-  return out;
-}
-
 std::string Pkcs7Entity(const char* smime_type, const std::string& der) {
-  return StrCat("Content-Type: application/pkcs7-mime; smime-type=", smime_type,
-                "; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n"
-                "Content-Disposition: attachment; filename=smime.p7m\r\n\r\n",
-                Base64Lines(der));
+  std::string out = StrCat("Content-Type: application/pkcs7-mime; smime-type=", smime_type,
+                           "; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n"
+                           "Content-Disposition: attachment; filename=smime.p7m\r\n\r\n");
+  mime::AppendBase64Lines(&out, der);
+  return out;
 }
 
 }  // namespace

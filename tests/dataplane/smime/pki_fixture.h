@@ -73,7 +73,11 @@ class PkiTest : public ::testing::Test {
     X509_free(ca);
     return s;
   }
-  static int Run(const std::string& cmd) { return std::system(("cd " + dir_ + " && " + cmd + (std::getenv("PKI_DEBUG") ? "" : " >/dev/null 2>&1")).c_str()); }
+  // Run: a shell command in the PKI directory; its stderr (openssl's chatter) is dropped for
+  // the whole command unless PKI_DEBUG is set. Redirections inside `cmd` keep their effect.
+  static int Run(const std::string& cmd) {
+    return std::system(("cd " + dir_ + " && ( " + cmd + " )" + (std::getenv("PKI_DEBUG") ? "" : " 2>/dev/null")).c_str());
+  }
 
   static std::string dir_;
   const std::string msg_ =
