@@ -134,17 +134,15 @@ ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
   return ContentCipher::kAes256Cbc;
 }
 
-// SignDetached makes a multipart/signed entity (CRLF line ends) over `canonical`, which
-// must already be 7-bit (mime::ToSevenBit): our certificate and chain, SHA-256, our
-// SMIMECapabilities.
-Result<std::string> SignDetached(const std::string& canonical, const Signer& signer) {
-  BioPtr in = MemIn(canonical);
+// SignedCms starts signed-data (streamed; `extra_flags` adds CMS_DETACHED) with our
+// certificate and chain, SHA-256, and our own SMIMECapabilities (OpenSSL's default list omits
+// AES-GCM), strongest first. Null on failure (the OpenSSL error is queued).
+CmsPtr SignedCms(const Signer& signer, int extra_flags) {
   STACK_OF(X509)* chain = sk_X509_new_null();
   for (X509* c : signer.chain) sk_X509_push(chain, c);
-  int flags = CMS_DETACHED | CMS_BINARY | CMS_STREAM;
-  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, flags | CMS_PARTIAL));
+  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL | CMS_STREAM | extra_flags));
   sk_X509_free(chain);
-  if (!cms) return InternalError(SslError("signing failed"));
+  if (!cms) return nullptr;
   CMS_SignerInfo* si = CMS_add1_signer(cms.get(), signer.cert, signer.key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP);
   STACK_OF(X509_ALGOR)* caps = nullptr;
   bool ok = si != nullptr;
@@ -152,35 +150,31 @@ Result<std::string> SignDetached(const std::string& canonical, const Signer& sig
     ok = ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
   ok = ok && CMS_add_smimecap(si, caps) == 1;
   sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
+  return ok ? std::move(cms) : nullptr;
+}
+
+// SignDetached makes a multipart/signed entity (CRLF line ends) over `canonical`, which must
+// already be 7-bit (mime::ToSevenBit).
+Result<std::string> SignDetached(const std::string& canonical, const Signer& signer) {
+  BioPtr in = MemIn(canonical);
+  CmsPtr cms = SignedCms(signer, CMS_DETACHED);
   std::string out;
   out.reserve(canonical.size() + 16384);
   BioPtr sink = StringSink(&out);
-  if (!ok || SMIME_write_CMS(sink.get(), cms.get(), in.get(), flags | CMS_CRLFEOL) != 1)
+  if (!cms || SMIME_write_CMS(sink.get(), cms.get(), in.get(), CMS_DETACHED | CMS_BINARY | CMS_STREAM | CMS_CRLFEOL) != 1)
     return InternalError(SslError("signing failed"));
   return out;
 }
 
-// SignEntity makes opaque signed-data (DER) over `content`: our certificate and chain, SHA-256,
-// and our own SMIMECapabilities (OpenSSL's default list omits AES-GCM), strongest first.
+// SignEntity makes opaque signed-data (DER) over `content`, streamed (BER, indefinite length):
+// the content goes straight from `in` to the output.
 Result<std::string> SignEntity(const std::string& content, const Signer& signer) {
   BioPtr in = MemIn(content);
-  STACK_OF(X509)* chain = sk_X509_new_null();
-  for (X509* c : signer.chain) sk_X509_push(chain, c);
-  CmsPtr cms(CMS_sign(nullptr, nullptr, chain, nullptr, CMS_BINARY | CMS_PARTIAL | CMS_STREAM));
-  sk_X509_free(chain);
-  if (!cms) return InternalError(SslError("signing failed"));
-  CMS_SignerInfo* si = CMS_add1_signer(cms.get(), signer.cert, signer.key, EVP_sha256(), CMS_BINARY | CMS_NOSMIMECAP);
-  STACK_OF(X509_ALGOR)* caps = nullptr;
-  bool ok = si != nullptr;
-  for (const std::string& name : OurCapabilities())
-    ok = ok && CMS_add_simple_smimecap(&caps, OBJ_txt2nid(name.c_str()), -1) == 1;
-  ok = ok && CMS_add_smimecap(si, caps) == 1;
-  sk_X509_ALGOR_pop_free(caps, X509_ALGOR_free);
-  // Streamed (BER, indefinite length): the content goes straight from `in` to the output.
+  CmsPtr cms = SignedCms(signer, 0);
   std::string der;
   der.reserve(content.size() + 16384);
   BioPtr out = StringSink(&der);
-  if (!ok || i2d_CMS_bio_stream(out.get(), cms.get(), in.get(), CMS_BINARY | CMS_STREAM) != 1)
+  if (!cms || i2d_CMS_bio_stream(out.get(), cms.get(), in.get(), CMS_BINARY | CMS_STREAM) != 1)
     return InternalError(SslError("signing failed"));
   return der;
 }

@@ -19,11 +19,10 @@ using hsm::testing::SoftHsmTest;
 
 class SealWithHsmTest : public SoftHsmTest {
  protected:
-  X509* IssueFor(hsm::OpenSslBridge& bridge, const std::string& label, hsm::Purpose p) {
-    Result<EVP_PKEY*> k = bridge.LoadPrivateKey(hsm::testing::kTokenLabel, label);
-    EXPECT_TRUE(k.ok()) << k.status().ToString();
-    Result<std::string> csr = hsm::BuildCsrPem(*k, {p, {"agency-a.test"}, "Agency A", "NZ"});
-    EVP_PKEY_free(*k);
+  // IssueFor: a certificate from the test CA for the token key `k` (its CSR signed in the token).
+  X509* IssueFor(EVP_PKEY* k, const std::string& label, hsm::Purpose p) {
+    Result<std::string> csr = hsm::BuildCsrPem(k, {p, {"agency-a.test"}, "Agency A", "NZ"});
+    EXPECT_TRUE(csr.ok()) << csr.status().ToString();
     std::ofstream(dir_ + "/" + label + ".csr") << *csr;
     int rc = 0;
     std::string out = Run(StrCat("cd ", dir_, " && openssl x509 -req -in ", label, ".csr -CA ca.crt -CAkey ca.key ",
@@ -46,11 +45,11 @@ TEST_F(SealWithHsmTest, TokenKeysSignAndDecrypt) {
   ASSERT_TRUE(hsm::GenerateKeyPair(*session_, {hsm::KeyType::kRsa2048, hsm::Purpose::kDcaEncrypt, "dca"}).ok());
   auto bridge = hsm::OpenSslBridge::Open(hsm::testing::kSoftHsmModule, hsm::Secret(hsm::testing::kTestUserPin));
   ASSERT_TRUE(bridge.ok()) << bridge.status().ToString();
-  X509* dsa_cert = IssueFor(**bridge, "dsa", hsm::Purpose::kDsaSign);
-  X509* dca_cert = IssueFor(**bridge, "dca", hsm::Purpose::kDcaEncrypt);
-  ASSERT_TRUE(dsa_cert && dca_cert);
   EVP_PKEY* dsa = *(*bridge)->LoadPrivateKey(hsm::testing::kTokenLabel, "dsa");
   EVP_PKEY* dca = *(*bridge)->LoadPrivateKey(hsm::testing::kTokenLabel, "dca");
+  X509* dsa_cert = IssueFor(dsa, "dsa", hsm::Purpose::kDsaSign);
+  X509* dca_cert = IssueFor(dca, "dca", hsm::Purpose::kDcaEncrypt);
+  ASSERT_TRUE(dsa_cert && dca_cert);
   const std::string msg = "From: a@agency-a.test\r\nTo: b@agency-a.test\r\nSubject: hsm\r\n\r\nsealed by the token\r\n";
   Result<std::string> sealed = Seal(msg, {dsa_cert, dsa, {}}, {dca_cert});
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
@@ -89,23 +88,9 @@ TEST_F(SealWithHsmTest, SessionBoundKeysSignDecryptOaepAndEcdsa) {
   Result<EVP_PKEY*> dca = hsm::TokenPrivateKey(session_.get(), *dca_k);
   Result<EVP_PKEY*> ec = hsm::TokenPrivateKey(session_.get(), *ec_k);
   ASSERT_TRUE(dsa.ok() && dca.ok() && ec.ok()) << dsa.status().ToString() << ec.status().ToString();
-  auto issue = [&](EVP_PKEY* k, const std::string& label, hsm::Purpose p) -> X509* {
-    Result<std::string> csr = hsm::BuildCsrPem(k, {p, {"agency-a.test"}, "Agency A", "NZ"});
-    EXPECT_TRUE(csr.ok()) << csr.status().ToString();
-    std::ofstream(dir_ + "/" + label + ".csr") << *csr;
-    int rc2 = 0;
-    std::string o = Run(StrCat("cd ", dir_, " && openssl x509 -req -in ", label, ".csr -CA ca.crt -CAkey ca.key ",
-                               "-CAcreateserial -copy_extensions copy -days 30 -out ", label, ".crt"), &rc2);
-    EXPECT_EQ(rc2, 0) << o;
-    std::string pem = hsm::testing::Slurp(dir_ + "/" + label + ".crt");
-    BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
-    X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
-    BIO_free(b);
-    return x;
-  };
-  X509* dsa_cert = issue(*dsa, "dsa", hsm::Purpose::kDsaSign);
-  X509* dca_cert = issue(*dca, "dca", hsm::Purpose::kDcaEncrypt);
-  X509* ec_cert = issue(*ec, "dsa-ec", hsm::Purpose::kDsaSign);
+  X509* dsa_cert = IssueFor(*dsa, "dsa", hsm::Purpose::kDsaSign);
+  X509* dca_cert = IssueFor(*dca, "dca", hsm::Purpose::kDcaEncrypt);
+  X509* ec_cert = IssueFor(*ec, "dsa-ec", hsm::Purpose::kDsaSign);
   ASSERT_TRUE(dsa_cert && dca_cert && ec_cert);
   X509_STORE* trust = X509_STORE_new();
   X509_STORE_load_file(trust, (dir_ + "/ca.crt").c_str());
