@@ -35,7 +35,7 @@ struct GatewayPolicy {
   std::vector<std::string> local_domains;          // lower case; ".x" matches sub-domains
   std::map<std::string, PartnerPolicy> partners;   // lower-case domain (covers sub-domains)
   bool seal_when_known = false;
-  std::string outer_subject = "[sealed]";
+  std::string outer_subject = "[...]";   // RFC 9788's obscured Subject
   bool keep_subject = false;
   bool show_classification = false;   // the Subject's classification word stays visible
   std::string authserv_id;

@@ -22,7 +22,9 @@
 namespace mailseal::smime {
 namespace {
 
-constexpr char kWrapper[] = "Content-Type: message/rfc822\r\n\r\n";
+// RFC 9788 "wrapped message": forwarded="no" tells header-protection-aware readers that the
+// inner message is this one, not a forward.
+constexpr char kWrapper[] = "Content-Type: message/rfc822; forwarded=\"no\"\r\n\r\n";
 
 std::string SslError(std::string_view what) {
   unsigned long e = ERR_get_error();

@@ -39,7 +39,7 @@ enum class KeyTransport { kRsaPkcs1, kRsaOaep };
 struct SealOptions {
   ContentCipher cipher = ContentCipher::kAes256Gcm;
   KeyTransport key_transport = KeyTransport::kRsaPkcs1;
-  std::string outer_subject = "[sealed by the sending domain]";  // RFC 9788 placeholder
+  std::string outer_subject = "[...]";  // RFC 9788's obscured Subject
   bool triple_wrap = false;     // sign, encrypt, sign again (RFC 2634 / RFC 3183 triple wrap)
   // detached_signature: the inner signature as multipart/signed (RFC 8551 §3.5.3) over the
   // canonical 7-bit form of the wrapped message (mime::ToSevenBit), readable by agents that

@@ -203,9 +203,9 @@ TEST_F(GatewayTest, OuterSubjectIsAPlaceholderUnlessPolicyShowsTheClassification
     size_t at = o[0].body.find("Subject: ");
     return o[0].body.substr(at, o[0].body.find("\r\n", at) - at);
   };
-  EXPECT_EQ(outer_subject(), "Subject: [sealed]") << "RFC 9788: the real Subject travels inside only";
+  EXPECT_EQ(outer_subject(), "Subject: [...]") << "RFC 9788: the real Subject travels inside only";
   a.policy.show_classification = true;
-  EXPECT_EQ(outer_subject(), "Subject: [RESTRICTED] [sealed]");
+  EXPECT_EQ(outer_subject(), "Subject: [RESTRICTED] [...]");
   a.policy.keep_subject = true;
   EXPECT_EQ(outer_subject(), "Subject: {restricted] the plan");
   // A partner that wants a detached inner signature gets multipart/signed inside.
