@@ -24,7 +24,7 @@ N = 500
 SENDERS = 8
 
 
-def send_one(port, i):
+def send_one(port, i, to="partner.test"):
     """One SMTP transaction; True only when the server answered 250 to the end of data."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -42,7 +42,7 @@ def send_one(port, i):
                 return False
             s.sendall(b"EHLO load.test\r\n")
             reply()
-            s.sendall(f"MAIL FROM:<s{i}@agency-a.test>\r\nRCPT TO:<r{i}@partner.test>\r\nDATA\r\n".encode())
+            s.sendall(f"MAIL FROM:<s{i}@agency-a.test>\r\nRCPT TO:<r{i}@{to}>\r\nDATA\r\n".encode())
             if not (reply().startswith(b"250") and reply().startswith(b"250") and reply().startswith(b"354")):
                 return False
             body = f"Message-ID: <kill-{i}@agency-a.test>\r\nSubject: kill {i}\r\n\r\n" + ("line %d\r\n" % i) * 200
@@ -57,16 +57,12 @@ def send_one(port, i):
         return False
 
 
-def main():
-    a = harness.args()
-    c = harness.Checker("crash_kill9")
-    root = harness.tempdir(a.keep)
-    sink = harness.Sink(root)
-    gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port).start()
-
+def flood_with_kills(gw, n, senders=SENDERS, to="partner.test"):
+    """Sends n messages from `senders` threads, retrying what did not get 250, while a killer
+    thread kill -9s and restarts gw every 0.2-0.7 s. Returns (acked set, number of kills)."""
     acked = set()
     lock = threading.Lock()
-    todo = list(range(N))
+    todo = list(range(n))
     done = threading.Event()
 
     def sender():
@@ -75,7 +71,7 @@ def main():
                 if not todo:
                     return
                 i = todo.pop(0)
-            if send_one(gw.port, i):
+            if send_one(gw.port, i, to):
                 with lock:
                     acked.add(i)
                 time.sleep(0.12)  # spread the 500 over ~10 s so that many kills land mid-flow
@@ -103,7 +99,7 @@ def main():
                 except RuntimeError:
                     time.sleep(0.1)
 
-    threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
     k = threading.Thread(target=killer)
     k.start()
     for t in threads:
@@ -113,6 +109,17 @@ def main():
         t.join(max(1, deadline - time.time()))
     done.set()
     k.join()
+    return acked, kills
+
+
+def main():
+    a = harness.args()
+    c = harness.Checker("crash_kill9")
+    root = harness.tempdir(a.keep)
+    sink = harness.Sink(root)
+    gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port).start()
+
+    acked, kills = flood_with_kills(gw, N)
     c.check(len(acked) == N, f"all {N} messages eventually got 250 ({len(acked)}) across {kills} kill -9s")
     c.check(kills >= 5, f"the daemon was killed while mail flowed ({kills} times)")
     if gw.proc.poll() is not None:
