@@ -19,6 +19,8 @@
 namespace mailseal::hsm {
 namespace {
 
+thread_local uint64_t token_failures = 0;
+
 struct Binding {
   Session* session;
   CK_OBJECT_HANDLE handle;
@@ -43,7 +45,10 @@ int EcIndex() {
 // only return -1) and leave an OpenSSL error for the caller's message.
 int Op(const Binding* b, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned char* in, size_t inlen,
        unsigned char* out, size_t outcap) {
-  if (!b || !b->session) return -1;
+  if (!b || !b->session) {
+    ++token_failures;
+    return -1;
+  }
   CK_FUNCTION_LIST* f = b->session->fn();
   CK_SESSION_HANDLE h = b->session->handle();
   CK_MECHANISM mech{mech_type, nullptr, 0};
@@ -52,6 +57,7 @@ int Op(const Binding* b, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned 
   auto* pin = const_cast<CK_BYTE_PTR>(in);
   if (rv == CKR_OK) rv = sign ? f->C_Sign(h, pin, inlen, out, &len) : f->C_Decrypt(h, pin, inlen, out, &len);
   if (rv != CKR_OK) {
+    ++token_failures;
     Status st = Check(rv, sign ? "C_Sign" : "C_Decrypt");
     base::Log(base::LogLevel::kWarning, "hsm", "token private-key operation failed", {{"error", st.message()}});
     ERR_raise_data(ERR_LIB_RSA, ERR_R_OPERATION_FAIL, "%s", st.message().c_str());
@@ -123,6 +129,8 @@ const EC_KEY_METHOD* TokenEcMethod() {
 }
 
 }  // namespace
+
+uint64_t TokenFailuresOnThisThread() { return token_failures; }
 
 Result<EVP_PKEY*> TokenPrivateKey(Session* session, const KeyPair& key) {
   Result<EVP_PKEY*> pub = PublicKey(*session, key.pub);

@@ -26,4 +26,10 @@ namespace mailseal::hsm {
 // `session`, which must outlive it. RSA and EC (P-256/P-384) keys.
 Result<EVP_PKEY*> TokenPrivateKey(Session* session, const KeyPair& key);
 
+// TokenFailuresOnThisThread counts the private-key operations through such keys that the token
+// refused on this thread. OpenSSL reports them only as "operation fail"; comparing the count
+// before and after a seal or open tells a token failure (defer the mail) from bad input
+// (hold it).
+uint64_t TokenFailuresOnThisThread();
+
 }  // namespace mailseal::hsm

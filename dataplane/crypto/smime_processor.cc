@@ -70,7 +70,9 @@ class SmimeProcessor : public JobProcessor {
     std::vector<std::string> rcpts;
     for (const auto& r : env.recipients()) rcpts.push_back(r.address());
     smime::GatewayKeys keys = Keys();
+    uint64_t token_failures = hsm::TokenFailuresOnThisThread();
     std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys);
+    bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;
     bool any_hold = false;
     for (const smime::Output& o : outs) {
       if (o.action == smime::Action::kTempFail) {
@@ -80,10 +82,11 @@ class SmimeProcessor : public JobProcessor {
       }
       any_hold = any_hold || o.action == smime::Action::kHold;
     }
-    if (any_hold && !SessionAlive()) {
+    if (any_hold && (token_failed || !SessionAlive())) {
       Drop();
       c.verdict = Verdict::kTempFail;
-      c.reason = "security module stopped answering during sealing/opening (SEE-AG-4)";
+      c.reason = token_failed ? "the security module refused a key operation: deferred, not held (SEE-AG-4)"
+                              : "security module stopped answering during sealing/opening (SEE-AG-4)";
       return c;
     }
     for (size_t k = 0; k < outs.size(); ++k) {
