@@ -412,7 +412,7 @@ class GpgsmTest : public SealTest {
                     ".p12 -passout pass:fixture -certpbe PBE-SHA1-3DES -keypbe PBE-SHA1-3DES -macalg sha1",
                     " && echo fixture | ", Gpg(), " --pinentry-mode loopback --passphrase-fd 0 --import ", n, ".p12");
     }
-    cmd += StrCat(" && ", Gpg(), " --import ca.crt dsa_a.crt dca_a.crt");
+    cmd += StrCat(" && ", Gpg(), " --import ca.crt dsa_a.crt dca_a.crt dca_c.crt");
     cmd += StrCat(" && echo \"$(", Gpg(), " --with-colons --list-keys Test-CA | awk -F: '/^fpr/{print $10; exit}') S\" > ",
                   home_, "/trustlist.txt");
     // gpg-agent's loopback passphrase exchange fails now and then on a busy machine ("possibly
@@ -472,8 +472,20 @@ TEST_F(GpgsmTest, GpgsmDecryptsAndVerifiesWhatWeSeal) {
   EVP_PKEY_free(key);
 }
 
+// gpgsm signs a message with a binary attachment and encrypts it for two domains; we open it
+// as each of them.
 TEST_F(GpgsmTest, WeOpenWhatGpgsmSignsAndEncrypts) {
-  std::ofstream(dir_ + "/h-wrapped.eml", std::ios::binary) << "Content-Type: message/rfc822\r\n\r\n" + msg_;
+  std::string attachment;
+  for (int i = 0; i < 3000; ++i) attachment += static_cast<char>((i * 31) % 256);
+  std::string ab64(4 * ((attachment.size() + 2) / 3) + 1, '\0');
+  ab64.resize(static_cast<size_t>(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(ab64.data()),
+                                                  reinterpret_cast<const unsigned char*>(attachment.data()),
+                                                  static_cast<int>(attachment.size()))));
+  const std::string msg = "From: b@agency-b.test\r\nTo: a@agency-a.test, c@agency-c.test\r\nSubject: files\r\n"
+                          "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n"
+                          "Content-Type: text/plain\r\n\r\nsee attached\r\n--q\r\nContent-Type: application/octet-stream\r\n"
+                          "Content-Transfer-Encoding: base64\r\n\r\n" + Lines(ab64) + "--q--\r\n";
+  std::ofstream(dir_ + "/h-wrapped.eml", std::ios::binary) << "Content-Type: message/rfc822\r\n\r\n" + msg;
   ASSERT_EQ(RunGpg(StrCat("cd ", dir_, " && echo fixture | ", Gpg(), " --pinentry-mode loopback --passphrase-fd 0 ",
                           "--include-certs -1 -u domain-signing-authority@agency-b.test --sign --output h-s.der h-wrapped.eml")), 0);
   // Our Open reads S/MIME entities: wrap gpgsm's signed-data, have gpgsm encrypt that.
@@ -485,7 +497,7 @@ TEST_F(GpgsmTest, WeOpenWhatGpgsmSignsAndEncrypts) {
       << "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m\r\n"
          "Content-Transfer-Encoding: base64\r\n\r\n" << Lines(b64);
   ASSERT_EQ(Run(StrCat("cd ", dir_, " && ", Gpg(), " -r domain-confidentiality-authority@agency-a.test ",
-                       "--encrypt --output h-e.der h-entity.eml")), 0);
+                       "-r domain-confidentiality-authority@agency-c.test --encrypt --output h-e.der h-entity.eml")), 0);
   std::string env = Slurp(dir_ + "/h-e.der");
   std::string eb(4 * ((env.size() + 2) / 3) + 1, '\0');
   eb.resize(static_cast<size_t>(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(eb.data()),
@@ -493,17 +505,20 @@ TEST_F(GpgsmTest, WeOpenWhatGpgsmSignsAndEncrypts) {
   std::string mail = "From: b@agency-b.test\r\nMIME-Version: 1.0\r\n"
                      "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n"
                      "Content-Transfer-Encoding: base64\r\n\r\n" + Lines(eb);
-  X509* dca = Cert("dca_a");
-  EVP_PKEY* key = Key("dca_a");
   X509_STORE* trust = Trust();
-  Result<Opened> o = Open(mail, {dca, key}, trust);
-  ASSERT_TRUE(o.ok()) << o.status().ToString();
-  EXPECT_EQ(o->message, msg_);
-  EXPECT_EQ(o->signer_emails, std::vector<std::string>{"domain-signing-authority@agency-b.test"});
-  EXPECT_EQ(ChooseCipher(o->capabilities), ContentCipher::kAes256Cbc) << "gpgsm 2.2 announces no AES-GCM";
+  for (const char* who : {"dca_a", "dca_c"}) {
+    X509* dca = Cert(who);
+    EVP_PKEY* key = Key(who);
+    Result<Opened> o = Open(mail, {dca, key}, trust);
+    ASSERT_TRUE(o.ok()) << who << ": " << o.status().ToString();
+    EXPECT_EQ(o->message, msg) << who;
+    EXPECT_TRUE(o->signed_ok);
+    EXPECT_EQ(o->signer_emails, std::vector<std::string>{"domain-signing-authority@agency-b.test"});
+    EXPECT_EQ(ChooseCipher(o->capabilities), ContentCipher::kAes256Cbc) << "gpgsm 2.2 announces no AES-GCM";
+    X509_free(dca);
+    EVP_PKEY_free(key);
+  }
   X509_STORE_free(trust);
-  X509_free(dca);
-  EVP_PKEY_free(key);
 }
 
 }  // namespace
