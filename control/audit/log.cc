@@ -1,0 +1,315 @@
+// log.cc — see log.h.
+#include "control/audit/log.h"
+
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace mailseal::audit {
+namespace {
+using mailseal::v1::AuditRecord;
+using mailseal::v1::TreeHead;
+
+constexpr char kLogMagic[] = "MSAUDIT1\n";
+constexpr char kHeadsMagic[] = "MSAHEAD1\n";
+constexpr uint32_t kMaxRecord = 1 << 20;
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+uint32_t Crc(std::string_view s) {
+  return static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
+}
+
+void PutU32(std::string* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  return v;
+}
+
+Result<int> OpenForAppend(const std::string& path, const char* magic) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return FailedPreconditionError(StrCat("audit file ", path, ": ", std::strerror(errno)));
+  struct stat st{};
+  if (::fstat(fd, &st) == 0 && st.st_size == 0) {
+    size_t n = std::strlen(magic);
+    if (::write(fd, magic, n) != static_cast<ssize_t>(n) || ::fsync(fd) != 0) {
+      ::close(fd);
+      return FailedPreconditionError(StrCat("audit file ", path, ": cannot be written"));
+    }
+  }
+  return fd;
+}
+
+std::string Serialize(const google::protobuf::MessageLite& m) {
+  std::string out;
+  m.SerializeToString(&out);
+  return out;
+}
+
+}  // namespace
+
+Signer SignerFor(EVP_PKEY* key) {
+  return [key](const std::string& input) -> Result<std::string> {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    size_t len = 0;
+    std::string sig;
+    bool ok = EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
+              EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
+    if (ok) {
+      sig.resize(len);
+      ok = EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len,
+                          reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
+      sig.resize(len);
+    }
+    EVP_MD_CTX_free(ctx);
+    ERR_clear_error();
+    if (!ok) return UnavailableError("the audit key could not sign the tree head");
+    return sig;
+  };
+}
+
+std::string TreeHeadSigningInput(const TreeHead& head) {
+  std::string in("mailseal audit tree head v1", 28);  // includes the terminating NUL
+  for (int i = 0; i < 8; ++i) in.push_back(static_cast<char>((head.tree_size() >> (8 * i)) & 0xFF));
+  for (int i = 0; i < 8; ++i) in.push_back(static_cast<char>((static_cast<uint64_t>(head.time_unix_ms()) >> (8 * i)) & 0xFF));
+  in += head.root_hash();
+  return in;
+}
+
+bool VerifyHeadSignature(const TreeHead& head, EVP_PKEY* pub) {
+  std::string in = TreeHeadSigningInput(head);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, pub) == 1 &&
+            EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(head.signature().data()), head.signature().size(),
+                             reinterpret_cast<const unsigned char*>(in.data()), in.size()) == 1;
+  EVP_MD_CTX_free(ctx);
+  ERR_clear_error();
+  return ok;
+}
+
+Framed ReadFramed(const std::string& path, const char* magic) {
+  Framed f;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    f.error = StrCat(path, ": cannot be read");
+    return f;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string data = ss.str();
+  size_t m = std::strlen(magic);
+  if (data.compare(0, m, magic) != 0) {
+    f.error = StrCat(path, ": not an audit file (bad magic)");
+    return f;
+  }
+  size_t pos = m;
+  while (pos < data.size()) {
+    size_t i = f.payloads.size();
+    if (data.size() - pos < 8) {
+      f.error = StrCat("entry ", i, ": truncated frame header");
+      f.bad_index = i;
+      return f;
+    }
+    uint32_t len = GetU32(data.data() + pos), crc = GetU32(data.data() + pos + 4);
+    if (len > kMaxRecord || data.size() - pos - 8 < len) {
+      f.error = StrCat("entry ", i, ": bad length (", len, ")");
+      f.bad_index = i;
+      return f;
+    }
+    std::string payload = data.substr(pos + 8, len);
+    if (Crc(payload) != crc) {
+      f.error = StrCat("entry ", i, ": checksum mismatch (changed bytes)");
+      f.bad_index = i;
+      return f;
+    }
+    f.payloads.push_back(std::move(payload));
+    pos += 8 + len;
+  }
+  return f;
+}
+
+Result<std::unique_ptr<AuditLog>> AuditLog::Open(LogOptions options) {
+  std::unique_ptr<AuditLog> log(new AuditLog());
+  log->options_ = std::move(options);
+  Result<int> fd = OpenForAppend(log->options_.log_path, kLogMagic);
+  if (!fd.ok()) return fd.status();
+  log->log_fd_ = *fd;
+  Result<int> hfd = OpenForAppend(log->options_.heads_path, kHeadsMagic);
+  if (!hfd.ok()) return hfd.status();
+  log->heads_fd_ = *hfd;
+  Framed existing = ReadFramed(log->options_.log_path, kLogMagic);
+  if (!existing.error.empty())
+    return DataLossError(StrCat("audit log ", log->options_.log_path, " is damaged: ", existing.error,
+                                "; refusing to append (run mailseal-audit verify)"));
+  for (size_t i = 0; i < existing.payloads.size(); ++i) {
+    AuditRecord r;
+    if (!r.ParseFromString(existing.payloads[i]) || r.seq() != i)
+      return DataLossError(StrCat("audit log record ", i, " is out of sequence"));
+    log->leaves_.push_back(LeafHash(existing.payloads[i]));
+  }
+  return log;
+}
+
+AuditLog::~AuditLog() {
+  if (log_fd_ >= 0) ::close(log_fd_);
+  if (heads_fd_ >= 0) ::close(heads_fd_);
+}
+
+Status AuditLog::AppendFramed(int fd, const std::string& payload) {
+  std::string frame;
+  PutU32(&frame, static_cast<uint32_t>(payload.size()));
+  PutU32(&frame, Crc(payload));
+  frame += payload;
+  size_t done = 0;
+  while (done < frame.size()) {
+    ssize_t n = ::write(fd, frame.data() + done, frame.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(errno)));
+    done += static_cast<size_t>(n);
+  }
+  if (::fdatasync(fd) != 0) return FailedPreconditionError(StrCat("audit log sync failed: ", std::strerror(errno)));
+  return OkStatus();
+}
+
+Result<uint64_t> AuditLog::Append(AuditRecord record) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (failed_) return FailedPreconditionError("the audit log cannot be written: action refused (fail closed)");
+  record.set_seq(leaves_.size());
+  if (record.time_unix_ms() == 0) record.set_time_unix_ms(NowMs());
+  std::string bytes = Serialize(record);
+  if (Status st = AppendFramed(log_fd_, bytes); !st.ok()) {
+    failed_ = true;
+    return st;
+  }
+  leaves_.push_back(LeafHash(bytes));
+  if (options_.head_every && leaves_.size() % options_.head_every == 0) {
+    if (Result<TreeHead> h = SignHeadLocked(); !h.ok()) {
+      failed_ = true;
+      return h.status();
+    }
+  }
+  return record.seq();
+}
+
+Result<TreeHead> AuditLog::SignHeadLocked() {
+  if (!options_.signer) return FailedPreconditionError("no audit signer configured");
+  TreeHead h;
+  h.set_tree_size(leaves_.size());
+  h.set_root_hash(Root(leaves_));
+  h.set_time_unix_ms(NowMs());
+  Result<std::string> sig = options_.signer(TreeHeadSigningInput(h));
+  if (!sig.ok()) return sig.status();
+  h.set_signature(*sig);
+  if (Status st = AppendFramed(heads_fd_, Serialize(h)); !st.ok()) return st;
+  return h;
+}
+
+Result<TreeHead> AuditLog::SignHead() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (failed_) return FailedPreconditionError("the audit log cannot be written");
+  return SignHeadLocked();
+}
+
+uint64_t AuditLog::size() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return leaves_.size();
+}
+
+Hash AuditLog::root() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return Root(leaves_);
+}
+
+bool AuditLog::healthy() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return !failed_;
+}
+
+Result<std::vector<Hash>> AuditLog::InclusionProofFor(uint64_t index, uint64_t tree_size) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (index >= tree_size || tree_size > leaves_.size()) return InvalidArgumentError("index or tree size out of range");
+  return InclusionProof(leaves_, index, tree_size);
+}
+
+Result<std::vector<Hash>> AuditLog::ConsistencyProofFor(uint64_t old_size, uint64_t new_size) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (old_size == 0 || old_size > new_size || new_size > leaves_.size())
+    return InvalidArgumentError("tree sizes out of range");
+  return ConsistencyProof(leaves_, old_size, new_size);
+}
+
+VerifyReport VerifyLog(const std::string& log_path, const std::string& heads_path, EVP_PKEY* audit_pub,
+                       const std::vector<TreeHead>& exported) {
+  VerifyReport rep;
+  Framed log = ReadFramed(log_path, kLogMagic);
+  std::vector<Hash> leaves;
+  for (size_t i = 0; i < log.payloads.size(); ++i) {
+    AuditRecord r;
+    if (!r.ParseFromString(log.payloads[i]) || r.seq() != i) {
+      rep.error = StrCat("record ", i, ": unreadable or out of sequence");
+      rep.first_bad_record = static_cast<int64_t>(i);
+      return rep;
+    }
+    leaves.push_back(LeafHash(log.payloads[i]));
+  }
+  rep.records = leaves.size();
+  if (!log.error.empty()) {
+    rep.error = StrCat("record ", log.bad_index, ": ", log.error.substr(log.error.find(':') + 2));
+    rep.first_bad_record = static_cast<int64_t>(log.bad_index);
+    return rep;
+  }
+  Framed heads = ReadFramed(heads_path, kHeadsMagic);
+  if (!heads.error.empty()) {
+    rep.error = StrCat("tree heads: ", heads.error);
+    return rep;
+  }
+  std::vector<TreeHead> all;
+  for (const std::string& p : heads.payloads) {
+    TreeHead h;
+    if (!h.ParseFromString(p)) {
+      rep.error = "tree heads: unreadable head";
+      return rep;
+    }
+    all.push_back(h);
+  }
+  all.insert(all.end(), exported.begin(), exported.end());
+  uint64_t good_until = 0;   // records [0, good_until) are covered by a verified head
+  for (size_t k = 0; k < all.size(); ++k) {
+    const TreeHead& h = all[k];
+    const char* which = k < heads.payloads.size() ? "tree head" : "exported tree head";
+    if (!VerifyHeadSignature(h, audit_pub)) {
+      rep.error = StrCat(which, " ", k, " (size ", h.tree_size(), "): signature does not verify with the audit key");
+      return rep;
+    }
+    if (h.tree_size() > leaves.size()) {
+      rep.error = StrCat("the log is truncated: ", which, " ", k, " covers ", h.tree_size(), " records, the log has ",
+                         leaves.size());
+      rep.first_bad_record = static_cast<int64_t>(leaves.size());
+      return rep;
+    }
+    if (Root(leaves, 0, h.tree_size()) != h.root_hash()) {
+      rep.error = StrCat("records do not match ", which, " ", k, " (size ", h.tree_size(),
+                         "): a record in [", good_until, ", ", h.tree_size(), ") was changed or replaced");
+      rep.first_bad_record = static_cast<int64_t>(good_until);
+      return rep;
+    }
+    good_until = std::max<uint64_t>(good_until, h.tree_size());
+    ++rep.heads_checked;
+  }
+  return rep;
+}
+
+}  // namespace mailseal::audit

@@ -1,0 +1,96 @@
+// log.h — the tamper-evident audit log (issue #5; REQUIREMENTS.md §7).
+//
+// Files: the log (magic "MSAUDIT1\n", then per record: u32le length, u32le CRC-32 of the
+// payload, payload = AuditRecord protobuf) and the tree-head file (same framing, payload =
+// TreeHead). Record i is leaf i of an RFC 9162 Merkle tree (leaf = the record's bytes); a tree
+// head signed by the audit key is appended every `head_every` records and on SignHead().
+//
+// Durability and fail-closed: Append returns only after the record is fdatasync'ed; when the
+// file cannot be written every later Append fails too (the caller refuses the action it was
+// about to audit, and reports itself unhealthy).
+// Detection (VerifyLog): a changed byte is found by the record's CRC, or — if the CRC was
+// recomputed — by the Merkle root no longer matching a signed head; a truncated or rewritten
+// log by a head (or an exported head) covering more records than the log holds, or with
+// another root.
+#pragma once
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/audit/merkle.h"
+#include "dataplane/base/status.h"
+#include "mailseal/v1/audit.pb.h"
+
+namespace mailseal::audit {
+
+// Signer: signs TreeHeadSigningInput bytes (with the HSM audit key in production).
+using Signer = std::function<Result<std::string>(const std::string& input)>;
+// SignerFor: DigestSign with SHA-256 over `key` (RSA PKCS#1 v1.5 or ECDSA); `key` must live on.
+Signer SignerFor(EVP_PKEY* key);
+
+// TreeHeadSigningInput: the bytes a head's signature covers (domain-separated).
+std::string TreeHeadSigningInput(const mailseal::v1::TreeHead& head);
+bool VerifyHeadSignature(const mailseal::v1::TreeHead& head, EVP_PKEY* pub);
+
+struct LogOptions {
+  std::string log_path;
+  std::string heads_path;
+  uint64_t head_every = 1000;   // sign a tree head after this many records (0: only on demand)
+  Signer signer;
+};
+
+class AuditLog {
+ public:
+  // Open creates the files or continues them; existing records are read and checked (CRC and
+  // framing) — a damaged log is refused, not appended to.
+  static Result<std::unique_ptr<AuditLog>> Open(LogOptions options);
+  ~AuditLog();
+
+  // Append assigns seq and (if unset) time, writes and syncs the record. Thread safe.
+  Result<uint64_t> Append(mailseal::v1::AuditRecord record);
+  // SignHead signs and stores a head over every record so far.
+  Result<mailseal::v1::TreeHead> SignHead();
+  uint64_t size() const;
+  Hash root() const;
+  Result<std::vector<Hash>> InclusionProofFor(uint64_t index, uint64_t tree_size) const;
+  Result<std::vector<Hash>> ConsistencyProofFor(uint64_t old_size, uint64_t new_size) const;
+  bool healthy() const;
+
+ private:
+  AuditLog() = default;
+  Status AppendFramed(int fd, const std::string& payload);
+  Result<mailseal::v1::TreeHead> SignHeadLocked();
+
+  LogOptions options_;
+  mutable std::mutex mu_;
+  int log_fd_ = -1, heads_fd_ = -1;
+  std::vector<Hash> leaves_;
+  bool failed_ = false;
+};
+
+// ReadFramed reads a file of framed payloads; on damage it stops and says at which entry.
+struct Framed {
+  std::vector<std::string> payloads;
+  std::string error;   // empty: the whole file was read
+  size_t bad_index = 0;
+};
+Framed ReadFramed(const std::string& path, const char* magic);
+
+struct VerifyReport {
+  uint64_t records = 0;
+  uint64_t heads_checked = 0;
+  std::string error;           // empty: everything verified
+  int64_t first_bad_record = -1;
+};
+// VerifyLog checks a log and its heads (and optionally exported heads kept elsewhere) against
+// the audit certificate's key. Offline; used by `mailseal-audit verify`.
+VerifyReport VerifyLog(const std::string& log_path, const std::string& heads_path, EVP_PKEY* audit_pub,
+                       const std::vector<mailseal::v1::TreeHead>& exported = {});
+
+}  // namespace mailseal::audit

@@ -1,0 +1,254 @@
+// The tamper-evident audit log (issue #5; REQUIREMENTS.md §7): RFC 9162 Merkle proofs, and
+// detection of a flipped byte, a rewritten record and a truncated log; fail closed when the
+// log cannot be written.
+#include <gtest/gtest.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include <csignal>
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "control/audit/log.h"
+
+namespace mailseal::audit {
+namespace {
+using mailseal::v1::AuditRecord;
+
+std::vector<Hash> Leaves(size_t n) {
+  std::vector<Hash> v;
+  for (size_t i = 0; i < n; ++i) v.push_back(LeafHash("leaf " + std::to_string(i)));
+  return v;
+}
+
+TEST(Merkle, EveryInclusionProofVerifiesAndNoForgedOneDoes) {
+  std::vector<Hash> leaves = Leaves(70);
+  for (size_t size = 1; size <= leaves.size(); ++size) {
+    Hash root = Root(leaves, 0, size);
+    for (size_t i = 0; i < size; ++i) {
+      std::vector<Hash> proof = InclusionProof(leaves, i, size);
+      ASSERT_TRUE(VerifyInclusion(leaves[i], i, size, proof, root)) << i << "/" << size;
+      EXPECT_FALSE(VerifyInclusion(LeafHash("other"), i, size, proof, root));
+      if (!proof.empty()) {
+        proof[0][0] ^= 1;
+        EXPECT_FALSE(VerifyInclusion(leaves[i], i, size, proof, root));
+      }
+    }
+  }
+  // RFC 9162's shape: the root of 3 leaves is H(1 || H(1 || l0 || l1) || l2).
+  EXPECT_EQ(Root(leaves, 0, 3), NodeHash(NodeHash(leaves[0], leaves[1]), leaves[2]));
+}
+
+TEST(Merkle, EveryConsistencyProofVerifiesAndARewrittenHistoryDoesNot) {
+  std::vector<Hash> leaves = Leaves(40);
+  for (size_t n = 1; n <= leaves.size(); ++n) {
+    for (size_t m = 1; m <= n; ++m) {
+      std::vector<Hash> proof = ConsistencyProof(leaves, m, n);
+      ASSERT_TRUE(VerifyConsistency(m, n, Root(leaves, 0, m), Root(leaves, 0, n), proof)) << m << "->" << n;
+      if (m < n) {
+        std::vector<Hash> rewritten = leaves;
+        rewritten[m - 1] = LeafHash("rewritten");
+        EXPECT_FALSE(VerifyConsistency(m, n, Root(leaves, 0, m), Root(rewritten, 0, n),
+                                       ConsistencyProof(rewritten, m, n)))
+            << m << "->" << n;
+      }
+    }
+  }
+}
+
+class AuditLogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/mailseal-audit-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_EC, nullptr);
+    EVP_PKEY_keygen_init(ctx);
+    EVP_PKEY_CTX_set_ec_paramgen_curve_nid(ctx, NID_X9_62_prime256v1);
+    EVP_PKEY_keygen(ctx, &key_);
+    EVP_PKEY_CTX_free(ctx);
+  }
+  void TearDown() override {
+    EVP_PKEY_free(key_);
+    std::system(("chmod -R u+w " + dir_ + "; rm -rf " + dir_).c_str());
+  }
+  LogOptions Options(uint64_t every = 100) { return {dir_ + "/audit.log", dir_ + "/audit.heads", every, SignerFor(key_)}; }
+  std::unique_ptr<AuditLog> Fill(size_t n, uint64_t every = 100) {
+    auto log = AuditLog::Open(Options(every));
+    EXPECT_TRUE(log.ok()) << log.status().ToString();
+    for (size_t i = 0; i < n; ++i) {
+      AuditRecord r;
+      r.set_actor("CN=admin-1");
+      r.set_action(i % 2 ? "policy.set" : "mail.sealed");
+      r.set_object("obj-" + std::to_string(i));
+      r.set_outcome(AuditRecord::OUTCOME_ALLOWED);
+      EXPECT_TRUE((*log)->Append(r).ok());
+    }
+    return std::move(log.value());
+  }
+  std::string Read(const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  void Write(const std::string& p, const std::string& data) { std::ofstream(p, std::ios::binary | std::ios::trunc) << data; }
+  std::string dir_;
+  EVP_PKEY* key_ = nullptr;
+};
+
+TEST_F(AuditLogTest, VerifiesAndServesProofsAcrossRestarts) {
+  Fill(250).reset();
+  auto log = Fill(60);   // reopened: continues the sequence
+  ASSERT_EQ(log->size(), 310u);
+  Result<mailseal::v1::TreeHead> head = log->SignHead();
+  ASSERT_TRUE(head.ok());
+  EXPECT_TRUE(VerifyHeadSignature(*head, key_));
+  VerifyReport r = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+  EXPECT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(r.records, 310u);
+  EXPECT_EQ(r.heads_checked, 4u) << "heads at 100, 200, 300 and the explicit one";
+  Result<std::vector<Hash>> consistency = log->ConsistencyProofFor(200, 310);
+  ASSERT_TRUE(consistency.ok());
+  std::vector<Hash> leaves;  // what a client can check with only the heads' roots
+  Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+  for (const std::string& p : f.payloads) leaves.push_back(LeafHash(p));
+  EXPECT_TRUE(VerifyConsistency(200, 310, Root(leaves, 0, 200), head->root_hash(), *consistency));
+  Result<std::vector<Hash>> inclusion = log->InclusionProofFor(123, 310);
+  ASSERT_TRUE(inclusion.ok());
+  EXPECT_TRUE(VerifyInclusion(leaves[123], 123, 310, *inclusion, head->root_hash()));
+}
+
+TEST_F(AuditLogTest, AnyFlippedByteIsFoundAndTheRecordNamed) {
+  Fill(300).reset();
+  std::string original = Read(dir_ + "/audit.log");
+  std::mt19937 rnd(7);
+  for (int trial = 0; trial < 40; ++trial) {
+    std::string damaged = original;
+    size_t pos = 9 + rnd() % (damaged.size() - 9);   // anywhere after the magic
+    damaged[pos] = static_cast<char>(damaged[pos] ^ (1 << (rnd() % 8)));
+    Write(dir_ + "/audit.log", damaged);
+    VerifyReport r = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+    EXPECT_FALSE(r.error.empty()) << "byte " << pos;
+    EXPECT_GE(r.first_bad_record, 0) << r.error;
+    // The named record is the one holding the byte: its frame starts at or before `pos`.
+    Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+    EXPECT_EQ(static_cast<size_t>(r.first_bad_record), f.payloads.size()) << r.error;
+  }
+  Write(dir_ + "/audit.log", original);
+  auto reopened = AuditLog::Open(Options());
+  EXPECT_TRUE(reopened.ok()) << "the restored log is accepted again";
+}
+
+TEST_F(AuditLogTest, ARewrittenRecordWithAValidChecksumIsCaughtByTheSignedHeads) {
+  Fill(300).reset();
+  Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+  // Rewrite record 150 properly framed (as an attacker with file access would).
+  AuditRecord r;
+  r.ParseFromString(f.payloads[150]);
+  r.set_actor("CN=nobody");
+  std::string out = "MSAUDIT1\n";
+  for (size_t i = 0; i < f.payloads.size(); ++i) {
+    std::string p = i == 150 ? r.SerializeAsString() : f.payloads[i];
+    uint32_t len = static_cast<uint32_t>(p.size());
+    uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
+    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((len >> (8 * k)) & 0xFF));
+    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((crc >> (8 * k)) & 0xFF));
+    out += p;
+  }
+  Write(dir_ + "/audit.log", out);
+  VerifyReport rep = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+  EXPECT_NE(rep.error.find("[100, 200)"), std::string::npos) << rep.error;
+  EXPECT_EQ(rep.first_bad_record, 100);
+}
+
+TEST_F(AuditLogTest, TruncationIsCaughtByAnExportedHead) {
+  auto log = Fill(250);
+  Result<mailseal::v1::TreeHead> last = log->SignHead();   // exported, e.g. to etcd
+  ASSERT_TRUE(last.ok());
+  log.reset();
+  // Truncate to 180 records and drop the heads that mention more: the log's own files agree.
+  Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+  std::string data = Read(dir_ + "/audit.log");
+  size_t cut = 9;
+  for (size_t i = 0; i < 180; ++i) cut += 8 + f.payloads[i].size();
+  Write(dir_ + "/audit.log", data.substr(0, cut));
+  Framed heads = ReadFramed(dir_ + "/audit.heads", "MSAHEAD1\n");
+  std::string hdata = Read(dir_ + "/audit.heads");
+  Write(dir_ + "/audit.heads", hdata.substr(0, 9 + 8 + heads.payloads[0].size()));   // keep the head at 100
+  EXPECT_TRUE(VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_).error.empty())
+      << "on its own, a consistently truncated log looks fine";
+  VerifyReport rep = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_, {*last});
+  EXPECT_NE(rep.error.find("truncated"), std::string::npos) << rep.error;
+  EXPECT_EQ(rep.first_bad_record, 180);
+}
+
+TEST_F(AuditLogTest, AnUnwritableLogFailsClosed) {
+  auto log = Fill(10);
+  // The disk fills up (a file-size limit makes the next write fail with EFBIG).
+  std::signal(SIGXFSZ, SIG_IGN);
+  rlimit old{};
+  getrlimit(RLIMIT_FSIZE, &old);
+  struct stat st{};
+  ASSERT_EQ(stat((dir_ + "/audit.log").c_str(), &st), 0);
+  rlimit small = old;
+  small.rlim_cur = static_cast<rlim_t>(st.st_size) + 10;
+  setrlimit(RLIMIT_FSIZE, &small);
+  AuditRecord r;
+  r.set_action("policy.set");
+  Result<uint64_t> failed = log->Append(r);
+  setrlimit(RLIMIT_FSIZE, &old);
+  ASSERT_FALSE(failed.ok()) << "a write that fails is an error";
+  EXPECT_NE(failed.status().message().find("audit log write failed"), std::string::npos) << failed.status().message();
+  EXPECT_FALSE(log->healthy());
+  Result<uint64_t> later = log->Append(r);
+  EXPECT_FALSE(later.ok()) << "every later append fails too, even with space again (fail closed)";
+  EXPECT_NE(later.status().message().find("fail closed"), std::string::npos);
+  EXPECT_FALSE(AuditLog::Open({"/proc/version", dir_ + "/x.heads", 100, SignerFor(key_)}).ok())
+      << "a log that cannot be opened for writing is refused";
+}
+
+// `mailseal-audit verify`: exit 0 and a count for a good log; exit 1 naming the record when a
+// byte is flipped; the exported heads catch a truncation the log's own files hide.
+TEST_F(AuditLogTest, MailsealAuditVerifyCommand) {
+  X509* cert = X509_new();
+  X509_set_version(cert, 2);
+  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
+  X509_set_pubkey(cert, key_);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("audit"), -1, -1, 0);
+  X509_set_issuer_name(cert, X509_get_subject_name(cert));
+  X509_sign(cert, key_, EVP_sha256());
+  FILE* f = std::fopen((dir_ + "/audit.crt").c_str(), "w");
+  PEM_write_X509(f, cert);
+  std::fclose(f);
+  X509_free(cert);
+  auto log = Fill(150);
+  ASSERT_TRUE(log->SignHead().ok());
+  log.reset();
+  std::string cmd = StrCat(MAILSEAL_AUDIT_BIN, " verify ", dir_, "/audit.log ", dir_, "/audit.heads ", dir_,
+                           "/audit.crt > ", dir_, "/out.txt 2>&1");
+  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 0);
+  EXPECT_NE(Read(dir_ + "/out.txt").find("verified: 150 records, 2 signed tree heads"), std::string::npos)
+      << Read(dir_ + "/out.txt");
+  std::string data = Read(dir_ + "/audit.log");
+  Framed fr = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+  size_t at = 9;
+  for (size_t i = 0; i < 77; ++i) at += 8 + fr.payloads[i].size();
+  data[at + 8 + 3] ^= 0x20;   // inside record 77's payload
+  Write(dir_ + "/audit.log", data);
+  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_NE(Read(dir_ + "/out.txt").find("first bad record: 77"), std::string::npos) << Read(dir_ + "/out.txt");
+  EXPECT_EQ(WEXITSTATUS(std::system(StrCat(MAILSEAL_AUDIT_BIN, " frobnicate >/dev/null 2>&1").c_str())), 2);
+}
+
+}  // namespace
+}  // namespace mailseal::audit
