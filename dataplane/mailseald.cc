@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <malloc.h>
 #include <cstring>
 #include <memory>
@@ -33,6 +34,9 @@
 #include "dataplane/queue/spool.h"
 #include "hsm/token_manager.h"
 #include "dataplane/crypto/smime_processor.h"
+#include "control/audit/log.h"
+#include "control/server.h"
+#include "hsm/token_key.h"
 
 namespace {
 using namespace mailseal;
@@ -65,6 +69,47 @@ int CheckConfig(const std::string& path) {
               cfg->hostname().c_str(), cfg->listen_size(), cfg->spool_dir().c_str(),
               cfg->delivery().relay_host().empty() ? "MX lookup" : cfg->delivery().relay_host().c_str());
   return kExitOk;
+}
+
+// OpenAudit opens the audit trail; tree heads are signed by the token's audit key through a
+// session of the pool (bound for each signature, so a re-opened token is picked up).
+Result<std::unique_ptr<audit::AuditLog>> OpenAudit(const v1::Config& cfg, hsm::TokenManager* token) {
+  const auto& a = cfg.control().audit();
+  if (!token) return InvalidArgumentError("field 'control': needs 'hsm' (the audit key lives on the token)");
+  if (a.log_path().empty() || a.heads_path().empty() || a.key_label().empty())
+    return InvalidArgumentError("field 'control.audit': log_path, heads_path and key_label are required");
+  std::string label = a.key_label();
+  audit::Signer signer = [token, label](const std::string& input) -> Result<std::string> {
+    std::shared_ptr<hsm::TokenHandle> h = token->Handle();
+    if (!h) return UnavailableError("security module unavailable: tree head not signed");
+    hsm::SessionPool::Lease lease = h->pool->Acquire();
+    Result<hsm::KeyPair> kp = hsm::FindKeyPair(*lease, label);
+    if (!kp.ok()) return kp.status();
+    Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&*lease, *kp);
+    if (!key.ok()) return key.status();
+    Result<std::string> sig = audit::SignerFor(*key)(input);
+    EVP_PKEY_free(*key);
+    return sig;
+  };
+  return audit::AuditLog::Open({a.log_path(), a.heads_path(), a.head_every() ? a.head_every() : 1000, signer});
+}
+
+Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
+                                                             queue::QueueManager* qmgr, audit::AuditLog* log) {
+  const auto& c = cfg.control();
+  control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}};
+  static const std::map<std::string, v1::Role> kRoles = {{"administrator", v1::ROLE_ADMINISTRATOR},
+                                                         {"security-officer", v1::ROLE_SECURITY_OFFICER},
+                                                         {"auditor", v1::ROLE_AUDITOR},
+                                                         {"operator", v1::ROLE_OPERATOR}};
+  for (int i = 0; i < c.roles_size(); ++i) {
+    auto it = kRoles.find(c.roles(i).role());
+    if (it == kRoles.end())
+      return InvalidArgumentError(StrCat("field 'control.roles[", i, "].role': '", c.roles(i).role(),
+                                         "' is not administrator, security-officer, auditor or operator"));
+    o.roles[c.roles(i).common_name()] = it->second;
+  }
+  return control::ControlServer::Start(o, {spool, qmgr, log});
 }
 
 int Run(const std::string& path) {
@@ -124,7 +169,8 @@ int Run(const std::string& path) {
     const auto& h = cfg.hsm();
     token = std::make_unique<hsm::TokenManager>(
         hsm::TokenConfig{h.module_path(), h.token_label(), h.token_serial(), h.pin_file(),
-                         std::max<size_t>(h.sessions(), cfg.crypto_workers())});
+                         // one session per crypto worker, one for the audit signer
+                         std::max<size_t>(h.sessions(), cfg.crypto_workers() + (cfg.has_control() ? 1 : 0))});
   }
   std::unique_ptr<crypto::SmimeShared> smime;
   if (cfg.has_smime()) {
@@ -176,6 +222,22 @@ int Run(const std::string& path) {
   }
   qmgr.Start();
   committer.Start();
+  // The management API and its audit trail (issue #5).
+  std::unique_ptr<audit::AuditLog> audit_log;
+  std::unique_ptr<control::ControlServer> control_server;
+  if (cfg.has_control()) {
+    Result<std::unique_ptr<audit::AuditLog>> a = OpenAudit(cfg, token.get());
+    Result<std::unique_ptr<control::ControlServer>> srv =
+        a.ok() ? StartControl(cfg, &spool, &qmgr, a->get()) : Result<std::unique_ptr<control::ControlServer>>(a.status());
+    if (!srv.ok()) {
+      Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});
+      committer.Stop();
+      qmgr.Stop();
+      return kExitUsage;
+    }
+    audit_log = std::move(a.value());
+    control_server = std::move(srv.value());
+  }
   io::ServerContext ctx{&policy, &spool, &committer, &qmgr, token ? &hsm_ok : nullptr};
   std::vector<std::unique_ptr<io::NetThread>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
@@ -232,6 +294,7 @@ int Run(const std::string& path) {
   int64_t deadline = io::EventLoop::NowMs() + kDrainMs;
   for (auto& t : nets) t->BeginDrain(deadline);
   for (auto& t : nets) t->Join();
+  if (control_server) control_server->Stop();
   committer.Stop();
   qmgr.Stop();
   Log(LogLevel::kInfo, "mailseald", "stopped", {});

@@ -2,11 +2,14 @@
 // inside the token), for test set-ups and for operators until the control plane's key ceremony
 // commands (issue #5) take this over. The PIN is read from a 0600 file, never from argv.
 //
-//   mailseal-keygen MODULE TOKEN_LABEL PIN_FILE KEY_LABEL dsa|dca rsa2048|rsa3072|p256|p384 DOMAIN CSR_OUT
+//   mailseal-keygen MODULE TOKEN_LABEL PIN_FILE KEY_LABEL dsa|dca|audit rsa2048|rsa3072|p256|p384 DOMAIN CSR_OUT
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <string>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "hsm/csr.h"
 #include "hsm/keys.h"
@@ -17,18 +20,40 @@
 using namespace mailseal;
 using namespace mailseal::hsm;
 
+namespace {
+Result<std::string> AuditCsrPem(EVP_PKEY* key, const std::string& domain) {
+  X509_REQ* req = X509_REQ_new();
+  std::string cn = "mailseal-audit." + domain;
+  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_REQ_set_pubkey(req, key);
+  std::string out;
+  if (X509_REQ_sign(req, key, EVP_sha256()) > 0) {
+    BIO* b = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509_REQ(b, req);
+    char* data = nullptr;
+    long n = BIO_get_mem_data(b, &data);
+    out.assign(data, static_cast<size_t>(n));
+    BIO_free(b);
+  }
+  X509_REQ_free(req);
+  if (out.empty()) return InternalError("the audit CSR could not be signed in the token");
+  return out;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   if (argc != 9) {
     std::fprintf(stderr,
-                 "usage: mailseal-keygen MODULE TOKEN_LABEL PIN_FILE KEY_LABEL dsa|dca "
+                 "usage: mailseal-keygen MODULE TOKEN_LABEL PIN_FILE KEY_LABEL dsa|dca|audit "
                  "rsa2048|rsa3072|p256|p384 DOMAIN CSR_OUT\n");
     return 2;
   }
   const std::map<std::string, KeyType> types = {
       {"rsa2048", KeyType::kRsa2048}, {"rsa3072", KeyType::kRsa3072}, {"p256", KeyType::kEcP256}, {"p384", KeyType::kEcP384}};
   std::string purpose = argv[5];
-  if ((purpose != "dsa" && purpose != "dca") || !types.count(argv[6])) {
-    std::fprintf(stderr, "mailseal-keygen: purpose must be dsa or dca, type one of rsa2048 rsa3072 p256 p384\n");
+  if ((purpose != "dsa" && purpose != "dca" && purpose != "audit") || !types.count(argv[6])) {
+    std::fprintf(stderr, "mailseal-keygen: purpose must be dsa, dca or audit, type one of rsa2048 rsa3072 p256 p384\n");
     return 2;
   }
   auto fail = [](const char* what, const Status& st) {
@@ -44,12 +69,13 @@ int main(int argc, char** argv) {
   Result<std::unique_ptr<Session>> s = Session::Open(m->get(), *slot);
   if (!s.ok()) return fail("session", s.status());
   if (Status st = (*s)->Login(*pin); !st.ok()) return fail("login", st);
-  Purpose p = purpose == "dsa" ? Purpose::kDsaSign : Purpose::kDcaEncrypt;
+  Purpose p = purpose == "dsa" ? Purpose::kDsaSign : purpose == "dca" ? Purpose::kDcaEncrypt : Purpose::kAudit;
   Result<KeyPair> kp = GenerateKeyPair(**s, {types.at(argv[6]), p, argv[4]});
   if (!kp.ok()) return fail("key generation", kp.status());
   Result<EVP_PKEY*> key = TokenPrivateKey(s->get(), *kp);
   if (!key.ok()) return fail("key", key.status());
-  Result<std::string> csr = BuildCsrPem(*key, {p, {argv[7]}, "", ""});
+  // Domain keys get RFC 3183 CSRs; the audit key a plain one (CN=mailseal-audit.<domain>).
+  Result<std::string> csr = p == Purpose::kAudit ? AuditCsrPem(*key, argv[7]) : BuildCsrPem(*key, {p, {argv[7]}, "", ""});
   EVP_PKEY_free(*key);
   if (!csr.ok()) return fail("CSR", csr.status());
   std::ofstream(argv[8]) << *csr;

@@ -251,6 +251,17 @@ Result<std::vector<Hash>> AuditLog::ConsistencyProofFor(uint64_t old_size, uint6
   return ConsistencyProof(leaves_, old_size, new_size);
 }
 
+Result<std::vector<AuditRecord>> AuditLog::ReadRecords(uint64_t start, size_t limit) const {
+  Framed f = ReadFramed(options_.log_path, kLogMagic);
+  if (!f.error.empty()) return DataLossError(f.error);
+  std::vector<AuditRecord> out;
+  for (size_t i = start; i < f.payloads.size() && out.size() < limit; ++i) {
+    out.emplace_back();
+    out.back().ParseFromString(f.payloads[i]);
+  }
+  return out;
+}
+
 VerifyReport VerifyLog(const std::string& log_path, const std::string& heads_path, EVP_PKEY* audit_pub,
                        const std::vector<TreeHead>& exported) {
   VerifyReport rep;

@@ -61,6 +61,8 @@ class AuditLog {
   Result<std::vector<Hash>> InclusionProofFor(uint64_t index, uint64_t tree_size) const;
   Result<std::vector<Hash>> ConsistencyProofFor(uint64_t old_size, uint64_t new_size) const;
   bool healthy() const;
+  // ReadRecords: up to `limit` records from `start` (re-reads the file; the API pages).
+  Result<std::vector<mailseal::v1::AuditRecord>> ReadRecords(uint64_t start, size_t limit) const;
 
  private:
   AuditLog() = default;

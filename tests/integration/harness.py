@@ -36,6 +36,8 @@ def args():
     p.add_argument("--mailseald", required=True)
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--keygen", help="mailseal-keygen (tests that make token keys)")
+    p.add_argument("--mailsealctl", help="the management CLI (control tests)")
+    p.add_argument("--audit", help="mailseal-audit (control tests)")
     return p.parse_args()
 
 

@@ -1,0 +1,269 @@
+// server.cc — see server.h.
+#include "control/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "dataplane/base/log.h"
+#include "mailseal/v1/control.grpc.pb.h"
+
+namespace mailseal::control {
+namespace {
+using base::Log;
+using base::LogLevel;
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
+namespace v1 = mailseal::v1;
+
+Result<std::string> Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError(StrCat(path, ": cannot be read"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Guard authorises one call: who is calling (the client certificate's CN), which role that
+// is, whether the method (by its declaration in control.proto) allows it, and — for mutating
+// methods and refusals — the audit record that must be written first.
+class Guard {
+ public:
+  Guard(const ServerOptions* o, audit::AuditLog* a) : options_(o), audit_(a) {}
+
+  Status Check(ServerContext* ctx, const char* method, const std::string& object, std::string* actor) const {
+    std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+    *actor = cn.empty() ? "" : std::string(cn[0].data(), cn[0].size());
+    auto role_it = options_->roles.find(*actor);
+    v1::Role role = role_it == options_->roles.end() ? v1::ROLE_UNSPECIFIED : role_it->second;
+    const google::protobuf::MethodDescriptor* md =
+        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
+    bool allowed = false, mutating = false;
+    if (md) {
+      const auto& opts = md->options();
+      for (int i = 0; i < opts.ExtensionSize(v1::allowed_roles); ++i)
+        allowed = allowed || (role != v1::ROLE_UNSPECIFIED && opts.GetExtension(v1::allowed_roles, i) == role);
+      mutating = opts.GetExtension(v1::mutating);
+    }
+    if (!allowed || mutating) {
+      v1::AuditRecord r;
+      r.set_actor(StrCat("CN=", *actor));
+      r.set_action(method);
+      r.set_object(object);
+      r.set_outcome(allowed ? v1::AuditRecord::OUTCOME_ALLOWED : v1::AuditRecord::OUTCOME_DENIED);
+      if (!allowed) r.set_detail(StrCat("role ", v1::Role_Name(role), " may not call it"));
+      Result<uint64_t> seq = audit_->Append(r);
+      if (!seq.ok()) {
+        Log(LogLevel::kError, "control", "audit log unavailable: management call refused",
+            {{"method", method}, {"actor", *actor}, {"error", seq.status().message()}});
+        return Status(StatusCode::UNAVAILABLE, StrCat("the audit log cannot be written (", seq.status().message(),
+                                                      "): refused, nothing changed"));
+      }
+    }
+    if (!allowed) {
+      Log(LogLevel::kWarning, "control", "permission denied", {{"method", method}, {"actor", *actor}});
+      return Status(StatusCode::PERMISSION_DENIED,
+                    StrCat("role ", v1::Role_Name(role), " of '", *actor, "' may not call ", method));
+    }
+    return Status::OK;
+  }
+
+ private:
+  const ServerOptions* options_;
+  audit::AuditLog* audit_;
+};
+
+Status FromStatus(const mailseal::Status& s) {
+  if (s.ok()) return Status::OK;
+  return Status(static_cast<StatusCode>(static_cast<int>(s.code())), s.message());
+}
+
+class QueueServiceImpl final : public v1::QueueService::Service {
+ public:
+  QueueServiceImpl(const Guard* g, Deps d) : guard_(g), deps_(d) {}
+
+  Status GetCounts(ServerContext* ctx, const v1::GetCountsRequest*, v1::GetCountsResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.GetCounts", "", &actor); !st.ok()) return st;
+    for (queue::SpoolState s : {queue::SpoolState::kIncoming, queue::SpoolState::kActive, queue::SpoolState::kDeferred,
+                                queue::SpoolState::kHold, queue::SpoolState::kCorrupt}) {
+      Result<std::vector<std::string>> ids = deps_.spool->List(s);
+      (*resp->mutable_counts())[queue::StateDir(s)] = ids.ok() ? ids->size() : 0;
+    }
+    return Status::OK;
+  }
+
+  Status ListMessages(ServerContext* ctx, const v1::ListMessagesRequest* req, v1::ListMessagesResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.ListMessages", req->state(), &actor); !st.ok())
+      return st;
+    const queue::SpoolState* state = nullptr;
+    static const queue::SpoolState kStates[] = {queue::SpoolState::kIncoming, queue::SpoolState::kActive,
+                                                queue::SpoolState::kDeferred, queue::SpoolState::kHold,
+                                                queue::SpoolState::kCorrupt};
+    for (const auto& s : kStates)
+      if (req->state() == queue::StateDir(s)) state = &s;
+    if (!state) return Status(StatusCode::INVALID_ARGUMENT, "field 'state': one of incoming, active, deferred, hold, corrupt");
+    Result<std::vector<std::string>> ids = deps_.spool->List(*state);
+    if (!ids.ok()) return FromStatus(ids.status());
+    std::sort(ids->begin(), ids->end());
+    size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
+    auto it = std::upper_bound(ids->begin(), ids->end(), req->page_token());
+    if (req->page_token().empty()) it = ids->begin();
+    for (; it != ids->end() && static_cast<size_t>(resp->messages_size()) < page; ++it) {
+      Result<queue::SpoolMessage> m = queue::ReadSpoolFile(deps_.spool->PathOf(*state, *it));
+      v1::QueuedMessage* q = resp->add_messages();
+      q->set_queue_id(*it);
+      if (!m.ok()) {
+        q->set_hold_reason(StrCat("unreadable: ", m.status().message()));
+        continue;
+      }
+      q->set_mail_from(m->envelope.mail_from());
+      for (const auto& r : m->envelope.recipients()) q->add_recipients(r.address());
+      q->set_size(m->body_size);
+      q->set_arrival_unix_ms(m->envelope.arrival_unix_ms());
+      q->set_hold_reason(m->envelope.hold_reason());
+    }
+    if (it != ids->end() && resp->messages_size() > 0) resp->set_next_page_token(resp->messages().rbegin()->queue_id());
+    return Status::OK;
+  }
+
+  Status ReleaseMessage(ServerContext* ctx, const v1::ReleaseMessageRequest* req,
+                        v1::ReleaseMessageResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.ReleaseMessage", req->queue_id(), &actor); !st.ok())
+      return st;
+    const std::string& id = req->queue_id();
+    if (id.empty() || id.find('/') != std::string::npos || id[0] == '.')
+      return Status(StatusCode::INVALID_ARGUMENT, "field 'queue_id': not a queue id");
+    std::string path = deps_.spool->PathOf(queue::SpoolState::kHold, id);
+    Result<queue::SpoolMessage> m = queue::ReadSpoolFile(path);
+    if (!m.ok()) return Status(StatusCode::NOT_FOUND, StrCat("no held message ", id, ": ", m.status().message()));
+    std::string body;
+    mailseal::Status rs = queue::ReadBody(path, *m, [&](std::string_view c) {
+      body.append(c);
+      return OkStatus();
+    });
+    if (!rs.ok()) return FromStatus(rs);
+    // Queued again as a fresh message: policy and the crypto stage decide anew (a held copy is
+    // never sent on as it is — it may be for a partner that must only get sealed mail).
+    mailseal::v1::SpoolEnvelope env = m->envelope;
+    env.clear_queue_id();
+    env.set_crypto_done(false);
+    env.clear_derived_from();
+    env.clear_derived_rcpts();
+    env.clear_hold_reason();
+    env.clear_protection();
+    Result<std::string> qid = queue::WriteWholeMessage(deps_.spool, env, body);
+    if (!qid.ok()) return FromStatus(qid.status());
+    Result<queue::SpoolMessage> fresh = queue::ReadSpoolFile(deps_.spool->PathOf(queue::SpoolState::kActive, *qid));
+    if (!fresh.ok()) return FromStatus(fresh.status());
+    if (mailseal::Status st = deps_.spool->Remove(id, queue::SpoolState::kHold); !st.ok())
+      Log(LogLevel::kError, "control", "released message not removed from hold/", {{"qid", id}, {"error", st.message()}});
+    deps_.qmgr->Submit(std::move(fresh.value()));
+    Log(LogLevel::kInfo, "control", "released from hold", {{"qid", id}, {"new_qid", *qid}, {"actor", actor}});
+    resp->set_queue_id(*qid);
+    return Status::OK;
+  }
+
+ private:
+  const Guard* guard_;
+  Deps deps_;
+};
+
+class AuditServiceImpl final : public v1::AuditService::Service {
+ public:
+  AuditServiceImpl(const Guard* g, Deps d) : guard_(g), deps_(d) {}
+
+  Status GetTreeHead(ServerContext* ctx, const v1::GetTreeHeadRequest*, v1::GetTreeHeadResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.GetTreeHead", "", &actor); !st.ok()) return st;
+    Result<v1::TreeHead> h = deps_.audit->SignHead();
+    if (!h.ok()) return FromStatus(h.status());
+    *resp->mutable_head() = *h;
+    return Status::OK;
+  }
+
+  Status ListRecords(ServerContext* ctx, const v1::ListRecordsRequest* req, v1::ListRecordsResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.ListRecords", "", &actor); !st.ok()) return st;
+    uint64_t start = req->start_seq();
+    if (!req->page_token().empty()) start = std::strtoull(req->page_token().c_str(), nullptr, 10);
+    size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
+    Result<std::vector<v1::AuditRecord>> recs = deps_.audit->ReadRecords(start, page);
+    if (!recs.ok()) return FromStatus(recs.status());
+    for (auto& r : *recs) *resp->add_records() = std::move(r);
+    if (start + resp->records_size() < deps_.audit->size())
+      resp->set_next_page_token(std::to_string(start + resp->records_size()));
+    return Status::OK;
+  }
+
+  Status GetConsistencyProof(ServerContext* ctx, const v1::GetConsistencyProofRequest* req,
+                             v1::GetConsistencyProofResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.GetConsistencyProof", "", &actor); !st.ok())
+      return st;
+    Result<std::vector<audit::Hash>> p = deps_.audit->ConsistencyProofFor(req->old_size(), req->new_size());
+    if (!p.ok()) return FromStatus(p.status());
+    for (const auto& h : *p) resp->add_hashes(h);
+    return Status::OK;
+  }
+
+ private:
+  const Guard* guard_;
+  Deps deps_;
+};
+
+}  // namespace
+
+struct GuardHolder : grpc::Service {  // keeps the options and guard alive with the services
+  ServerOptions options;
+  std::unique_ptr<Guard> guard;
+};
+
+Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions& options, Deps deps) {
+  Result<std::string> cert = Slurp(options.cert_file);
+  Result<std::string> key = Slurp(options.key_file);
+  Result<std::string> ca = Slurp(options.client_ca_file);
+  if (!cert.ok() || !key.ok() || !ca.ok())
+    return InvalidArgumentError(StrCat("field 'control': ", !cert.ok() ? cert.status().message()
+                                                            : !key.ok() ? key.status().message() : ca.status().message()));
+  std::unique_ptr<ControlServer> s(new ControlServer());
+  auto holder = std::make_unique<GuardHolder>();
+  holder->options = options;
+  holder->guard = std::make_unique<Guard>(&holder->options, deps.audit);
+  const Guard* guard = holder->guard.get();
+  s->services_.push_back(std::move(holder));
+  s->services_.push_back(std::make_unique<QueueServiceImpl>(guard, deps));
+  s->services_.push_back(std::make_unique<AuditServiceImpl>(guard, deps));
+  auto provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+      *ca, std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
+  grpc::experimental::TlsServerCredentialsOptions tls(provider);
+  tls.watch_root_certs();
+  tls.watch_identity_key_cert_pairs();
+  tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::ServerBuilder b;
+  b.AddListeningPort(options.listen, grpc::experimental::TlsServerCredentials(tls), &s->port_);
+  for (size_t i = 1; i < s->services_.size(); ++i) b.RegisterService(s->services_[i].get());
+  s->server_ = b.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));
+  Log(LogLevel::kInfo, "control", "management API listening (mTLS)",
+      {{"address", options.listen}, {"port", std::to_string(s->port_)}, {"roles", std::to_string(options.roles.size())}});
+  return s;
+}
+
+ControlServer::~ControlServer() { Stop(); }
+
+void ControlServer::Stop() {
+  if (server_) server_->Shutdown();
+  server_.reset();
+}
+
+}  // namespace mailseal::control

@@ -1,0 +1,51 @@
+// server.h — the management API server (issue #5): gRPC over TLS 1.3 with client
+// certificates required, roles from the client certificate's common name, every call
+// authorised by the allowed_roles its method declares in control.proto, mutating calls and
+// every refusal written to the audit log first (fail closed: no audit, no change).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "control/audit/log.h"
+#include "dataplane/base/status.h"
+#include "dataplane/queue/queue_manager.h"
+#include "dataplane/queue/spool.h"
+#include "mailseal/v1/control.pb.h"
+
+namespace grpc {
+class Server;
+class Service;
+}
+
+namespace mailseal::control {
+
+struct ServerOptions {
+  std::string listen;              // "host:port", a management address
+  std::string cert_file, key_file; // the server's certificate and key (PEM)
+  std::string client_ca_file;      // CA(s) whose client certificates may connect
+  std::map<std::string, mailseal::v1::Role> roles;   // client certificate CN -> role
+};
+
+struct Deps {
+  queue::Spool* spool = nullptr;
+  queue::QueueManager* qmgr = nullptr;
+  audit::AuditLog* audit = nullptr;
+};
+
+class ControlServer {
+ public:
+  static Result<std::unique_ptr<ControlServer>> Start(const ServerOptions& options, Deps deps);
+  ~ControlServer();
+  void Stop();
+  int port() const { return port_; }
+
+ private:
+  ControlServer() = default;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<grpc::Service>> services_;
+  int port_ = 0;
+};
+
+}  // namespace mailseal::control

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Issue #5 (first slice): mailseald's management API over mTLS with roles, driven by
+mailsealctl, and its audit trail checked by mailseal-audit.
+
+- A client certificate from another CA (even with an administrator's name) cannot connect; a
+  plain-TCP client gets no API.
+- An auditor reads the signed tree head but gets PERMISSION_DENIED (exit 3) on queue release;
+  the refusal is in the audit log.
+- An administrator lists held mail and releases it: it goes back through policy and sealing
+  (held again while the partner still has no certificate — never sent in clear), and the
+  release is audited before it takes effect.
+- mailseal-audit verifies the log and tree heads with the audit certificate; a flipped byte is
+  found and the record named.
+"""
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from test_smime_gateways import MODULE, make_gateway, run, smime_conf, send  # noqa: E402
+
+
+def issue(d, name, ca, san=None):
+    ext = f"-addext subjectAltName={san}" if san else ""
+    run(f"openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key -out {name}.csr "
+        f"-subj /CN={name} {ext}", d)
+    run(f"openssl x509 -req -in {name}.csr -CA {ca}.crt -CAkey {ca}.key -CAcreateserial -copy_extensions copy "
+        f"-days 2 -out {name}.crt", d)
+
+
+def main():
+    a = harness.args()
+    c = harness.Checker("control_api")
+    root = harness.tempdir(a.keep)
+    ca_dir = os.path.join(root, "ca")
+    os.makedirs(ca_dir)
+    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Test-Root-CA -days 30", ca_dir)
+    da, env_a, pin_a = make_gateway(root, "gw-a", "agency-a.test", a.keygen, ca_dir)
+    run([a.keygen, MODULE, "gw-a", pin_a, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env_a)
+    run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
+        "-out audit.crt", da)
+    m = os.path.join(root, "mgmt")
+    os.makedirs(m)
+    for ca in ("mgmt-ca", "rogue-ca"):
+        run(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ca}.key -out {ca}.crt "
+            f"-subj /CN={ca} -days 2", m)
+    issue(m, "server", "mgmt-ca", "IP:127.0.0.1")
+    for who in ("admin-1", "auditor-1"):
+        issue(m, who, "mgmt-ca")
+    os.makedirs(os.path.join(m, "rogue"))
+    issue(os.path.join(m, "rogue"), "admin-1", "../rogue-ca")
+
+    sink = harness.Sink(root)
+    api_port = harness.free_port()
+    control = (f'control {{ listen: "127.0.0.1:{api_port}" cert_file: "{m}/server.crt" key_file: "{m}/server.key" '
+               f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "admin-1" role: "administrator" }} '
+               f'roles {{ common_name: "auditor-1" role: "auditor" }} audit {{ log_path: "{root}/audit.log" '
+               f'heads_path: "{root}/audit.heads" head_every: 5 key_label: "audit" }} }}')
+    gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, env=env_a, hostname="gw-a.test",
+                           extra=smime_conf("gw-a", da, pin_a, ca_dir, 'partners { domain: "agency-c.test" }') + control)
+    gw.start()
+    harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up")
+
+    def ctl(who, *args, base=m):
+        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{base}/{who}.crt",
+                            "--key", f"{base}/{who}.key", "--ca", f"{m}/mgmt-ca.crt", *args],
+                           capture_output=True, text=True, timeout=30)
+        return r.returncode, r.stdout, r.stderr
+
+    out = send(gw.port, "alice@agency-a.test", ["carol@agency-c.test"],
+               b"From: alice@agency-a.test\r\nTo: carol@agency-c.test\r\nSubject: s\r\n\r\nsecret text\r\n")
+    c.check(b"250 2.0.0" in out, "mail for a partner without a certificate is accepted")
+    held = harness.wait_for(lambda: gw.queue_files("hold"), 15, "held")
+
+    rc, o, e = ctl("admin-1", "queue", "counts", base=os.path.join(m, "rogue"))
+    c.check(rc == 1 and "admin-1" not in o, "a certificate from another CA cannot connect, whatever its name", e[-200:])
+    s = socket.create_connection(("127.0.0.1", api_port), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    try:
+        reply = s.recv(100)
+    except OSError:
+        reply = b""
+    s.close()
+    c.check(not reply.startswith(b"\x00\x00") and b"HTTP" not in reply[:20] or reply == b"",
+            "a plain-TCP client gets no HTTP/2 API (TLS only)", repr(reply[:40]))
+    ctx = ssl.create_default_context(cafile=f"{m}/mgmt-ca.crt")
+    try:
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", api_port), timeout=5),
+                             server_hostname="127.0.0.1") as t:
+            t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            got = t.recv(10)   # TLS 1.3: the refusal arrives after the handshake
+        nocert = "connected" if got else "closed by the server"
+    except (ssl.SSLError, OSError) as ex:
+        nocert = str(ex)
+    c.check(nocert != "connected", "TLS without a client certificate is refused", nocert)
+
+    rc, o, e = ctl("auditor-1", "-o", "json", "audit", "head")
+    c.check(rc == 0 and json.loads(o)["head"].get("signature"), "an auditor reads the signed tree head", o + e)
+    rc, o, e = ctl("auditor-1", "queue", "release", held[0])
+    c.check(rc == 3 and "permission denied" in e, "an auditor may not release mail: exit 3, PERMISSION_DENIED", e)
+
+    rc, o, e = ctl("admin-1", "-o", "json", "queue", "list", "--state", "hold")
+    listed = json.loads(o).get("messages", []) if rc == 0 else []
+    c.check(len(listed) == 1 and listed[0]["queue_id"] == held[0]
+            and "no DCA certificate known for partner domain agency-c.test" in listed[0]["hold_reason"],
+            "the administrator sees the held message and why", o + e)
+    rc, o, e = ctl("admin-1", "queue", "release", held[0])
+    c.check(rc == 0 and "queued again as" in o, "the administrator releases it", o + e)
+    harness.wait_for(lambda: gw.queue_files("hold") and gw.queue_files("hold") != held, 15, "re-evaluated")
+    time.sleep(0.5)
+    c.check(not [x for x in sink.messages() if b"secret text" in x],
+            "released mail goes back through sealing: still no certificate, so held again, never sent in clear")
+
+    rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--limit", "1000")
+    recs = json.loads(o).get("records", []) if rc == 0 else []
+    denied = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=auditor-1"]
+    allowed = [r for r in recs if r.get("outcome") == "OUTCOME_ALLOWED" and r.get("actor") == "CN=admin-1"
+               and r.get("action", "").endswith("ReleaseMessage") and r.get("object") == held[0]]
+    c.check(len(denied) == 1 and len(allowed) == 1, "the refusal and the release are in the audit trail", o[-500:] + e)
+
+    gw.stop()
+    verify = [a.audit, "verify", f"{root}/audit.log", f"{root}/audit.heads", f"{da}/audit.crt"]
+    r = subprocess.run(verify, capture_output=True, text=True)
+    c.check(r.returncode == 0 and "verified" in r.stdout, "mailseal-audit verifies the trail with the audit "
+            "certificate (heads signed in the HSM)", r.stdout + r.stderr)
+    with open(f"{root}/audit.log", "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0x01
+        f.seek(0)
+        f.write(data)
+    r = subprocess.run(verify, capture_output=True, text=True)
+    c.check(r.returncode == 1 and "first bad record" in r.stdout, "a flipped byte is found and the record named",
+            r.stdout)
+    c.finish()
+
+
+if __name__ == "__main__":
+    main()
