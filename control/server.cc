@@ -1,7 +1,9 @@
 // server.cc — see server.h.
 #include "control/server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -37,6 +39,8 @@ Result<std::string> Slurp(const std::string& path) {
 class Guard {
  public:
   Guard(const ServerOptions* o, audit::AuditLog* a) : options_(o), audit_(a) {}
+  // on_audit_failure: called when the audit log refuses a record (health goes NOT_SERVING).
+  std::function<void()> on_audit_failure;
 
   Status Check(ServerContext* ctx, const char* method, const std::string& object, std::string* actor) const {
     std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
@@ -61,6 +65,7 @@ class Guard {
       if (!allowed) r.set_detail(StrCat("role ", v1::Role_Name(role), " may not call it"));
       Result<uint64_t> seq = audit_->Append(r);
       if (!seq.ok()) {
+        if (on_audit_failure) on_audit_failure();
         Log(LogLevel::kError, "control", "audit log unavailable: management call refused",
             {{"method", method}, {"actor", *actor}, {"error", seq.status().message()}});
         return Status(StatusCode::UNAVAILABLE, StrCat("the audit log cannot be written (", seq.status().message(),
@@ -239,7 +244,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   auto holder = std::make_unique<GuardHolder>();
   holder->options = options;
   holder->guard = std::make_unique<Guard>(&holder->options, deps.audit);
-  const Guard* guard = holder->guard.get();
+  Guard* guard = holder->guard.get();
   s->services_.push_back(std::move(holder));
   s->services_.push_back(std::make_unique<QueueServiceImpl>(guard, deps));
   s->services_.push_back(std::make_unique<AuditServiceImpl>(guard, deps));
@@ -249,11 +254,22 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   tls.watch_root_certs();
   tls.watch_identity_key_cert_pairs();
   tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();   // generic clients (grpcurl-style)
   grpc::ServerBuilder b;
   b.AddListeningPort(options.listen, grpc::experimental::TlsServerCredentials(tls), &s->port_);
   for (size_t i = 1; i < s->services_.size(); ++i) b.RegisterService(s->services_[i].get());
   s->server_ = b.BuildAndStart();
   if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));
+  // grpc.health.v1: SERVING while the audit trail can be written; NOT_SERVING once it cannot
+  // (changes are refused then; mail keeps flowing).
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  audit::AuditLog* log = deps.audit;
+  auto set_health = [health, log] {
+    if (health) health->SetServingStatus(log->healthy());
+  };
+  set_health();
+  static_cast<GuardHolder*>(s->services_[0].get())->guard->on_audit_failure = set_health;
   Log(LogLevel::kInfo, "control", "management API listening (mTLS)",
       {{"address", options.listen}, {"port", std::to_string(s->port_)}, {"roles", std::to_string(options.roles.size())}});
   return s;

@@ -150,6 +150,9 @@ int Run(const std::string& path) {
   for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&sigs, s);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A file that may not grow (quota, RLIMIT_FSIZE) must give EFBIG to the writer — the spool
+  // refuses the message, the audit log fails closed — not kill the daemon.
+  signal(SIGXFSZ, SIG_IGN);
   int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 
   queue::Spool spool(cfg.spool_dir());

@@ -3,6 +3,7 @@
 //   mailsealctl [--server H:P] [--cert F --key F --ca F] [-o table|json] queue counts
 //   mailsealctl ... queue list --state hold        mailsealctl ... queue release QUEUE_ID
 //   mailsealctl ... audit head                     mailsealctl ... audit records [--start N] [--limit N]
+//   mailsealctl ... health
 //
 // Connection settings come from flags, else MAILSEALCTL_SERVER / _CERT / _KEY / _CA. TLS with
 // our client certificate (mTLS); the server is checked against --ca. Exit codes: 0 ok, 1 error
@@ -19,6 +20,7 @@
 #include <sstream>
 #include <string>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "mailseal/v1/control.grpc.pb.h"
 
 namespace v1 = mailseal::v1;
@@ -84,6 +86,7 @@ int main(int argc, char** argv) {
   qlist->add_option("--state", state, "incoming, active, deferred, hold or corrupt");
   CLI::App* release = queue->add_subcommand("release", "send a held message back through policy and sealing");
   release->add_option("queue_id", qid, "queue id of the held message")->required();
+  app.add_subcommand("health", "SERVING, or NOT_SERVING when the audit trail cannot be written");
   CLI::App* audit = app.add_subcommand("audit", "the audit trail")->require_subcommand(1);
   audit->add_subcommand("head", "sign and show the tree head over every record");
   uint64_t start = 0;
@@ -113,6 +116,16 @@ int main(int argc, char** argv) {
   auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
   bool json = output == "json";
 
+  if (app.got_subcommand("health")) {
+    auto stub = grpc::health::v1::Health::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status st = stub->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
+    if (!st.ok()) return Report(st);
+    std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
+    return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kError;
+  }
   if (queue->got_subcommand("counts")) {
     auto stub = v1::QueueService::NewStub(channel);
     grpc::ClientContext ctx;

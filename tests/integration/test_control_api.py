@@ -123,6 +123,31 @@ def main():
                and r.get("action", "").endswith("ReleaseMessage") and r.get("object") == held[0]]
     c.check(len(denied) == 1 and len(allowed) == 1, "the refusal and the release are in the audit trail", o[-500:] + e)
 
+    # The audit file becomes unwritable (immutable: chattr +i, which also stops writes through
+    # the daemon's open descriptor): changes are refused with a clear error, health says so,
+    # mail keeps flowing.
+    rc, o, e = ctl("auditor-1", "health")
+    c.check(rc == 0 and "SERVING" in o, "health: SERVING", o + e)
+    harness._cleanups.append(lambda: subprocess.run(["chattr", "-i", f"{root}/audit.log"], capture_output=True))
+    immutable = subprocess.run(["chattr", "+i", f"{root}/audit.log"], capture_output=True).returncode == 0
+    if not immutable:   # a file system without the attribute: make the file unable to grow instead
+        print("note: chattr +i not supported here; using RLIMIT_FSIZE on the daemon (mail-flow check skipped)")
+        size = os.path.getsize(f"{root}/audit.log")
+        subprocess.run(["prlimit", f"--pid={gw.proc.pid}", f"--fsize={size + 16}"], check=True)
+    held_now = gw.queue_files("hold")
+    rc, o, e = ctl("admin-1", "queue", "release", held_now[0])
+    c.check(rc == 1 and "audit log cannot be written" in e and gw.queue_files("hold") == held_now,
+            "audit log unwritable: the release is refused with a clear error and nothing changes", e)
+    rc, o, e = ctl("auditor-1", "health")
+    c.check(rc == 1 and "NOT_SERVING" in o, "health: NOT_SERVING", o + e)
+    if immutable:
+        out = send(gw.port, "alice@agency-a.test", ["bob@elsewhere.test"], b"Subject: x\r\n\r\nstill flowing\r\n")
+        harness.wait_for(lambda: [x for x in sink.messages() if b"still flowing" in x], 15, "plain mail delivered")
+        c.check(b"250 2.0.0" in out, "mail keeps flowing while the audit trail is down")
+        subprocess.run(["chattr", "-i", f"{root}/audit.log"], check=True)
+    else:
+        subprocess.run(["prlimit", f"--pid={gw.proc.pid}", "--fsize=unlimited"], check=True)
+
     gw.stop()
     verify = [a.audit, "verify", f"{root}/audit.log", f"{root}/audit.heads", f"{da}/audit.crt"]
     r = subprocess.run(verify, capture_output=True, text=True)
