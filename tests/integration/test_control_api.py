@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_smime_gateways import MODULE, make_gateway, run, smime_conf, send  # noqa: E402
+from test_smime_gateways import MODULE, make_pki, run, send, smime_conf  # noqa: E402
 
 
 def issue(d, name, ca, san=None):
@@ -37,10 +37,7 @@ def main():
     a = harness.args()
     c = harness.Checker("control_api")
     root = harness.tempdir(a.keep)
-    ca_dir = os.path.join(root, "ca")
-    os.makedirs(ca_dir)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Test-Root-CA -days 30", ca_dir)
-    da, env_a, pin_a = make_gateway(root, "gw-a", "agency-a.test", a.keygen, ca_dir)
+    ca_dir, [(da, env_a, pin_a)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test")])
     run([a.keygen, MODULE, "gw-a", pin_a, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env_a)
     run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
         "-out audit.crt", da)

@@ -9,12 +9,11 @@ import os
 import re
 import subprocess
 import sys
-from collections import Counter
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_crash_kill9 import flood_with_kills  # noqa: E402
-from test_smime_gateways import make_gateway, run, smime_conf  # noqa: E402
+from test_smime_gateways import make_pki, run, sealed_deliveries, smime_conf  # noqa: E402
 
 N = 300
 
@@ -23,11 +22,8 @@ def main():
     a = harness.args()
     c = harness.Checker("smime_crash_kill9")
     root = harness.tempdir(a.keep)
-    ca_dir = os.path.join(root, "ca")
-    os.makedirs(ca_dir)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Test-Root-CA -days 30", ca_dir)
-    da, env_a, pin_a = make_gateway(root, "gw-a", "agency-a.test", a.keygen, ca_dir)
-    db, _, _ = make_gateway(root, "gw-b", "agency-b.test", a.keygen, ca_dir)
+    ca_dir, [(da, env_a, pin_a), (db, _, _)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test"),
+                                                                          ("gw-b", "agency-b.test")])
     sink = harness.Sink(root)   # agency-b's gateway stands here: it only has to receive
     gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, env=env_a, hostname="gw-a.test",
                            extra=smime_conf("gw-a", da, pin_a, ca_dir,
@@ -48,14 +44,7 @@ def main():
         harness.wait_for(drained, 180, "queue drained after the last restart")
     except AssertionError as e:
         print(e)
-    delivered = Counter()
-    clear = 0
-    for m in sink.messages():
-        mid = re.search(rb"Message-ID: <kill-(\d+)@", m)
-        if mid:
-            delivered[int(mid.group(1))] += 1
-        if b"line " in m or b"smime-type=enveloped-data" not in m and b"smime-type=authEnveloped-data" not in m:
-            clear += 1
+    delivered, clear = sealed_deliveries(sink)
     lost = sorted(acked - set(delivered))
     c.check(not lost, f"no acknowledged message lost ({len(lost)} lost)", f"lost: {lost[:20]}")
     c.check(clear == 0, f"nothing left unsealed ({clear} messages in clear)")

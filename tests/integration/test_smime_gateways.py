@@ -11,11 +11,13 @@ forged Authentication-Results carrying b's name is removed (RFC 8601 §5); a use
 passes intact (SEE-AG-2).
 """
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 import threading
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
@@ -92,6 +94,28 @@ def make_gateway(root, name, domain, keygen, ca_dir):
         run(f"openssl x509 -req -in {kind}.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial "
             f"-copy_extensions copy -days 30 -out {kind}.crt", d)
     return d, env, pin
+
+
+def make_pki(root, keygen, gateways):
+    """A test CA and, for each (token label, domain), a token with DSA/DCA keys and certificates.
+    Returns (ca_dir, [(pki_dir, env, pin_file), ...])."""
+    ca_dir = os.path.join(root, "ca")
+    os.makedirs(ca_dir)
+    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Test-Root-CA -days 30", ca_dir)
+    return ca_dir, [make_gateway(root, name, domain, keygen, ca_dir) for name, domain in gateways]
+
+
+def sealed_deliveries(sink):
+    """What a sink standing for a partner got: {message number: copies} for Message-ID
+    <kill-N@...>, and how many messages arrived not sealed."""
+    delivered, clear = Counter(), 0
+    for m in sink.messages():
+        mid = re.search(rb"Message-ID: <kill-(\d+)@", m)
+        if mid:
+            delivered[int(mid.group(1))] += 1
+        if b"line " in m or (b"smime-type=enveloped-data" not in m and b"smime-type=authEnveloped-data" not in m):
+            clear += 1
+    return delivered, clear
 
 
 def smime_conf(name, d, pin, ca_dir, partners):

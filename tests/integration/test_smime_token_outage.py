@@ -6,7 +6,6 @@ the outage (a token failure defers, it is not a verdict on the message). The cry
 drop their sessions, and the token manager re-opens the module only after they let go.
 """
 import os
-import re
 import shutil
 import sys
 import threading
@@ -15,7 +14,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_crash_kill9 import send_one  # noqa: E402
-from test_smime_gateways import make_gateway, run, smime_conf  # noqa: E402
+from test_smime_gateways import make_pki, sealed_deliveries, smime_conf  # noqa: E402
 
 N = 120
 
@@ -24,11 +23,8 @@ def main():
     a = harness.args()
     c = harness.Checker("smime_token_outage")
     root = harness.tempdir(a.keep)
-    ca_dir = os.path.join(root, "ca")
-    os.makedirs(ca_dir)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Test-Root-CA -days 30", ca_dir)
-    da, env_a, pin_a = make_gateway(root, "gw-a", "agency-a.test", a.keygen, ca_dir)
-    db, _, _ = make_gateway(root, "gw-b", "agency-b.test", a.keygen, ca_dir)
+    ca_dir, [(da, env_a, pin_a), (db, _, _)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test"),
+                                                                          ("gw-b", "agency-b.test")])
     sink = harness.Sink(root)
     gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, env=env_a, hostname="gw-a.test",
                            extra=smime_conf("gw-a", da, pin_a, ca_dir,
@@ -83,14 +79,8 @@ def main():
         harness.wait_for(drained, 120, "queue drained")
     except AssertionError as e:
         print(e)
-    delivered, clear = set(), 0
-    for m in sink.messages():
-        mid = re.search(rb"Message-ID: <kill-(\d+)@", m)
-        if mid:
-            delivered.add(int(mid.group(1)))
-        if b"line " in m or (b"smime-type=enveloped-data" not in m and b"smime-type=authEnveloped-data" not in m):
-            clear += 1
-    lost = sorted(acked - delivered)
+    delivered, clear = sealed_deliveries(sink)
+    lost = sorted(acked - set(delivered))
     c.check(not lost, f"every acknowledged message delivered after the outages ({len(lost)} missing)", str(lost[:20]))
     c.check(clear == 0, f"nothing delivered in clear ({clear})")
     c.check(not gw.queue_files("hold"), "nothing held because of the outage", str(gw.queue_files("hold")[:5]))
