@@ -187,12 +187,41 @@ int Run(const std::string& path) {
         {{"partners", std::to_string(smime->policy.partners.size())}, {"authserv_id", smime->policy.authserv_id}});
   }
 
+  // The audit trail (issue #5): management actions and mail events, the latter in batches.
+  std::unique_ptr<audit::AuditLog> audit_log;
+  std::unique_ptr<audit::Recorder> recorder;
+  if (cfg.has_control()) {
+    Result<std::unique_ptr<audit::AuditLog>> a = OpenAudit(cfg, token.get());
+    if (!a.ok()) {
+      std::fprintf(stderr, "mailseald: %s: %s\n", path.c_str(), a.status().message().c_str());
+      return kExitUsage;
+    }
+    audit_log = std::move(a.value());
+    recorder = std::make_unique<audit::Recorder>(audit_log.get(), [](const Status& st) {
+      Log(LogLevel::kError, "audit", "mail events can no longer be recorded (mail keeps flowing)",
+          {{"error", st.message()}});
+    });
+  }
+
   queue::QueueOptions qopts;
   qopts.hostname = cfg.hostname();
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
   qopts.crypto_workers = cfg.crypto_workers();
   if (smime) qopts.processor = crypto::SmimeProcessorFactory(smime.get());
+  if (recorder) {
+    audit::Recorder* rec = recorder.get();
+    qopts.on_event = [rec](const std::string& action, const std::string& qid, const std::string& detail) {
+      v1::AuditRecord r;
+      r.set_actor("mailseald");
+      r.set_action(action);
+      r.set_object(qid);
+      r.set_outcome(v1::AuditRecord::OUTCOME_DONE);
+      r.add_message_ids(qid);
+      r.set_detail(detail);
+      rec->Record(std::move(r));
+    };
+  }
   queue::QueueManager qmgr(&spool, qopts);
   if (Status st = qmgr.Recover(); !st.ok()) {
     Log(LogLevel::kError, "mailseald", "queue recovery failed", {{"error", st.message()}});
@@ -225,20 +254,16 @@ int Run(const std::string& path) {
   }
   qmgr.Start();
   committer.Start();
-  // The management API and its audit trail (issue #5).
-  std::unique_ptr<audit::AuditLog> audit_log;
+  // The management API (issue #5); its audit trail was opened before the queue.
   std::unique_ptr<control::ControlServer> control_server;
-  if (cfg.has_control()) {
-    Result<std::unique_ptr<audit::AuditLog>> a = OpenAudit(cfg, token.get());
-    Result<std::unique_ptr<control::ControlServer>> srv =
-        a.ok() ? StartControl(cfg, &spool, &qmgr, a->get()) : Result<std::unique_ptr<control::ControlServer>>(a.status());
+  if (audit_log) {
+    Result<std::unique_ptr<control::ControlServer>> srv = StartControl(cfg, &spool, &qmgr, audit_log.get());
     if (!srv.ok()) {
       Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});
       committer.Stop();
       qmgr.Stop();
       return kExitUsage;
     }
-    audit_log = std::move(a.value());
     control_server = std::move(srv.value());
   }
   io::ServerContext ctx{&policy, &spool, &committer, &qmgr, token ? &hsm_ok : nullptr};
@@ -300,6 +325,7 @@ int Run(const std::string& path) {
   if (control_server) control_server->Stop();
   committer.Stop();
   qmgr.Stop();
+  if (recorder) recorder->Flush();
   Log(LogLevel::kInfo, "mailseald", "stopped", {});
   return kExitOk;
 }

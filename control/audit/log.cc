@@ -204,6 +204,97 @@ Result<uint64_t> AuditLog::Append(AuditRecord record) {
   return record.seq();
 }
 
+Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (failed_) return FailedPreconditionError("the audit log cannot be written");
+  std::string frames;
+  std::vector<Hash> hashes;
+  uint64_t seq = leaves_.size();
+  for (AuditRecord& r : records) {
+    r.set_seq(seq++);
+    if (r.time_unix_ms() == 0) r.set_time_unix_ms(NowMs());
+    std::string bytes = Serialize(r);
+    PutU32(&frames, static_cast<uint32_t>(bytes.size()));
+    PutU32(&frames, Crc(bytes));
+    frames += bytes;
+    hashes.push_back(LeafHash(bytes));
+  }
+  size_t done = 0;
+  while (done < frames.size()) {
+    ssize_t n = ::write(log_fd_, frames.data() + done, frames.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      failed_ = true;
+      return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(errno)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fdatasync(log_fd_) != 0) {
+    failed_ = true;
+    return FailedPreconditionError(StrCat("audit log sync failed: ", std::strerror(errno)));
+  }
+  for (Hash& h : hashes) {
+    leaves_.push_back(std::move(h));
+    if (options_.head_every && leaves_.size() % options_.head_every == 0) {
+      // A head exactly at each multiple of head_every, as with single appends.
+      if (Result<TreeHead> hd = SignHeadLocked(); !hd.ok()) {
+        failed_ = true;
+        return hd.status();
+      }
+    }
+  }
+  return OkStatus();
+}
+
+Recorder::Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending)
+    : log_(log), on_failure_(std::move(on_failure)), max_pending_(max_pending) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+Recorder::~Recorder() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Recorder::Record(AuditRecord r) {
+  std::unique_lock<std::mutex> l(mu_);
+  space_cv_.wait(l, [&] { return pending_.size() < max_pending_ || stop_; });
+  pending_.push_back(std::move(r));
+  ++enqueued_;
+  cv_.notify_one();
+}
+
+void Recorder::Flush() {
+  std::unique_lock<std::mutex> l(mu_);
+  uint64_t target = enqueued_;
+  flushed_cv_.wait(l, [&] { return written_ >= target || failed_; });
+}
+
+void Recorder::Run() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    cv_.wait(l, [&] { return stop_ || !pending_.empty(); });
+    if (pending_.empty() && stop_) return;
+    std::vector<AuditRecord> batch;
+    batch.swap(pending_);
+    space_cv_.notify_all();
+    l.unlock();
+    size_t n = batch.size();
+    Status st = failed_ ? OkStatus() : log_->AppendBatch(std::move(batch));
+    l.lock();
+    if (!st.ok() && !failed_) {
+      failed_ = true;
+      if (on_failure_) on_failure_(st);
+    }
+    written_ += n;
+    flushed_cv_.notify_all();
+  }
+}
+
 Result<TreeHead> AuditLog::SignHeadLocked() {
   if (!options_.signer) return FailedPreconditionError("no audit signer configured");
   TreeHead h;

@@ -18,7 +18,10 @@
 #include <openssl/x509.h>
 
 #include <cstdint>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,6 +57,8 @@ class AuditLog {
 
   // Append assigns seq and (if unset) time, writes and syncs the record. Thread safe.
   Result<uint64_t> Append(mailseal::v1::AuditRecord record);
+  // AppendBatch appends several records with one sync (group commit for mail events).
+  Status AppendBatch(std::vector<mailseal::v1::AuditRecord> records);
   // SignHead signs and stores a head over every record so far.
   Result<mailseal::v1::TreeHead> SignHead();
   uint64_t size() const;
@@ -74,6 +79,31 @@ class AuditLog {
   int log_fd_ = -1, heads_fd_ = -1;
   std::vector<Hash> leaves_;
   bool failed_ = false;
+};
+
+// Recorder: mail events (accepted, sealed, opened, held, delivered, bounced) go to the audit
+// log from a background thread in batches, one sync per batch, so auditing every message does
+// not cap mail at the disk's sync rate. Record() never blocks mail unless `max_pending` events
+// wait (then it waits: nothing is dropped). A failing log is reported once (on_failure) and
+// later events are counted as lost in the log line, while mail goes on (SEE-AG-1).
+class Recorder {
+ public:
+  Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending = 100000);
+  ~Recorder();
+  void Record(mailseal::v1::AuditRecord r);
+  void Flush();   // waits until everything recorded so far is written (tests, shutdown)
+
+ private:
+  void Run();
+  AuditLog* log_;
+  std::function<void(const Status&)> on_failure_;
+  size_t max_pending_;
+  std::mutex mu_;
+  std::condition_variable cv_, space_cv_, flushed_cv_;
+  std::vector<mailseal::v1::AuditRecord> pending_;
+  uint64_t enqueued_ = 0, written_ = 0;
+  bool stop_ = false, failed_ = false;
+  std::thread thread_;
 };
 
 // ReadFramed reads a file of framed payloads; on damage it stops and says at which entry.

@@ -314,6 +314,10 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
     Transfer(it->second, d.rcpts, d.queue_id, now);
     Log(d.held ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held ? "held" : "transformed",
         {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
+    if (options_.on_event)
+      options_.on_event(d.held ? "mail.held" : d.what.rfind("sealed", 0) == 0 ? "mail.sealed"
+                                            : d.what.rfind("opened", 0) == 0 ? "mail.opened" : "mail.transformed",
+                        c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));
     if (!d.held && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
   }
   for (const std::string& qid : admit) {
@@ -378,6 +382,7 @@ void QueueManager::Apply(const DeliveryResult& r) {
       e.rcpt[rr.index] = kDelivered;
       Log(LogLevel::kInfo, "smtp", "delivered",
           {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
+      if (options_.on_event) options_.on_event("mail.delivered", e.msg->id, StrCat("to=<", addr, "> relay=", r.remote_mta));
       std::lock_guard<std::mutex> l(mu_);
       ++stats_.delivered;
     } else if (rr.reply.permanent()) {
@@ -387,6 +392,8 @@ void QueueManager::Apply(const DeliveryResult& r) {
                               r.remote_mta.substr(0, r.remote_mta.find(' '))};
       Log(LogLevel::kWarning, "smtp", "bounced",
           {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
+      if (options_.on_event)
+        options_.on_event("mail.bounced", e.msg->id, StrCat("to=<", addr, "> reply=", rr.reply.OneLine()));
     } else {
       e.last_temp = rr.reply.OneLine();
       Log(LogLevel::kInfo, "smtp", "deferred",
@@ -584,7 +591,13 @@ void QueueManager::Run() {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     int64_t now = NowMs();
-    for (SpoolMessage& m : submitted) Admit(std::move(m), SpoolState::kActive, now, 0);
+    for (SpoolMessage& m : submitted) {
+      if (options_.on_event && !m.envelope.crypto_done())
+        options_.on_event("mail.accepted", m.id,
+                          StrCat("from=<", m.envelope.mail_from(), "> rcpts=", m.envelope.recipients_size(),
+                                 " size=", m.body_size, m.envelope.is_dsn() ? " dsn" : ""));
+      Admit(std::move(m), SpoolState::kActive, now, 0);
+    }
     done.clear();
     crypto_->DrainCompletions(&done);
     for (const crypto::Completion& c : done) ApplyCompletion(c, now);

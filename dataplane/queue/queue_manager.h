@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -56,6 +57,10 @@ struct QueueOptions {
   uint32_t max_messages = 10000;
   uint32_t crypto_workers = 2;
   crypto::ProcessorFactory processor;   // what crypto workers do; null: pass everything on
+  // on_event: mail events for the audit trail ("mail.accepted", "mail.sealed", "mail.opened",
+  // "mail.held", "mail.delivered", "mail.bounced"), called on the manager thread; must not
+  // block for long (the recorder batches). Identifiers and addresses only, never content.
+  std::function<void(const std::string& action, const std::string& qid, const std::string& detail)> on_event;
 };
 
 struct QueueStats {

@@ -119,6 +119,10 @@ def main():
     allowed = [r for r in recs if r.get("outcome") == "OUTCOME_ALLOWED" and r.get("actor") == "CN=admin-1"
                and r.get("action", "").endswith("ReleaseMessage") and r.get("object") == held[0]]
     c.check(len(denied) == 1 and len(allowed) == 1, "the refusal and the release are in the audit trail", o[-500:] + e)
+    mail = {(r.get("action"), r.get("object")) for r in recs if r.get("actor") == "mailseald"}
+    original = [r["object"] for r in recs if r.get("action") == "mail.accepted"]
+    c.check(original and ("mail.held", original[0]) in mail,
+            "mail events are in the trail too: accepted, then held with the reason", str(sorted(mail))[:400])
 
     # The audit file becomes unwritable (immutable: chattr +i, which also stops writes through
     # the daemon's open descriptor): changes are refused with a clear error, health says so,
