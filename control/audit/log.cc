@@ -168,20 +168,32 @@ AuditLog::~AuditLog() {
   if (heads_fd_ >= 0) ::close(heads_fd_);
 }
 
-Status AuditLog::AppendFramed(int fd, const std::string& payload) {
-  std::string frame;
-  PutU32(&frame, static_cast<uint32_t>(payload.size()));
-  PutU32(&frame, Crc(payload));
-  frame += payload;
+namespace {
+// AppendFrame adds one framed payload (length, CRC, bytes) to `out`.
+void AppendFrame(std::string* out, const std::string& payload) {
+  PutU32(out, static_cast<uint32_t>(payload.size()));
+  PutU32(out, Crc(payload));
+  *out += payload;
+}
+
+// WriteAndSync writes all of `data` at the end of `fd` and fdatasyncs it.
+Status WriteAndSync(int fd, const std::string& data) {
   size_t done = 0;
-  while (done < frame.size()) {
-    ssize_t n = ::write(fd, frame.data() + done, frame.size() - done);
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(errno)));
     done += static_cast<size_t>(n);
   }
   if (::fdatasync(fd) != 0) return FailedPreconditionError(StrCat("audit log sync failed: ", std::strerror(errno)));
   return OkStatus();
+}
+}  // namespace
+
+Status AuditLog::AppendFramed(int fd, const std::string& payload) {
+  std::string frame;
+  AppendFrame(&frame, payload);
+  return WriteAndSync(fd, frame);
 }
 
 Result<uint64_t> AuditLog::Append(AuditRecord record) {
@@ -214,24 +226,12 @@ Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
     r.set_seq(seq++);
     if (r.time_unix_ms() == 0) r.set_time_unix_ms(NowMs());
     std::string bytes = Serialize(r);
-    PutU32(&frames, static_cast<uint32_t>(bytes.size()));
-    PutU32(&frames, Crc(bytes));
-    frames += bytes;
+    AppendFrame(&frames, bytes);
     hashes.push_back(LeafHash(bytes));
   }
-  size_t done = 0;
-  while (done < frames.size()) {
-    ssize_t n = ::write(log_fd_, frames.data() + done, frames.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      failed_ = true;
-      return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(errno)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fdatasync(log_fd_) != 0) {
+  if (Status st = WriteAndSync(log_fd_, frames); !st.ok()) {
     failed_ = true;
-    return FailedPreconditionError(StrCat("audit log sync failed: ", std::strerror(errno)));
+    return st;
   }
   for (Hash& h : hashes) {
     leaves_.push_back(std::move(h));
