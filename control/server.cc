@@ -42,6 +42,18 @@ class Guard {
   // on_audit_failure: called when the audit log refuses a record (health goes NOT_SERVING).
   std::function<void()> on_audit_failure;
 
+  // Outcome records how an allowed mutating call ended when it did not succeed (the ALLOWED
+  // record was written before it ran).
+  void Failed(const std::string& actor, const char* method, const std::string& object, const std::string& why) const {
+    v1::AuditRecord r;
+    r.set_actor(StrCat("CN=", actor));
+    r.set_action(method);
+    r.set_object(object);
+    r.set_outcome(v1::AuditRecord::OUTCOME_FAILED);
+    r.set_detail(why);
+    (void)audit_->Append(r);
+  }
+
   Status Check(ServerContext* ctx, const char* method, const std::string& object, std::string* actor) const {
     std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
     *actor = cn.empty() ? "" : std::string(cn[0].data(), cn[0].size());
@@ -150,7 +162,10 @@ class QueueServiceImpl final : public v1::QueueService::Service {
       return Status(StatusCode::INVALID_ARGUMENT, "field 'queue_id': not a queue id");
     std::string path = deps_.spool->PathOf(queue::SpoolState::kHold, id);
     Result<queue::SpoolMessage> m = queue::ReadSpoolFile(path);
-    if (!m.ok()) return Status(StatusCode::NOT_FOUND, StrCat("no held message ", id, ": ", m.status().message()));
+    if (!m.ok()) {
+      guard_->Failed(actor, "mailseal.v1.QueueService.ReleaseMessage", id, "no such held message");
+      return Status(StatusCode::NOT_FOUND, StrCat("no held message ", id, ": ", m.status().message()));
+    }
     std::string body;
     mailseal::Status rs = queue::ReadBody(path, *m, [&](std::string_view c) {
       body.append(c);
@@ -175,6 +190,61 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     deps_.qmgr->Submit(std::move(fresh.value()));
     Log(LogLevel::kInfo, "control", "released from hold", {{"qid", id}, {"new_qid", *qid}, {"actor", actor}});
     resp->set_queue_id(*qid);
+    return Status::OK;
+  }
+
+ private:
+  const Guard* guard_;
+  Deps deps_;
+};
+
+class PolicyServiceImpl final : public v1::PolicyService::Service {
+ public:
+  PolicyServiceImpl(const Guard* g, Deps d) : guard_(g), deps_(d) {}
+
+  Status GetPolicy(ServerContext* ctx, const v1::GetPolicyRequest* req, v1::GetPolicyResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.PolicyService.GetPolicy", "", &actor); !st.ok()) return st;
+    Result<v1::PolicyDocument> d = deps_.policy->Get(req->version());
+    if (!d.ok()) return FromStatus(d.status());
+    *resp->mutable_policy() = *d;
+    return Status::OK;
+  }
+
+  Status SetPolicy(ServerContext* ctx, const v1::SetPolicyRequest* req, v1::SetPolicyResponse* resp) override {
+    std::string actor;
+    std::string object = StrCat("policy v", req->expected_version() + 1);
+    if (Status st = guard_->Check(ctx, "mailseal.v1.PolicyService.SetPolicy", object, &actor); !st.ok()) return st;
+    Result<uint64_t> v = deps_.policy->Set(req->policy(), req->expected_version(), StrCat("CN=", actor));
+    if (!v.ok()) {
+      guard_->Failed(actor, "mailseal.v1.PolicyService.SetPolicy", object, v.status().message());
+      return FromStatus(v.status());
+    }
+    Log(LogLevel::kInfo, "control", "policy set", {{"version", std::to_string(*v)}, {"actor", actor}});
+    resp->set_version(*v);
+    return Status::OK;
+  }
+
+  Status DiffPolicy(ServerContext* ctx, const v1::DiffPolicyRequest* req, v1::DiffPolicyResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.PolicyService.DiffPolicy", "", &actor); !st.ok()) return st;
+    Result<std::vector<std::string>> d = deps_.policy->Diff(req->from_version(), req->to_version());
+    if (!d.ok()) return FromStatus(d.status());
+    for (const std::string& line : *d) resp->add_changes(line);
+    return Status::OK;
+  }
+
+  Status ListPolicyHistory(ServerContext* ctx, const v1::ListPolicyHistoryRequest* req,
+                           v1::ListPolicyHistoryResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.PolicyService.ListPolicyHistory", "", &actor); !st.ok())
+      return st;
+    std::vector<v1::PolicyVersionInfo> all = deps_.policy->History();
+    size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
+    size_t start = req->page_token().empty() ? 0 : std::strtoull(req->page_token().c_str(), nullptr, 10);
+    for (size_t i = start; i < all.size() && static_cast<size_t>(resp->versions_size()) < page; ++i)
+      *resp->add_versions() = all[i];
+    if (start + resp->versions_size() < all.size()) resp->set_next_page_token(std::to_string(start + resp->versions_size()));
     return Status::OK;
   }
 
@@ -248,6 +318,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   s->services_.push_back(std::move(holder));
   s->services_.push_back(std::make_unique<QueueServiceImpl>(guard, deps));
   s->services_.push_back(std::make_unique<AuditServiceImpl>(guard, deps));
+  if (deps.policy) s->services_.push_back(std::make_unique<PolicyServiceImpl>(guard, deps));
   auto provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
       *ca, std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
   grpc::experimental::TlsServerCredentialsOptions tls(provider);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "control/audit/log.h"
+#include "control/policy_store.h"
 #include "dataplane/base/status.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
@@ -32,6 +33,7 @@ struct Deps {
   queue::Spool* spool = nullptr;
   queue::QueueManager* qmgr = nullptr;
   audit::AuditLog* audit = nullptr;
+  PolicyStore* policy = nullptr;
 };
 
 class ControlServer {

@@ -109,7 +109,12 @@ Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& c
                                          "' is not administrator, security-officer, auditor or operator"));
     o.roles[c.roles(i).common_name()] = it->second;
   }
-  return control::ControlServer::Start(o, {spool, qmgr, log});
+  static std::unique_ptr<control::PolicyStore> policy;   // lives as long as the server
+  Result<std::unique_ptr<control::PolicyStore>> ps =
+      control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
+  if (!ps.ok()) return ps.status();
+  policy = std::move(ps.value());
+  return control::ControlServer::Start(o, {spool, qmgr, log, policy.get()});
 }
 
 int Run(const std::string& path) {

@@ -4,11 +4,13 @@
 //   mailsealctl ... queue list --state hold        mailsealctl ... queue release QUEUE_ID
 //   mailsealctl ... audit head                     mailsealctl ... audit records [--start N] [--limit N]
 //   mailsealctl ... health
+//   mailsealctl ... policy get [--version N] | set FILE --expect-version N | diff FROM TO | history
 //
 // Connection settings come from flags, else MAILSEALCTL_SERVER / _CERT / _KEY / _CA. TLS with
 // our client certificate (mTLS); the server is checked against --ca. Exit codes: 0 ok, 1 error
 // (including no connection), 2 usage, 3 permission denied.
 #include <CLI/CLI.hpp>
+#include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -87,6 +89,18 @@ int main(int argc, char** argv) {
   CLI::App* release = queue->add_subcommand("release", "send a held message back through policy and sealing");
   release->add_option("queue_id", qid, "queue id of the held message")->required();
   app.add_subcommand("health", "SERVING, or NOT_SERVING when the audit trail cannot be written");
+  CLI::App* policy = app.add_subcommand("policy", "the versioned policy document")->require_subcommand(1);
+  uint64_t version = 0, expect = 0, from = 0, to = 0;
+  std::string policy_file;
+  CLI::App* pget = policy->add_subcommand("get", "print a version (text format)");
+  pget->add_option("--version", version, "0 or absent: the current one");
+  CLI::App* pset = policy->add_subcommand("set", "store a new version from a text-format file");
+  pset->add_option("file", policy_file, "PolicyDocument in protobuf text format")->required();
+  pset->add_option("--expect-version", expect, "the version the change was made against")->required();
+  CLI::App* pdiff = policy->add_subcommand("diff", "what changed between two versions");
+  pdiff->add_option("from", from, "version (0: current)")->required();
+  pdiff->add_option("to", to, "version (0: current)")->required();
+  policy->add_subcommand("history", "every version, newest first");
   CLI::App* audit = app.add_subcommand("audit", "the audit trail")->require_subcommand(1);
   audit->add_subcommand("head", "sign and show the tree head over every record");
   uint64_t start = 0;
@@ -125,6 +139,67 @@ int main(int argc, char** argv) {
     if (!st.ok()) return Report(st);
     std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kError;
+  }
+  if (policy->got_subcommand("get")) {
+    auto stub = v1::PolicyService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::GetPolicyRequest req;
+    req.set_version(version);
+    v1::GetPolicyResponse resp;
+    grpc::Status st = stub->GetPolicy(&ctx, req, &resp);
+    if (!st.ok()) return Report(st);
+    std::string text;
+    google::protobuf::TextFormat::PrintToString(resp.policy(), &text);
+    std::printf("%s", json ? (Json(resp) + "\n").c_str() : text.c_str());
+    return kOk;
+  }
+  if (policy->got_subcommand("set")) {
+    std::string text;
+    v1::SetPolicyRequest req;
+    if (!Slurp(policy_file, &text) || !google::protobuf::TextFormat::ParseFromString(text, req.mutable_policy())) {
+      std::fprintf(stderr, "mailsealctl: %s: not a readable PolicyDocument in text format\n", policy_file.c_str());
+      return kUsage;
+    }
+    req.set_expected_version(expect);
+    auto stub = v1::PolicyService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::SetPolicyResponse resp;
+    grpc::Status st = stub->SetPolicy(&ctx, req, &resp);
+    if (!st.ok()) return Report(st);
+    if (json) std::printf("%s\n", Json(resp).c_str());
+    else std::printf("policy version %llu stored\n", static_cast<unsigned long long>(resp.version()));
+    return kOk;
+  }
+  if (policy->got_subcommand("diff")) {
+    auto stub = v1::PolicyService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::DiffPolicyRequest req;
+    req.set_from_version(from);
+    req.set_to_version(to);
+    v1::DiffPolicyResponse resp;
+    grpc::Status st = stub->DiffPolicy(&ctx, req, &resp);
+    if (!st.ok()) return Report(st);
+    if (json) std::printf("%s\n", Json(resp).c_str());
+    else
+      for (const auto& line : resp.changes()) std::printf("%s\n", line.c_str());
+    return kOk;
+  }
+  if (policy->got_subcommand("history")) {
+    auto stub = v1::PolicyService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::ListPolicyHistoryResponse resp;
+    grpc::Status st = stub->ListPolicyHistory(&ctx, v1::ListPolicyHistoryRequest(), &resp);
+    if (!st.ok()) return Report(st);
+    if (json) std::printf("%s\n", Json(resp).c_str());
+    else
+      for (const auto& v : resp.versions())
+        std::printf("%4llu  %lld  %-24s %s\n", static_cast<unsigned long long>(v.version()),
+                    static_cast<long long>(v.set_unix_ms()), v.actor().c_str(), v.comment().c_str());
+    return kOk;
   }
   if (queue->got_subcommand("counts")) {
     auto stub = v1::QueueService::NewStub(channel);

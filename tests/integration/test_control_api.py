@@ -113,12 +113,48 @@ def main():
     c.check(not [x for x in sink.messages() if b"secret text" in x],
             "released mail goes back through sealing: still no certificate, so held again, never sent in clear")
 
+    # The policy document: versioned, validated (the wrong field named), optimistic concurrency,
+    # history and diff; only an administrator may set it.
+    good = os.path.join(root, "policy.txt")
+    with open(good, "w") as f:
+        f.write('trigger_words: "SEEMAIL" trigger_words: "RESTRICTED"\n'
+                'seemail_list { domain: "Agency-B.test" note: "certified" }\n'
+                'domain_rules { domain: "agency-c.test" protection: PROTECTION_SEAL_REQUIRED }\n'
+                'notifications { admin_address: "secadmin@agency-a.test" notify_sender_on_hold: true }\n'
+                'comment: "first policy"\n')
+    rc, o, e = ctl("admin-1", "policy", "set", good, "--expect-version", "0")
+    c.check(rc == 0 and "policy version 1 stored" in o, "the administrator stores policy version 1", o + e)
+    rc, o, e = ctl("auditor-1", "policy", "set", good, "--expect-version", "1")
+    c.check(rc == 3, "an auditor may not set policy (PERMISSION_DENIED)", e)
+    rc, o, e = ctl("admin-1", "policy", "set", good, "--expect-version", "0")
+    c.check(rc == 1 and "at version 1, not 0" in e, "a change made against an old version is refused", e)
+    bad = os.path.join(root, "bad.txt")
+    with open(bad, "w") as f:
+        f.write('trusted_list { domain: "ok.test" } trusted_list { domain: "not..a.domain" }\n')
+    rc, o, e = ctl("admin-1", "policy", "set", bad, "--expect-version", "1")
+    c.check(rc == 1 and "field 'trusted_list[1].domain'" in e, "an invalid policy is refused, naming the field", e)
+    with open(good, "a") as f:
+        f.write('trusted_list { domain: "partner-x.test" }\n')
+    rc, o, e = ctl("admin-1", "policy", "set", good, "--expect-version", "1")
+    c.check(rc == 0 and "version 2" in o, "version 2 stored", o + e)
+    rc, o, e = ctl("admin-1", "policy", "diff", "1", "2")
+    c.check(rc == 0 and "trusted_list" in o and "partner-x.test" in o, "diff shows what changed", o + e)
+    rc, o, e = ctl("admin-1", "policy", "get")
+    c.check(rc == 0 and 'domain: "agency-b.test"' in o, "get returns the current version, domains normalised", o + e)
+    rc, o, e = ctl("admin-1", "-o", "json", "policy", "history")
+    hist = json.loads(o).get("versions", []) if rc == 0 else []
+    c.check([h.get("version") for h in hist] == ["2", "1"] and hist[1].get("actor") == "CN=admin-1",
+            "history lists both versions, newest first, with who set them", o + e)
+
     rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--limit", "1000")
     recs = json.loads(o).get("records", []) if rc == 0 else []
     denied = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=auditor-1"]
     allowed = [r for r in recs if r.get("outcome") == "OUTCOME_ALLOWED" and r.get("actor") == "CN=admin-1"
                and r.get("action", "").endswith("ReleaseMessage") and r.get("object") == held[0]]
-    c.check(len(denied) == 1 and len(allowed) == 1, "the refusal and the release are in the audit trail", o[-500:] + e)
+    c.check(len(denied) == 2 and len(allowed) == 1, "the refusals and the release are in the audit trail", o[-500:] + e)
+    failed = [r for r in recs if r.get("outcome") == "OUTCOME_FAILED" and r.get("action", "").endswith("SetPolicy")]
+    c.check(len(failed) == 2, "failed policy changes are audited with the reason (stale version, invalid field)",
+            str(failed)[:300])
     mail = {(r.get("action"), r.get("object")) for r in recs if r.get("actor") == "mailseald"}
     original = [r["object"] for r in recs if r.get("action") == "mail.accepted"]
     c.check(original and ("mail.held", original[0]) in mail,

@@ -1,0 +1,180 @@
+// policy_store.cc — see policy_store.h.
+#include "control/policy_store.h"
+
+#include <fcntl.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace mailseal::control {
+namespace {
+using mailseal::v1::PolicyDocument;
+using mailseal::v1::PolicyVersionInfo;
+
+bool ValidDomain(const std::string& d) {
+  if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.' || d.find("..") != std::string::npos) return false;
+  for (char c : d)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) return false;
+  return true;
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string Name(const std::string& dir, uint64_t v, const char* ext) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "/v%06llu.%s", static_cast<unsigned long long>(v), ext);
+  return dir + buf;
+}
+
+Status WriteDurably(const std::string& dir, const std::string& path, const std::string& data) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return InternalError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+  bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return InternalError(StrCat("cannot store ", path));
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return OkStatus();
+}
+
+bool ReadMessage(const std::string& path, google::protobuf::MessageLite* m) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return m->ParseFromString(ss.str());
+}
+
+Status CheckList(google::protobuf::RepeatedPtrField<mailseal::v1::ListedDomain>* list, const char* name) {
+  std::set<std::string> seen;
+  for (int i = 0; i < list->size(); ++i) {
+    auto* e = list->Mutable(i);
+    e->set_domain(Lower(e->domain()));
+    if (!ValidDomain(e->domain()))
+      return InvalidArgumentError(StrCat("field '", name, "[", i, "].domain': '", e->domain(), "' is not a domain name"));
+    if (!seen.insert(e->domain()).second)
+      return InvalidArgumentError(StrCat("field '", name, "[", i, "].domain': '", e->domain(), "' is listed twice"));
+  }
+  return OkStatus();
+}
+}  // namespace
+
+Status ValidatePolicy(PolicyDocument* doc) {
+  for (int i = 0; i < doc->trigger_words_size(); ++i) {
+    const std::string& w = doc->trigger_words(i);
+    bool ok = !w.empty() && w.size() <= 64;
+    for (char c : w) ok = ok && c >= 0x20 && c < 0x7f && c != '[' && c != ']' && c != '{' && c != '}';
+    if (!ok)
+      return InvalidArgumentError(StrCat("field 'trigger_words[", i, "]': '", w,
+                                         "' must be 1-64 printable ASCII characters without brackets"));
+  }
+  if (Status st = CheckList(doc->mutable_seemail_list(), "seemail_list"); !st.ok()) return st;
+  if (Status st = CheckList(doc->mutable_trusted_list(), "trusted_list"); !st.ok()) return st;
+  std::set<std::string> seen;
+  for (int i = 0; i < doc->domain_rules_size(); ++i) {
+    auto* r = doc->mutable_domain_rules(i);
+    r->set_domain(Lower(r->domain()));
+    if (!ValidDomain(r->domain()))
+      return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(), "' is not a domain name"));
+    if (r->protection() == mailseal::v1::DomainRule::PROTECTION_UNSPECIFIED)
+      return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].protection': required"));
+    if (!seen.insert(r->domain()).second)
+      return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(), "' has two rules"));
+  }
+  const std::string& admin = doc->notifications().admin_address();
+  size_t at = admin.find('@');
+  if (!admin.empty() && (at == 0 || at == std::string::npos || at + 1 >= admin.size() || admin.find('@', at + 1) != std::string::npos))
+    return InvalidArgumentError(StrCat("field 'notifications.admin_address': '", admin, "' is not an address"));
+  if (doc->comment().size() > 1000) return InvalidArgumentError("field 'comment': longer than 1000 characters");
+  return OkStatus();
+}
+
+Result<std::unique_ptr<PolicyStore>> PolicyStore::Open(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return InternalError(StrCat("mkdir ", dir, ": ", std::strerror(errno)));
+  std::unique_ptr<PolicyStore> s(new PolicyStore());
+  s->dir_ = dir;
+  for (uint64_t v = 1;; ++v) {
+    PolicyVersionInfo info;
+    if (!ReadMessage(Name(dir, v, "info"), &info)) break;
+    s->history_.push_back(info);
+  }
+  return s;
+}
+
+uint64_t PolicyStore::current() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return history_.size();
+}
+
+Result<PolicyDocument> PolicyStore::Get(uint64_t version) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (version == 0) version = history_.size();
+  if (version == 0 || version > history_.size()) return NotFoundError(StrCat("no policy version ", version));
+  PolicyDocument d;
+  if (!ReadMessage(Name(dir_, version, "pb"), &d)) return DataLossError(StrCat("policy version ", version, " unreadable"));
+  return d;
+}
+
+Result<uint64_t> PolicyStore::Set(PolicyDocument doc, uint64_t expected, const std::string& actor) {
+  if (Status st = ValidatePolicy(&doc); !st.ok()) return st;
+  std::lock_guard<std::mutex> l(mu_);
+  if (expected != history_.size())
+    return FailedPreconditionError(StrCat("the policy is at version ", history_.size(), ", not ", expected,
+                                          ": get it again and re-apply the change"));
+  uint64_t v = history_.size() + 1;
+  doc.set_version(v);
+  PolicyVersionInfo info;
+  info.set_version(v);
+  info.set_set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count());
+  info.set_actor(actor);
+  info.set_comment(doc.comment());
+  // The document first, its info last: a version exists once its info file does.
+  if (Status st = WriteDurably(dir_, Name(dir_, v, "pb"), doc.SerializeAsString()); !st.ok()) return st;
+  if (Status st = WriteDurably(dir_, Name(dir_, v, "info"), info.SerializeAsString()); !st.ok()) return st;
+  history_.push_back(info);
+  return v;
+}
+
+Result<std::vector<std::string>> PolicyStore::Diff(uint64_t from, uint64_t to) const {
+  Result<PolicyDocument> a = Get(from), b = Get(to);
+  if (!a.ok()) return a.status();
+  if (!b.ok()) return b.status();
+  a->clear_version();
+  b->clear_version();
+  std::string report;
+  {
+    google::protobuf::io::StringOutputStream out(&report);
+    google::protobuf::util::MessageDifferencer::StreamReporter reporter(&out);
+    google::protobuf::util::MessageDifferencer d;
+    d.ReportDifferencesTo(&reporter);
+    d.Compare(*a, *b);
+  }
+  std::vector<std::string> lines;
+  std::istringstream in(report);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
+std::vector<PolicyVersionInfo> PolicyStore::History() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return std::vector<PolicyVersionInfo>(history_.rbegin(), history_.rend());
+}
+
+}  // namespace mailseal::control

@@ -1,0 +1,39 @@
+// policy_store.h — the versioned policy document (issue #5): every accepted change is a new
+// version, stored durably (temp file, fsync, rename, directory fsync) with who set it and when;
+// nothing is overwritten, so history and diffs are always available.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dataplane/base/status.h"
+#include "mailseal/v1/policy.pb.h"
+
+namespace mailseal::control {
+
+// ValidatePolicy checks a document and normalises it (domains to lower case). Errors name the
+// field: "field 'seemail_list[2].domain': 'a..b' is not a domain name".
+Status ValidatePolicy(mailseal::v1::PolicyDocument* doc);
+
+class PolicyStore {
+ public:
+  static Result<std::unique_ptr<PolicyStore>> Open(const std::string& dir);
+  uint64_t current() const;
+  // Get: version 0 means the current one; NOT_FOUND when there is none.
+  Result<mailseal::v1::PolicyDocument> Get(uint64_t version) const;
+  // Set: validates, refuses a stale expected_version (FAILED_PRECONDITION), stores version+1.
+  Result<uint64_t> Set(mailseal::v1::PolicyDocument doc, uint64_t expected_version, const std::string& actor);
+  Result<std::vector<std::string>> Diff(uint64_t from, uint64_t to) const;
+  std::vector<mailseal::v1::PolicyVersionInfo> History() const;   // newest first
+
+ private:
+  PolicyStore() = default;
+  std::string dir_;
+  mutable std::mutex mu_;
+  std::vector<mailseal::v1::PolicyVersionInfo> history_;   // oldest first
+};
+
+}  // namespace mailseal::control

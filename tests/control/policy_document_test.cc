@@ -1,0 +1,68 @@
+// The versioned policy document (issue #5): validation names the field, versions persist across
+// a restart, nothing is overwritten, concurrent editors cannot lose each other's change.
+#include "control/policy_store.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+namespace mailseal::control {
+namespace {
+using mailseal::v1::DomainRule;
+using mailseal::v1::PolicyDocument;
+
+TEST(Policy, ValidationNamesTheFieldAndNormalises) {
+  PolicyDocument d;
+  d.add_seemail_list()->set_domain("Agency-B.TEST");
+  EXPECT_TRUE(ValidatePolicy(&d).ok());
+  EXPECT_EQ(d.seemail_list(0).domain(), "agency-b.test");
+  PolicyDocument twice = d;
+  twice.add_seemail_list()->set_domain("agency-b.test");
+  EXPECT_NE(ValidatePolicy(&twice).message().find("field 'seemail_list[1].domain'"), std::string::npos);
+  PolicyDocument rule;
+  rule.add_domain_rules()->set_domain("x.test");
+  EXPECT_EQ(ValidatePolicy(&rule).message(), "field 'domain_rules[0].protection': required");
+  PolicyDocument word;
+  word.add_trigger_words("[SEEMAIL]");
+  EXPECT_NE(ValidatePolicy(&word).message().find("field 'trigger_words[0]'"), std::string::npos);
+  PolicyDocument admin;
+  admin.mutable_notifications()->set_admin_address("no-at-sign");
+  EXPECT_NE(ValidatePolicy(&admin).message().find("field 'notifications.admin_address'"), std::string::npos);
+}
+
+TEST(Policy, VersionsPersistAndStaleEditsAreRefused) {
+  char tmpl[] = "/tmp/mailseal-policy-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  {
+    auto s = PolicyStore::Open(dir + "/p");
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ((*s)->Get(0).status().code(), StatusCode::kNotFound);
+    PolicyDocument d;
+    d.set_comment("one");
+    auto* r = d.add_domain_rules();
+    r->set_domain("agency-c.test");
+    r->set_protection(DomainRule::PROTECTION_SEAL_REQUIRED);
+    ASSERT_EQ(*(*s)->Set(d, 0, "CN=a"), 1u);
+    d.set_comment("two");
+    r->set_protection(DomainRule::PROTECTION_SEAL_WHEN_POSSIBLE);
+    EXPECT_EQ((*s)->Set(d, 0, "CN=b").status().code(), StatusCode::kFailedPrecondition) << "made against version 0";
+    ASSERT_EQ(*(*s)->Set(d, 1, "CN=b"), 2u);
+  }
+  auto s = PolicyStore::Open(dir + "/p");   // a restart
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)->current(), 2u);
+  EXPECT_EQ((*s)->Get(1)->comment(), "one") << "old versions are kept";
+  EXPECT_EQ((*s)->Get(0)->version(), 2u);
+  Result<std::vector<std::string>> diff = (*s)->Diff(1, 2);
+  ASSERT_TRUE(diff.ok());
+  std::string all;
+  for (const auto& l : *diff) all += l + "\n";
+  EXPECT_NE(all.find("PROTECTION_SEAL_WHEN_POSSIBLE"), std::string::npos) << all;
+  auto h = (*s)->History();
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0].actor(), "CN=b");
+  std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace
+}  // namespace mailseal::control
