@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <sstream>
 
@@ -298,9 +299,12 @@ class AuditServiceImpl final : public v1::AuditService::Service {
 
 }  // namespace
 
-struct GuardHolder : grpc::Service {  // keeps the options and guard alive with the services
+// State: what the services share, owned by the server and alive as long as they are.
+struct ControlServer::State {
   ServerOptions options;
   std::unique_ptr<Guard> guard;
+  std::vector<std::unique_ptr<grpc::Service>> services;
+  std::atomic<grpc::HealthCheckServiceInterface*> health{nullptr};
 };
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions& options, Deps deps) {
@@ -311,14 +315,19 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
     return InvalidArgumentError(StrCat("field 'control': ", !cert.ok() ? cert.status().message()
                                                             : !key.ok() ? key.status().message() : ca.status().message()));
   std::unique_ptr<ControlServer> s(new ControlServer());
-  auto holder = std::make_unique<GuardHolder>();
-  holder->options = options;
-  holder->guard = std::make_unique<Guard>(&holder->options, deps.audit);
-  Guard* guard = holder->guard.get();
-  s->services_.push_back(std::move(holder));
-  s->services_.push_back(std::make_unique<QueueServiceImpl>(guard, deps));
-  s->services_.push_back(std::make_unique<AuditServiceImpl>(guard, deps));
-  if (deps.policy) s->services_.push_back(std::make_unique<PolicyServiceImpl>(guard, deps));
+  s->state_ = std::make_unique<State>();
+  State* st = s->state_.get();
+  st->options = options;
+  st->guard = std::make_unique<Guard>(&st->options, deps.audit);
+  // grpc.health.v1: SERVING while the audit trail can be written; NOT_SERVING once it cannot
+  // (changes are refused then; mail keeps flowing). Set before the first call can arrive.
+  audit::AuditLog* log = deps.audit;
+  st->guard->on_audit_failure = [st, log] {
+    if (grpc::HealthCheckServiceInterface* h = st->health.load()) h->SetServingStatus(log->healthy());
+  };
+  st->services.push_back(std::make_unique<QueueServiceImpl>(st->guard.get(), deps));
+  st->services.push_back(std::make_unique<AuditServiceImpl>(st->guard.get(), deps));
+  if (deps.policy) st->services.push_back(std::make_unique<PolicyServiceImpl>(st->guard.get(), deps));
   auto provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
       *ca, std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
   grpc::experimental::TlsServerCredentialsOptions tls(provider);
@@ -329,18 +338,11 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();   // generic clients (grpcurl-style)
   grpc::ServerBuilder b;
   b.AddListeningPort(options.listen, grpc::experimental::TlsServerCredentials(tls), &s->port_);
-  for (size_t i = 1; i < s->services_.size(); ++i) b.RegisterService(s->services_[i].get());
+  for (auto& svc : st->services) b.RegisterService(svc.get());
   s->server_ = b.BuildAndStart();
   if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));
-  // grpc.health.v1: SERVING while the audit trail can be written; NOT_SERVING once it cannot
-  // (changes are refused then; mail keeps flowing).
-  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
-  audit::AuditLog* log = deps.audit;
-  auto set_health = [health, log] {
-    if (health) health->SetServingStatus(log->healthy());
-  };
-  set_health();
-  static_cast<GuardHolder*>(s->services_[0].get())->guard->on_audit_failure = set_health;
+  st->health.store(s->server_->GetHealthCheckService());
+  st->guard->on_audit_failure();
   Log(LogLevel::kInfo, "control", "management API listening (mTLS)",
       {{"address", options.listen}, {"port", std::to_string(s->port_)}, {"roles", std::to_string(options.roles.size())}});
   return s;

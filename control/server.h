@@ -17,7 +17,6 @@
 
 namespace grpc {
 class Server;
-class Service;
 }
 
 namespace mailseal::control {
@@ -46,7 +45,8 @@ class ControlServer {
  private:
   ControlServer() = default;
   std::unique_ptr<grpc::Server> server_;
-  std::vector<std::unique_ptr<grpc::Service>> services_;
+  struct State;
+  std::unique_ptr<State> state_;
   int port_ = 0;
 };
 

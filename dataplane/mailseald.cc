@@ -95,7 +95,8 @@ Result<std::unique_ptr<audit::AuditLog>> OpenAudit(const v1::Config& cfg, hsm::T
 }
 
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
-                                                             queue::QueueManager* qmgr, audit::AuditLog* log) {
+                                                             queue::QueueManager* qmgr, audit::AuditLog* log,
+                                                             control::PolicyStore* policy) {
   const auto& c = cfg.control();
   control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}};
   static const std::map<std::string, v1::Role> kRoles = {{"administrator", v1::ROLE_ADMINISTRATOR},
@@ -109,12 +110,7 @@ Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& c
                                          "' is not administrator, security-officer, auditor or operator"));
     o.roles[c.roles(i).common_name()] = it->second;
   }
-  static std::unique_ptr<control::PolicyStore> policy;   // lives as long as the server
-  Result<std::unique_ptr<control::PolicyStore>> ps =
-      control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
-  if (!ps.ok()) return ps.status();
-  policy = std::move(ps.value());
-  return control::ControlServer::Start(o, {spool, qmgr, log, policy.get()});
+  return control::ControlServer::Start(o, {spool, qmgr, log, policy});
 }
 
 int Run(const std::string& path) {
@@ -260,9 +256,16 @@ int Run(const std::string& path) {
   qmgr.Start();
   committer.Start();
   // The management API (issue #5); its audit trail was opened before the queue.
+  std::unique_ptr<control::PolicyStore> policy_store;
   std::unique_ptr<control::ControlServer> control_server;
   if (audit_log) {
-    Result<std::unique_ptr<control::ControlServer>> srv = StartControl(cfg, &spool, &qmgr, audit_log.get());
+    const auto& c = cfg.control();
+    Result<std::unique_ptr<control::PolicyStore>> ps =
+        control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
+    Result<std::unique_ptr<control::ControlServer>> srv =
+        ps.ok() ? StartControl(cfg, &spool, &qmgr, audit_log.get(), ps->get())
+                : Result<std::unique_ptr<control::ControlServer>>(ps.status());
+    if (ps.ok()) policy_store = std::move(ps.value());
     if (!srv.ok()) {
       Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});
       committer.Stop();

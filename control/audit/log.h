@@ -84,8 +84,9 @@ class AuditLog {
 // Recorder: mail events (accepted, sealed, opened, held, delivered, bounced) go to the audit
 // log from a background thread in batches, one sync per batch, so auditing every message does
 // not cap mail at the disk's sync rate. Record() never blocks mail unless `max_pending` events
-// wait (then it waits: nothing is dropped). A failing log is reported once (on_failure) and
-// later events are counted as lost in the log line, while mail goes on (SEE-AG-1).
+// wait (then it waits: nothing is dropped while the log works). A failing log is reported once
+// (on_failure; management health goes NOT_SERVING) and the events after it are not recorded,
+// while mail goes on (SEE-AG-1).
 class Recorder {
  public:
   Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending = 100000);

@@ -460,11 +460,10 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
         X509* sc = sk_X509_value(signers, i);
         if (i == 0) out.signer_cert = RefUp(sc);
         auto [st, why] = PathStatus(sc, untrusted, trust);
-        if (static_cast<int>(st) > static_cast<int>(out.cert_status) || (out.cert_detail.empty() && !why.empty())) {
-          if (static_cast<int>(st) >= static_cast<int>(out.cert_status)) {
-            out.cert_status = st;
-            out.cert_detail = why;
-          }
+        // The worst status counts; its first reason is kept.
+        if (st > out.cert_status || (st == out.cert_status && out.cert_detail.empty())) {
+          out.cert_status = st;
+          out.cert_detail = why;
         }
       }
       sk_X509_free(signers);
