@@ -5,8 +5,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
-#include <grpcpp/security/tls_certificate_provider.h>
-#include <grpcpp/security/tls_credentials_options.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "control/tls13.h"
 #include "dataplane/base/log.h"
 #include "mailseal/v1/control.grpc.pb.h"
 
@@ -328,16 +327,12 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   st->services.push_back(std::make_unique<QueueServiceImpl>(st->guard.get(), deps));
   st->services.push_back(std::make_unique<AuditServiceImpl>(st->guard.get(), deps));
   if (deps.policy) st->services.push_back(std::make_unique<PolicyServiceImpl>(st->guard.get(), deps));
-  auto provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-      *ca, std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
-  grpc::experimental::TlsServerCredentialsOptions tls(provider);
-  tls.watch_root_certs();
-  tls.watch_identity_key_cert_pairs();
-  tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  Result<std::shared_ptr<grpc::ServerCredentials>> creds = Tls13ServerCredentials(*cert, *key, *ca);
+  if (!creds.ok()) return creds.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();   // generic clients (grpcurl-style)
   grpc::ServerBuilder b;
-  b.AddListeningPort(options.listen, grpc::experimental::TlsServerCredentials(tls), &s->port_);
+  b.AddListeningPort(options.listen, *creds, &s->port_);
   for (auto& svc : st->services) b.RegisterService(svc.get());
   s->server_ = b.BuildAndStart();
   if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));

@@ -95,6 +95,26 @@ def main():
     except (ssl.SSLError, OSError) as ex:
         nocert = str(ex)
     c.check(nocert != "connected", "TLS without a client certificate is refused", nocert)
+    # TLS 1.3 only: a client that offers at most TLS 1.2 fails the handshake, even with a valid
+    # administrator certificate.
+    ctx12 = ssl.create_default_context(cafile=f"{m}/mgmt-ca.crt")
+    ctx12.load_cert_chain(f"{m}/admin-1.crt", f"{m}/admin-1.key")
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx12.set_alpn_protocols(["h2"])
+    try:
+        with ctx12.wrap_socket(socket.create_connection(("127.0.0.1", api_port), timeout=5),
+                               server_hostname="127.0.0.1") as t:
+            tls12 = f"negotiated {t.version()}"
+    except (ssl.SSLError, OSError) as ex:
+        tls12 = f"refused: {ex}"
+    c.check(tls12.startswith("refused"),
+            "a TLS 1.2 client is refused (TLS 1.3 only), even with an administrator certificate", tls12)
+    ctx13 = ssl.create_default_context(cafile=f"{m}/mgmt-ca.crt")
+    ctx13.load_cert_chain(f"{m}/admin-1.crt", f"{m}/admin-1.key")
+    ctx13.set_alpn_protocols(["h2"])
+    with ctx13.wrap_socket(socket.create_connection(("127.0.0.1", api_port), timeout=5),
+                           server_hostname="127.0.0.1") as t:
+        c.check(t.version() == "TLSv1.3", "the same client with TLS 1.3 is accepted", t.version())
 
     rc, o, e = ctl("auditor-1", "-o", "json", "audit", "head")
     c.check(rc == 0 and json.loads(o)["head"].get("signature"), "an auditor reads the signed tree head", o + e)
