@@ -91,7 +91,8 @@ Result<std::unique_ptr<audit::AuditLog>> OpenAudit(const v1::Config& cfg, hsm::T
     EVP_PKEY_free(*key);
     return sig;
   };
-  return audit::AuditLog::Open({a.log_path(), a.heads_path(), a.head_every() ? a.head_every() : 1000, signer});
+  return audit::AuditLog::Open({a.log_path(), a.heads_path(), a.head_every() ? a.head_every() : 1000, signer,
+                                (a.rotate_mib() ? a.rotate_mib() : 64ull) << 20});
 }
 
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,

@@ -7,7 +7,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -136,9 +138,29 @@ Framed ReadFramed(const std::string& path, const char* magic) {
       return f;
     }
     f.payloads.push_back(std::move(payload));
+    f.offsets.push_back(pos + 8);
     pos += 8 + len;
   }
   return f;
+}
+
+std::vector<std::string> LogSegments(const std::string& log_path) {
+  namespace fs = std::filesystem;
+  fs::path p(log_path);
+  fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  std::string prefix = p.filename().string() + ".";
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (name.size() == prefix.size() + 12 && name.compare(0, prefix.size(), prefix) == 0 &&
+        std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
+                    [](char c) { return c >= '0' && c <= '9'; }))
+      out.push_back((dir / name).string());
+  }
+  std::sort(out.begin(), out.end());   // fixed-width numbers: name order is sequence order
+  if (fs::exists(p, ec)) out.push_back(log_path);
+  return out;
 }
 
 Result<std::unique_ptr<AuditLog>> AuditLog::Open(LogOptions options) {
@@ -150,17 +172,32 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(LogOptions options) {
   Result<int> hfd = OpenForAppend(log->options_.heads_path, kHeadsMagic);
   if (!hfd.ok()) return hfd.status();
   log->heads_fd_ = *hfd;
-  Framed existing = ReadFramed(log->options_.log_path, kLogMagic);
-  if (!existing.error.empty())
-    return DataLossError(StrCat("audit log ", log->options_.log_path, " is damaged: ", existing.error,
-                                "; refusing to append (run mailseal-audit verify)"));
-  for (size_t i = 0; i < existing.payloads.size(); ++i) {
-    AuditRecord r;
-    if (!r.ParseFromString(existing.payloads[i]) || r.seq() != i)
-      return DataLossError(StrCat("audit log record ", i, " is out of sequence"));
-    log->leaves_.push_back(LeafHash(existing.payloads[i]));
+  log->files_ = LogSegments(log->options_.log_path);
+  for (uint32_t f = 0; f < log->files_.size(); ++f) {
+    const std::string& path = log->files_[f];
+    Framed existing = ReadFramed(path, kLogMagic);
+    if (!existing.error.empty())
+      return DataLossError(StrCat("audit log ", path, " is damaged: ", existing.error,
+                                  "; refusing to append (run mailseal-audit verify)"));
+    for (size_t i = 0; i < existing.payloads.size(); ++i) {
+      AuditRecord r;
+      uint64_t seq = log->leaves_.size();
+      if (!r.ParseFromString(existing.payloads[i]) || r.seq() != seq)
+        return DataLossError(StrCat("audit log record ", seq, " (", path, ") is out of sequence"));
+      log->leaves_.push_back(LeafHash(existing.payloads[i]));
+      log->index_.push_back({f, static_cast<uint32_t>(existing.payloads[i].size()), existing.offsets[i]});
+    }
+    if (f + 1 == log->files_.size()) {
+      struct stat st{};
+      log->log_bytes_ = ::fstat(log->log_fd_, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    }
   }
   return log;
+}
+
+size_t AuditLog::segments() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return files_.size();
 }
 
 AuditLog::~AuditLog() {
@@ -190,10 +227,50 @@ Status WriteAndSync(int fd, const std::string& data) {
 }
 }  // namespace
 
-Status AuditLog::AppendFramed(int fd, const std::string& payload) {
-  std::string frame;
-  AppendFrame(&frame, payload);
-  return WriteAndSync(fd, frame);
+// RotateLocked closes the current file as a segment named after its first record and begins
+// a new one. Order: sync, rename, sync the directory, then the new file — a crash in between
+// leaves a complete segment and (at the next Open) a fresh current file.
+Status AuditLog::RotateLocked() {
+  uint64_t first = 0;
+  uint32_t cur = static_cast<uint32_t>(files_.size() - 1);
+  while (first < index_.size() && index_[first].file != cur) ++first;
+  if (first == index_.size()) return OkStatus();   // the current file has no record yet
+  char name[32];
+  std::snprintf(name, sizeof(name), ".%012llu", static_cast<unsigned long long>(first));
+  std::string segment = options_.log_path + name;
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(options_.log_path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (::fsync(log_fd_) != 0 || ::rename(options_.log_path.c_str(), segment.c_str()) != 0)
+    return FailedPreconditionError(StrCat("audit log rotation failed: ", std::strerror(errno)));
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  bool dir_synced = dfd >= 0 && ::fsync(dfd) == 0;
+  if (dfd >= 0) ::close(dfd);
+  if (!dir_synced) return FailedPreconditionError("audit log rotation: directory sync failed");
+  Result<int> fd = OpenForAppend(options_.log_path, kLogMagic);
+  if (!fd.ok()) return fd.status();
+  ::close(log_fd_);
+  log_fd_ = *fd;
+  files_.back() = segment;
+  files_.push_back(options_.log_path);
+  log_bytes_ = std::strlen(kLogMagic);
+  return OkStatus();
+}
+
+// WriteRecords appends framed records (rotating first when the file is full), syncs them and
+// indexes them; `lengths` are the payload sizes in order.
+Status AuditLog::WriteRecords(const std::string& frames, const std::vector<uint32_t>& lengths) {
+  if (options_.rotate_bytes && log_bytes_ >= options_.rotate_bytes)
+    if (Status st = RotateLocked(); !st.ok()) return st;
+  if (Status st = WriteAndSync(log_fd_, frames); !st.ok()) return st;
+  uint32_t file = static_cast<uint32_t>(files_.size() - 1);
+  uint64_t pos = log_bytes_;
+  for (uint32_t len : lengths) {
+    index_.push_back({file, len, pos + 8});
+    pos += 8 + len;
+  }
+  log_bytes_ = pos;
+  return OkStatus();
 }
 
 Result<uint64_t> AuditLog::Append(AuditRecord record) {
@@ -202,7 +279,9 @@ Result<uint64_t> AuditLog::Append(AuditRecord record) {
   record.set_seq(leaves_.size());
   if (record.time_unix_ms() == 0) record.set_time_unix_ms(NowMs());
   std::string bytes = Serialize(record);
-  if (Status st = AppendFramed(log_fd_, bytes); !st.ok()) {
+  std::string frame;
+  AppendFrame(&frame, bytes);
+  if (Status st = WriteRecords(frame, {static_cast<uint32_t>(bytes.size())}); !st.ok()) {
     failed_ = true;
     return st;
   }
@@ -221,6 +300,7 @@ Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
   if (failed_) return FailedPreconditionError("the audit log cannot be written");
   std::string frames;
   std::vector<Hash> hashes;
+  std::vector<uint32_t> lengths;
   uint64_t seq = leaves_.size();
   for (AuditRecord& r : records) {
     r.set_seq(seq++);
@@ -228,8 +308,9 @@ Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
     std::string bytes = Serialize(r);
     AppendFrame(&frames, bytes);
     hashes.push_back(LeafHash(bytes));
+    lengths.push_back(static_cast<uint32_t>(bytes.size()));
   }
-  if (Status st = WriteAndSync(log_fd_, frames); !st.ok()) {
+  if (Status st = WriteRecords(frames, lengths); !st.ok()) {
     failed_ = true;
     return st;
   }
@@ -304,7 +385,9 @@ Result<TreeHead> AuditLog::SignHeadLocked() {
   Result<std::string> sig = options_.signer(TreeHeadSigningInput(h));
   if (!sig.ok()) return sig.status();
   h.set_signature(*sig);
-  if (Status st = AppendFramed(heads_fd_, Serialize(h)); !st.ok()) return st;
+  std::string frame;
+  AppendFrame(&frame, Serialize(h));
+  if (Status st = WriteAndSync(heads_fd_, frame); !st.ok()) return st;
   return h;
 }
 
@@ -342,36 +425,67 @@ Result<std::vector<Hash>> AuditLog::ConsistencyProofFor(uint64_t old_size, uint6
   return ConsistencyProof(leaves_, old_size, new_size);
 }
 
+// ReadAt reads record `seq` at its indexed place and checks it against its leaf hash (the
+// file may have been changed under the running daemon).
+Result<std::string> AuditLog::ReadAt(size_t seq) const {
+  const Location& loc = index_[seq];
+  int fd = ::open(files_[loc.file].c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return DataLossError(StrCat("audit log ", files_[loc.file], ": ", std::strerror(errno)));
+  std::string bytes(loc.length, '\0');
+  ssize_t n = ::pread(fd, bytes.data(), loc.length, static_cast<off_t>(loc.offset));
+  ::close(fd);
+  if (n != static_cast<ssize_t>(loc.length) || LeafHash(bytes) != leaves_[seq])
+    return DataLossError(StrCat("audit record ", seq, " no longer matches what was written (run mailseal-audit verify)"));
+  return bytes;
+}
+
 Result<std::vector<AuditRecord>> AuditLog::ReadRecords(uint64_t start, size_t limit) const {
-  Framed f = ReadFramed(options_.log_path, kLogMagic);
-  if (!f.error.empty()) return DataLossError(f.error);
+  std::lock_guard<std::mutex> l(mu_);
   std::vector<AuditRecord> out;
-  for (size_t i = start; i < f.payloads.size() && out.size() < limit; ++i) {
+  for (size_t i = start; i < index_.size() && out.size() < limit; ++i) {
+    Result<std::string> bytes = ReadAt(i);
+    if (!bytes.ok()) return bytes.status();
     out.emplace_back();
-    out.back().ParseFromString(f.payloads[i]);
+    out.back().ParseFromString(*bytes);
   }
   return out;
+}
+
+Result<std::string> AuditLog::RecordBytes(uint64_t seq) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (seq >= index_.size()) return NotFoundError(StrCat("no audit record ", seq, " (the log has ", index_.size(), ")"));
+  return ReadAt(seq);
 }
 
 VerifyReport VerifyLog(const std::string& log_path, const std::string& heads_path, EVP_PKEY* audit_pub,
                        const std::vector<TreeHead>& exported) {
   VerifyReport rep;
-  Framed log = ReadFramed(log_path, kLogMagic);
   std::vector<Hash> leaves;
-  for (size_t i = 0; i < log.payloads.size(); ++i) {
-    AuditRecord r;
-    if (!r.ParseFromString(log.payloads[i]) || r.seq() != i) {
-      rep.error = StrCat("record ", i, ": unreadable or out of sequence");
-      rep.first_bad_record = static_cast<int64_t>(i);
+  std::vector<std::string> files = LogSegments(log_path);
+  if (files.empty() || files.back() != log_path) files.push_back(log_path);   // reported unreadable below
+  for (const std::string& file : files) {
+    Framed log = ReadFramed(file, kLogMagic);
+    size_t base = leaves.size();
+    for (size_t i = 0; i < log.payloads.size(); ++i) {
+      AuditRecord r;
+      if (!r.ParseFromString(log.payloads[i]) || r.seq() != base + i) {
+        rep.error = StrCat("record ", base + i, " (", file, "): unreadable or out of sequence");
+        rep.first_bad_record = static_cast<int64_t>(base + i);
+        return rep;
+      }
+      leaves.push_back(LeafHash(log.payloads[i]));
+    }
+    rep.records = leaves.size();
+    if (!log.error.empty()) {
+      if (log.error.find("entry ") == 0) {
+        rep.error = StrCat("record ", base + log.bad_index, " (", file, "): ", log.error.substr(log.error.find(':') + 2));
+        rep.first_bad_record = static_cast<int64_t>(base + log.bad_index);
+      } else {
+        rep.error = log.error;
+        rep.first_bad_record = static_cast<int64_t>(base);
+      }
       return rep;
     }
-    leaves.push_back(LeafHash(log.payloads[i]));
-  }
-  rep.records = leaves.size();
-  if (!log.error.empty()) {
-    rep.error = StrCat("record ", log.bad_index, ": ", log.error.substr(log.error.find(':') + 2));
-    rep.first_bad_record = static_cast<int64_t>(log.bad_index);
-    return rep;
   }
   Framed heads = ReadFramed(heads_path, kHeadsMagic);
   if (!heads.error.empty()) {

@@ -2,7 +2,10 @@
 //
 // Files: the log (magic "MSAUDIT1\n", then per record: u32le length, u32le CRC-32 of the
 // payload, payload = AuditRecord protobuf) and the tree-head file (same framing, payload =
-// TreeHead). Record i is leaf i of an RFC 9162 Merkle tree (leaf = the record's bytes); a tree
+// TreeHead). Rotation: when the log file reaches `rotate_bytes` it is renamed to
+// "<log_path>.<seq of its first record, 12 digits>" and a new one is begun; the segments and
+// the current file together are one log — one Merkle tree, one sequence, one heads file — so
+// proofs and `mailseal-audit verify` span them all (segments must stay next to the log). Record i is leaf i of an RFC 9162 Merkle tree (leaf = the record's bytes); a tree
 // head signed by the audit key is appended every `head_every` records and on SignHead().
 //
 // Durability and fail-closed: Append returns only after the record is fdatasync'ed; when the
@@ -46,6 +49,7 @@ struct LogOptions {
   std::string heads_path;
   uint64_t head_every = 1000;   // sign a tree head after this many records (0: only on demand)
   Signer signer;
+  uint64_t rotate_bytes = 64ull << 20;   // begin a new segment at this size (0: never)
 };
 
 class AuditLog {
@@ -66,20 +70,39 @@ class AuditLog {
   Result<std::vector<Hash>> InclusionProofFor(uint64_t index, uint64_t tree_size) const;
   Result<std::vector<Hash>> ConsistencyProofFor(uint64_t old_size, uint64_t new_size) const;
   bool healthy() const;
-  // ReadRecords: up to `limit` records from `start` (re-reads the file; the API pages).
+  // ReadRecords: up to `limit` records from `start` (each read at its indexed offset).
   Result<std::vector<mailseal::v1::AuditRecord>> ReadRecords(uint64_t start, size_t limit) const;
+  // RecordBytes: record `seq` exactly as stored (its leaf is SHA-256(0x00 || these bytes)).
+  Result<std::string> RecordBytes(uint64_t seq) const;
+  // segments: how many files the log spans (rotated segments + the current file).
+  size_t segments() const;
 
  private:
   AuditLog() = default;
-  Status AppendFramed(int fd, const std::string& payload);
+  Status WriteRecords(const std::string& frames, const std::vector<uint32_t>& lengths);
+  Status RotateLocked();
   Result<mailseal::v1::TreeHead> SignHeadLocked();
+  Result<std::string> ReadAt(size_t seq) const;
 
+  // Where record i is: file index into files_, offset of its payload, length.
+  struct Location {
+    uint32_t file;
+    uint32_t length;
+    uint64_t offset;
+  };
   LogOptions options_;
   mutable std::mutex mu_;
   int log_fd_ = -1, heads_fd_ = -1;
-  std::vector<Hash> leaves_;
+  uint64_t log_bytes_ = 0;           // size of the current file
+  std::vector<std::string> files_;   // rotated segments in order, then the current file
+  std::vector<Hash> leaves_;         // 32 bytes a record
+  std::vector<Location> index_;      // 16 bytes a record
   bool failed_ = false;
 };
+
+// LogSegments: the files of the log at `log_path`, oldest first: the rotated segments
+// ("<log_path>.<first seq>"), then `log_path` itself (if it exists).
+std::vector<std::string> LogSegments(const std::string& log_path);
 
 // Recorder: mail events (accepted, sealed, opened, held, delivered, bounced) go to the audit
 // log from a background thread in batches, one sync per batch, so auditing every message does
@@ -110,6 +133,7 @@ class Recorder {
 // ReadFramed reads a file of framed payloads; on damage it stops and says at which entry.
 struct Framed {
   std::vector<std::string> payloads;
+  std::vector<uint64_t> offsets;   // of each payload in the file
   std::string error;   // empty: the whole file was read
   size_t bad_index = 0;
 };
