@@ -8,12 +8,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <thread>
 #include <atomic>
 #include <fstream>
 #include <sstream>
 
+#include "control/guard.h"
+#include "control/keys_service.h"
 #include "control/tls13.h"
 #include "dataplane/base/log.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "mailseal/v1/control.grpc.pb.h"
 
 namespace mailseal::control {
@@ -33,73 +40,32 @@ Result<std::string> Slurp(const std::string& path) {
   return ss.str();
 }
 
-// Guard authorises one call: who is calling (the client certificate's CN), which role that
-// is, whether the method (by its declaration in control.proto) allows it, and — for mutating
-// methods and refusals — the audit record that must be written first.
-class Guard {
- public:
-  Guard(const ServerOptions* o, audit::AuditLog* a) : options_(o), audit_(a) {}
-  // on_audit_failure: called when the audit log refuses a record (health goes NOT_SERVING).
-  std::function<void()> on_audit_failure;
+bool ValidQueueId(const std::string& id) {
+  return !id.empty() && id.size() < 128 && id[0] != '.' &&
+         std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; });
+}
 
-  // Outcome records how an allowed mutating call ended when it did not succeed (the ALLOWED
-  // record was written before it ran).
-  void Failed(const std::string& actor, const char* method, const std::string& object, const std::string& why) const {
-    v1::AuditRecord r;
-    r.set_actor(StrCat("CN=", actor));
-    r.set_action(method);
-    r.set_object(object);
-    r.set_outcome(v1::AuditRecord::OUTCOME_FAILED);
-    r.set_detail(why);
-    (void)audit_->Append(r);
+constexpr queue::SpoolState kAllStates[] = {queue::SpoolState::kIncoming, queue::SpoolState::kActive,
+                                            queue::SpoolState::kDeferred, queue::SpoolState::kHold,
+                                            queue::SpoolState::kCorrupt};
+
+// Summary fills the envelope summary of a spool file.
+void Summary(const std::string& id, const Result<queue::SpoolMessage>& m, v1::QueuedMessage* q) {
+  q->set_queue_id(id);
+  if (!m.ok()) {
+    q->set_hold_reason(StrCat("unreadable: ", m.status().message()));
+    return;
   }
+  q->set_mail_from(m->envelope.mail_from());
+  for (const auto& r : m->envelope.recipients()) q->add_recipients(r.address());
+  q->set_size(m->body_size);
+  q->set_arrival_unix_ms(m->envelope.arrival_unix_ms());
+  q->set_hold_reason(m->envelope.hold_reason());
+}
 
-  Status Check(ServerContext* ctx, const char* method, const std::string& object, std::string* actor) const {
-    std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
-    *actor = cn.empty() ? "" : std::string(cn[0].data(), cn[0].size());
-    auto role_it = options_->roles.find(*actor);
-    v1::Role role = role_it == options_->roles.end() ? v1::ROLE_UNSPECIFIED : role_it->second;
-    const google::protobuf::MethodDescriptor* md =
-        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
-    bool allowed = false, mutating = false;
-    if (md) {
-      const auto& opts = md->options();
-      for (int i = 0; i < opts.ExtensionSize(v1::allowed_roles); ++i)
-        allowed = allowed || (role != v1::ROLE_UNSPECIFIED && opts.GetExtension(v1::allowed_roles, i) == role);
-      mutating = opts.GetExtension(v1::mutating);
-    }
-    if (!allowed || mutating) {
-      v1::AuditRecord r;
-      r.set_actor(StrCat("CN=", *actor));
-      r.set_action(method);
-      r.set_object(object);
-      r.set_outcome(allowed ? v1::AuditRecord::OUTCOME_ALLOWED : v1::AuditRecord::OUTCOME_DENIED);
-      if (!allowed) r.set_detail(StrCat("role ", v1::Role_Name(role), " may not call it"));
-      Result<uint64_t> seq = audit_->Append(r);
-      if (!seq.ok()) {
-        if (on_audit_failure) on_audit_failure();
-        Log(LogLevel::kError, "control", "audit log unavailable: management call refused",
-            {{"method", method}, {"actor", *actor}, {"error", seq.status().message()}});
-        return Status(StatusCode::UNAVAILABLE, StrCat("the audit log cannot be written (", seq.status().message(),
-                                                      "): refused, nothing changed"));
-      }
-    }
-    if (!allowed) {
-      Log(LogLevel::kWarning, "control", "permission denied", {{"method", method}, {"actor", *actor}});
-      return Status(StatusCode::PERMISSION_DENIED,
-                    StrCat("role ", v1::Role_Name(role), " of '", *actor, "' may not call ", method));
-    }
-    return Status::OK;
-  }
-
- private:
-  const ServerOptions* options_;
-  audit::AuditLog* audit_;
-};
-
-Status FromStatus(const mailseal::Status& s) {
-  if (s.ok()) return Status::OK;
-  return Status(static_cast<StatusCode>(static_cast<int>(s.code())), s.message());
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
 }
 
 class QueueServiceImpl final : public v1::QueueService::Service {
@@ -122,12 +88,9 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.ListMessages", req->state(), &actor); !st.ok())
       return st;
     const queue::SpoolState* state = nullptr;
-    static const queue::SpoolState kStates[] = {queue::SpoolState::kIncoming, queue::SpoolState::kActive,
-                                                queue::SpoolState::kDeferred, queue::SpoolState::kHold,
-                                                queue::SpoolState::kCorrupt};
-    for (const auto& s : kStates)
+    for (const auto& s : kAllStates)
       if (req->state() == queue::StateDir(s)) state = &s;
-    if (!state) return Status(StatusCode::INVALID_ARGUMENT, "field 'state': one of incoming, active, deferred, hold, corrupt");
+    if (!state) return Invalid("state", "one of incoming, active, deferred, hold, corrupt");
     Result<std::vector<std::string>> ids = deps_.spool->List(*state);
     if (!ids.ok()) return FromStatus(ids.status());
     std::sort(ids->begin(), ids->end());
@@ -135,18 +98,7 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     auto it = std::upper_bound(ids->begin(), ids->end(), req->page_token());
     if (req->page_token().empty()) it = ids->begin();
     for (; it != ids->end() && static_cast<size_t>(resp->messages_size()) < page; ++it) {
-      Result<queue::SpoolMessage> m = queue::ReadSpoolFile(deps_.spool->PathOf(*state, *it));
-      v1::QueuedMessage* q = resp->add_messages();
-      q->set_queue_id(*it);
-      if (!m.ok()) {
-        q->set_hold_reason(StrCat("unreadable: ", m.status().message()));
-        continue;
-      }
-      q->set_mail_from(m->envelope.mail_from());
-      for (const auto& r : m->envelope.recipients()) q->add_recipients(r.address());
-      q->set_size(m->body_size);
-      q->set_arrival_unix_ms(m->envelope.arrival_unix_ms());
-      q->set_hold_reason(m->envelope.hold_reason());
+      Summary(*it, queue::ReadSpoolFile(deps_.spool->PathOf(*state, *it)), resp->add_messages());
     }
     if (it != ids->end() && resp->messages_size() > 0) resp->set_next_page_token(resp->messages().rbegin()->queue_id());
     return Status::OK;
@@ -158,8 +110,7 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.ReleaseMessage", req->queue_id(), &actor); !st.ok())
       return st;
     const std::string& id = req->queue_id();
-    if (id.empty() || id.find('/') != std::string::npos || id[0] == '.')
-      return Status(StatusCode::INVALID_ARGUMENT, "field 'queue_id': not a queue id");
+    if (!ValidQueueId(id)) return Invalid("queue_id", "not a queue id");
     std::string path = deps_.spool->PathOf(queue::SpoolState::kHold, id);
     Result<queue::SpoolMessage> m = queue::ReadSpoolFile(path);
     if (!m.ok()) {
@@ -190,6 +141,149 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     deps_.qmgr->Submit(std::move(fresh.value()));
     Log(LogLevel::kInfo, "control", "released from hold", {{"qid", id}, {"new_qid", *qid}, {"actor", actor}});
     resp->set_queue_id(*qid);
+    return Status::OK;
+  }
+
+  Status GetMessage(ServerContext* ctx, const v1::GetMessageRequest* req, v1::GetMessageResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.GetMessage", req->queue_id(), &actor); !st.ok())
+      return st;
+    if (!ValidQueueId(req->queue_id())) return Invalid("queue_id", "not a queue id");
+    for (queue::SpoolState state : kAllStates) {
+      std::string path = deps_.spool->PathOf(state, req->queue_id());
+      if (!std::ifstream(path)) continue;
+      Result<queue::SpoolMessage> m = queue::ReadSpoolFile(path);
+      resp->set_state(queue::StateDir(state));
+      Summary(req->queue_id(), m, resp->mutable_message());
+      if (!m.ok()) return Status::OK;
+      const auto& env = m->envelope;
+      resp->set_derived_from(env.derived_from());
+      resp->set_protection(env.protection());
+      resp->set_client_address(env.client_address());
+      resp->set_helo(env.helo());
+      for (const auto& r : env.recipients()) {
+        auto* rs = resp->add_recipients();
+        rs->set_address(r.address());
+        rs->set_status("pending");
+      }
+      for (const auto& st : m->statuses) {
+        if (st.recipient_index() >= static_cast<uint32_t>(resp->recipients_size())) continue;
+        auto* rs = resp->mutable_recipients(static_cast<int>(st.recipient_index()));
+        using K = mailseal::v1::SpoolStatus;
+        const char* name = st.kind() == K::KIND_DELIVERED ? "delivered" : st.kind() == K::KIND_FAILED ? "failed"
+                           : st.kind() == K::KIND_TRANSFERRED ? "transferred" : nullptr;
+        if (!name) continue;
+        rs->set_status(name);
+        rs->set_detail(st.reply());
+        rs->set_at_unix_ms(st.at_unix_ms());
+      }
+      // Deferral records cover every recipient still pending.
+      for (const auto& st : m->statuses)
+        if (st.kind() == mailseal::v1::SpoolStatus::KIND_DEFERRED)
+          for (auto& rs : *resp->mutable_recipients())
+            if (rs.status() == "pending" || rs.status() == "deferred") {
+              rs.set_status("deferred");
+              rs.set_detail(st.reply());
+              rs.set_at_unix_ms(st.at_unix_ms());
+            }
+      return Status::OK;
+    }
+    return Status(StatusCode::NOT_FOUND, StrCat("no message ", req->queue_id(), " in the spool"));
+  }
+
+  Status DeleteMessage(ServerContext* ctx, const v1::DeleteMessageRequest* req,
+                       v1::DeleteMessageResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.QueueService.DeleteMessage";
+    if (Status st = guard_->Check(ctx, method, StrCat(req->queue_id(), " reason=", req->reason()), &actor); !st.ok())
+      return st;
+    const std::string& id = req->queue_id();
+    if (!ValidQueueId(id)) return Invalid("queue_id", "not a queue id");
+    if (req->reason().empty()) return Invalid("reason", "required (it goes to the audit trail)");
+    for (queue::SpoolState state : {queue::SpoolState::kHold, queue::SpoolState::kCorrupt}) {
+      if (!std::ifstream(deps_.spool->PathOf(state, id))) continue;
+      if (mailseal::Status st = deps_.spool->Remove(id, state); !st.ok()) {
+        guard_->Failed(actor, method, id, st.message());
+        return FromStatus(st);
+      }
+      Log(LogLevel::kInfo, "control", "deleted", {{"qid", id}, {"state", queue::StateDir(state)}, {"actor", actor}});
+      resp->set_state(queue::StateDir(state));
+      return Status::OK;
+    }
+    guard_->Failed(actor, method, id, "not in hold/ or corrupt/");
+    return Status(StatusCode::FAILED_PRECONDITION,
+                  StrCat(id, " is not in hold/ or corrupt/ (queued mail is withdrawn with recall)"));
+  }
+
+  Status RecallMessages(ServerContext* ctx, const v1::RecallMessagesRequest* req,
+                        v1::RecallMessagesResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.QueueService.RecallMessages";
+    std::string object = req->queue_id().empty()
+                             ? StrCat("from=<", req->mail_from(), "> since=", req->since_unix_ms(), " until=", req->until_unix_ms())
+                             : req->queue_id();
+    if (Status st = guard_->Check(ctx, method, StrCat(object, " reason=", req->reason()), &actor); !st.ok()) return st;
+    if (req->reason().empty()) return Invalid("reason", "required (it goes to the audit trail)");
+    if (req->queue_id().empty() && req->mail_from().empty())
+      return Invalid("queue_id", "give a queue id, or mail_from (with an optional time window)");
+    if (!req->queue_id().empty() && !ValidQueueId(req->queue_id())) return Invalid("queue_id", "not a queue id");
+    // Select: by id, or every queued/held file from the sender within the window.
+    std::vector<std::pair<queue::SpoolState, std::string>> targets;
+    for (queue::SpoolState state : {queue::SpoolState::kActive, queue::SpoolState::kDeferred, queue::SpoolState::kHold}) {
+      Result<std::vector<std::string>> ids = deps_.spool->List(state);
+      if (!ids.ok()) continue;
+      for (const std::string& id : *ids) {
+        if (!req->queue_id().empty()) {
+          if (id == req->queue_id()) targets.emplace_back(state, id);
+          continue;
+        }
+        Result<queue::SpoolMessage> m = queue::ReadSpoolFile(deps_.spool->PathOf(state, id));
+        if (!m.ok() || Lower(m->envelope.mail_from()) != Lower(req->mail_from())) continue;
+        int64_t t = m->envelope.arrival_unix_ms();
+        if ((req->since_unix_ms() && t < req->since_unix_ms()) || (req->until_unix_ms() && t > req->until_unix_ms()))
+          continue;
+        targets.emplace_back(state, id);
+      }
+    }
+    if (targets.empty()) {
+      guard_->Failed(actor, method, object, "nothing queued or held matched");
+      return Status(StatusCode::NOT_FOUND, StrCat("nothing queued or held matches ", object));
+    }
+    std::vector<std::string> recalled;
+    for (const auto& [state, id] : targets) {
+      v1::RecalledMessage* out = resp->add_messages();
+      out->set_queue_id(id);
+      if (state == queue::SpoolState::kHold) {
+        Result<queue::SpoolMessage> m = queue::ReadSpoolFile(deps_.spool->PathOf(state, id));
+        if (m.ok())
+          for (const auto& r : m->envelope.recipients()) out->add_recipients(r.address());
+        mailseal::Status st = deps_.spool->Remove(id, state);
+        if (!st.ok()) out->set_error(st.message());
+        else recalled.push_back(id);
+        continue;
+      }
+      std::future<Result<std::vector<std::string>>> f = deps_.qmgr->Recall(id, StrCat(req->reason(), " (by CN=", actor, ")"));
+      if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        out->set_error("the queue manager did not answer in 10 s: the recall may still happen");
+        continue;
+      }
+      Result<std::vector<std::string>> r = f.get();
+      if (!r.ok()) {
+        out->set_error(r.status().message());
+        continue;
+      }
+      for (const std::string& a : *r) out->add_recipients(a);
+      recalled.push_back(id);
+    }
+    v1::AuditRecord done;
+    done.set_actor(StrCat("CN=", actor));
+    done.set_action(method);
+    done.set_object(object);
+    done.set_outcome(recalled.empty() ? v1::AuditRecord::OUTCOME_FAILED : v1::AuditRecord::OUTCOME_DONE);
+    for (const std::string& id : recalled) done.add_message_ids(id);
+    done.set_detail(StrCat(recalled.size(), " of ", targets.size(), " recalled; reason: ", req->reason()));
+    (void)deps_.audit->Append(done);
+    Log(LogLevel::kInfo, "control", "recall", {{"selected", object}, {"recalled", std::to_string(recalled.size())}, {"actor", actor}});
     return Status::OK;
   }
 
@@ -291,6 +385,44 @@ class AuditServiceImpl final : public v1::AuditService::Service {
     return Status::OK;
   }
 
+  Status GetInclusionProof(ServerContext* ctx, const v1::GetInclusionProofRequest* req,
+                           v1::GetInclusionProofResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.GetInclusionProof", "", &actor); !st.ok()) return st;
+    uint64_t size = req->tree_size() ? req->tree_size() : deps_.audit->size();
+    if (req->seq() >= size) return Invalid("seq", StrCat("must be below the tree size (", size, ")"));
+    if (size > deps_.audit->size()) return Invalid("tree_size", StrCat("the log has ", deps_.audit->size(), " records"));
+    Result<std::string> bytes = deps_.audit->RecordBytes(req->seq());
+    if (!bytes.ok()) return FromStatus(bytes.status());
+    Result<std::vector<audit::Hash>> p = deps_.audit->InclusionProofFor(req->seq(), size);
+    if (!p.ok()) return FromStatus(p.status());
+    resp->set_leaf_hash(audit::LeafHash(*bytes));
+    resp->set_tree_size(size);
+    for (const auto& h : *p) resp->add_hashes(h);
+    resp->mutable_record()->ParseFromString(*bytes);
+    return Status::OK;
+  }
+
+  Status WatchRecords(ServerContext* ctx, const v1::WatchRecordsRequest* req,
+                      grpc::ServerWriter<v1::WatchRecordsResponse>* writer) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.WatchRecords", "", &actor); !st.ok()) return st;
+    uint64_t next = req->start_seq();
+    while (!ctx->IsCancelled()) {
+      if (next < deps_.audit->size()) {
+        Result<std::vector<v1::AuditRecord>> recs = deps_.audit->ReadRecords(next, 500);
+        if (!recs.ok()) return FromStatus(recs.status());
+        v1::WatchRecordsResponse out;
+        for (auto& r : *recs) *out.add_records() = std::move(r);
+        next += out.records_size();
+        if (!writer->Write(out)) break;   // the client went away
+        continue;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return Status::OK;
+  }
+
  private:
   const Guard* guard_;
   Deps deps_;
@@ -317,7 +449,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   s->state_ = std::make_unique<State>();
   State* st = s->state_.get();
   st->options = options;
-  st->guard = std::make_unique<Guard>(&st->options, deps.audit);
+  st->guard = std::make_unique<Guard>(&st->options.roles, deps.audit);
   // grpc.health.v1: SERVING while the audit trail can be written; NOT_SERVING once it cannot
   // (changes are refused then; mail keeps flowing). Set before the first call can arrive.
   audit::AuditLog* log = deps.audit;
@@ -327,6 +459,10 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   st->services.push_back(std::make_unique<QueueServiceImpl>(st->guard.get(), deps));
   st->services.push_back(std::make_unique<AuditServiceImpl>(st->guard.get(), deps));
   if (deps.policy) st->services.push_back(std::make_unique<PolicyServiceImpl>(st->guard.get(), deps));
+  if (deps.keys) {
+    st->services.push_back(NewKeyService(st->guard.get(), deps.keys));
+    st->services.push_back(NewCeremonyService(st->guard.get(), deps.keys, deps.audit));
+  }
   Result<std::shared_ptr<grpc::ServerCredentials>> creds = Tls13ServerCredentials(*cert, *key, *ca);
   if (!creds.ok()) return creds.status();
   grpc::EnableDefaultHealthCheckService(true);

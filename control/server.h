@@ -9,6 +9,7 @@
 #include <string>
 
 #include "control/audit/log.h"
+#include "control/keys_service.h"
 #include "control/policy_store.h"
 #include "dataplane/base/status.h"
 #include "dataplane/queue/queue_manager.h"
@@ -33,6 +34,7 @@ struct Deps {
   queue::QueueManager* qmgr = nullptr;
   audit::AuditLog* audit = nullptr;
   PolicyStore* policy = nullptr;
+  const KeyDeps* keys = nullptr;   // null: no token, no Key/Ceremony services
 };
 
 class ControlServer {

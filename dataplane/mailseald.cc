@@ -19,6 +19,9 @@
 #include <map>
 #include <malloc.h>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,9 +98,66 @@ Result<std::unique_ptr<audit::AuditLog>> OpenAudit(const v1::Config& cfg, hsm::T
                                 (a.rotate_mib() ? a.rotate_mib() : 64ull) << 20});
 }
 
+// PemCertificates splits a PEM bundle into its certificates.
+std::vector<std::string> PemCertificates(const std::string& bundle) {
+  static const std::string kBegin = "-----BEGIN CERTIFICATE-----", kEnd = "-----END CERTIFICATE-----";
+  std::vector<std::string> out;
+  for (size_t at = bundle.find(kBegin); at != std::string::npos; at = bundle.find(kBegin, at + 1)) {
+    size_t end = bundle.find(kEnd, at);
+    if (end == std::string::npos) break;
+    out.push_back(bundle.substr(at, end + kEnd.size() - at) + "\n");
+  }
+  return out;
+}
+
+std::string ReadAll(const std::string& path, bool* ok) {
+  std::ifstream in(path, std::ios::binary);
+  *ok = static_cast<bool>(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// LoadKeyDeps: what the Key and Ceremony services need from the configuration.
+Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::KeyDeps* k) {
+  k->token = token;
+  k->audit_key_label = cfg.control().audit().key_label();
+  k->in_use = {k->audit_key_label};
+  if (cfg.has_smime()) {
+    k->in_use.insert(cfg.smime().dsa_key_label());
+    k->in_use.insert(cfg.smime().dca_key_label());
+    bool ok = false;
+    std::string anchors = ReadAll(cfg.smime().trust_anchors_file(), &ok);
+    if (ok) k->anchors_pem = PemCertificates(anchors);
+  }
+  const auto& c = cfg.control().ceremony();
+  if (c.custodians_size() == 0 && c.threshold() == 0) return OkStatus();
+  for (int i = 0; i < c.custodians_size(); ++i) {
+    bool ok = false;
+    std::string pem = ReadAll(c.custodians(i).cert_file(), &ok);
+    if (!ok || PemCertificates(pem).size() != 1)
+      return InvalidArgumentError(StrCat("field 'control.ceremony.custodians[", i, "].cert_file': '",
+                                         c.custodians(i).cert_file(), "' is not one readable PEM certificate"));
+    v1::CustodianRecord r;
+    r.set_name(c.custodians(i).name());
+    r.set_cert_pem(pem);
+    k->custodians.push_back(std::move(r));
+  }
+  if (c.threshold() < 2 || c.threshold() > static_cast<uint32_t>(c.custodians_size()))
+    return InvalidArgumentError(StrCat("field 'control.ceremony.threshold': ", c.threshold(),
+                                       " must be at least 2 and at most the number of custodians (",
+                                       c.custodians_size(), ")"));
+  k->threshold = c.threshold();
+  k->transcript_dir = c.transcript_dir().empty() ? StrCat(cfg.spool_dir(), "/ceremonies") : c.transcript_dir();
+  std::error_code ec;
+  std::filesystem::create_directories(k->transcript_dir, ec);
+  if (ec) return InvalidArgumentError(StrCat("field 'control.ceremony.transcript_dir': ", ec.message()));
+  return OkStatus();
+}
+
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
                                                              queue::QueueManager* qmgr, audit::AuditLog* log,
-                                                             control::PolicyStore* policy) {
+                                                             control::PolicyStore* policy, const control::KeyDeps* keys) {
   const auto& c = cfg.control();
   control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}};
   static const std::map<std::string, v1::Role> kRoles = {{"administrator", v1::ROLE_ADMINISTRATOR},
@@ -111,7 +171,7 @@ Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& c
                                          "' is not administrator, security-officer, auditor or operator"));
     o.roles[c.roles(i).common_name()] = it->second;
   }
-  return control::ControlServer::Start(o, {spool, qmgr, log, policy});
+  return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys});
 }
 
 int Run(const std::string& path) {
@@ -257,15 +317,18 @@ int Run(const std::string& path) {
   qmgr.Start();
   committer.Start();
   // The management API (issue #5); its audit trail was opened before the queue.
+  control::KeyDeps key_deps;   // outlives the server that uses it
   std::unique_ptr<control::PolicyStore> policy_store;
   std::unique_ptr<control::ControlServer> control_server;
   if (audit_log) {
     const auto& c = cfg.control();
     Result<std::unique_ptr<control::PolicyStore>> ps =
         control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
+    Status keys_loaded = LoadKeyDeps(cfg, token.get(), &key_deps);
     Result<std::unique_ptr<control::ControlServer>> srv =
-        ps.ok() ? StartControl(cfg, &spool, &qmgr, audit_log.get(), ps->get())
-                : Result<std::unique_ptr<control::ControlServer>>(ps.status());
+        !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
+        : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
+                            : StartControl(cfg, &spool, &qmgr, audit_log.get(), ps->get(), &key_deps);
     if (ps.ok()) policy_store = std::move(ps.value());
     if (!srv.ok()) {
       Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});

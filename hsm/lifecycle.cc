@@ -196,6 +196,53 @@ int ExpiryWarning(int64_t not_after, int64_t now) {
   return 0;
 }
 
+Result<std::vector<KeyInfo>> ListKeys(Session& s) {
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE q{CKA_CLASS, &cls, sizeof cls};
+  if (Status st = Check(s.fn()->C_FindObjectsInit(s.handle(), &q, 1), "C_FindObjectsInit"); !st.ok()) return st;
+  std::vector<CK_OBJECT_HANDLE> privs(256);
+  CK_ULONG n = 0;
+  Status st = Check(s.fn()->C_FindObjects(s.handle(), privs.data(), privs.size(), &n), "C_FindObjects");
+  s.fn()->C_FindObjectsFinal(s.handle());
+  if (!st.ok()) return st;
+  privs.resize(n);
+  std::vector<KeyInfo> out;
+  for (CK_OBJECT_HANDLE h : privs) {
+    Result<std::string> label = Attribute(s, h, CKA_LABEL);
+    Result<KeyPair> kp = label.ok() ? FindKeyPair(s, *label) : Result<KeyPair>(label.status());
+    if (!kp.ok()) continue;   // a key without its public half is not one of ours
+    KeyInfo k;
+    k.label = kp->label;
+    k.purpose = kp->purpose;
+    static const char* d = "0123456789abcdef";
+    for (uint8_t b : kp->id) k.id_hex += {d[b >> 4], d[b & 15]};
+    Result<int64_t> age = KeyAgeSeconds(s, *kp);
+    if (age.ok()) k.created_unix_s = static_cast<int64_t>(std::time(nullptr)) - *age;
+    Result<EVP_PKEY*> pub = PublicKey(s, kp->pub);
+    if (pub.ok()) {
+      k.key_type = EVP_PKEY_base_id(*pub) == EVP_PKEY_EC ? StrCat("ec:", EVP_PKEY_get_bits(*pub) == 384 ? "P-384" : "P-256")
+                                                          : StrCat("rsa:", EVP_PKEY_get_bits(*pub));
+      EVP_PKEY_free(*pub);
+    }
+    CK_OBJECT_CLASS cert_class = CKO_CERTIFICATE;
+    Result<std::vector<CK_OBJECT_HANDLE>> certs = ObjectsWithId(s, kp->id, &cert_class);
+    if (certs.ok() && !certs->empty()) {
+      Result<std::string> der = Attribute(s, (*certs)[0], CKA_VALUE);
+      const unsigned char* p = der.ok() ? reinterpret_cast<const unsigned char*>(der->data()) : nullptr;
+      X509Ptr x(p ? d2i_X509(nullptr, &p, static_cast<long>(der->size())) : nullptr);
+      if (x) {
+        char buf[512];
+        X509_NAME_oneline(X509_get_subject_name(x.get()), buf, sizeof buf);
+        k.cert_subject = buf;
+        k.cert_not_after_unix_s = ToUnix(X509_get0_notAfter(x.get()));
+      }
+    }
+    out.push_back(std::move(k));
+  }
+  std::sort(out.begin(), out.end(), [](const KeyInfo& a, const KeyInfo& b) { return a.label < b.label; });
+  return out;
+}
+
 Status DestroyKeyPair(Session& s, const KeyPair& key) {
   Result<std::vector<CK_OBJECT_HANDLE>> objs = ObjectsWithId(s, key.id, nullptr);
   if (!objs.ok()) return objs.status();

@@ -50,6 +50,19 @@ Status CheckMaySign(Session& s, const KeyPair& key, int64_t now_unix_s = 0);
 // (days) when that threshold has been crossed, 0 when none, -1 when expired.
 int ExpiryWarning(int64_t not_after_unix_s, int64_t now_unix_s);
 
+// KeyInfo: what the management API shows of a key pair on the token (no secret).
+struct KeyInfo {
+  std::string label;
+  Purpose purpose = Purpose::kDsaSign;
+  std::string id_hex;
+  std::string key_type;             // "rsa:2048", "ec:P-256"
+  int64_t created_unix_s = 0;       // CKA_START_DATE
+  std::string cert_subject;         // empty: no certificate installed
+  int64_t cert_not_after_unix_s = 0;
+};
+// ListKeys: every private key's pair on the token, with its certificate if one is stored.
+Result<std::vector<KeyInfo>> ListKeys(Session& s);
+
 // DestroyKeyPair removes the private key, public key and certificate with the pair's CKA_ID.
 Status DestroyKeyPair(Session& s, const KeyPair& key);
 

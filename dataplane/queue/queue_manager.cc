@@ -163,6 +163,9 @@ void QueueManager::Stop() {
   for (auto& a : agents_) a->Join();
   if (thread_.joinable()) thread_.join();
   crypto_->Stop();
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& rq : recalls_) rq->done.set_value(UnavailableError("the queue manager stopped"));
+  recalls_.clear();
 }
 
 void QueueManager::Wake() {
@@ -453,7 +456,7 @@ void QueueManager::Finalize(const std::string& id) {
         std::lock_guard<std::mutex> l(mu_);
         ++stats_.bounced;
       }
-      if (WantsFailureDsn(e.msg->envelope, i))
+      if (!e.recalled && WantsFailureDsn(e.msg->envelope, i))
         dsn.push_back({i, e.failures[i].status, e.failures[i].diagnostic, e.failures[i].remote_mta});
     }
     records.push_back(std::move(s));
@@ -572,6 +575,60 @@ void QueueManager::RetryDue(int64_t now) {
   }
 }
 
+std::future<Result<std::vector<std::string>>> QueueManager::Recall(const std::string& id, const std::string& reason) {
+  auto rq = std::make_unique<RecallRequest>();
+  rq->id = id;
+  rq->reason = reason;
+  std::future<Result<std::vector<std::string>>> f = rq->done.get_future();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stop_.load(std::memory_order_acquire)) {
+      rq->done.set_value(UnavailableError("the queue manager is stopping"));
+      return f;
+    }
+    recalls_.push_back(std::move(rq));
+    wake_ = true;
+  }
+  manager_cv_.notify_one();
+  return f;
+}
+
+Result<std::vector<std::string>> QueueManager::DoRecall(const std::string& id, const std::string& reason) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return NotFoundError(StrCat(id, " is not queued (delivered already, or not in active/ or deferred/)"));
+  Entry& e = it->second;
+  if (!e.sealed) {
+    // Waiting for a crypto worker is fine (taken out of the line); being sealed now is not.
+    auto q = std::find(to_crypto_.begin(), to_crypto_.end(), id);
+    if (q == to_crypto_.end()) return FailedPreconditionError(StrCat(id, " is being sealed or opened right now: try again"));
+    to_crypto_.erase(q);
+    e.sealed = true;
+  }
+  if (e.outstanding > 0) {
+    // Jobs no agent has taken yet are withdrawn; one an agent is delivering is not.
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [dest, jobs] : ready_) {
+      size_t before = jobs.size();
+      jobs.erase(std::remove_if(jobs.begin(), jobs.end(), [&](const DeliveryJob& j) { return j.msg->id == id; }),
+                 jobs.end());
+      e.outstanding -= static_cast<int>(before - jobs.size());
+    }
+  }
+  if (e.outstanding > 0) return FailedPreconditionError(StrCat(id, " is being delivered right now: try again"));
+  std::vector<std::string> withdrawn;
+  for (size_t i = 0; i < e.rcpt.size(); ++i) {
+    if (e.rcpt[i] != kPending) continue;
+    e.rcpt[i] = kFailed;
+    e.failures[i] = {"5.0.0", StrCat("X-Mailseal; recalled: ", reason), ""};
+    withdrawn.push_back(e.msg->envelope.recipients(static_cast<int>(i)).address());
+  }
+  e.recalled = true;
+  Log(LogLevel::kInfo, "qmgr", "recalled", {{"qid", id}, {"recipients", std::to_string(withdrawn.size())}, {"reason", reason}});
+  if (options_.on_event) options_.on_event("mail.recalled", id, StrCat("rcpts=", withdrawn.size(), " reason=", reason));
+  Finalize(id);
+  return withdrawn;
+}
+
 void QueueManager::Run() {
   const auto scan = std::chrono::milliseconds(options_.delivery.queue_scan_interval_ms());
   int64_t last_scan = 0;
@@ -582,12 +639,14 @@ void QueueManager::Run() {
   while (true) {
     std::deque<SpoolMessage> submitted;
     std::deque<DeliveryResult> results;
+    std::deque<std::unique_ptr<RecallRequest>> recalls;
     {
       std::unique_lock<std::mutex> l(mu_);
       manager_cv_.wait_for(l, scan, [&] { return wake_; });
       wake_ = false;
       submitted.swap(submitted_);
       results.swap(results_);
+      recalls.swap(recalls_);
     }
     if (stop_.load(std::memory_order_acquire)) return;
     int64_t now = NowMs();
@@ -603,6 +662,7 @@ void QueueManager::Run() {
     for (const crypto::Completion& c : done) ApplyCompletion(c, now);
     PumpCrypto();
     for (const DeliveryResult& r : results) Apply(r);
+    for (auto& rq : recalls) rq->done.set_value(DoRecall(rq->id, rq->reason));
     if (now - last_scan >= scan.count()) {
       last_scan = now;
       RetryDue(now);

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -99,6 +100,12 @@ class QueueManager {
   void ReleaseSlot(const std::string& destination);
   void PostResult(DeliveryResult result);
   bool stopping() const { return stop_.load(std::memory_order_acquire); }
+
+  // Recall (any thread; DE-6): withdraws queued message `id`: its undelivered recipients are
+  // recorded as failed with `reason` and no DSN, and the file leaves the spool. The future
+  // gives the withdrawn addresses; NOT_FOUND when it is not queued, FAILED_PRECONDITION while
+  // an agent is delivering it or a crypto worker holds it (try again).
+  std::future<Result<std::vector<std::string>>> Recall(const std::string& id, const std::string& reason);
   const QueueOptions& options() const { return options_; }
 
  private:
@@ -119,6 +126,11 @@ class QueueManager {
     int64_t crypto_retry_ms = 0;         // the crypto stage deferred it: resubmit then
     bool needs_finalize = false;         // a DSN could not be queued: run Finalize again
     std::string last_temp;               // last temporary failure, for logs
+    bool recalled = false;               // withdrawn by an operator: no DSN
+  };
+  struct RecallRequest {
+    std::string id, reason;
+    std::promise<Result<std::vector<std::string>>> done;
   };
 
   void Run();
@@ -132,6 +144,7 @@ class QueueManager {
   void Dispatch(Entry& e);
   void Apply(const DeliveryResult& r);
   void Finalize(const std::string& id);
+  Result<std::vector<std::string>> DoRecall(const std::string& id, const std::string& reason);
   void RetryDue(int64_t now);
   void ReleaseSlotLocked(const std::string& destination);
   void MoveToCorrupt(const std::string& id, SpoolState from, const Status& why);
@@ -158,6 +171,7 @@ class QueueManager {
   bool suspended_ = false;
   std::deque<SpoolMessage> submitted_;
   std::deque<DeliveryResult> results_;
+  std::deque<std::unique_ptr<RecallRequest>> recalls_;
   std::map<std::string, std::deque<DeliveryJob>> ready_;
   std::map<std::string, uint32_t> conns_;   // connection slots held per destination
   QueueStats stats_;

@@ -1,0 +1,318 @@
+// keys_service.cc — see keys_service.h.
+#include "control/keys_service.h"
+
+#include <google/protobuf/text_format.h>
+
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <mutex>
+
+#include "hsm/ceremony.h"
+#include "hsm/csr.h"
+#include "hsm/keys.h"
+#include "hsm/lifecycle.h"
+#include "hsm/token_key.h"
+#include "mailseal/v1/control.grpc.pb.h"
+
+namespace mailseal::control {
+namespace {
+using base::Log;
+using base::LogLevel;
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
+namespace v1 = mailseal::v1;
+
+// WithSession runs `f` with a session of the token's pool; UNAVAILABLE while the token is down.
+template <typename F>
+auto WithSession(const KeyDeps* d, F f) -> decltype(f(std::declval<hsm::Session&>())) {
+  std::shared_ptr<hsm::TokenHandle> h = d->token ? d->token->Handle() : nullptr;
+  if (!h) return UnavailableError("the security module is unavailable");
+  hsm::SessionPool::Lease lease = h->pool->Acquire();
+  return f(*lease);
+}
+
+void Fill(const hsm::KeyInfo& k, const KeyDeps* d, hsm::Session& s, v1::KeyInfo* out) {
+  int64_t now = static_cast<int64_t>(std::time(nullptr));
+  out->set_label(k.label);
+  out->set_id(k.id_hex);
+  out->set_purpose(hsm::PurposeName(k.purpose));
+  out->set_key_type(k.key_type);
+  out->set_created_unix_s(k.created_unix_s);
+  out->set_age_days(k.created_unix_s ? (now - k.created_unix_s) / hsm::kDay : 0);
+  out->set_certificate_subject(k.cert_subject);
+  out->set_certificate_not_after_unix_s(k.cert_not_after_unix_s);
+  out->set_expiry_warning(k.cert_not_after_unix_s ? hsm::ExpiryWarning(k.cert_not_after_unix_s, now) : 0);
+  out->set_in_use(d->in_use.count(k.label) > 0);
+  Result<hsm::KeyPair> kp = hsm::FindKeyPair(s, k.label);
+  out->set_may_sign(kp.ok() && hsm::CheckMaySign(s, *kp).ok());
+  out->set_may_recertify(kp.ok() && hsm::CheckMayRecertify(s, *kp).ok());
+}
+
+Result<v1::KeyInfo> Describe(const KeyDeps* d, hsm::Session& s, const std::string& label) {
+  Result<std::vector<hsm::KeyInfo>> all = hsm::ListKeys(s);
+  if (!all.ok()) return all.status();
+  for (const hsm::KeyInfo& k : *all)
+    if (k.label == label) {
+      v1::KeyInfo out;
+      Fill(k, d, s, &out);
+      return out;
+    }
+  return NotFoundError(StrCat("no key labelled '", label, "' on the token"));
+}
+
+Result<hsm::CsrRequest> CsrFor(hsm::Purpose p, const google::protobuf::RepeatedPtrField<std::string>& domains,
+                               const std::string& org, const std::string& country) {
+  if (p != hsm::Purpose::kDsaSign && p != hsm::Purpose::kDcaEncrypt)
+    return InvalidArgumentError("field 'purpose': dsa-sign or dca-encrypt");
+  if (domains.empty()) return InvalidArgumentError("field 'domains': at least one served domain");
+  if (!country.empty() && country.size() != 2) return InvalidArgumentError("field 'country': two letters");
+  return hsm::CsrRequest{p, {domains.begin(), domains.end()}, org, country};
+}
+
+Result<std::string> SignCsr(hsm::Session& s, const hsm::KeyPair& kp, const hsm::CsrRequest& req) {
+  Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&s, kp);
+  if (!key.ok()) return key.status();
+  Result<std::string> csr = hsm::BuildCsrPem(*key, req);
+  EVP_PKEY_free(*key);
+  return csr;
+}
+
+class KeyServiceImpl final : public v1::KeyService::Service {
+ public:
+  KeyServiceImpl(const Guard* g, const KeyDeps* d) : guard_(g), d_(d) {}
+
+  Status ListKeys(ServerContext* ctx, const v1::ListKeysRequest*, v1::ListKeysResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.KeyService.ListKeys", "", &actor); !st.ok()) return st;
+    mailseal::Status st = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
+      Result<std::vector<hsm::KeyInfo>> all = hsm::ListKeys(s);
+      if (!all.ok()) return all.status();
+      for (const hsm::KeyInfo& k : *all) Fill(k, d_, s, resp->add_keys());
+      return OkStatus();
+    });
+    return FromStatus(st);
+  }
+
+  Status GenerateKey(ServerContext* ctx, const v1::GenerateKeyRequest* req, v1::GenerateKeyResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.KeyService.GenerateKey";
+    std::string object = StrCat(req->label(), " ", req->purpose(), " ", req->key_type());
+    if (Status st = guard_->Check(ctx, method, object, &actor); !st.ok()) return st;
+    static const std::map<std::string, hsm::KeyType> kTypes = {
+        {"", hsm::KeyType::kRsa2048},         {"rsa:2048", hsm::KeyType::kRsa2048}, {"rsa:3072", hsm::KeyType::kRsa3072},
+        {"rsa:4096", hsm::KeyType::kRsa4096}, {"ec:P-256", hsm::KeyType::kEcP256},  {"ec:P-384", hsm::KeyType::kEcP384}};
+    auto type = kTypes.find(req->key_type());
+    hsm::Purpose purpose = req->purpose() == "dca-encrypt" ? hsm::Purpose::kDcaEncrypt : hsm::Purpose::kDsaSign;
+    mailseal::Status st = OkStatus();
+    if (type == kTypes.end()) st = InvalidArgumentError("field 'key_type': rsa:2048, rsa:3072, rsa:4096, ec:P-256 or ec:P-384");
+    else if (req->purpose() != "dsa-sign" && req->purpose() != "dca-encrypt")
+      st = InvalidArgumentError("field 'purpose': dsa-sign or dca-encrypt");
+    Result<hsm::CsrRequest> csr_req = CsrFor(purpose, req->domains(), req->organization(), req->country());
+    if (st.ok() && !csr_req.ok()) st = csr_req.status();
+    if (st.ok())
+      st = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
+        Result<hsm::KeyPair> kp = hsm::GenerateKeyPair(s, {type->second, purpose, req->label()});
+        if (!kp.ok()) return kp.status();
+        Result<std::string> csr = SignCsr(s, *kp, *csr_req);
+        if (!csr.ok()) return csr.status();
+        resp->set_csr_pem(*csr);
+        Result<v1::KeyInfo> info = Describe(d_, s, req->label());
+        if (info.ok()) *resp->mutable_key() = *info;
+        return OkStatus();
+      });
+    if (!st.ok()) {
+      guard_->Failed(actor, method, object, st.message());
+      return FromStatus(st);
+    }
+    Log(LogLevel::kInfo, "control", "key generated in the token", {{"label", req->label()}, {"actor", actor}});
+    return Status::OK;
+  }
+
+  Status CreateCsr(ServerContext* ctx, const v1::CreateCsrRequest* req, v1::CreateCsrResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.KeyService.CreateCsr";
+    if (Status st = guard_->Check(ctx, method, req->label(), &actor); !st.ok()) return st;
+    mailseal::Status st = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
+      Result<hsm::KeyPair> kp = hsm::FindKeyPair(s, req->label());
+      if (!kp.ok()) return kp.status();
+      if (mailseal::Status age = hsm::CheckMayRecertify(s, *kp); !age.ok()) return age;
+      Result<hsm::CsrRequest> csr_req = CsrFor(kp->purpose, req->domains(), req->organization(), req->country());
+      if (!csr_req.ok()) return csr_req.status();
+      Result<std::string> csr = SignCsr(s, *kp, *csr_req);
+      if (!csr.ok()) return csr.status();
+      resp->set_csr_pem(*csr);
+      return OkStatus();
+    });
+    if (!st.ok()) {
+      guard_->Failed(actor, method, req->label(), st.message());
+      return FromStatus(st);
+    }
+    return Status::OK;
+  }
+
+  Status InstallCertificate(ServerContext* ctx, const v1::InstallCertificateRequest* req,
+                            v1::InstallCertificateResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.KeyService.InstallCertificate";
+    if (Status st = guard_->Check(ctx, method, req->label(), &actor); !st.ok()) return st;
+    mailseal::Status st = OkStatus();
+    if (req->domains().empty()) st = InvalidArgumentError("field 'domains': the served domains the certificate must name");
+    else if (d_->anchors_pem.empty()) st = FailedPreconditionError("no trust anchors configured (smime.trust_anchors_file)");
+    if (st.ok())
+      st = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
+        hsm::InstallRequest in{req->label(), req->certificate_pem(), {req->chain_pem().begin(), req->chain_pem().end()},
+                               d_->anchors_pem, {req->domains().begin(), req->domains().end()}, 0};
+        Result<CK_OBJECT_HANDLE> h = hsm::InstallCertificate(s, in);
+        if (!h.ok()) return h.status();
+        Result<v1::KeyInfo> info = Describe(d_, s, req->label());
+        if (info.ok()) *resp->mutable_key() = *info;
+        return OkStatus();
+      });
+    if (!st.ok()) {
+      guard_->Failed(actor, method, req->label(), st.message());
+      return FromStatus(st);
+    }
+    Log(LogLevel::kInfo, "control", "certificate installed", {{"label", req->label()}, {"actor", actor}});
+    return Status::OK;
+  }
+
+ private:
+  const Guard* guard_;
+  const KeyDeps* d_;
+};
+
+class CeremonyServiceImpl final : public v1::CeremonyService::Service {
+ public:
+  CeremonyServiceImpl(const Guard* g, const KeyDeps* d, audit::AuditLog* a) : guard_(g), d_(d), audit_(a) {}
+
+  Status StartCeremony(ServerContext* ctx, const v1::StartCeremonyRequest* req,
+                       v1::StartCeremonyResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CeremonyService.StartCeremony";
+    std::string object = StrCat(req->kind(), " ", req->key_label());
+    if (Status st = guard_->Check(ctx, method, StrCat(object, " reason=", req->reason()), &actor); !st.ok()) return st;
+    if (req->kind() != "destroy-key") return Invalid("kind", "destroy-key (the only ceremony served over the API)");
+    if (req->reason().empty()) return Invalid("reason", "required (it goes to the transcript and the audit trail)");
+    if (d_->threshold == 0)
+      return Status(StatusCode::FAILED_PRECONDITION, "no ceremony custodians configured (control.ceremony)");
+    if (d_->in_use.count(req->key_label()))
+      return Status(StatusCode::FAILED_PRECONDITION,
+                    StrCat("'", req->key_label(), "' is in use by the configuration: retire it there first"));
+    mailseal::Status exists = WithSession(d_, [&](hsm::Session& s) { return hsm::FindKeyPair(s, req->key_label()).status(); });
+    if (!exists.ok()) return FromStatus(exists);
+    std::lock_guard<std::mutex> l(mu_);
+    size_t pending = 0;
+    for (const auto& [id, c] : ceremonies_) pending += c.state == "pending";
+    if (pending >= 16) return Status(StatusCode::RESOURCE_EXHAUSTED, "16 ceremonies are pending already");
+    Result<hsm::Ceremony> c = hsm::Ceremony::Begin("destroy", d_->threshold, d_->custodians,
+                                                   StrCat("started by CN=", actor, ": ", req->reason()));
+    if (!c.ok()) return FromStatus(c.status());
+    Result<std::string> statement = c->Propose("destroy-key", req->key_label());
+    if (!statement.ok()) return FromStatus(statement.status());
+    std::string id = c->transcript().ceremony_id();
+    ceremonies_.emplace(id, Entry{std::move(c.value()), req->key_label(), "pending", ""});
+    resp->set_ceremony_id(id);
+    resp->set_statement(*statement);
+    resp->set_threshold(d_->threshold);
+    for (const auto& cu : d_->custodians) resp->add_custodians(cu.name());
+    Log(LogLevel::kInfo, "control", "ceremony started", {{"id", id}, {"kind", req->kind()}, {"actor", actor}});
+    return Status::OK;
+  }
+
+  Status ApproveCeremony(ServerContext* ctx, const v1::ApproveCeremonyRequest* req,
+                         v1::ApproveCeremonyResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CeremonyService.ApproveCeremony";
+    std::string object = StrCat(req->ceremony_id(), " custodian=", req->custodian());
+    if (Status st = guard_->Check(ctx, method, object, &actor); !st.ok()) return st;
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = ceremonies_.find(req->ceremony_id());
+    if (it == ceremonies_.end()) return Status(StatusCode::NOT_FOUND, StrCat("no ceremony ", req->ceremony_id()));
+    Entry& e = it->second;
+    if (e.state != "pending") return Status(StatusCode::FAILED_PRECONDITION, StrCat("the ceremony is ", e.state));
+    if (mailseal::Status st = e.ceremony.Approve(req->custodian(), req->signature()); !st.ok()) {
+      guard_->Failed(actor, method, object, st.message());
+      return FromStatus(st);
+    }
+    const auto& steps = e.ceremony.transcript().steps();
+    unsigned approvals = static_cast<unsigned>(steps.rbegin()->approvals_size());
+    resp->set_approvals(approvals);
+    if (approvals < d_->threshold) {
+      resp->set_state("pending");
+      return Status::OK;
+    }
+    // The quorum is there: act, then close the transcript with the audit key's signature.
+    mailseal::Status done = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
+      mailseal::Status acted = e.ceremony.Execute([&]() -> Result<std::string> {
+        Result<hsm::KeyPair> kp = hsm::FindKeyPair(s, e.key_label);
+        if (!kp.ok()) return kp.status();
+        if (mailseal::Status st = hsm::DestroyKeyPair(s, *kp); !st.ok()) return st;
+        return StrCat("key pair '", e.key_label, "' and its certificate destroyed in the token");
+      });
+      e.state = acted.ok() ? "done" : "failed";
+      e.detail = acted.ok() ? e.ceremony.transcript().steps().rbegin()->detail() : acted.message();
+      Result<hsm::KeyPair> audit_key = hsm::FindKeyPair(s, d_->audit_key_label);
+      if (!audit_key.ok()) return audit_key.status();
+      Result<v1::CeremonyTranscript> t = e.ceremony.Finish(s, *audit_key);
+      if (!t.ok()) return t.status();
+      std::string path = StrCat(d_->transcript_dir, "/", t->ceremony_id(), ".transcript");
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      if (!out || !t->SerializeToOstream(&out)) return FailedPreconditionError(StrCat(path, ": cannot be written"));
+      return OkStatus();
+    });
+    v1::AuditRecord r;
+    r.set_actor(StrCat("CN=", actor));
+    r.set_action("ceremony.destroy-key");
+    r.set_object(e.key_label);
+    r.set_outcome(e.state == "done" && done.ok() ? v1::AuditRecord::OUTCOME_DONE : v1::AuditRecord::OUTCOME_FAILED);
+    r.set_detail(StrCat("ceremony ", req->ceremony_id(), ": ", e.detail, done.ok() ? "" : StrCat("; transcript: ", done.message())));
+    (void)audit_->Append(r);
+    Log(LogLevel::kInfo, "control", "ceremony finished", {{"id", req->ceremony_id()}, {"state", e.state}, {"detail", e.detail}});
+    resp->set_state(e.state);
+    resp->set_detail(done.ok() ? e.detail : StrCat(e.detail, "; transcript not kept: ", done.message()));
+    return Status::OK;
+  }
+
+  Status GetCeremony(ServerContext* ctx, const v1::GetCeremonyRequest* req, v1::GetCeremonyResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.CeremonyService.GetCeremony", req->ceremony_id(), &actor); !st.ok())
+      return st;
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = ceremonies_.find(req->ceremony_id());
+    if (it == ceremonies_.end()) return Status(StatusCode::NOT_FOUND, StrCat("no ceremony ", req->ceremony_id()));
+    resp->set_state(it->second.state);
+    it->second.ceremony.transcript().SerializeToString(resp->mutable_transcript());
+    const v1::CeremonyTranscript& t = it->second.ceremony.transcript();
+    google::protobuf::TextFormat::PrintToString(t, resp->mutable_text());
+    resp->set_key_label(it->second.key_label);
+    if (it->second.state == "pending" && t.steps_size() && t.steps().rbegin()->requires_approval())
+      resp->set_statement(hsm::ApprovalStatement(t.ceremony_id(), t.steps().rbegin()->hash()));
+    return Status::OK;
+  }
+
+ private:
+  struct Entry {
+    hsm::Ceremony ceremony;
+    std::string key_label;
+    std::string state;   // pending, done, failed
+    std::string detail;
+  };
+  const Guard* guard_;
+  const KeyDeps* d_;
+  audit::AuditLog* audit_;
+  std::mutex mu_;
+  std::map<std::string, Entry> ceremonies_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> NewKeyService(const Guard* guard, const KeyDeps* deps) {
+  return std::make_unique<KeyServiceImpl>(guard, deps);
+}
+std::unique_ptr<grpc::Service> NewCeremonyService(const Guard* guard, const KeyDeps* deps, audit::AuditLog* audit) {
+  return std::make_unique<CeremonyServiceImpl>(guard, deps, audit);
+}
+
+}  // namespace mailseal::control

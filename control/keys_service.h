@@ -1,0 +1,36 @@
+// keys_service.h — KeyService and CeremonyService of the management API (issue #5): the
+// gateway's key pairs on the token, and quorum ceremonies for what destroys key material.
+//
+// SECURITY: every operation runs inside the token through a session of the shared pool; no
+// call returns or logs private key material. A key the configuration uses (DSA, DCA, audit)
+// cannot be destroyed. A ceremony acts only after `threshold` distinct registered custodians
+// signed its statement; its transcript, signed by the audit key, is kept in transcript_dir.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "control/guard.h"
+#include "hsm/token_manager.h"
+#include "mailseal/v1/hsm.pb.h"
+
+namespace mailseal::control {
+
+struct KeyDeps {
+  hsm::TokenManager* token = nullptr;
+  std::set<std::string> in_use;            // labels the configuration uses
+  std::vector<std::string> anchors_pem;    // trust anchors certificates must chain to
+  std::string audit_key_label;             // signs ceremony transcripts
+  unsigned threshold = 0;                  // 0: ceremonies refused (not configured)
+  std::vector<mailseal::v1::CustodianRecord> custodians;
+  std::string transcript_dir;
+};
+
+std::unique_ptr<grpc::Service> NewKeyService(const Guard* guard, const KeyDeps* deps);
+std::unique_ptr<grpc::Service> NewCeremonyService(const Guard* guard, const KeyDeps* deps, audit::AuditLog* audit);
+
+}  // namespace mailseal::control
