@@ -2,6 +2,8 @@
 #include "control/keys_service.h"
 
 #include <google/protobuf/text_format.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <ctime>
 #include <fstream>
@@ -33,7 +35,26 @@ auto WithSession(const KeyDeps* d, F f) -> decltype(f(std::declval<hsm::Session&
   return f(*lease);
 }
 
-void Fill(const hsm::KeyInfo& k, const KeyDeps* d, hsm::Session& s, v1::KeyInfo* out) {
+// FromConfig: subject and notAfter of the certificate the configuration names for `label`
+// (keys made before the API, whose certificates are files rather than token objects).
+void FromConfig(const KeyDeps* d, const std::string& label, hsm::KeyInfo* k) {
+  auto it = d->config_certs.find(label);
+  if (it == d->config_certs.end() || !k->cert_subject.empty()) return;
+  BIO* b = BIO_new_mem_buf(it->second.data(), static_cast<int>(it->second.size()));
+  X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+  BIO_free(b);
+  if (!x) return;
+  char buf[512];
+  X509_NAME_oneline(X509_get_subject_name(x), buf, sizeof buf);
+  k->cert_subject = buf;
+  std::tm tm{};
+  ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm);
+  k->cert_not_after_unix_s = static_cast<int64_t>(timegm(&tm));
+  X509_free(x);
+}
+
+void Fill(hsm::KeyInfo k, const KeyDeps* d, hsm::Session& s, v1::KeyInfo* out) {
+  FromConfig(d, k.label, &k);
   int64_t now = static_cast<int64_t>(std::time(nullptr));
   out->set_label(k.label);
   out->set_id(k.id_hex);

@@ -9,6 +9,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -23,6 +24,7 @@ namespace mailseal::control {
 struct KeyDeps {
   hsm::TokenManager* token = nullptr;
   std::set<std::string> in_use;            // labels the configuration uses
+  std::map<std::string, std::string> config_certs;   // label -> certificate PEM the configuration names
   std::vector<std::string> anchors_pem;    // trust anchors certificates must chain to
   std::string audit_key_label;             // signs ceremony transcripts
   unsigned threshold = 0;                  // 0: ceremonies refused (not configured)

@@ -366,11 +366,33 @@ class AuditServiceImpl final : public v1::AuditService::Service {
     uint64_t start = req->start_seq();
     if (!req->page_token().empty()) start = std::strtoull(req->page_token().c_str(), nullptr, 10);
     size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
-    Result<std::vector<v1::AuditRecord>> recs = deps_.audit->ReadRecords(start, page);
-    if (!recs.ok()) return FromStatus(recs.status());
-    for (auto& r : *recs) *resp->add_records() = std::move(r);
-    if (start + resp->records_size() < deps_.audit->size())
-      resp->set_next_page_token(std::to_string(start + resp->records_size()));
+    auto matches = [req](const v1::AuditRecord& r) {
+      if (!req->action_prefix().empty() && r.action().compare(0, req->action_prefix().size(), req->action_prefix()) != 0)
+        return false;
+      if (!req->actor().empty() && r.actor() != req->actor()) return false;
+      if (req->outcome() != v1::AuditRecord::OUTCOME_UNSPECIFIED && r.outcome() != req->outcome()) return false;
+      if (req->since_unix_ms() && r.time_unix_ms() < req->since_unix_ms()) return false;
+      if (req->until_unix_ms() && r.time_unix_ms() > req->until_unix_ms()) return false;
+      if (!req->message_id().empty() && r.object() != req->message_id() &&
+          std::find(r.message_ids().begin(), r.message_ids().end(), req->message_id()) == r.message_ids().end())
+        return false;
+      return true;
+    };
+    // A filtered page scans at most 20,000 records, so one call stays bounded; the token says
+    // where the next call goes on.
+    uint64_t next = start, end = deps_.audit->size();
+    uint64_t scan_limit = start + 20000;
+    while (next < end && next < scan_limit && static_cast<size_t>(resp->records_size()) < page) {
+      Result<std::vector<v1::AuditRecord>> recs = deps_.audit->ReadRecords(next, std::min<uint64_t>(500, scan_limit - next));
+      if (!recs.ok()) return FromStatus(recs.status());
+      if (recs->empty()) break;
+      for (auto& r : *recs) {
+        ++next;
+        if (matches(r)) *resp->add_records() = std::move(r);
+        if (static_cast<size_t>(resp->records_size()) >= page) break;
+      }
+    }
+    if (next < end) resp->set_next_page_token(std::to_string(next));
     return Status::OK;
   }
 

@@ -127,6 +127,11 @@ Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::Key
     k->in_use.insert(cfg.smime().dsa_key_label());
     k->in_use.insert(cfg.smime().dca_key_label());
     bool ok = false;
+    for (const auto& [label, file] : {std::pair{cfg.smime().dsa_key_label(), cfg.smime().dsa_cert_file()},
+                                      std::pair{cfg.smime().dca_key_label(), cfg.smime().dca_cert_file()}}) {
+      std::string pem = ReadAll(file, &ok);
+      if (ok) k->config_certs[label] = pem;
+    }
     std::string anchors = ReadAll(cfg.smime().trust_anchors_file(), &ok);
     if (ok) k->anchors_pem = PemCertificates(anchors);
   }

@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -225,9 +226,15 @@ int main(int argc, char** argv) {
   uint32_t limit = 100;
   bool follow = false;
   std::string file;
-  CLI::App* records = audit->add_subcommand("records", "list records");
+  CLI::App* records = audit->add_subcommand("records", "query records");
   records->add_option("--start", start, "first record");
   records->add_option("--limit", limit, "at most this many");
+  std::string q_action, q_actor, q_message, q_outcome;
+  records->add_option("--action", q_action, "action prefix (mail., mailseal.v1.KeyService, ceremony.)");
+  records->add_option("--actor", q_actor, "exact actor (CN=admin-1, mailseald)");
+  records->add_option("--message", q_message, "queue id the record concerns");
+  records->add_option("--outcome", q_outcome, "allowed, denied, done or failed")
+      ->check(CLI::IsMember({"allowed", "denied", "done", "failed"}));
   CLI::App* tail = audit->add_subcommand("tail", "print records; with -f, keep printing new ones");
   tail->add_option("--start", start, "first record (default: the last 10)");
   tail->add_flag("-f,--follow", follow, "wait for new records");
@@ -567,11 +574,26 @@ int main(int argc, char** argv) {
   if (audit->got_subcommand("records")) {
     v1::ListRecordsRequest req;
     req.set_start_seq(start);
-    req.set_page_size(limit);
-    v1::ListRecordsResponse resp;
-    if (int rc = Call(as.get(), &AS::ListRecords, req, &resp)) return rc;
-    return print(resp, [&] {
-      for (const auto& r : resp.records()) PrintRecord(r);
+    req.set_action_prefix(q_action);
+    req.set_actor(q_actor);
+    req.set_message_id(q_message);
+    if (!q_outcome.empty()) {
+      v1::AuditRecord::Outcome o = v1::AuditRecord::OUTCOME_UNSPECIFIED;
+      std::string name = "OUTCOME_" + q_outcome;
+      for (char& ch : name) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      v1::AuditRecord::Outcome_Parse(name, &o);
+      req.set_outcome(o);
+    }
+    v1::ListRecordsResponse all;
+    do {   // filtered pages may be short: go on until `limit` records or the end
+      req.set_page_size(limit - static_cast<uint32_t>(all.records_size()));
+      v1::ListRecordsResponse page;
+      if (int rc = Call(as.get(), &AS::ListRecords, req, &page)) return rc;
+      for (auto& r : *page.mutable_records()) *all.add_records() = std::move(r);
+      req.set_page_token(page.next_page_token());
+    } while (!req.page_token().empty() && static_cast<uint32_t>(all.records_size()) < limit);
+    return print(all, [&] {
+      for (const auto& r : all.records()) PrintRecord(r);
     });
   }
   if (audit->got_subcommand("tail")) {

@@ -78,7 +78,8 @@ def main():
     rc, o, e = ctl("so-1", "-o", "json", "keys", "list")
     keys = {k["label"]: k for k in json.loads(o).get("keys", [])} if rc == 0 else {}
     c.check(set(keys) >= {"dsa", "dca", "audit"} and keys["dsa"].get("in_use") and keys["dsa"].get("purpose") == "dsa-sign"
-            and keys["audit"].get("key_type") == "ec:P-256" and keys["dca"].get("key_type") == "rsa:2048", "a security officer lists the token's keys", o + e)
+            and keys["audit"].get("key_type") == "ec:P-256" and keys["dca"].get("key_type") == "rsa:2048"
+            and "domain-signing-authority" in keys["dsa"].get("certificate_subject", ""), "a security officer lists the token's keys", o + e)
     rc, o, e = ctl("so-1", "keys", "rotate", "dsa-sign", "--label", "dsa-2027", "--domain", "agency-a.test",
                    "--csr-out", f"{m}/dsa-2027.csr")
     req = subprocess.run(["openssl", "req", "-in", f"{m}/dsa-2027.csr", "-noout", "-verify", "-subject", "-text"],
@@ -167,6 +168,15 @@ def main():
             and ("ceremony.destroy-key", "OUTCOME_DONE") in actions
             and ("mailseal.v1.KeyService.GenerateKey", "OUTCOME_DENIED") in actions,
             "generate, ceremony, delete and recall are in the audit trail", str(actions[-30:]))
+    rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--outcome", "denied")
+    denied = json.loads(o).get("records", []) if rc == 0 else []
+    c.check(denied and all(r.get("outcome") == "OUTCOME_DENIED" for r in denied)
+            and any(r.get("action") == "mailseal.v1.KeyService.GenerateKey" for r in denied),
+            "audit query by outcome: only the refusals", o[-300:] + e)
+    rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--action", "ceremony.", "--actor", "CN=so-1")
+    cer_recs = json.loads(o).get("records", []) if rc == 0 else []
+    c.check(len(cer_recs) == 1 and cer_recs[0].get("object") == "dsa-2027",
+            "audit query by action prefix and actor: the one ceremony", o + e)
     rc, o, e = ctl("auditor-1", "audit", "proof", "3")
     c.check(rc == 0 and "included" in o, "an inclusion proof verifies against the signed head", o + e)
     tail = subprocess.Popen([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/auditor-1.crt",
