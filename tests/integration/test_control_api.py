@@ -195,6 +195,10 @@ def main():
     rc, o, e = ctl("admin-1", "queue", "release", held_now[0])
     c.check(rc == 1 and "audit log cannot be written" in e and gw.queue_files("hold") == held_now,
             "audit log unwritable: the release is refused with a clear error and nothing changes", e)
+    rc, o, e = ctl("admin-1", "policy", "set", good, "--expect-version", "2")
+    rc2, o2, e2 = ctl("admin-1", "policy", "history")
+    c.check(rc == 1 and "audit log cannot be written" in e and rc2 == 0 and " 3 " not in o2,
+            "audit log unwritable: policy set fails with a clear error, no version 3", e + o2)
     rc, o, e = ctl("auditor-1", "health")
     c.check(rc == 1 and "NOT_SERVING" in o, "health: NOT_SERVING", o + e)
     if immutable:
