@@ -25,6 +25,16 @@ bool ValidDomain(const std::string& d) {
   return true;
 }
 
+// ValidEntry: a domain, or an address ("user@domain") for per-sender/recipient entries.
+bool ValidEntry(const std::string& e) {
+  size_t at = e.rfind('@');
+  if (at == std::string::npos) return ValidDomain(e);
+  if (at == 0 || at > 64) return false;
+  for (size_t i = 0; i < at; ++i)
+    if (e[i] <= ' ' || e[i] > '~' || e[i] == '@' || e[i] == '<' || e[i] == '>') return false;
+  return ValidDomain(e.substr(at + 1));
+}
+
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -64,8 +74,9 @@ Status CheckList(google::protobuf::RepeatedPtrField<mailseal::v1::ListedDomain>*
   for (int i = 0; i < list->size(); ++i) {
     auto* e = list->Mutable(i);
     e->set_domain(Lower(e->domain()));
-    if (!ValidDomain(e->domain()))
-      return InvalidArgumentError(StrCat("field '", name, "[", i, "].domain': '", e->domain(), "' is not a domain name"));
+    if (!ValidEntry(e->domain()))
+      return InvalidArgumentError(StrCat("field '", name, "[", i, "].domain': '", e->domain(),
+                                         "' is not a domain name or an address"));
     if (!seen.insert(e->domain()).second)
       return InvalidArgumentError(StrCat("field '", name, "[", i, "].domain': '", e->domain(), "' is listed twice"));
   }
@@ -88,8 +99,9 @@ Status ValidatePolicy(PolicyDocument* doc) {
   for (int i = 0; i < doc->domain_rules_size(); ++i) {
     auto* r = doc->mutable_domain_rules(i);
     r->set_domain(Lower(r->domain()));
-    if (!ValidDomain(r->domain()))
-      return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(), "' is not a domain name"));
+    if (!ValidEntry(r->domain()))
+      return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(),
+                                         "' is not a domain name or an address"));
     if (r->protection() == mailseal::v1::DomainRule::PROTECTION_UNSPECIFIED)
       return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].protection': required"));
     if (!seen.insert(r->domain()).second)
@@ -148,6 +160,7 @@ Result<uint64_t> PolicyStore::Set(PolicyDocument doc, uint64_t expected, const s
   if (Status st = WriteDurably(dir_, Name(dir_, v, "pb"), doc.SerializeAsString()); !st.ok()) return st;
   if (Status st = WriteDurably(dir_, Name(dir_, v, "info"), info.SerializeAsString()); !st.ok()) return st;
   history_.push_back(info);
+  if (on_change_) on_change_(doc);
   return v;
 }
 
@@ -175,6 +188,11 @@ Result<std::vector<std::string>> PolicyStore::Diff(uint64_t from, uint64_t to) c
 std::vector<PolicyVersionInfo> PolicyStore::History() const {
   std::lock_guard<std::mutex> l(mu_);
   return std::vector<PolicyVersionInfo>(history_.rbegin(), history_.rend());
+}
+
+void PolicyStore::SetOnChange(std::function<void(const mailseal::v1::PolicyDocument&)> f) {
+  std::lock_guard<std::mutex> l(mu_);
+  on_change_ = std::move(f);
 }
 
 }  // namespace mailseal::control

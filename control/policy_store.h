@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -28,12 +29,16 @@ class PolicyStore {
   Result<uint64_t> Set(mailseal::v1::PolicyDocument doc, uint64_t expected_version, const std::string& actor);
   Result<std::vector<std::string>> Diff(uint64_t from, uint64_t to) const;
   std::vector<mailseal::v1::PolicyVersionInfo> History() const;   // newest first
+  // on_change is called with each newly stored version (and, by Publish, the current one),
+  // under the store's lock: it must only publish a compiled snapshot.
+  void SetOnChange(std::function<void(const mailseal::v1::PolicyDocument&)> f);
 
  private:
   PolicyStore() = default;
   std::string dir_;
   mutable std::mutex mu_;
   std::vector<mailseal::v1::PolicyVersionInfo> history_;   // oldest first
+  std::function<void(const mailseal::v1::PolicyDocument&)> on_change_;
 };
 
 }  // namespace mailseal::control

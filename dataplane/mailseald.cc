@@ -31,6 +31,7 @@
 #include "dataplane/io/dns.h"
 #include "dataplane/io/event_loop.h"
 #include "dataplane/io/smtp_server.h"
+#include "dataplane/policy/classify.h"
 #include "dataplane/policy/snapshot.h"
 #include "dataplane/queue/committer.h"
 #include "dataplane/queue/queue_manager.h"
@@ -334,7 +335,20 @@ int Run(const std::string& path) {
         !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
         : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
                             : StartControl(cfg, &spool, &qmgr, audit_log.get(), ps->get(), &key_deps);
-    if (ps.ok()) policy_store = std::move(ps.value());
+    if (ps.ok()) {
+      policy_store = std::move(ps.value());
+      // The data plane acts on the policy document (issue #6): compiled now and after every
+      // accepted change; the next message uses it, no restart, no lock on the fast path.
+      if (smime) {
+        crypto::SmimeShared* shared = smime.get();
+        auto publish = [shared](const v1::PolicyDocument& doc) {
+          shared->document.store(policy::Compile(doc), std::memory_order_release);
+          Log(LogLevel::kInfo, "policy", "policy document in force", {{"version", std::to_string(doc.version())}});
+        };
+        if (Result<v1::PolicyDocument> cur = policy_store->Get(0); cur.ok()) publish(*cur);
+        policy_store->SetOnChange(publish);
+      }
+    }
     if (!srv.ok()) {
       Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});
       committer.Stop();

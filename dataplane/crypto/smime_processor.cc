@@ -71,7 +71,8 @@ class SmimeProcessor : public JobProcessor {
     for (const auto& r : env.recipients()) rcpts.push_back(r.address());
     smime::GatewayKeys keys = Keys();
     uint64_t token_failures = hsm::TokenFailuresOnThisThread();
-    std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys);
+    std::shared_ptr<const policy::CompiledPolicy> doc = s_->document.load(std::memory_order_acquire);
+    std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get());
     bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;
     bool any_hold = false;
     for (const smime::Output& o : outs) {
@@ -106,7 +107,9 @@ class SmimeProcessor : public JobProcessor {
       c.derived.push_back(std::move(d));
     }
     c.verdict = c.derived.empty() ? Verdict::kPlain : Verdict::kSealed;
-    c.reason = c.derived.empty() ? "no protection rule applies" : "";
+    for (const smime::Output& o : outs)
+      if (o.action == smime::Action::kPass && !o.reason.empty()) c.reason = o.reason;   // why it went as it was
+    if (doc->version) c.reason = StrCat(c.reason, c.reason.empty() ? "" : " ", "[policy v", doc->version, "]");
     return c;
   }
 

@@ -12,6 +12,7 @@
 // The DSA signs only while hsm::CheckMaySign allows it (key age, SEE-2.3).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -32,6 +33,9 @@ struct SmimeShared {
   smime::X509Ref dsa_cert, dca_cert;
   std::vector<smime::X509Ref> chain;
   std::string dsa_label, dca_label;
+  // The compiled policy document (issue #6), replaced by the control thread on every accepted
+  // change; each job loads it once.
+  std::atomic<std::shared_ptr<const policy::CompiledPolicy>> document{std::make_shared<const policy::CompiledPolicy>()};
 };
 
 // LoadSmime builds the shared part from the config, refusing what cannot work (missing files,

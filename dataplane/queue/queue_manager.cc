@@ -323,6 +323,11 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
                         c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));
     if (!d.held && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
   }
+  // Recipients left on the original go as they are: say why (the policy decision, issue #6).
+  size_t carried = 0;
+  for (const crypto::DerivedCopy& d : c.derived) carried += d.rcpts.size();
+  if (options_.on_event && carried < it->second.rcpt.size() && !c.reason.empty() && !it->second.msg->envelope.crypto_done())
+    options_.on_event("mail.passed", c.queue_id, StrCat("rcpts=", it->second.rcpt.size() - carried, " ", c.reason));
   for (const std::string& qid : admit) {
     Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, qid));
     if (!m.ok()) {

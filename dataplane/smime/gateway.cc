@@ -111,19 +111,7 @@ std::string WarningFor(CertStatus s) {
   return "";
 }
 
-std::string ClassificationWord(std::string_view subject) {
-  static const char* kWords[] = {"SEEMAIL", "IN-CONFIDENCE", "IN CONFIDENCE", "SENSITIVE", "RESTRICTED"};
-  for (size_t i = 0; i < subject.size(); ++i) {
-    if (subject[i] != '[' && subject[i] != '{') continue;
-    for (const char* w : kWords) {
-      size_t n = std::strlen(w);
-      if (i + 1 + n >= subject.size() || strncasecmp(subject.data() + i + 1, w, n) != 0) continue;
-      char close = subject[i + 1 + n];
-      if (close == ']' || close == '}') return StrCat("[", std::string_view(w) == "IN CONFIDENCE" ? "IN-CONFIDENCE" : w, "]");
-    }
-  }
-  return "";
-}
+std::string ClassificationWord(std::string_view subject) { return policy::FindTriggerWord(subject); }
 
 bool Gateway::IsLocal(const std::string& domain) const {
   for (const std::string& l : policy_->local_domains) {
@@ -149,7 +137,8 @@ const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
 }
 
 std::vector<Output> Gateway::Process(const std::string& sender, const std::vector<std::string>& recipients,
-                                     const std::string& message, const GatewayKeys& keys) const {
+                                     const std::string& message, const GatewayKeys& keys,
+                                     const policy::CompiledPolicy* doc) const {
   std::vector<uint32_t> local;
   std::map<std::string, std::vector<uint32_t>> remote;
   for (uint32_t i = 0; i < recipients.size(); ++i) {
@@ -160,11 +149,46 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
   std::vector<Output> out;
   Output pass;
   auto add = [&](Output o) {
-    if (o.action == Action::kPass) pass.rcpts.insert(pass.rcpts.end(), o.rcpts.begin(), o.rcpts.end());
-    else out.push_back(std::move(o));
+    if (o.action == Action::kPass) {
+      pass.rcpts.insert(pass.rcpts.end(), o.rcpts.begin(), o.rcpts.end());
+      if (pass.reason.empty()) pass.reason = o.reason;
+    } else {
+      out.push_back(std::move(o));
+    }
   };
   if (!local.empty()) add(Open1(sender, std::move(local), message, keys));
-  for (auto& [domain, rcpts] : remote) add(Seal1(domain, std::move(rcpts), message, keys));
+  static const policy::CompiledPolicy kNoDocument;
+  if (!doc) doc = &kNoDocument;
+  std::string classification = remote.empty() ? "" : policy::Classify(message, doc->trigger_words);
+  for (auto& [domain, rcpts] : remote) {
+    // One decision per recipient (lists and rules may name addresses); recipients of a domain
+    // with the same decision share one sealed copy.
+    std::map<std::pair<int, bool>, std::pair<policy::Decision, std::vector<uint32_t>>> groups;
+    bool partner = PartnerFor(domain) != nullptr;
+    for (uint32_t i : rcpts) {
+      policy::Decision d = doc->Decide(recipients[i], classification, partner, policy_->seal_when_known);
+      auto& g = groups[{static_cast<int>(d.protection), d.triple_wrap}];
+      if (g.second.empty()) g.first = d;
+      g.second.push_back(i);
+    }
+    for (auto& [key, g] : groups) {
+      const policy::Decision& d = g.first;
+      if (d.protection == policy::Protection::kHold) {
+        Output o;
+        o.action = Action::kHold;
+        o.rcpts = std::move(g.second);
+        o.reason = StrCat(d.reason, doc->version ? StrCat(" [policy v", doc->version, "]") : "");
+        add(std::move(o));
+      } else if (d.protection == policy::Protection::kPass) {
+        Output o;
+        o.rcpts = std::move(g.second);
+        o.reason = d.reason;
+        add(std::move(o));
+      } else {
+        add(Seal1(domain, std::move(g.second), message, keys, d));
+      }
+    }
+  }
   if (!pass.rcpts.empty()) {
     std::sort(pass.rcpts.begin(), pass.rcpts.end());
     out.push_back(std::move(pass));
@@ -173,30 +197,32 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
 }
 
 Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
-                      const GatewayKeys& keys) const {
+                      const GatewayKeys& keys, const policy::Decision& decision) const {
   Output o;
   o.rcpts = std::move(rcpts);
   const PartnerPolicy* partner = PartnerFor(domain);
+  bool required = decision.protection == policy::Protection::kSealRequired;
   std::string covering;
   X509Ref dca = store_->Dca(domain, &covering);
-  if (!partner && !(policy_->seal_when_known && dca)) {
-    o.reason = "no protection rule applies";
+  if (!required && !dca) {
+    o.reason = StrCat(decision.reason, "; no certificate known: sent as is");
     return o;  // kPass (SEE-AG-1)
   }
   if (!dca) {
     o.action = Action::kHold;
-    o.reason = StrCat("no DCA certificate known for partner domain ", domain, " (SEE-2.8: hold, never send in clear)");
+    o.reason = StrCat("no DCA certificate known for ", domain, " (", decision.reason,
+                      "; SEE-2.8: hold, never send in clear)");
     return o;
   }
   auto [status, detail] = store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT);
   if (status != CertStatus::kValid && status != CertStatus::kStatusUnknown) {
-    if (!partner) {
-      o.reason = StrCat("known DCA certificate for ", domain, " is ", CertStatusName(status), "; not a partner: sent as is");
+    if (!required) {
+      o.reason = StrCat("known DCA certificate for ", domain, " is ", CertStatusName(status), "; sealing not required: sent as is");
       return o;  // only valid certificates are used (SEE-2.9)
     }
     o.action = Action::kHold;
-    o.reason = StrCat("DCA certificate for partner domain ", covering, " is ", CertStatusName(status),
-                      detail.empty() ? "" : StrCat(" (", detail, ")"), "; held (SEE-2.8)");
+    o.reason = StrCat("DCA certificate for ", covering, " is ", CertStatusName(status),
+                      detail.empty() ? "" : StrCat(" (", detail, ")"), " (", decision.reason, "); held (SEE-2.8)");
     return o;
   }
   if (!keys.dsa_key || !keys.dsa_cert) {
@@ -208,7 +234,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   SealOptions so;
   so.cipher = ChooseCipher(caps);
   so.key_transport = KeyTransportFor(caps);
-  so.triple_wrap = partner && partner->triple_wrap;
+  so.triple_wrap = (partner && partner->triple_wrap) || decision.triple_wrap;
   so.detached_signature = partner && partner->detached_signature;
   so.outer_subject = policy_->outer_subject;
   if (policy_->keep_subject || policy_->show_classification) {
@@ -236,7 +262,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   o.body = std::move(*sealed);
   o.protection = StrCat("sealed for ", covering, " (", so.triple_wrap ? "triple-wrapped, " : "",
                         so.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data AES-256-GCM" : "enveloped-data AES-256-CBC",
-                        so.key_transport == KeyTransport::kRsaOaep ? ", RSA-OAEP" : "", ")");
+                        so.key_transport == KeyTransport::kRsaOaep ? ", RSA-OAEP" : "", "): ", decision.reason);
   o.reason = status == CertStatus::kStatusUnknown ? "DCA certificate status could not be checked (SEE-2.8: send, notify)" : "";
   return o;
 }

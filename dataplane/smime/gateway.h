@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/policy/classify.h"
 #include "dataplane/smime/cert_store.h"
 #include "dataplane/smime/seal.h"
 
@@ -70,8 +71,11 @@ class Gateway {
   Gateway(const GatewayPolicy* policy, CertStore* store) : policy_(policy), store_(store) {}
   // Process: `recipients` are the envelope's addresses in index order; `sender` the reverse
   // path. `keys` may have null keys when the token is unavailable (sealing then defers).
+  // `doc` is the compiled policy document (lists, rules, trigger words; issue #6); null: an
+  // empty one — classified mail then goes only to configured partners (SEE-2.1b).
   std::vector<Output> Process(const std::string& sender, const std::vector<std::string>& recipients,
-                              const std::string& message, const GatewayKeys& keys) const;
+                              const std::string& message, const GatewayKeys& keys,
+                              const policy::CompiledPolicy* doc = nullptr) const;
 
   bool IsLocal(const std::string& domain) const;
   // PartnerFor: the partner entry covering `domain`, or null.
@@ -79,7 +83,7 @@ class Gateway {
 
  private:
   Output Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
-               const GatewayKeys& keys) const;
+               const GatewayKeys& keys, const policy::Decision& decision) const;
   Output Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
                const GatewayKeys& keys) const;
 
@@ -88,7 +92,8 @@ class Gateway {
 };
 
 // ClassificationWord: the first SEE-2.1 classification word in `subject` ("[RESTRICTED]",
-// normalised to upper case with square brackets), or "" when none.
+// normalised to upper case with square brackets), or "" when none (policy::FindTriggerWord
+// with the default words).
 std::string ClassificationWord(std::string_view subject);
 
 // Warning texts of the SEE-2.8 table (receiving column), put in front of the Subject.

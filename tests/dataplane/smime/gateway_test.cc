@@ -93,7 +93,7 @@ TEST_F(GatewayTest, PartnerMailWithoutAValidCertificateIsHeldNeverSentInClear) {
   const Output* d = Find(outs, Action::kHold, 1);
   ASSERT_TRUE(c && d);
   EXPECT_NE(c->reason.find("unknown-ca"), std::string::npos) << c->reason;
-  EXPECT_NE(d->reason.find("no DCA certificate known for partner domain sub.agency-d.test"), std::string::npos)
+  EXPECT_NE(d->reason.find("no DCA certificate known for sub.agency-d.test (partner domain"), std::string::npos)
       << "a partner covers its sub-domains: " << d->reason;
   // And with the token gone, sealing defers rather than holds or passes (SEE-AG-4).
   Side a2 = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
@@ -113,6 +113,50 @@ TEST_F(GatewayTest, SealsForKnownNonPartnersOnlyWhenAskedAndOnlyWithValidCertifi
   outs = a.gw->Process("alice@agency-a.test", {"b@agency-b.test", "c@agency-c.test"}, msg, a.keys);
   EXPECT_TRUE(Find(outs, Action::kDeliver, 0));
   EXPECT_TRUE(Find(outs, Action::kPass, 1)) << "an invalid certificate is never used, and c is no partner";
+}
+
+// Issue #6 (SEE-2.1b): the policy document's lists and rules decide per recipient.
+TEST_F(GatewayTest, ClassifiedMailGoesOnlyToListedDomainsSealedElseHeld) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}, {"agency-c.test", "dca_c"}}, {});
+  a.policy.seal_when_known = true;
+  std::string msg = Mail("alice@agency-a.test", "{restricted] budget", "4,217,000");
+  std::vector<std::string> rcpts = {"b@agency-b.test", "c@agency-c.test", "x@plain.test"};
+  // No document: classified mail to non-partners is held, even with a known certificate.
+  std::vector<Output> outs = a.gw->Process("alice@agency-a.test", rcpts, msg, a.keys);
+  for (uint32_t i = 0; i < 3; ++i) {
+    const Output* h = Find(outs, Action::kHold, i);
+    ASSERT_TRUE(h) << i;
+    EXPECT_NE(h->reason.find("[RESTRICTED] mail to"), std::string::npos) << h->reason;
+    EXPECT_NE(h->reason.find("SEE-2.1b"), std::string::npos) << h->reason;
+  }
+  // agency-b on the SEEMAIL list, c on TRUSTED: both sealed; plain.test still held.
+  mailseal::v1::PolicyDocument doc;
+  doc.set_version(3);
+  doc.add_seemail_list()->set_domain("agency-b.test");
+  doc.add_trusted_list()->set_domain("agency-c.test");
+  auto compiled = policy::Compile(doc);
+  outs = a.gw->Process("alice@agency-a.test", rcpts, msg, a.keys, compiled.get());
+  const Output* b = Find(outs, Action::kDeliver, 0);
+  const Output* c = Find(outs, Action::kDeliver, 1);
+  const Output* x = Find(outs, Action::kHold, 2);
+  ASSERT_TRUE(b && c && x);
+  EXPECT_NE(b->protection.find("SEEMAIL-listed agency-b.test"), std::string::npos) << b->protection;
+  EXPECT_NE(c->protection.find("TRUSTED-listed agency-c.test"), std::string::npos) << c->protection;
+  EXPECT_NE(x->reason.find("[policy v3]"), std::string::npos) << "the hold names the policy version: " << x->reason;
+  // Unclassified mail to a SEEMAIL domain without a certificate is held (it is a partner).
+  doc.add_seemail_list()->set_domain("agency-d.test");
+  compiled = policy::Compile(doc);
+  outs = a.gw->Process("alice@agency-a.test", {"d@agency-d.test", "x@plain.test"},
+                       Mail("alice@agency-a.test", "hello", "x"), a.keys, compiled.get());
+  ASSERT_TRUE(Find(outs, Action::kHold, 0));
+  EXPECT_TRUE(Find(outs, Action::kPass, 1)) << "ordinary mail keeps flowing (SEE-AG-1)";
+  // A per-address TRUSTED entry: one recipient of a domain sealed, the other held.
+  mailseal::v1::PolicyDocument doc2;
+  doc2.add_trusted_list()->set_domain("boss@agency-c.test");
+  compiled = policy::Compile(doc2);
+  outs = a.gw->Process("alice@agency-a.test", {"boss@agency-c.test", "clerk@agency-c.test"}, msg, a.keys, compiled.get());
+  EXPECT_TRUE(Find(outs, Action::kDeliver, 0));
+  EXPECT_TRUE(Find(outs, Action::kHold, 1));
 }
 
 TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {

@@ -1,0 +1,280 @@
+// classify.cc — see classify.h.
+#include "dataplane/policy/classify.h"
+
+#include <cctype>
+
+#include "dataplane/base/status.h"
+
+namespace mailseal::policy {
+namespace {
+
+char Upper(char c) { return static_cast<char>(std::toupper(static_cast<unsigned char>(c))); }
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+int HexVal(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  c = Upper(c);
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+int B64Val(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+// DecodeWord decodes the text of one encoded word; false when it is not one.
+bool DecodeWord(char enc, std::string_view text, std::string* out) {
+  if (enc == 'Q' || enc == 'q') {
+    for (size_t i = 0; i < text.size(); ++i) {
+      char c = text[i];
+      if (c == '_') out->push_back(' ');
+      else if (c == '=' && i + 2 < text.size() && HexVal(text[i + 1]) >= 0 && HexVal(text[i + 2]) >= 0) {
+        out->push_back(static_cast<char>(HexVal(text[i + 1]) * 16 + HexVal(text[i + 2])));
+        i += 2;
+      } else out->push_back(c);
+    }
+    return true;
+  }
+  if (enc == 'B' || enc == 'b') {
+    uint32_t acc = 0;
+    int bits = 0;
+    for (char c : text) {
+      if (c == '=') break;
+      int v = B64Val(c);
+      if (v < 0) return false;
+      acc = (acc << 6) | static_cast<uint32_t>(v);
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        out->push_back(static_cast<char>((acc >> bits) & 0xFF));
+      }
+    }
+    return true;
+  }
+  return false;
+}
+
+bool IsSeparator(char c) { return c == ' ' || c == '-' || c == '_'; }
+
+// MatchWord: `word` at s[i..] (case-insensitive, separators interchangeable); returns the
+// length matched or 0.
+size_t MatchWord(std::string_view s, size_t i, std::string_view word) {
+  size_t j = i;
+  for (char w : word) {
+    if (j >= s.size()) return 0;
+    if (IsSeparator(w)) {
+      if (!IsSeparator(s[j])) return 0;
+    } else if (Upper(s[j]) != Upper(w)) {
+      return 0;
+    }
+    ++j;
+  }
+  return j - i;
+}
+
+const std::vector<std::string>& DefaultWords() {
+  static const std::vector<std::string> kWords = {"SEEMAIL", "IN-CONFIDENCE", "SENSITIVE", "RESTRICTED"};
+  return kWords;
+}
+
+// HeaderValue: the unfolded value of the first `name` field of the header block at the start
+// of `message` ("" when absent); stops at the blank line.
+std::string HeaderValue(std::string_view message, std::string_view name, size_t* body_at = nullptr) {
+  std::string value;
+  bool in_field = false, found = false;
+  size_t pos = 0;
+  while (pos < message.size()) {
+    size_t eol = message.find('\n', pos);
+    if (eol == std::string_view::npos) eol = message.size();
+    std::string_view line = message.substr(pos, eol - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    pos = eol + 1;
+    if (line.empty()) break;
+    if (line[0] == ' ' || line[0] == '\t') {
+      if (in_field) value.append(line);
+      continue;
+    }
+    in_field = false;
+    if (found) continue;
+    size_t colon = line.find(':');
+    if (colon == name.size() && MatchWord(line, 0, name) == name.size()) {
+      value.assign(line.substr(colon + 1));
+      in_field = found = true;
+    }
+  }
+  if (body_at) *body_at = std::min(pos, message.size());
+  size_t b = value.find_first_not_of(" \t");
+  return b == std::string::npos ? "" : value.substr(b);
+}
+
+bool Covers(const std::map<std::string, std::string>& list, const std::string& address, const std::string& domain,
+            std::string* which) {
+  if (list.count(address)) {
+    *which = address;
+    return true;
+  }
+  for (std::string_view d = domain; !d.empty();) {
+    if (list.count(std::string(d))) {
+      *which = std::string(d);
+      return true;
+    }
+    size_t dot = d.find('.');
+    if (dot == std::string_view::npos) break;
+    d = d.substr(dot + 1);
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string DecodeRfc2047(std::string_view v) {
+  std::string out;
+  size_t i = 0;
+  bool last_was_word = false;
+  std::string pending_space;
+  while (i < v.size()) {
+    if (v.compare(i, 2, "=?") == 0) {
+      size_t q1 = v.find('?', i + 2);
+      size_t q2 = q1 == std::string_view::npos ? q1 : v.find('?', q1 + 1);
+      size_t end = q2 == std::string_view::npos ? q2 : v.find("?=", q2 + 1);
+      if (end != std::string_view::npos && q2 == q1 + 2) {
+        std::string decoded;
+        if (DecodeWord(v[q1 + 1], v.substr(q2 + 1, end - q2 - 1), &decoded)) {
+          if (!last_was_word) out += pending_space;   // space between encoded words is dropped
+          pending_space.clear();
+          out += decoded;
+          last_was_word = true;
+          i = end + 2;
+          continue;
+        }
+      }
+    }
+    if (v[i] == ' ' || v[i] == '\t') {
+      pending_space.push_back(v[i]);
+      ++i;
+      continue;
+    }
+    out += pending_space;
+    pending_space.clear();
+    out.push_back(v[i]);
+    last_was_word = false;
+    ++i;
+  }
+  out += pending_space;
+  return out;
+}
+
+std::string FindTriggerWord(std::string_view s, const std::vector<std::string>& words_in) {
+  const std::vector<std::string>& words = words_in.empty() ? DefaultWords() : words_in;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '[' && s[i] != '{') continue;
+    for (const std::string& w : words) {
+      size_t n = MatchWord(s, i + 1, w);
+      if (n == 0 || i + 1 + n >= s.size()) continue;
+      char close = s[i + 1 + n];
+      if (close == ']' || close == '}') return StrCat("[", w, "]");
+    }
+  }
+  return "";
+}
+
+std::string Classify(std::string_view message, const std::vector<std::string>& words) {
+  size_t body_at = 0;
+  std::string word = FindTriggerWord(DecodeRfc2047(HeaderValue(message, "Subject", &body_at)), words);
+  if (!word.empty()) return word;
+  // RFC 9788: the protected headers are those of the wrapped inner message.
+  std::string ct = Lower(HeaderValue(message, "Content-Type"));
+  if (ct.rfind("message/rfc822", 0) == 0 && ct.find("forwarded=\"no\"") != std::string::npos)
+    return FindTriggerWord(DecodeRfc2047(HeaderValue(message.substr(body_at), "Subject")), words);
+  return "";
+}
+
+const char* ProtectionName(Protection p) {
+  switch (p) {
+    case Protection::kPass: return "pass";
+    case Protection::kSealIfKnown: return "seal-if-known";
+    case Protection::kSealRequired: return "seal-required";
+    case Protection::kHold: return "hold";
+  }
+  return "?";
+}
+
+Decision CompiledPolicy::Decide(const std::string& recipient, const std::string& classification, bool partner,
+                                bool seal_when_known) const {
+  std::string address = Lower(recipient);
+  size_t at = address.rfind('@');
+  std::string domain = at == std::string::npos ? address : address.substr(at + 1);
+  std::string seemail_entry, trusted_entry;
+  bool on_seemail = Covers(seemail, address, domain, &seemail_entry);
+  bool on_trusted = Covers(trusted, address, domain, &trusted_entry);
+  // The most specific rule: the address, then the domain and its parents.
+  const mailseal::v1::DomainRule* rule = nullptr;
+  std::string rule_entry;
+  {
+    std::map<std::string, std::string> keys;
+    for (const auto& [k, r] : rules) keys.emplace(k, "");
+    if (Covers(keys, address, domain, &rule_entry)) rule = &rules.at(rule_entry);
+  }
+  Decision d;
+  d.triple_wrap = rule && rule->triple_wrap();
+  using R = mailseal::v1::DomainRule;
+  if (!classification.empty()) {
+    if (!on_seemail && !on_trusted && !partner) {
+      d.protection = Protection::kHold;
+      d.reason = StrCat(classification, " mail to ", domain, ", which is on neither the SEEMAIL nor the TRUSTED list "
+                        "(SEE-2.1b: held, never sent)");
+      return d;
+    }
+    d.protection = Protection::kSealRequired;
+    d.reason = StrCat(classification, " mail to ", on_seemail ? StrCat("SEEMAIL-listed ", seemail_entry)
+                                                 : on_trusted ? StrCat("TRUSTED-listed ", trusted_entry)
+                                                              : StrCat("partner ", domain),
+                      ": signed and encrypted only (SEE-2.1b)");
+    return d;
+  }
+  if (partner || on_seemail || (rule && rule->protection() == R::PROTECTION_SEAL_REQUIRED)) {
+    d.protection = Protection::kSealRequired;
+    d.reason = partner      ? StrCat("partner domain ", domain, ": always sealed (SEE-AG-3)")
+               : on_seemail ? StrCat("SEEMAIL-listed ", seemail_entry, ": always sealed (SEE-AG-3)")
+                            : StrCat("rule for ", rule_entry, ": seal required");
+    return d;
+  }
+  if (rule && rule->protection() == R::PROTECTION_NONE) {
+    d.reason = StrCat("rule for ", rule_entry, ": sent as is");
+    return d;
+  }
+  if (on_trusted || (rule && rule->protection() == R::PROTECTION_SEAL_WHEN_POSSIBLE) || seal_when_known) {
+    d.protection = Protection::kSealIfKnown;
+    d.reason = on_trusted ? StrCat("TRUSTED-listed ", trusted_entry, ": sealed when a valid certificate is known")
+               : rule     ? StrCat("rule for ", rule_entry, ": sealed when a valid certificate is known")
+                          : "sealed when a valid certificate is known (seal_when_known, SEE-2.9)";
+    return d;
+  }
+  d.reason = "no protection rule applies (SEE-AG-1)";
+  return d;
+}
+
+std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument& doc) {
+  auto p = std::make_shared<CompiledPolicy>();
+  p->version = doc.version();
+  for (const std::string& w : doc.trigger_words()) {
+    std::string u;
+    for (char c : w) u.push_back(Upper(c));
+    p->trigger_words.push_back(u);
+  }
+  for (const auto& l : doc.seemail_list()) p->seemail[Lower(l.domain())] = l.note();
+  for (const auto& l : doc.trusted_list()) p->trusted[Lower(l.domain())] = l.note();
+  for (const auto& r : doc.domain_rules()) p->rules[Lower(r.domain())] = r;
+  p->notifications = doc.notifications();
+  return p;
+}
+
+}  // namespace mailseal::policy
