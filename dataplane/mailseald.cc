@@ -276,7 +276,27 @@ int Run(const std::string& path) {
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
   qopts.crypto_workers = cfg.crypto_workers();
-  if (smime) qopts.processor = crypto::SmimeProcessorFactory(smime.get());
+  if (smime) {
+    qopts.processor = crypto::SmimeProcessorFactory(smime.get());
+    // Notices about held mail (SEE-2.1b, SEE-2.12), from the policy document in force.
+    crypto::SmimeShared* shared = smime.get();
+    queue::NotifierOptions base;
+    base.hostname = cfg.hostname();
+    for (std::string d : cfg.local_domains()) {
+      for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      base.local_domains.push_back(d);
+    }
+    qopts.notifications = [shared, base] {
+      queue::NotifierOptions o = base;
+      std::shared_ptr<const policy::CompiledPolicy> doc = shared->document.load(std::memory_order_acquire);
+      const v1::Notifications& n = doc->notifications;
+      o.admin_address = n.admin_address();
+      o.notify_sender = doc->version == 0 || n.notify_sender_on_hold();
+      if (n.digest_interval_s()) o.interval_ms = static_cast<int64_t>(n.digest_interval_s()) * 1000;
+      if (n.gather_s()) o.gather_ms = static_cast<int64_t>(n.gather_s()) * 1000;
+      return o;
+    };
+  }
   if (recorder) {
     audit::Recorder* rec = recorder.get();
     qopts.on_event = [rec](const std::string& action, const std::string& qid, const std::string& detail) {

@@ -322,6 +322,13 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
                                             : d.what.rfind("opened", 0) == 0 ? "mail.opened" : "mail.transformed",
                         c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));
     if (!d.held && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
+    if (d.held && options_.notifications) {
+      HeldItem item{d.queue_id, it->second.msg->envelope.mail_from(), {}, d.what, now};
+      for (uint32_t i : d.rcpts)
+        if (i < static_cast<uint32_t>(it->second.msg->envelope.recipients_size()))
+          item.recipients.push_back(it->second.msg->envelope.recipients(static_cast<int>(i)).address());
+      notifier_.OnHeld(item, it->second.msg->envelope.is_dsn(), now);
+    }
   }
   // Recipients left on the original go as they are: say why (the policy decision, issue #6).
   size_t carried = 0;
@@ -634,6 +641,30 @@ Result<std::vector<std::string>> QueueManager::DoRecall(const std::string& id, c
   return withdrawn;
 }
 
+// SendNotices queues the notices about held mail that are due (from the null sender, marked
+// as notifications: nothing is ever sent about them).
+void QueueManager::SendNotices(int64_t now) {
+  if (!options_.notifications) return;
+  notifier_.SetOptions(options_.notifications());
+  for (const Notice& n : notifier_.Due(now)) {
+    mailseal::v1::SpoolEnvelope env;
+    env.set_mail_from("");
+    env.add_recipients()->set_address(n.to);
+    env.set_arrival_unix_ms(now);
+    env.set_is_dsn(true);
+    Result<std::string> qid = WriteWholeMessage(spool_, env, n.message);
+    if (!qid.ok()) {
+      Log(LogLevel::kError, "qmgr", "cannot queue a notice about held mail", {{"to", n.to}, {"error", qid.status().message()}});
+      continue;
+    }
+    Log(LogLevel::kInfo, "qmgr", "notice about held mail queued",
+        {{"qid", *qid}, {"to", n.to}, {"held_messages", std::to_string(n.items)}});
+    if (options_.on_event) options_.on_event("mail.notified", *qid, StrCat("to=<", n.to, "> held=", n.items));
+    Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, *qid));
+    if (m.ok()) Admit(std::move(m.value()), SpoolState::kActive, now, 0);
+  }
+}
+
 void QueueManager::Run() {
   const auto scan = std::chrono::milliseconds(options_.delivery.queue_scan_interval_ms());
   int64_t last_scan = 0;
@@ -671,6 +702,7 @@ void QueueManager::Run() {
     if (now - last_scan >= scan.count()) {
       last_scan = now;
       RetryDue(now);
+      SendNotices(now);
       std::lock_guard<std::mutex> l(mu_);
       stats_.in_queue = entries_.size();
       stats_.deferred = static_cast<size_t>(std::count_if(

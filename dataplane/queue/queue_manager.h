@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "dataplane/crypto/crypto_stage.h"
+#include "dataplane/queue/notifier.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/smtp/reply.h"
 #include "mailseal/v1/config.pb.h"
@@ -62,6 +63,9 @@ struct QueueOptions {
   // "mail.held", "mail.delivered", "mail.bounced"), called on the manager thread; must not
   // block for long (the recorder batches). Identifiers and addresses only, never content.
   std::function<void(const std::string& action, const std::string& qid, const std::string& detail)> on_event;
+  // notifications: the current settings for notices about held mail (issue #6; read at every
+  // queue scan, so a policy change applies at once); null: nobody is told.
+  std::function<NotifierOptions()> notifications;
 };
 
 struct QueueStats {
@@ -147,6 +151,7 @@ class QueueManager {
   Result<std::vector<std::string>> DoRecall(const std::string& id, const std::string& reason);
   void RetryDue(int64_t now);
   void ReleaseSlotLocked(const std::string& destination);
+  void SendNotices(int64_t now);
   void MoveToCorrupt(const std::string& id, SpoolState from, const Status& why);
   std::string PathOf(const Entry& e) const;
   int64_t Backoff(uint32_t attempts) const;
@@ -162,6 +167,7 @@ class QueueManager {
   // Manager thread only.
   std::unordered_map<std::string, Entry> entries_;
   std::deque<std::string> to_crypto_;
+  Notifier notifier_{NotifierOptions{}};
 
   // Shared, under mu_.
   mutable std::mutex mu_;
