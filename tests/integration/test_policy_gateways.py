@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Issue #6 end to end: the policy document decides, two gateways and a capturing wire.
+
+- agency-b is on gw-a's SEEMAIL list: a [RESTRICTED] message to it leaves sealed.
+- agency-c is on no list (its DCA certificate is known to gw-a): a {restricted] message to it
+  is held, never sent; ordinary mail to agency-c keeps flowing (SEE-AG-1). The sender and the
+  administrator each get one notice, from postmaster@ with the null sender.
+- The administrator adds agency-c to the TRUSTED list (policy v2, no restart) and releases the
+  message: it leaves sealed, and agency-c's own gateway opens and verifies it.
+- 1,000 classified messages held for one reason produce one administrator digest (and one to
+  their sender), not 1,000 mails.
+- A policy change is refused whole when invalid; the decision and the policy version are in
+  the hold reason and the audit trail.
+"""
+import os
+import shutil
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from test_control_api import issue  # noqa: E402
+from test_smime_gateways import MODULE, make_pki, run, send, smime_conf  # noqa: E402
+
+SECRET = b"The figure is 4,217,000."
+
+
+def message(subject, to):
+    return (f"From: alice@agency-a.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{time.time_ns()}@agency-a.test>\r\n\r\n").encode() + SECRET + b"\r\n"
+
+
+def main():
+    a = harness.args()
+    c = harness.Checker("policy_gateways")
+    root = harness.tempdir(a.keep)
+    ca_dir, gws = make_pki(root, a.keygen, [("gw-a", "agency-a.test"), ("gw-c", "agency-c.test")])
+    (da, env_a, pin_a), (dc, env_c, pin_c) = gws
+    run([a.keygen, MODULE, "gw-a", pin_a, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env_a)
+    run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
+        "-out audit.crt", da)
+    # agency-b only needs a DCA certificate (gw-a seals for it; the wire is where we look).
+    b = os.path.join(root, "pki-b")
+    os.makedirs(b)
+    run(f"openssl req -new -newkey rsa:2048 -nodes -keyout dca.key -out dca.csr -subj "
+        f"/CN=domain-confidentiality-authority -addext subjectAltName=email:domain-confidentiality-authority@agency-b.test "
+        f"-addext keyUsage=keyEncipherment", b)
+    run(f"openssl x509 -req -in dca.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -copy_extensions copy "
+        f"-days 30 -out dca.crt", b)
+    m = os.path.join(root, "mgmt")
+    os.makedirs(m)
+    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mgmt-ca.key -out mgmt-ca.crt "
+        "-subj /CN=mgmt-ca -days 2", m)
+    issue(m, "server", "mgmt-ca", "IP:127.0.0.1")
+    issue(m, "admin-1", "mgmt-ca")
+
+    wire = harness.Sink(root)
+    os.makedirs(os.path.join(root, "c"))
+    sink_c = harness.Sink(os.path.join(root, "c"))
+    api_port = harness.free_port()
+    control = (f'control {{ listen: "127.0.0.1:{api_port}" cert_file: "{m}/server.crt" key_file: "{m}/server.key" '
+               f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "admin-1" role: "administrator" }} '
+               f'audit {{ log_path: "{root}/audit.log" heads_path: "{root}/audit.heads" key_label: "audit" }} }}')
+    gw = harness.Mailseald(a.mailseald, root, relay_port=wire.port, env=env_a, hostname="gw-a.test",
+                           local_domain="agency-a.test", name="gw-a",
+                           extra=smime_conf("gw-a", da, pin_a, ca_dir,
+                                            f'partners {{ domain: "agency-b.test" dca_cert_file: "{b}/dca.crt" }}') + control)
+    # gw-a knows agency-c's DCA certificate (as if harvested), but agency-c is on no list.
+    os.makedirs(os.path.join(gw.spool, "certs"), exist_ok=True)
+    shutil.copy(f"{dc}/dca.crt", os.path.join(gw.spool, "certs", "agency-c.test.dca.pem"))
+    gw.start()
+    gc = harness.Mailseald(a.mailseald, os.path.join(root, "c"), relay_port=sink_c.port, env=env_c,
+                           hostname="gw-c.test", local_domain="agency-c.test", name="gw-c",
+                           extra=smime_conf("gw-c", dc, pin_c, ca_dir, 'partners { domain: "agency-a.test" }'))
+    gc.start()
+    harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up")
+
+    def ctl(*args):
+        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/admin-1.crt",
+                            "--key", f"{m}/admin-1.key", "--ca", f"{m}/mgmt-ca.crt", *args],
+                           capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout, r.stderr
+
+    def set_policy(text, expect):
+        p = os.path.join(root, f"policy-{expect}.txt")
+        with open(p, "w") as f:
+            f.write(text)
+        return ctl("policy", "set", p, "--expect-version", str(expect))
+
+    notices = ('notifications { admin_address: "secops@agency-a.test" notify_sender_on_hold: true '
+               'gather_s: 1 digest_interval_s: 1 }\n')
+    rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\n' + notices, 0)
+    c.check(rc == 0, "policy v1: agency-b on the SEEMAIL list", o + e)
+    harness.wait_for(lambda: "policy document in force" in gw.read_log(), 10, "policy published")
+
+    # 1. SEEMAIL-listed partner: sealed.
+    out = send(gw.port, "alice@agency-a.test", ["bob@agency-b.test"], message("[RESTRICTED] budget", "bob@agency-b.test"))
+    got = harness.wait_for(lambda: [x for x in wire.messages() if b"bob@agency-b.test" in x], 20, "sealed to b")
+    c.check(b"250 2.0.0" in out and b"enveloped-data" in got[0] and SECRET not in got[0],
+            "[RESTRICTED] to the SEEMAIL-listed agency-b leaves sealed", got[0][:300])
+
+    # 2. Not listed: held; plain mail still flows; one notice each to the sender and the admin.
+    before = len(wire.messages())
+    send(gw.port, "alice@agency-a.test", ["carol@agency-c.test"], message("{restricted] budget", "carol@agency-c.test"))
+    held = harness.wait_for(lambda: gw.queue_files("hold"), 20, "held")
+    rc, o, e = ctl("-o", "json", "queue", "list", "--state", "hold")
+    c.check("neither the SEEMAIL nor the TRUSTED list" in o and "[policy v1]" in o,
+            "{restricted] to unlisted agency-c is held, the reason names the rule and the policy version", o)
+    send(gw.port, "alice@agency-a.test", ["carol@agency-c.test"], message("lunch", "carol@agency-c.test"))
+    harness.wait_for(lambda: [x for x in wire.messages() if b"Subject: lunch" in x], 20, "plain mail")
+    leaked = [x for x in wire.messages() if SECRET in x and b"Subject: lunch" not in x]
+    c.check(not leaked, "the classified message never left; ordinary mail to agency-c flows (SEE-AG-1)", str(len(leaked)))
+    notes = harness.wait_for(
+        lambda: (lambda n: n if len(n) >= 2 else None)([x for x in wire.messages() if b"held and not sent" in x]),
+        30, "two notices")
+    to_sender = [x for x in notes if b"To: <alice@agency-a.test>" in x]
+    to_admin = [x for x in notes if b"To: <secops@agency-a.test>" in x]
+    c.check(len(to_sender) == 1 and len(to_admin) == 1 and held[0].encode() in to_admin[0],
+            "the sender and the administrator each get one notice naming the held message", str(len(notes)))
+    c.check(all(b"From: Mail Delivery System <postmaster@agency-a.test>" in x and b"Auto-Submitted: auto-replied" in x
+                and SECRET not in x for x in notes), "notices come from postmaster@, are auto-submitted, carry no content")
+
+    # 3. An invalid change is refused whole; then agency-c goes on the TRUSTED list; release.
+    rc, o, e = set_policy('trusted_list { domain: "agency c" }\n' + notices, 1)
+    c.check(rc == 1 and "trusted_list[0].domain" in e, "an invalid policy is refused whole, naming the field", e)
+    rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n' + notices, 1)
+    c.check(rc == 0, "policy v2: agency-c on the TRUSTED list (no restart)", o + e)
+    rc, o, e = ctl("queue", "release", held[0])
+    sealed_c = harness.wait_for(
+        lambda: [x for x in wire.messages() if b"carol@agency-c.test" in x and b"enveloped-data" in x], 20, "sealed to c")
+    c.check(rc == 0 and SECRET not in sealed_c[0], "released after the change, it leaves sealed for agency-c", o + e)
+    # agency-c's gateway opens it: hand the captured message over.
+    # smtp-sink stores LF line ends: back to CRLF, then SMTP dot-stuffing.
+    stuffed = sealed_c[0].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    send(gc.port, "alice@agency-a.test", ["carol@agency-c.test"], stuffed)
+    opened = harness.wait_for(lambda: [x for x in sink_c.messages() if SECRET in x], 20, "opened at c")
+    c.check(b"smime=pass" in opened[0] and b"budget" in opened[0],
+            "agency-c's gateway decrypts and verifies it (smime=pass)", opened[0][:400])
+
+    # 4. 1,000 classified messages held by one missing listing: one digest per address.
+    rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'
+                          'notifications { admin_address: "secops@agency-a.test" notify_sender_on_hold: true '
+                          'gather_s: 30 digest_interval_s: 1 }\n', 2)
+    c.check(rc == 0, "policy v3: notices gathered for 30 s", o + e)
+    time.sleep(2)   # let earlier notice windows close
+    notes_before = len([x for x in wire.messages() if b"held and not sent" in x])
+
+    def burst(k):
+        s = smtplib.SMTP("127.0.0.1", gw.port, timeout=30)
+        for i in range(250):
+            s.sendmail("alice@agency-a.test", [f"x{i}@nowhere-{k}.test"],
+                       message(f"[SENSITIVE] item {k}-{i}", f"x{i}@nowhere-{k}.test"))
+        s.quit()
+    threads = [threading.Thread(target=burst, args=(k,)) for k in range(4)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    harness.wait_for(lambda: len(gw.queue_files("hold")) >= 1000, 60, "1000 held")
+    c.check(time.time() - t0 < 30, "1,000 messages were held inside the gathering window", f"{time.time() - t0:.1f} s")
+    digests = harness.wait_for(
+        lambda: (lambda n: n if len(n) >= 2 else None)(
+            [x for x in wire.messages() if b"held and not sent" in x][notes_before:]), 60, "digests")
+    time.sleep(3)
+    after = [x for x in wire.messages() if b"held and not sent" in x][notes_before:]
+    admin = [x for x in after if b"To: <secops@agency-a.test>" in x]
+    c.check(len(after) == 2 and len(admin) == 1 and b"1000 messages were held" in admin[0]
+            and b"and 500 more" in admin[0], "1,000 held messages: one administrator digest (and one to the sender)",
+            f"{len(after)} notices")
+
+    # 5. The decisions are in the audit trail.
+    rc, o, e = ctl("-o", "json", "audit", "records", "--action", "mail.held", "--limit", "5")
+    c.check(rc == 0 and "SEE-2.1b" in o and "policy v" in o, "held decisions are audited with their reason", o[-300:] + e)
+    rc, o, e = ctl("-o", "json", "audit", "records", "--action", "mail.notified", "--limit", "10")
+    c.check(rc == 0 and o.count("mail.notified") >= 4, "notices are audited", o[-300:])
+    gw.stop()
+    gc.stop()
+    c.finish()
+
+
+if __name__ == "__main__":
+    main()
