@@ -36,6 +36,7 @@ struct DerivedCopy {
   std::string queue_id;
   std::vector<uint32_t> rcpts;
   bool held = false;        // written to hold/, not active/
+  bool consumed = false;    // no copy: the recipients are done with (a seemail-ping probe)
   std::string what;         // protection or hold reason, for the log
 };
 

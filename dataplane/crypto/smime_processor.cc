@@ -35,7 +35,7 @@ std::vector<smime::X509Ref> ReadCerts(const std::string& path, std::string* erro
 
 class SmimeProcessor : public JobProcessor {
  public:
-  explicit SmimeProcessor(const SmimeShared* s) : s_(s), gateway_(&s->policy, s->store.get()) {}
+  explicit SmimeProcessor(const SmimeShared* s) : s_(s), gateway_(&s->policy, s->store.get(), s->ping_limiter.get()) {}
   ~SmimeProcessor() override { Drop(); }
 
   void Idle() override {
@@ -72,7 +72,7 @@ class SmimeProcessor : public JobProcessor {
     smime::GatewayKeys keys = Keys();
     uint64_t token_failures = hsm::TokenFailuresOnThisThread();
     std::shared_ptr<const policy::CompiledPolicy> doc = s_->document.load(std::memory_order_acquire);
-    std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get());
+    std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get(), env.require_seal());
     bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;
     bool any_hold = false;
     for (const smime::Output& o : outs) {
@@ -96,6 +96,12 @@ class SmimeProcessor : public JobProcessor {
       DerivedCopy d;
       d.queue_id = StrCat(job.queue_id, "-", k);
       d.rcpts = o.rcpts;
+      if (o.action == smime::Action::kConsume) {   // nothing to write: the recipients are done with
+        d.consumed = true;
+        d.what = o.reason;
+        c.derived.push_back(std::move(d));
+        continue;
+      }
       d.held = o.action == smime::Action::kHold;
       d.what = d.held ? o.reason : (o.reason.empty() ? o.protection : StrCat(o.protection, "; ", o.reason));
       Status st = WriteCopy(*m, body, o, d);
@@ -125,6 +131,16 @@ class SmimeProcessor : public JobProcessor {
     mailseal::v1::SpoolEnvelope env;
     env.set_queue_id(d.queue_id);
     env.set_mail_from(m.envelope.mail_from());
+    if (!o.envelope_to.empty()) {   // a message of our own (seemail-ping reply): it goes through sealing
+      env.set_mail_from(o.envelope_from);
+      env.add_recipients()->set_address(o.envelope_to);
+      env.set_arrival_unix_ms(m.envelope.arrival_unix_ms());
+      env.set_require_seal(o.require_seal);
+      env.set_derived_from(m.id);
+      for (uint32_t i : o.rcpts) env.add_derived_rcpts(i);
+      env.set_protection(o.protection);
+      return queue::WriteWholeMessage(s_->spool, env, o.body, queue::SpoolState::kActive).status();
+    }
     for (uint32_t i : o.rcpts) *env.add_recipients() = m.envelope.recipients(static_cast<int>(i));
     env.set_arrival_unix_ms(m.envelope.arrival_unix_ms());
     env.set_client_address(m.envelope.client_address());
@@ -292,6 +308,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   s->policy.keep_subject = c.keep_subject();
   s->policy.show_classification = c.show_classification();
   s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
+  s->policy.gateway_name = cfg.hostname();
   return s;
 }
 

@@ -36,6 +36,7 @@ struct SmimeShared {
   // The compiled policy document (issue #6), replaced by the control thread on every accepted
   // change; each job loads it once.
   std::atomic<std::shared_ptr<const policy::CompiledPolicy>> document{std::make_shared<const policy::CompiledPolicy>()};
+  std::unique_ptr<smime::PingLimiter> ping_limiter = std::make_unique<smime::PingLimiter>();
 };
 
 // LoadSmime builds the shared part from the config, refusing what cannot work (missing files,

@@ -318,10 +318,11 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
     Log(d.held ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held ? "held" : "transformed",
         {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
     if (options_.on_event)
-      options_.on_event(d.held ? "mail.held" : d.what.rfind("sealed", 0) == 0 ? "mail.sealed"
-                                            : d.what.rfind("opened", 0) == 0 ? "mail.opened" : "mail.transformed",
+      options_.on_event(d.held ? "mail.held" : d.consumed ? "mail.consumed" : d.what.rfind("sealed", 0) == 0 ? "mail.sealed"
+                                            : d.what.rfind("opened", 0) == 0 ? "mail.opened"
+                                            : d.what.rfind("seemail-ping", 0) == 0 ? "mail.ping-replied" : "mail.transformed",
                         c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));
-    if (!d.held && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
+    if (!d.held && !d.consumed && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
     if (d.held && options_.notifications) {
       HeldItem item{d.queue_id, it->second.msg->envelope.mail_from(), {}, d.what, now};
       for (uint32_t i : d.rcpts)

@@ -5,8 +5,11 @@
 #include <strings.h>
 
 #include <algorithm>
+#include <chrono>
+#include <set>
 #include <cstring>
 
+#include "dataplane/queue/dsn.h"
 #include "dataplane/smime/naming.h"
 #include "dataplane/smtp/address.h"
 
@@ -95,6 +98,7 @@ const char* ActionName(Action a) {
     case Action::kDeliver: return "deliver";
     case Action::kHold: return "hold";
     case Action::kTempFail: return "tempfail";
+    case Action::kConsume: return "consume";
   }
   return "?";
 }
@@ -112,6 +116,16 @@ std::string WarningFor(CertStatus s) {
 }
 
 std::string ClassificationWord(std::string_view subject) { return policy::FindTriggerWord(subject); }
+
+bool PingLimiter::Allow(const std::string& domain, int64_t now_ms) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto it = last_.begin(); it != last_.end();) it = now_ms - it->second >= per_domain_ms_ ? last_.erase(it) : std::next(it);
+  minute_.erase(std::remove_if(minute_.begin(), minute_.end(), [&](int64_t t) { return now_ms - t >= 60000; }), minute_.end());
+  if (last_.count(domain) || minute_.size() >= per_minute_) return false;
+  last_[domain] = now_ms;
+  minute_.push_back(now_ms);
+  return true;
+}
 
 bool Gateway::IsLocal(const std::string& domain) const {
   for (const std::string& l : policy_->local_domains) {
@@ -138,12 +152,16 @@ const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
 
 std::vector<Output> Gateway::Process(const std::string& sender, const std::vector<std::string>& recipients,
                                      const std::string& message, const GatewayKeys& keys,
-                                     const policy::CompiledPolicy* doc) const {
+                                     const policy::CompiledPolicy* doc, bool require_seal) const {
   std::vector<uint32_t> local;
   std::map<std::string, std::vector<uint32_t>> remote;
+  std::map<std::string, std::vector<uint32_t>> pings;   // by the ping address they were sent to
   for (uint32_t i = 0; i < recipients.size(); ++i) {
     std::string d = smtp::DomainOf(recipients[i]);
-    if (d.empty() || IsLocal(d)) local.push_back(i);
+    std::string lower = recipients[i];
+    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (!d.empty() && IsLocal(d) && lower.rfind("seemail-ping@", 0) == 0) pings[lower].push_back(i);
+    else if (d.empty() || IsLocal(d)) local.push_back(i);
     else remote[d].push_back(i);
   }
   std::vector<Output> out;
@@ -156,9 +174,11 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
       out.push_back(std::move(o));
     }
   };
-  if (!local.empty()) add(Open1(sender, std::move(local), message, keys));
   static const policy::CompiledPolicy kNoDocument;
   if (!doc) doc = &kNoDocument;
+  // SEE-2.14: seemail-ping@ answers before any other rule.
+  for (auto& [address, rcpts] : pings) add(Ping(sender, std::move(rcpts), address, message, keys, *doc));
+  if (!local.empty()) add(Open1(sender, std::move(local), message, keys));
   std::string classification = remote.empty() ? "" : policy::Classify(message, doc->trigger_words);
   for (auto& [domain, rcpts] : remote) {
     // One decision per recipient (lists and rules may name addresses); recipients of a domain
@@ -167,6 +187,10 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
     bool partner = PartnerFor(domain) != nullptr;
     for (uint32_t i : rcpts) {
       policy::Decision d = doc->Decide(recipients[i], classification, partner, policy_->seal_when_known);
+      if (require_seal && d.protection != policy::Protection::kHold && d.protection != policy::Protection::kSealRequired) {
+        d.protection = policy::Protection::kSealRequired;
+        d.reason = "a message of the gateway's own that leaves only signed and encrypted (SEE-2.14)";
+      }
       auto& g = groups[{static_cast<int>(d.protection), d.triple_wrap}];
       if (g.second.empty()) g.first = d;
       g.second.push_back(i);
@@ -268,7 +292,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
 }
 
 Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
-                      const GatewayKeys& keys) const {
+                      const GatewayKeys& keys, bool* verified, bool* encrypted) const {
   Output o;
   o.rcpts = std::move(rcpts);
   const std::string& id = policy_->authserv_id;
@@ -390,6 +414,70 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   o.action = Action::kDeliver;
   o.body = rebuild(marks, fields, rest);
   o.protection = StrCat("opened: smime=", result, " (", Sanitize(comment), ")");
+  if (verified) *verified = result == "pass";
+  if (encrypted) *encrypted = !op.cipher.empty();
+  return o;
+}
+
+Output Gateway::Ping(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& ping_address,
+                     const std::string& message, const GatewayKeys& keys, const policy::CompiledPolicy& doc) const {
+  bool verified = false, encrypted = false;
+  Output opened = Open1(sender, rcpts, message, keys, &verified, &encrypted);
+  if (opened.action == Action::kTempFail) return opened;
+  Output o;
+  o.rcpts = std::move(rcpts);
+  o.action = Action::kConsume;
+  std::string from = sender;
+  for (char& ch : from) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  std::string local = from.substr(0, from.rfind('@'));
+  std::string domain = smtp::DomainOf(from);
+  if (!verified) {
+    o.reason = "seemail-ping: the probe is not signed by a verified domain authority, no reply (SEE-2.14)";
+    return o;
+  }
+  if (from.empty() || local == "seemail-ping" || local == "postmaster" || local == "mailer-daemon") {
+    o.reason = "seemail-ping: no reply to an automatic sender (loop protection)";
+    return o;
+  }
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+  if (ping_limiter_ && !ping_limiter_->Allow(domain, now)) {
+    o.reason = StrCat("seemail-ping: reply to ", domain, " rate limited");
+    return o;
+  }
+  std::set<std::string> partners;
+  for (const auto& [d, p] : policy_->partners) partners.insert(d);
+  for (const auto& [d, note] : doc.seemail)
+    if (d.find('@') == std::string::npos) partners.insert(d);
+  std::string known;
+  for (const std::string& d : partners) known += StrCat(known.empty() ? "" : ", ", d);
+  std::string probe_id;
+  std::vector<Field> fields;
+  SplitHeader(opened.body, &fields);
+  for (const Field& f : fields)
+    if (NameIs(f, "Message-ID")) probe_id = Sanitize(Unfold(f.Value()));
+  std::string self = ping_address;
+  std::string body;
+  body += StrCat("From: SEEMAIL ping <", self, ">\r\nTo: <", from, ">\r\n");
+  body += "Subject: SEEMAIL ping reply\r\n";
+  body += StrCat("Date: ", queue::Rfc5322Date(now), "\r\n");
+  body += StrCat("Message-ID: <ping.", now, "@", policy_->gateway_name, ">\r\n");
+  if (!probe_id.empty()) body += StrCat("In-Reply-To: ", probe_id, "\r\n");
+  body += "Auto-Submitted: auto-replied\r\n";
+  body += StrCat("X-SEEMAIL-Version: ", policy_->seemail_version, "\r\n");
+  body += "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n";
+  body += StrCat("SEEMAIL version: ", policy_->seemail_version, "\r\n");
+  body += StrCat("Gateway: ", policy_->gateway_name, "\r\n");
+  body += StrCat("Software: ", policy_->product_version, "\r\n");
+  body += StrCat("Partner domains: ", known.empty() ? "(none)" : known, "\r\n");
+  body += StrCat("Probe: ", encrypted ? "signed and encrypted" : "signed", ", verified\r\n");
+  o.action = Action::kDeliver;
+  o.body = std::move(body);
+  o.envelope_from = self;
+  o.envelope_to = from;
+  o.require_seal = true;
+  o.protection = StrCat("seemail-ping reply to <", from, "> (probe ", encrypted ? "signed and encrypted" : "signed",
+                        ", verified)");
   return o;
 }
 

@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,25 @@ struct GatewayPolicy {
   bool keep_subject = false;
   bool show_classification = false;   // the Subject's classification word stays visible
   std::string authserv_id;
+  // seemail-ping (SEE-2.14): what the reply says about us.
+  std::string gateway_name;            // our host name
+  std::string product_version = "mailseal 0.1.0";
+  std::string seemail_version = "1.0";
+};
+
+// PingLimiter: seemail-ping replies at most one per `per_domain_s` per sender domain and
+// `per_minute` in all (no reflector, no storm). Shared by every crypto worker.
+class PingLimiter {
+ public:
+  PingLimiter(int64_t per_domain_s = 60, uint32_t per_minute = 30) : per_domain_ms_(per_domain_s * 1000), per_minute_(per_minute) {}
+  bool Allow(const std::string& domain, int64_t now_ms);
+
+ private:
+  std::mutex mu_;
+  int64_t per_domain_ms_;
+  uint32_t per_minute_;
+  std::map<std::string, int64_t> last_;   // bounded: entries older than per_domain_ms_ are dropped
+  std::vector<int64_t> minute_;
 };
 
 // GatewayKeys: our certificates and the worker's session-bound token keys (not owned).
@@ -55,6 +75,7 @@ enum class Action {
   kDeliver,   // a new body (sealed or opened) goes to these recipients
   kHold,      // a copy goes to hold/ with `reason`; nothing is delivered
   kTempFail,  // try the whole message again later (token unavailable)
+  kConsume,   // the recipients are done with; nothing is delivered to them (a seemail-ping probe)
 };
 const char* ActionName(Action a);
 
@@ -64,18 +85,23 @@ struct Output {
   std::string body;
   std::string reason;       // for hold/, the log and the audit trail
   std::string protection;   // what was done ("sealed for agency-b.test (authEnveloped-data)")
+  // A message of our own instead of the original (seemail-ping reply): its envelope, and that
+  // it must leave sealed. Empty envelope_to: the original's envelope.
+  std::string envelope_from, envelope_to;
+  bool require_seal = false;
 };
 
 class Gateway {
  public:
-  Gateway(const GatewayPolicy* policy, CertStore* store) : policy_(policy), store_(store) {}
+  Gateway(const GatewayPolicy* policy, CertStore* store, PingLimiter* ping_limiter = nullptr)
+      : policy_(policy), store_(store), ping_limiter_(ping_limiter) {}
   // Process: `recipients` are the envelope's addresses in index order; `sender` the reverse
   // path. `keys` may have null keys when the token is unavailable (sealing then defers).
   // `doc` is the compiled policy document (lists, rules, trigger words; issue #6); null: an
   // empty one — classified mail then goes only to configured partners (SEE-2.1b).
   std::vector<Output> Process(const std::string& sender, const std::vector<std::string>& recipients,
                               const std::string& message, const GatewayKeys& keys,
-                              const policy::CompiledPolicy* doc = nullptr) const;
+                              const policy::CompiledPolicy* doc = nullptr, bool require_seal = false) const;
 
   bool IsLocal(const std::string& domain) const;
   // PartnerFor: the partner entry covering `domain`, or null.
@@ -85,10 +111,13 @@ class Gateway {
   Output Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
                const GatewayKeys& keys, const policy::Decision& decision) const;
   Output Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
-               const GatewayKeys& keys) const;
+               const GatewayKeys& keys, bool* verified = nullptr, bool* encrypted = nullptr) const;
+  Output Ping(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& ping_address,
+              const std::string& message, const GatewayKeys& keys, const policy::CompiledPolicy& doc) const;
 
   const GatewayPolicy* policy_;
   CertStore* store_;
+  PingLimiter* ping_limiter_;
 };
 
 // ClassificationWord: the first SEE-2.1 classification word in `subject` ("[RESTRICTED]",

@@ -9,6 +9,8 @@
   message: it leaves sealed, and agency-c's own gateway opens and verifies it.
 - 1,000 classified messages held for one reason produce one administrator digest (and one to
   their sender), not 1,000 mails.
+- seemail-ping (SEE-2.14): agency-c's probe gets a signed and encrypted reply with the SEEMAIL
+  version, gateway name and partner domains; an unsigned probe gets none.
 - A policy change is refused whole when invalid; the decision and the policy version are in
   the hold reason and the audit trail.
 """
@@ -139,6 +141,31 @@ def main():
     opened = harness.wait_for(lambda: [x for x in sink_c.messages() if SECRET in x], 20, "opened at c")
     c.check(b"smime=pass" in opened[0] and b"budget" in opened[0],
             "agency-c's gateway decrypts and verifies it (smime=pass)", opened[0][:400])
+
+    # 3b. seemail-ping between the gateways: agency-c probes agency-a (gw-c learnt agency-a's
+    # DCA from the message it just opened), gw-a answers signed and encrypted.
+    def crlf(raw):
+        return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    send(gc.port, "ops@agency-c.test", ["seemail-ping@agency-a.test"],
+         b"From: ops@agency-c.test\r\nTo: seemail-ping@agency-a.test\r\nSubject: ping\r\n"
+         b"Message-ID: <probe-1@agency-c.test>\r\n\r\nping\r\n")
+    probe = harness.wait_for(lambda: [x for x in sink_c.messages() if b"seemail-ping@agency-a.test" in x], 20, "probe")
+    c.check(b"nveloped-data" in probe[0], "gw-c seals the probe for agency-a", probe[0][:200])
+    send(gw.port, "ops@agency-c.test", ["seemail-ping@agency-a.test"], crlf(probe[0]))
+    reply = harness.wait_for(lambda: [x for x in wire.messages() if b"ops@agency-c.test" in x], 20, "ping reply")
+    c.check(b"nveloped-data" in reply[0] and b"SEEMAIL version" not in reply[0],
+            "gw-a's ping reply leaves signed and encrypted", reply[0][:300])
+    send(gc.port, "seemail-ping@agency-a.test", ["ops@agency-c.test"], crlf(reply[0]))
+    got = harness.wait_for(lambda: [x for x in sink_c.messages() if b"SEEMAIL version" in x], 20, "reply opened")
+    c.check(b"smime=pass" in got[0] and b"Gateway: gw-a.test" in got[0] and b"agency-b.test" in got[0]
+            and b"In-Reply-To: <probe-1@agency-c.test>" in got[0],
+            "agency-c reads the verified reply: SEEMAIL version, gateway, partner domains", got[0][-400:])
+    n_wire = len(wire.messages())
+    send(gw.port, "mallory@evil.test", ["seemail-ping@agency-a.test"], b"Subject: ping\r\n\r\nunsigned\r\n")
+    time.sleep(3)
+    c.check(len(wire.messages()) == n_wire and not gw.queue_files("active") and not gw.queue_files("deferred"),
+            "an unsigned probe gets no reply (no open reflector) and leaves nothing queued",
+            str(len(wire.messages()) - n_wire))
 
     # 4. 1,000 classified messages held by one missing listing: one digest per address.
     rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'

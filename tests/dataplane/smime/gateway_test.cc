@@ -159,6 +159,53 @@ TEST_F(GatewayTest, ClassifiedMailGoesOnlyToListedDomainsSealedElseHeld) {
   EXPECT_TRUE(Find(outs, Action::kHold, 1));
 }
 
+// SEE-2.14: seemail-ping@ answers a verified probe, and only that, before any other rule.
+TEST_F(GatewayTest, SeemailPingAnswersVerifiedProbesOnlyAndRateLimited) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  Side b = Make("b", {}, {"agency-a.test"});
+  b.policy.gateway_name = "gw.agency-b.test";
+  PingLimiter limiter;
+  Gateway gb(&b.policy, b.store.get(), &limiter);
+  std::string probe = "From: alice@agency-a.test\r\nTo: seemail-ping@agency-b.test\r\nSubject: [RESTRICTED] ping\r\n"
+                      "Message-ID: <probe-1@agency-a.test>\r\n\r\nping\r\n";
+  std::vector<Output> sealed = a.gw->Process("alice@agency-a.test", {"seemail-ping@agency-b.test"}, probe, a.keys);
+  ASSERT_EQ(sealed.size(), 1u);
+  ASSERT_EQ(sealed[0].action, Action::kDeliver);
+  mailseal::v1::PolicyDocument doc;
+  doc.add_seemail_list()->set_domain("agency-z.test");
+  auto compiled = policy::Compile(doc);
+  std::vector<Output> outs = gb.Process("alice@agency-a.test", {"SEEMAIL-Ping@agency-b.test", "bob@agency-b.test"},
+                                        sealed[0].body, b.keys, compiled.get());
+  const Output* reply = Find(outs, Action::kDeliver, 0);
+  const Output* bob = Find(outs, Action::kDeliver, 1);
+  ASSERT_TRUE(reply && bob && reply != bob);
+  EXPECT_EQ(reply->envelope_to, "alice@agency-a.test");
+  EXPECT_EQ(reply->envelope_from, "seemail-ping@agency-b.test");
+  EXPECT_TRUE(reply->require_seal) << "the reply leaves only sealed";
+  EXPECT_NE(reply->body.find("SEEMAIL version: 1.0"), std::string::npos);
+  EXPECT_NE(reply->body.find("Gateway: gw.agency-b.test"), std::string::npos);
+  EXPECT_NE(reply->body.find("Partner domains: agency-a.test, agency-z.test"), std::string::npos) << reply->body;
+  EXPECT_NE(reply->body.find("In-Reply-To: <probe-1@agency-a.test>"), std::string::npos);
+  EXPECT_NE(reply->body.find("Probe: signed and encrypted, verified"), std::string::npos);
+  EXPECT_NE(bob->body.find("smime=pass"), std::string::npos) << "other recipients are opened as usual";
+  // A second probe from the same domain within a minute: no reply (rate limit).
+  outs = gb.Process("alice@agency-a.test", {"seemail-ping@agency-b.test"}, sealed[0].body, b.keys);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].action, Action::kConsume);
+  EXPECT_NE(outs[0].reason.find("rate limited"), std::string::npos) << outs[0].reason;
+  // An unsigned probe: consumed, no reply (no open reflector).
+  PingLimiter fresh;
+  Gateway gb2(&b.policy, b.store.get(), &fresh);
+  outs = gb2.Process("mallory@evil.test", {"seemail-ping@agency-b.test"}, probe, b.keys);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].action, Action::kConsume);
+  EXPECT_NE(outs[0].reason.find("not signed by a verified domain authority"), std::string::npos) << outs[0].reason;
+  // The reply, processed as our own outbound mail, must be sealed: without a certificate it is held.
+  outs = b.gw->Process("seemail-ping@agency-b.test", {"alice@nowhere.test"}, reply->body, b.keys, nullptr, true);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].action, Action::kHold) << outs[0].reason;
+}
+
 TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {
   Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
   Side b = Make("b", {}, {"agency-a.test"});
