@@ -1,6 +1,8 @@
 // policy_store.cc — see policy_store.h.
 #include "control/policy_store.h"
 
+#include "dataplane/policy/cidr.h"
+
 #include <fcntl.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
@@ -106,6 +108,18 @@ Status ValidatePolicy(PolicyDocument* doc) {
       return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].protection': required"));
     if (!seen.insert(r->domain()).second)
       return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(), "' has two rules"));
+  }
+  for (int i = 0; i < doc->trusted_servers_size(); ++i) {
+    auto* t = doc->mutable_trusted_servers(i);
+    t->set_name(Lower(t->name()));
+    if (t->kind() == mailseal::v1::TrustedServer::KIND_UNSPECIFIED)
+      return InvalidArgumentError(StrCat("field 'trusted_servers[", i, "].kind': KIND_LISTSERV or KIND_SERVER"));
+    policy::Cidr cidr;
+    if (t->address().empty() || !policy::ParseCidr(t->address(), &cidr))
+      return InvalidArgumentError(StrCat("field 'trusted_servers[", i, "].address': '", t->address(),
+                                         "' is not an IP address or network"));
+    if (!t->name().empty() && !ValidDomain(t->name()))
+      return InvalidArgumentError(StrCat("field 'trusted_servers[", i, "].name': '", t->name(), "' is not a host name"));
   }
   const std::string& admin = doc->notifications().admin_address();
   size_t at = admin.find('@');

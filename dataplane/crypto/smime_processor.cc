@@ -72,7 +72,9 @@ class SmimeProcessor : public JobProcessor {
     smime::GatewayKeys keys = Keys();
     uint64_t token_failures = hsm::TokenFailuresOnThisThread();
     std::shared_ptr<const policy::CompiledPolicy> doc = s_->document.load(std::memory_order_acquire);
-    std::vector<smime::Output> outs = gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get(), env.require_seal());
+    smime::Inbound inbound{env.client_address(), env.helo()};
+    std::vector<smime::Output> outs =
+        gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get(), env.require_seal(), &inbound);
     bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;
     bool any_hold = false;
     for (const smime::Output& o : outs) {

@@ -1,6 +1,9 @@
 // classify.cc — see classify.h.
 #include "dataplane/policy/classify.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <cctype>
 
 #include "dataplane/base/status.h"
@@ -262,6 +265,27 @@ Decision CompiledPolicy::Decide(const std::string& recipient, const std::string&
   return d;
 }
 
+const CompiledPolicy::Server* CompiledPolicy::TrustedServerFor(const std::string& client_address,
+                                                               const std::string& helo) const {
+  if (trusted_servers.empty() || client_address.empty()) return nullptr;
+  std::string ip = client_address;
+  if (!ip.empty() && ip[0] == '[') {
+    ip = ip.substr(1, ip.find(']') == std::string::npos ? std::string::npos : ip.find(']') - 1);
+  } else if (std::count(ip.begin(), ip.end(), ':') == 1) {
+    ip = ip.substr(0, ip.find(':'));
+  }
+  sockaddr_storage ss{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) == 1) v4->sin_family = AF_INET;
+  else if (inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) v6->sin6_family = AF_INET6;
+  else return nullptr;
+  std::string name = Lower(helo);
+  for (const Server& s : trusted_servers)
+    if (Contains(s.block, reinterpret_cast<const sockaddr*>(&ss)) && (s.name.empty() || s.name == name)) return &s;
+  return nullptr;
+}
+
 std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument& doc) {
   auto p = std::make_shared<CompiledPolicy>();
   p->version = doc.version();
@@ -274,6 +298,15 @@ std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument
   for (const auto& l : doc.trusted_list()) p->trusted[Lower(l.domain())] = l.note();
   for (const auto& r : doc.domain_rules()) p->rules[Lower(r.domain())] = r;
   p->notifications = doc.notifications();
+  for (const auto& t : doc.trusted_servers()) {
+    CompiledPolicy::Server srv;
+    if (!ParseCidr(t.address(), &srv.block)) continue;   // validated on set
+    srv.name = Lower(t.name());
+    srv.kind = t.kind();
+    srv.shown = StrCat(t.kind() == mailseal::v1::TrustedServer::KIND_LISTSERV ? "trusted list server " : "trusted server ",
+                       srv.name.empty() ? "" : StrCat(srv.name, " "), "[", t.address(), "]");
+    p->trusted_servers.push_back(std::move(srv));
+  }
   return p;
 }
 

@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "dataplane/policy/cidr.h"
 #include "mailseal/v1/policy.pb.h"
 
 namespace mailseal::policy {
@@ -61,6 +62,17 @@ struct CompiledPolicy {
   std::map<std::string, std::string> trusted;
   std::map<std::string, mailseal::v1::DomainRule> rules;
   mailseal::v1::Notifications notifications;
+  struct Server {
+    Cidr block;
+    std::string name;   // lower case; empty: any
+    mailseal::v1::TrustedServer::Kind kind;
+    std::string shown;  // "lists.agency-b.test [192.0.2.10]" for marks
+  };
+  std::vector<Server> trusted_servers;
+
+  // TrustedServerFor: the Trusted Listserv / Trusted Server entry matching the SMTP client
+  // ("ip:port" or "[ip]:port" as the spool records it) and its EHLO name, or null (SEE 2.11).
+  const Server* TrustedServerFor(const std::string& client_address, const std::string& helo) const;
 
   // Decide for one recipient. `classification` from Classify; `partner`: the configuration
   // names the recipient's domain a partner; `seal_when_known`: the configuration's setting.

@@ -152,7 +152,8 @@ const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
 
 std::vector<Output> Gateway::Process(const std::string& sender, const std::vector<std::string>& recipients,
                                      const std::string& message, const GatewayKeys& keys,
-                                     const policy::CompiledPolicy* doc, bool require_seal) const {
+                                     const policy::CompiledPolicy* doc, bool require_seal,
+                                     const Inbound* inbound) const {
   std::vector<uint32_t> local;
   std::map<std::string, std::vector<uint32_t>> remote;
   std::map<std::string, std::vector<uint32_t>> pings;   // by the ping address they were sent to
@@ -178,7 +179,7 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
   if (!doc) doc = &kNoDocument;
   // SEE-2.14: seemail-ping@ answers before any other rule.
   for (auto& [address, rcpts] : pings) add(Ping(sender, std::move(rcpts), address, message, keys, *doc));
-  if (!local.empty()) add(Open1(sender, std::move(local), message, keys));
+  if (!local.empty()) add(Open1(sender, std::move(local), message, keys, doc, inbound));
   std::string classification = remote.empty() ? "" : policy::Classify(message, doc->trigger_words);
   for (auto& [domain, rcpts] : remote) {
     // One decision per recipient (lists and rules may name addresses); recipients of a domain
@@ -292,7 +293,8 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
 }
 
 Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
-                      const GatewayKeys& keys, bool* verified, bool* encrypted) const {
+                      const GatewayKeys& keys, const policy::CompiledPolicy* doc, const Inbound* inbound,
+                      bool* verified, bool* encrypted) const {
   Output o;
   o.rcpts = std::move(rcpts);
   const std::string& id = policy_->authserv_id;
@@ -371,7 +373,12 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     } else if (!nv.ok) {
       result = "fail";
       comment = StrCat("signature good, but ", nv.reason, "; ", how);
-      warning = "[HARD WARNING: Sender address does not match the domain certificate - message integrity uncertain]";
+      // Warning 2B (unverified sender): HARD, or SOFT from a Trusted Listserv / Server (SEE 2.11).
+      const policy::CompiledPolicy::Server* trusted =
+          doc && inbound ? doc->TrustedServerFor(inbound->client_address, inbound->helo) : nullptr;
+      if (trusted) comment = StrCat(comment, "; relayed by ", trusted->shown, ": warning softened (SEE 2.11)");
+      warning = StrCat(trusted ? "[SOFT WARNING" : "[HARD WARNING",
+                       ": Sender address does not match the domain certificate - message integrity uncertain]");
     } else {
       result = "pass";
       comment = StrCat("signed by the domain of ", nv.matched_domain, ", certificate valid; ", how);
@@ -422,7 +429,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
 Output Gateway::Ping(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& ping_address,
                      const std::string& message, const GatewayKeys& keys, const policy::CompiledPolicy& doc) const {
   bool verified = false, encrypted = false;
-  Output opened = Open1(sender, rcpts, message, keys, &verified, &encrypted);
+  Output opened = Open1(sender, rcpts, message, keys, nullptr, nullptr, &verified, &encrypted);
   if (opened.action == Action::kTempFail) return opened;
   Output o;
   o.rcpts = std::move(rcpts);

@@ -79,6 +79,12 @@ enum class Action {
 };
 const char* ActionName(Action a);
 
+// Inbound: who handed the message to us (from the spool envelope), for SEE 2.11's rulesets.
+struct Inbound {
+  std::string client_address;   // "ip:port"
+  std::string helo;
+};
+
 struct Output {
   Action action = Action::kPass;
   std::vector<uint32_t> rcpts;
@@ -101,7 +107,8 @@ class Gateway {
   // empty one — classified mail then goes only to configured partners (SEE-2.1b).
   std::vector<Output> Process(const std::string& sender, const std::vector<std::string>& recipients,
                               const std::string& message, const GatewayKeys& keys,
-                              const policy::CompiledPolicy* doc = nullptr, bool require_seal = false) const;
+                              const policy::CompiledPolicy* doc = nullptr, bool require_seal = false,
+                              const Inbound* inbound = nullptr) const;
 
   bool IsLocal(const std::string& domain) const;
   // PartnerFor: the partner entry covering `domain`, or null.
@@ -111,7 +118,8 @@ class Gateway {
   Output Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
                const GatewayKeys& keys, const policy::Decision& decision) const;
   Output Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
-               const GatewayKeys& keys, bool* verified = nullptr, bool* encrypted = nullptr) const;
+               const GatewayKeys& keys, const policy::CompiledPolicy* doc = nullptr, const Inbound* inbound = nullptr,
+               bool* verified = nullptr, bool* encrypted = nullptr) const;
   Output Ping(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& ping_address,
               const std::string& message, const GatewayKeys& keys, const policy::CompiledPolicy& doc) const;
 

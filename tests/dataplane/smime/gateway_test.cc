@@ -272,6 +272,35 @@ TEST_F(GatewayTest, NamingMismatchAndUnknownCaGetHardWarnings) {
   EXPECT_NE(o1[0].body.find("Subject: [HARD WARNING: Sender address does not match the domain certificate"),
             std::string::npos) << "no Subject: one is added for the warning\n" << o1[0].body;
   EXPECT_FALSE(b.store->Dca("agency-a.test")) << "nothing is learnt from a mismatched message: " << o1[0].reason << o1[0].protection;
+  // SEE 2.11: relayed by a Trusted Listserv (by address, and EHLO name when given), SOFT.
+  mailseal::v1::PolicyDocument doc;
+  auto* t = doc.add_trusted_servers();
+  t->set_kind(mailseal::v1::TrustedServer::KIND_LISTSERV);
+  t->set_address("192.0.2.0/24");
+  t->set_name("lists.agency-a.test");
+  auto compiled = policy::Compile(doc);
+  struct Via {
+    Inbound in;
+    const char* want;
+  } vias[] = {{{"192.0.2.10:2525", "LISTS.agency-a.test"}, "[SOFT WARNING: Sender address does not match"},
+              {{"192.0.2.10:2525", "other.test"}, "[HARD WARNING: Sender address"},     // the name must match too
+              {{"198.51.100.1:25", "lists.agency-a.test"}, "[HARD WARNING: Sender address"},   // saying is not being
+              {{"", ""}, "[HARD WARNING: Sender address"}};
+  for (const Via& v : vias) {
+    std::vector<Output> o = b.gw->Process("eve@evil.test", {"bob@agency-b.test"}, s1[0].body, b.keys, compiled.get(),
+                                          false, &v.in);
+    ASSERT_EQ(o[0].action, Action::kDeliver);
+    EXPECT_NE(o[0].body.find(v.want), std::string::npos) << v.in.client_address << " " << v.in.helo;
+  }
+  t->set_name("");
+  t->set_kind(mailseal::v1::TrustedServer::KIND_SERVER);
+  t->set_address("2001:db8::/64");
+  compiled = policy::Compile(doc);
+  Inbound v6{"[2001:db8::7]:25", "anything.test"};
+  std::vector<Output> o6 = b.gw->Process("eve@evil.test", {"bob@agency-b.test"}, s1[0].body, b.keys, compiled.get(),
+                                         false, &v6);
+  EXPECT_NE(o6[0].body.find("relayed by trusted server [2001:db8::/64]: warning softened"), std::string::npos)
+      << o6[0].body.substr(0, 400);
   // Same names from an untrusted CA: HARD "Certificate unknown" (SEE-2.8).
   a.keys.dsa_cert = Ref(Cert("forged"));
   std::vector<Output> s2 = a.gw->Process("alice@agency-a.test", {"bob@agency-b.test"},
