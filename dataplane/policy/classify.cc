@@ -298,6 +298,7 @@ std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument
   for (const auto& l : doc.trusted_list()) p->trusted[Lower(l.domain())] = l.note();
   for (const auto& r : doc.domain_rules()) p->rules[Lower(r.domain())] = r;
   p->notifications = doc.notifications();
+  p->hold_expiry_s = doc.hold_expiry_s();
   for (const auto& t : doc.trusted_servers()) {
     CompiledPolicy::Server srv;
     if (!ParseCidr(t.address(), &srv.block)) continue;   // validated on set

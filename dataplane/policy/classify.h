@@ -62,6 +62,7 @@ struct CompiledPolicy {
   std::map<std::string, std::string> trusted;
   std::map<std::string, mailseal::v1::DomainRule> rules;
   mailseal::v1::Notifications notifications;
+  uint32_t hold_expiry_s = 0;
   struct Server {
     Cidr block;
     std::string name;   // lower case; empty: any

@@ -666,6 +666,55 @@ void QueueManager::SendNotices(int64_t now) {
   }
 }
 
+// ExpireHeld returns held mail older than the policy's hold_expiry_s to its senders (SEE-2.8c):
+// a failure DSN is made durable first, then the held copy is removed.
+void QueueManager::ExpireHeld(int64_t now) {
+  int64_t lifetime = options_.hold_expiry_ms ? options_.hold_expiry_ms() : 0;
+  if (lifetime <= 0 || now < next_hold_scan_ms_) return;
+  // hold/ is read at most every minute (more often only for lifetimes under four minutes).
+  next_hold_scan_ms_ = now + std::clamp<int64_t>(lifetime / 4, 1000, 60000);
+  Result<std::vector<std::string>> ids = spool_->List(SpoolState::kHold);
+  if (!ids.ok()) return;
+  for (const std::string& id : *ids) {
+    std::string path = spool_->PathOf(SpoolState::kHold, id);
+    Result<SpoolMessage> m = ReadSpoolFile(path);
+    if (!m.ok() || now - m->envelope.arrival_unix_ms() < lifetime) continue;
+    std::vector<FailedRecipient> failed;
+    for (uint32_t i = 0; i < static_cast<uint32_t>(m->envelope.recipients_size()); ++i)
+      if (WantsFailureDsn(m->envelope, i))
+        failed.push_back({i, "5.7.1",
+                          StrCat("X-Mailseal; held by policy and not released within ", lifetime / 1000, " s: ",
+                                 m->envelope.hold_reason()),
+                          ""});
+    if (!failed.empty()) {
+      Result<std::string> text = BuildFailureDsn(
+          options_.hostname, *m, failed,
+          [&](const std::function<Status(std::string_view)>& sink) { return ReadBody(path, *m, sink); }, now);
+      mailseal::v1::SpoolEnvelope env;
+      env.set_mail_from("");
+      env.add_recipients()->set_address(m->envelope.mail_from());
+      env.set_arrival_unix_ms(now);
+      env.set_is_dsn(true);
+      env.set_body_type("8BITMIME");
+      Result<std::string> qid = text.ok() ? WriteWholeMessage(spool_, env, *text) : Result<std::string>(text.status());
+      if (!qid.ok()) {
+        Log(LogLevel::kError, "qmgr", "cannot queue the DSN for expired held mail; kept", {{"qid", id}, {"error", qid.status().message()}});
+        continue;
+      }
+      Result<SpoolMessage> dsn = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, *qid));
+      if (dsn.ok()) Admit(std::move(dsn.value()), SpoolState::kActive, now, 0);
+    }
+    if (Status st = spool_->Remove(id, SpoolState::kHold); !st.ok()) {
+      Log(LogLevel::kError, "qmgr", "cannot remove expired held mail", {{"qid", id}, {"error", st.message()}});
+      continue;
+    }
+    Log(LogLevel::kWarning, "qmgr", "held mail expired: returned to sender", {{"qid", id}, {"from", m->envelope.mail_from()}});
+    if (options_.on_event)
+      options_.on_event("mail.expired", id, StrCat("held ", (now - m->envelope.arrival_unix_ms()) / 1000, " s; returned to <",
+                                                   m->envelope.mail_from(), ">"));
+  }
+}
+
 void QueueManager::Run() {
   const auto scan = std::chrono::milliseconds(options_.delivery.queue_scan_interval_ms());
   int64_t last_scan = 0;
@@ -704,6 +753,7 @@ void QueueManager::Run() {
       last_scan = now;
       RetryDue(now);
       SendNotices(now);
+      ExpireHeld(now);
       std::lock_guard<std::mutex> l(mu_);
       stats_.in_queue = entries_.size();
       stats_.deferred = static_cast<size_t>(std::count_if(

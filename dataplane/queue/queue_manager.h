@@ -66,6 +66,9 @@ struct QueueOptions {
   // notifications: the current settings for notices about held mail (issue #6; read at every
   // queue scan, so a policy change applies at once); null: nobody is told.
   std::function<NotifierOptions()> notifications;
+  // hold_expiry_ms: held mail older than this goes back to its sender (DSN) and is removed;
+  // read at every hold scan (once a minute). Null or 0: kept until released or deleted.
+  std::function<int64_t()> hold_expiry_ms;
 };
 
 struct QueueStats {
@@ -152,6 +155,7 @@ class QueueManager {
   void RetryDue(int64_t now);
   void ReleaseSlotLocked(const std::string& destination);
   void SendNotices(int64_t now);
+  void ExpireHeld(int64_t now);
   void MoveToCorrupt(const std::string& id, SpoolState from, const Status& why);
   std::string PathOf(const Entry& e) const;
   int64_t Backoff(uint32_t attempts) const;
@@ -168,6 +172,7 @@ class QueueManager {
   std::unordered_map<std::string, Entry> entries_;
   std::deque<std::string> to_crypto_;
   Notifier notifier_{NotifierOptions{}};
+  int64_t next_hold_scan_ms_ = 0;
 
   // Shared, under mu_.
   mutable std::mutex mu_;

@@ -11,6 +11,7 @@
   their sender), not 1,000 mails.
 - seemail-ping (SEE-2.14): agency-c's probe gets a signed and encrypted reply with the SEEMAIL
   version, gateway name and partner domains; an unsigned probe gets none.
+- Held mail not released within hold_expiry_s goes back to its sender as a DSN.
 - A policy change is refused whole when invalid; the decision and the policy version are in
   the hold reason and the audit trail.
 """
@@ -167,11 +168,22 @@ def main():
             "an unsigned probe gets no reply (no open reflector) and leaves nothing queued",
             str(len(wire.messages()) - n_wire))
 
+    # 3c. Held mail not released in time goes back to its sender (SEE-2.8c).
+    rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'
+                          'hold_expiry_s: 2\n' + notices, 2)
+    c.check(rc == 0, "policy v3: held mail expires after 2 s", o + e)
+    send(gw.port, "alice@agency-a.test", ["dan@nowhere.test"], message("[SEEMAIL] q", "dan@nowhere.test"))
+    harness.wait_for(lambda: gw.queue_files("hold"), 20, "held again")
+    bounce = harness.wait_for(lambda: [x for x in wire.messages() if b"not released within 2 s" in x], 30, "expiry DSN")
+    c.check(b"To: <alice@agency-a.test>" in bounce[0] and b"Status: 5.7.1" in bounce[0]
+            and b"multipart/report" in bounce[0] and not gw.queue_files("hold"),
+            "held mail expires: a DSN to its sender with the reason, the held copy removed", bounce[0][:300])
+
     # 4. 1,000 classified messages held by one missing listing: one digest per address.
     rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'
                           'notifications { admin_address: "secops@agency-a.test" notify_sender_on_hold: true '
-                          'gather_s: 30 digest_interval_s: 1 }\n', 2)
-    c.check(rc == 0, "policy v3: notices gathered for 30 s", o + e)
+                          'gather_s: 30 digest_interval_s: 1 }\n', 3)
+    c.check(rc == 0, "policy v4: notices gathered for 30 s", o + e)
     time.sleep(2)   # let earlier notice windows close
     notes_before = len([x for x in wire.messages() if b"held and not sent" in x])
 
