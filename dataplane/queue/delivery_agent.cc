@@ -234,6 +234,7 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
     result.results.clear();
     bool stale = false;
     bool ok = Transact(job, &result, &stale);
+    if (conn_.session) result.peer_dsn = conn_.session->capabilities().dsn;
     if (ok) return result;
     CloseConnection(false);
     if (!reused || !stale || result.spool_corrupt) return result;

@@ -28,19 +28,27 @@ bool WantsFailureDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index
   return notify.empty() || notify.find("FAILURE") != std::string::npos;
 }
 
-Result<std::string> BuildFailureDsn(
+bool WantsSuccessDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index) {
+  if (env.mail_from().empty() || env.is_dsn()) return false;
+  if (rcpt_index >= static_cast<uint32_t>(env.recipients_size())) return false;
+  return env.recipients(static_cast<int>(rcpt_index)).notify().find("SUCCESS") != std::string::npos;
+}
+
+namespace {
+// BuildReport: one RFC 3464 report, "failed" or (delivery receipt) "relayed".
+Result<std::string> BuildReport(
     const std::string& reporting_host, const SpoolMessage& msg,
     const std::vector<FailedRecipient>& failed,
     const std::function<Status(const std::function<Status(std::string_view)>&)>& body,
-    int64_t now_unix_ms, size_t max_quote) {
+    int64_t now_unix_ms, size_t max_quote, bool relayed) {
   const auto& env = msg.envelope;
   std::string boundary = StrCat(msg.id, "/", reporting_host);
   std::string out;
   out += StrCat("From: Mail Delivery System <postmaster@", reporting_host, ">\r\n");
   out += StrCat("To: <", env.mail_from(), ">\r\n");
-  out += "Subject: Undelivered Mail Returned to Sender\r\n";
+  out += relayed ? "Subject: Successful Mail Delivery Report\r\n" : "Subject: Undelivered Mail Returned to Sender\r\n";
   out += StrCat("Date: ", Rfc5322Date(now_unix_ms), "\r\n");
-  out += StrCat("Message-ID: <", msg.id, ".dsn@", reporting_host, ">\r\n");
+  out += StrCat("Message-ID: <", msg.id, relayed ? ".receipt@" : ".dsn@", reporting_host, ">\r\n");
   out += "Auto-Submitted: auto-replied\r\n";
   out += "MIME-Version: 1.0\r\n";
   out += StrCat("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"",
@@ -49,7 +57,9 @@ Result<std::string> BuildFailureDsn(
   out += StrCat("--", boundary, "\r\n");
   out += "Content-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
   out += StrCat("This is the mail gateway at ", reporting_host, ".\r\n\r\n");
-  out += "Your message could not be delivered to one or more recipients. It is attached below.\r\n\r\n";
+  out += relayed ? "Your message was delivered to the next mail system for these recipients, which does not\r\n"
+                   "send delivery receipts itself. No further notice will follow.\r\n\r\n"
+                 : "Your message could not be delivered to one or more recipients. It is attached below.\r\n\r\n";
   for (const FailedRecipient& f : failed) {
     out += StrCat("<", env.recipients(static_cast<int>(f.index)).address(), ">: ", f.diagnostic,
                   "\r\n");
@@ -68,14 +78,14 @@ Result<std::string> BuildFailureDsn(
       out += StrCat("Original-Recipient: ", r.orcpt().substr(0, semi), "; ",
                     r.orcpt().substr(semi + 1), "\r\n");
     }
-    out += "Action: failed\r\n";
+    out += relayed ? "Action: relayed\r\n" : "Action: failed\r\n";
     out += StrCat("Status: ", f.status, "\r\n");
     if (!f.remote_mta.empty()) out += StrCat("Remote-MTA: dns; ", f.remote_mta, "\r\n");
     out += StrCat("Diagnostic-Code: ", f.diagnostic, "\r\n");
     out += StrCat("Last-Attempt-Date: ", Rfc5322Date(now_unix_ms), "\r\n");
   }
   out += StrCat("\r\n--", boundary, "\r\n");
-  bool headers_only = env.ret() == "HDRS" || msg.body_size > max_quote;
+  bool headers_only = relayed || env.ret() == "HDRS" || msg.body_size > max_quote;
   std::string original;
   Status st = body([&](std::string_view chunk) {
     if (original.size() < max_quote) original.append(chunk.substr(0, max_quote - original.size()));
@@ -85,7 +95,7 @@ Result<std::string> BuildFailureDsn(
   if (headers_only) {
     size_t end = original.find("\r\n\r\n");
     original = end == std::string::npos ? original : original.substr(0, end + 2);
-    out += "Content-Description: Undelivered Message Headers\r\n";
+    out += relayed ? "Content-Description: Message Headers\r\n" : "Content-Description: Undelivered Message Headers\r\n";
     out += "Content-Type: text/rfc822-headers\r\n\r\n";
   } else {
     out += "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n";
@@ -96,6 +106,20 @@ Result<std::string> BuildFailureDsn(
   if (!original.empty() && original.back() != '\n') out += "\r\n";
   out += StrCat("\r\n--", boundary, "--\r\n");
   return out;
+}
+}  // namespace
+
+Result<std::string> BuildFailureDsn(
+    const std::string& reporting_host, const SpoolMessage& msg, const std::vector<FailedRecipient>& failed,
+    const std::function<Status(const std::function<Status(std::string_view)>&)>& body, int64_t now_unix_ms,
+    size_t max_quote) {
+  return BuildReport(reporting_host, msg, failed, body, now_unix_ms, max_quote, false);
+}
+
+Result<std::string> BuildRelayedDsn(
+    const std::string& reporting_host, const SpoolMessage& msg, const std::vector<FailedRecipient>& relayed,
+    const std::function<Status(const std::function<Status(std::string_view)>&)>& body, int64_t now_unix_ms) {
+  return BuildReport(reporting_host, msg, relayed, body, now_unix_ms, 1u << 20, true);
 }
 
 }  // namespace mailseal::queue

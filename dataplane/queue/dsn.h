@@ -25,6 +25,9 @@ struct FailedRecipient {
 // WantsFailureDsn: whether a failure notice goes to the sender for this recipient.
 bool WantsFailureDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index);
 
+// WantsSuccessDsn: NOTIFY=SUCCESS was asked for this recipient (a delivery receipt, RFC 3461).
+bool WantsSuccessDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index);
+
 // BuildFailureDsn renders the notification. `body` streams the original message. At most
 // `max_quote` bytes of the original are quoted in full; a larger one (or RET=HDRS) gets its
 // header only.
@@ -33,6 +36,14 @@ Result<std::string> BuildFailureDsn(const std::string& reporting_host, const Spo
                                     const std::function<Status(
                                         const std::function<Status(std::string_view)>&)>& body,
                                     int64_t now_unix_ms, size_t max_quote = 1u << 20);
+
+// BuildRelayedDsn: the delivery receipt for recipients handed to a next hop that cannot report
+// success itself (RFC 3461 §6.2.6 "relayed"); headers of the original only.
+Result<std::string> BuildRelayedDsn(const std::string& reporting_host, const SpoolMessage& msg,
+                                    const std::vector<FailedRecipient>& relayed,
+                                    const std::function<Status(
+                                        const std::function<Status(std::string_view)>&)>& body,
+                                    int64_t now_unix_ms);
 
 // Rfc5322Date formats a time as "Sun, 22 Nov 2026 05:21:47 +0000".
 std::string Rfc5322Date(int64_t unix_ms);

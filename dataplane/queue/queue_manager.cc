@@ -396,6 +396,9 @@ void QueueManager::Apply(const DeliveryResult& r) {
     const std::string& addr = e.msg->envelope.recipients(static_cast<int>(rr.index)).address();
     if (rr.reply.ok()) {
       e.rcpt[rr.index] = kDelivered;
+      // A delivery receipt was asked for and the next hop cannot give one: we do (RFC 3461).
+      if (!r.peer_dsn && WantsSuccessDsn(e.msg->envelope, rr.index))
+        e.relayed.push_back({rr.index, "2.0.0", StrCat("smtp; ", rr.reply.OneLine()), r.remote_mta});
       Log(LogLevel::kInfo, "smtp", "delivered",
           {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
       if (options_.on_event) options_.on_event("mail.delivered", e.msg->id, StrCat("to=<", addr, "> relay=", r.remote_mta));
@@ -450,6 +453,24 @@ void QueueManager::Finalize(const std::string& id) {
            {"last_error", e.last_temp}});
     }
     pending = false;
+  }
+  // Delivery receipts the next hop could not give (RFC 3461 "relayed"): one for them all.
+  if (!e.relayed.empty()) {
+    std::string rpath = PathOf(e);
+    Result<std::string> text = BuildRelayedDsn(
+        options_.hostname, *e.msg, e.relayed,
+        [&](const std::function<Status(std::string_view)>& sink) { return ReadBody(rpath, *e.msg, sink); }, now);
+    Result<std::string> qid = text.ok() ? QueueOwn(e.msg->envelope.mail_from(), *text, now) : Result<std::string>(text.status());
+    if (qid.ok()) {
+      Log(LogLevel::kInfo, "qmgr", "delivery receipt queued", {{"qid", id}, {"receipt_qid", *qid}});
+      if (options_.on_event) options_.on_event("mail.receipt", id, StrCat("receipt=", *qid, " rcpts=", e.relayed.size()));
+    } else {
+      Log(LogLevel::kError, "qmgr", "cannot queue a delivery receipt", {{"qid", id}, {"error", qid.status().message()}});
+    }
+    auto again = entries_.find(id);   // QueueOwn's Admit may have rehashed the map
+    if (again == entries_.end()) return;
+    again->second.relayed.clear();
+    return Finalize(id);
   }
   // Failed recipients not yet covered: one DSN for them, made durable before we record them.
   std::vector<FailedRecipient> dsn;
@@ -642,18 +663,29 @@ Result<std::vector<std::string>> QueueManager::DoRecall(const std::string& id, c
   return withdrawn;
 }
 
+// QueueOwn writes a message of the gateway's own (a notice, a DSN, a receipt) from the null
+// sender, marked as a notification (nothing is ever sent about it), and admits it.
+Result<std::string> QueueManager::QueueOwn(const std::string& to, const std::string& text, int64_t now) {
+  mailseal::v1::SpoolEnvelope env;
+  env.set_mail_from("");
+  env.add_recipients()->set_address(to);
+  env.set_arrival_unix_ms(now);
+  env.set_is_dsn(true);
+  env.set_body_type("8BITMIME");
+  Result<std::string> qid = WriteWholeMessage(spool_, env, text);
+  if (!qid.ok()) return qid;
+  Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, *qid));
+  if (m.ok()) Admit(std::move(m.value()), SpoolState::kActive, now, 0);
+  return qid;
+}
+
 // SendNotices queues the notices about held mail that are due (from the null sender, marked
 // as notifications: nothing is ever sent about them).
 void QueueManager::SendNotices(int64_t now) {
   if (!options_.notifications) return;
   notifier_.SetOptions(options_.notifications());
   for (const Notice& n : notifier_.Due(now)) {
-    mailseal::v1::SpoolEnvelope env;
-    env.set_mail_from("");
-    env.add_recipients()->set_address(n.to);
-    env.set_arrival_unix_ms(now);
-    env.set_is_dsn(true);
-    Result<std::string> qid = WriteWholeMessage(spool_, env, n.message);
+    Result<std::string> qid = QueueOwn(n.to, n.message, now);
     if (!qid.ok()) {
       Log(LogLevel::kError, "qmgr", "cannot queue a notice about held mail", {{"to", n.to}, {"error", qid.status().message()}});
       continue;
@@ -661,8 +693,6 @@ void QueueManager::SendNotices(int64_t now) {
     Log(LogLevel::kInfo, "qmgr", "notice about held mail queued",
         {{"qid", *qid}, {"to", n.to}, {"held_messages", std::to_string(n.items)}});
     if (options_.on_event) options_.on_event("mail.notified", *qid, StrCat("to=<", n.to, "> held=", n.items));
-    Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, *qid));
-    if (m.ok()) Admit(std::move(m.value()), SpoolState::kActive, now, 0);
   }
 }
 
@@ -690,19 +720,11 @@ void QueueManager::ExpireHeld(int64_t now) {
       Result<std::string> text = BuildFailureDsn(
           options_.hostname, *m, failed,
           [&](const std::function<Status(std::string_view)>& sink) { return ReadBody(path, *m, sink); }, now);
-      mailseal::v1::SpoolEnvelope env;
-      env.set_mail_from("");
-      env.add_recipients()->set_address(m->envelope.mail_from());
-      env.set_arrival_unix_ms(now);
-      env.set_is_dsn(true);
-      env.set_body_type("8BITMIME");
-      Result<std::string> qid = text.ok() ? WriteWholeMessage(spool_, env, *text) : Result<std::string>(text.status());
+      Result<std::string> qid = text.ok() ? QueueOwn(m->envelope.mail_from(), *text, now) : Result<std::string>(text.status());
       if (!qid.ok()) {
         Log(LogLevel::kError, "qmgr", "cannot queue the DSN for expired held mail; kept", {{"qid", id}, {"error", qid.status().message()}});
         continue;
       }
-      Result<SpoolMessage> dsn = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, *qid));
-      if (dsn.ok()) Admit(std::move(dsn.value()), SpoolState::kActive, now, 0);
     }
     if (Status st = spool_->Remove(id, SpoolState::kHold); !st.ok()) {
       Log(LogLevel::kError, "qmgr", "cannot remove expired held mail", {{"qid", id}, {"error", st.message()}});

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "dataplane/crypto/crypto_stage.h"
+#include "dataplane/queue/dsn.h"
 #include "dataplane/queue/notifier.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/smtp/reply.h"
@@ -51,6 +52,7 @@ struct DeliveryResult {
   std::vector<RecipientResult> results;
   std::string remote_mta;           // "host [ip]:port" that answered, if any
   bool spool_corrupt = false;       // the body failed its CRC: move the file to corrupt/
+  bool peer_dsn = false;            // the next hop took NOTIFY= (RFC 3461): it reports success itself
 };
 
 struct QueueOptions {
@@ -134,6 +136,7 @@ class QueueManager {
     bool needs_finalize = false;         // a DSN could not be queued: run Finalize again
     std::string last_temp;               // last temporary failure, for logs
     bool recalled = false;               // withdrawn by an operator: no DSN
+    std::vector<FailedRecipient> relayed;   // NOTIFY=SUCCESS to a next hop without DSN: "relayed" DSN due
   };
   struct RecallRequest {
     std::string id, reason;
@@ -155,6 +158,7 @@ class QueueManager {
   void RetryDue(int64_t now);
   void ReleaseSlotLocked(const std::string& destination);
   void SendNotices(int64_t now);
+  Result<std::string> QueueOwn(const std::string& to, const std::string& text, int64_t now);
   void ExpireHeld(int64_t now);
   void MoveToCorrupt(const std::string& id, SpoolState from, const Status& why);
   std::string PathOf(const Entry& e) const;

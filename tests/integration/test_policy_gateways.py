@@ -12,6 +12,7 @@
 - seemail-ping (SEE-2.14): agency-c's probe gets a signed and encrypted reply with the SEEMAIL
   version, gateway name and partner domains; an unsigned probe gets none.
 - Held mail not released within hold_expiry_s goes back to its sender as a DSN.
+- Delivery receipts: NOTIFY=SUCCESS gives a "relayed" DSN when the next hop cannot report.
 - A policy change is refused whole when invalid; the decision and the policy version are in
   the hold reason and the audit trail.
 """
@@ -62,7 +63,7 @@ def main():
 
     wire = harness.Sink(root)
     os.makedirs(os.path.join(root, "c"))
-    sink_c = harness.Sink(os.path.join(root, "c"))
+    sink_c = harness.Sink(os.path.join(root, "c"), extra=("-N",))   # a next hop without DSN support
     api_port = harness.free_port()
     control = (f'control {{ listen: "127.0.0.1:{api_port}" cert_file: "{m}/server.crt" key_file: "{m}/server.key" '
                f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "admin-1" role: "administrator" }} '
@@ -167,6 +168,24 @@ def main():
     c.check(len(wire.messages()) == n_wire and not gw.queue_files("active") and not gw.queue_files("deferred"),
             "an unsigned probe gets no reply (no open reflector) and leaves nothing queued",
             str(len(wire.messages()) - n_wire))
+
+    # 3d. Delivery receipts (RFC 3461 NOTIFY=SUCCESS): gw-c's next hop cannot report success, so
+    # gw-c sends a "relayed" receipt; gw-a's next hop can, so gw-a passes NOTIFY on and stays quiet.
+    def with_notify(port, frm, to, subject):
+        return harness.smtp_exchange(port, [
+            f"EHLO client.test\r\nMAIL FROM:<{frm}>\r\nRCPT TO:<{to}> NOTIFY=SUCCESS,FAILURE\r\nDATA\r\n".encode(),
+            f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nreceipt please\r\n.\r\nQUIT\r\n".encode()])
+    with_notify(gc.port, "ops@agency-c.test", "desk@agency-c.test", "receipt-c")
+    receipt = harness.wait_for(lambda: [x for x in sink_c.messages() if b"Successful Mail Delivery Report" in x], 20,
+                               "receipt")
+    c.check(b"Action: relayed" in receipt[0] and b"Status: 2.0.0" in receipt[0] and b"To: <ops@agency-c.test>" in receipt[0]
+            and b"receipt please" not in receipt[0],
+            "NOTIFY=SUCCESS to a next hop without DSN: a 'relayed' receipt (headers only) to the sender", receipt[0][:300])
+    with_notify(gw.port, "alice@agency-a.test", "zed@elsewhere.test", "receipt-a")
+    harness.wait_for(lambda: [x for x in wire.messages() if b"receipt-a" in x], 20, "delivered by gw-a")
+    time.sleep(2)
+    c.check(not [x for x in wire.messages() if b"Successful Mail Delivery Report" in x],
+            "a next hop that supports DSN gets NOTIFY passed on; no receipt from us")
 
     # 3c. Held mail not released in time goes back to its sender (SEE-2.8c).
     rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'
