@@ -121,6 +121,12 @@ Status ValidatePolicy(PolicyDocument* doc) {
     if (!t->name().empty() && !ValidDomain(t->name()))
       return InvalidArgumentError(StrCat("field 'trusted_servers[", i, "].name': '", t->name(), "' is not a host name"));
   }
+  {
+    const std::string& h = doc->classification_header();
+    bool ok = h.size() <= 64;
+    for (char ch : h) ok = ok && ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-');
+    if (!ok) return InvalidArgumentError(StrCat("field 'classification_header': '", h, "' is not a header field name"));
+  }
   const std::string& admin = doc->notifications().admin_address();
   size_t at = admin.find('@');
   if (!admin.empty() && (at == 0 || at == std::string::npos || at + 1 >= admin.size() || admin.find('@', at + 1) != std::string::npos))

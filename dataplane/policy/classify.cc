@@ -200,6 +200,34 @@ std::string Classify(std::string_view message, const std::vector<std::string>& w
   return "";
 }
 
+std::string Label(const std::string& message, const std::string& header, const std::string& word) {
+  if (header.empty()) return message;
+  // Drop every field of that name from the header block (folded lines included).
+  std::string out;
+  size_t pos = 0;
+  bool dropping = false;
+  while (pos < message.size()) {
+    size_t eol = message.find('\n', pos);
+    size_t next = eol == std::string::npos ? message.size() : eol + 1;
+    std::string_view line(message.data() + pos, next - pos);
+    if (line == "\r\n" || line == "\n") {
+      out.append(message, pos, std::string::npos);
+      pos = message.size();
+      break;
+    }
+    if (line[0] == ' ' || line[0] == '\t') {
+      if (!dropping) out.append(line);
+    } else {
+      dropping = line.size() > header.size() && line[header.size()] == ':' && MatchWord(line, 0, header) == header.size();
+      if (!dropping) out.append(line);
+    }
+    pos = next;
+  }
+  if (word.empty()) return out;
+  std::string bare = word.size() > 2 && word.front() == '[' && word.back() == ']' ? word.substr(1, word.size() - 2) : word;
+  return StrCat(header, ": ", bare, "\r\n", out);
+}
+
 const char* ProtectionName(Protection p) {
   switch (p) {
     case Protection::kPass: return "pass";
@@ -299,6 +327,8 @@ std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument
   for (const auto& r : doc.domain_rules()) p->rules[Lower(r.domain())] = r;
   p->notifications = doc.notifications();
   p->hold_expiry_s = doc.hold_expiry_s();
+  p->classification_header = doc.classification_header();
+  p->seemail_version_header = doc.seemail_version_header();
   for (const auto& t : doc.trusted_servers()) {
     CompiledPolicy::Server srv;
     if (!ParseCidr(t.address(), &srv.block)) continue;   // validated on set

@@ -63,6 +63,8 @@ struct CompiledPolicy {
   std::map<std::string, mailseal::v1::DomainRule> rules;
   mailseal::v1::Notifications notifications;
   uint32_t hold_expiry_s = 0;
+  std::string classification_header;   // empty: no label header (SEE-1.9)
+  bool seemail_version_header = false;  // SEE-1.8
   struct Server {
     Cidr block;
     std::string name;   // lower case; empty: any
@@ -80,6 +82,10 @@ struct CompiledPolicy {
   Decision Decide(const std::string& recipient, const std::string& classification, bool partner,
                   bool seal_when_known) const;
 };
+
+// Label: `message` with the field `header: WORD` (word without brackets) in place of any field
+// of that name (an outside one is never trusted); unchanged when `header` or `word` is empty.
+std::string Label(const std::string& message, const std::string& header, const std::string& word);
 
 // Compile: the document as workers use it (the document was validated when it was stored).
 std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument& doc);

@@ -179,8 +179,21 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
   if (!doc) doc = &kNoDocument;
   // SEE-2.14: seemail-ping@ answers before any other rule.
   for (auto& [address, rcpts] : pings) add(Ping(sender, std::move(rcpts), address, message, keys, *doc));
-  if (!local.empty()) add(Open1(sender, std::move(local), message, keys, doc, inbound));
+  if (!local.empty()) {
+    Output o = Open1(sender, std::move(local), message, keys, doc, inbound);
+    if (o.action == Action::kDeliver && !doc->classification_header.empty())   // SEE-1.9 label, ours only
+      o.body = policy::Label(o.body, doc->classification_header, policy::Classify(o.body, doc->trigger_words));
+    add(std::move(o));
+  }
   std::string classification = remote.empty() ? "" : policy::Classify(message, doc->trigger_words);
+  // What we seal carries our classification label (SEE-1.9) and version header (SEE-1.8).
+  std::string labelled;
+  if (!remote.empty() && (!doc->classification_header.empty() || doc->seemail_version_header)) {
+    labelled = policy::Label(message, doc->classification_header, classification);
+    if (doc->seemail_version_header)
+      labelled = policy::Label(labelled, "X-SEEMAIL-Version", policy_->seemail_version);
+  }
+  const std::string& to_seal = labelled.empty() ? message : labelled;
   for (auto& [domain, rcpts] : remote) {
     // One decision per recipient (lists and rules may name addresses); recipients of a domain
     // with the same decision share one sealed copy.
@@ -210,7 +223,7 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
         o.reason = d.reason;
         add(std::move(o));
       } else {
-        add(Seal1(domain, std::move(g.second), message, keys, d));
+        add(Seal1(domain, std::move(g.second), to_seal, keys, d));
       }
     }
   }

@@ -83,6 +83,18 @@ TEST(TriggerWords, ProtectedInnerSubjectOfRfc9788) {
       << "only the Subject counts";
 }
 
+TEST(Label, See19HeaderReplacesAnyOutsideOne) {
+  std::string m = "From: a@b.test\r\nX-Classification: UNCLASSIFIED\r\n  folded\r\nSubject: [RESTRICTED] x\r\n\r\n"
+                  "X-Classification: in the body stays\r\n";
+  std::string l = Label(m, "X-Classification", "[RESTRICTED]");
+  EXPECT_EQ(l, "X-Classification: RESTRICTED\r\nFrom: a@b.test\r\nSubject: [RESTRICTED] x\r\n\r\n"
+               "X-Classification: in the body stays\r\n");
+  EXPECT_EQ(Label(m, "x-classification", ""),
+            "From: a@b.test\r\nSubject: [RESTRICTED] x\r\n\r\nX-Classification: in the body stays\r\n")
+      << "unclassified: an outside label is removed, none added";
+  EXPECT_EQ(Label(m, "", "[RESTRICTED]"), m) << "no header configured: untouched";
+}
+
 struct DecideCase {
   const char* rcpt;
   const char* classification;

@@ -150,6 +150,24 @@ TEST_F(GatewayTest, ClassifiedMailGoesOnlyToListedDomainsSealedElseHeld) {
                        Mail("alice@agency-a.test", "hello", "x"), a.keys, compiled.get());
   ASSERT_TRUE(Find(outs, Action::kHold, 0));
   EXPECT_TRUE(Find(outs, Action::kPass, 1)) << "ordinary mail keeps flowing (SEE-AG-1)";
+  // SEE-1.9/1.8: the label and version header travel inside the seal; b's gateway labels what
+  // it delivers from the inner Subject and removes a label forged outside.
+  doc.set_classification_header("X-Classification");
+  doc.set_seemail_version_header(true);
+  compiled = policy::Compile(doc);
+  outs = a.gw->Process("alice@agency-a.test", {"b@agency-b.test"}, msg, a.keys, compiled.get());
+  ASSERT_EQ(outs.size(), 1u);
+  Side bside = Make("b", {}, {"agency-a.test"});
+  std::vector<Output> in = bside.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, outs[0].body, bside.keys,
+                                             compiled.get());
+  ASSERT_EQ(in[0].action, Action::kDeliver) << in[0].reason;
+  EXPECT_NE(in[0].body.find("X-Classification: RESTRICTED\r\n"), std::string::npos) << in[0].body.substr(0, 500);
+  EXPECT_NE(in[0].body.find("X-SEEMAIL-Version: 1.0\r\n"), std::string::npos);
+  in = bside.gw->Process("eve@evil.test", {"bob@agency-b.test"},
+                         "From: eve@evil.test\r\nX-Classification: RESTRICTED\r\nSubject: hi\r\n\r\nx\r\n", bside.keys,
+                         compiled.get());
+  ASSERT_EQ(in[0].action, Action::kDeliver);
+  EXPECT_EQ(in[0].body.find("X-Classification"), std::string::npos) << "a forged label is removed: " << in[0].body;
   // A per-address TRUSTED entry: one recipient of a domain sealed, the other held.
   mailseal::v1::PolicyDocument doc2;
   doc2.add_trusted_list()->set_domain("boss@agency-c.test");
