@@ -62,6 +62,15 @@ void Notifier::OnHeld(const HeldItem& item, bool is_notification, int64_t now_ms
   if (o_.notify_sender && IsLocalDomain(domain) && sender != AdminAddress()) Add(sender, false, item, now_ms);
 }
 
+void Notifier::OnWarned(HeldItem item, bool is_notification, int64_t now_ms) {
+  if (is_notification) {
+    ++suppressed_;
+    return;
+  }
+  item.warned = true;
+  Add(AdminAddress(), true, item, now_ms);
+}
+
 void Notifier::Add(const std::string& to, bool admin, const HeldItem& item, int64_t now_ms) {
   Pending& p = pending_[to];
   p.admin = admin;
@@ -96,16 +105,28 @@ Notice Notifier::Render(const std::string& to, const Pending& p, int64_t now_ms)
   std::string m;
   m += StrCat("From: Mail Delivery System <", postmaster, ">\r\n");
   m += StrCat("To: <", to, ">\r\n");
-  m += StrCat("Subject: ", total == 1 ? "A message was held and not sent" : StrCat(total, " messages were held and not sent"),
-              "\r\n");
+  size_t warned = 0;
+  for (const HeldItem& it : p.items) warned += it.warned;
+  std::string subject = warned == 0          ? (total == 1 ? "A message was held and not sent"
+                                                           : StrCat(total, " messages were held and not sent"))
+                        : warned == total    ? (total == 1 ? "A message was delivered with a security warning"
+                                                           : StrCat(total, " messages were delivered with a security warning"))
+                                             : StrCat(total, " messages need attention (held, or delivered with a warning)");
+  m += StrCat("Subject: ", subject, "\r\n");
   m += StrCat("Date: ", Rfc5322Date(now_ms), "\r\n");
   m += StrCat("Message-ID: ", msgid, "\r\n");
   m += "Auto-Submitted: auto-replied\r\n";   // RFC 3834: no automatic answer to this
   m += "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n\r\n";
-  m += StrCat("The mail gateway ", Clean(o_.hostname), " held ", total == 1 ? "this message" : StrCat("these ", total, " messages"),
-              " instead of sending\r\nthem, because they could not be sent with the protection the policy requires.\r\n");
-  m += p.admin ? "An administrator can release or delete them (mailsealctl queue list --state hold).\r\n\r\n"
-               : "Your administrator has been told and can release them once the reason is resolved.\r\n\r\n";
+  if (warned < total) {
+    m += StrCat("The mail gateway ", Clean(o_.hostname), " held ", total - warned == 1 ? "a message" : StrCat(total - warned, " messages"),
+                " instead of sending\r\nthem, because they could not be sent with the protection the policy requires.\r\n");
+    m += p.admin ? "An administrator can release or delete them (mailsealctl queue list --state hold).\r\n"
+                 : "Your administrator has been told and can release them once the reason is resolved.\r\n";
+  }
+  if (warned > 0)
+    m += StrCat("The mail gateway ", Clean(o_.hostname), " delivered ", warned == 1 ? "a message" : StrCat(warned, " messages"),
+                " with a security warning in the Subject\r\n(SEE-2.8): its signature or certificate could not be fully trusted.\r\n");
+  m += "\r\n";
   size_t listed = 0;
   for (const HeldItem& it : p.items) {
     if (listed == o_.max_listed) break;
@@ -113,10 +134,10 @@ Notice Notifier::Render(const std::string& to, const Pending& p, int64_t now_ms)
     std::string rcpts;
     for (const std::string& r : it.recipients) rcpts += StrCat(rcpts.empty() ? "" : ", ", Clean(r, 200));
     m += StrCat("Queue id:   ", Clean(it.queue_id, 80), "\r\n");
-    m += StrCat("Held at:    ", Rfc5322Date(it.at_ms), "\r\n");
+    m += StrCat(it.warned ? "Delivered:  " : "Held at:    ", Rfc5322Date(it.at_ms), "\r\n");
     if (p.admin) m += StrCat("From:       <", Clean(it.sender, 200), ">\r\n");
     m += StrCat("To:         ", Clean(rcpts, 600), "\r\n");
-    m += StrCat("Reason:     ", Clean(it.reason, 600), "\r\n\r\n");
+    m += StrCat(it.warned ? "Warning:    " : "Reason:     ", Clean(it.reason, 600), "\r\n\r\n");
   }
   if (total > listed) m += StrCat("... and ", total - listed, " more held message(s), not listed here.\r\n");
   return {to, m, total};

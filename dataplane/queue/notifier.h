@@ -41,6 +41,7 @@ struct HeldItem {
   std::vector<std::string> recipients;
   std::string reason;
   int64_t at_ms = 0;
+  bool warned = false;   // delivered with a security warning (SEE-2.8 receiving: notify RA), not held
 };
 
 struct Notice {
@@ -57,6 +58,9 @@ class Notifier {
 
   // OnHeld: a copy was held. `is_notification`: the held message is itself a notice or DSN.
   void OnHeld(const HeldItem& item, bool is_notification, int64_t now_ms);
+  // OnWarned: inbound mail was delivered with a HARD/SOFT warning; the recipients'
+  // administrator is told (SEE-2.8 "notify RA"), in the same digests.
+  void OnWarned(HeldItem item, bool is_notification, int64_t now_ms);
   // Due: the notices whose time has come (their items leave the pending set).
   std::vector<Notice> Due(int64_t now_ms);
   // Suppressed: held items about which, by the rules above, nobody is told (tests, metrics).

@@ -323,12 +323,14 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
                                             : d.what.rfind("seemail-ping", 0) == 0 ? "mail.ping-replied" : "mail.transformed",
                         c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));
     if (!d.held && !d.consumed && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
-    if (d.held && options_.notifications) {
+    bool warned = !d.held && d.what.rfind("opened: smime=fail", 0) == 0;
+    if ((d.held || warned) && options_.notifications) {
       HeldItem item{d.queue_id, it->second.msg->envelope.mail_from(), {}, d.what, now};
       for (uint32_t i : d.rcpts)
         if (i < static_cast<uint32_t>(it->second.msg->envelope.recipients_size()))
           item.recipients.push_back(it->second.msg->envelope.recipients(static_cast<int>(i)).address());
-      notifier_.OnHeld(item, it->second.msg->envelope.is_dsn(), now);
+      if (warned) notifier_.OnWarned(std::move(item), it->second.msg->envelope.is_dsn(), now);
+      else notifier_.OnHeld(item, it->second.msg->envelope.is_dsn(), now);
     }
   }
   // Recipients left on the original go as they are: say why (the policy decision, issue #6).

@@ -79,6 +79,25 @@ TEST(Notifier, AdministratorAddressAndSenderSettingFromThePolicy) {
   EXPECT_NE(due[0].message.find("From:       <alice@agency-a.test>"), std::string::npos) << "the admin sees the sender";
 }
 
+TEST(Notifier, InboundWarningsGoToTheRecipientsAdministratorOnly) {
+  Notifier n(Opts());
+  HeldItem w = Held(1, "mallory@evil.test");
+  w.reason = "opened: smime=fail (signature good, certificate unknown-ca)";
+  n.OnWarned(w, false, 0);
+  n.OnWarned(w, true, 0);   // about a notice: never
+  std::vector<Notice> due = n.Due(10000);
+  ASSERT_EQ(due.size(), 1u) << "SEE-2.8 receiving column: notify RA, not the outside sender";
+  EXPECT_EQ(due[0].to, "postmaster@agency-a.test");
+  EXPECT_NE(due[0].message.find("Subject: A message was delivered with a security warning"), std::string::npos);
+  EXPECT_NE(due[0].message.find("Warning:    opened: smime=fail"), std::string::npos);
+  n.OnWarned(w, false, 700000);
+  n.OnHeld(Held(2), false, 700000);
+  due = n.Due(800000);
+  ASSERT_EQ(due.size(), 2u);
+  const Notice& admin = due[0].to == "postmaster@agency-a.test" ? due[0] : due[1];
+  EXPECT_NE(admin.message.find("2 messages need attention"), std::string::npos) << admin.message;
+}
+
 TEST(Notifier, HostileValuesCannotInjectHeaders) {
   Notifier n(Opts());
   HeldItem h = Held(1);
