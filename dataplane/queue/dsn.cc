@@ -1,6 +1,7 @@
 // dsn.cc — see dsn.h.
 #include "dataplane/queue/dsn.h"
 
+#include <cctype>
 #include <ctime>
 
 namespace mailseal::queue {
@@ -120,6 +121,52 @@ Result<std::string> BuildRelayedDsn(
     const std::string& reporting_host, const SpoolMessage& msg, const std::vector<FailedRecipient>& relayed,
     const std::function<Status(const std::function<Status(std::string_view)>&)>& body, int64_t now_unix_ms) {
   return BuildReport(reporting_host, msg, relayed, body, now_unix_ms, 1u << 20, true);
+}
+
+int64_t ParseRfc5322Date(std::string_view text) {
+  std::string t(text.substr(0, 128));
+  size_t b = t.find_first_not_of(" \t");
+  if (b == std::string::npos) return 0;
+  t = t.substr(b);
+  for (const char* fmt : {"%a, %d %b %Y %H:%M:%S %z", "%d %b %Y %H:%M:%S %z"}) {
+    std::tm tm{};
+    const char* end = strptime(t.c_str(), fmt, &tm);
+    if (!end) continue;
+    long offset = tm.tm_gmtoff;   // timegm resets it
+    return (static_cast<int64_t>(timegm(&tm)) - offset) * 1000;
+  }
+  return 0;
+}
+
+int64_t MessageExpiry(const std::string& path, const SpoolMessage& msg) {
+  std::string head;
+  constexpr size_t kMax = 64 * 1024;
+  (void)ReadBody(path, msg, [&](std::string_view chunk) {
+    head.append(chunk.substr(0, kMax - head.size()));
+    if (head.size() >= kMax || head.find("\r\n\r\n") != std::string::npos) return FailedPreconditionError("header read");
+    return OkStatus();
+  });
+  size_t end = head.find("\r\n\r\n");
+  if (end != std::string::npos) head.resize(end + 2);
+  size_t pos = 0;
+  while (pos < head.size()) {
+    size_t eol = head.find("\r\n", pos);
+    if (eol == std::string::npos) break;
+    std::string line = head.substr(pos, eol - pos);
+    pos = eol + 2;
+    while (pos < head.size() && (head[pos] == ' ' || head[pos] == '\t')) {   // unfold
+      size_t e2 = head.find("\r\n", pos);
+      if (e2 == std::string::npos) break;
+      line += head.substr(pos, e2 - pos);
+      pos = e2 + 2;
+    }
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (name == "expires" || name == "expiry-date") return ParseRfc5322Date(std::string_view(line).substr(colon + 1));
+  }
+  return 0;
 }
 
 }  // namespace mailseal::queue

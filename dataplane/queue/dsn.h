@@ -45,6 +45,14 @@ Result<std::string> BuildRelayedDsn(const std::string& reporting_host, const Spo
                                         const std::function<Status(std::string_view)>&)>& body,
                                     int64_t now_unix_ms);
 
+// ParseRfc5322Date reads "Sun, 22 Nov 2026 05:21:47 +0000" (day name optional); 0 when it
+// is not such a date.
+int64_t ParseRfc5322Date(std::string_view text);
+
+// MessageExpiry: the time in the message's "Expires:" (RFC 4021) or "Expiry-Date:" (RFC 2156)
+// header field, in unix ms; 0 when it has none (DE-6). Reads the header block only (≤ 64 KiB).
+int64_t MessageExpiry(const std::string& path, const SpoolMessage& msg);
+
 // Rfc5322Date formats a time as "Sun, 22 Nov 2026 05:21:47 +0000".
 std::string Rfc5322Date(int64_t unix_ms);
 

@@ -599,6 +599,22 @@ void QueueManager::RetryDue(int64_t now) {
     auto found = entries_.find(id);
     if (found == entries_.end()) continue;
     Entry& e = found->second;
+    // DE-6: a message that carries an expiry is not tried again after it (read once, on its
+    // first retry: mail delivered at once never pays for this).
+    if (e.expires_ms < 0) e.expires_ms = MessageExpiry(PathOf(e), *e.msg);
+    if (e.expires_ms > 0 && now >= e.expires_ms) {
+      for (size_t i = 0; i < e.rcpt.size(); ++i) {
+        if (e.rcpt[i] != kPending) continue;
+        e.rcpt[i] = kFailed;
+        e.failures[i] = {"5.4.7", StrCat("X-Mailseal; the message expired at ", Rfc5322Date(e.expires_ms),
+                                         " (its Expires: header) before it could be delivered; last error: ", e.last_temp),
+                         ""};
+      }
+      Log(LogLevel::kWarning, "qmgr", "message expired (Expires: header)", {{"qid", id}});
+      if (options_.on_event) options_.on_event("mail.expired", id, "its Expires: header passed before delivery (DE-6)");
+      Finalize(id);
+      continue;
+    }
     if (e.state == SpoolState::kDeferred) {
       if (Status st = spool_->Move(id, SpoolState::kDeferred, SpoolState::kActive); !st.ok()) {
         Log(LogLevel::kError, "qmgr", "cannot move to active/", {{"qid", id}, {"error", st.message()}});
@@ -702,22 +718,25 @@ void QueueManager::SendNotices(int64_t now) {
 // a failure DSN is made durable first, then the held copy is removed.
 void QueueManager::ExpireHeld(int64_t now) {
   int64_t lifetime = options_.hold_expiry_ms ? options_.hold_expiry_ms() : 0;
-  if (lifetime <= 0 || now < next_hold_scan_ms_) return;
+  if (now < next_hold_scan_ms_) return;
   // hold/ is read at most every minute (more often only for lifetimes under four minutes).
-  next_hold_scan_ms_ = now + std::clamp<int64_t>(lifetime / 4, 1000, 60000);
+  next_hold_scan_ms_ = now + (lifetime > 0 ? std::clamp<int64_t>(lifetime / 4, 1000, 60000) : 60000);
   Result<std::vector<std::string>> ids = spool_->List(SpoolState::kHold);
   if (!ids.ok()) return;
   for (const std::string& id : *ids) {
     std::string path = spool_->PathOf(SpoolState::kHold, id);
     Result<SpoolMessage> m = ReadSpoolFile(path);
-    if (!m.ok() || now - m->envelope.arrival_unix_ms() < lifetime) continue;
+    if (!m.ok()) continue;
+    bool too_old = lifetime > 0 && now - m->envelope.arrival_unix_ms() >= lifetime;
+    int64_t expires = too_old ? 0 : MessageExpiry(path, *m);
+    if (!too_old && !(expires > 0 && now >= expires)) continue;
+    std::string why = too_old ? StrCat("held by policy and not released within ", lifetime / 1000, " s: ",
+                                       m->envelope.hold_reason())
+                              : StrCat("held by policy (", m->envelope.hold_reason(), ") until its Expires: time ",
+                                       Rfc5322Date(expires), " passed");
     std::vector<FailedRecipient> failed;
     for (uint32_t i = 0; i < static_cast<uint32_t>(m->envelope.recipients_size()); ++i)
-      if (WantsFailureDsn(m->envelope, i))
-        failed.push_back({i, "5.7.1",
-                          StrCat("X-Mailseal; held by policy and not released within ", lifetime / 1000, " s: ",
-                                 m->envelope.hold_reason()),
-                          ""});
+      if (WantsFailureDsn(m->envelope, i)) failed.push_back({i, too_old ? "5.7.1" : "5.4.7", StrCat("X-Mailseal; ", why), ""});
     if (!failed.empty()) {
       Result<std::string> text = BuildFailureDsn(
           options_.hostname, *m, failed,

@@ -136,7 +136,8 @@ class QueueManager {
     bool needs_finalize = false;         // a DSN could not be queued: run Finalize again
     std::string last_temp;               // last temporary failure, for logs
     bool recalled = false;               // withdrawn by an operator: no DSN
-    std::vector<FailedRecipient> relayed;   // NOTIFY=SUCCESS to a next hop without DSN: "relayed" DSN due
+    std::vector<FailedRecipient> relayed;
+    int64_t expires_ms = -1;             // its Expires:/Expiry-Date: (DE-6); -1 not read yet, 0 none   // NOTIFY=SUCCESS to a next hop without DSN: "relayed" DSN due
   };
   struct RecallRequest {
     std::string id, reason;

@@ -2,6 +2,8 @@
 // rate-limited, loop-proof, never to another agency.
 #include "dataplane/queue/notifier.h"
 
+#include "dataplane/queue/dsn.h"
+
 #include <gtest/gtest.h>
 
 namespace mailseal::queue {
@@ -108,6 +110,13 @@ TEST(Notifier, HostileValuesCannotInjectHeaders) {
     EXPECT_EQ(d.message.find("\r\nBcc:"), std::string::npos);
     EXPECT_EQ(d.message.find("\r\nSubject: forged"), std::string::npos);
   }
+}
+
+TEST(MessageExpiry, Rfc5322DatesOfExpiresHeaders) {
+  EXPECT_EQ(ParseRfc5322Date("Sun, 22 Nov 2026 05:21:47 +0000"), 1795324907000);
+  EXPECT_EQ(ParseRfc5322Date(" 22 Nov 2026 07:21:47 +0200"), 1795324907000) << "no day name, another zone";
+  EXPECT_EQ(ParseRfc5322Date("tomorrow"), 0);
+  EXPECT_EQ(ParseRfc5322Date(""), 0);
 }
 
 }  // namespace
