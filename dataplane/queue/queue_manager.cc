@@ -718,7 +718,8 @@ void QueueManager::SendNotices(int64_t now) {
 // a failure DSN is made durable first, then the held copy is removed.
 void QueueManager::ExpireHeld(int64_t now) {
   int64_t lifetime = options_.hold_expiry_ms ? options_.hold_expiry_ms() : 0;
-  if (now < next_hold_scan_ms_) return;
+  if (now < next_hold_scan_ms_ && lifetime == hold_lifetime_seen_) return;   // a policy change rescans at once
+  hold_lifetime_seen_ = lifetime;
   // hold/ is read at most every minute (more often only for lifetimes under four minutes).
   next_hold_scan_ms_ = now + (lifetime > 0 ? std::clamp<int64_t>(lifetime / 4, 1000, 60000) : 60000);
   Result<std::vector<std::string>> ids = spool_->List(SpoolState::kHold);

@@ -178,6 +178,7 @@ class QueueManager {
   std::deque<std::string> to_crypto_;
   Notifier notifier_{NotifierOptions{}};
   int64_t next_hold_scan_ms_ = 0;
+  int64_t hold_lifetime_seen_ = 0;
 
   // Shared, under mu_.
   mutable std::mutex mu_;
