@@ -109,6 +109,22 @@ Status ValidatePolicy(PolicyDocument* doc) {
     if (!seen.insert(r->domain()).second)
       return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(), "' has two rules"));
   }
+  {
+    std::set<std::string> seen_senders;
+    for (int i = 0; i < doc->sender_rules_size(); ++i) {
+      auto* r = doc->mutable_sender_rules(i);
+      r->set_domain(Lower(r->domain()));
+      if (!ValidEntry(r->domain()))
+        return InvalidArgumentError(StrCat("field 'sender_rules[", i, "].domain': '", r->domain(),
+                                           "' is not a domain name or an address"));
+      if (r->protection() == mailseal::v1::DomainRule::PROTECTION_UNSPECIFIED ||
+          r->protection() == mailseal::v1::DomainRule::PROTECTION_NONE)
+        return InvalidArgumentError(StrCat("field 'sender_rules[", i, "].protection': a sender rule only raises "
+                                           "protection (SEAL_REQUIRED, SEAL_WHEN_POSSIBLE or SIGN)"));
+      if (!seen_senders.insert(r->domain()).second)
+        return InvalidArgumentError(StrCat("field 'sender_rules[", i, "].domain': '", r->domain(), "' has two rules"));
+    }
+  }
   for (int i = 0; i < doc->trusted_servers_size(); ++i) {
     auto* t = doc->mutable_trusted_servers(i);
     t->set_name(Lower(t->name()));

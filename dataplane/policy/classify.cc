@@ -231,6 +231,7 @@ std::string Label(const std::string& message, const std::string& header, const s
 const char* ProtectionName(Protection p) {
   switch (p) {
     case Protection::kPass: return "pass";
+    case Protection::kSign: return "sign";
     case Protection::kSealIfKnown: return "seal-if-known";
     case Protection::kSealRequired: return "seal-required";
     case Protection::kHold: return "hold";
@@ -238,8 +239,45 @@ const char* ProtectionName(Protection p) {
   return "?";
 }
 
+namespace {
+int Rank(Protection p) {
+  switch (p) {
+    case Protection::kPass: return 0;
+    case Protection::kSign: return 1;
+    case Protection::kSealIfKnown: return 2;
+    case Protection::kSealRequired: return 3;
+    case Protection::kHold: return 4;
+  }
+  return 0;
+}
+}  // namespace
+
 Decision CompiledPolicy::Decide(const std::string& recipient, const std::string& classification, bool partner,
-                                bool seal_when_known) const {
+                                bool seal_when_known, const std::string& sender) const {
+  Decision d = DecideRecipient(recipient, classification, partner, seal_when_known);
+  if (sender_rules.empty() || sender.empty()) return d;
+  std::string from = Lower(sender);
+  size_t at = from.rfind('@');
+  std::map<std::string, std::string> keys;
+  for (const auto& [k, r] : sender_rules) keys.emplace(k, "");
+  std::string entry;
+  if (!Covers(keys, from, at == std::string::npos ? from : from.substr(at + 1), &entry)) return d;
+  const mailseal::v1::DomainRule& r = sender_rules.at(entry);
+  using R = mailseal::v1::DomainRule;
+  Protection p = r.protection() == R::PROTECTION_SEAL_REQUIRED    ? Protection::kSealRequired
+                 : r.protection() == R::PROTECTION_SEAL_WHEN_POSSIBLE ? Protection::kSealIfKnown
+                 : r.protection() == R::PROTECTION_SIGN               ? Protection::kSign
+                                                                      : Protection::kPass;
+  d.triple_wrap = d.triple_wrap || r.triple_wrap();
+  if (Rank(p) > Rank(d.protection)) {
+    d.protection = p;
+    d.reason = StrCat("sender rule for ", entry, ": ", ProtectionName(p), " (raised from: ", d.reason, ")");
+  }
+  return d;
+}
+
+Decision CompiledPolicy::DecideRecipient(const std::string& recipient, const std::string& classification, bool partner,
+                                         bool seal_when_known) const {
   std::string address = Lower(recipient);
   size_t at = address.rfind('@');
   std::string domain = at == std::string::npos ? address : address.substr(at + 1);
@@ -280,6 +318,11 @@ Decision CompiledPolicy::Decide(const std::string& recipient, const std::string&
   }
   if (rule && rule->protection() == R::PROTECTION_NONE) {
     d.reason = StrCat("rule for ", rule_entry, ": sent as is");
+    return d;
+  }
+  if (rule && rule->protection() == R::PROTECTION_SIGN) {
+    d.protection = Protection::kSign;
+    d.reason = StrCat("rule for ", rule_entry, ": signed, and encrypted when a certificate is known");
     return d;
   }
   if (on_trusted || (rule && rule->protection() == R::PROTECTION_SEAL_WHEN_POSSIBLE) || seal_when_known) {
@@ -325,6 +368,7 @@ std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument
   for (const auto& l : doc.seemail_list()) p->seemail[Lower(l.domain())] = l.note();
   for (const auto& l : doc.trusted_list()) p->trusted[Lower(l.domain())] = l.note();
   for (const auto& r : doc.domain_rules()) p->rules[Lower(r.domain())] = r;
+  for (const auto& r : doc.sender_rules()) p->sender_rules[Lower(r.domain())] = r;
   p->notifications = doc.notifications();
   p->hold_expiry_s = doc.hold_expiry_s();
   p->classification_header = doc.classification_header();

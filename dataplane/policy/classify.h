@@ -15,7 +15,10 @@
 //      domains whose rule says SEAL_REQUIRED: sealed, or held when that cannot be done;
 //   3. sealing when a valid certificate is known: TRUSTED-listed domains, SEAL_WHEN_POSSIBLE,
 //      or the configuration's seal_when_known;
-//   4. everything else passes as it is (SEE-AG-1); a NONE rule says so explicitly.
+//   4. a SIGN rule: signed (and encrypted when a certificate is known);
+//   5. everything else passes as it is (SEE-AG-1); a NONE rule says so explicitly.
+// A sender rule (per-sender override) then raises the result to at least its protection;
+// it never lowers one, and a hold stays a hold.
 // Lists and rules match an address exactly, else its domain or a parent domain (the most
 // specific entry wins).
 #pragma once
@@ -46,7 +49,7 @@ std::string FindTriggerWord(std::string_view subject, const std::vector<std::str
 // RFC 9788 wrapped message), or "".
 std::string Classify(std::string_view message, const std::vector<std::string>& words = {});
 
-enum class Protection { kPass, kSealIfKnown, kSealRequired, kHold };
+enum class Protection { kPass, kSign, kSealIfKnown, kSealRequired, kHold };
 const char* ProtectionName(Protection p);
 
 struct Decision {
@@ -61,6 +64,7 @@ struct CompiledPolicy {
   std::map<std::string, std::string> seemail;  // address or domain -> note
   std::map<std::string, std::string> trusted;
   std::map<std::string, mailseal::v1::DomainRule> rules;
+  std::map<std::string, mailseal::v1::DomainRule> sender_rules;
   mailseal::v1::Notifications notifications;
   uint32_t hold_expiry_s = 0;
   std::string classification_header;   // empty: no label header (SEE-1.9)
@@ -73,14 +77,19 @@ struct CompiledPolicy {
   };
   std::vector<Server> trusted_servers;
 
+  // DecideRecipient: the decision from the recipient's lists and rules alone.
+  Decision DecideRecipient(const std::string& recipient, const std::string& classification, bool partner,
+                           bool seal_when_known) const;
+
   // TrustedServerFor: the Trusted Listserv / Trusted Server entry matching the SMTP client
   // ("ip:port" or "[ip]:port" as the spool records it) and its EHLO name, or null (SEE 2.11).
   const Server* TrustedServerFor(const std::string& client_address, const std::string& helo) const;
 
   // Decide for one recipient. `classification` from Classify; `partner`: the configuration
-  // names the recipient's domain a partner; `seal_when_known`: the configuration's setting.
+  // names the recipient's domain a partner; `seal_when_known`: the configuration's setting;
+  // `sender`: the reverse path (its sender rule, if any, raises the result).
   Decision Decide(const std::string& recipient, const std::string& classification, bool partner,
-                  bool seal_when_known) const;
+                  bool seal_when_known, const std::string& sender = "") const;
 };
 
 // Label: `message` with the field `header: WORD` (word without brackets) in place of any field

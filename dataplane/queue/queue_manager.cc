@@ -319,6 +319,7 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
         {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
     if (options_.on_event)
       options_.on_event(d.held ? "mail.held" : d.consumed ? "mail.consumed" : d.what.rfind("sealed", 0) == 0 ? "mail.sealed"
+                                            : d.what.rfind("signed for", 0) == 0 ? "mail.signed"
                                             : d.what.rfind("opened", 0) == 0 ? "mail.opened"
                                             : d.what.rfind("seemail-ping", 0) == 0 ? "mail.ping-replied" : "mail.transformed",
                         c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));

@@ -200,7 +200,7 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
     std::map<std::pair<int, bool>, std::pair<policy::Decision, std::vector<uint32_t>>> groups;
     bool partner = PartnerFor(domain) != nullptr;
     for (uint32_t i : rcpts) {
-      policy::Decision d = doc->Decide(recipients[i], classification, partner, policy_->seal_when_known);
+      policy::Decision d = doc->Decide(recipients[i], classification, partner, policy_->seal_when_known, sender);
       if (require_seal && d.protection != policy::Protection::kHold && d.protection != policy::Protection::kSealRequired) {
         d.protection = policy::Protection::kSealRequired;
         d.reason = "a message of the gateway's own that leaves only signed and encrypted (SEE-2.14)";
@@ -240,8 +240,32 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   o.rcpts = std::move(rcpts);
   const PartnerPolicy* partner = PartnerFor(domain);
   bool required = decision.protection == policy::Protection::kSealRequired;
+  bool sign = decision.protection == policy::Protection::kSign;
   std::string covering;
   X509Ref dca = store_->Dca(domain, &covering);
+  if (sign && dca && store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid) dca.reset();
+  if (sign && !dca) {   // signed only: no certificate of theirs needed (SEE-2.9)
+    if (!keys.dsa_key || !keys.dsa_cert) {
+      o.action = Action::kTempFail;
+      o.reason = "security module unavailable: signing deferred (SEE-AG-4)";
+      return o;
+    }
+    Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
+    for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());
+    if (keys.dca_cert) signer.chain.push_back(keys.dca_cert.get());
+    SealOptions so;
+    so.sign_only = true;
+    Result<std::string> signed_msg = Seal(message, signer, {}, so);
+    if (!signed_msg.ok()) {
+      o.action = Action::kHold;
+      o.reason = StrCat("signing for ", domain, " failed: ", signed_msg.status().message());
+      return o;
+    }
+    o.action = Action::kDeliver;
+    o.body = std::move(*signed_msg);
+    o.protection = StrCat("signed for ", domain, " (signed-data, no certificate of theirs known): ", decision.reason);
+    return o;
+  }
   if (!required && !dca) {
     o.reason = StrCat(decision.reason, "; no certificate known: sent as is");
     return o;  // kPass (SEE-AG-1)

@@ -184,7 +184,7 @@ Result<std::string> SignEntity(const std::string& content, const Signer& signer)
 Result<std::string> Seal(const std::string& message, const Signer& signer, const std::vector<X509*>& recipients,
                          const SealOptions& options) {
   if (!signer.cert || !signer.key) return InvalidArgumentError("no signer");
-  if (recipients.empty()) return InvalidArgumentError("no recipient certificate");
+  if (recipients.empty() && !options.sign_only) return InvalidArgumentError("no recipient certificate");
   // The outer header: the routing fields of the original, byte-exact; the rest stays inside.
   mime::Part root;
   if (!RootHeader(message, &root)) return InvalidArgumentError("message cannot be sealed: no complete header");
@@ -207,6 +207,12 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
     Result<std::string> signed_der = SignEntity(kWrapper + message, signer);
     if (!signed_der.ok()) return signed_der.status();
     signed_entity = Pkcs7Entity("signed-data", *signed_der);
+  }
+  if (options.sign_only) {
+    std::string subject;
+    for (const mime::HeaderField& f : root.headers)
+      if (f.name.size() == 7 && strncasecmp(f.name.c_str(), "Subject", 7) == 0) subject = f.raw;
+    return StrCat(outer, subject, "MIME-Version: 1.0\r\n", signed_entity);
   }
   // 2. Envelope it for the partner's DCA.
   BioPtr sin = MemIn(signed_entity);

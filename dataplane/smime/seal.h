@@ -46,6 +46,9 @@ struct SealOptions {
   // do not understand pkcs7-mime once decrypted. When the message cannot be made 7-bit
   // without touching a user's signed part, opaque signed-data is used instead.
   bool detached_signature = false;
+  // sign_only: no envelope (no recipient certificate needed): the wrapped message is signed by
+  // our DSA and readable by anyone; the outer Subject is then the real one (SEE-2.9 "sign").
+  bool sign_only = false;
 };
 
 // Seal: `message` is an RFC 5322 message with CRLF line ends.

@@ -152,6 +152,43 @@ TEST(Decision, EveryBranch) {
   EXPECT_FALSE(p->Decide("x@news.bank.test", "", false, false).triple_wrap) << "the most specific rule wins";
 }
 
+TEST(Decision, SignRulesAndSenderOverridesOnlyRaise) {
+  mailseal::v1::PolicyDocument doc;
+  auto* r = doc.add_domain_rules();
+  r->set_domain("press.test");
+  r->set_protection(mailseal::v1::DomainRule::PROTECTION_SIGN);
+  r = doc.add_domain_rules();
+  r->set_domain("open.test");
+  r->set_protection(mailseal::v1::DomainRule::PROTECTION_NONE);
+  r = doc.add_sender_rules();
+  r->set_domain("ceo@agency-a.test");
+  r->set_protection(mailseal::v1::DomainRule::PROTECTION_SEAL_REQUIRED);
+  r = doc.add_sender_rules();
+  r->set_domain("hr.agency-a.test");
+  r->set_protection(mailseal::v1::DomainRule::PROTECTION_SIGN);
+  auto p = Compile(doc);
+  struct Case {
+    const char* from;
+    const char* rcpt;
+    const char* cls;
+    Protection want;
+    const char* reason_has;
+  } cases[] = {
+      {"x@agency-a.test", "a@press.test", "", Protection::kSign, "rule for press.test: signed"},
+      {"ceo@agency-a.test", "a@press.test", "", Protection::kSealRequired, "sender rule for ceo@agency-a.test"},
+      {"CEO@Agency-A.test", "a@open.test", "", Protection::kSealRequired, "raised from: rule for open.test"},
+      {"bob@hr.agency-a.test", "a@open.test", "", Protection::kSign, "sender rule for hr.agency-a.test"},
+      {"bob@pay.hr.agency-a.test", "a@gmail.test", "", Protection::kSign, "sender rule for hr.agency-a.test"},
+      {"bob@hr.agency-a.test", "a@gmail.test", "[RESTRICTED]", Protection::kHold, "neither"},   // never lowers a hold
+      {"x@agency-a.test", "a@open.test", "", Protection::kPass, "sent as is"},
+  };
+  for (const Case& c : cases) {
+    Decision d = p->Decide(c.rcpt, c.cls, false, false, c.from);
+    EXPECT_EQ(d.protection, c.want) << c.from << " -> " << c.rcpt << ": " << d.reason;
+    EXPECT_NE(d.reason.find(c.reason_has), std::string::npos) << d.reason;
+  }
+}
+
 TEST(Decision, DocumentTriggerWordsApply) {
   mailseal::v1::PolicyDocument doc;
   doc.add_trigger_words("protected");

@@ -168,6 +168,25 @@ TEST_F(GatewayTest, ClassifiedMailGoesOnlyToListedDomainsSealedElseHeld) {
                          compiled.get());
   ASSERT_EQ(in[0].action, Action::kDeliver);
   EXPECT_EQ(in[0].body.find("X-Classification"), std::string::npos) << "a forged label is removed: " << in[0].body;
+  // SIGN rule for a domain without a known certificate: signed only, readable, verifiable.
+  mailseal::v1::PolicyDocument sdoc;
+  auto* sr = sdoc.add_domain_rules();
+  sr->set_domain("agency-b.test");
+  sr->set_protection(mailseal::v1::DomainRule::PROTECTION_SIGN);
+  auto scomp = policy::Compile(sdoc);
+  Side a3 = Make("a", {}, {});
+  std::string plain = Mail("alice@agency-a.test", "public notice", "for everyone");
+  outs = a3.gw->Process("alice@agency-a.test", {"b@agency-b.test"}, plain, a3.keys, scomp.get());
+  ASSERT_EQ(outs.size(), 1u);
+  ASSERT_EQ(outs[0].action, Action::kDeliver) << outs[0].reason;
+  EXPECT_NE(outs[0].protection.find("signed for agency-b.test"), std::string::npos) << outs[0].protection;
+  EXPECT_NE(outs[0].body.find("Subject: public notice"), std::string::npos) << "the real Subject: nothing is hidden";
+  EXPECT_EQ(outs[0].body.find("enveloped-data"), std::string::npos);
+  Side b3 = Make("b", {}, {"agency-a.test"});
+  std::vector<Output> got = b3.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, outs[0].body, b3.keys);
+  ASSERT_EQ(got[0].action, Action::kDeliver) << got[0].reason;
+  EXPECT_NE(got[0].body.find("smime=pass"), std::string::npos) << got[0].body.substr(0, 400);
+  EXPECT_NE(got[0].body.find("for everyone"), std::string::npos);
   // A per-address TRUSTED entry: one recipient of a domain sealed, the other held.
   mailseal::v1::PolicyDocument doc2;
   doc2.add_trusted_list()->set_domain("boss@agency-c.test");
