@@ -11,7 +11,8 @@
   their sender), not 1,000 mails.
 - seemail-ping (SEE-2.14): agency-c's probe gets a signed and encrypted reply with the SEEMAIL
   version, gateway name and partner domains; an unsigned probe gets none.
-- Held mail not released within hold_expiry_s goes back to its sender as a DSN.
+- Held mail not released within hold_expiry_s goes back to its sender as a DSN; a DSN to a
+  partner's sender is itself sealed (SEE-AG-3).
 - Delivery receipts: NOTIFY=SUCCESS gives a "relayed" DSN when the next hop cannot report.
 - A policy change is refused whole when invalid; the decision and the policy version are in
   the hold reason and the audit trail.
@@ -192,11 +193,17 @@ def main():
                           'hold_expiry_s: 2\n' + notices, 2)
     c.check(rc == 0, "policy v3: held mail expires after 2 s", o + e)
     send(gw.port, "alice@agency-a.test", ["dan@nowhere.test"], message("[SEEMAIL] q", "dan@nowhere.test"))
-    harness.wait_for(lambda: gw.queue_files("hold"), 20, "held again")
+    send(gw.port, "bob@agency-b.test", ["dan@nowhere.test"], message("[SEEMAIL] from b", "dan@nowhere.test"))
+    harness.wait_for(lambda: len(gw.queue_files("hold")) >= 2, 20, "held again")
     bounce = harness.wait_for(lambda: [x for x in wire.messages() if b"not released within 2 s" in x], 30, "expiry DSN")
     c.check(b"To: <alice@agency-a.test>" in bounce[0] and b"Status: 5.7.1" in bounce[0]
-            and b"multipart/report" in bounce[0] and not gw.queue_files("hold"),
-            "held mail expires: a DSN to its sender with the reason, the held copy removed", bounce[0][:300])
+            and b"multipart/report" in bounce[0],
+            "held mail expires: a DSN to its sender with the reason", bounce[0][:300])
+    # The DSN to agency-b's sender is itself sealed (SEE-AG-3): nothing readable on the wire.
+    to_b = harness.wait_for(lambda: [x for x in wire.messages() if b"X-Rcpt-Args: <bob@agency-b.test>" in x
+                                     and b"X-Mail-Args: <>" in x], 30, "DSN to the partner")
+    c.check(b"nveloped-data" in to_b[0] and b"not released within" not in to_b[0] and not gw.queue_files("hold"),
+            "the DSN to a partner's sender leaves signed and encrypted; both held copies are gone", to_b[0][:300])
 
     # 4. 1,000 classified messages held by one missing listing: one digest per address.
     rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'
@@ -204,7 +211,6 @@ def main():
                           'gather_s: 30 digest_interval_s: 1 }\n', 3)
     c.check(rc == 0, "policy v4: notices gathered for 30 s", o + e)
     time.sleep(2)   # let earlier notice windows close
-    notes_before = len([x for x in wire.messages() if b"held and not sent" in x])
 
     def burst(k):
         s = smtplib.SMTP("127.0.0.1", gw.port, timeout=30)
@@ -220,11 +226,11 @@ def main():
         t.join()
     harness.wait_for(lambda: len(gw.queue_files("hold")) >= 1000, 60, "1000 held")
     c.check(time.time() - t0 < 30, "1,000 messages were held inside the gathering window", f"{time.time() - t0:.1f} s")
-    digests = harness.wait_for(
-        lambda: (lambda n: n if len(n) >= 2 else None)(
-            [x for x in wire.messages() if b"held and not sent" in x][notes_before:]), 60, "digests")
+    def burst_notices():
+        return [x for x in wire.messages() if b"held and not sent" in x and b"nowhere-0.test" in x]
+    harness.wait_for(lambda: len(burst_notices()) >= 2, 60, "digests")
     time.sleep(3)
-    after = [x for x in wire.messages() if b"held and not sent" in x][notes_before:]
+    after = burst_notices()
     admin = [x for x in after if b"To: <secops@agency-a.test>" in x]
     c.check(len(after) == 2 and len(admin) == 1 and b"1000 messages were held" in admin[0]
             and b"and 500 more" in admin[0], "1,000 held messages: one administrator digest (and one to the sender)",
