@@ -255,6 +255,9 @@ int Run(const std::string& path) {
         {{"partners", std::to_string(smime->policy.partners.size())}, {"authserv_id", smime->policy.authserv_id}});
   }
 
+  if (!smime)
+    Log(LogLevel::kWarning, "mailseald",
+        "no smime section: nothing is sealed and classified mail is NOT held (SEE-2.1b); plain relay only");
   // The audit trail (issue #5): management actions and mail events, the latter in batches.
   std::unique_ptr<audit::AuditLog> audit_log;
   std::unique_ptr<audit::Recorder> recorder;
