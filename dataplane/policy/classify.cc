@@ -225,7 +225,15 @@ std::string Label(const std::string& message, const std::string& header, const s
   }
   if (word.empty()) return out;
   std::string bare = word.size() > 2 && word.front() == '[' && word.back() == ']' ? word.substr(1, word.size() - 2) : word;
-  return StrCat(header, ": ", bare, "\r\n", out);
+  // A malformed block may begin with continuation lines: ours goes after them, so that they
+  // never read as a fold of our field.
+  size_t at = 0;
+  while (at < out.size() && (out[at] == ' ' || out[at] == '\t')) {
+    size_t eol = out.find('\n', at);
+    at = eol == std::string::npos ? out.size() : eol + 1;
+  }
+  bool needs_eol = at > 0 && out[at - 1] != '\n';   // continuation lines ran to the end without one
+  return StrCat(out.substr(0, at), needs_eol ? "\r\n" : "", header, ": ", bare, "\r\n", out.substr(at));
 }
 
 const char* ProtectionName(Protection p) {
