@@ -326,6 +326,7 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
     if (!d.held && !d.consumed && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
     bool warned = !d.held && d.what.rfind("opened: smime=fail", 0) == 0;
     if ((d.held || warned) && options_.notifications) {
+      notifier_.SetOptions(options_.notifications());   // the policy in force now decides who is told
       HeldItem item{d.queue_id, it->second.msg->envelope.mail_from(), {}, d.what, now};
       for (uint32_t i : d.rcpts)
         if (i < static_cast<uint32_t>(it->second.msg->envelope.recipients_size()))
