@@ -313,6 +313,8 @@ int Run(const std::string& path) {
       r.set_outcome(v1::AuditRecord::OUTCOME_DONE);
       r.add_message_ids(qid);
       r.set_detail(detail);
+      if (size_t at = detail.find("[policy v"); at != std::string::npos)   // the decision's policy version
+        r.set_policy_version(std::strtoull(detail.c_str() + at + 9, nullptr, 10));
       rec->Record(std::move(r));
     };
   }
@@ -398,6 +400,7 @@ int Run(const std::string& path) {
   // Control loop.
   auto last_stats = std::chrono::steady_clock::now();
   auto last_health = std::chrono::steady_clock::now();
+  bool head_failing = false;
   const auto health_every = std::chrono::milliseconds(cfg.has_hsm() ? cfg.hsm().health_interval_ms() : 1000);
   while (true) {
     pollfd p{sfd, POLLIN, 0};
@@ -425,6 +428,14 @@ int Run(const std::string& path) {
       }
       Log(LogLevel::kInfo, "mailseald", "stopping: draining sessions", {{"signal", strsignal(static_cast<int>(si.ssi_signo))}});
       break;
+    }
+    if (audit_log) {   // tree heads every N records (in the log) or every T seconds (here)
+      uint32_t every_s = cfg.control().audit().head_every_s() ? cfg.control().audit().head_every_s() : 300;
+      Result<bool> signed_head = audit_log->SignHeadIfStale(static_cast<int64_t>(every_s) * 1000);
+      if (!signed_head.ok() && !head_failing)
+        Log(LogLevel::kError, "audit", "periodic tree head failed (retried every second)",
+            {{"error", signed_head.status().message()}});
+      head_failing = !signed_head.ok();
     }
     auto now = std::chrono::steady_clock::now();
     if (now - last_stats > std::chrono::seconds(60)) {

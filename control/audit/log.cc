@@ -388,7 +388,18 @@ Result<TreeHead> AuditLog::SignHeadLocked() {
   std::string frame;
   AppendFrame(&frame, Serialize(h));
   if (Status st = WriteAndSync(heads_fd_, frame); !st.ok()) return st;
+  last_head_size_ = h.tree_size();
+  last_head_ms_ = h.time_unix_ms();
   return h;
+}
+
+Result<bool> AuditLog::SignHeadIfStale(int64_t max_age_ms) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (failed_) return FailedPreconditionError("the audit log cannot be written");
+  if (leaves_.size() == last_head_size_ || NowMs() - last_head_ms_ < max_age_ms) return false;
+  Result<TreeHead> h = SignHeadLocked();   // a failure (token away) is tried again next time
+  if (!h.ok()) return h.status();
+  return true;
 }
 
 Result<TreeHead> AuditLog::SignHead() {

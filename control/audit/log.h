@@ -65,6 +65,9 @@ class AuditLog {
   Status AppendBatch(std::vector<mailseal::v1::AuditRecord> records);
   // SignHead signs and stores a head over every record so far.
   Result<mailseal::v1::TreeHead> SignHead();
+  // SignHeadIfStale signs a head when records were added since the last head and that head is
+  // older than `max_age_ms` (heads "every N records or T seconds"); true when it signed.
+  Result<bool> SignHeadIfStale(int64_t max_age_ms);
   uint64_t size() const;
   Hash root() const;
   Result<std::vector<Hash>> InclusionProofFor(uint64_t index, uint64_t tree_size) const;
@@ -97,6 +100,8 @@ class AuditLog {
   std::vector<std::string> files_;   // rotated segments in order, then the current file
   std::vector<Hash> leaves_;         // 32 bytes a record
   std::vector<Location> index_;      // 16 bytes a record
+  uint64_t last_head_size_ = 0;
+  int64_t last_head_ms_ = 0;
   bool failed_ = false;
 };
 

@@ -177,6 +177,20 @@ TEST_F(AuditLogTest, RotationKeepsOneTreeAcrossSegments) {
   EXPECT_FALSE(AuditLog::Open(o).ok()) << "a log with a missing segment is refused, not continued";
 }
 
+TEST_F(AuditLogTest, HeadsEveryNRecordsOrTSeconds) {
+  auto log = Fill(5, 100);   // fewer than N: no head yet
+  EXPECT_EQ(*log->SignHeadIfStale(0), true) << "records without a head: signed";
+  EXPECT_EQ(*log->SignHeadIfStale(0), false) << "nothing new since: no head";
+  AuditRecord r;
+  r.set_action("x");
+  ASSERT_TRUE(log->Append(r).ok());
+  EXPECT_EQ(*log->SignHeadIfStale(3600 * 1000), false) << "the last head is recent";
+  EXPECT_EQ(*log->SignHeadIfStale(0), true);
+  VerifyReport rep = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+  EXPECT_TRUE(rep.error.empty()) << rep.error;
+  EXPECT_EQ(rep.heads_checked, 2u);
+}
+
 TEST_F(AuditLogTest, AnyFlippedByteIsFoundAndTheRecordNamed) {
   Fill(300).reset();
   std::string original = Read(dir_ + "/audit.log");
