@@ -233,7 +233,16 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     Result<std::string> statement = c->Propose("destroy-key", req->key_label());
     if (!statement.ok()) return FromStatus(statement.status());
     std::string id = c->transcript().ceremony_id();
-    ceremonies_.emplace(id, Entry{std::move(c.value()), req->key_label(), "pending", ""});
+    // Finished ceremonies stay readable (their transcripts are also on disk); at most 256 are
+    // kept in memory, the oldest finished ones go first.
+    while (ceremonies_.size() >= 256) {
+      auto oldest = ceremonies_.end();
+      for (auto it = ceremonies_.begin(); it != ceremonies_.end(); ++it)
+        if (it->second.state != "pending" && (oldest == ceremonies_.end() || it->second.seq < oldest->second.seq)) oldest = it;
+      if (oldest == ceremonies_.end()) break;
+      ceremonies_.erase(oldest);
+    }
+    ceremonies_.emplace(id, Entry{std::move(c.value()), req->key_label(), "pending", "", ++seq_});
     resp->set_ceremony_id(id);
     resp->set_statement(*statement);
     resp->set_threshold(d_->threshold);
@@ -319,12 +328,14 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     std::string key_label;
     std::string state;   // pending, done, failed
     std::string detail;
+    uint64_t seq = 0;    // start order
   };
   const Guard* guard_;
   const KeyDeps* d_;
   audit::AuditLog* audit_;
   std::mutex mu_;
   std::map<std::string, Entry> ceremonies_;
+  uint64_t seq_ = 0;
 };
 
 }  // namespace

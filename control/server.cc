@@ -429,6 +429,15 @@ class AuditServiceImpl final : public v1::AuditService::Service {
                       grpc::ServerWriter<v1::WatchRecordsResponse>* writer) override {
     std::string actor;
     if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.WatchRecords", "", &actor); !st.ok()) return st;
+    // Each stream holds a server thread: at most 8 at a time.
+    if (watchers_.fetch_add(1) >= 8) {
+      watchers_.fetch_sub(1);
+      return Status(StatusCode::RESOURCE_EXHAUSTED, "8 audit streams are open already");
+    }
+    struct Release {
+      std::atomic<int>* n;
+      ~Release() { n->fetch_sub(1); }
+    } release{&watchers_};
     uint64_t next = req->start_seq();
     while (!ctx->IsCancelled()) {
       if (next < deps_.audit->size()) {
@@ -448,6 +457,7 @@ class AuditServiceImpl final : public v1::AuditService::Service {
  private:
   const Guard* guard_;
   Deps deps_;
+  std::atomic<int> watchers_{0};
 };
 
 }  // namespace

@@ -84,6 +84,9 @@ void Notifier::Add(const std::string& to, bool admin, const HeldItem& item, int6
 
 std::vector<Notice> Notifier::Due(int64_t now_ms) {
   std::vector<Notice> out;
+  // Addresses with nothing pending whose rate limit has run out are forgotten (bounded map).
+  for (auto it = pending_.begin(); it != pending_.end();)
+    it = it->second.due_ms == 0 && now_ms - it->second.last_sent_ms >= o_.interval_ms ? pending_.erase(it) : std::next(it);
   for (auto& [to, p] : pending_) {
     if (p.due_ms == 0 || p.due_ms > now_ms) continue;
     out.push_back(Render(to, p, now_ms));
