@@ -299,6 +299,9 @@ int Run(const std::string& path) {
       if (n.gather_s()) o.gather_ms = static_cast<int64_t>(n.gather_s()) * 1000;
       return o;
     };
+    qopts.requires_tls = [shared](const std::string& rcpt) {
+      return shared->document.load(std::memory_order_acquire)->RequiresTls(rcpt);
+    };
     qopts.hold_expiry_ms = [shared] {
       return static_cast<int64_t>(shared->document.load(std::memory_order_acquire)->hold_expiry_s) * 1000;
     };

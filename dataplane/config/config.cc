@@ -175,6 +175,8 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (dtree) return bad(*del, *dtree, field, -1, what);
     return bad(cfg, tree, "delivery", -1, what);
   };
+  if (!del->tls().empty() && del->tls() != "opportunistic" && del->tls() != "never")
+    return dbad("tls", StrCat("'", del->tls(), "' is not opportunistic or never"));
   if (!del->relay_host().empty()) {
     std::string h;
     uint16_t p;

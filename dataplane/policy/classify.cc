@@ -344,6 +344,17 @@ Decision CompiledPolicy::DecideRecipient(const std::string& recipient, const std
   return d;
 }
 
+bool CompiledPolicy::RequiresTls(const std::string& recipient) const {
+  if (rules.empty()) return false;
+  std::string address = Lower(recipient);
+  size_t at = address.rfind('@');
+  std::map<std::string, std::string> keys;
+  for (const auto& [k, r] : rules) keys.emplace(k, "");
+  std::string entry;
+  if (!Covers(keys, address, at == std::string::npos ? address : address.substr(at + 1), &entry)) return false;
+  return rules.at(entry).require_tls();
+}
+
 const CompiledPolicy::Server* CompiledPolicy::TrustedServerFor(const std::string& client_address,
                                                                const std::string& helo) const {
   if (trusted_servers.empty() || client_address.empty()) return nullptr;

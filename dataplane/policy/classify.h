@@ -77,6 +77,9 @@ struct CompiledPolicy {
   };
   std::vector<Server> trusted_servers;
 
+  // RequiresTls: a domain rule covering the recipient says require_tls (SM-6.1).
+  bool RequiresTls(const std::string& recipient) const;
+
   // DecideRecipient: the decision from the recipient's lists and rules alone.
   Decision DecideRecipient(const std::string& recipient, const std::string& classification, bool partner,
                            bool seal_when_known) const;

@@ -1,9 +1,15 @@
 // delivery_agent.cc — see delivery_agent.h.
 #include "dataplane/queue/delivery_agent.h"
 
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "dataplane/base/log.h"
 #include "dataplane/config/config.h"
@@ -24,7 +30,87 @@ constexpr size_t kReadChunk = 16 * 1024;
 
 DeliveryAgent::DeliveryAgent(QueueManager* qmgr, int index) : qmgr_(qmgr), index_(index) {}
 
-DeliveryAgent::~DeliveryAgent() { Join(); }
+DeliveryAgent::~DeliveryAgent() {
+  Join();
+  if (tls_ctx_) SSL_CTX_free(tls_ctx_);
+}
+
+namespace {
+// WaitFd waits for `events` on fd for at most timeout_ms.
+Status WaitFd(int fd, short events, int timeout_ms) {
+  pollfd p{fd, events, 0};
+  int n = ::poll(&p, 1, timeout_ms);
+  if (n == 0) return UnavailableError("timed out");
+  if (n < 0) return UnavailableError(StrCat("poll: ", std::strerror(errno)));
+  return OkStatus();
+}
+
+std::string SslError(const char* what) {
+  unsigned long e = ERR_get_error();
+  char buf[256] = {0};
+  if (e) ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return StrCat(what, e ? StrCat(": ", buf) : "");
+}
+}  // namespace
+
+Status DeliveryAgent::StartTls(const std::string& host, int timeout_ms) {
+  if (!tls_ctx_) {
+    tls_ctx_ = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx_) return InternalError(SslError("TLS context"));
+    // SM-6.1: TLS 1.2 or later, ECDHE key exchange, AEAD ciphers only.
+    SSL_CTX_set_min_proto_version(tls_ctx_, TLS1_2_VERSION);
+    SSL_CTX_set_cipher_list(tls_ctx_, "ECDHE+AESGCM:ECDHE+CHACHA20");
+    SSL_CTX_set_verify(tls_ctx_, SSL_VERIFY_NONE, nullptr);   // opportunistic (RFC 7435), see the header
+  }
+  SSL* ssl = SSL_new(tls_ctx_);
+  if (!ssl) return InternalError(SslError("TLS session"));
+  int flags = ::fcntl(conn_.fd, F_GETFL);
+  ::fcntl(conn_.fd, F_SETFL, flags | O_NONBLOCK);
+  SSL_set_fd(ssl, conn_.fd);
+  if (!host.empty() && host[0] != '[') SSL_set_tlsext_host_name(ssl, host.c_str());
+  conn_.ssl = ssl;
+  while (true) {
+    int r = SSL_connect(ssl);
+    if (r == 1) break;
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+      if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
+      continue;
+    }
+    return UnavailableError(SslError("TLS handshake failed"));
+  }
+  conn_.tls = StrCat(SSL_get_version(ssl), " ", SSL_get_cipher_name(ssl));
+  return OkStatus();
+}
+
+Status DeliveryAgent::Write(std::string_view data, int timeout_ms) {
+  if (!conn_.ssl) return io::WriteAllTimeout(conn_.fd, data, timeout_ms);
+  size_t done = 0;
+  while (done < data.size()) {
+    int r = SSL_write(conn_.ssl, data.data() + done, static_cast<int>(std::min<size_t>(data.size() - done, 1 << 20)));
+    if (r > 0) {
+      done += static_cast<size_t>(r);
+      continue;
+    }
+    int e = SSL_get_error(conn_.ssl, r);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(SslError("TLS write failed"));
+    if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
+  }
+  return OkStatus();
+}
+
+Result<size_t> DeliveryAgent::Read(char* buf, size_t cap, int timeout_ms) {
+  if (!conn_.ssl) return io::ReadSome(conn_.fd, buf, cap, timeout_ms);
+  while (true) {
+    int r = SSL_read(conn_.ssl, buf, static_cast<int>(cap));
+    if (r > 0) return static_cast<size_t>(r);
+    int e = SSL_get_error(conn_.ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN) return size_t{0};
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(SslError("TLS read failed"));
+    if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
+  }
+}
 
 void DeliveryAgent::Start() {
   thread_ = std::thread([this] { Run(); });
@@ -46,7 +132,12 @@ void DeliveryAgent::CloseConnection(bool quit) {
   live_fd_.store(-1, std::memory_order_release);
   if (quit && conn_.session) {
     conn_.session->Quit();
-    (void)io::WriteAllTimeout(conn_.fd, conn_.session->TakeOutput(), 1000);
+    (void)Write(conn_.session->TakeOutput(), 1000);
+  }
+  if (conn_.ssl) {
+    SSL_shutdown(conn_.ssl);   // best effort, non-blocking
+    SSL_free(conn_.ssl);
+    ERR_clear_error();
   }
   ::close(conn_.fd);
   conn_ = Connection{};
@@ -81,10 +172,10 @@ void DeliveryAgent::Run() {
 Status DeliveryAgent::Pump(int timeout_ms) {
   std::string out = conn_.session->TakeOutput();
   if (!out.empty()) {
-    if (Status s = io::WriteAllTimeout(conn_.fd, out, timeout_ms); !s.ok()) return s;
+    if (Status s = Write(out, timeout_ms); !s.ok()) return s;
   }
   char buf[kReadChunk];
-  Result<size_t> n = io::ReadSome(conn_.fd, buf, sizeof buf, timeout_ms);
+  Result<size_t> n = Read(buf, sizeof buf, timeout_ms);
   if (!n.ok()) return n.status();
   if (*n == 0) return UnavailableError("next hop closed the connection");
   conn_.session->Feed(std::string_view(buf, *n));
@@ -138,10 +229,23 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
       if (qmgr_->stopping()) ::shutdown(*fd, SHUT_RDWR);
       conn_.destination = job.destination;
       conn_.remote = where;
-      conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname);
-      while (conn_.session->state() == ClientSession::State::kGreeting ||
-             conn_.session->state() == ClientSession::State::kEhlo ||
-             conn_.session->state() == ClientSession::State::kHelo) {
+      ClientSession::Tls tls = job.require_tls               ? ClientSession::Tls::kRequired
+                               : d.tls() == "never"           ? ClientSession::Tls::kNever
+                                                              : ClientSession::Tls::kOpportunistic;
+      conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname, tls);
+      while (true) {
+        ClientSession::State st = conn_.session->state();
+        if (st == ClientSession::State::kTlsReady) {
+          if (Status t = StartTls(hop.host, cmd_timeout); !t.ok()) {
+            conn_.session->Fail(MakeReply(451, "4.7.5", StrCat("STARTTLS with ", where, ": ", t.message())));
+            break;
+          }
+          conn_.session->TlsStarted();
+          continue;
+        }
+        if (st != ClientSession::State::kGreeting && st != ClientSession::State::kEhlo &&
+            st != ClientSession::State::kHelo && st != ClientSession::State::kStartTls)
+          break;
         if (Status s = Pump(cmd_timeout); !s.ok()) {
           conn_.session->Fail(MakeReply(451, "4.4.2", s.message()));
           break;
@@ -181,7 +285,7 @@ bool DeliveryAgent::Transact(const DeliveryJob& job, DeliveryResult* result, boo
     st = ReadBody(job.path, *job.msg, [&](std::string_view chunk) {
       wire.clear();
       enc.Encode(chunk, &wire);
-      return io::WriteAllTimeout(conn_.fd, wire, timeout);
+      return Write(wire, timeout);
     });
     if (st.code() == StatusCode::kDataLoss) {
       // The spool file went bad under us: never send a damaged message. The manager moves it.
@@ -193,7 +297,7 @@ bool DeliveryAgent::Transact(const DeliveryJob& job, DeliveryResult* result, boo
     if (st.ok()) {
       wire.clear();
       enc.Finish(&wire);
-      st = io::WriteAllTimeout(conn_.fd, wire, timeout);
+      st = Write(wire, timeout);
     }
     if (st.ok()) {
       s.BodyDone();
@@ -220,6 +324,7 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
   // Reuse a cached session to the same destination; if it turns out dead, connect anew once.
   for (int attempt = 0; attempt < 2; ++attempt) {
     bool reused = conn_.fd >= 0 && conn_.destination == job.destination && conn_.session &&
+                  (!job.require_tls || conn_.session->tls_active()) &&
                   (conn_.session->state() == ClientSession::State::kReady ||
                    conn_.session->state() == ClientSession::State::kMessageDone);
     if (!reused) {
@@ -230,7 +335,7 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
         return result;
       }
     }
-    result.remote_mta = conn_.remote;
+    result.remote_mta = conn_.tls.empty() ? conn_.remote : StrCat(conn_.remote, " (", conn_.tls, ")");
     result.results.clear();
     bool stale = false;
     bool ok = Transact(job, &result, &stale);

@@ -6,8 +6,11 @@
 // the same destination (connection cache).
 //
 // SECURITY: the next hop is untrusted: replies are bounded by ClientSession, every wait has a
-// deadline. STARTTLS lands with the TLS issue: today mail leaves in clear, so only plain mail
-// is ever delivered (nothing is sealed yet either).
+// deadline. STARTTLS (RFC 3207) is used whenever offered (delivery.tls: opportunistic, SM-5)
+// and is required for recipients whose policy rule says require_tls (no TLS: 4.7.5, retried);
+// TLS 1.2 or later with ECDHE and AEAD ciphers only (SM-6.1). The next hop's certificate is
+// not verified (opportunistic, RFC 7435): TLS here protects against passive listeners;
+// content confidentiality against active ones is what S/MIME sealing is for.
 #pragma once
 
 #include <atomic>
@@ -18,6 +21,9 @@
 #include "dataplane/io/dns.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/smtp/client_session.h"
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
 
 namespace mailseal::queue {
 
@@ -36,7 +42,13 @@ class DeliveryAgent {
     std::string destination;
     std::string remote;      // "host [ip]:port"
     std::unique_ptr<smtp::ClientSession> session;
+    SSL* ssl = nullptr;      // after STARTTLS
+    std::string tls;         // "TLSv1.3 TLS_AES_256_GCM_SHA384", for logs
   };
+  Status Write(std::string_view data, int timeout_ms);
+  Result<size_t> Read(char* buf, size_t cap, int timeout_ms);
+  Status StartTls(const std::string& host, int timeout_ms);
+  SSL_CTX* tls_ctx_ = nullptr;
   void Run();
   DeliveryResult Deliver(const DeliveryJob& job);
   // Opens a session to the job's destination; on failure returns the reply for all rcpts.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "dataplane/base/log.h"
 #include "dataplane/queue/delivery_agent.h"
@@ -356,14 +357,17 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
 
 void QueueManager::Dispatch(Entry& e) {
   std::map<std::string, std::vector<uint32_t>> by_dest;
+  std::set<std::string> tls_dest;   // destinations some recipient may only reach over TLS
   bool relay = !options_.delivery.relay_host().empty();
   for (uint32_t i = 0; i < e.rcpt.size(); ++i) {
     if (e.rcpt[i] != kPending) continue;
-    std::string domain = smtp::DomainOf(e.msg->envelope.recipients(static_cast<int>(i)).address());
+    const std::string& addr = e.msg->envelope.recipients(static_cast<int>(i)).address();
+    std::string domain = smtp::DomainOf(addr);
     bool routed = false;
     for (const auto& r : options_.delivery.routes()) routed = routed || r.domain() == domain;
     std::string dest = (relay && !routed) ? kRelayDestination : domain;
     by_dest[dest].push_back(i);
+    if (options_.requires_tls && options_.requires_tls(addr)) tls_dest.insert(dest);
   }
   if (by_dest.empty()) {
     Finalize(e.msg->id);
@@ -379,6 +383,7 @@ void QueueManager::Dispatch(Entry& e) {
         j.msg = e.msg;
         j.path = path;
         j.destination = dest;
+        j.require_tls = tls_dest.count(dest) > 0;
         j.rcpts.assign(rcpts.begin() + static_cast<long>(k),
                        rcpts.begin() + static_cast<long>(std::min(rcpts.size(), k + 100)));
         ready_[dest].push_back(std::move(j));

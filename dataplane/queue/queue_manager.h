@@ -39,6 +39,7 @@ struct DeliveryJob {
   std::string path;                 // spool file to read the body from
   std::string destination;          // next-hop key: "[relay]" or the recipient domain
   std::vector<uint32_t> rcpts;      // recipient indices
+  bool require_tls = false;         // a recipient's policy rule says TLS or nothing
 };
 
 struct RecipientResult {
@@ -71,6 +72,9 @@ struct QueueOptions {
   // hold_expiry_ms: held mail older than this goes back to its sender (DSN) and is removed;
   // read at every hold scan (once a minute). Null or 0: kept until released or deleted.
   std::function<int64_t()> hold_expiry_ms;
+  // requires_tls: whether the policy in force says mail to this recipient goes only over TLS
+  // (a domain rule's require_tls); null: never required.
+  std::function<bool(const std::string& recipient)> requires_tls;
 };
 
 struct QueueStats {

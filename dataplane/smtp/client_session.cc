@@ -1,6 +1,7 @@
 // client_session.cc — see client_session.h.
 #include "dataplane/smtp/client_session.h"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 
@@ -85,7 +86,27 @@ void BodyEncoder::Finish(std::string* out) {
   bol_ = true;
 }
 
-ClientSession::ClientSession(std::string helo_name) : helo_name_(std::move(helo_name)) {}
+ClientSession::ClientSession(std::string helo_name, Tls tls) : helo_name_(std::move(helo_name)), tls_(tls) {}
+
+void ClientSession::TlsStarted() {
+  if (state_ != State::kTlsReady) return;
+  tls_active_ = true;
+  caps_ = ServerCapabilities{};   // what was said in clear is forgotten (RFC 3207 §4.2)
+  out_ += "EHLO " + helo_name_ + "\r\n";
+  state_ = State::kEhlo;
+}
+
+// AfterEhlo: with the capabilities known, STARTTLS first if it is wanted and not yet done.
+void ClientSession::AfterEhlo() {
+  if (!tls_active_ && tls_ != Tls::kNever && caps_.starttls) {
+    out_ += "STARTTLS\r\n";
+    state_ = State::kStartTls;
+    return;
+  }
+  if (!tls_active_ && tls_ == Tls::kRequired)
+    return Fail(MakeReply(451, "4.7.5", "TLS required by policy, but the next hop does not offer STARTTLS"));
+  state_ = State::kReady;
+}
 
 std::string ClientSession::TakeOutput() {
   std::string o;
@@ -133,8 +154,15 @@ void ClientSession::Feed(std::string_view bytes) {
     Reply r = ParseReplyLines(code, lines_);
     lines_.clear();
     OnReply(r);
+    if (state_ == State::kTlsReady) {
+      // Nothing may follow the 220 in clear: bytes there would be read as if they came over
+      // TLS (STARTTLS command injection, CVE-2011-0411 class).
+      if (pos < in_.size()) Fail(MakeReply(421, "4.7.0", "next hop sent data after its 220 to STARTTLS"));
+      break;
+    }
   }
-  in_.erase(0, pos);
+  in_.erase(0, std::min(pos, in_.size()));
+  if (state_ == State::kTlsReady) in_.clear();
 }
 
 void ClientSession::OnReply(const Reply& r) {
@@ -167,8 +195,7 @@ void ClientSession::OnReply(const Reply& r) {
             if (kw.size() > 5) std::from_chars(kw.data() + 5, kw.data() + kw.size(), caps_.max_size);
           }
         }
-        state_ = State::kReady;
-        return;
+        return AfterEhlo();
       }
       if (r.code >= 500 && r.code != 554) {  // EHLO not understood: fall back to HELO
         out_ += "HELO " + helo_name_ + "\r\n";
@@ -179,7 +206,15 @@ void ClientSession::OnReply(const Reply& r) {
     case State::kHelo:
       if (!r.ok()) return Fail(r);
       caps_ = ServerCapabilities{};
-      state_ = State::kReady;
+      return AfterEhlo();   // no ESMTP, no STARTTLS: fails here when TLS is required
+    case State::kStartTls:
+      if (r.code == 220) {
+        state_ = State::kTlsReady;
+        return;
+      }
+      if (tls_ == Tls::kRequired)
+        return Fail(MakeReply(451, "4.7.5", "TLS required by policy, but STARTTLS was refused: " + r.OneLine()));
+      state_ = State::kReady;   // opportunistic: go on in clear
       return;
     case State::kInMessage:
     case State::kBodySent:

@@ -67,10 +67,18 @@ class ClientSession {
  public:
   enum class State {
     kGreeting, kEhlo, kHelo, kReady, kInMessage, kSendBody, kBodySent, kMessageDone,
-    kQuitting, kClosed, kFailed
+    kQuitting, kClosed, kFailed,
+    kStartTls,   // STARTTLS sent, waiting for 220
+    kTlsReady,   // 220 received: the driver does the TLS handshake, then calls TlsStarted()
   };
+  // TLS use (RFC 3207): never; when offered (SM-5, opportunistic); or required (the policy's
+  // require-TLS rule: no TLS, no delivery — a 4.7.x failure, retried and in the end returned).
+  enum class Tls { kNever, kOpportunistic, kRequired };
 
-  explicit ClientSession(std::string helo_name);
+  explicit ClientSession(std::string helo_name, Tls tls = Tls::kNever);
+  // TlsStarted: the driver finished the TLS handshake; EHLO is sent again (RFC 3207 §4.2).
+  void TlsStarted();
+  bool tls_active() const { return tls_active_; }
 
   // Feed processes server bytes.
   void Feed(std::string_view bytes);
@@ -99,7 +107,10 @@ class ClientSession {
   std::string MailCommand() const;
   std::string RcptCommand(const Recipient& r) const;
 
+  void AfterEhlo();
   std::string helo_name_;
+  Tls tls_ = Tls::kNever;
+  bool tls_active_ = false;
   State state_ = State::kGreeting;
   std::string in_;
   std::string out_;

@@ -10,7 +10,9 @@
 using namespace mailseal::smtp;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  ClientSession s("fuzz.test");
+  // The last byte picks the TLS mode (never / opportunistic / required).
+  ClientSession::Tls tls = size ? static_cast<ClientSession::Tls>(data[size - 1] % 3) : ClientSession::Tls::kNever;
+  ClientSession s("fuzz.test", tls);
   ClientMessage m;
   m.mail_from = "a@x.test";
   m.recipients = {{"b@y.test", "", ""}, {"c@y.test", "NEVER", ""}, {"d@z.test", "", "rfc822;d@z.test"}};
@@ -33,9 +35,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case ClientSession::State::kSendBody:
         s.BodyDone();
         break;
+      case ClientSession::State::kTlsReady:
+        if (tls == ClientSession::Tls::kNever) std::abort();   // never STARTTLS unless asked
+        s.TlsStarted();
+        break;
       default:
         break;
     }
+    if (tls == ClientSession::Tls::kRequired && !s.tls_active() &&
+        (s.state() == ClientSession::State::kReady || s.state() == ClientSession::State::kInMessage))
+      std::abort();   // TLS required: no transaction in clear
     if (s.state() == ClientSession::State::kMessageDone) {
       for (size_t i = 0; i < m.recipients.size(); ++i) (void)s.result().RecipientOutcome(i);
     }

@@ -14,6 +14,8 @@
 - Held mail not released within hold_expiry_s goes back to its sender as a DSN; a DSN to a
   partner's sender is itself sealed (SEE-AG-3).
 - Delivery receipts: NOTIFY=SUCCESS gives a "relayed" DSN when the next hop cannot report.
+- TLS: STARTTLS whenever a next hop offers it; a require_tls rule defers rather than send in
+  clear.
 - A policy change is refused whole when invalid; the decision and the policy version are in
   the hold reason and the audit trail.
 """
@@ -69,8 +71,23 @@ def main():
     control = (f'control {{ listen: "127.0.0.1:{api_port}" cert_file: "{m}/server.crt" key_file: "{m}/server.key" '
                f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "admin-1" role: "administrator" }} '
                f'audit {{ log_path: "{root}/audit.log" heads_path: "{root}/audit.heads" key_label: "audit" }} }}')
+    # TLS next hops (SM-5, SM-6.1): Postfix offering STARTTLS, and a sink that cannot.
+    tls_dir = os.path.join(root, "tls")
+    os.makedirs(tls_dir)
+    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout peer.key -out peer.crt "
+        "-subj /CN=peer.test -days 2", tls_dir)
+    os.chmod(f"{tls_dir}/peer.key", 0o644)
+    os.makedirs(os.path.join(root, "tls-in"))
+    tls_sink = harness.Sink(os.path.join(root, "tls-in"))
+    postfix = harness.Postfix(root, tls_sink.port, extra_main=(
+        f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {tls_dir}/peer.crt\n"
+        f"smtpd_tls_key_file = {tls_dir}/peer.key\nsmtpd_tls_received_header = yes\n"))
+    os.makedirs(os.path.join(root, "plain-in"))
+    plain_sink = harness.Sink(os.path.join(root, "plain-in"))
+    routes = (f'routes {{ domain: "tls.test" next_hop: "127.0.0.1:{postfix.port}" }}\n'
+              f'routes {{ domain: "plain-only.test" next_hop: "127.0.0.1:{plain_sink.port}" }}\n')
     gw = harness.Mailseald(a.mailseald, root, relay_port=wire.port, env=env_a, hostname="gw-a.test",
-                           local_domain="agency-a.test", name="gw-a",
+                           local_domain="agency-a.test", name="gw-a", delivery_extra=routes,
                            extra=smime_conf("gw-a", da, pin_a, ca_dir,
                                             f'partners {{ domain: "agency-b.test" dca_cert_file: "{b}/dca.crt" }}') + control)
     # gw-a knows agency-c's DCA certificate (as if harvested), but agency-c is on no list.
@@ -235,6 +252,24 @@ def main():
     c.check(len(after) == 2 and len(admin) == 1 and b"1000 messages were held" in admin[0]
             and b"and 500 more" in admin[0], "1,000 held messages: one administrator digest (and one to the sender)",
             f"{len(after)} notices")
+
+    # 4b. TLS: STARTTLS whenever offered (SM-5); a require_tls rule means TLS or nothing (SM-6.1).
+    rc, o, e = set_policy('seemail_list { domain: "agency-b.test" }\ntrusted_list { domain: "agency-c.test" }\n'
+                          'domain_rules { domain: "tls.test" protection: PROTECTION_NONE require_tls: true }\n'
+                          'domain_rules { domain: "plain-only.test" protection: PROTECTION_NONE require_tls: true }\n'
+                          + notices, 4)
+    c.check(rc == 0, "policy v5: tls.test and plain-only.test require TLS", o + e)
+    send(gw.port, "alice@agency-a.test", ["ann@tls.test"], message("over tls", "ann@tls.test"))
+    got = harness.wait_for(lambda: [x for x in tls_sink.messages() if b"over tls" in x], 30, "TLS delivery")
+    c.check(b"with ESMTPS" in got[0] and "TLSv1." in gw.read_log(),
+            "mail to tls.test goes over STARTTLS (the next hop's Received says ESMTPS; the log names the TLS version)",
+            got[0][:600])
+    send(gw.port, "alice@agency-a.test", ["pat@plain-only.test"], message("must not go in clear", "pat@plain-only.test"))
+    harness.wait_for(lambda: "TLS required by policy" in gw.read_log(), 30, "TLS refusal")
+    time.sleep(1)
+    c.check(not plain_sink.messages() and (gw.queue_files("deferred") or gw.queue_files("active")),
+            "a next hop without STARTTLS gets nothing: the message is deferred (4.7.5), not sent in clear",
+            str(len(plain_sink.messages())))
 
     # 5. The decisions are in the audit trail.
     rc, o, e = ctl("-o", "json", "audit", "records", "--action", "mail.held", "--limit", "5")

@@ -35,6 +35,55 @@ TEST(ClientSession, PipelinedTransactionWithPerRecipientResults) {
   EXPECT_EQ(s.result().RecipientOutcome(1).enhanced, "5.1.1");
 }
 
+// RFC 3207 / SM-5: STARTTLS when offered; capabilities said in clear are forgotten.
+TEST(ClientSession, StartTlsWhenOfferedThenEhloAgain) {
+  ClientSession s("gw.test", ClientSession::Tls::kOpportunistic);
+  s.Feed("220 mx ESMTP\r\n");
+  EXPECT_EQ(s.TakeOutput(), "EHLO gw.test\r\n");
+  s.Feed("250-mx\r\n250-DSN\r\n250 STARTTLS\r\n");
+  EXPECT_EQ(s.TakeOutput(), "STARTTLS\r\n");
+  s.Feed("220 2.0.0 go ahead\r\n");
+  ASSERT_EQ(s.state(), ClientSession::State::kTlsReady);
+  s.TlsStarted();
+  EXPECT_TRUE(s.tls_active());
+  EXPECT_FALSE(s.capabilities().dsn) << "what was said in clear is forgotten";
+  EXPECT_EQ(s.TakeOutput(), "EHLO gw.test\r\n");
+  s.Feed("250-mx\r\n250 PIPELINING\r\n");
+  EXPECT_EQ(s.state(), ClientSession::State::kReady) << "no second STARTTLS inside TLS";
+  EXPECT_TRUE(s.capabilities().pipelining);
+}
+
+TEST(ClientSession, OpportunisticTlsFallsBackRequiredTlsFails) {
+  ClientSession a("gw.test", ClientSession::Tls::kOpportunistic);
+  a.Feed("220 mx\r\n250 mx\r\n");
+  EXPECT_EQ(a.state(), ClientSession::State::kReady) << "not offered: in clear";
+  ClientSession b("gw.test", ClientSession::Tls::kOpportunistic);
+  b.Feed("220 mx\r\n250-mx\r\n250 STARTTLS\r\n454 4.7.0 TLS not available\r\n");
+  EXPECT_EQ(b.state(), ClientSession::State::kReady) << "refused: in clear";
+  ClientSession c("gw.test", ClientSession::Tls::kRequired);
+  c.Feed("220 mx\r\n250 mx\r\n");
+  ASSERT_EQ(c.state(), ClientSession::State::kFailed);
+  EXPECT_EQ(c.failure().code, 451);
+  EXPECT_EQ(c.failure().enhanced, "4.7.5");
+  ClientSession d("gw.test", ClientSession::Tls::kRequired);
+  d.Feed("220 mx\r\n250-mx\r\n250 STARTTLS\r\n454 4.7.0 no\r\n");
+  ASSERT_EQ(d.state(), ClientSession::State::kFailed);
+  EXPECT_NE(d.failure().text.find("STARTTLS was refused"), std::string::npos);
+  ClientSession e("gw.test", ClientSession::Tls::kRequired);
+  e.Feed("220 mx\r\n");
+  e.Feed("500 what\r\n250 mx-helo\r\n");   // HELO only: no STARTTLS possible
+  EXPECT_EQ(e.state(), ClientSession::State::kFailed);
+}
+
+TEST(ClientSession, NothingAfterThe220ToStartTlsIsTaken) {
+  ClientSession s("gw.test", ClientSession::Tls::kOpportunistic);
+  s.Feed("220 mx\r\n250-mx\r\n250 STARTTLS\r\n");
+  s.TakeOutput();
+  s.Feed("220 go ahead\r\n250-mx\r\n250 AUTH PLAIN\r\n");   // injected in clear
+  EXPECT_EQ(s.state(), ClientSession::State::kFailed);
+  EXPECT_NE(s.failure().text.find("after its 220 to STARTTLS"), std::string::npos);
+}
+
 TEST(ClientSession, UnpipelinedServerGetsOneCommandAtATimeAndRsetWhenNoRecipient) {
   ClientSession s("gw.test");
   s.Feed("220 mx\r\n");
