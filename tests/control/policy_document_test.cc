@@ -30,6 +30,59 @@ TEST(Policy, ValidationNamesTheFieldAndNormalises) {
   EXPECT_NE(ValidatePolicy(&admin).message().find("field 'notifications.admin_address'"), std::string::npos);
 }
 
+// Issue #6's fields: each refusal names the field; nothing half-valid is accepted.
+TEST(Policy, Issue6FieldsAreValidated) {
+  struct Case {
+    void (*edit)(PolicyDocument*);
+    const char* field;   // "" = valid
+  } cases[] = {
+      {[](PolicyDocument* d) { d->add_trusted_list()->set_domain("Boss@Agency-A.test"); }, ""},
+      {[](PolicyDocument* d) { d->add_trusted_list()->set_domain("a b@agency-a.test"); }, "trusted_list[0].domain"},
+      {[](PolicyDocument* d) { d->add_trusted_list()->set_domain("@agency-a.test"); }, "trusted_list[0].domain"},
+      {[](PolicyDocument* d) {
+         auto* r = d->add_sender_rules();
+         r->set_domain("ceo@agency-a.test");
+         r->set_protection(DomainRule::PROTECTION_NONE);
+       },
+       "sender_rules[0].protection"},
+      {[](PolicyDocument* d) {
+         auto* r = d->add_sender_rules();
+         r->set_domain("hr.agency-a.test");
+         r->set_protection(DomainRule::PROTECTION_SIGN);
+       },
+       ""},
+      {[](PolicyDocument* d) {
+         auto* t = d->add_trusted_servers();
+         t->set_kind(mailseal::v1::TrustedServer::KIND_LISTSERV);
+         t->set_address("192.0.2.0/24");
+       },
+       ""},
+      {[](PolicyDocument* d) {
+         auto* t = d->add_trusted_servers();
+         t->set_kind(mailseal::v1::TrustedServer::KIND_SERVER);
+         t->set_address("lists.agency-b.test");   // a name is not an address
+       },
+       "trusted_servers[0].address"},
+      {[](PolicyDocument* d) { d->add_trusted_servers()->set_address("192.0.2.1"); }, "trusted_servers[0].kind"},
+      {[](PolicyDocument* d) { d->set_classification_header("X-Classification"); }, ""},
+      {[](PolicyDocument* d) { d->set_classification_header("X-Class: injected"); }, "classification_header"},
+  };
+  for (const Case& c : cases) {
+    PolicyDocument d;
+    c.edit(&d);
+    Status st = ValidatePolicy(&d);
+    if (*c.field == 0) {
+      EXPECT_TRUE(st.ok()) << st.ToString();
+    } else {
+      EXPECT_NE(st.message().find(StrCat("field '", c.field, "'")), std::string::npos) << st.ToString();
+    }
+  }
+  PolicyDocument lower;
+  lower.add_trusted_list()->set_domain("Boss@Agency-A.test");
+  ASSERT_TRUE(ValidatePolicy(&lower).ok());
+  EXPECT_EQ(lower.trusted_list(0).domain(), "boss@agency-a.test") << "addresses normalised too";
+}
+
 TEST(Policy, VersionsPersistAndStaleEditsAreRefused) {
   char tmpl[] = "/tmp/mailseal-policy-XXXXXX";
   std::string dir = mkdtemp(tmpl);
