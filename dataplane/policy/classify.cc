@@ -118,7 +118,10 @@ std::string HeaderValue(std::string_view message, std::string_view name, size_t*
   return b == std::string::npos ? "" : value.substr(b);
 }
 
-bool Covers(const std::map<std::string, std::string>& list, const std::string& address, const std::string& domain,
+// Covers: the most specific entry of `list` for an address — the address itself, else its
+// domain or the nearest parent domain.
+template <typename V>
+bool Covers(const std::map<std::string, V>& list, const std::string& address, const std::string& domain,
             std::string* which) {
   if (list.count(address)) {
     *which = address;
@@ -266,10 +269,8 @@ Decision CompiledPolicy::Decide(const std::string& recipient, const std::string&
   if (sender_rules.empty() || sender.empty()) return d;
   std::string from = Lower(sender);
   size_t at = from.rfind('@');
-  std::map<std::string, std::string> keys;
-  for (const auto& [k, r] : sender_rules) keys.emplace(k, "");
   std::string entry;
-  if (!Covers(keys, from, at == std::string::npos ? from : from.substr(at + 1), &entry)) return d;
+  if (!Covers(sender_rules, from, at == std::string::npos ? from : from.substr(at + 1), &entry)) return d;
   const mailseal::v1::DomainRule& r = sender_rules.at(entry);
   using R = mailseal::v1::DomainRule;
   Protection p = r.protection() == R::PROTECTION_SEAL_REQUIRED    ? Protection::kSealRequired
@@ -295,11 +296,7 @@ Decision CompiledPolicy::DecideRecipient(const std::string& recipient, const std
   // The most specific rule: the address, then the domain and its parents.
   const mailseal::v1::DomainRule* rule = nullptr;
   std::string rule_entry;
-  {
-    std::map<std::string, std::string> keys;
-    for (const auto& [k, r] : rules) keys.emplace(k, "");
-    if (Covers(keys, address, domain, &rule_entry)) rule = &rules.at(rule_entry);
-  }
+  if (Covers(rules, address, domain, &rule_entry)) rule = &rules.at(rule_entry);
   Decision d;
   d.triple_wrap = rule && rule->triple_wrap();
   using R = mailseal::v1::DomainRule;
@@ -348,10 +345,8 @@ bool CompiledPolicy::RequiresTls(const std::string& recipient) const {
   if (rules.empty()) return false;
   std::string address = Lower(recipient);
   size_t at = address.rfind('@');
-  std::map<std::string, std::string> keys;
-  for (const auto& [k, r] : rules) keys.emplace(k, "");
   std::string entry;
-  if (!Covers(keys, address, at == std::string::npos ? address : address.substr(at + 1), &entry)) return false;
+  if (!Covers(rules, address, at == std::string::npos ? address : address.substr(at + 1), &entry)) return false;
   return rules.at(entry).require_tls();
 }
 
