@@ -1,5 +1,6 @@
 // policy_store.cc — see policy_store.h.
 #include "control/policy_store.h"
+#include "dataplane/base/strings.h"
 
 #include "dataplane/policy/cidr.h"
 
@@ -37,11 +38,6 @@ bool ValidEntry(const std::string& e) {
   return ValidDomain(e.substr(at + 1));
 }
 
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 std::string Name(const std::string& dir, uint64_t v, const char* ext) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "/v%06llu.%s", static_cast<unsigned long long>(v), ext);
@@ -75,7 +71,7 @@ Status CheckList(google::protobuf::RepeatedPtrField<mailseal::v1::ListedDomain>*
   std::set<std::string> seen;
   for (int i = 0; i < list->size(); ++i) {
     auto* e = list->Mutable(i);
-    e->set_domain(Lower(e->domain()));
+    e->set_domain(base::AsciiLower(e->domain()));
     if (!ValidEntry(e->domain()))
       return InvalidArgumentError(StrCat("field '", name, "[", i, "].domain': '", e->domain(),
                                          "' is not a domain name or an address"));
@@ -100,7 +96,7 @@ Status ValidatePolicy(PolicyDocument* doc) {
   std::set<std::string> seen;
   for (int i = 0; i < doc->domain_rules_size(); ++i) {
     auto* r = doc->mutable_domain_rules(i);
-    r->set_domain(Lower(r->domain()));
+    r->set_domain(base::AsciiLower(r->domain()));
     if (!ValidEntry(r->domain()))
       return InvalidArgumentError(StrCat("field 'domain_rules[", i, "].domain': '", r->domain(),
                                          "' is not a domain name or an address"));
@@ -113,7 +109,7 @@ Status ValidatePolicy(PolicyDocument* doc) {
     std::set<std::string> seen_senders;
     for (int i = 0; i < doc->sender_rules_size(); ++i) {
       auto* r = doc->mutable_sender_rules(i);
-      r->set_domain(Lower(r->domain()));
+      r->set_domain(base::AsciiLower(r->domain()));
       if (!ValidEntry(r->domain()))
         return InvalidArgumentError(StrCat("field 'sender_rules[", i, "].domain': '", r->domain(),
                                            "' is not a domain name or an address"));
@@ -127,7 +123,7 @@ Status ValidatePolicy(PolicyDocument* doc) {
   }
   for (int i = 0; i < doc->trusted_servers_size(); ++i) {
     auto* t = doc->mutable_trusted_servers(i);
-    t->set_name(Lower(t->name()));
+    t->set_name(base::AsciiLower(t->name()));
     if (t->kind() == mailseal::v1::TrustedServer::KIND_UNSPECIFIED)
       return InvalidArgumentError(StrCat("field 'trusted_servers[", i, "].kind': KIND_LISTSERV or KIND_SERVER"));
     policy::Cidr cidr;

@@ -1,5 +1,6 @@
 // server.cc — see server.h.
 #include "control/server.h"
+#include "dataplane/base/strings.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -61,11 +62,6 @@ void Summary(const std::string& id, const Result<queue::SpoolMessage>& m, v1::Qu
   q->set_size(m->body_size);
   q->set_arrival_unix_ms(m->envelope.arrival_unix_ms());
   q->set_hold_reason(m->envelope.hold_reason());
-}
-
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 class QueueServiceImpl final : public v1::QueueService::Service {
@@ -238,7 +234,7 @@ class QueueServiceImpl final : public v1::QueueService::Service {
           continue;
         }
         Result<queue::SpoolMessage> m = queue::ReadSpoolFile(deps_.spool->PathOf(state, id));
-        if (!m.ok() || Lower(m->envelope.mail_from()) != Lower(req->mail_from())) continue;
+        if (!m.ok() || base::AsciiLower(m->envelope.mail_from()) != base::AsciiLower(req->mail_from())) continue;
         int64_t t = m->envelope.arrival_unix_ms();
         if ((req->since_unix_ms() && t < req->since_unix_ms()) || (req->until_unix_ms() && t > req->until_unix_ms()))
           continue;

@@ -1,6 +1,7 @@
 // lifecycle.cc — see lifecycle.h. STANDARDS: RFC 5280 (path validation via OpenSSL, key
 // usage, SAN), RFC 3183 §4 (names).
 #include "hsm/lifecycle.h"
+#include "dataplane/base/strings.h"
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -25,11 +26,6 @@ int64_t ToUnix(const ASN1_TIME* t) {
   std::tm tm{};
   ASN1_TIME_to_tm(t, &tm);
   return static_cast<int64_t>(timegm(&tm));
-}
-
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 X509* ParsePem(const std::string& pem) {
@@ -90,13 +86,13 @@ Result<CK_OBJECT_HANDLE> InstallCertificate(Session& s, const InstallRequest& re
     for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
       const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
       if (g->type == GEN_EMAIL)
-        emails.insert(Lower(std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(g->d.rfc822Name)),
+        emails.insert(base::AsciiLower(std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(g->d.rfc822Name)),
                                         static_cast<size_t>(ASN1_STRING_length(g->d.rfc822Name)))));
     }
     GENERAL_NAMES_free(sans);
     std::string missing;
     for (const std::string& d : req.domains) {
-      std::string want = StrCat(authority, "@", Lower(d));
+      std::string want = StrCat(authority, "@", base::AsciiLower(d));
       if (!emails.count(want)) missing += StrCat(missing.empty() ? "" : ", ", want);
     }
     if (!missing.empty()) return InvalidArgumentError(StrCat("the certificate does not name ", missing));

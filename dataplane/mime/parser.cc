@@ -1,6 +1,8 @@
 // parser.cc — see parser.h.
 #include "dataplane/mime/parser.h"
 
+#include <strings.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -312,6 +314,34 @@ Status Parser::Finish() {
   }
   EndPartsAbove(0, pos_);
   return OkStatus();
+}
+
+std::string FirstHeaderValue(std::string_view message, std::string_view name, size_t* body_at) {
+  std::string value;
+  bool in_field = false, found = false;
+  size_t pos = 0;
+  while (pos < message.size()) {
+    size_t eol = message.find('\n', pos);
+    if (eol == std::string_view::npos) eol = message.size();
+    std::string_view line = message.substr(pos, eol - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    pos = eol + 1;
+    if (line.empty()) break;
+    if (line[0] == ' ' || line[0] == '\t') {
+      if (in_field) value.append(line);
+      continue;
+    }
+    in_field = false;
+    if (found) continue;
+    size_t colon = line.find(':');
+    if (colon == name.size() && strncasecmp(line.data(), name.data(), name.size()) == 0) {
+      value.assign(line.substr(colon + 1));
+      in_field = found = true;
+    }
+  }
+  if (body_at) *body_at = std::min(pos, message.size());
+  size_t b = value.find_first_not_of(" \t");
+  return b == std::string::npos ? "" : value.substr(b);
 }
 
 }  // namespace mailseal::mime

@@ -107,4 +107,10 @@ class Parser {
   uint64_t prev_line_end_len_ = 0;  // 2 for CRLF, 1 for LF: what precedes a delimiter
 };
 
+// FirstHeaderValue: the unfolded value (leading blanks removed) of the first `name` field
+// (case-insensitive) of the header block at the start of `message`, "" when absent; it stops at
+// the blank line, and `body_at` (if given) is where the body begins. For a quick look at one
+// field (policy, expiry) without a full parse; reads no further than the header block.
+std::string FirstHeaderValue(std::string_view message, std::string_view name, size_t* body_at = nullptr);
+
 }  // namespace mailseal::mime

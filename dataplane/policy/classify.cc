@@ -1,5 +1,6 @@
 // classify.cc — see classify.h.
 #include "dataplane/policy/classify.h"
+#include "dataplane/base/strings.h"
 
 #include <arpa/inet.h>
 
@@ -7,16 +8,12 @@
 #include <cctype>
 
 #include "dataplane/base/status.h"
+#include "dataplane/mime/parser.h"
 
 namespace mailseal::policy {
 namespace {
 
 char Upper(char c) { return static_cast<char>(std::toupper(static_cast<unsigned char>(c))); }
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 int HexVal(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   c = Upper(c);
@@ -86,36 +83,6 @@ size_t MatchWord(std::string_view s, size_t i, std::string_view word) {
 const std::vector<std::string>& DefaultWords() {
   static const std::vector<std::string> kWords = {"SEEMAIL", "IN-CONFIDENCE", "SENSITIVE", "RESTRICTED"};
   return kWords;
-}
-
-// HeaderValue: the unfolded value of the first `name` field of the header block at the start
-// of `message` ("" when absent); stops at the blank line.
-std::string HeaderValue(std::string_view message, std::string_view name, size_t* body_at = nullptr) {
-  std::string value;
-  bool in_field = false, found = false;
-  size_t pos = 0;
-  while (pos < message.size()) {
-    size_t eol = message.find('\n', pos);
-    if (eol == std::string_view::npos) eol = message.size();
-    std::string_view line = message.substr(pos, eol - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    pos = eol + 1;
-    if (line.empty()) break;
-    if (line[0] == ' ' || line[0] == '\t') {
-      if (in_field) value.append(line);
-      continue;
-    }
-    in_field = false;
-    if (found) continue;
-    size_t colon = line.find(':');
-    if (colon == name.size() && MatchWord(line, 0, name) == name.size()) {
-      value.assign(line.substr(colon + 1));
-      in_field = found = true;
-    }
-  }
-  if (body_at) *body_at = std::min(pos, message.size());
-  size_t b = value.find_first_not_of(" \t");
-  return b == std::string::npos ? "" : value.substr(b);
 }
 
 // Covers: the most specific entry of `list` for an address — the address itself, else its
@@ -194,12 +161,12 @@ std::string FindTriggerWord(std::string_view s, const std::vector<std::string>& 
 
 std::string Classify(std::string_view message, const std::vector<std::string>& words) {
   size_t body_at = 0;
-  std::string word = FindTriggerWord(DecodeRfc2047(HeaderValue(message, "Subject", &body_at)), words);
+  std::string word = FindTriggerWord(DecodeRfc2047(mime::FirstHeaderValue(message, "Subject", &body_at)), words);
   if (!word.empty()) return word;
   // RFC 9788: the protected headers are those of the wrapped inner message.
-  std::string ct = Lower(HeaderValue(message, "Content-Type"));
+  std::string ct = base::AsciiLower(mime::FirstHeaderValue(message, "Content-Type"));
   if (ct.rfind("message/rfc822", 0) == 0 && ct.find("forwarded=\"no\"") != std::string::npos)
-    return FindTriggerWord(DecodeRfc2047(HeaderValue(message.substr(body_at), "Subject")), words);
+    return FindTriggerWord(DecodeRfc2047(mime::FirstHeaderValue(message.substr(body_at), "Subject")), words);
   return "";
 }
 
@@ -267,7 +234,7 @@ Decision CompiledPolicy::Decide(const std::string& recipient, const std::string&
                                 bool seal_when_known, const std::string& sender) const {
   Decision d = DecideRecipient(recipient, classification, partner, seal_when_known);
   if (sender_rules.empty() || sender.empty()) return d;
-  std::string from = Lower(sender);
+  std::string from = base::AsciiLower(sender);
   size_t at = from.rfind('@');
   std::string entry;
   if (!Covers(sender_rules, from, at == std::string::npos ? from : from.substr(at + 1), &entry)) return d;
@@ -287,7 +254,7 @@ Decision CompiledPolicy::Decide(const std::string& recipient, const std::string&
 
 Decision CompiledPolicy::DecideRecipient(const std::string& recipient, const std::string& classification, bool partner,
                                          bool seal_when_known) const {
-  std::string address = Lower(recipient);
+  std::string address = base::AsciiLower(recipient);
   size_t at = address.rfind('@');
   std::string domain = at == std::string::npos ? address : address.substr(at + 1);
   std::string seemail_entry, trusted_entry;
@@ -343,7 +310,7 @@ Decision CompiledPolicy::DecideRecipient(const std::string& recipient, const std
 
 bool CompiledPolicy::RequiresTls(const std::string& recipient) const {
   if (rules.empty()) return false;
-  std::string address = Lower(recipient);
+  std::string address = base::AsciiLower(recipient);
   size_t at = address.rfind('@');
   std::string entry;
   if (!Covers(rules, address, at == std::string::npos ? address : address.substr(at + 1), &entry)) return false;
@@ -365,7 +332,7 @@ const CompiledPolicy::Server* CompiledPolicy::TrustedServerFor(const std::string
   if (inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) == 1) v4->sin_family = AF_INET;
   else if (inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) v6->sin6_family = AF_INET6;
   else return nullptr;
-  std::string name = Lower(helo);
+  std::string name = base::AsciiLower(helo);
   for (const Server& s : trusted_servers)
     if (Contains(s.block, reinterpret_cast<const sockaddr*>(&ss)) && (s.name.empty() || s.name == name)) return &s;
   return nullptr;
@@ -379,10 +346,10 @@ std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument
     for (char c : w) u.push_back(Upper(c));
     p->trigger_words.push_back(u);
   }
-  for (const auto& l : doc.seemail_list()) p->seemail[Lower(l.domain())] = l.note();
-  for (const auto& l : doc.trusted_list()) p->trusted[Lower(l.domain())] = l.note();
-  for (const auto& r : doc.domain_rules()) p->rules[Lower(r.domain())] = r;
-  for (const auto& r : doc.sender_rules()) p->sender_rules[Lower(r.domain())] = r;
+  for (const auto& l : doc.seemail_list()) p->seemail[base::AsciiLower(l.domain())] = l.note();
+  for (const auto& l : doc.trusted_list()) p->trusted[base::AsciiLower(l.domain())] = l.note();
+  for (const auto& r : doc.domain_rules()) p->rules[base::AsciiLower(r.domain())] = r;
+  for (const auto& r : doc.sender_rules()) p->sender_rules[base::AsciiLower(r.domain())] = r;
   p->notifications = doc.notifications();
   p->hold_expiry_s = doc.hold_expiry_s();
   p->classification_header = doc.classification_header();
@@ -390,7 +357,7 @@ std::shared_ptr<const CompiledPolicy> Compile(const mailseal::v1::PolicyDocument
   for (const auto& t : doc.trusted_servers()) {
     CompiledPolicy::Server srv;
     if (!ParseCidr(t.address(), &srv.block)) continue;   // validated on set
-    srv.name = Lower(t.name());
+    srv.name = base::AsciiLower(t.name());
     srv.kind = t.kind();
     srv.shown = StrCat(t.kind() == mailseal::v1::TrustedServer::KIND_LISTSERV ? "trusted list server " : "trusted server ",
                        srv.name.empty() ? "" : StrCat(srv.name, " "), "[", t.address(), "]");

@@ -1,6 +1,8 @@
 // snapshot.cc — see snapshot.h.
 #include "dataplane/policy/snapshot.h"
 
+#include "dataplane/base/strings.h"
+
 #include <cctype>
 
 namespace mailseal::policy {
@@ -12,15 +14,7 @@ bool PolicySnapshot::IsTrusted(const sockaddr* peer) const {
 }
 
 bool PolicySnapshot::IsLocalDomain(const std::string& domain) const {
-  for (const std::string& d : local_domains) {
-    if (d.front() == '.') {
-      if (domain.size() > d.size() && domain.compare(domain.size() - d.size(), d.size(), d) == 0)
-        return true;
-    } else if (domain == d) {
-      return true;
-    }
-  }
-  return false;
+  return base::DomainListCovers(local_domains, domain);
 }
 
 std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& cfg, uint64_t version) {

@@ -1,6 +1,8 @@
 // dsn.cc — see dsn.h.
 #include "dataplane/queue/dsn.h"
 
+#include "dataplane/mime/parser.h"
+
 #include <cctype>
 #include <ctime>
 
@@ -146,25 +148,9 @@ int64_t MessageExpiry(const std::string& path, const SpoolMessage& msg) {
     if (head.size() >= kMax || head.find("\r\n\r\n") != std::string::npos) return FailedPreconditionError("header read");
     return OkStatus();
   });
-  size_t end = head.find("\r\n\r\n");
-  if (end != std::string::npos) head.resize(end + 2);
-  size_t pos = 0;
-  while (pos < head.size()) {
-    size_t eol = head.find("\r\n", pos);
-    if (eol == std::string::npos) break;
-    std::string line = head.substr(pos, eol - pos);
-    pos = eol + 2;
-    while (pos < head.size() && (head[pos] == ' ' || head[pos] == '\t')) {   // unfold
-      size_t e2 = head.find("\r\n", pos);
-      if (e2 == std::string::npos) break;
-      line += head.substr(pos, e2 - pos);
-      pos = e2 + 2;
-    }
-    size_t colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    std::string name = line.substr(0, colon);
-    for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (name == "expires" || name == "expiry-date") return ParseRfc5322Date(std::string_view(line).substr(colon + 1));
+  for (std::string_view name : {"Expires", "Expiry-Date"}) {
+    std::string v = mime::FirstHeaderValue(head, name);
+    if (!v.empty()) return ParseRfc5322Date(v);
   }
   return 0;
 }

@@ -5,15 +5,11 @@
 #include <random>
 
 #include "dataplane/base/status.h"
+#include "dataplane/base/strings.h"
 #include "dataplane/queue/dsn.h"
 
 namespace mailseal::queue {
 namespace {
-
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // Clean: a value from the envelope or a reason, safe on one header or body line.
 std::string Clean(const std::string& s, size_t max = 300) {
@@ -27,29 +23,19 @@ std::string Clean(const std::string& s, size_t max = 300) {
 
 }  // namespace
 
-bool Notifier::IsLocalDomain(const std::string& domain_in) const {
-  std::string domain = Lower(domain_in);
-  for (const std::string& l : o_.local_domains) {
-    if (!l.empty() && l[0] == '.') {
-      if (domain == l.substr(1) ||
-          (domain.size() > l.size() && domain.compare(domain.size() - l.size(), l.size(), l) == 0))
-        return true;
-    } else if (domain == l) {
-      return true;
-    }
-  }
-  return false;
+bool Notifier::IsLocalDomain(const std::string& domain) const {
+  return base::DomainListCovers(o_.local_domains, base::AsciiLower(domain));
 }
 
 std::string Notifier::AdminAddress() const {
-  if (!o_.admin_address.empty()) return Lower(o_.admin_address);
+  if (!o_.admin_address.empty()) return base::AsciiLower(o_.admin_address);
   for (const std::string& l : o_.local_domains)
     if (!l.empty() && l[0] != '.') return "postmaster@" + l;
-  return "postmaster@" + Lower(o_.hostname);
+  return "postmaster@" + base::AsciiLower(o_.hostname);
 }
 
 void Notifier::OnHeld(const HeldItem& item, bool is_notification, int64_t now_ms) {
-  std::string sender = Lower(item.sender);
+  std::string sender = base::AsciiLower(item.sender);
   size_t at = sender.rfind('@');
   std::string local = at == std::string::npos ? sender : sender.substr(0, at);
   std::string domain = at == std::string::npos ? "" : sender.substr(at + 1);
@@ -102,9 +88,9 @@ Notice Notifier::Render(const std::string& to, const Pending& p, int64_t now_ms)
   size_t total = p.items.size() + p.dropped;
   std::string from = AdminAddress();
   size_t at = from.rfind('@');
-  std::string postmaster = "postmaster@" + (at == std::string::npos ? Lower(o_.hostname) : from.substr(at + 1));
+  std::string postmaster = "postmaster@" + (at == std::string::npos ? base::AsciiLower(o_.hostname) : from.substr(at + 1));
   static thread_local std::mt19937_64 rnd{std::random_device{}()};
-  std::string msgid = StrCat("<held.", now_ms, ".", rnd() % 1000000000, "@", Lower(o_.hostname), ">");
+  std::string msgid = StrCat("<held.", now_ms, ".", rnd() % 1000000000, "@", base::AsciiLower(o_.hostname), ">");
   std::string m;
   m += StrCat("From: Mail Delivery System <", postmaster, ">\r\n");
   m += StrCat("To: <", to, ">\r\n");

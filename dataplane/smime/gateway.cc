@@ -9,6 +9,7 @@
 #include <set>
 #include <cstring>
 
+#include "dataplane/base/strings.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/smime/naming.h"
 #include "dataplane/smtp/address.h"
@@ -127,17 +128,7 @@ bool PingLimiter::Allow(const std::string& domain, int64_t now_ms) {
   return true;
 }
 
-bool Gateway::IsLocal(const std::string& domain) const {
-  for (const std::string& l : policy_->local_domains) {
-    if (!l.empty() && l[0] == '.') {
-      if (domain.size() > l.size() && domain.compare(domain.size() - l.size(), l.size(), l) == 0) return true;
-      if (domain == l.substr(1)) return true;
-    } else if (domain == l) {
-      return true;
-    }
-  }
-  return false;
-}
+bool Gateway::IsLocal(const std::string& domain) const { return base::DomainListCovers(policy_->local_domains, domain); }
 
 const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
   for (std::string_view d = domain; !d.empty();) {

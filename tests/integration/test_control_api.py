@@ -33,22 +33,31 @@ def issue(d, name, ca, san=None):
         f"-days 2 -out {name}.crt", d)
 
 
+def control_pki(root, keygen, da, env, pin, ca_dir, clients):
+    """What a managed gateway needs besides its own keys: an audit key in its token (label
+    "audit") with a certificate from the test CA, a management CA, the API server's certificate
+    and one client certificate per name in `clients`. Returns the management directory."""
+    run([keygen, MODULE, "gw-a", pin, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env)
+    run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
+        "-out audit.crt", da)
+    m = os.path.join(root, "mgmt")
+    os.makedirs(m)
+    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mgmt-ca.key -out mgmt-ca.crt "
+        "-subj /CN=mgmt-ca -days 2", m)
+    issue(m, "server", "mgmt-ca", "IP:127.0.0.1")
+    for who in clients:
+        issue(m, who, "mgmt-ca")
+    return m
+
+
 def main():
     a = harness.args()
     c = harness.Checker("control_api")
     root = harness.tempdir(a.keep)
     ca_dir, [(da, env_a, pin_a)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test")])
-    run([a.keygen, MODULE, "gw-a", pin_a, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env_a)
-    run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
-        "-out audit.crt", da)
-    m = os.path.join(root, "mgmt")
-    os.makedirs(m)
-    for ca in ("mgmt-ca", "rogue-ca"):
-        run(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ca}.key -out {ca}.crt "
-            f"-subj /CN={ca} -days 2", m)
-    issue(m, "server", "mgmt-ca", "IP:127.0.0.1")
-    for who in ("admin-1", "auditor-1"):
-        issue(m, who, "mgmt-ca")
+    m = control_pki(root, a.keygen, da, env_a, pin_a, ca_dir, ("admin-1", "auditor-1"))
+    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue-ca.key -out rogue-ca.crt "
+        "-subj /CN=rogue-ca -days 2", m)
     os.makedirs(os.path.join(m, "rogue"))
     issue(os.path.join(m, "rogue"), "admin-1", "../rogue-ca")
 

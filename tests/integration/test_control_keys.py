@@ -27,8 +27,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_control_api import issue  # noqa: E402
-from test_smime_gateways import MODULE, make_pki, run, send, smime_conf  # noqa: E402
+from test_control_api import control_pki  # noqa: E402
+from test_smime_gateways import make_pki, run, send, smime_conf  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,16 +38,7 @@ def main():
     c = harness.Checker("control_keys")
     root = harness.tempdir(a.keep)
     ca_dir, [(da, env_a, pin_a)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test")])
-    run([a.keygen, MODULE, "gw-a", pin_a, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env_a)
-    run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
-        "-out audit.crt", da)
-    m = os.path.join(root, "mgmt")
-    os.makedirs(m)
-    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mgmt-ca.key -out mgmt-ca.crt "
-        "-subj /CN=mgmt-ca -days 2", m)
-    issue(m, "server", "mgmt-ca", "IP:127.0.0.1")
-    for who in ("admin-1", "so-1", "auditor-1", "operator-1"):
-        issue(m, who, "mgmt-ca")
+    m = control_pki(root, a.keygen, da, env_a, pin_a, ca_dir, ("admin-1", "so-1", "auditor-1", "operator-1"))
     for i in (1, 2, 3):   # ceremony custodians: their own keys, not management certificates
         run(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout custodian-{i}.key "
             f"-out custodian-{i}.crt -subj /CN=custodian-{i} -days 2", m)

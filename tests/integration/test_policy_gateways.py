@@ -29,8 +29,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_control_api import issue  # noqa: E402
-from test_smime_gateways import MODULE, make_pki, run, send, smime_conf  # noqa: E402
+from test_control_api import control_pki  # noqa: E402
+from test_smime_gateways import make_pki, run, send, smime_conf  # noqa: E402
 
 SECRET = b"The figure is 4,217,000."
 
@@ -46,9 +46,7 @@ def main():
     root = harness.tempdir(a.keep)
     ca_dir, gws = make_pki(root, a.keygen, [("gw-a", "agency-a.test"), ("gw-c", "agency-c.test")])
     (da, env_a, pin_a), (dc, env_c, pin_c) = gws
-    run([a.keygen, MODULE, "gw-a", pin_a, "audit", "audit", "p256", "agency-a.test", f"{da}/audit.csr"], da, env_a)
-    run(f"openssl x509 -req -in audit.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -days 30 "
-        "-out audit.crt", da)
+    m = control_pki(root, a.keygen, da, env_a, pin_a, ca_dir, ("admin-1",))
     # agency-b only needs a DCA certificate (gw-a seals for it; the wire is where we look).
     b = os.path.join(root, "pki-b")
     os.makedirs(b)
@@ -57,12 +55,6 @@ def main():
         f"-addext keyUsage=keyEncipherment", b)
     run(f"openssl x509 -req -in dca.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -copy_extensions copy "
         f"-days 30 -out dca.crt", b)
-    m = os.path.join(root, "mgmt")
-    os.makedirs(m)
-    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mgmt-ca.key -out mgmt-ca.crt "
-        "-subj /CN=mgmt-ca -days 2", m)
-    issue(m, "server", "mgmt-ca", "IP:127.0.0.1")
-    issue(m, "admin-1", "mgmt-ca")
 
     wire = harness.Sink(root)
     os.makedirs(os.path.join(root, "c"))

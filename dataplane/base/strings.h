@@ -1,0 +1,18 @@
+// strings.h — small ASCII helpers shared across modules (domain names, addresses, header
+// names are ASCII; bytes above 0x7f are left as they are).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mailseal::base {
+
+// AsciiLower: `s` with A-Z lowered.
+std::string AsciiLower(std::string_view s);
+
+// DomainListCovers: `domain` (lower case) is in `list`, where an entry ".example.test" covers
+// the sub-domains of example.test (not example.test itself, as in Postfix's tables).
+bool DomainListCovers(const std::vector<std::string>& list, std::string_view domain);
+
+}  // namespace mailseal::base
