@@ -69,6 +69,14 @@ int CheckConfig(const std::string& path) {
       return kExitUsage;
     }
   }
+  if (cfg->has_tls()) {   // the certificate and key load, and the key is not readable by others
+    Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg->tls().cert_file(), cfg->tls().key_file());
+    if (!made.ok()) {
+      std::fprintf(stderr, "mailseald: %s: field 'tls': %s\n", path.c_str(), made.status().message().c_str());
+      return kExitUsage;
+    }
+    io::FreeServerTlsContext(*made);
+  }
   std::printf("%s: OK (hostname %s, %d listener(s), spool %s, next hop %s)\n", path.c_str(),
               cfg->hostname().c_str(), cfg->listen_size(), cfg->spool_dir().c_str(),
               cfg->delivery().relay_host().empty() ? "MX lookup" : cfg->delivery().relay_host().c_str());
@@ -204,6 +212,16 @@ int Run(const std::string& path) {
                    probe.init_status().message().c_str());
       return kExitUsage;
     }
+  }
+  // STARTTLS (SM-5): the certificate and key are checked now, not at the first client.
+  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx(nullptr, io::FreeServerTlsContext);
+  if (cfg.has_tls()) {
+    Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg.tls().cert_file(), cfg.tls().key_file());
+    if (!made.ok()) {
+      std::fprintf(stderr, "mailseald: %s: field 'tls': %s\n", path.c_str(), made.status().message().c_str());
+      return kExitUsage;
+    }
+    tls_ctx.reset(*made);
   }
   // Thousands of SMTP connections need thousands of descriptors: raise the soft limit.
   rlimit nofile{};
@@ -388,7 +406,15 @@ int Run(const std::string& path) {
     }
     control_server = std::move(srv.value());
   }
-  io::ServerContext ctx{&policy, &spool, &committer, &qmgr, token ? &hsm_ok : nullptr};
+  // SPF (SM-5b) with the delivery resolver's settings; its threads outlive the net threads.
+  std::unique_ptr<io::SpfChecker> spf;
+  if (cfg.spf().mode() != v1::Spf::SPF_OFF) {
+    const auto& d = cfg.delivery();
+    spf = std::make_unique<io::SpfChecker>(static_cast<int>(cfg.spf().threads()), d.dns_forwarder(),
+                                           std::vector<std::string>(d.dns_local_zones().begin(), d.dns_local_zones().end()),
+                                           std::vector<std::string>(d.dns_local_data().begin(), d.dns_local_data().end()));
+  }
+  io::ServerContext ctx{&policy, &spool, &committer, &qmgr, token ? &hsm_ok : nullptr, tls_ctx.get(), spf.get()};
   std::vector<std::unique_ptr<io::NetThread>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<io::NetThread>(static_cast<int>(t), ctx, fds[t]));
@@ -398,7 +424,9 @@ int Run(const std::string& path) {
       {{"version", "0.1.0"}, {"hostname", cfg.hostname()}, {"pid", std::to_string(getpid())},
        {"net_threads", std::to_string(cfg.net_threads())},
        {"crypto_workers", std::to_string(cfg.crypto_workers())},
-       {"agents", std::to_string(cfg.delivery().agents())}});
+       {"agents", std::to_string(cfg.delivery().agents())},
+       {"starttls", cfg.has_tls() ? (cfg.tls().required() ? "required" : "offered") : "no"},
+       {"spf", v1::Spf::Mode_Name(cfg.spf().mode())}, {"securemail", cfg.securemail() ? "yes" : "no"}});
 
   // Control loop.
   auto last_stats = std::chrono::steady_clock::now();
@@ -453,6 +481,7 @@ int Run(const std::string& path) {
   int64_t deadline = io::EventLoop::NowMs() + kDrainMs;
   for (auto& t : nets) t->BeginDrain(deadline);
   for (auto& t : nets) t->Join();
+  if (spf) spf->Stop();   // a verdict still in hand is posted to a joined (not yet freed) loop
   if (control_server) control_server->Stop();
   committer.Stop();
   qmgr.Stop();

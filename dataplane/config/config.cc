@@ -168,6 +168,40 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (lim->idle_timeout_ms() == 0) lim->set_idle_timeout_ms(300000);
   if (lim->max_connections() == 0) lim->set_max_connections(4096);
 
+  if (cfg.has_tls()) {
+    auto* t = cfg.mutable_tls();
+    const auto* ttree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("tls"), -1);
+    auto tbad = [&](const std::string& field, const std::string& what) {
+      if (ttree) return bad(*t, *ttree, field, -1, what);
+      return bad(cfg, tree, "tls", -1, what);
+    };
+    if (t->cert_file().empty() || t->cert_file().front() != '/')
+      return tbad("cert_file", "an absolute path to the PEM certificate chain is required");
+    if (t->key_file().empty() || t->key_file().front() != '/')
+      return tbad("key_file", "an absolute path to the PEM private key is required");
+  }
+  {
+    std::string h = cfg.hostname();
+    for (char& c : h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (h.rfind("securemail.", 0) == 0) cfg.set_securemail(true);   // SM-6.1: the name says so
+  }
+  if (cfg.securemail() && !cfg.has_tls())
+    return bad(cfg, tree, "securemail", -1,
+               "a SecureMail host (SM-6.1) accepts mail only over TLS: a tls section is required");
+  if (cfg.securemail()) cfg.mutable_tls()->set_required(true);
+  {
+    auto* sp = cfg.mutable_spf();
+    if (sp->mode() == mailseal::v1::Spf::SPF_MODE_UNSPECIFIED) sp->set_mode(mailseal::v1::Spf::SPF_ENFORCE);
+    if (sp->threads() == 0) sp->set_threads(2);
+    if (sp->threads() > 16) {
+      const auto* stree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("spf"), -1);
+      if (stree) return bad(*sp, *stree, "threads", -1, "at most 16");
+      return bad(cfg, tree, "spf", -1, "threads: at most 16");
+    }
+    if (cfg.securemail() && sp->mode() != mailseal::v1::Spf::SPF_ENFORCE)
+      return bad(cfg, tree, "spf", -1, "a SecureMail host (SM-6.1) must enforce SPF (mode SPF_ENFORCE)");
+  }
+
   if (!cfg.has_delivery()) return bad(cfg, tree, "delivery", -1, "is required");
   auto* del = cfg.mutable_delivery();
   const auto* dtree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("delivery"), -1);

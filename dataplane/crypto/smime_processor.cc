@@ -72,7 +72,7 @@ class SmimeProcessor : public JobProcessor {
     smime::GatewayKeys keys = Keys();
     uint64_t token_failures = hsm::TokenFailuresOnThisThread();
     std::shared_ptr<const policy::CompiledPolicy> doc = s_->document.load(std::memory_order_acquire);
-    smime::Inbound inbound{env.client_address(), env.helo()};
+    smime::Inbound inbound{env.client_address(), env.helo(), env.tls(), env.spf_result(), env.spf_domain()};
     std::vector<smime::Output> outs =
         gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get(), env.require_seal(), &inbound);
     bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;

@@ -141,4 +141,62 @@ Result<std::vector<sockaddr_storage>> Resolver::LookupAddresses(const std::strin
   return NotFoundError(StrCat("host ", host, " has no address"));
 }
 
+spf::Answer Resolver::Query(const std::string& name, spf::RrType type) {
+  constexpr size_t kMaxRecords = 64;
+  spf::Answer a;
+  a.rcode = spf::Answer::Rcode::kTempFail;
+  if (!init_.ok() || name.empty() || name.size() > 253) {
+    if (!name.empty() && name.size() > 253) a.rcode = spf::Answer::Rcode::kNxDomain;
+    return a;
+  }
+  ub_result* res = nullptr;
+  if (ub_resolve(ctx_, name.c_str(), static_cast<int>(type), kClassIn, &res) != 0) return a;
+  struct Free {
+    ub_result* r;
+    ~Free() { ub_resolve_free(r); }
+  } f{res};
+  if (res->rcode == 3) {
+    a.rcode = spf::Answer::Rcode::kNxDomain;
+    return a;
+  }
+  if (res->rcode != 0) return a;
+  a.rcode = spf::Answer::Rcode::kOk;
+  for (int i = 0; res->havedata && res->data[i] && a.records.size() < kMaxRecords; ++i) {
+    const auto* p = reinterpret_cast<const unsigned char*>(res->data[i]);
+    size_t len = static_cast<size_t>(res->len[i]);
+    std::string rec;
+    switch (type) {
+      case spf::RrType::kTxt: {   // character-strings, joined (RFC 7208 §3.3)
+        size_t off = 0;
+        bool ok = true;
+        while (off < len) {
+          size_t l = p[off++];
+          if (off + l > len) { ok = false; break; }
+          rec.append(reinterpret_cast<const char*>(p + off), l);
+          off += l;
+        }
+        if (!ok) continue;
+        break;
+      }
+      case spf::RrType::kA:
+      case spf::RrType::kAaaa:
+        if (len != (type == spf::RrType::kA ? 4u : 16u)) continue;
+        rec.assign(reinterpret_cast<const char*>(p), len);
+        break;
+      case spf::RrType::kMx: {
+        size_t off = 2;
+        if (len < 3 || !DecodeName(p, len, &off, &rec)) continue;
+        break;
+      }
+      case spf::RrType::kPtr: {
+        size_t off = 0;
+        if (!DecodeName(p, len, &off, &rec)) continue;
+        break;
+      }
+    }
+    a.records.push_back(std::move(rec));
+  }
+  return a;
+}
+
 }  // namespace mailseal::io

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dataplane/base/status.h"
+#include "dataplane/spf/spf.h"
 
 struct ub_ctx;
 
@@ -38,10 +39,23 @@ class Resolver {
   Result<std::vector<MxHost>> LookupMx(const std::string& domain);
   // LookupAddresses: A then AAAA records of a host (port left 0).
   Result<std::vector<sockaddr_storage>> LookupAddresses(const std::string& host);
+  // Query answers one SPF question (RFC 7208): TXT, A, AAAA, MX or PTR, at most 64 records,
+  // CNAMEs followed by unbound.
+  spf::Answer Query(const std::string& name, spf::RrType type);
 
  private:
   ub_ctx* ctx_ = nullptr;
   Status init_;
+};
+
+// SpfDns: the SPF evaluator's DNS through a Resolver.
+class SpfDns : public spf::Dns {
+ public:
+  explicit SpfDns(Resolver* r) : r_(r) {}
+  spf::Answer Query(const std::string& name, spf::RrType type) override { return r_->Query(name, type); }
+
+ private:
+  Resolver* r_;
 };
 
 }  // namespace mailseal::io

@@ -1,8 +1,12 @@
 // smtp_server.cc — see smtp_server.h.
 #include "dataplane/io/smtp_server.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -27,6 +31,27 @@ namespace {
 constexpr size_t kReadBurst = 64 * 1024;
 constexpr size_t kMaxReadPerEvent = 256 * 1024;   // fairness between connections
 constexpr size_t kMaxPendingOutput = 256 * 1024;  // client not reading: stop reading it
+
+std::string PeerIp(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof buf);
+  else if (ss.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof buf);
+  return buf;
+}
+
+std::string SslErrors() {
+  std::string out;
+  unsigned long e;
+  while ((e = ERR_get_error()) != 0) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "no detail" : out;
+}
 
 int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -57,6 +82,32 @@ Result<int> OpenListener(const std::string& ip, uint16_t* port) {
   return fd;
 }
 
+Result<ssl_ctx_st*> MakeServerTlsContext(const std::string& cert_file, const std::string& key_file) {
+  struct stat st {};
+  if (::stat(key_file.c_str(), &st) != 0)
+    return InvalidArgumentError(StrCat("tls key_file ", key_file, ": ", std::strerror(errno)));
+  if (st.st_mode & 077)
+    return InvalidArgumentError(StrCat("tls key_file ", key_file, " may be read by group or others (chmod 600)"));
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) return InternalError(StrCat("TLS context: ", SslErrors()));
+  // SM-6.1: TLS 1.2 or later, ECDHE key exchange, AEAD ciphers; no renegotiation, no compression.
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  if (SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1 ||
+      SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    std::string why = SslErrors();
+    SSL_CTX_free(ctx);
+    return InvalidArgumentError(StrCat("tls ", cert_file, " / ", key_file, ": ", why));
+  }
+  return ctx;
+}
+
+void FreeServerTlsContext(ssl_ctx_st* ctx) {
+  if (ctx) SSL_CTX_free(ctx);
+}
+
 class NetThread::Listener : public EventHandler {
  public:
   Listener(NetThread* t, int fd) : t_(t), fd_(fd) {}
@@ -75,11 +126,13 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       : t_(t), id_(id), fd_(fd), snap_(std::move(snap)),
         session_(snap_->smtp, this) {
     peer_ = FormatAddress(reinterpret_cast<const sockaddr*>(&peer));
+    peer_ip_ = PeerIp(peer);
     trusted_ = snap_->IsTrusted(reinterpret_cast<const sockaddr*>(&peer));
     last_activity_ms_ = EventLoop::NowMs();
   }
   ~Conn() override {
     if (writer_) writer_->Abandon();
+    if (ssl_) SSL_free(ssl_);   // frees both memory BIOs
     if (fd_ >= 0) ::close(fd_);
   }
 
@@ -88,6 +141,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   int64_t last_activity_ms() const { return last_activity_ms_; }
   smtp::ServerSession& session() { return session_; }
   bool closing() const { return closing_; }
+  bool handshaking() const { return ssl_ && handshaking_; }
 
   void Begin() {
     Log(LogLevel::kInfo, "smtpd", "connect", {{"client", peer_}, {"trusted", trusted_ ? "yes" : "no"}});
@@ -102,6 +156,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     if (ev & EPOLLOUT) Flush();
     if ((ev & EPOLLIN) && WantsInput()) ReadInput();
     Flush();
+    MaybeStartTls();
     Settle();
   }
 
@@ -116,12 +171,34 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     } else {
       session_.CompleteData(MakeReply(451, "4.3.0", "Error: queue file write error, try again later"));
     }
+    Resume();
+  }
+
+  // SpfDone runs on this thread with the verdict for the MAIL the session is waiting on.
+  void SpfDone(const spf::Verdict& v) {
+    if (closing_ || !session_.Paused()) return;
+    spf_ = v;
+    spf_checked_ = true;
+    Reply r = SpfDecision(v);
+    Log(r.code ? LogLevel::kWarning : LogLevel::kInfo, "smtpd", "spf",
+        {{"client", peer_}, {"from", spf_request_.mail_from}, {"domain", v.domain},
+         {"result", spf::ResultName(v.result)}, {"mechanism", v.mechanism}, {"problem", v.problem},
+         {"reply", r.code ? r.OneLine() : "accepted"}});
+    session_.CompleteMail(r);
+    Resume();
+  }
+
+  // Resume: the session may take input again; TLS may hold plaintext already read.
+  void Resume() {
     last_activity_ms_ = EventLoop::NowMs();
+    if (ssl_ && !handshaking_) PumpTls();
     Flush();
+    MaybeStartTls();
     Settle();
   }
 
   void Shutdown() {
+    if (session_.TlsPending()) return;   // the handshake or the drain deadline ends it
     session_.Shutdown();
     Flush();
     Settle();
@@ -147,6 +224,50 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       return MakeReply(451, "4.3.0", "Security module unavailable: mail is suspended, try again later");
     if (!t_->ctx_.qmgr->Accepting())
       return MakeReply(452, "4.3.1", "Insufficient system resources, try again later");
+    spf_checked_ = false;
+    spf_ = spf::Verdict{};
+    if (trusted_ || !t_->ctx_.spf || snap_->spf == policy::PolicySnapshot::Spf::kOff) return {};
+    spf_request_ = spf::Request{};
+    spf_request_.ip = peer_ip_;
+    spf_request_.mail_from = txn.mail_from;
+    spf_request_.helo = txn.helo;
+    spf_request_.receiver = snap_->smtp.hostname;
+    spf_request_.default_explanation = "see RFC 7208";
+    spf_request_.now_unix = WallMs() / 1000;
+    NetThread* t = t_;
+    uint64_t id = id_;
+    bool queued = t_->ctx_.spf->Submit(spf_request_, [t, id](const spf::Verdict& v) {
+      t->loop_.Post([t, id, v] {
+        auto it = t->conns_.find(id);
+        if (it != t->conns_.end()) it->second->SpfDone(v);
+      });
+    });
+    if (queued) return MakeReply(smtp::kReplyPending, "", "");
+    spf::Verdict busy;
+    busy.result = spf::Result::kTempError;
+    busy.problem = "SPF checker overloaded";
+    spf_ = busy;
+    spf_checked_ = true;
+    Log(LogLevel::kWarning, "smtpd", "spf checker queue full", {{"client", peer_}});
+    return SpfDecision(busy);
+  }
+
+  // SpfDecision: the reply SM-5b/SM-6.1 and the policy give for a verdict (code 0: accept).
+  Reply SpfDecision(const spf::Verdict& v) const {
+    using R = spf::Result;
+    if (snap_->spf == policy::PolicySnapshot::Spf::kMark && !snap_->securemail) return {};
+    if (v.result == R::kTempError && !snap_->spf_accept_temperror)
+      return MakeReply(451, "4.7.24", StrCat("SPF check of ", v.domain, " failed temporarily (", v.problem, "), try again later"));
+    if (v.result == R::kFail) {
+      std::string exp;
+      for (char ch : v.explanation) exp += (ch == '\r' || ch == '\n') ? ' ' : ch;
+      if (exp.size() > 200) exp.resize(200);
+      return MakeReply(550, "5.7.23", StrCat("SPF: ", v.domain, " does not allow ", peer_ip_, " to send its mail: ", exp));
+    }
+    if (snap_->securemail && !(v.result == R::kPass && v.ends_in_hard_all))
+      return MakeReply(550, "5.7.23", StrCat("SecureMail host (SM-6.1): mail is accepted only when the sender's SPF record "
+                                             "ends in -all and passes; ", v.domain, " gave ", spf::ResultName(v.result),
+                                             v.result == R::kPass ? " without -all" : ""));
     return {};
   }
   Reply OnRcpt(const smtp::Transaction& txn, const smtp::Recipient& rcpt) override {
@@ -172,15 +293,23 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     env.set_smtputf8(txn.smtputf8);
     env.set_ret(txn.ret);
     env.set_envid(txn.envid);
+    env.set_tls(tls_);
+    if (spf_checked_) {
+      env.set_spf_result(spf::ResultName(spf_.result));
+      env.set_spf_domain(spf_.domain);
+    }
     writer_ = std::make_unique<queue::SpoolWriter>();
     Status st = writer_->Open(t_->ctx_.spool, env);
     if (st.ok()) {
       // Our trace header comes first (RFC 5321 §4.4).
+      // RFC 3848: ESMTPS / UTF8SMTPS when the session ran over TLS.
       std::string received = StrCat(
-          "Received: from ", txn.helo, " (", peer_, ")\r\n\tby ", snap_->smtp.hostname,
-          " (mailseal) with ", txn.smtputf8 ? "UTF8SMTP" : "ESMTP", " id ", writer_->id(), "\r\n\t",
+          "Received: from ", txn.helo, " (", peer_, ")\r\n\t",
+          tls_.empty() ? "" : StrCat("(using ", tls_, ")\r\n\t"), "by ", snap_->smtp.hostname,
+          " (mailseal) with ", txn.smtputf8 ? "UTF8SMTP" : "ESMTP", tls_.empty() ? "" : "S", " id ", writer_->id(), "\r\n\t",
           txn.recipients.size() == 1 ? StrCat("for <", txn.recipients[0].address, ">; ") : "",
           queue::Rfc5322Date(env.arrival_unix_ms()), "\r\n");
+      if (spf_checked_) received += spf::ReceivedSpf(spf_, spf_request_);
       st = writer_->Append(received);
     }
     if (!st.ok()) {
@@ -229,7 +358,72 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
 
  private:
   bool WantsInput() const {
-    return !session_.Paused() && !session_.Closed() && out_.size() - out_off_ < kMaxPendingOutput;
+    if (session_.Closed() || out_.size() - out_off_ >= kMaxPendingOutput) return false;
+    return handshaking() || !session_.Paused();
+  }
+
+  // MaybeStartTls: the session accepted STARTTLS and its 220 went out in clear: begin the
+  // server side of the handshake over memory BIOs.
+  void MaybeStartTls() {
+    if (ssl_ || !session_.TlsPending() || closing_ || peer_gone_) return;
+    ssl_ = SSL_new(t_->ctx_.tls_ctx);
+    BIO* rbio = BIO_new(BIO_s_mem());
+    BIO* wbio = BIO_new(BIO_s_mem());
+    if (!ssl_ || !rbio || !wbio) {
+      Log(LogLevel::kError, "smtpd", "TLS session setup failed", {{"client", peer_}, {"error", SslErrors()}});
+      if (rbio) BIO_free(rbio);
+      if (wbio) BIO_free(wbio);
+      peer_gone_ = true;
+      return;
+    }
+    BIO_set_mem_eof_return(rbio, -1);
+    SSL_set_bio(ssl_, rbio, wbio);
+    rbio_ = rbio;
+    wbio_ = wbio;
+    SSL_set_accept_state(ssl_);
+    handshaking_ = true;
+  }
+
+  // PumpTls: ciphertext already in rbio_ → handshake progress or plaintext for the session.
+  void PumpTls() {
+    if (handshaking_) {
+      int r = SSL_do_handshake(ssl_);
+      if (r != 1) {
+        int e = SSL_get_error(ssl_, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+          Log(LogLevel::kWarning, "smtpd", "TLS handshake failed", {{"client", peer_}, {"error", SslErrors()}});
+          MoveCiphertext();   // the alert, if any
+          tls_failed_ = true;
+        }
+        return;
+      }
+      handshaking_ = false;
+      tls_ = StrCat(SSL_get_version(ssl_), " ", SSL_get_cipher_name(ssl_));
+      Log(LogLevel::kInfo, "smtpd", "TLS established", {{"client", peer_}, {"tls", tls_}});
+      session_.TlsStarted();
+    }
+    char buf[16 * 1024];
+    size_t total = 0;
+    while (!session_.Paused() && !session_.Closed() && total < kMaxReadPerEvent) {
+      int n = SSL_read(ssl_, buf, sizeof buf);
+      if (n > 0) {
+        total += static_cast<size_t>(n);
+        session_.Feed(std::string_view(buf, static_cast<size_t>(n)));
+        continue;
+      }
+      int e = SSL_get_error(ssl_, n);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+      if (e != SSL_ERROR_ZERO_RETURN)
+        Log(LogLevel::kInfo, "smtpd", "TLS read failed", {{"client", peer_}, {"error", SslErrors()}});
+      peer_gone_ = true;
+      break;
+    }
+  }
+
+  void MoveCiphertext() {
+    char buf[16 * 1024];
+    int n;
+    while ((n = BIO_read(wbio_, buf, sizeof buf)) > 0) out_.append(buf, static_cast<size_t>(n));
   }
 
   void ReadInput() {
@@ -240,8 +434,17 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       if (n > 0) {
         total += static_cast<size_t>(n);
         last_activity_ms_ = EventLoop::NowMs();
-        session_.Feed(std::string_view(buf, static_cast<size_t>(n)));
-        out_ += session_.TakeOutput();
+        if (ssl_) {
+          BIO_write(rbio_, buf, static_cast<int>(n));
+          PumpTls();
+          if (tls_failed_) {
+            peer_gone_ = true;
+            break;
+          }
+        } else {
+          session_.Feed(std::string_view(buf, static_cast<size_t>(n)));
+        }
+        TakeSessionOutput();
         if (static_cast<size_t>(n) < sizeof buf) break;
         continue;
       }
@@ -255,8 +458,34 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     }
   }
 
+  // TakeSessionOutput: replies go out in clear before STARTTLS (its 220 included), through TLS
+  // after the handshake, and nowhere during it (a timeout's 421 cannot be sent then).
+  void TakeSessionOutput() {
+    std::string plain = session_.TakeOutput();
+    if (!ssl_) {
+      out_ += plain;
+      return;
+    }
+    if (!handshaking_ && !plain.empty() && !tls_failed_) {
+      size_t done = 0;
+      while (done < plain.size()) {
+        int n = SSL_write(ssl_, plain.data() + done, static_cast<int>(std::min<size_t>(plain.size() - done, 1 << 20)));
+        if (n <= 0) {
+          peer_gone_ = true;
+          break;
+        }
+        done += static_cast<size_t>(n);
+      }
+    }
+    if (!handshaking_ && !tls_failed_ && !tls_closed_ && session_.Closed()) {
+      SSL_shutdown(ssl_);   // close_notify after the last reply (221, 421)
+      tls_closed_ = true;
+    }
+    MoveCiphertext();
+  }
+
   void Flush() {
-    out_ += session_.TakeOutput();
+    TakeSessionOutput();
     while (out_off_ < out_.size()) {
       ssize_t n = ::send(fd_, out_.data() + out_off_, out_.size() - out_off_, MSG_NOSIGNAL);
       if (n > 0) {
@@ -304,7 +533,18 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   std::shared_ptr<const policy::PolicySnapshot> snap_;
   smtp::ServerSession session_;
   std::string peer_;
+  std::string peer_ip_;
   bool trusted_ = false;
+  SSL* ssl_ = nullptr;
+  BIO* rbio_ = nullptr;   // owned by ssl_
+  BIO* wbio_ = nullptr;   // owned by ssl_
+  bool handshaking_ = false;
+  bool tls_failed_ = false;
+  bool tls_closed_ = false;
+  std::string tls_;       // "TLSv1.3 TLS_AES_256_GCM_SHA384" once established
+  spf::Request spf_request_;
+  spf::Verdict spf_;
+  bool spf_checked_ = false;
   std::string out_;
   size_t out_off_ = 0;
   bool peer_gone_ = false;
@@ -407,7 +647,8 @@ void NetThread::Tick() {
       c->Shutdown();
       continue;
     }
-    if (!c->session().Paused() && now - c->last_activity_ms() > snap->idle_timeout_ms) c->Timeout();
+    if ((!c->session().Paused() || c->handshaking()) && now - c->last_activity_ms() > snap->idle_timeout_ms)
+      c->Timeout();
   }
 }
 

@@ -5,6 +5,10 @@
 // domain; others only to local_domains. Memory per connection is bounded (session limits,
 // output buffer cap: a client that does not read its replies is not read from either).
 // A message is acknowledged (250) only after the Committer reports it durable.
+// STARTTLS (RFC 3207, SM-5) runs OpenSSL over memory BIOs inside the same event loop: TLS 1.2+
+// with ECDHE and AEAD only (SM-6.1); nothing pipelined behind STARTTLS is kept. SPF (RFC 7208,
+// SM-5b) is checked at MAIL by the SpfChecker threads while the session waits; the verdict and
+// the TLS parameters go into the spool envelope for the inbound authentication mark (SM-8.2).
 #pragma once
 
 #include <atomic>
@@ -16,12 +20,20 @@
 #include <vector>
 
 #include "dataplane/io/event_loop.h"
+#include "dataplane/io/spf_checker.h"
 #include "dataplane/policy/snapshot.h"
 #include "dataplane/queue/committer.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
 
+struct ssl_ctx_st;   // OpenSSL's SSL_CTX
+
 namespace mailseal::io {
+
+// MakeServerTlsContext loads the STARTTLS certificate chain and key (PEM). The key file must not
+// be readable by group or others.
+Result<ssl_ctx_st*> MakeServerTlsContext(const std::string& cert_file, const std::string& key_file);
+void FreeServerTlsContext(ssl_ctx_st* ctx);
 
 struct ServerContext {
   policy::PolicyStore* policy = nullptr;
@@ -31,6 +43,10 @@ struct ServerContext {
   // hsm_available, when set, is false while the security module is unreachable: every new
   // transaction is then answered 451 (fail safe, SEE-AG-4).
   const std::atomic<bool>* hsm_available = nullptr;
+  // tls_ctx, when set, serves STARTTLS (owned by the caller; see MakeServerTlsContext).
+  ssl_ctx_st* tls_ctx = nullptr;
+  // spf, when set, checks clients outside trusted_networks (SM-5b) unless the policy says off.
+  SpfChecker* spf = nullptr;
 };
 
 // OpenListener: a non-blocking listening socket with SO_REUSEPORT. `port` 0 picks one;

@@ -32,6 +32,13 @@ std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& 
   s->smtp.bare_newline = cfg.bare_newline() == mailseal::v1::BARE_NEWLINE_NORMALIZE
                              ? smtp::BareNewlinePolicy::kNormalize
                              : smtp::BareNewlinePolicy::kReject;
+  s->smtp.starttls = cfg.has_tls();
+  s->smtp.require_tls = cfg.has_tls() && (cfg.tls().required() || cfg.securemail());
+  s->spf = cfg.spf().mode() == mailseal::v1::Spf::SPF_OFF    ? PolicySnapshot::Spf::kOff
+           : cfg.spf().mode() == mailseal::v1::Spf::SPF_MARK ? PolicySnapshot::Spf::kMark
+                                                              : PolicySnapshot::Spf::kEnforce;
+  s->spf_accept_temperror = cfg.spf().accept_temperror();
+  s->securemail = cfg.securemail();
   s->idle_timeout_ms = l.idle_timeout_ms();
   s->max_connections = l.max_connections();
   for (const std::string& t : cfg.trusted_networks()) {

@@ -23,6 +23,11 @@ struct PolicySnapshot {
   std::vector<std::string> local_domains;   // lower case; ".x" matches sub-domains
   uint32_t idle_timeout_ms = 300000;
   uint32_t max_connections = 4096;
+  // SPF (SM-5b) for clients outside trusted_networks; securemail: SM-6.1's rules.
+  enum class Spf { kEnforce, kMark, kOff };
+  Spf spf = Spf::kEnforce;
+  bool spf_accept_temperror = false;
+  bool securemail = false;
 
   bool IsTrusted(const sockaddr* peer) const;
   // IsLocalDomain: mail to this domain is accepted from anyone.

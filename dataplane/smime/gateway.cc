@@ -328,15 +328,27 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   const std::string& id = policy_->authserv_id;
   std::vector<Field> outer;
   SplitHeader(message, &outer);
+  // SM-8.2: the level, then RFC 8601 results (smime; spf when checked) with the transport.
+  std::string spf_part, transport;
+  bool tls_spf = false;
+  if (inbound) {
+    if (!inbound->spf_result.empty())
+      spf_part = StrCat(";\r\n\tspf=", Sanitize(inbound->spf_result), " smtp.mailfrom=", Sanitize(inbound->spf_domain));
+    transport = inbound->tls.empty() ? " (received in clear)" : StrCat(" (received over ", Sanitize(inbound->tls), ")");
+    tls_spf = !inbound->tls.empty() && inbound->spf_result == "pass";
+  }
   auto mark = [&](const std::string& result, const std::string& comment, const std::string& identifier) {
-    return StrCat("Authentication-Results: ", id, "; smime=", result, " (", Sanitize(comment), ")",
-                  identifier.empty() ? "" : StrCat(" body.smime-identifier=", Sanitize(identifier)), "\r\n");
+    const char* level = result == "pass" ? "signed+verified" : tls_spf ? "tls+spf" : "none";
+    return StrCat(kAuthLevelHeader, ": ", level, "\r\n",
+                  "Authentication-Results: ", id, "; smime=", result, " (", Sanitize(comment), ")",
+                  identifier.empty() ? "" : StrCat(" body.smime-identifier=", Sanitize(identifier)), spf_part,
+                  transport, "\r\n");
   };
   // Rebuild helper: marks + fields (minus forged marks) + separator + body.
   auto rebuild = [&](const std::string& marks, const std::vector<Field>& fields, std::string_view rest) {
     std::string body = marks;
     for (const Field& f : fields)
-      if (!OursAr(f, id)) body += f.raw;
+      if (!OursAr(f, id) && !NameIs(f, kAuthLevelHeader)) body += f.raw;
     body.append(rest);
     return body;
   };

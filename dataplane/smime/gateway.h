@@ -79,11 +79,20 @@ enum class Action {
 };
 const char* ActionName(Action a);
 
-// Inbound: who handed the message to us (from the spool envelope), for SEE 2.11's rulesets.
+// Inbound: who handed the message to us and how (from the spool envelope), for SEE 2.11's
+// rulesets and the authentication level (SM-8.2).
 struct Inbound {
   std::string client_address;   // "ip:port"
   std::string helo;
+  std::string tls;              // "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty: in clear
+  std::string spf_result;       // RFC 7208 result; empty: not checked
+  std::string spf_domain;
 };
+
+// kAuthLevelHeader carries SM-8.2's authentication level of inbound mail: "signed+verified"
+// (a domain signature that verified), "tls+spf" (over TLS from a client SPF lets send for the
+// sender's domain) or "none". Any copy arriving from outside is removed first.
+inline constexpr char kAuthLevelHeader[] = "X-Mailseal-Auth-Level";
 
 struct Output {
   Action action = Action::kPass;

@@ -104,6 +104,7 @@ void ServerSession::Shutdown() {
 
 bool ServerSession::Feed(std::string_view bytes) {
   if (closed_) return false;
+  if (state_ == State::kStartTls) return true;   // clear bytes after STARTTLS are never commands
   // Bound what we hold: a command line is at most max_line_length; while paused the driver
   // stops reading, so at most one read's worth plus a partial line is held.
   in_.append(bytes);
@@ -117,7 +118,7 @@ void ServerSession::ProcessInput() {
   size_t pos = 0;
   while (!closed_ && pos < in_.size()) {
     std::string_view rest(in_.data() + pos, in_.size() - pos);
-    if (state_ == State::kCommitting) break;
+    if (Paused()) break;
     if (state_ == State::kData) {
       pos += ConsumeData(rest);
       continue;
@@ -151,8 +152,9 @@ void ServerSession::ProcessInput() {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     HandleLine(line);
   }
-  if (closed_) {
+  if (closed_ || discard_after_starttls_) {
     in_.clear();
+    discard_after_starttls_ = false;
   } else {
     in_.erase(0, pos);
   }
@@ -208,6 +210,7 @@ void ServerSession::CmdEhlo(std::string_view args) {
   std::string text = options_.hostname + "\nPIPELINING\nSIZE " +
                      std::to_string(options_.limits.max_message_size) +
                      "\n8BITMIME\nENHANCEDSTATUSCODES\nCHUNKING\nSMTPUTF8\nDSN\nHELP";
+  if (options_.starttls && !tls_active_) text += "\nSTARTTLS";
   Send(250, "", text);
 }
 
@@ -292,11 +295,36 @@ void ServerSession::CmdMail(std::string_view args) {
       return Error(555, "5.5.4", "Error: unsupported or repeated MAIL parameter");
     }
   }
+  if (options_.require_tls && !tls_active_)
+    return Error(530, "5.7.0", "Must issue a STARTTLS command first");
   Reply r = handler_->OnMail(t);
+  if (r.code == kReplyPending) {
+    pending_mail_ = std::move(t);
+    state_ = State::kMailPending;
+    return;
+  }
   if (r.code != 0 && !r.ok()) {
     if (r.permanent()) return Error(r.code, r.enhanced, r.text);
     return Send(r);
   }
+  AcceptMail(std::move(t));
+}
+
+void ServerSession::CompleteMail(const Reply& r) {
+  if (state_ != State::kMailPending) return;
+  state_ = State::kCommand;
+  Transaction t = std::move(pending_mail_);
+  pending_mail_ = Transaction{};
+  if (r.code != 0 && !r.ok()) {
+    if (r.permanent()) Error(r.code, r.enhanced, r.text);
+    else Send(r);
+  } else {
+    AcceptMail(std::move(t));
+  }
+  ProcessInput();  // the RCPT/DATA pipelined behind MAIL
+}
+
+void ServerSession::AcceptMail(Transaction t) {
   txn_ = std::move(t);
   in_txn_ = true;
   used_bdat_ = false;
@@ -441,7 +469,27 @@ void ServerSession::CmdExpn(std::string_view args) {
 }
 
 void ServerSession::CmdStarttls(std::string_view args) {
-  Error(502, "5.5.1", "Error: STARTTLS not available");
+  if (!options_.starttls) return Error(502, "5.5.1", "Error: STARTTLS not available");
+  if (tls_active_) return Error(554, "5.5.1", "Error: TLS already active");
+  if (!args.empty()) return Error(501, "5.5.4", "Syntax: STARTTLS");
+  if (in_txn_) return Error(503, "5.5.1", "Error: STARTTLS inside a mail transaction");
+  Send(220, "2.0.0", "Ready to start TLS");
+  // Whatever was pipelined after STARTTLS arrived in clear and must not be taken as if it came
+  // through TLS (CVE-2011-0411): ProcessInput drops the rest of in_ once paused here.
+  state_ = State::kStartTls;
+  discard_after_starttls_ = true;
+}
+
+void ServerSession::TlsStarted() {
+  if (state_ != State::kStartTls) return;
+  state_ = State::kCommand;
+  tls_active_ = true;
+  ResetTransaction();
+  helo_.clear();
+  txn_.helo.clear();
+  esmtp_ = false;
+  in_.clear();
+  ProcessInput();
 }
 
 // ---- message content ------------------------------------------------------------------

@@ -39,7 +39,15 @@ struct ServerOptions {
   std::string hostname = "localhost";
   ServerLimits limits;
   BareNewlinePolicy bare_newline = BareNewlinePolicy::kReject;
+  // starttls: STARTTLS is offered (RFC 3207) — the driver has a TLS context.
+  bool starttls = false;
+  // require_tls: MAIL is refused (530 5.7.0) until TLS is active (SM-6.1 securemail hosts).
+  bool require_tls = false;
 };
+
+// kReplyPending, returned by ServerHandler::OnMail, means "deciding": the session pauses until
+// the driver calls ServerSession::CompleteMail (e.g. after an SPF check, RFC 7208).
+inline constexpr int kReplyPending = 1;
 
 struct Recipient {
   std::string address;
@@ -63,7 +71,8 @@ struct Transaction {
 class ServerHandler {
  public:
   virtual ~ServerHandler() = default;
-  // OnMail may refuse a transaction (e.g. 452 4.3.1 when the queue is full). Default: accept.
+  // OnMail may refuse a transaction (e.g. 452 4.3.1 when the queue is full), or answer
+  // kReplyPending and decide later through CompleteMail. Default: accept.
   virtual Reply OnMail(const Transaction& txn) { return {}; }
   // OnRcpt decides one recipient (relay control). Return code 0 to accept.
   virtual Reply OnRcpt(const Transaction& txn, const Recipient& rcpt) { return {}; }
@@ -91,6 +100,16 @@ class ServerSession {
   bool Feed(std::string_view bytes);
   // CompleteData delivers the reply for the message passed to OnDataEnd and resumes input.
   void CompleteData(const Reply& reply);
+  // CompleteMail decides a MAIL that OnMail left pending (code 0: accepted) and resumes input.
+  void CompleteMail(const Reply& reply);
+  // TlsPending: STARTTLS was accepted (its 220 is in the output). The driver sends that output
+  // in clear, then does the TLS handshake and calls TlsStarted(), or closes the connection.
+  // Nothing the client sent after the STARTTLS line is kept (CVE-2011-0411 class).
+  bool TlsPending() const { return state_ == State::kStartTls; }
+  // TlsStarted: the handshake is done; the session starts afresh (RFC 3207 §4.2: the client
+  // must EHLO again, and STARTTLS is no longer offered).
+  void TlsStarted();
+  bool tls_active() const { return tls_active_; }
   // Timeout answers 421 and closes (the driver's idle timer fired).
   void Timeout();
   // Shutdown answers 421 (daemon stopping) and closes.
@@ -101,8 +120,11 @@ class ServerSession {
   bool HasOutput() const { return !out_.empty(); }
   // Closed: the driver should flush the output and close the connection.
   bool Closed() const { return closed_; }
-  // Paused: waiting for CompleteData(); the driver should stop reading (input is buffered).
-  bool Paused() const { return state_ == State::kCommitting; }
+  // Paused: waiting for CompleteData(), CompleteMail() or TlsStarted(); the driver should stop
+  // reading (input is buffered).
+  bool Paused() const {
+    return state_ == State::kCommitting || state_ == State::kMailPending || state_ == State::kStartTls;
+  }
   size_t BufferedInput() const { return in_.size(); }
   // InTransaction: between MAIL and the end of the message (a drain waits for it).
   bool InTransaction() const { return in_txn_ || state_ != State::kCommand; }
@@ -115,7 +137,7 @@ class ServerSession {
   const Counters& counters() const { return counters_; }
 
  private:
-  enum class State { kCommand, kData, kBdat, kCommitting, kClosed };
+  enum class State { kCommand, kData, kBdat, kCommitting, kMailPending, kStartTls, kClosed };
   enum class DataState { kBol, kBolBare, kMid, kCR, kBolDot, kBolDotCR };
   enum class Refusal { kNone, kBareNewline, kTooBig, kLineTooLong, kHeaderTooBig, kTooManyHops };
   static constexpr uint32_t kMaxReceived = 100;  // Postfix's hopcount_limit default is 50
@@ -144,6 +166,7 @@ class ServerSession {
   void CmdEhlo(std::string_view args);
   void CmdHelo(std::string_view args);
   void CmdMail(std::string_view args);
+  void AcceptMail(Transaction t);
   void CmdRcpt(std::string_view args);
   void CmdData(std::string_view args);
   void CmdBdat(std::string_view args);
@@ -166,6 +189,8 @@ class ServerSession {
   // Session state.
   std::string helo_;
   bool esmtp_ = false;
+  bool tls_active_ = false;
+  Transaction pending_mail_;   // MAIL waiting for CompleteMail
   uint32_t errors_ = 0;
   uint32_t commands_outside_txn_ = 0;
 
@@ -192,6 +217,7 @@ class ServerSession {
   bool bdat_refused_ = false;   // swallow this chunk's bytes, then send bdat_reply_
   Reply bdat_reply_;
   bool processing_ = false;
+  bool discard_after_starttls_ = false;
 
   Counters counters_;
 };

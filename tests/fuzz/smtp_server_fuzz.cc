@@ -1,8 +1,11 @@
 // libFuzzer target for the SMTP server core (issue #2).
 //
-// Input: byte 0 picks options (bare-newline policy, small limits), byte 1 a chunking seed;
-// the rest is client input. Checked invariants, beyond "no crash, no sanitizer report":
-//  - feeding in one piece and in arbitrary chunks produces the same replies and messages;
+// Input: byte 0 picks options (bare-newline policy, small limits, STARTTLS offered/required,
+// MAIL decided later as after an SPF check), byte 1 a chunking seed; the rest is client input.
+// Checked invariants, beyond "no crash, no sanitizer report":
+//  - feeding in one piece and in arbitrary chunks produces the same replies and messages
+//    (not with STARTTLS: what is pipelined behind it is dropped, so chunking matters there);
+//  - nothing fed while a STARTTLS is pending is ever answered;
 //  - every reply line is "DDD" + ' ' or '-' ... CRLF;
 //  - buffered input stays bounded.
 #include <cstddef>
@@ -21,6 +24,13 @@ class Handler : public ServerHandler {
   ServerSession* s = nullptr;
   std::string log;
   std::string cur;
+  bool pending = false;
+  std::string pending_from;
+  Reply OnMail(const Transaction& t) override {
+    if (!pending) return {};
+    pending_from = t.mail_from;
+    return MakeReply(kReplyPending, "", "");
+  }
   Reply OnRcpt(const Transaction&, const Recipient& r) override {
     if (r.address.size() % 7 == 3) return MakeReply(554, "5.7.1", "denied");
     return {};
@@ -38,8 +48,9 @@ class Handler : public ServerHandler {
 };
 
 std::pair<std::string, std::string> Run(const ServerOptions& o, std::string_view in, uint8_t seed,
-                                        bool chunked) {
+                                        bool chunked, bool pending) {
   Handler h;
+  h.pending = pending;
   ServerSession s(o, &h);
   h.s = &s;
   s.Start();
@@ -52,10 +63,20 @@ std::pair<std::string, std::string> Run(const ServerOptions& o, std::string_view
       x = x * 1103515245u + 12345u;
       n = std::min<size_t>(n, 1 + (x >> 16) % 17);
     }
+    bool tls_pending = s.TlsPending();
     s.Feed(in.substr(pos, n));
     pos += n;
-    out += s.TakeOutput();
-    if (s.BufferedInput() > o.limits.max_line_length + 64) std::abort();
+    std::string replies = s.TakeOutput();
+    if (tls_pending && !replies.empty()) std::abort();   // clear bytes after STARTTLS answered
+    out += replies;
+    // While paused the driver stops reading, so only an unpaused session must stay bounded.
+    if (!s.Paused() && s.BufferedInput() > o.limits.max_line_length + 64) std::abort();
+    if (s.TlsPending() && (x & 1)) s.TlsStarted();   // some handshakes succeed, some never end
+    for (int guard = 0; guard < 100000 && s.Paused() && !s.TlsPending() && h.pending; ++guard) {
+      // A deterministic "SPF" decision, so both feeds agree.
+      s.CompleteMail(h.pending_from.size() % 2 ? MakeReply(550, "5.7.23", "spf fail") : Reply{});
+      out += s.TakeOutput();
+    }
   }
   return {out, h.log};
 }
@@ -88,10 +109,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     o.limits.max_header_size = 100;
     o.limits.max_errors = 5;
   }
+  o.starttls = data[0] & 4;
+  o.require_tls = (data[0] & 12) == 12;
+  bool pending = data[0] & 16;
   std::string_view in(reinterpret_cast<const char*>(data + 2), size - 2);
-  auto whole = Run(o, in, data[1], false);
-  auto chunked = Run(o, in, data[1], true);
-  if (whole != chunked) std::abort();
+  auto whole = Run(o, in, data[1], false, pending);
+  auto chunked = Run(o, in, data[1], true, pending);
+  if (!o.starttls && whole != chunked) std::abort();
   CheckReplies(whole.first);
+  CheckReplies(chunked.first);
   return 0;
 }

@@ -195,8 +195,9 @@ def main():
     c.check(secret_line in got and attachment[:76] in got and b"Subject: [IN-CONFIDENCE] budget 2027" in got,
             "it arrives decrypted, with its attachment and its real Subject restored")
     c.check(b"Authentication-Results: gw-b.test; smime=pass" in got
-            and b"body.smime-identifier=domain-signing-authority@agency-a.test" in got,
-            "marked signed+verified by gateway b (RFC 7281 smime=pass)")
+            and b"body.smime-identifier=domain-signing-authority@agency-a.test" in got
+            and got.count(b"X-Mailseal-Auth-Level: ") == 1 and b"X-Mailseal-Auth-Level: signed+verified" in got,
+            "marked signed+verified by gateway b (SM-8.2 level; RFC 7281 smime=pass)")
     c.check(b"forged by the sender" not in got, "the forged Authentication-Results with b's name is removed")
     c.check(b"application/pkcs7-mime" not in got, "the domain layers are stripped before delivery")
     held = ga.queue_files("hold")

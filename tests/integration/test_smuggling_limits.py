@@ -107,7 +107,9 @@ def main():
     gw.stop()
 
     # Relay control: an untrusted client may only mail local domains (no open relay).
-    gw2 = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="gw2", trusted="10.99.0.0/16").start()
+    # (outside.test answered locally: the client's SPF check, SM-5b, must not depend on the DNS here)
+    gw2 = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="gw2", trusted="10.99.0.0/16",
+                            delivery_extra='dns_local_zones: "outside.test. static"').start()
     out = harness.smtp_exchange(gw2.port, [b"EHLO x\r\nMAIL FROM:<a@outside.test>\r\nRCPT TO:<b@partner.test>\r\n"
                                            b"RCPT TO:<b@agency-a.test>\r\nQUIT\r\n"])
     c.check(b"554 5.7.1 <b@partner.test>: Relay access denied\r\n250 2.1.5 Ok" in out,

@@ -248,6 +248,7 @@ TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {
   Side b = Make("b", {}, {"agency-a.test"});
   std::string msg = "From: Alice <alice@hr.agency-a.test>\r\nTo: bob@agency-b.test\r\nSubject: [SENSITIVE] plan\r\n"
                     "Authentication-Results: GW-B.test; smime=pass (forged)\r\n"
+                    "X-Mailseal-Auth-Level: signed+verified (forged)\r\n"
                     "Authentication-Results: other.example; spf=pass\r\n\r\nthe plan\r\n";
   std::vector<Output> sealed = a.gw->Process("alice@hr.agency-a.test", {"bob@agency-b.test"}, msg, a.keys);
   ASSERT_EQ(sealed.size(), 1u);
@@ -257,8 +258,10 @@ TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {
   ASSERT_EQ(opened.size(), 1u);
   ASSERT_EQ(opened[0].action, Action::kDeliver) << opened[0].reason;
   const std::string& got = opened[0].body;
-  EXPECT_EQ(got.rfind("Authentication-Results: gw-b.test; smime=pass (signed by the domain of agency-a.test", 0), 0u)
+  EXPECT_EQ(got.rfind("X-Mailseal-Auth-Level: signed+verified\r\n"
+                      "Authentication-Results: gw-b.test; smime=pass (signed by the domain of agency-a.test", 0), 0u)
       << got;
+  EXPECT_EQ(got.find("(forged)"), std::string::npos) << "SM-8.2: marks from outside are removed first";
   EXPECT_NE(got.find("body.smime-identifier=domain-signing-authority@agency-a.test"), std::string::npos);
   EXPECT_EQ(got.find("(forged)"), std::string::npos) << "our name in a foreign mark: removed (RFC 8601 §5)";
   EXPECT_NE(got.find("Authentication-Results: other.example; spf=pass"), std::string::npos) << "others' marks stay";
@@ -319,10 +322,10 @@ TEST_F(GatewayTest, NamingMismatchAndUnknownCaGetHardWarnings) {
   struct Via {
     Inbound in;
     const char* want;
-  } vias[] = {{{"192.0.2.10:2525", "LISTS.agency-a.test"}, "[SOFT WARNING: Sender address does not match"},
-              {{"192.0.2.10:2525", "other.test"}, "[HARD WARNING: Sender address"},     // the name must match too
-              {{"198.51.100.1:25", "lists.agency-a.test"}, "[HARD WARNING: Sender address"},   // saying is not being
-              {{"", ""}, "[HARD WARNING: Sender address"}};
+  } vias[] = {{{"192.0.2.10:2525", "LISTS.agency-a.test", "", "", ""}, "[SOFT WARNING: Sender address does not match"},
+              {{"192.0.2.10:2525", "other.test", "", "", ""}, "[HARD WARNING: Sender address"},     // the name must match too
+              {{"198.51.100.1:25", "lists.agency-a.test", "", "", ""}, "[HARD WARNING: Sender address"},   // saying is not being
+              {{"", "", "", "", ""}, "[HARD WARNING: Sender address"}};
   for (const Via& v : vias) {
     std::vector<Output> o = b.gw->Process("eve@evil.test", {"bob@agency-b.test"}, s1[0].body, b.keys, compiled.get(),
                                           false, &v.in);
@@ -333,7 +336,7 @@ TEST_F(GatewayTest, NamingMismatchAndUnknownCaGetHardWarnings) {
   t->set_kind(mailseal::v1::TrustedServer::KIND_SERVER);
   t->set_address("2001:db8::/64");
   compiled = policy::Compile(doc);
-  Inbound v6{"[2001:db8::7]:25", "anything.test"};
+  Inbound v6{"[2001:db8::7]:25", "anything.test", "", "", ""};
   std::vector<Output> o6 = b.gw->Process("eve@evil.test", {"bob@agency-b.test"}, s1[0].body, b.keys, compiled.get(),
                                          false, &v6);
   EXPECT_NE(o6[0].body.find("relayed by trusted server [2001:db8::/64]: warning softened"), std::string::npos)
@@ -414,10 +417,52 @@ TEST_F(GatewayTest, UserLevelSmimeInsideTravelsByteExact) {
   ASSERT_EQ(s[0].action, Action::kDeliver);
   std::vector<Output> o = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, s[0].body, b.keys);
   ASSERT_EQ(o[0].action, Action::kDeliver);
-  size_t mark_end = o[0].body.find("\r\n") + 2;
-  EXPECT_EQ(o[0].body.substr(mark_end), user) << "byte-identical after the gateway's mark";
+  size_t mark_end = o[0].body.find("\r\nAuthentication-Results: ");   // level line, then results
+  ASSERT_NE(mark_end, std::string::npos);
+  mark_end = o[0].body.find("\r\n", mark_end + 2) + 2;
+  EXPECT_EQ(o[0].body.substr(mark_end), user) << "byte-identical after the gateway's marks";
   std::ofstream(dir_ + "/u-got.eml", std::ios::binary) << o[0].body.substr(mark_end);
   EXPECT_EQ(Run("openssl cms -verify -in u-got.eml -CAfile alice.crt -out /dev/null"), 0);
+}
+
+// SM-8.2: the authentication level of inbound mail — signed+verified, tls+spf or none — with
+// RFC 8601 results for smime and spf; the same marks arriving from outside are removed first.
+TEST_F(GatewayTest, InboundAuthenticationLevelFromTlsAndSpf) {
+  Side b = Make("b", {}, {});
+  std::string plain = "From: carol@partner.test\r\nTo: bob@agency-b.test\r\nSubject: hello\r\n"
+                      "X-Mailseal-Auth-Level: signed+verified\r\n"
+                      "Authentication-Results: gw-b.test; spf=pass smtp.mailfrom=partner.test\r\n\r\nbody\r\n";
+  struct Row {
+    const char* tls;
+    const char* spf;
+    const char* level;
+    const char* results;
+  } rows[] = {
+      {"TLSv1.3 TLS_AES_256_GCM_SHA384", "pass", "tls+spf",
+       "spf=pass smtp.mailfrom=partner.test (received over TLSv1.3 TLS_AES_256_GCM_SHA384)"},
+      {"", "pass", "none", "spf=pass smtp.mailfrom=partner.test (received in clear)"},
+      {"TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384", "softfail", "none", "spf=softfail smtp.mailfrom=partner.test"},
+      {"TLSv1.3 TLS_AES_256_GCM_SHA384", "neutral", "none", "spf=neutral"},
+      {"TLSv1.3 TLS_AES_256_GCM_SHA384", "", "none", "smime=none (not S/MIME) (received over TLSv1.3"},
+  };
+  for (const Row& r : rows) {
+    Inbound in{"198.51.100.7:4321", "mx.partner.test", r.tls, r.spf, "partner.test"};
+    std::vector<Output> o = b.gw->Process("carol@partner.test", {"bob@agency-b.test"}, plain, b.keys, nullptr, false, &in);
+    ASSERT_EQ(o.size(), 1u);
+    ASSERT_EQ(o[0].action, Action::kDeliver);
+    const std::string& got = o[0].body;
+    EXPECT_EQ(got.rfind(StrCat("X-Mailseal-Auth-Level: ", r.level, "\r\nAuthentication-Results: gw-b.test; smime=none"), 0), 0u)
+        << r.tls << " / " << r.spf << "\n" << got;
+    EXPECT_NE(got.find(r.results), std::string::npos) << got;
+    size_t levels = 0;
+    for (size_t p = got.find("X-Mailseal-Auth-Level:"); p != std::string::npos; p = got.find("X-Mailseal-Auth-Level:", p + 1)) ++levels;
+    EXPECT_EQ(levels, 1u) << "the forged level is gone\n" << got;
+    size_t ours = 0;
+    for (size_t p = got.find("Authentication-Results: gw-b.test"); p != std::string::npos;
+         p = got.find("Authentication-Results: gw-b.test", p + 1))
+      ++ours;
+    EXPECT_EQ(ours, 1u) << "the forged result with our name is gone\n" << got;
+  }
 }
 
 }  // namespace

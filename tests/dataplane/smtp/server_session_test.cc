@@ -358,5 +358,91 @@ TEST(ServerSession, FirstLimitCrossedWinsWhateverTheChunking) {
     EXPECT_EQ(a, b);
   }
 }
+
+// ---- STARTTLS (RFC 3207, SM-5) and MAIL decided later (SPF, SM-5b) ----
+
+ServerOptions TlsOptions(bool required = false) {
+  ServerOptions o = Harness::DefaultOptions();
+  o.starttls = true;
+  o.require_tls = required;
+  return o;
+}
+
+TEST(ServerSession, StarttlsIsOfferedAnsweredAndThenForgotten) {
+  Harness t(TlsOptions());
+  std::string ehlo = t.Feed("EHLO c.test\r\n");
+  EXPECT_NE(ehlo.find("250-HELP\r\n250 STARTTLS\r\n"), std::string::npos) << ehlo;
+  EXPECT_EQ(t.Feed("STARTTLS now\r\n"), "501 5.5.4 Syntax: STARTTLS\r\n");
+  EXPECT_EQ(t.Feed("STARTTLS\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+  EXPECT_TRUE(t.session.TlsPending());
+  EXPECT_TRUE(t.session.Paused()) << "the driver must stop handing clear bytes to the session";
+  t.session.TlsStarted();
+  EXPECT_TRUE(t.session.tls_active());
+  EXPECT_FALSE(t.session.Paused());
+  // RFC 3207 §4.2: everything learnt before is forgotten; EHLO again, no STARTTLS offered.
+  EXPECT_EQ(t.Feed("MAIL FROM:<a@x.test>\r\n"), "503 5.5.1 Error: send HELO/EHLO first\r\n");
+  ehlo = t.Feed("EHLO c.test\r\n");
+  EXPECT_EQ(ehlo.find("STARTTLS"), std::string::npos) << ehlo;
+  EXPECT_EQ(t.Feed("STARTTLS\r\n"), "554 5.5.1 Error: TLS already active\r\n");
+}
+
+TEST(ServerSession, CommandsPipelinedBehindStarttlsAreDropped) {
+  // CVE-2011-0411: "STARTTLS\r\nRCPT..." in one packet must not run RCPT as if it came over TLS.
+  for (bool bytewise : {false, true}) {
+    Harness t(TlsOptions());
+    t.Feed("EHLO c.test\r\n");
+    std::string out = t.Feed("STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<b@y.test>\r\n", bytewise);
+    EXPECT_EQ(out, "220 2.0.0 Ready to start TLS\r\n");
+    EXPECT_EQ(t.session.BufferedInput(), 0u);
+    t.session.TlsStarted();
+    EXPECT_EQ(t.session.TakeOutput(), "") << "nothing from before the handshake may be answered after it";
+    t.Feed("EHLO c.test\r\n");
+    EXPECT_EQ(t.Feed("RCPT TO:<b@y.test>\r\n"), "503 5.5.1 Error: need MAIL command\r\n");
+  }
+}
+
+TEST(ServerSession, StarttlsRefusedInsideATransactionOrWhenNotOffered) {
+  Harness plain;
+  plain.Feed("EHLO c.test\r\n");
+  EXPECT_EQ(plain.Feed("STARTTLS\r\n"), "502 5.5.1 Error: STARTTLS not available\r\n");
+  Harness t(TlsOptions());
+  t.Feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n");
+  EXPECT_EQ(t.Feed("STARTTLS\r\n"), "503 5.5.1 Error: STARTTLS inside a mail transaction\r\n");
+  EXPECT_FALSE(t.session.TlsPending());
+}
+
+TEST(ServerSession, RequiredTlsRefusesMailInClear) {
+  Harness t(TlsOptions(/*required=*/true));
+  t.Feed("EHLO c.test\r\n");
+  EXPECT_EQ(t.Feed("MAIL FROM:<a@x.test>\r\n"), "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  t.Feed("STARTTLS\r\n");
+  t.session.TlsStarted();
+  EXPECT_EQ(t.Feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n").substr(0, 4), "250-");
+  EXPECT_TRUE(t.session.InTransaction());
+}
+
+TEST(ServerSession, PendingMailHoldsPipelinedCommandsUntilDecided) {
+  for (bool accept : {true, false}) {
+    Harness t;
+    t.h.pending_mail = true;
+    std::string out = t.Feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    EXPECT_EQ(out.find("2.1.0"), std::string::npos) << "MAIL is not answered before the decision";
+    EXPECT_TRUE(t.session.Paused());
+    EXPECT_GT(t.session.BufferedInput(), 0u);
+    if (accept) {
+      t.session.CompleteMail({});
+      EXPECT_EQ(t.session.TakeOutput(), "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    } else {
+      t.session.CompleteMail(MakeReply(550, "5.7.23", "SPF: x.test does not allow 192.0.2.1"));
+      EXPECT_EQ(t.session.TakeOutput(), "550 5.7.23 SPF: x.test does not allow 192.0.2.1\r\n"
+                                        "503 5.5.1 Error: need MAIL command\r\n"
+                                        "503 5.5.1 Error: need MAIL command\r\n");
+      EXPECT_FALSE(t.session.InTransaction());
+    }
+    t.session.CompleteMail({});   // a late second answer changes nothing
+    EXPECT_EQ(t.session.TakeOutput(), "");
+  }
+}
+
 }  // namespace
 }  // namespace mailseal::smtp

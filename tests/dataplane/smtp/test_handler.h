@@ -22,10 +22,12 @@ class RecordingHandler : public ServerHandler {
   std::string current;
   int aborts = 0;
   bool refuse_mail = false;
+  bool pending_mail = false;   // OnMail answers kReplyPending (the test calls CompleteMail)
   std::vector<std::string> events;   // for golden transcripts
 
   Reply OnMail(const Transaction& t) override {
     if (refuse_mail) return MakeReply(452, "4.3.1", "Insufficient system resources");
+    if (pending_mail) return MakeReply(kReplyPending, "", "");
     return {};
   }
   Reply OnRcpt(const Transaction& t, const Recipient& r) override {

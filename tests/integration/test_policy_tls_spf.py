@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Issue #6, SM-8.2 with SM-5 / SM-5b / SM-6.1: inbound STARTTLS, SPF, the authentication level.
+
+gw-b (agency-b.test, a SoftHSM token, S/MIME on) offers STARTTLS and checks SPF for clients
+outside its trusted networks; its DNS answers from local data only (zone "test." static):
+  partner.test  "v=spf1 ip4:127.0.0.1 -all"        -> pass (and ends in -all)
+  softy.test    "v=spf1 ip4:127.0.0.1 ~all"        -> pass, but not -all
+  forged.test   "v=spf1 ip4:192.0.2.0/24 exp=... -all" -> fail, with an explanation
+- A real Postfix (smtp_tls_security_level = encrypt) relays carol@partner.test's mail to gw-b:
+  it arrives over TLS from an address SPF allows, so it is marked X-Mailseal-Auth-Level: tls+spf
+  with Authentication-Results (spf=pass, the TLS version), Received-SPF and "with ESMTPS"; a
+  forged level header the sender put in is gone.
+- The same sender in clear: level none (spf=pass, received in clear).
+- forged.test: refused at MAIL with 550 5.7.23 and the domain's own explanation; nothing delivered.
+- STARTTLS injection (CVE-2011-0411): a MAIL pipelined behind STARTTLS in clear is not taken.
+- TLS floor (SM-6.1): TLS 1.1 and a TLS 1.2 suite without ECDHE/AEAD are refused.
+A SecureMail host (hostname securemail.agency-c.test, SM-6.1): MAIL in clear gets 530; over TLS,
+a sender whose SPF record passes without -all gets 550; partner.test (-all, pass) is accepted.
+Configuration: a securemail host without tls is refused (file:line), a world-readable TLS key
+is refused (--check-config and start).
+"""
+import os
+import socket
+import ssl
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from test_smime_gateways import make_pki, smime_conf, send  # noqa: E402
+
+DNS = ('dns_local_zones: "test. static"\n'
+       'dns_local_data: "partner.test. TXT \\"v=spf1 ip4:127.0.0.1 -all\\""\n'
+       'dns_local_data: "softy.test. TXT \\"v=spf1 ip4:127.0.0.1 ~all\\""\n'
+       'dns_local_data: "forged.test. TXT \\"v=spf1 ip4:192.0.2.0/24 exp=why.forged.test -all\\""\n'
+       'dns_local_data: "why.forged.test. TXT \\"%{i} is not a mail server of %{d}\\""\n')
+
+
+def tls_files(root):
+    d = os.path.join(root, "tls")
+    os.makedirs(d)
+    subprocess.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem "
+                   "-out cert.pem -subj /CN=gw-b.test -days 2", shell=True, cwd=d, check=True, capture_output=True)
+    os.chmod(os.path.join(d, "key.pem"), 0o600)
+    return os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+
+
+def recv_reply(sock):
+    """One whole SMTP reply (all its lines)."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) >= 2 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" ":
+            return data
+
+
+def tls_session(port, commands, helo="client.test"):
+    """EHLO, STARTTLS, then each command over TLS; returns the replies after the handshake."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    recv_reply(s)
+    s.sendall(f"EHLO {helo}\r\n".encode())
+    recv_reply(s)
+    s.sendall(b"STARTTLS\r\n")
+    if not recv_reply(s).startswith(b"220"):
+        raise RuntimeError("STARTTLS refused")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    t = ctx.wrap_socket(s)
+    out = []
+    for cmd in commands:
+        t.sendall(cmd)
+        out.append(recv_reply(t))
+    t.close()
+    return out
+
+
+def s_client(port, *flags):
+    r = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{port}", *flags],
+                       input=b"QUIT\n", capture_output=True, timeout=20)
+    return r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+
+
+def main():
+    a = harness.args()
+    c = harness.Checker("policy_tls_spf")
+    root = harness.tempdir(a.keep)
+    ca_dir, [(db, envb, pinb)] = make_pki(root, a.keygen, [("b", "agency-b.test")])
+    cert, key = tls_files(root)
+    tls = f'tls {{ cert_file: "{cert}" key_file: "{key}" }}\n'
+    sink = harness.Sink(root)
+    gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="gw-b", trusted="10.99.0.0/16",
+                           local_domain="agency-b.test", hostname="gw-b.test", env=envb,
+                           extra=smime_conf("b", db, pinb, ca_dir, "") + tls, delivery_extra=DNS).start()
+
+    # 1. A real Postfix relays over mandatory TLS from an address partner.test's SPF allows.
+    pf = harness.Postfix(root, gw.port, extra_main="smtp_tls_security_level = encrypt\nsmtp_tls_loglevel = 1\n"
+                                                   "smtp_helo_name = mx.partner.test\n")
+    msg = (b"From: carol@partner.test\r\nTo: bob@agency-b.test\r\nSubject: over TLS\r\nMessage-ID: <tls-1@partner.test>\r\n"
+           b"X-Mailseal-Auth-Level: signed+verified\r\n\r\nhello over TLS\r\n")
+    out = send(pf.port, "carol@partner.test", ["bob@agency-b.test"], msg)
+    c.check(b"250 2.0.0" in out, "Postfix took the message", out.decode(errors="replace"))
+    got = harness.wait_for(lambda: [m for m in sink.messages() if b"<tls-1@partner.test>" in m], 60,
+                           "the TLS message delivered by gw-b")[0]
+    head = got.split(b"\r\n\r\n")[0].decode(errors="replace")
+    c.check(head.count("X-Mailseal-Auth-Level:") == 1 and "X-Mailseal-Auth-Level: tls+spf" in head,
+            "SM-8.2: over TLS with SPF pass -> level tls+spf, the sender's forged level removed", head)
+    c.check("spf=pass smtp.mailfrom=partner.test (received over TLSv1." in head and
+            "Authentication-Results: gw-b.test; smime=none" in head,
+            "Authentication-Results: smime=none, spf=pass, the TLS version (RFC 8601)", head)
+    c.check("Received-SPF: pass (gw-b.test: domain of carol@partner.test designates 127.0.0.1" in head,
+            "Received-SPF (RFC 7208 §9.1)", head)
+    c.check("with ESMTPS id" in head, "Received: says ESMTPS (RFC 3848)", head)
+    with open(os.path.join(pf.dir, "maillog"), errors="replace") as f:
+        plog = f.read()
+    c.check("TLS connection established to 127.0.0.1" in plog, "Postfix's log shows the TLS connection", plog[-1500:])
+
+    # 2. Same sender in clear: SPF passes but there is no TLS -> none.
+    out = send(gw.port, "carol@partner.test", ["bob@agency-b.test"],
+               b"From: carol@partner.test\r\nSubject: clear\r\nMessage-ID: <clear-1@partner.test>\r\n\r\nin clear\r\n")
+    c.check(b"250 2.0.0" in out, "accepted in clear", out.decode(errors="replace"))
+    got = harness.wait_for(lambda: [m for m in sink.messages() if b"<clear-1@partner.test>" in m], 60, "clear message")[0]
+    head = got.split(b"\r\n\r\n")[0].decode(errors="replace")
+    c.check("X-Mailseal-Auth-Level: none" in head and "(received in clear)" in head and "with ESMTP id" in head,
+            "in clear -> level none, marked as received in clear", head)
+
+    # 3. SPF fail is refused at MAIL, with the domain's explanation (SM-5b).
+    out = send(gw.port, "mallory@forged.test", ["bob@agency-b.test"],
+               b"From: mallory@forged.test\r\nMessage-ID: <forged-1@x>\r\n\r\nx\r\n")
+    c.check(b"550 5.7.23 SPF: forged.test does not allow 127.0.0.1 to send its mail: "
+            b"127.0.0.1 is not a mail server of forged.test" in out, "SPF fail -> 550 5.7.23 with exp=", out.decode(errors="replace"))
+    c.check(b"354" not in out, "no DATA after a refused MAIL")
+
+    # 4. STARTTLS injection: MAIL pipelined behind STARTTLS in clear is dropped.
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    recv_reply(s)
+    s.sendall(b"EHLO client.test\r\n")
+    ehlo = recv_reply(s)
+    c.check(b"250 STARTTLS" in ehlo or b"250-STARTTLS" in ehlo, "STARTTLS offered (SM-5)", ehlo.decode())
+    s.sendall(b"STARTTLS\r\nMAIL FROM:<carol@partner.test>\r\n")
+    r220 = recv_reply(s)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    t = ctx.wrap_socket(s)
+    t.sendall(b"EHLO client.test\r\n")
+    first = recv_reply(t)
+    t.sendall(b"RCPT TO:<bob@agency-b.test>\r\n")
+    rcpt = recv_reply(t)
+    t.close()
+    c.check(r220 == b"220 2.0.0 Ready to start TLS\r\n" and first.startswith(b"250-gw-b.test") and b"STARTTLS" not in first,
+            "after the handshake the first reply is EHLO's, without STARTTLS", (r220 + first).decode())
+    c.check(rcpt.startswith(b"503 5.5.1"), "the injected MAIL was not taken (CVE-2011-0411)", rcpt.decode())
+
+    # 5. TLS floor (SM-6.1).
+    old = s_client(gw.port, "-tls1_1")
+    c.check("Cipher is (NONE)" in old or "alert protocol version" in old, "TLS 1.1 refused", old[-600:])
+    weak = s_client(gw.port, "-tls1_2", "-cipher", "AES256-SHA")
+    c.check("Cipher is (NONE)" in weak or "handshake failure" in weak, "TLS 1.2 without ECDHE/AEAD refused", weak[-600:])
+    good = s_client(gw.port, "-tls1_2")
+    c.check("Cipher is ECDHE-" in good and "GCM" in good, "TLS 1.2 with ECDHE and AES-GCM accepted", good[-600:])
+    log = gw.read_log()
+    c.check("spf" in log and "result=fail" in log and "TLS established" in log, "SPF verdicts and TLS in the log")
+    gw.stop()
+
+    # 6. A SecureMail host (SM-6.1).
+    sm = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="securemail", trusted="10.99.0.0/16",
+                           local_domain="agency-c.test", hostname="securemail.agency-c.test",
+                           extra=tls, delivery_extra=DNS).start()
+    out = send(sm.port, "carol@partner.test", ["bob@agency-c.test"], b"Subject: x\r\n\r\nx\r\n")
+    c.check(b"530 5.7.0 Must issue a STARTTLS command first" in out, "securemail: MAIL in clear -> 530", out.decode(errors="replace"))
+    soft = tls_session(sm.port, [b"EHLO client.test\r\n", b"MAIL FROM:<dave@softy.test>\r\n"])
+    c.check(soft[1].startswith(b"550 5.7.23 SecureMail host (SM-6.1)") and b"without -all" in soft[1],
+            "securemail: SPF pass without -all -> 550", soft[1].decode())
+    ok = tls_session(sm.port, [b"EHLO client.test\r\n", b"MAIL FROM:<carol@partner.test>\r\n",
+                               b"RCPT TO:<bob@agency-c.test>\r\n", b"QUIT\r\n"])
+    c.check(ok[1].startswith(b"250 2.1.0") and ok[2].startswith(b"250 2.1.5"),
+            "securemail: over TLS with SPF pass from a -all record -> accepted", b"".join(ok).decode())
+    sm.stop()
+
+    # 7. Configuration refusals.
+    bad = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="securemail-notls",
+                            hostname="securemail.agency-c.test")
+    r = subprocess.run([a.mailseald, "--check-config", bad.config], capture_output=True, text=True)
+    c.check(r.returncode != 0 and "SecureMail host (SM-6.1)" in r.stderr and "mailseald.conf" in r.stderr,
+            "a securemail host without tls is refused", r.stderr)
+    os.chmod(key, 0o644)
+    r = subprocess.run([a.mailseald, "--check-config", sm.config], capture_output=True, text=True)
+    c.check(r.returncode != 0 and "chmod 600" in r.stderr, "a TLS key readable by others is refused", r.stderr)
+    c.finish()
+
+
+if __name__ == "__main__":
+    main()
