@@ -324,6 +324,8 @@ int Run(const std::string& path) {
       return static_cast<int64_t>(shared->document.load(std::memory_order_acquire)->hold_expiry_s) * 1000;
     };
   }
+  if (cfg.securemail())   // SM-6.1: a SecureMail host sends only over TLS (4.7.5 deferrals, then a DSN)
+    qopts.requires_tls = [](const std::string&) { return true; };
   if (recorder) {
     audit::Recorder* rec = recorder.get();
     qopts.on_event = [rec](const std::string& action, const std::string& qid, const std::string& detail) {

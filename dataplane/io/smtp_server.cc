@@ -121,10 +121,18 @@ class NetThread::Listener : public EventHandler {
 
 class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
  public:
+  // SessionOptions: STARTTLS is offered only with a TLS context (a reload that adds a tls
+  // section takes effect at restart); a required TLS without one refuses all mail (fail closed).
+  static smtp::ServerOptions SessionOptions(const policy::PolicySnapshot& snap, bool have_tls) {
+    smtp::ServerOptions o = snap.smtp;
+    o.starttls = o.starttls && have_tls;
+    return o;
+  }
+
   Conn(NetThread* t, uint64_t id, int fd, const sockaddr_storage& peer,
        std::shared_ptr<const policy::PolicySnapshot> snap)
       : t_(t), id_(id), fd_(fd), snap_(std::move(snap)),
-        session_(snap_->smtp, this) {
+        session_(SessionOptions(*snap_, t->ctx_.tls_ctx != nullptr), this) {
     peer_ = FormatAddress(reinterpret_cast<const sockaddr*>(&peer));
     peer_ip_ = PeerIp(peer);
     trusted_ = snap_->IsTrusted(reinterpret_cast<const sockaddr*>(&peer));
@@ -224,6 +232,8 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       return MakeReply(451, "4.3.0", "Security module unavailable: mail is suspended, try again later");
     if (!t_->ctx_.qmgr->Accepting())
       return MakeReply(452, "4.3.1", "Insufficient system resources, try again later");
+    bool same = spf_checked_ && spf_request_.mail_from == txn.mail_from && spf_request_.helo == txn.helo;
+    if (same && spf_.result != spf::Result::kTempError) return SpfDecision(spf_);   // RSET/MAIL loops cost no DNS
     spf_checked_ = false;
     spf_ = spf::Verdict{};
     if (trusted_ || !t_->ctx_.spf || snap_->spf == policy::PolicySnapshot::Spf::kOff) return {};
@@ -366,6 +376,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   // server side of the handshake over memory BIOs.
   void MaybeStartTls() {
     if (ssl_ || !session_.TlsPending() || closing_ || peer_gone_) return;
+    if (!t_->ctx_.tls_ctx) {
+      peer_gone_ = true;
+      return;
+    }
     ssl_ = SSL_new(t_->ctx_.tls_ctx);
     BIO* rbio = BIO_new(BIO_s_mem());
     BIO* wbio = BIO_new(BIO_s_mem());

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 
 #include <map>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -113,6 +114,9 @@ struct Case {
   bool has_explanation = false;
   std::shared_ptr<Zone> zone;
 };
+
+// gtest names each case by this (not a byte dump of the struct).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.id << " (" << c.host << ", " << c.mailfrom << ")"; }
 
 std::string Scalar(const YAML::Node& n) { return n.IsScalar() ? n.as<std::string>() : std::string(); }
 
