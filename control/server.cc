@@ -157,6 +157,9 @@ class QueueServiceImpl final : public v1::QueueService::Service {
       resp->set_protection(env.protection());
       resp->set_client_address(env.client_address());
       resp->set_helo(env.helo());
+      resp->set_tls(env.tls());
+      resp->set_spf_result(env.spf_result());
+      resp->set_spf_domain(env.spf_domain());
       for (const auto& r : env.recipients()) {
         auto* rs = resp->add_recipients();
         rs->set_address(r.address());

@@ -452,7 +452,12 @@ int main(int argc, char** argv) {
       if (!m.hold_reason().empty()) std::printf("held because %s\n", m.hold_reason().c_str());
       if (!resp.protection().empty()) std::printf("protection   %s\n", resp.protection().c_str());
       if (!resp.derived_from().empty()) std::printf("copy of      %s\n", resp.derived_from().c_str());
-      if (!resp.client_address().empty()) std::printf("client       %s (%s)\n", resp.client_address().c_str(), resp.helo().c_str());
+      if (!resp.client_address().empty()) {
+        std::printf("client       %s (%s)\n", resp.client_address().c_str(), resp.helo().c_str());
+        std::printf("transport    %s\n", resp.tls().empty() ? "in clear" : resp.tls().c_str());
+        if (!resp.spf_result().empty())
+          std::printf("spf          %s for %s\n", resp.spf_result().c_str(), resp.spf_domain().c_str());
+      }
       for (const auto& r : resp.recipients())
         std::printf("  %-36s %-11s %s %s\n", r.address().c_str(), r.status().c_str(), Time(r.at_unix_ms()).c_str(),
                     r.detail().c_str());

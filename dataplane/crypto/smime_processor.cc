@@ -147,6 +147,9 @@ class SmimeProcessor : public JobProcessor {
     env.set_arrival_unix_ms(m.envelope.arrival_unix_ms());
     env.set_client_address(m.envelope.client_address());
     env.set_helo(m.envelope.helo());
+    env.set_tls(m.envelope.tls());
+    env.set_spf_result(m.envelope.spf_result());
+    env.set_spf_domain(m.envelope.spf_domain());
     env.set_body_type(m.envelope.body_type());
     env.set_smtputf8(m.envelope.smtputf8());
     env.set_ret(m.envelope.ret());

@@ -791,7 +791,12 @@ void QueueManager::Run() {
       if (options_.on_event && !m.envelope.crypto_done())
         options_.on_event("mail.accepted", m.id,
                           StrCat("from=<", m.envelope.mail_from(), "> rcpts=", m.envelope.recipients_size(),
-                                 " size=", m.body_size, m.envelope.is_dsn() ? " dsn" : ""));
+                                 " size=", m.body_size, m.envelope.is_dsn() ? " dsn" : "",
+                                 m.envelope.client_address().empty() ? ""
+                                 : StrCat(" client=", m.envelope.client_address(),
+                                          " tls=", m.envelope.tls().empty() ? "none" : m.envelope.tls(),
+                                          m.envelope.spf_result().empty() ? ""
+                                          : StrCat(" spf=", m.envelope.spf_result(), "(", m.envelope.spf_domain(), ")"))));
       Admit(std::move(m), SpoolState::kActive, now, 0);
     }
     done.clear();

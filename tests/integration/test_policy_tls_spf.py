@@ -15,10 +15,13 @@ outside its trusted networks; its DNS answers from local data only (zone "test."
 - STARTTLS injection (CVE-2011-0411): a MAIL pipelined behind STARTTLS in clear is not taken.
 - TLS floor (SM-6.1): TLS 1.1 and a TLS 1.2 suite without ECDHE/AEAD are refused.
 A SecureMail host (hostname securemail.agency-c.test, SM-6.1): MAIL in clear gets 530; over TLS,
-a sender whose SPF record passes without -all gets 550; partner.test (-all, pass) is accepted.
+a sender whose SPF record passes without -all gets 550; partner.test (-all, pass) is accepted,
+and its delivery to a next hop without STARTTLS is deferred (4.7.5), never sent in clear.
+Operators see the transport and the SPF verdict in the audit trail and in `queue show`.
 Configuration: a securemail host without tls is refused (file:line), a world-readable TLS key
 is refused (--check-config and start).
 """
+import json
 import os
 import socket
 import ssl
@@ -27,6 +30,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
+from test_control_api import control_pki  # noqa: E402
 from test_smime_gateways import make_pki, smime_conf, send  # noqa: E402
 
 DNS = ('dns_local_zones: "test. static"\n'
@@ -89,13 +93,26 @@ def main():
     a = harness.args()
     c = harness.Checker("policy_tls_spf")
     root = harness.tempdir(a.keep)
-    ca_dir, [(db, envb, pinb)] = make_pki(root, a.keygen, [("b", "agency-b.test")])
+    # (control_pki puts the audit key in a token labelled "gw-a"; this gateway is agency-b's)
+    ca_dir, [(db, envb, pinb)] = make_pki(root, a.keygen, [("gw-a", "agency-b.test")])
+    m = control_pki(root, a.keygen, db, envb, pinb, ca_dir, ("admin-1",))
+    api_port = harness.free_port()
+    control = (f'control {{ listen: "127.0.0.1:{api_port}" cert_file: "{m}/server.crt" key_file: "{m}/server.key" '
+               f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "admin-1" role: "administrator" }} '
+               f'audit {{ log_path: "{root}/audit.log" heads_path: "{root}/audit.heads" key_label: "audit" }} }}\n')
     cert, key = tls_files(root)
     tls = f'tls {{ cert_file: "{cert}" key_file: "{key}" }}\n'
     sink = harness.Sink(root)
     gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="gw-b", trusted="10.99.0.0/16",
                            local_domain="agency-b.test", hostname="gw-b.test", env=envb,
-                           extra=smime_conf("b", db, pinb, ca_dir, "") + tls, delivery_extra=DNS).start()
+                           extra=smime_conf("gw-a", db, pinb, ca_dir, "") + tls + control, delivery_extra=DNS).start()
+    harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up")
+
+    def ctl(*args):
+        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/admin-1.crt",
+                            "--key", f"{m}/admin-1.key", "--ca", f"{m}/mgmt-ca.crt", *args],
+                           capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout, r.stderr
 
     # 1. A real Postfix relays over mandatory TLS from an address partner.test's SPF allows.
     pf = harness.Postfix(root, gw.port, extra_main="smtp_tls_security_level = encrypt\nsmtp_tls_loglevel = 1\n"
@@ -165,6 +182,23 @@ def main():
     c.check("Cipher is ECDHE-" in good and "GCM" in good, "TLS 1.2 with ECDHE and AES-GCM accepted", good[-600:])
     log = gw.read_log()
     c.check("spf" in log and "result=fail" in log and "TLS established" in log, "SPF verdicts and TLS in the log")
+
+    # 6. What operators see: the audit trail and `queue show` say how a message arrived.
+    rc, o, e = ctl("-o", "json", "audit", "records", "--action", "mail.accepted", "--limit", "20")
+    c.check(rc == 0 and "tls=TLSv1." in o and "spf=pass(partner.test)" in o and "tls=none" in o,
+            "mail.accepted audit records carry the transport and the SPF verdict", o[-600:] + e)
+    sink.stop()   # the next message stays queued (deferred) so it can be shown
+    r = tls_session(gw.port, [b"EHLO mx.partner.test\r\n", b"MAIL FROM:<carol@partner.test>\r\n",
+                              b"RCPT TO:<bob@agency-b.test>\r\n", b"DATA\r\n",
+                              b"From: carol@partner.test\r\nSubject: kept\r\n\r\nkept\r\n.\r\n", b"QUIT\r\n"])
+    c.check(r[4].startswith(b"250 2.0.0"), "accepted over TLS", r[4].decode())
+    harness.wait_for(lambda: gw.queue_files("deferred"), 30, "deferred while the next hop is down")
+    rc, o, e = ctl("-o", "json", "queue", "list", "--state", "deferred")
+
+    ids = [x["queue_id"] for x in json.loads(o).get("messages", [])] if rc == 0 else []
+    rc, o, e = ctl("queue", "show", ids[0]) if ids else (1, "", "no deferred message listed")
+    c.check(rc == 0 and "transport    TLSv1." in o and "spf          pass for partner.test" in o,
+            "queue show: transport and SPF verdict (also on the crypto stage's copy)", o + e)
     gw.stop()
 
     # 6. A SecureMail host (SM-6.1).
@@ -176,10 +210,20 @@ def main():
     soft = tls_session(sm.port, [b"EHLO client.test\r\n", b"MAIL FROM:<dave@softy.test>\r\n"])
     c.check(soft[1].startswith(b"550 5.7.23 SecureMail host (SM-6.1)") and b"without -all" in soft[1],
             "securemail: SPF pass without -all -> 550", soft[1].decode())
+    plain_hop = harness.Sink(root)   # smtp-sink offers no STARTTLS
+    sm.stop()
+    sm = harness.Mailseald(a.mailseald, root, relay_port=plain_hop.port, name="securemail2", trusted="10.99.0.0/16",
+                           local_domain="agency-c.test", hostname="securemail.agency-c.test",
+                           extra=tls, delivery_extra=DNS).start()
     ok = tls_session(sm.port, [b"EHLO client.test\r\n", b"MAIL FROM:<carol@partner.test>\r\n",
-                               b"RCPT TO:<bob@agency-c.test>\r\n", b"QUIT\r\n"])
-    c.check(ok[1].startswith(b"250 2.1.0") and ok[2].startswith(b"250 2.1.5"),
+                               b"RCPT TO:<bob@agency-c.test>\r\n", b"DATA\r\n",
+                               b"Subject: sm\r\n\r\nsecure only\r\n.\r\n", b"QUIT\r\n"])
+    c.check(ok[1].startswith(b"250 2.1.0") and ok[2].startswith(b"250 2.1.5") and ok[4].startswith(b"250 2.0.0"),
             "securemail: over TLS with SPF pass from a -all record -> accepted", b"".join(ok).decode())
+    harness.wait_for(lambda: "4.7.5" in sm.read_log(), 30, "the securemail host's delivery attempt")
+    c.check(not plain_hop.messages() and sm.queue_files("deferred"),
+            "securemail sends only over TLS: a next hop without STARTTLS gets nothing, the mail is deferred (4.7.5)",
+            sm.read_log()[-800:])
     sm.stop()
 
     # 7. Configuration refusals.
