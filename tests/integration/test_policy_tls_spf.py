@@ -18,7 +18,8 @@ A SecureMail host (hostname securemail.agency-c.test, SM-6.1): MAIL in clear get
 a sender whose SPF record passes without -all gets 550; partner.test (-all, pass) is accepted,
 and its delivery to a next hop without STARTTLS is deferred (4.7.5), never sent in clear.
 Operators see the transport and the SPF verdict in the audit trail and in `queue show`.
-Configuration: a securemail host without tls is refused (file:line), a world-readable TLS key
+A resolver that fails (SERVFAIL) defers the mail with 451 4.7.24, or with accept_temperror
+accepts it. Configuration: a securemail host without tls is refused (file:line), a world-readable TLS key
 is refused (--check-config and start).
 """
 import json
@@ -27,6 +28,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
@@ -38,6 +40,23 @@ DNS = ('dns_local_zones: "test. static"\n'
        'dns_local_data: "softy.test. TXT \\"v=spf1 ip4:127.0.0.1 ~all\\""\n'
        'dns_local_data: "forged.test. TXT \\"v=spf1 ip4:192.0.2.0/24 exp=why.forged.test -all\\""\n'
        'dns_local_data: "why.forged.test. TXT \\"%{i} is not a mail server of %{d}\\""\n')
+
+
+def servfail_dns():
+    """A DNS server that answers every question SERVFAIL: the one fault here no real resolver
+    gives on demand (a temporary DNS failure during an SPF check). Returns its port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            d, peer = s.recvfrom(4096)
+            if len(d) < 12:
+                continue
+            flags = 0x8000 | ((d[2] & 0x79) << 8) | 0x80 | 2   # QR, opcode and RD copied, RA, SERVFAIL
+            s.sendto(d[:2] + bytes([flags >> 8, flags & 0xff]) + d[4:6] + b"\0" * 6 + d[12:], peer)
+    threading.Thread(target=serve, daemon=True).start()
+    return s.getsockname()[1]
 
 
 def tls_files(root):
@@ -226,7 +245,24 @@ def main():
             sm.read_log()[-800:])
     sm.stop()
 
-    # 7. Configuration refusals.
+    # 7. A temporary DNS failure: deferred (451 4.7.24), or accepted and marked when configured.
+    #    (example.org, not .test: unbound answers .test itself, RFC 6761.)
+    fwd = f'dns_forwarder: "127.0.0.1@{servfail_dns()}"'
+    tf = harness.Mailseald(a.mailseald, root, relay_port=plain_hop.port, name="tempfail", trusted="10.99.0.0/16",
+                           local_domain="agency-c.test", delivery_extra=fwd).start()
+    out = send(tf.port, "carol@partner.example.org", ["bob@agency-c.test"], b"Subject: t\r\n\r\nt\r\n")
+    c.check(b"451 4.7.24 SPF check of partner.example.org failed temporarily" in out,
+            "SPF temperror -> 451 4.7.24 (try again later), never a silent accept", out.decode(errors="replace"))
+    tf.stop()
+    tf = harness.Mailseald(a.mailseald, root, relay_port=plain_hop.port, name="tempfail2", trusted="10.99.0.0/16",
+                           local_domain="agency-c.test", delivery_extra=fwd,
+                           extra="spf { mode: SPF_ENFORCE accept_temperror: true }").start()
+    out = send(tf.port, "carol@partner.example.org", ["bob@agency-c.test"], b"Subject: t\r\n\r\nt\r\n")
+    c.check(b"250 2.0.0" in out and "result=temperror" in tf.read_log(),
+            "accept_temperror: accepted, the temperror logged (and kept for the mark)", out.decode(errors="replace"))
+    tf.stop()
+
+    # 8. Configuration refusals.
     bad = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="securemail-notls",
                             hostname="securemail.agency-c.test")
     r = subprocess.run([a.mailseald, "--check-config", bad.config], capture_output=True, text=True)
