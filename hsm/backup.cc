@@ -1,6 +1,8 @@
 // backup.cc — see backup.h. STANDARDS: RFC 5652/5083 (CMS, AuthEnvelopedData), RFC 5649.
 #include "hsm/backup.h"
 
+#include "dataplane/base/openssl_error.h"
+
 #include <openssl/cms.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -22,13 +24,6 @@ using mailseal::v1::KeyShare;
 
 constexpr char kCheckLabel[] = "mailseal key backup check v1";
 
-std::string SslError(std::string_view what) {
-  char buf[256] = "unknown error";
-  unsigned long e = ERR_get_error();
-  if (e) ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return StrCat(what, ": ", buf);
-}
 
 std::string KekCheck(const Secret& kek) {
   unsigned char mac[32];
@@ -232,7 +227,7 @@ Result<BackupBundle> CreateBackup(Session& s, const std::string& token_label, co
     sk_X509_free(recips);
     if (!cms) {
       free_certs();
-      return InternalError(SslError(StrCat("encrypting the share for ", custodians[i].name)));
+      return InternalError(base::OpenSslError(StrCat("encrypting the share for ", custodians[i].name)));
     }
     unsigned char* der = nullptr;
     int n = i2d_CMS_ContentInfo(cms, &der);
@@ -247,13 +242,13 @@ Result<BackupBundle> CreateBackup(Session& s, const std::string& token_label, co
 Result<KeyShare> OpenShareFile(const std::string& cms_der, EVP_PKEY* key, const std::string& cert_pem) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(cms_der.data());
   CMS_ContentInfo* cms = d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(cms_der.size()));
-  if (!cms) return InvalidArgumentError(SslError("share file is not CMS"));
+  if (!cms) return InvalidArgumentError(base::OpenSslError("share file is not CMS"));
   BIO* cb = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
   X509* cert = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
   BIO_free(cb);
   BIO* out = BIO_new(BIO_s_mem());
   bool ok = cert && CMS_decrypt(cms, key, cert, nullptr, out, CMS_BINARY) == 1;
-  Status err = ok ? OkStatus() : Status(StatusCode::kPermissionDenied, SslError("this share is not for this custodian key"));
+  Status err = ok ? OkStatus() : Status(StatusCode::kPermissionDenied, base::OpenSslError("this share is not for this custodian key"));
   X509_free(cert);
   CMS_ContentInfo_free(cms);
   KeyShare ks;

@@ -1,6 +1,8 @@
 // csr.cc — see csr.h. STANDARDS: RFC 2986 (PKCS#10), RFC 5280 (SAN, key usage), RFC 3183.
 #include "hsm/csr.h"
 
+#include "dataplane/base/openssl_error.h"
+
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -69,10 +71,7 @@ Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& r) {
   }
   X509_REQ_free(req);
   if (!ok) {
-    char buf[256] = "unknown error";
-    ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
-    ERR_clear_error();
-    return InternalError(StrCat("building the CSR failed: ", buf));
+    return InternalError(base::OpenSslError("building the CSR failed"));
   }
   return out;
 }

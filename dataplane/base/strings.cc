@@ -22,4 +22,21 @@ bool DomainListCovers(const std::vector<std::string>& list, std::string_view dom
   return false;
 }
 
+std::string PercentEncode(std::string_view s) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string o;
+  for (unsigned char c : s) {
+    bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+                      c == '.' || c == '_' || c == '~';
+    if (unreserved) {
+      o += static_cast<char>(c);
+    } else {
+      o += '%';
+      o += kHex[c >> 4];
+      o += kHex[c & 15];
+    }
+  }
+  return o;
+}
+
 }  // namespace mailseal::base

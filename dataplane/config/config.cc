@@ -89,6 +89,15 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     return InvalidArgumentError(StrCat(Where(name, t, m, field, index), ": field '", field,
                                        "': ", what));
   };
+  // section_bad: the error reporter for one sub-message of Config (its field's line when it was
+  // written, else the section's).
+  auto section_bad = [&](const google::protobuf::Message& sub, const std::string& section) {
+    const auto* st = tree.GetTreeForNested(Config::descriptor()->FindFieldByName(section), -1);
+    return [&bad, &cfg, &tree, m = &sub, st, section](const std::string& field, const std::string& what) {
+      if (st) return bad(*m, *st, field, -1, what);
+      return bad(cfg, tree, section, -1, StrCat(field, ": ", what));
+    };
+  };
 
   if (cfg.listen_size() == 0) return bad(cfg, tree, "listen", -1, "at least one listener is required");
   for (int i = 0; i < cfg.listen_size(); ++i) {
@@ -134,11 +143,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
 
   if (cfg.has_hsm()) {
     auto* h = cfg.mutable_hsm();
-    const auto* htree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("hsm"), -1);
-    auto hbad = [&](const std::string& field, const std::string& what) {
-      if (htree) return bad(*h, *htree, field, -1, what);
-      return bad(cfg, tree, "hsm", -1, what);
-    };
+    auto hbad = section_bad(*h, "hsm");
     if (h->module_path().empty() || h->module_path().front() != '/')
       return hbad("module_path", "an absolute path to the PKCS#11 module is required");
     if (h->token_label().empty() && h->token_serial().empty())
@@ -150,11 +155,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (h->health_interval_ms() == 0) h->set_health_interval_ms(1000);
   }
   auto* lim = cfg.mutable_limits();
-  const auto* ltree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("limits"), -1);
-  auto lbad = [&](const std::string& field, const std::string& what) {
-    if (ltree) return bad(*lim, *ltree, field, -1, what);
-    return bad(cfg, tree, "limits", -1, what);
-  };
+  auto lbad = section_bad(*lim, "limits");
   if (lim->max_message_size() == 0) lim->set_max_message_size(35ull << 20);
   if (lim->max_recipients() == 0) lim->set_max_recipients(1000);
   if (lim->max_line_length() == 0) lim->set_max_line_length(2048);
@@ -170,11 +171,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
 
   if (cfg.has_tls()) {
     auto* t = cfg.mutable_tls();
-    const auto* ttree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("tls"), -1);
-    auto tbad = [&](const std::string& field, const std::string& what) {
-      if (ttree) return bad(*t, *ttree, field, -1, what);
-      return bad(cfg, tree, "tls", -1, what);
-    };
+    auto tbad = section_bad(*t, "tls");
     if (t->cert_file().empty() || t->cert_file().front() != '/')
       return tbad("cert_file", "an absolute path to the PEM certificate chain is required");
     if (t->key_file().empty() || t->key_file().front() != '/')
@@ -193,22 +190,14 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     auto* sp = cfg.mutable_spf();
     if (sp->mode() == mailseal::v1::Spf::SPF_MODE_UNSPECIFIED) sp->set_mode(mailseal::v1::Spf::SPF_ENFORCE);
     if (sp->threads() == 0) sp->set_threads(2);
-    if (sp->threads() > 16) {
-      const auto* stree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("spf"), -1);
-      if (stree) return bad(*sp, *stree, "threads", -1, "at most 16");
-      return bad(cfg, tree, "spf", -1, "threads: at most 16");
-    }
+    if (sp->threads() > 16) return section_bad(*sp, "spf")("threads", "at most 16");
     if (cfg.securemail() && sp->mode() != mailseal::v1::Spf::SPF_ENFORCE)
       return bad(cfg, tree, "spf", -1, "a SecureMail host (SM-6.1) must enforce SPF (mode SPF_ENFORCE)");
   }
 
   if (!cfg.has_delivery()) return bad(cfg, tree, "delivery", -1, "is required");
   auto* del = cfg.mutable_delivery();
-  const auto* dtree = tree.GetTreeForNested(Config::descriptor()->FindFieldByName("delivery"), -1);
-  auto dbad = [&](const std::string& field, const std::string& what) {
-    if (dtree) return bad(*del, *dtree, field, -1, what);
-    return bad(cfg, tree, "delivery", -1, what);
-  };
+  auto dbad = section_bad(*del, "delivery");
   if (!del->tls().empty() && del->tls() != "opportunistic" && del->tls() != "never")
     return dbad("tls", StrCat("'", del->tls(), "' is not opportunistic or never"));
   if (!del->relay_host().empty()) {

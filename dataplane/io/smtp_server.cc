@@ -1,6 +1,8 @@
 // smtp_server.cc — see smtp_server.h.
 #include "dataplane/io/smtp_server.h"
 
+#include "dataplane/base/openssl_error.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -41,17 +43,6 @@ std::string PeerIp(const sockaddr_storage& ss) {
   return buf;
 }
 
-std::string SslErrors() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no detail" : out;
-}
 
 int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -89,7 +80,7 @@ Result<ssl_ctx_st*> MakeServerTlsContext(const std::string& cert_file, const std
   if (st.st_mode & 077)
     return InvalidArgumentError(StrCat("tls key_file ", key_file, " may be read by group or others (chmod 600)"));
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  if (!ctx) return InternalError(StrCat("TLS context: ", SslErrors()));
+  if (!ctx) return InternalError(StrCat("TLS context: ", base::OpenSslError("")));
   // SM-6.1: TLS 1.2 or later, ECDHE key exchange, AEAD ciphers; no renegotiation, no compression.
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -97,7 +88,7 @@ Result<ssl_ctx_st*> MakeServerTlsContext(const std::string& cert_file, const std
       SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1 ||
       SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
       SSL_CTX_check_private_key(ctx) != 1) {
-    std::string why = SslErrors();
+    std::string why = base::OpenSslError("");
     SSL_CTX_free(ctx);
     return InvalidArgumentError(StrCat("tls ", cert_file, " / ", key_file, ": ", why));
   }
@@ -384,7 +375,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     BIO* rbio = BIO_new(BIO_s_mem());
     BIO* wbio = BIO_new(BIO_s_mem());
     if (!ssl_ || !rbio || !wbio) {
-      Log(LogLevel::kError, "smtpd", "TLS session setup failed", {{"client", peer_}, {"error", SslErrors()}});
+      Log(LogLevel::kError, "smtpd", "TLS session setup failed", {{"client", peer_}, {"error", base::OpenSslError("")}});
       if (rbio) BIO_free(rbio);
       if (wbio) BIO_free(wbio);
       peer_gone_ = true;
@@ -405,7 +396,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       if (r != 1) {
         int e = SSL_get_error(ssl_, r);
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-          Log(LogLevel::kWarning, "smtpd", "TLS handshake failed", {{"client", peer_}, {"error", SslErrors()}});
+          Log(LogLevel::kWarning, "smtpd", "TLS handshake failed", {{"client", peer_}, {"error", base::OpenSslError("")}});
           MoveCiphertext();   // the alert, if any
           tls_failed_ = true;
         }
@@ -428,7 +419,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       int e = SSL_get_error(ssl_, n);
       if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
       if (e != SSL_ERROR_ZERO_RETURN)
-        Log(LogLevel::kInfo, "smtpd", "TLS read failed", {{"client", peer_}, {"error", SslErrors()}});
+        Log(LogLevel::kInfo, "smtpd", "TLS read failed", {{"client", peer_}, {"error", base::OpenSslError("")}});
       peer_gone_ = true;
       break;
     }

@@ -1,6 +1,8 @@
 // delivery_agent.cc — see delivery_agent.h.
 #include "dataplane/queue/delivery_agent.h"
 
+#include "dataplane/base/openssl_error.h"
+
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -45,26 +47,19 @@ Status WaitFd(int fd, short events, int timeout_ms) {
   return OkStatus();
 }
 
-std::string SslError(const char* what) {
-  unsigned long e = ERR_get_error();
-  char buf[256] = {0};
-  if (e) ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return StrCat(what, e ? StrCat(": ", buf) : "");
-}
 }  // namespace
 
 Status DeliveryAgent::StartTls(const std::string& host, int timeout_ms) {
   if (!tls_ctx_) {
     tls_ctx_ = SSL_CTX_new(TLS_client_method());
-    if (!tls_ctx_) return InternalError(SslError("TLS context"));
+    if (!tls_ctx_) return InternalError(base::OpenSslError("TLS context"));
     // SM-6.1: TLS 1.2 or later, ECDHE key exchange, AEAD ciphers only.
     SSL_CTX_set_min_proto_version(tls_ctx_, TLS1_2_VERSION);
     SSL_CTX_set_cipher_list(tls_ctx_, "ECDHE+AESGCM:ECDHE+CHACHA20");
     SSL_CTX_set_verify(tls_ctx_, SSL_VERIFY_NONE, nullptr);   // opportunistic (RFC 7435), see the header
   }
   SSL* ssl = SSL_new(tls_ctx_);
-  if (!ssl) return InternalError(SslError("TLS session"));
+  if (!ssl) return InternalError(base::OpenSslError("TLS session"));
   int flags = ::fcntl(conn_.fd, F_GETFL);
   ::fcntl(conn_.fd, F_SETFL, flags | O_NONBLOCK);
   SSL_set_fd(ssl, conn_.fd);
@@ -78,7 +73,7 @@ Status DeliveryAgent::StartTls(const std::string& host, int timeout_ms) {
       if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
       continue;
     }
-    return UnavailableError(SslError("TLS handshake failed"));
+    return UnavailableError(base::OpenSslError("TLS handshake failed"));
   }
   conn_.tls = StrCat(SSL_get_version(ssl), " ", SSL_get_cipher_name(ssl));
   return OkStatus();
@@ -94,7 +89,7 @@ Status DeliveryAgent::Write(std::string_view data, int timeout_ms) {
       continue;
     }
     int e = SSL_get_error(conn_.ssl, r);
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(SslError("TLS write failed"));
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(base::OpenSslError("TLS write failed"));
     if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
   }
   return OkStatus();
@@ -107,7 +102,7 @@ Result<size_t> DeliveryAgent::Read(char* buf, size_t cap, int timeout_ms) {
     if (r > 0) return static_cast<size_t>(r);
     int e = SSL_get_error(conn_.ssl, r);
     if (e == SSL_ERROR_ZERO_RETURN) return size_t{0};
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(SslError("TLS read failed"));
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(base::OpenSslError("TLS read failed"));
     if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
   }
 }

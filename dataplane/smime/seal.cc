@@ -2,6 +2,8 @@
 // (AuthEnvelopedData, AES-GCM), RFC 3183 (domain security), RFC 9788 (header protection).
 #include "dataplane/smime/seal.h"
 
+#include "dataplane/base/openssl_error.h"
+
 #include <openssl/bio.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
@@ -26,13 +28,6 @@ namespace {
 // inner message is this one, not a forward.
 constexpr char kWrapper[] = "Content-Type: message/rfc822; forwarded=\"no\"\r\n\r\n";
 
-std::string SslError(std::string_view what) {
-  unsigned long e = ERR_get_error();
-  char buf[256] = "unknown error";
-  if (e) ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return StrCat(what, ": ", buf);
-}
 
 struct BioDel { void operator()(BIO* b) const { BIO_free_all(b); } };
 struct CmsDel { void operator()(CMS_ContentInfo* c) const { CMS_ContentInfo_free(c); } };
@@ -164,7 +159,7 @@ Result<std::string> SignDetached(const std::string& canonical, const Signer& sig
   out.reserve(canonical.size() + 16384);
   BioPtr sink = StringSink(&out);
   if (!cms || SMIME_write_CMS(sink.get(), cms.get(), in.get(), CMS_DETACHED | CMS_BINARY | CMS_STREAM | CMS_CRLFEOL) != 1)
-    return InternalError(SslError("signing failed"));
+    return InternalError(base::OpenSslError("signing failed"));
   return out;
 }
 
@@ -177,7 +172,7 @@ Result<std::string> SignEntity(const std::string& content, const Signer& signer)
   der.reserve(content.size() + 16384);
   BioPtr out = StringSink(&der);
   if (!cms || i2d_CMS_bio_stream(out.get(), cms.get(), in.get(), CMS_BINARY | CMS_STREAM) != 1)
-    return InternalError(SslError("signing failed"));
+    return InternalError(base::OpenSslError("signing failed"));
   return der;
 }
 
@@ -218,22 +213,22 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   BioPtr sin = MemIn(signed_entity);
   const EVP_CIPHER* cipher = options.cipher == ContentCipher::kAes256Gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
   CmsPtr env(CMS_encrypt(nullptr, nullptr, cipher, CMS_BINARY | CMS_PARTIAL | CMS_STREAM));
-  if (!env) return InternalError(SslError("encryption failed"));
+  if (!env) return InternalError(base::OpenSslError("encryption failed"));
   for (X509* r : recipients) {
     CMS_RecipientInfo* ri = CMS_add1_recipient_cert(env.get(), r, CMS_KEY_PARAM);
-    if (!ri) return InvalidArgumentError(SslError("recipient certificate unusable"));
+    if (!ri) return InvalidArgumentError(base::OpenSslError("recipient certificate unusable"));
     EVP_PKEY_CTX* pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
     bool rsa = EVP_PKEY_get_base_id(X509_get0_pubkey(r)) == EVP_PKEY_RSA;
     if (rsa && options.key_transport == KeyTransport::kRsaOaep &&
         (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) != 1 ||
          EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1))
-      return InternalError(SslError("RSA-OAEP setup failed"));
+      return InternalError(base::OpenSslError("RSA-OAEP setup failed"));
   }
   std::string env_der;
   env_der.reserve(signed_entity.size() + 4096);
   BioPtr env_out = StringSink(&env_der);
   if (i2d_CMS_bio_stream(env_out.get(), env.get(), sin.get(), CMS_BINARY | CMS_STREAM) != 1)
-    return InternalError(SslError("encryption failed"));
+    return InternalError(base::OpenSslError("encryption failed"));
   const char* type = options.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data" : "enveloped-data";
   std::string entity = Pkcs7Entity(type, env_der);
   if (options.triple_wrap) {
@@ -417,7 +412,7 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     // fuzz_smime_open).
     if (detached) detached = BIO_push(BIO_new(BIO_f_buffer()), detached);
     BioPtr detached_owner(detached);
-    if (!cms) return InvalidArgumentError(SslError(StrCat("S/MIME layer ", layer + 1, " is unreadable")));
+    if (!cms) return InvalidArgumentError(base::OpenSslError(StrCat("S/MIME layer ", layer + 1, " is unreadable")));
     int type = OBJ_obj2nid(CMS_get0_type(cms.get()));
     std::string next_text;
     next_text.reserve(current.size());
@@ -436,7 +431,7 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
       const char* name = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
       if (!us.key || !us.cert) return Status(StatusCode::kPermissionDenied, "encrypted, and no decryption key");
       if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1)
-        return Status(StatusCode::kPermissionDenied, SslError("cannot decrypt for our domain"));
+        return Status(StatusCode::kPermissionDenied, base::OpenSslError("cannot decrypt for our domain"));
       out.cipher = name;
       out.layers.emplace_back(name);
     } else if (type == NID_pkcs7_signed) {
@@ -447,8 +442,8 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
         unsigned long e = ERR_peek_error();
         sk_X509_free(extra);
         if (ERR_GET_REASON(e) == CMS_R_SIGNER_CERTIFICATE_NOT_FOUND)
-          return Status(StatusCode::kNotFound, SslError("the signer's certificate is neither in the message nor known"));
-        return Status(StatusCode::kPermissionDenied, SslError("the signature does not verify"));
+          return Status(StatusCode::kNotFound, base::OpenSslError("the signer's certificate is neither in the message nor known"));
+        return Status(StatusCode::kPermissionDenied, base::OpenSslError("the signature does not verify"));
       }
       any_signed = true;
       out.layers.emplace_back("signed-data");

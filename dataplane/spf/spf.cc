@@ -1,6 +1,8 @@
 // spf.cc — see spf.h. Section numbers are RFC 7208's.
 #include "dataplane/spf/spf.h"
 
+#include "dataplane/base/strings.h"
+
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -148,21 +150,6 @@ std::string ReverseName(const Ip& ip) {
     s += '.';
   }
   return s + "ip6.arpa";
-}
-
-std::string UrlEscape(std::string_view v) {   // §7.3: uppercase macro letters
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string o;
-  for (unsigned char c : v) {
-    if (IsAlnum(static_cast<char>(c)) || c == '-' || c == '.' || c == '_' || c == '~') {
-      o += static_cast<char>(c);
-    } else {
-      o += '%';
-      o += kHex[c >> 4];
-      o += kHex[c & 15];
-    }
-  }
-  return o;
 }
 
 struct Term {
@@ -461,7 +448,7 @@ class Evaluator {
             if (p) joined += '.';
             joined += parts[p];
           }
-          *out += IsAlpha(letter) && letter != ll ? UrlEscape(joined) : joined;
+          *out += IsAlpha(letter) && letter != ll ? base::PercentEncode(joined) : joined;
         }
       }
       if (out->size() > kMaxExpansion) return *err = "macro expansion too long", false;

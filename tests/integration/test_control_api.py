@@ -50,6 +50,17 @@ def control_pki(root, keygen, da, env, pin, ca_dir, clients):
     return m
 
 
+def ctl_as(binary, api_port, m, who="admin-1"):
+    """A mailsealctl runner for one operator of the management PKI in `m`: ctl(*args) ->
+    (returncode, stdout, stderr)."""
+    def ctl(*args):
+        r = subprocess.run([binary, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/{who}.crt",
+                            "--key", f"{m}/{who}.key", "--ca", f"{m}/mgmt-ca.crt", *args],
+                           capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout, r.stderr
+    return ctl
+
+
 def main():
     a = harness.args()
     c = harness.Checker("control_api")

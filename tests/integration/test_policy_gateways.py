@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_control_api import control_pki  # noqa: E402
+from test_control_api import control_pki, ctl_as  # noqa: E402
 from test_smime_gateways import make_pki, run, send, smime_conf  # noqa: E402
 
 SECRET = b"The figure is 4,217,000."
@@ -92,11 +92,7 @@ def main():
     gc.start()
     harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up")
 
-    def ctl(*args):
-        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/admin-1.crt",
-                            "--key", f"{m}/admin-1.key", "--ca", f"{m}/mgmt-ca.crt", *args],
-                           capture_output=True, text=True, timeout=60)
-        return r.returncode, r.stdout, r.stderr
+    ctl = ctl_as(a.mailsealctl, api_port, m)
 
     def set_policy(text, expect):
         p = os.path.join(root, f"policy-{expect}.txt")

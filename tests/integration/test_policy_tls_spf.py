@@ -32,7 +32,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_control_api import control_pki  # noqa: E402
+from test_control_api import control_pki, ctl_as  # noqa: E402
 from test_smime_gateways import make_pki, smime_conf, send  # noqa: E402
 
 DNS = ('dns_local_zones: "test. static"\n'
@@ -127,11 +127,7 @@ def main():
                            extra=smime_conf("gw-a", db, pinb, ca_dir, "") + tls + control, delivery_extra=DNS).start()
     harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up")
 
-    def ctl(*args):
-        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/admin-1.crt",
-                            "--key", f"{m}/admin-1.key", "--ca", f"{m}/mgmt-ca.crt", *args],
-                           capture_output=True, text=True, timeout=60)
-        return r.returncode, r.stdout, r.stderr
+    ctl = ctl_as(a.mailsealctl, api_port, m)
 
     # 1. A real Postfix relays over mandatory TLS from an address partner.test's SPF allows.
     pf = harness.Postfix(root, gw.port, extra_main="smtp_tls_security_level = encrypt\nsmtp_tls_loglevel = 1\n"
