@@ -33,6 +33,7 @@ namespace {
 constexpr size_t kReadBurst = 64 * 1024;
 constexpr size_t kMaxReadPerEvent = 256 * 1024;   // fairness between connections
 constexpr size_t kMaxPendingOutput = 256 * 1024;  // client not reading: stop reading it
+constexpr int kMaxSpfChecksPerSession = 32;
 
 std::string PeerIp(const sockaddr_storage& ss) {
   char buf[INET6_ADDRSTRLEN] = {};
@@ -228,6 +229,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     spf_checked_ = false;
     spf_ = spf::Verdict{};
     if (trusted_ || !t_->ctx_.spf || snap_->spf == policy::PolicySnapshot::Spf::kOff) return {};
+    // Each check may cost dozens of DNS questions: a session that keeps changing its sender
+    // (MAIL, RSET, MAIL...) gets a bounded number of them.
+    if (++spf_checks_ > kMaxSpfChecksPerSession)
+      return MakeReply(451, "4.7.24", "Too many different senders in one session: SPF checks exhausted, reconnect");
     spf_request_ = spf::Request{};
     spf_request_.ip = peer_ip_;
     spf_request_.mail_from = txn.mail_from;
@@ -407,12 +412,12 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       Log(LogLevel::kInfo, "smtpd", "TLS established", {{"client", peer_}, {"tls", tls_}});
       session_.TlsStarted();
     }
+    // No byte cap here: what rbio_ holds was read under ReadInput's cap, and plaintext left in
+    // OpenSSL would wait for a socket event that may never come (the client awaits our reply).
     char buf[16 * 1024];
-    size_t total = 0;
-    while (!session_.Paused() && !session_.Closed() && total < kMaxReadPerEvent) {
+    while (!session_.Paused() && !session_.Closed()) {
       int n = SSL_read(ssl_, buf, sizeof buf);
       if (n > 0) {
-        total += static_cast<size_t>(n);
         session_.Feed(std::string_view(buf, static_cast<size_t>(n)));
         continue;
       }
@@ -550,6 +555,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   spf::Request spf_request_;
   spf::Verdict spf_;
   bool spf_checked_ = false;
+  int spf_checks_ = 0;
   std::string out_;
   size_t out_off_ = 0;
   bool peer_gone_ = false;

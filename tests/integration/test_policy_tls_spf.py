@@ -188,6 +188,40 @@ def main():
             "after the handshake the first reply is EHLO's, without STARTTLS", (r220 + first).decode())
     c.check(rcpt.startswith(b"503 5.5.1"), "the injected MAIL was not taken (CVE-2011-0411)", rcpt.decode())
 
+    # 4b. A large message pipelined through TLS in one burst (records buffered while the session
+    #     waits for its commit must still be read) and a sender-changing loop (bounded SPF work).
+    big = b"From: carol@partner.test\r\nSubject: big\r\nMessage-ID: <big-1@partner.test>\r\n\r\n" + \
+        (b"x" * 998 + b"\r\n") * 1500
+    r = tls_session(gw.port, [b"EHLO mx.partner.test\r\n",
+                              b"MAIL FROM:<carol@partner.test>\r\nRCPT TO:<bob@agency-b.test>\r\nDATA\r\n"])
+    c.check(r[1].startswith(b"250 2.1.0"), "pipelined MAIL/RCPT/DATA over TLS", r[1].decode())
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    recv_reply(s)
+    s.sendall(b"EHLO mx.partner.test\r\n")
+    recv_reply(s)
+    s.sendall(b"STARTTLS\r\n")
+    recv_reply(s)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    t = ctx.wrap_socket(s)
+    t.sendall(b"EHLO mx.partner.test\r\nMAIL FROM:<carol@partner.test>\r\nRCPT TO:<bob@agency-b.test>\r\nDATA\r\n" +
+              big + b".\r\nMAIL FROM:<carol@partner.test>\r\nRCPT TO:<bob@agency-b.test>\r\nDATA\r\n" + big +
+              b".\r\nQUIT\r\n")
+    got = b""
+    while b"221 " not in got:
+        chunk = t.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    t.close()
+    c.check(got.count(b"250 2.0.0 Ok: queued") == 2 and b"221 2.0.0" in got,
+            "two 1.5 MB messages pipelined in one TLS burst: both queued, then QUIT answered", got[-300:].decode())
+    cmds = b"EHLO client.test\r\n" + b"".join(b"MAIL FROM:<u%d@partner.test>\r\nRSET\r\n" % i for i in range(34))
+    out = harness.smtp_exchange(gw.port, [cmds + b"QUIT\r\n"])
+    c.check(out.count(b"250 2.1.0") == 32 and b"451 4.7.24 Too many different senders" in out,
+            "a session changing its sender again and again gets 32 SPF checks, then 451", out[-400:].decode())
+
     # 5. TLS floor (SM-6.1).
     old = s_client(gw.port, "-tls1_1")
     c.check("Cipher is (NONE)" in old or "alert protocol version" in old, "TLS 1.1 refused", old[-600:])
