@@ -276,6 +276,10 @@ int Run(const std::string& path) {
   if (!smime)
     Log(LogLevel::kWarning, "mailseald",
         "no smime section: nothing is sealed and classified mail is NOT held (SEE-2.1b); plain relay only");
+  if (!cfg.has_tls())
+    Log(LogLevel::kWarning, "mailseald", "no tls section: STARTTLS is not offered, all inbound mail arrives in clear (SM-5)");
+  if (cfg.spf().mode() == v1::Spf::SPF_OFF)
+    Log(LogLevel::kWarning, "mailseald", "spf off: senders' SPF policies are not enforced (SM-5b) and no mail is marked tls+spf");
   // The audit trail (issue #5): management actions and mail events, the latter in batches.
   std::unique_ptr<audit::AuditLog> audit_log;
   std::unique_ptr<audit::Recorder> recorder;
