@@ -99,7 +99,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (out.size() != 1 || out[0].rcpts != std::vector<uint32_t>{0}) std::abort();
   const Output& o = out[0];
   if (o.action == Action::kDeliver) {
-    if (o.body.rfind("Authentication-Results: fuzz.test; smime=", 0) != 0) std::abort();
+    // SM-8.2: the level first, then our results; signed+verified exactly when smime=pass (no
+    // transport is known here, so never tls+spf).
+    bool verified = o.body.rfind("X-Mailseal-Auth-Level: signed+verified\r\nAuthentication-Results: fuzz.test; smime=pass", 0) == 0;
+    bool none = o.body.rfind("X-Mailseal-Auth-Level: none\r\nAuthentication-Results: fuzz.test; smime=", 0) == 0 &&
+                o.body.rfind("X-Mailseal-Auth-Level: none\r\nAuthentication-Results: fuzz.test; smime=pass", 0) != 0;
+    if (!verified && !none) std::abort();
     if (o.body.size() > 2 * size + 4096) std::abort();
   } else if (o.action == Action::kHold) {
     if (o.reason.empty()) std::abort();
