@@ -1,5 +1,6 @@
 // server.cc — see server.h.
 #include "control/server.h"
+#include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -32,14 +33,6 @@ using grpc::ServerContext;
 using grpc::Status;
 using grpc::StatusCode;
 namespace v1 = mailseal::v1;
-
-Result<std::string> Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError(StrCat(path, ": cannot be read"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool ValidQueueId(const std::string& id) {
   return !id.empty() && id.size() < 128 && id[0] != '.' &&
@@ -470,9 +463,9 @@ struct ControlServer::State {
 };
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions& options, Deps deps) {
-  Result<std::string> cert = Slurp(options.cert_file);
-  Result<std::string> key = Slurp(options.key_file);
-  Result<std::string> ca = Slurp(options.client_ca_file);
+  Result<std::string> cert = base::ReadFile(options.cert_file);
+  Result<std::string> key = base::ReadFile(options.key_file);
+  Result<std::string> ca = base::ReadFile(options.client_ca_file);
   if (!cert.ok() || !key.ok() || !ca.ok())
     return InvalidArgumentError(StrCat("field 'control': ", !cert.ok() ? cert.status().message()
                                                             : !key.ok() ? key.status().message() : ca.status().message()));

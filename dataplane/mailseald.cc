@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "dataplane/base/log.h"
+#include "dataplane/base/file.h"
 #include "dataplane/config/config.h"
 #include "dataplane/io/dns.h"
 #include "dataplane/io/event_loop.h"
@@ -119,14 +120,6 @@ std::vector<std::string> PemCertificates(const std::string& bundle) {
   return out;
 }
 
-std::string ReadAll(const std::string& path, bool* ok) {
-  std::ifstream in(path, std::ios::binary);
-  *ok = static_cast<bool>(in);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // LoadKeyDeps: what the Key and Ceremony services need from the configuration.
 Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::KeyDeps* k) {
   k->token = token;
@@ -135,21 +128,19 @@ Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::Key
   if (cfg.has_smime()) {
     k->in_use.insert(cfg.smime().dsa_key_label());
     k->in_use.insert(cfg.smime().dca_key_label());
-    bool ok = false;
     for (const auto& [label, file] : {std::pair{cfg.smime().dsa_key_label(), cfg.smime().dsa_cert_file()},
                                       std::pair{cfg.smime().dca_key_label(), cfg.smime().dca_cert_file()}}) {
-      std::string pem = ReadAll(file, &ok);
-      if (ok) k->config_certs[label] = pem;
+      if (Result<std::string> pem = base::ReadFile(file); pem.ok()) k->config_certs[label] = *pem;
     }
-    std::string anchors = ReadAll(cfg.smime().trust_anchors_file(), &ok);
-    if (ok) k->anchors_pem = PemCertificates(anchors);
+    if (Result<std::string> anchors = base::ReadFile(cfg.smime().trust_anchors_file()); anchors.ok())
+      k->anchors_pem = PemCertificates(*anchors);
   }
   const auto& c = cfg.control().ceremony();
   if (c.custodians_size() == 0 && c.threshold() == 0) return OkStatus();
   for (int i = 0; i < c.custodians_size(); ++i) {
-    bool ok = false;
-    std::string pem = ReadAll(c.custodians(i).cert_file(), &ok);
-    if (!ok || PemCertificates(pem).size() != 1)
+    Result<std::string> read = base::ReadFile(c.custodians(i).cert_file());
+    std::string pem = read.ok() ? *read : "";
+    if (!read.ok() || PemCertificates(pem).size() != 1)
       return InvalidArgumentError(StrCat("field 'control.ceremony.custodians[", i, "].cert_file': '",
                                          c.custodians(i).cert_file(), "' is not one readable PEM certificate"));
     v1::CustodianRecord r;

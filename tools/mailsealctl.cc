@@ -38,6 +38,7 @@
 #include <thread>
 
 #include "control/audit/merkle.h"
+#include "dataplane/base/file.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -53,12 +54,10 @@ std::string Env(const char* name) {
   return v ? v : "";
 }
 
-bool Slurp(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  *out = ss.str();
+bool Slurp(const std::string& path, std::string* out) {   // base::ReadFile, as a bool for && chains
+  mailseal::Result<std::string> r = mailseal::base::ReadFile(path);
+  if (!r.ok()) return false;
+  *out = std::move(*r);
   return true;
 }
 

@@ -1,5 +1,6 @@
 // config.cc — see config.h.
 #include "dataplane/config/config.h"
+#include "dataplane/base/file.h"
 
 #include <arpa/inet.h>
 #include <unistd.h>
@@ -231,12 +232,9 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
 }
 
 Result<Config> LoadConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return InvalidArgumentError(StrCat(path, ": cannot open"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().size() > (1u << 20)) return InvalidArgumentError(StrCat(path, ": larger than 1 MiB"));
-  return ParseConfigText(ss.str(), path);
+  Result<std::string> text = base::ReadFile(path, 1u << 20);
+  if (!text.ok()) return InvalidArgumentError(text.status().message());
+  return ParseConfigText(*text, path);
 }
 
 }  // namespace mailseal::config

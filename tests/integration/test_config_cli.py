@@ -51,7 +51,8 @@ def main():
     c.check(not os.path.exists(spool), "the spool was still not touched")
 
     r = subprocess.run([a.mailseald, "--check-config", "/nonexistent.conf"], capture_output=True, text=True)
-    c.check(r.returncode == 2 and "cannot open" in r.stderr, "missing file: clear error")
+    c.check(r.returncode == 2 and "/nonexistent.conf: cannot be read (No such file or directory)" in r.stderr,
+            "missing file: clear error", r.stderr)
     r = subprocess.run([a.mailseald], capture_output=True, text=True)
     c.check(r.returncode == 2 and "usage" in r.stderr, "no arguments: usage, exit 2")
 
