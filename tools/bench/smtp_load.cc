@@ -2,11 +2,13 @@
 //
 // N sessions (one thread each) send M messages in total of S bytes, one message per TCP
 // connection like Postfix's smtp-source (or --reuse: many per connection). Per message it
-// measures the latency from sending MAIL to reading the 250 after the end of data.
+// measures the latency from sending MAIL to reading the 250 after the end of data. With
+// --tls 1 every connection does STARTTLS (RFC 3207; no certificate check) and EHLO again.
 // Prints one JSON object: messages, errors, seconds, rate, p50_ms, p99_ms.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,11 +32,21 @@ struct Options {
   int messages = 1000;
   size_t size = 4096;
   bool reuse = false;
+  bool tls = false;
 };
+
+SSL_CTX* ClientContext() {
+  static SSL_CTX* ctx = [] {
+    SSL_CTX* c = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);
+    return c;
+  }();
+  return ctx;
+}
 
 class Conn {
  public:
-  bool Open(int port) {
+  bool Open(int port, bool tls) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -43,15 +55,22 @@ class Conn {
     int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return false;
-    return Reply() == 220 && Send("EHLO load.test\r\n") && Reply() == 250;
+    if (!(Reply() == 220 && Send("EHLO load.test\r\n") && Reply() == 250)) return false;
+    if (!tls) return true;
+    if (!(Send("STARTTLS\r\n") && Reply() == 220)) return false;
+    ssl_ = SSL_new(ClientContext());
+    SSL_set_fd(ssl_, fd_);
+    return SSL_connect(ssl_) == 1 && Send("EHLO load.test\r\n") && Reply() == 250;
   }
   ~Conn() {
+    if (ssl_) SSL_free(ssl_);
     if (fd_ >= 0) ::close(fd_);
   }
   bool Send(const std::string& s) {
     size_t off = 0;
     while (off < s.size()) {
-      ssize_t n = ::send(fd_, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+      ssize_t n = ssl_ ? SSL_write(ssl_, s.data() + off, static_cast<int>(s.size() - off))
+                       : ::send(fd_, s.data() + off, s.size() - off, MSG_NOSIGNAL);
       if (n <= 0) return false;
       off += static_cast<size_t>(n);
     }
@@ -69,7 +88,7 @@ class Conn {
         return std::atoi(line.substr(0, 3).c_str());
       }
       char tmp[4096];
-      ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+      ssize_t n = ssl_ ? SSL_read(ssl_, tmp, sizeof tmp) : ::recv(fd_, tmp, sizeof tmp, 0);
       if (n <= 0) return -1;
       buf_.append(tmp, static_cast<size_t>(n));
     }
@@ -77,6 +96,7 @@ class Conn {
 
  private:
   int fd_ = -1;
+  SSL* ssl_ = nullptr;
   std::string buf_;
 };
 
@@ -100,6 +120,7 @@ int main(int argc, char** argv) {
     else if (k == "--messages") o.messages = std::atoi(v.c_str());
     else if (k == "--size") o.size = static_cast<size_t>(std::atol(v.c_str()));
     else if (k == "--reuse") o.reuse = v == "1";
+    else if (k == "--tls") o.tls = v == "1";
   }
   std::atomic<int> next{0}, errors{0};
   std::mutex mu;
@@ -117,7 +138,7 @@ int main(int argc, char** argv) {
         if (i >= o.messages) break;
         if (!c || !o.reuse) {
           c = std::make_unique<Conn>();
-          if (!c->Open(o.port)) {
+          if (!c->Open(o.port, o.tls)) {
             errors++;
             c.reset();
             continue;
