@@ -147,8 +147,11 @@ def main():
     c.check("Received-SPF: pass (gw-b.test: domain of carol@partner.test designates 127.0.0.1" in head,
             "Received-SPF (RFC 7208 §9.1)", head)
     c.check("with ESMTPS id" in head, "Received: says ESMTPS (RFC 3848)", head)
-    with open(os.path.join(pf.dir, "maillog"), errors="replace") as f:
-        plog = f.read()
+    def postfix_log():   # postlogd writes asynchronously
+        with open(os.path.join(pf.dir, "maillog"), errors="replace") as f:
+            return f.read()
+    plog = harness.wait_for(lambda: "TLS connection established to 127.0.0.1" in postfix_log() and postfix_log(), 20,
+                            "Postfix's TLS log line")
     c.check("TLS connection established to 127.0.0.1" in plog, "Postfix's log shows the TLS connection", plog[-1500:])
 
     # 2. Same sender in clear: SPF passes but there is no TLS -> none.
@@ -233,18 +236,23 @@ def main():
     c.check("spf" in log and "result=fail" in log and "TLS established" in log, "SPF verdicts and TLS in the log")
 
     # 6. What operators see: the audit trail and `queue show` say how a message arrived.
-    rc, o, e = ctl("-o", "json", "audit", "records", "--action", "mail.accepted", "--limit", "20")
-    c.check(rc == 0 and "tls=TLSv1." in o and "spf=pass(partner.test)" in o and "tls=none" in o,
-            "mail.accepted audit records carry the transport and the SPF verdict", o[-600:] + e)
+    def accepted_records():   # mail events reach the trail in batches
+        rc, o, e = ctl("-o", "json", "audit", "records", "--action", "mail.accepted", "--limit", "20")
+        return o if rc == 0 and "tls=TLSv1." in o and "tls=none" in o else ""
+    o = harness.wait_for(accepted_records, 20, "mail.accepted records")
+    c.check("spf=pass(partner.test)" in o and "tls=TLSv1." in o and "tls=none" in o,
+            "mail.accepted audit records carry the transport and the SPF verdict", o[-600:])
     sink.stop()   # the next message stays queued (deferred) so it can be shown
     r = tls_session(gw.port, [b"EHLO mx.partner.test\r\n", b"MAIL FROM:<carol@partner.test>\r\n",
                               b"RCPT TO:<bob@agency-b.test>\r\n", b"DATA\r\n",
                               b"From: carol@partner.test\r\nSubject: kept\r\n\r\nkept\r\n.\r\n", b"QUIT\r\n"])
     c.check(r[4].startswith(b"250 2.0.0"), "accepted over TLS", r[4].decode())
     harness.wait_for(lambda: gw.queue_files("deferred"), 30, "deferred while the next hop is down")
-    rc, o, e = ctl("-o", "json", "queue", "list", "--state", "deferred")
 
-    ids = [x["queue_id"] for x in json.loads(o).get("messages", [])] if rc == 0 else []
+    def deferred_ids():   # retried every 1-2 s here: it may be in active/ for a moment
+        rc, o, e = ctl("-o", "json", "queue", "list", "--state", "deferred")
+        return [x["queue_id"] for x in json.loads(o).get("messages", [])] if rc == 0 else []
+    ids = harness.wait_for(deferred_ids, 20, "the deferred message listed")
     rc, o, e = ctl("queue", "show", ids[0]) if ids else (1, "", "no deferred message listed")
     c.check(rc == 0 and "transport    TLSv1." in o and "spf          pass for partner.test" in o,
             "queue show: transport and SPF verdict (also on the crypto stage's copy)", o + e)
@@ -270,7 +278,9 @@ def main():
     c.check(ok[1].startswith(b"250 2.1.0") and ok[2].startswith(b"250 2.1.5") and ok[4].startswith(b"250 2.0.0"),
             "securemail: over TLS with SPF pass from a -all record -> accepted", b"".join(ok).decode())
     harness.wait_for(lambda: "4.7.5" in sm.read_log(), 30, "the securemail host's delivery attempt")
-    c.check(not plain_hop.messages() and sm.queue_files("deferred"),
+    # (the log line comes before the file reaches deferred/: wait for the file, not the line)
+    kept = harness.wait_for(lambda: sm.queue_files("deferred") or sm.queue_files("active"), 10, "the message kept")
+    c.check(not plain_hop.messages() and kept,
             "securemail sends only over TLS: a next hop without STARTTLS gets nothing, the mail is deferred (4.7.5)",
             sm.read_log()[-800:])
     sm.stop()
