@@ -225,6 +225,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (del->max_backoff_s() < del->min_backoff_s())
     return dbad("max_backoff_s", "must not be below min_backoff_s");
   if (del->max_lifetime_s() == 0) del->set_max_lifetime_s(5 * 24 * 3600);
+  if (del->delay_warning_s() == 0) del->set_delay_warning_s(4 * 3600);
   if (del->connect_timeout_ms() == 0) del->set_connect_timeout_ms(30000);
   if (del->command_timeout_ms() == 0) del->set_command_timeout_ms(300000);
   if (del->queue_scan_interval_ms() == 0) del->set_queue_scan_interval_ms(1000);

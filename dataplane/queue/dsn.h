@@ -25,6 +25,10 @@ struct FailedRecipient {
 // WantsFailureDsn: whether a failure notice goes to the sender for this recipient.
 bool WantsFailureDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index);
 
+// WantsDelayDsn: a "delayed" notice may go to the sender for this recipient: NOTIFY not given
+// (the MTA's choice, RFC 3461 §4.1) or including DELAY; never for <> or a notification.
+bool WantsDelayDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index);
+
 // WantsSuccessDsn: NOTIFY=SUCCESS was asked for this recipient (a delivery receipt, RFC 3461).
 bool WantsSuccessDsn(const mailseal::v1::SpoolEnvelope& env, uint32_t rcpt_index);
 
@@ -44,6 +48,14 @@ Result<std::string> BuildRelayedDsn(const std::string& reporting_host, const Spo
                                     const std::function<Status(
                                         const std::function<Status(std::string_view)>&)>& body,
                                     int64_t now_unix_ms);
+
+// BuildDelayedDsn: "not delivered yet, still trying until retry_until" (RFC 3464 Action:
+// delayed, Will-Retry-Until; SEE-2.8c); headers of the original only.
+Result<std::string> BuildDelayedDsn(const std::string& reporting_host, const SpoolMessage& msg,
+                                    const std::vector<FailedRecipient>& delayed,
+                                    const std::function<Status(
+                                        const std::function<Status(std::string_view)>&)>& body,
+                                    int64_t now_unix_ms, int64_t retry_until_unix_ms);
 
 // ParseRfc5322Date reads "Sun, 22 Nov 2026 05:21:47 +0000" (day name optional); 0 when it
 // is not such a date.

@@ -123,6 +123,7 @@ void QueueManager::Admit(SpoolMessage msg, SpoolState state, int64_t next_attemp
   e.recorded.assign(n, false);
   e.failures.resize(n);
   for (const SpoolStatus& s : msg.statuses) {
+    if (s.kind() == SpoolStatus::KIND_DEFERRED && s.delay_notified()) e.delay_notified = true;
     if (s.recipient_index() >= n) continue;
     if (s.kind() == SpoolStatus::KIND_DELIVERED) e.rcpt[s.recipient_index()] = kDelivered;
     else if (s.kind() == SpoolStatus::KIND_FAILED) e.rcpt[s.recipient_index()] = kFailed;
@@ -556,6 +557,65 @@ void QueueManager::Finalize(const std::string& id) {
   e2.attempts++;
   e2.next_attempt_ms = now + Backoff(e2.attempts);
   SpoolStatus d;
+  if (!e2.delay_notified && !e2.recalled && DelayNoticeDue(e2, now)) {
+    bool queued = SendDelayNotice(id, now);
+    auto again = entries_.find(id);   // QueueOwn's Admit may have rehashed the map
+    if (again == entries_.end()) return;
+    if (queued) {
+      again->second.delay_notified = true;
+      d.set_delay_notified(true);
+    }
+  }
+  FinishDeferral(id, now, std::move(records), std::move(d));
+}
+
+// DelayNoticeDue: the message has waited delay_warning_s and will still be retried after it.
+bool QueueManager::DelayNoticeDue(const Entry& e, int64_t now) const {
+  int64_t warn_ms = static_cast<int64_t>(options_.delivery.delay_warning_s()) * 1000;
+  int64_t life_ms = static_cast<int64_t>(options_.delivery.max_lifetime_s()) * 1000;
+  int64_t age_ms = now - e.msg->envelope.arrival_unix_ms();
+  return warn_ms > 0 && warn_ms < life_ms && age_ms >= warn_ms;
+}
+
+// SendDelayNotice queues one "delayed" DSN for the pending recipients that allow it; true when
+// it is queued or nobody is to be told (either way the sender is not told again).
+bool QueueManager::SendDelayNotice(const std::string& id, int64_t now) {
+  Entry& e = entries_.find(id)->second;
+  std::vector<FailedRecipient> delayed;
+  for (uint32_t i = 0; i < e.rcpt.size(); ++i)
+    if (e.rcpt[i] == kPending && WantsDelayDsn(e.msg->envelope, i))
+      delayed.push_back({i, EnhancedStatusOf(451, ""), StrCat("X-Mailseal; ", e.last_temp.empty() ? "not delivered yet" : e.last_temp), ""});
+  if (delayed.empty()) return true;
+  for (FailedRecipient& f : delayed) {   // the enhanced code of the last reply, when it had one
+    size_t sp = e.last_temp.find(' ');
+    std::string code = sp == std::string::npos ? "" : e.last_temp.substr(sp + 1, e.last_temp.find(' ', sp + 1) - sp - 1);
+    if (code.size() >= 5 && code[0] == '4' && code[1] == '.') f.status = code;
+  }
+  int64_t until = e.msg->envelope.arrival_unix_ms() + static_cast<int64_t>(options_.delivery.max_lifetime_s()) * 1000;
+  std::string path = PathOf(e);
+  std::shared_ptr<const SpoolMessage> msg = e.msg;
+  Result<std::string> text = BuildDelayedDsn(
+      options_.hostname, *msg, delayed,
+      [&](const std::function<Status(std::string_view)>& sink) { return ReadBody(path, *msg, sink); }, now, until);
+  Result<std::string> qid = text.ok() ? QueueOwn(msg->envelope.mail_from(), *text, now) : Result<std::string>(text.status());
+  if (!qid.ok()) {
+    Log(LogLevel::kError, "qmgr", "cannot queue a delay notice (tried again at the next deferral)",
+        {{"qid", id}, {"error", qid.status().message()}});
+    return false;
+  }
+  Log(LogLevel::kInfo, "qmgr", "sender told of the delay (DSN)",
+      {{"qid", id}, {"dsn_qid", *qid}, {"to", msg->envelope.mail_from()}, {"retry_until", Rfc5322Date(until)}});
+  if (options_.on_event) options_.on_event("mail.delayed", id, StrCat("notice=", *qid, " rcpts=", delayed.size()));
+  return true;
+}
+
+// FinishDeferral records the progress (and the deferral) and moves the message to deferred/.
+void QueueManager::FinishDeferral(const std::string& id, int64_t now, std::vector<SpoolStatus> records,
+                                  SpoolStatus d) {
+  auto it2 = entries_.find(id);
+  if (it2 == entries_.end()) return;
+  Entry& e2 = it2->second;
+  std::string path = PathOf(e2);
   d.set_kind(SpoolStatus::KIND_DEFERRED);
   d.set_at_unix_ms(now);
   d.set_next_attempt_unix_ms(e2.next_attempt_ms);

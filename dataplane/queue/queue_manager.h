@@ -140,6 +140,7 @@ class QueueManager {
     bool needs_finalize = false;         // a DSN could not be queued: run Finalize again
     std::string last_temp;               // last temporary failure, for logs
     bool recalled = false;               // withdrawn by an operator: no DSN
+    bool delay_notified = false;         // the sender was told of the delay (once, SEE-2.8c)
     std::vector<FailedRecipient> relayed;
     int64_t expires_ms = -1;             // its Expires:/Expiry-Date: (DE-6); -1 not read yet, 0 none   // NOTIFY=SUCCESS to a next hop without DSN: "relayed" DSN due
   };
@@ -151,6 +152,10 @@ class QueueManager {
   void Run();
   void Wake();
   void Admit(SpoolMessage msg, SpoolState state, int64_t next_attempt_ms, uint32_t attempts);
+  bool DelayNoticeDue(const Entry& e, int64_t now) const;
+  bool SendDelayNotice(const std::string& id, int64_t now);
+  void FinishDeferral(const std::string& id, int64_t now, std::vector<mailseal::v1::SpoolStatus> records,
+                      mailseal::v1::SpoolStatus d);
   void PumpCrypto();
   void ApplyCompletion(const crypto::Completion& c, int64_t now);
   // Transfer records that `rcpts` of `id` are carried on by the copy `to` (durably).

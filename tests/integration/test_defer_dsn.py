@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Issue #2 acceptance: next hop down -> messages defer and retry; a next hop that comes back
 gets them; after the lifetime an RFC 3464 DSN from postmaster@ reaches the sender; a permanent
-refusal bounces at once. SEE-2.8c, SEE-2.12 (no DSN for <> or NOTIFY=NEVER, never loops).
+refusal bounces at once; a message delayed beyond delay_warning_s makes one "delayed" notice.
+SEE-2.8c, SEE-2.12 (no DSN for <> or NOTIFY=NEVER, never loops).
 
 Routing uses delivery.routes: partner-down.test -> a port nothing listens on,
 partner-late.test -> a port whose sink starts later, hard.test -> a sink that refuses RCPT
@@ -92,6 +93,40 @@ def main():
     log = gw.read_log()
     c.check(log.count("qmgr: expired") == 4, f"four expiries logged ({log.count('qmgr: expired')})")
     c.check(gw.stop() == 0, "clean stop")
+
+    # SEE-2.8c: a message still undelivered after delay_warning_s gets one "delayed" notice
+    # ("will keep trying for another N hours"), only where NOTIFY allows it, never twice — not
+    # even after a restart (the notice is recorded in the queue file).
+    warn_sink = harness.Sink(root)
+    routes2 = (f'routes {{ domain: "partner-down.test" next_hop: "127.0.0.1:{down_port}" }}\n'
+               f'routes {{ domain: "agency-a.test" next_hop: "127.0.0.1:{warn_sink.port}" }}\n'
+               "max_lifetime_s: 3600 delay_warning_s: 2")
+    gw2 = harness.Mailseald(a.mailseald, root, delivery_extra=routes2, name="gw2").start()
+    ok = [send(gw2.port, "gina@agency-a.test", "bob@partner-down.test", "slow-default"),
+          send(gw2.port, "hank@agency-a.test", "bob@partner-down.test", "slow-failure-only", b"", b" NOTIFY=FAILURE"),
+          send(gw2.port, "ivan@agency-a.test", "bob@partner-down.test", "slow-delay", b"", b" NOTIFY=DELAY,FAILURE")]
+    c.check(all(b"250 2.0.0" in o for o in ok), "three messages for a next hop that is down")
+
+    def delayed(subject):
+        return [m for m in warn_sink.messages() if f"Subject: {subject}".encode() in m and b"Action: delayed" in m]
+    d1 = harness.wait_for(lambda: delayed("slow-default"), 20, "a delay notice")[0]
+    harness.wait_for(lambda: delayed("slow-delay"), 20, "a delay notice for NOTIFY=DELAY")
+    want = [b"Subject: Delayed Mail (still being retried)", b"you do not need to send it again",
+            b"keep trying for another", b"Action: delayed", b"Will-Retry-Until: ", b"To: <gina@agency-a.test>",
+            b"text/rfc822-headers"]
+    c.check(all(x in d1 for x in want) and b"secret line" not in d1,
+            "delay notice: RFC 3464 Action: delayed, Will-Retry-Until, 'keep trying for another N hours', headers only",
+            str([x for x in want if x not in d1]))
+    gw2.stop()
+    gw2.start()   # the same spool: the notices are recorded, so none is sent again
+    harness.wait_for(lambda: re.search(r"qmgr: deferred qid=\S+ attempts=[4-9]", gw2.read_log()), 30, "more retries")
+    time.sleep(1)
+    c.check(len(delayed("slow-default")) == 1 and len(delayed("slow-delay")) == 1,
+            "one delay notice per message, however many retries and restarts",
+            f"{len(delayed('slow-default'))} / {len(delayed('slow-delay'))}")
+    c.check(not delayed("slow-failure-only"), "NOTIFY=FAILURE: no delay notice (RFC 3461)")
+    c.check(len(gw2.queue_files("deferred") + gw2.queue_files("active")) == 3, "the three messages are still queued")
+    gw2.stop()
 
     # SIGTERM while a delivery waits on a very slow next hop: the stop is prompt and the
     # message stays queued for the next start.

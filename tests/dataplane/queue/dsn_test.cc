@@ -76,6 +76,40 @@ TEST(Dsn, NoNotificationForNullSenderDsnOrNotifyNever) {
   EXPECT_FALSE(WantsFailureDsn(m.envelope, 0)) << "a notification never causes another";
 }
 
+// SEE-2.8c: "consistent with ordinary delivery failures (will keep trying for another N hours)".
+TEST(Dsn, DelayedReportSaysUntilWhenAndQuotesHeadersOnly) {
+  SpoolMessage m = Msg();
+  int64_t now = 1700000000000 + 4 * 3600000LL;
+  int64_t until = 1700000000000 + 5 * 24 * 3600000LL;
+  Result<std::string> d = BuildDelayedDsn("gw.test", m, {{0, "4.4.1", "X-Mailseal; connection refused", ""}},
+                                          Body("Subject: hi\r\n\r\nsecret body\r\n"), now, until);
+  ASSERT_TRUE(d.ok());
+  const std::string& t = *d;
+  EXPECT_NE(t.find("Subject: Delayed Mail (still being retried)\r\n"), std::string::npos);
+  EXPECT_NE(t.find("you do not need to send it again"), std::string::npos);
+  EXPECT_NE(t.find("keep trying for another\r\n116 hours (until Sun, 19 Nov 2023 22:13:20 +0000)"), std::string::npos) << t;
+  EXPECT_NE(t.find("Action: delayed\r\nStatus: 4.4.1\r\n"), std::string::npos);
+  EXPECT_NE(t.find("Will-Retry-Until: Sun, 19 Nov 2023 22:13:20 +0000\r\n"), std::string::npos);
+  EXPECT_NE(t.find("text/rfc822-headers\r\n\r\nSubject: hi\r\n"), std::string::npos);
+  EXPECT_EQ(t.find("secret body"), std::string::npos) << "a warning quotes the headers only";
+  EXPECT_EQ(t.find("Action: failed"), std::string::npos);
+}
+
+TEST(Dsn, DelayNoticeOnlyWhenNotifyAllowsIt) {
+  SpoolMessage m = Msg();
+  EXPECT_TRUE(WantsDelayDsn(m.envelope, 0)) << "NOTIFY not given: the MTA's choice (RFC 3461 §4.1)";
+  EXPECT_FALSE(WantsDelayDsn(m.envelope, 1)) << "NOTIFY=NEVER";
+  m.envelope.mutable_recipients(0)->set_notify("FAILURE");
+  EXPECT_FALSE(WantsDelayDsn(m.envelope, 0)) << "NOTIFY=FAILURE asks for no delay notice";
+  m.envelope.mutable_recipients(0)->set_notify("FAILURE,DELAY");
+  EXPECT_TRUE(WantsDelayDsn(m.envelope, 0));
+  m.envelope.set_mail_from("");
+  EXPECT_FALSE(WantsDelayDsn(m.envelope, 0)) << "null sender";
+  m = Msg();
+  m.envelope.set_is_dsn(true);
+  EXPECT_FALSE(WantsDelayDsn(m.envelope, 0)) << "never about a notification";
+}
+
 TEST(Dsn, EnhancedStatusFallsBackToClass) {
   EXPECT_EQ(EnhancedStatusOf(550, "5.1.1"), "5.1.1");
   EXPECT_EQ(EnhancedStatusOf(550, ""), "5.0.0");
