@@ -268,7 +268,9 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       std::string exp;
       for (char ch : v.explanation) exp += (ch == '\r' || ch == '\n') ? ' ' : ch;
       if (exp.size() > 200) exp.resize(200);
-      return MakeReply(550, "5.7.23", StrCat("SPF: ", v.domain, " does not allow ", peer_ip_, " to send its mail: ", exp));
+      bool helo = v.identity == "helo" && !spf_request_.mail_from.empty();
+      return MakeReply(550, "5.7.23", StrCat("SPF: ", v.domain, helo ? " (your HELO name)" : "", " does not allow ",
+                                             peer_ip_, helo ? " to use its name: " : " to send its mail: ", exp));
     }
     if (snap_->securemail && !(v.result == R::kPass && v.ends_in_hard_all))
       return MakeReply(550, "5.7.23", StrCat("SecureMail host (SM-6.1): mail is accepted only when the sender's SPF record "

@@ -53,7 +53,15 @@ void SpfChecker::Run(int index) {
       v.result = spf::Result::kTempError;
       v.problem = "resolver: " + resolver.init_status().message();
     } else {
-      v = spf::Check(job.req, dns);
+      // RFC 7208 §2.3: the HELO identity first; only its "fail" decides (a host name without a
+      // policy, or a DNS problem with it, leaves the decision to MAIL FROM).
+      if (!job.req.mail_from.empty()) {
+        spf::Request helo = job.req;
+        helo.mail_from.clear();
+        spf::Verdict h = spf::Check(helo, dns);
+        if (h.result == spf::Result::kFail) v = h;
+      }
+      if (v.identity.empty()) v = spf::Check(job.req, dns);
     }
     job.done(v);
   }

@@ -1,6 +1,7 @@
 // spf_checker.h — SPF checks off the net threads: a few threads, each with its own resolver,
 // take requests from a bounded queue and hand each verdict to a callback (which posts it back
-// to the net thread that asked). A net thread never waits on DNS.
+// to the net thread that asked). A net thread never waits on DNS. The HELO identity is checked
+// before MAIL FROM (RFC 7208 §2.3); only a HELO "fail" stands in for the MAIL FROM verdict.
 //
 // SECURITY: the queue is bounded (a flood of MAIL commands cannot grow it); a request that does
 // not fit is answered at once with temperror, which the server defers or accepts by policy.

@@ -11,7 +11,8 @@ outside its trusted networks; its DNS answers from local data only (zone "test."
   with Authentication-Results (spf=pass, the TLS version), Received-SPF and "with ESMTPS"; a
   forged level header the sender put in is gone.
 - The same sender in clear: level none (spf=pass, received in clear).
-- forged.test: refused at MAIL with 550 5.7.23 and the domain's own explanation; nothing delivered.
+- forged.test: refused at MAIL with 550 5.7.23 and the domain's own explanation; nothing delivered;
+  a client saying EHLO forged.test is refused too (the HELO identity, RFC 7208 §2.3).
 - STARTTLS injection (CVE-2011-0411): a MAIL pipelined behind STARTTLS in clear is not taken.
 - TLS floor (SM-6.1): TLS 1.1 and a TLS 1.2 suite without ECDHE/AEAD are refused.
 A SecureMail host (hostname securemail.agency-c.test, SM-6.1): MAIL in clear gets 530; over TLS,
@@ -169,6 +170,10 @@ def main():
     c.check(b"550 5.7.23 SPF: forged.test does not allow 127.0.0.1 to send its mail: "
             b"127.0.0.1 is not a mail server of forged.test" in out, "SPF fail -> 550 5.7.23 with exp=", out.decode(errors="replace"))
     c.check(b"354" not in out, "no DATA after a refused MAIL")
+    # RFC 7208 §2.3: the HELO name is checked too; its "fail" refuses even a passing MAIL FROM.
+    out = harness.smtp_exchange(gw.port, [b"EHLO forged.test\r\nMAIL FROM:<carol@partner.test>\r\nQUIT\r\n"])
+    c.check(b"550 5.7.23 SPF: forged.test (your HELO name) does not allow 127.0.0.1 to use its name" in out,
+            "a HELO name whose SPF policy fails -> 550 5.7.23", out.decode(errors="replace"))
 
     # 4. STARTTLS injection: MAIL pipelined behind STARTTLS in clear is dropped.
     s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
