@@ -26,6 +26,13 @@ bool DecodeName(const unsigned char* p, size_t len, size_t* off, std::string* ou
   }
   return false;
 }
+// UbResult owns one libunbound result.
+struct UbResult {
+  ub_result* r = nullptr;
+  ~UbResult() {
+    if (r) ub_resolve_free(r);
+  }
+};
 }  // namespace
 
 Resolver::Resolver(const std::string& forwarder, const std::vector<std::string>& local_zones,
@@ -65,13 +72,10 @@ Resolver::~Resolver() {
 
 Result<std::vector<MxHost>> Resolver::LookupMx(const std::string& domain) {
   if (!init_.ok()) return init_;
-  ub_result* res = nullptr;
-  int rc = ub_resolve(ctx_, domain.c_str(), kTypeMx, kClassIn, &res);
+  UbResult ans;
+  int rc = ub_resolve(ctx_, domain.c_str(), kTypeMx, kClassIn, &ans.r);
   if (rc != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": ", ub_strerror(rc)));
-  struct Free {
-    ub_result* r;
-    ~Free() { ub_resolve_free(r); }
-  } f{res};
+  const ub_result* res = ans.r;
   if (res->rcode == 3) return NotFoundError(StrCat("domain ", domain, " does not exist"));
   if (res->rcode != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": rcode ", res->rcode));
   std::vector<MxHost> out;
@@ -114,9 +118,9 @@ Result<std::vector<sockaddr_storage>> Resolver::LookupAddresses(const std::strin
   if (!init_.ok()) return init_;
   bool nxdomain = false, tempfail = false;
   for (int type : {kTypeA, kTypeAaaa}) {
-    ub_result* res = nullptr;
-    int rc = ub_resolve(ctx_, host.c_str(), type, kClassIn, &res);
-    if (rc != 0) { tempfail = true; continue; }
+    UbResult ans;
+    if (ub_resolve(ctx_, host.c_str(), type, kClassIn, &ans.r) != 0) { tempfail = true; continue; }
+    const ub_result* res = ans.r;
     if (res->rcode == 3) nxdomain = true;
     else if (res->rcode != 0) tempfail = true;
     for (int i = 0; res->havedata && res->data[i] && out.size() < kMaxAddrs; ++i) {
@@ -133,7 +137,6 @@ Result<std::vector<sockaddr_storage>> Resolver::LookupAddresses(const std::strin
         out.push_back(a);
       }
     }
-    ub_resolve_free(res);
   }
   if (!out.empty()) return out;
   if (tempfail) return UnavailableError(StrCat("address lookup for ", host, " failed"));
@@ -149,12 +152,9 @@ spf::Answer Resolver::Query(const std::string& name, spf::RrType type) {
     if (!name.empty() && name.size() > 253) a.rcode = spf::Answer::Rcode::kNxDomain;
     return a;
   }
-  ub_result* res = nullptr;
-  if (ub_resolve(ctx_, name.c_str(), static_cast<int>(type), kClassIn, &res) != 0) return a;
-  struct Free {
-    ub_result* r;
-    ~Free() { ub_resolve_free(r); }
-  } f{res};
+  UbResult ans;
+  if (ub_resolve(ctx_, name.c_str(), static_cast<int>(type), kClassIn, &ans.r) != 0) return a;
+  const ub_result* res = ans.r;
   if (res->rcode == 3) {
     a.rcode = spf::Answer::Rcode::kNxDomain;
     return a;

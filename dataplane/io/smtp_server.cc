@@ -35,16 +35,6 @@ constexpr size_t kMaxReadPerEvent = 256 * 1024;   // fairness between connection
 constexpr size_t kMaxPendingOutput = 256 * 1024;  // client not reading: stop reading it
 constexpr int kMaxSpfChecksPerSession = 32;
 
-std::string PeerIp(const sockaddr_storage& ss) {
-  char buf[INET6_ADDRSTRLEN] = {};
-  if (ss.ss_family == AF_INET)
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof buf);
-  else if (ss.ss_family == AF_INET6)
-    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof buf);
-  return buf;
-}
-
-
 int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -126,7 +116,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       : t_(t), id_(id), fd_(fd), snap_(std::move(snap)),
         session_(SessionOptions(*snap_, t->ctx_.tls_ctx != nullptr), this) {
     peer_ = FormatAddress(reinterpret_cast<const sockaddr*>(&peer));
-    peer_ip_ = PeerIp(peer);
+    peer_ip_ = FormatIp(reinterpret_cast<const sockaddr*>(&peer));
     trusted_ = snap_->IsTrusted(reinterpret_cast<const sockaddr*>(&peer));
     last_activity_ms_ = EventLoop::NowMs();
   }

@@ -13,18 +13,20 @@
 
 namespace mailseal::io {
 
+std::string FormatIp(const sockaddr* sa) {
+  char buf[INET6_ADDRSTRLEN] = "unknown";
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof buf);
+  return buf;
+}
+
 std::string FormatAddress(const sockaddr* sa) {
-  char buf[INET6_ADDRSTRLEN] = "?";
-  if (sa->sa_family == AF_INET) {
-    const auto* s = reinterpret_cast<const sockaddr_in*>(sa);
-    inet_ntop(AF_INET, &s->sin_addr, buf, sizeof buf);
-    return StrCat(buf, ":", ntohs(s->sin_port));
-  }
-  if (sa->sa_family == AF_INET6) {
-    const auto* s = reinterpret_cast<const sockaddr_in6*>(sa);
-    inet_ntop(AF_INET6, &s->sin6_addr, buf, sizeof buf);
-    return StrCat("[", buf, "]:", ntohs(s->sin6_port));
-  }
+  if (sa->sa_family == AF_INET)
+    return StrCat(FormatIp(sa), ":", ntohs(reinterpret_cast<const sockaddr_in*>(sa)->sin_port));
+  if (sa->sa_family == AF_INET6)
+    return StrCat("[", FormatIp(sa), "]:", ntohs(reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port));
   return "unknown";
 }
 

@@ -33,7 +33,7 @@ std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& 
                              ? smtp::BareNewlinePolicy::kNormalize
                              : smtp::BareNewlinePolicy::kReject;
   s->smtp.starttls = cfg.has_tls();
-  s->smtp.require_tls = cfg.has_tls() && (cfg.tls().required() || cfg.securemail());
+  s->smtp.require_tls = cfg.has_tls() && cfg.tls().required();   // LoadConfig folds securemail in
   s->spf = cfg.spf().mode() == mailseal::v1::Spf::SPF_OFF    ? PolicySnapshot::Spf::kOff
            : cfg.spf().mode() == mailseal::v1::Spf::SPF_MARK ? PolicySnapshot::Spf::kMark
                                                               : PolicySnapshot::Spf::kEnforce;

@@ -581,16 +581,17 @@ bool QueueManager::DelayNoticeDue(const Entry& e, int64_t now) const {
 // it is queued or nobody is to be told (either way the sender is not told again).
 bool QueueManager::SendDelayNotice(const std::string& id, int64_t now) {
   Entry& e = entries_.find(id)->second;
+  // The enhanced code of the last reply ("451 4.4.1 ...") when it had one, else 4.0.0.
+  std::string status = EnhancedStatusOf(451, "");
+  if (size_t sp = e.last_temp.find(' '); sp != std::string::npos) {
+    std::string code = e.last_temp.substr(sp + 1, e.last_temp.find(' ', sp + 1) - sp - 1);
+    if (code.size() >= 5 && code[0] == '4' && code[1] == '.') status = code;
+  }
+  std::string diagnostic = StrCat("X-Mailseal; ", e.last_temp.empty() ? "not delivered yet" : e.last_temp);
   std::vector<FailedRecipient> delayed;
   for (uint32_t i = 0; i < e.rcpt.size(); ++i)
-    if (e.rcpt[i] == kPending && WantsDelayDsn(e.msg->envelope, i))
-      delayed.push_back({i, EnhancedStatusOf(451, ""), StrCat("X-Mailseal; ", e.last_temp.empty() ? "not delivered yet" : e.last_temp), ""});
+    if (e.rcpt[i] == kPending && WantsDelayDsn(e.msg->envelope, i)) delayed.push_back({i, status, diagnostic, ""});
   if (delayed.empty()) return true;
-  for (FailedRecipient& f : delayed) {   // the enhanced code of the last reply, when it had one
-    size_t sp = e.last_temp.find(' ');
-    std::string code = sp == std::string::npos ? "" : e.last_temp.substr(sp + 1, e.last_temp.find(' ', sp + 1) - sp - 1);
-    if (code.size() >= 5 && code[0] == '4' && code[1] == '.') f.status = code;
-  }
   int64_t until = e.msg->envelope.arrival_unix_ms() + static_cast<int64_t>(options_.delivery.max_lifetime_s()) * 1000;
   std::string path = PathOf(e);
   std::shared_ptr<const SpoolMessage> msg = e.msg;

@@ -493,11 +493,12 @@ class Evaluator {
     return a.records;
   }
 
-  bool AddressMatches(const std::vector<std::string>& addrs, const Term& t) const {
+  // AddressMatches: one of `addrs` covers the client within the prefix lengths (a term's
+  // dual-cidr; 32/128 for an exact match).
+  bool AddressMatches(const std::vector<std::string>& addrs, int cidr4 = 32, int cidr6 = 128) const {
     size_t len = ip_.v6 ? 16 : 4;
     for (const std::string& r : addrs)
-      if (r.size() == len && PrefixMatch(reinterpret_cast<const unsigned char*>(r.data()), ip_.b,
-                                         ip_.v6 ? t.cidr6 : t.cidr4))
+      if (r.size() == len && PrefixMatch(reinterpret_cast<const unsigned char*>(r.data()), ip_.b, ip_.v6 ? cidr6 : cidr4))
         return true;
     return false;
   }
@@ -509,11 +510,10 @@ class Evaluator {
     Answer ptr = dns_.Query(ReverseName(ip_), RrType::kPtr);
     if (ptr.rcode != Answer::Rcode::kOk) return *validated_;
     size_t looked = 0;
-    Term exact;
     for (const std::string& name : ptr.records) {
       if (++looked > kMaxNames) break;
       std::optional<std::vector<std::string>> addrs = Addresses(StripDot(name), nullptr);
-      if (addrs && AddressMatches(*addrs, exact)) validated_->push_back(StripDot(name));
+      if (addrs && AddressMatches(*addrs)) validated_->push_back(StripDot(name));
     }
     return *validated_;
   }
@@ -565,7 +565,7 @@ class Evaluator {
       std::optional<std::vector<std::string>> addrs = Addresses(target, &is_void);
       if (!addrs) return Stop(Temp("DNS error looking up " + target));
       if (is_void) return Void(t);
-      *matched = AddressMatches(*addrs, t);
+      *matched = AddressMatches(*addrs, t.cidr4, t.cidr6);
       return {};
     }
     if (m == "mx") {
@@ -577,7 +577,7 @@ class Evaluator {
         if (StripDot(host).empty()) continue;   // null MX
         std::optional<std::vector<std::string>> addrs = Addresses(StripDot(host), nullptr);
         if (!addrs) return Stop(Temp("DNS error looking up " + host));
-        if (AddressMatches(*addrs, t)) {
+        if (AddressMatches(*addrs, t.cidr4, t.cidr6)) {
           *matched = true;
           return {};
         }

@@ -82,6 +82,14 @@ def recv_reply(sock):
             return data
 
 
+def client_tls():
+    """A TLS client context that does not check the (self-signed) server certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def tls_session(port, commands, helo="client.test"):
     """EHLO, STARTTLS, then each command over TLS; returns the replies after the handshake."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -91,10 +99,7 @@ def tls_session(port, commands, helo="client.test"):
     s.sendall(b"STARTTLS\r\n")
     if not recv_reply(s).startswith(b"220"):
         raise RuntimeError("STARTTLS refused")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    t = ctx.wrap_socket(s)
+    t = client_tls().wrap_socket(s)
     out = []
     for cmd in commands:
         t.sendall(cmd)
@@ -183,10 +188,7 @@ def main():
     c.check(b"250 STARTTLS" in ehlo or b"250-STARTTLS" in ehlo, "STARTTLS offered (SM-5)", ehlo.decode())
     s.sendall(b"STARTTLS\r\nMAIL FROM:<carol@partner.test>\r\n")
     r220 = recv_reply(s)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    t = ctx.wrap_socket(s)
+    t = client_tls().wrap_socket(s)
     t.sendall(b"EHLO client.test\r\n")
     first = recv_reply(t)
     t.sendall(b"RCPT TO:<bob@agency-b.test>\r\n")
@@ -209,10 +211,7 @@ def main():
     recv_reply(s)
     s.sendall(b"STARTTLS\r\n")
     recv_reply(s)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    t = ctx.wrap_socket(s)
+    t = client_tls().wrap_socket(s)
     t.sendall(b"EHLO mx.partner.test\r\nMAIL FROM:<carol@partner.test>\r\nRCPT TO:<bob@agency-b.test>\r\nDATA\r\n" +
               big + b".\r\nMAIL FROM:<carol@partner.test>\r\nRCPT TO:<bob@agency-b.test>\r\nDATA\r\n" + big +
               b".\r\nQUIT\r\n")
