@@ -23,6 +23,8 @@
 #include <fstream>
 #include <sstream>
 #include <memory>
+#include <optional>
+#include <sys/stat.h>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,7 @@
 #include "dataplane/queue/committer.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
+#include "hsm/secret.h"
 #include "hsm/token_manager.h"
 #include "dataplane/crypto/smime_processor.h"
 #include "control/audit/log.h"
@@ -55,33 +58,6 @@ void Usage() {
   std::fprintf(stderr,
                "usage: mailseald --config FILE       run the gateway\n"
                "       mailseald --check-config FILE validate FILE and exit (0: valid)\n");
-}
-
-int CheckConfig(const std::string& path) {
-  Result<v1::Config> cfg = config::LoadConfig(path);
-  if (!cfg.ok()) {
-    std::fprintf(stderr, "mailseald: %s\n", cfg.status().message().c_str());
-    return kExitUsage;
-  }
-  if (cfg->has_smime()) {
-    Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(*cfg, nullptr, nullptr, true);
-    if (!smime.ok()) {
-      std::fprintf(stderr, "mailseald: %s: %s\n", path.c_str(), smime.status().message().c_str());
-      return kExitUsage;
-    }
-  }
-  if (cfg->has_tls()) {   // the certificate and key load, and the key is not readable by others
-    Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg->tls().cert_file(), cfg->tls().key_file());
-    if (!made.ok()) {
-      std::fprintf(stderr, "mailseald: %s: field 'tls': %s\n", path.c_str(), made.status().message().c_str());
-      return kExitUsage;
-    }
-    io::FreeServerTlsContext(*made);
-  }
-  std::printf("%s: OK (hostname %s, %d listener(s), spool %s, next hop %s)\n", path.c_str(),
-              cfg->hostname().c_str(), cfg->listen_size(), cfg->spool_dir().c_str(),
-              cfg->delivery().relay_host().empty() ? "MX lookup" : cfg->delivery().relay_host().c_str());
-  return kExitOk;
 }
 
 // OpenAudit opens the audit trail; tree heads are signed by the token's audit key through a
@@ -121,7 +97,8 @@ std::vector<std::string> PemCertificates(const std::string& bundle) {
 }
 
 // LoadKeyDeps: what the Key and Ceremony services need from the configuration.
-Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::KeyDeps* k) {
+// `check_only` (validation) creates no directory.
+Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::KeyDeps* k, bool check_only = false) {
   k->token = token;
   k->audit_key_label = cfg.control().audit().key_label();
   k->in_use = {k->audit_key_label};
@@ -154,10 +131,21 @@ Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::Key
                                        c.custodians_size(), ")"));
   k->threshold = c.threshold();
   k->transcript_dir = c.transcript_dir().empty() ? StrCat(cfg.spool_dir(), "/ceremonies") : c.transcript_dir();
+  if (check_only) return OkStatus();
   std::error_code ec;
   std::filesystem::create_directories(k->transcript_dir, ec);
   if (ec) return InvalidArgumentError(StrCat("field 'control.ceremony.transcript_dir': ", ec.message()));
   return OkStatus();
+}
+
+// RoleOf: the role a configuration names, or nullopt.
+std::optional<v1::Role> RoleOf(const std::string& name) {
+  static const std::map<std::string, v1::Role> kRoles = {{"administrator", v1::ROLE_ADMINISTRATOR},
+                                                         {"security-officer", v1::ROLE_SECURITY_OFFICER},
+                                                         {"auditor", v1::ROLE_AUDITOR},
+                                                         {"operator", v1::ROLE_OPERATOR}};
+  auto it = kRoles.find(name);
+  return it == kRoles.end() ? std::nullopt : std::optional<v1::Role>(it->second);
 }
 
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
@@ -165,46 +153,94 @@ Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& c
                                                              control::PolicyStore* policy, const control::KeyDeps* keys) {
   const auto& c = cfg.control();
   control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}};
-  static const std::map<std::string, v1::Role> kRoles = {{"administrator", v1::ROLE_ADMINISTRATOR},
-                                                         {"security-officer", v1::ROLE_SECURITY_OFFICER},
-                                                         {"auditor", v1::ROLE_AUDITOR},
-                                                         {"operator", v1::ROLE_OPERATOR}};
-  for (int i = 0; i < c.roles_size(); ++i) {
-    auto it = kRoles.find(c.roles(i).role());
-    if (it == kRoles.end())
-      return InvalidArgumentError(StrCat("field 'control.roles[", i, "].role': '", c.roles(i).role(),
-                                         "' is not administrator, security-officer, auditor or operator"));
-    o.roles[c.roles(i).common_name()] = it->second;
-  }
+  for (int i = 0; i < c.roles_size(); ++i) o.roles[c.roles(i).common_name()] = *RoleOf(c.roles(i).role());   // validated
   return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys});
 }
 
-int Run(const std::string& path) {
+// Validate: the one validation path (issue #12). `--check-config`, start-up and SIGHUP all
+// load the file through here, so they accept and refuse exactly the same files. It touches
+// nothing: it reads the files the configuration names (certificates, keys, the PIN file's
+// owner and mode) and checks what start-up would otherwise find out late (resolver settings,
+// TLS context, roles, the spool path). Errors are "path: field 'x': why" (or file:line:col).
+Result<v1::Config> Validate(const std::string& path) {
   Result<v1::Config> loaded = config::LoadConfig(path);
+  if (!loaded.ok()) return loaded.status();
+  const v1::Config& cfg = *loaded;
+  auto bad = [&](const std::string& field, std::string_view why) {
+    return InvalidArgumentError(StrCat(path, ": field '", field, "': ", why));
+  };
+  base::LogLevel level;
+  if (!base::ParseLogLevel(cfg.log_level(), &level)) return bad("log_level", StrCat("unknown level '", cfg.log_level(), "'"));
+  {
+    const auto& d = cfg.delivery();
+    io::Resolver probe(d.dns_forwarder(), {d.dns_local_zones().begin(), d.dns_local_zones().end()},
+                       {d.dns_local_data().begin(), d.dns_local_data().end()});
+    if (!probe.init_status().ok()) return bad("delivery", probe.init_status().message());
+  }
+  struct stat st {};
+  if (::stat(cfg.spool_dir().c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return bad("spool_dir", StrCat("'", cfg.spool_dir(), "' exists and is not a directory"));
+  } else if (std::string parent = std::filesystem::path(cfg.spool_dir()).parent_path().string();
+             !parent.empty() && (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+    return bad("spool_dir", StrCat("'", cfg.spool_dir(), "' cannot be made: '", parent, "' is not a directory"));
+  }
+  if (cfg.has_tls()) {
+    Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg.tls().cert_file(), cfg.tls().key_file());
+    if (!made.ok()) return bad("tls", made.status().message());
+    io::FreeServerTlsContext(*made);
+  }
+  if (cfg.has_hsm()) {
+    if (::access(cfg.hsm().module_path().c_str(), R_OK) != 0)
+      return bad("hsm.module_path", StrCat("'", cfg.hsm().module_path(), "': ", std::strerror(errno)));
+    // The PIN is read (owner, mode 0600/0400, size) and wiped at once.
+    if (Result<hsm::Secret> pin = hsm::ReadSecretFile(cfg.hsm().pin_file()); !pin.ok())
+      return bad("hsm.pin_file", pin.status().message());
+  }
+  if (cfg.has_smime()) {
+    Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(cfg, nullptr, nullptr, true);
+    if (!smime.ok()) return InvalidArgumentError(StrCat(path, ": ", smime.status().message()));
+  }
+  if (cfg.has_control()) {
+    const auto& c = cfg.control();
+    const auto& a = c.audit();
+    if (!cfg.has_hsm()) return bad("control", "needs 'hsm' (the audit key lives on the token)");
+    if (a.log_path().empty() || a.heads_path().empty() || a.key_label().empty())
+      return bad("control.audit", "log_path, heads_path and key_label are required");
+    for (auto [file, field] : {std::pair{c.cert_file(), "control.cert_file"}, std::pair{c.key_file(), "control.key_file"},
+                               std::pair{c.client_ca_file(), "control.client_ca_file"}})
+      if (Result<std::string> r = base::ReadFile(file); !r.ok()) return bad(field, r.status().message());
+    for (int i = 0; i < c.roles_size(); ++i)
+      if (!RoleOf(c.roles(i).role()))
+        return bad(StrCat("control.roles[", i, "].role"),
+                   StrCat("'", c.roles(i).role(), "' is not administrator, security-officer, auditor or operator"));
+    control::KeyDeps k;
+    if (Status ks = LoadKeyDeps(cfg, nullptr, &k, true); !ks.ok()) return InvalidArgumentError(StrCat(path, ": ", ks.message()));
+  }
+  return loaded;
+}
+
+int CheckConfig(const std::string& path) {
+  Result<v1::Config> cfg = Validate(path);
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "mailseald: %s\n", cfg.status().message().c_str());
+    return kExitUsage;
+  }
+  std::printf("%s: OK (hostname %s, %d listener(s), spool %s, next hop %s)\n", path.c_str(),
+              cfg->hostname().c_str(), cfg->listen_size(), cfg->spool_dir().c_str(),
+              cfg->delivery().relay_host().empty() ? "MX lookup" : cfg->delivery().relay_host().c_str());
+  return kExitOk;
+}
+
+int Run(const std::string& path) {
+  Result<v1::Config> loaded = Validate(path);
   if (!loaded.ok()) {
     std::fprintf(stderr, "mailseald: %s\n", loaded.status().message().c_str());
     return kExitUsage;
   }
   v1::Config cfg = std::move(loaded.value());
-  base::LogLevel level;
-  if (!base::ParseLogLevel(cfg.log_level(), &level)) {
-    std::fprintf(stderr, "mailseald: %s: field 'log_level': unknown level '%s'\n", path.c_str(),
-                 cfg.log_level().c_str());
-    return kExitUsage;
-  }
-  base::SetLogLevel(level);
-  {
-    // The resolver settings are checked now, not at the first delivery.
-    const auto& d = cfg.delivery();
-    io::Resolver probe(d.dns_forwarder(), {d.dns_local_zones().begin(), d.dns_local_zones().end()},
-                       {d.dns_local_data().begin(), d.dns_local_data().end()});
-    if (!probe.init_status().ok()) {
-      std::fprintf(stderr, "mailseald: %s: field 'delivery': %s\n", path.c_str(),
-                   probe.init_status().message().c_str());
-      return kExitUsage;
-    }
-  }
-  // STARTTLS (SM-5): the certificate and key are checked now, not at the first client.
+  base::LogLevel level = base::LogLevel::kInfo;
+  if (base::ParseLogLevel(cfg.log_level(), &level)) base::SetLogLevel(level);   // validated
+  // STARTTLS (SM-5): the certificate and key were checked; the context serves every client.
   std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx(nullptr, io::FreeServerTlsContext);
   if (cfg.has_tls()) {
     Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg.tls().cert_file(), cfg.tls().key_file());
@@ -264,9 +300,12 @@ int Run(const std::string& path) {
         {{"partners", std::to_string(smime->policy.partners.size())}, {"authserv_id", smime->policy.authserv_id}});
   }
 
-  if (!smime)
+  if (!smime) {
+    // Policy decisions run all the same (issue #12): what must be protected is held.
+    smime = crypto::PolicyOnly(cfg, &spool);
     Log(LogLevel::kWarning, "mailseald",
-        "no smime section: nothing is sealed and classified mail is NOT held (SEE-2.1b); plain relay only");
+        "no smime section: nothing can be sealed; mail the policy says must be signed, sealed or held is held (SEE-2.1b)");
+  }
   if (!cfg.has_tls())
     Log(LogLevel::kWarning, "mailseald", "no tls section: STARTTLS is not offered, all inbound mail arrives in clear (SM-5)");
   if (cfg.spf().mode() == v1::Spf::SPF_OFF)
@@ -274,6 +313,7 @@ int Run(const std::string& path) {
   // The audit trail (issue #5): management actions and mail events, the latter in batches.
   std::unique_ptr<audit::AuditLog> audit_log;
   std::unique_ptr<audit::Recorder> recorder;
+  std::atomic<bool> audit_ok{true};   // false: mail events cannot be recorded (fail closed)
   if (cfg.has_control()) {
     Result<std::unique_ptr<audit::AuditLog>> a = OpenAudit(cfg, token.get());
     if (!a.ok()) {
@@ -281,8 +321,12 @@ int Run(const std::string& path) {
       return kExitUsage;
     }
     audit_log = std::move(a.value());
-    recorder = std::make_unique<audit::Recorder>(audit_log.get(), [](const Status& st) {
-      Log(LogLevel::kError, "audit", "mail events can no longer be recorded (mail keeps flowing)",
+    bool keep_flowing = cfg.control().audit().accept_unaudited_mail();
+    recorder = std::make_unique<audit::Recorder>(audit_log.get(), [&audit_ok, keep_flowing](const Status& st) {
+      if (!keep_flowing) audit_ok.store(false, std::memory_order_release);
+      Log(LogLevel::kError, "audit",
+          keep_flowing ? "mail events can no longer be recorded (accept_unaudited_mail: mail keeps flowing)"
+                       : "mail events can no longer be recorded: new mail gets 451 until a restart with a writable trail",
           {{"error", st.message()}});
     });
   }
@@ -411,7 +455,8 @@ int Run(const std::string& path) {
                                            std::vector<std::string>(d.dns_local_zones().begin(), d.dns_local_zones().end()),
                                            std::vector<std::string>(d.dns_local_data().begin(), d.dns_local_data().end()));
   }
-  io::ServerContext ctx{&policy, &spool, &committer, &qmgr, token ? &hsm_ok : nullptr, tls_ctx.get(), spf.get()};
+  io::ServerContext ctx{&policy,       &spool, &committer, &qmgr, token ? &hsm_ok : nullptr,
+                       recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get()};
   std::vector<std::unique_ptr<io::NetThread>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<io::NetThread>(static_cast<int>(t), ctx, fds[t]));
@@ -443,7 +488,7 @@ int Run(const std::string& path) {
       signalfd_siginfo si{};
       if (::read(sfd, &si, sizeof si) != sizeof si) continue;
       if (si.ssi_signo == SIGHUP) {
-        Result<v1::Config> fresh = config::LoadConfig(path);
+        Result<v1::Config> fresh = Validate(path);   // what --check-config and start-up accept
         if (!fresh.ok()) {
           Log(LogLevel::kError, "mailseald", "reload refused, keeping the running config",
               {{"error", fresh.status().message()}});

@@ -12,6 +12,7 @@
 
 #include "dataplane/base/log.h"
 #include "hsm/lifecycle.h"
+#include "dataplane/base/strings.h"
 #include "hsm/token_key.h"
 
 namespace mailseal::crypto {
@@ -39,7 +40,7 @@ class SmimeProcessor : public JobProcessor {
   ~SmimeProcessor() override { Drop(); }
 
   void Idle() override {
-    std::shared_ptr<hsm::TokenHandle> h = s_->token->Handle();
+    std::shared_ptr<hsm::TokenHandle> h = s_->token ? s_->token->Handle() : nullptr;
     if (!h || h->generation != generation_) Drop();
   }
 
@@ -85,7 +86,7 @@ class SmimeProcessor : public JobProcessor {
       }
       any_hold = any_hold || o.action == smime::Action::kHold;
     }
-    if (any_hold && (token_failed || !SessionAlive())) {
+    if (any_hold && s_->token && (token_failed || !SessionAlive())) {
       Drop();
       c.verdict = Verdict::kTempFail;
       c.reason = token_failed ? "the security module refused a key operation: deferred, not held (SEE-AG-4)"
@@ -312,7 +313,17 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   if (!c.outer_subject().empty()) s->policy.outer_subject = c.outer_subject();
   s->policy.keep_subject = c.keep_subject();
   s->policy.show_classification = c.show_classification();
+  if (!c.seemail_version().empty()) s->policy.seemail_version = c.seemail_version();
   s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
+  s->policy.gateway_name = cfg.hostname();
+  return s;
+}
+
+std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::Spool* spool) {
+  auto s = std::make_unique<SmimeShared>();
+  s->spool = spool;
+  for (const std::string& d : cfg.local_domains()) s->policy.local_domains.push_back(base::AsciiLower(d));
+  s->policy.authserv_id = cfg.hostname();
   s->policy.gateway_name = cfg.hostname();
   return s;
 }

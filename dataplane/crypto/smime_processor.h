@@ -45,6 +45,11 @@ struct SmimeShared {
 Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
                                                hsm::TokenManager* token, bool check_only = false);
 
+// PolicyOnly: the shared part without an smime section (no token, no certificate store): the
+// policy document still decides every recipient, and what it says must be signed, sealed or
+// held is held — never relayed in clear (issue #12, fail closed). Local mail passes unchanged.
+std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::Spool* spool);
+
 ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
 
 }  // namespace mailseal::crypto

@@ -212,6 +212,8 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     if (t_->draining_) return MakeReply(421, "4.3.2", "Service shutting down, try again later");
     if (t_->ctx_.hsm_available && !t_->ctx_.hsm_available->load(std::memory_order_acquire))
       return MakeReply(451, "4.3.0", "Security module unavailable: mail is suspended, try again later");
+    if (t_->ctx_.audit_available && !t_->ctx_.audit_available->load(std::memory_order_acquire))
+      return MakeReply(451, "4.3.0", "Audit trail unavailable: mail is suspended, try again later");
     if (!t_->ctx_.qmgr->Accepting())
       return MakeReply(452, "4.3.1", "Insufficient system resources, try again later");
     bool same = spf_checked_ && spf_request_.mail_from == txn.mail_from && spf_request_.helo == txn.helo;
@@ -305,8 +307,8 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
           "Received: from ", txn.helo, " (", peer_, ")\r\n\t",
           tls_.empty() ? "" : StrCat("(using ", tls_, ")\r\n\t"), "by ", snap_->smtp.hostname,
           " (mailseal) with ", txn.smtputf8 ? "UTF8SMTP" : "ESMTP", tls_.empty() ? "" : "S", " id ", writer_->id(), "\r\n\t",
-          txn.recipients.size() == 1 ? StrCat("for <", txn.recipients[0].address, ">; ") : "",
-          queue::Rfc5322Date(env.arrival_unix_ms()), "\r\n");
+          txn.recipients.size() == 1 ? StrCat("for <", txn.recipients[0].address, ">") : "",
+          "; ", queue::Rfc5322Date(env.arrival_unix_ms()), "\r\n");
       if (spf_checked_) received += spf::ReceivedSpf(spf_, spf_request_);
       st = writer_->Append(received);
     }

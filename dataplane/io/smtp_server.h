@@ -43,6 +43,9 @@ struct ServerContext {
   // hsm_available, when set, is false while the security module is unreachable: every new
   // transaction is then answered 451 (fail safe, SEE-AG-4).
   const std::atomic<bool>* hsm_available = nullptr;
+  // audit_available, when set, is false once mail events can no longer be recorded: every new
+  // transaction is then answered 451 (fail closed, issue #12).
+  const std::atomic<bool>* audit_available = nullptr;
   // tls_ctx, when set, serves STARTTLS (owned by the caller; see MakeServerTlsContext).
   ssl_ctx_st* tls_ctx = nullptr;
   // spf, when set, checks clients outside trusted_networks (SM-5b) unless the policy says off.

@@ -316,9 +316,9 @@ Status Parser::Finish() {
   return OkStatus();
 }
 
-std::string FirstHeaderValue(std::string_view message, std::string_view name, size_t* body_at) {
-  std::string value;
-  bool in_field = false, found = false;
+std::vector<std::string> HeaderValues(std::string_view message, std::string_view name, size_t* body_at) {
+  std::vector<std::string> values;
+  bool in_field = false;
   size_t pos = 0;
   while (pos < message.size()) {
     size_t eol = message.find('\n', pos);
@@ -328,20 +328,31 @@ std::string FirstHeaderValue(std::string_view message, std::string_view name, si
     pos = eol + 1;
     if (line.empty()) break;
     if (line[0] == ' ' || line[0] == '\t') {
-      if (in_field) value.append(line);
+      if (in_field) values.back().append(line);
       continue;
     }
     in_field = false;
-    if (found) continue;
     size_t colon = line.find(':');
-    if (colon == name.size() && strncasecmp(line.data(), name.data(), name.size()) == 0) {
-      value.assign(line.substr(colon + 1));
-      in_field = found = true;
-    }
+    if (colon == std::string_view::npos || colon < name.size()) continue;
+    // RFC 5322 §4.5.3 (obsolete syntax): blanks may stand between the name and the colon.
+    std::string_view between = line.substr(name.size(), colon - name.size());
+    if (strncasecmp(line.data(), name.data(), name.size()) != 0 ||
+        between.find_first_not_of(" \t") != std::string_view::npos)
+      continue;
+    values.emplace_back(line.substr(colon + 1));
+    in_field = true;
   }
   if (body_at) *body_at = std::min(pos, message.size());
-  size_t b = value.find_first_not_of(" \t");
-  return b == std::string::npos ? "" : value.substr(b);
+  for (std::string& v : values) {
+    size_t b = v.find_first_not_of(" \t");
+    v.erase(0, b == std::string::npos ? v.size() : b);
+  }
+  return values;
+}
+
+std::string FirstHeaderValue(std::string_view message, std::string_view name, size_t* body_at) {
+  std::vector<std::string> values = HeaderValues(message, name, body_at);
+  return values.empty() ? "" : std::move(values.front());
 }
 
 }  // namespace mailseal::mime

@@ -107,10 +107,15 @@ class Parser {
   uint64_t prev_line_end_len_ = 0;  // 2 for CRLF, 1 for LF: what precedes a delimiter
 };
 
-// FirstHeaderValue: the unfolded value (leading blanks removed) of the first `name` field
-// (case-insensitive) of the header block at the start of `message`, "" when absent; it stops at
-// the blank line, and `body_at` (if given) is where the body begins. For a quick look at one
-// field (policy, expiry) without a full parse; reads no further than the header block.
+// HeaderValues: the unfolded values (leading blanks removed) of every `name` field
+// (case-insensitive; blanks before the colon allowed, RFC 5322 §4.5.3) of the header block at
+// the start of `message`, in order; it stops at the blank line, and `body_at` (if given) is
+// where the body begins. For a quick look at a few fields (policy, expiry) without a full
+// parse; reads no further than the header block. Every occurrence counts: a reader that looked
+// only at the first could disagree with a mail client that shows another (issue #12).
+std::vector<std::string> HeaderValues(std::string_view message, std::string_view name, size_t* body_at = nullptr);
+
+// FirstHeaderValue: the first of HeaderValues, "" when absent.
 std::string FirstHeaderValue(std::string_view message, std::string_view name, size_t* body_at = nullptr);
 
 }  // namespace mailseal::mime

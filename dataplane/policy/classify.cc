@@ -123,6 +123,9 @@ std::string DecodeRfc2047(std::string_view v) {
         if (DecodeWord(v[q1 + 1], v.substr(q2 + 1, end - q2 - 1), &decoded)) {
           if (!last_was_word) out += pending_space;   // space between encoded words is dropped
           pending_space.clear();
+          // UTF-16/UTF-32 words carry ASCII as a byte and NULs: without the NULs a mail client's
+          // "[RESTRICTED]" is ours too (trigger words are ASCII).
+          decoded.erase(std::remove(decoded.begin(), decoded.end(), '\0'), decoded.end());
           out += decoded;
           last_was_word = true;
           i = end + 2;
@@ -160,13 +163,24 @@ std::string FindTriggerWord(std::string_view s, const std::vector<std::string>& 
 }
 
 std::string Classify(std::string_view message, const std::vector<std::string>& words) {
+  // Every Subject field counts, not only the first: a message with two (RFC 5322 §3.6 allows
+  // one) is shown by some clients with the first and by others with the last (issue #12).
   size_t body_at = 0;
-  std::string word = FindTriggerWord(DecodeRfc2047(mime::FirstHeaderValue(message, "Subject", &body_at)), words);
-  if (!word.empty()) return word;
-  // RFC 9788: the protected headers are those of the wrapped inner message.
-  std::string ct = base::AsciiLower(mime::FirstHeaderValue(message, "Content-Type"));
-  if (ct.rfind("message/rfc822", 0) == 0 && ct.find("forwarded=\"no\"") != std::string::npos)
-    return FindTriggerWord(DecodeRfc2047(mime::FirstHeaderValue(message.substr(body_at), "Subject")), words);
+  for (const std::string& subject : mime::HeaderValues(message, "Subject", &body_at)) {
+    std::string word = FindTriggerWord(DecodeRfc2047(subject), words);
+    if (!word.empty()) return word;
+  }
+  // RFC 9788: the protected headers are those of the wrapped inner message — whichever of
+  // several Content-Type fields a reader believes.
+  for (const std::string& ct : mime::HeaderValues(message, "Content-Type")) {
+    std::string lower = base::AsciiLower(ct);
+    if (lower.rfind("message/rfc822", 0) != 0 || lower.find("forwarded=\"no\"") == std::string::npos) continue;
+    for (const std::string& subject : mime::HeaderValues(message.substr(body_at), "Subject")) {
+      std::string word = FindTriggerWord(DecodeRfc2047(subject), words);
+      if (!word.empty()) return word;
+    }
+    break;
+  }
   return "";
 }
 

@@ -45,8 +45,11 @@ std::string DecodeRfc2047(std::string_view value);
 // the four SEE-2.1 words.
 std::string FindTriggerWord(std::string_view subject, const std::vector<std::string>& words = {});
 
-// Classify: the trigger word of a whole message (outer Subject, and the inner Subject of an
-// RFC 9788 wrapped message), or "".
+// Classify: the trigger word of a whole message, or "". The rule (issue #12): every Subject
+// field of the header counts (a duplicated field, "Subject :" with blanks before the colon,
+// folded or RFC 2047-encoded in any charset, UTF-16 included), and so does every Subject of the
+// inner message when any Content-Type field says it is an RFC 9788 wrapped message; the first
+// word found is the classification (it is what the label and an outer Subject show).
 std::string Classify(std::string_view message, const std::vector<std::string>& words = {});
 
 enum class Protection { kPass, kSign, kSealIfKnown, kSealRequired, kHold };

@@ -104,7 +104,7 @@ Notice Notifier::Render(const std::string& to, const Pending& p, int64_t now_ms)
   m += StrCat("Subject: ", subject, "\r\n");
   m += StrCat("Date: ", Rfc5322Date(now_ms), "\r\n");
   m += StrCat("Message-ID: ", msgid, "\r\n");
-  m += "Auto-Submitted: auto-replied\r\n";   // RFC 3834: no automatic answer to this
+  m += "Auto-Submitted: auto-generated\r\n";   // RFC 3834 §5: automatic, not a reply; nothing answers it
   m += "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n\r\n";
   if (warned < total) {
     m += StrCat("The mail gateway ", Clean(o_.hostname), " held ", total - warned == 1 ? "a message" : StrCat(total - warned, " messages"),

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "dataplane/base/strings.h"
+#include "dataplane/mime/parser.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/smime/naming.h"
 #include "dataplane/smtp/address.h"
@@ -169,6 +170,14 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
   static const policy::CompiledPolicy kNoDocument;
   if (!doc) doc = &kNoDocument;
   // SEE-2.14: seemail-ping@ answers before any other rule.
+  if (!store_) {   // policy only (no smime section): nothing to open or answer, local mail as it is
+    for (auto& [address, rcpts] : pings) local.insert(local.end(), rcpts.begin(), rcpts.end());
+    pings.clear();
+    Output o;
+    o.rcpts = std::move(local);
+    if (!o.rcpts.empty()) add(std::move(o));
+    local.clear();
+  }
   for (auto& [address, rcpts] : pings) add(Ping(sender, std::move(rcpts), address, message, keys, *doc));
   if (!local.empty()) {
     Output o = Open1(sender, std::move(local), message, keys, doc, inbound);
@@ -214,7 +223,7 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
         o.reason = d.reason;
         add(std::move(o));
       } else {
-        add(Seal1(domain, std::move(g.second), to_seal, keys, d));
+        add(Seal1(domain, std::move(g.second), to_seal, keys, d, classification));
       }
     }
   }
@@ -226,12 +235,25 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
 }
 
 Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
-                      const GatewayKeys& keys, const policy::Decision& decision) const {
+                      const GatewayKeys& keys, const policy::Decision& decision,
+                      const std::string& classification) const {
   Output o;
   o.rcpts = std::move(rcpts);
   const PartnerPolicy* partner = PartnerFor(domain);
   bool required = decision.protection == policy::Protection::kSealRequired;
   bool sign = decision.protection == policy::Protection::kSign;
+  if (!store_) {
+    // Policy only: the decision stands, but nothing can be signed or sealed. What the policy
+    // says must be protected is held, never sent in clear (issue #12, fail closed).
+    if (!required && !sign) {
+      o.reason = StrCat(decision.reason, "; no smime section, so no certificate is known: sent as is");
+      return o;
+    }
+    o.action = Action::kHold;
+    o.reason = StrCat(decision.reason, "; but no smime section is configured, so nothing can be ",
+                      sign ? "signed" : "sealed", ": held, never sent unprotected");
+    return o;
+  }
   std::string covering;
   X509Ref dca = store_->Dca(domain, &covering);
   if (sign && dca && store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid) dca.reset();
@@ -290,16 +312,15 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   so.triple_wrap = (partner && partner->triple_wrap) || decision.triple_wrap;
   so.detached_signature = partner && partner->detached_signature;
   so.outer_subject = policy_->outer_subject;
-  if (policy_->keep_subject || policy_->show_classification) {
-    std::vector<Field> fields;
-    SplitHeader(message, &fields);
-    for (const Field& f : fields) {
-      if (!NameIs(f, "Subject")) continue;
-      std::string real = Unfold(f.Value());
-      std::string word = ClassificationWord(real);
-      if (policy_->keep_subject) so.outer_subject = real;
-      else if (!word.empty()) so.outer_subject = StrCat(word, " ", policy_->outer_subject);
-    }
+  if (policy_->keep_subject) {
+    // The first Subject, as a reader that shows the first would; the classification word
+    // (from every Subject, decoded) is added in front when this one does not show it.
+    std::vector<std::string> subjects = mime::HeaderValues(message, "Subject");
+    so.outer_subject = subjects.empty() ? "" : Sanitize(subjects.front());
+    if (!classification.empty() && policy::FindTriggerWord(policy::DecodeRfc2047(so.outer_subject)).empty())
+      so.outer_subject = StrCat(classification, " ", so.outer_subject);
+  } else if (policy_->show_classification && !classification.empty()) {
+    so.outer_subject = StrCat(classification, " ", policy_->outer_subject);
   }
   Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
   for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());

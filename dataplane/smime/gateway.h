@@ -44,7 +44,7 @@ struct GatewayPolicy {
   // seemail-ping (SEE-2.14): what the reply says about us.
   std::string gateway_name;            // our host name
   std::string product_version = "mailseal 0.1.0";
-  std::string seemail_version = "1.0";
+  std::string seemail_version = "2.2";   // SEE business requirements v2.2 (config: smime.seemail_version)
 };
 
 // PingLimiter: seemail-ping replies at most one per `per_domain_s` per sender domain and
@@ -125,7 +125,7 @@ class Gateway {
 
  private:
   Output Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,
-               const GatewayKeys& keys, const policy::Decision& decision) const;
+               const GatewayKeys& keys, const policy::Decision& decision, const std::string& classification) const;
   Output Open1(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& message,
                const GatewayKeys& keys, const policy::CompiledPolicy* doc = nullptr, const Inbound* inbound = nullptr,
                bool* verified = nullptr, bool* encrypted = nullptr) const;

@@ -73,14 +73,16 @@ def main():
     harness.wait_for(lambda: any(b"Subject: after-outage" in m for m in sink.messages()), 15, "new mail delivered")
     c.check(gw.stop() == 0, "clean stop")
 
-    # A PIN file others can read is refused: the gateway stays fail-safe (4xx), says why.
+    # A PIN file others can read is a configuration error: refused at start and by
+    # --check-config alike (issue #12: one validation path), with the reason, PIN never shown.
     os.chmod(pin_file, 0o644)
-    gw2 = harness.Mailseald(a.mailseald, root, relay_port=sink_port, extra=hsm, name="gw2").start()
-    harness.wait_for(lambda: "cannot be opened" in gw2.read_log(), 10, "refusal logged")
-    c.check("must be owned by us with mode 0600 or 0400" in gw2.read_log(), "loose PIN file: refused with the reason")
-    c.check(b"451 4.3.0" in send(gw2.port, "pin-refused"), "and mail is suspended, not passed")
-    c.check(USER_PIN not in gw.read_log() + gw2.read_log(), "the PIN never appears in the log")
-    gw2.stop()
+    gw2 = harness.Mailseald(a.mailseald, root, relay_port=sink_port, extra=hsm, name="gw2")
+    for mode in ("--check-config", "--config"):
+        r = subprocess.run([a.mailseald, mode, gw2.config], capture_output=True, text=True, timeout=30)
+        c.check(r.returncode == 2 and "must be owned by us with mode 0600 or 0400" in r.stderr,
+                f"loose PIN file: {mode} refuses it (exit 2) with the reason", r.stderr)
+        c.check(USER_PIN not in r.stdout + r.stderr, f"{mode}: the PIN never appears in its output")
+    c.check(USER_PIN not in gw.read_log(), "the PIN never appears in the log")
     c.finish()
 
 

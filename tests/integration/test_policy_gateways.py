@@ -130,7 +130,7 @@ def main():
     to_admin = [x for x in notes if b"To: <secops@agency-a.test>" in x]
     c.check(len(to_sender) == 1 and len(to_admin) == 1 and held[0].encode() in to_admin[0],
             "the sender and the administrator each get one notice naming the held message", str(len(notes)))
-    c.check(all(b"From: Mail Delivery System <postmaster@agency-a.test>" in x and b"Auto-Submitted: auto-replied" in x
+    c.check(all(b"From: Mail Delivery System <postmaster@agency-a.test>" in x and b"Auto-Submitted: auto-generated" in x
                 and SECRET not in x for x in notes), "notices come from postmaster@, are auto-submitted, carry no content")
 
     # 3. An invalid change is refused whole; then agency-c goes on the TRUSTED list; release.

@@ -33,7 +33,7 @@ TEST(Notifier, AThousandHeldMessagesAreOneDigestPerAddress) {
   EXPECT_EQ(admin.to, "postmaster@agency-a.test");
   EXPECT_NE(admin.message.find("Subject: 1000 messages were held and not sent"), std::string::npos);
   EXPECT_NE(admin.message.find("... and 500 more held message(s)"), std::string::npos) << "at most 500 listed";
-  EXPECT_NE(admin.message.find("Auto-Submitted: auto-replied"), std::string::npos);
+  EXPECT_NE(admin.message.find("Auto-Submitted: auto-generated"), std::string::npos);
   EXPECT_NE(admin.message.find("From: Mail Delivery System <postmaster@agency-a.test>"), std::string::npos);
   EXPECT_TRUE(n.Due(12000).empty());
 }

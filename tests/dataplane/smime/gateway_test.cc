@@ -162,7 +162,7 @@ TEST_F(GatewayTest, ClassifiedMailGoesOnlyToListedDomainsSealedElseHeld) {
                                              compiled.get());
   ASSERT_EQ(in[0].action, Action::kDeliver) << in[0].reason;
   EXPECT_NE(in[0].body.find("X-Classification: RESTRICTED\r\n"), std::string::npos) << in[0].body.substr(0, 500);
-  EXPECT_NE(in[0].body.find("X-SEEMAIL-Version: 1.0\r\n"), std::string::npos);
+  EXPECT_NE(in[0].body.find("X-SEEMAIL-Version: 2.2\r\n"), std::string::npos);
   in = bside.gw->Process("eve@evil.test", {"bob@agency-b.test"},
                          "From: eve@evil.test\r\nX-Classification: RESTRICTED\r\nSubject: hi\r\n\r\nx\r\n", bside.keys,
                          compiled.get());
@@ -219,7 +219,7 @@ TEST_F(GatewayTest, SeemailPingAnswersVerifiedProbesOnlyAndRateLimited) {
   EXPECT_EQ(reply->envelope_to, "alice@agency-a.test");
   EXPECT_EQ(reply->envelope_from, "seemail-ping@agency-b.test");
   EXPECT_TRUE(reply->require_seal) << "the reply leaves only sealed";
-  EXPECT_NE(reply->body.find("SEEMAIL version: 1.0"), std::string::npos);
+  EXPECT_NE(reply->body.find("SEEMAIL version: 2.2"), std::string::npos);
   EXPECT_NE(reply->body.find("Gateway: gw.agency-b.test"), std::string::npos);
   EXPECT_NE(reply->body.find("Partner domains: agency-a.test, agency-z.test"), std::string::npos) << reply->body;
   EXPECT_NE(reply->body.find("In-Reply-To: <probe-1@agency-a.test>"), std::string::npos);
