@@ -8,7 +8,13 @@
 #include <openssl/ecdsa.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
+
+#include <array>
+#include <cstdlib>
+#include <vector>
 
 #include <cstring>
 #include <mutex>
@@ -74,12 +80,81 @@ int RsaPrivEnc(int flen, const unsigned char* from, unsigned char* to, RSA* rsa,
             static_cast<size_t>(RSA_size(rsa)));
 }
 
+// InputFits: a ciphertext the token can be asked about — exactly the modulus' length and below
+// the modulus (RFC 8017 §5.1.2). Anything else is bad input from outside: it never reaches the
+// token, so it never counts as (or causes) a token failure (issue #12).
+bool InputFits(const unsigned char* from, int flen, const RSA* rsa) {
+  if (flen != RSA_size(rsa)) return false;
+  BIGNUM* c = BN_bin2bn(from, flen, nullptr);
+  bool fits = c && BN_cmp(c, RSA_get0_n(rsa)) < 0;
+  BN_free(c);
+  return fits;
+}
+
+// SyntheticKey: what a PKCS#1 v1.5 key transport that does not decrypt yields instead of an
+// error (implicit rejection, RFC 3218 §2.3 and the Marvin-attack countermeasure): a 32-byte
+// value derived from the ciphertext under a per-process secret, so that the same damaged
+// message always opens the same way and every kind of damage (padding, length, range) goes on
+// to the same content-decryption failure — nothing tells padding from other damage.
+int SyntheticKey(const unsigned char* from, int flen, unsigned char* to) {
+  static const std::array<unsigned char, 32> secret = [] {
+    std::array<unsigned char, 32> k{};
+    if (RAND_bytes(k.data(), static_cast<int>(k.size())) != 1) std::abort();   // no randomness: a broken environment
+    return k;
+  }();
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()), from, static_cast<size_t>(flen), to, &len);
+  return static_cast<int>(len);
+}
+
+// Pkcs1Unpad: the message of an RSAES-PKCS1-v1_5 block (RFC 8017 §7.2.2), or the synthetic key
+// when the padding is wrong. The checks run over the whole block without early exits.
+int Pkcs1Unpad(const unsigned char* em, int k, const unsigned char* ciphertext, unsigned char* to) {
+  unsigned good = (em[0] == 0) & (em[1] == 2);
+  int zero_at = 0;
+  unsigned found = 0;
+  for (int i = 2; i < k; ++i) {
+    unsigned is_zero = em[i] == 0;
+    unsigned first = is_zero & (found ^ 1u);
+    zero_at = first ? i : zero_at;
+    found |= is_zero;
+  }
+  good &= found & (zero_at >= 10);   // at least 8 bytes of padding string
+  int mlen = k - zero_at - 1;
+  good &= mlen > 0;
+  unsigned char synthetic[32];
+  int slen = SyntheticKey(ciphertext, k, synthetic);
+  if (!good) {
+    std::memcpy(to, synthetic, static_cast<size_t>(slen));
+    return slen;
+  }
+  std::memcpy(to, em + zero_at + 1, static_cast<size_t>(mlen));
+  return mlen;
+}
+
 int RsaPrivDec(int flen, const unsigned char* from, unsigned char* to, RSA* rsa, int padding) {
-  // PKCS#1 v1.5 key transport; raw for OAEP, whose padding OpenSSL checks in software.
-  CK_MECHANISM_TYPE m = padding == RSA_PKCS1_PADDING ? CKM_RSA_PKCS : padding == RSA_NO_PADDING ? CKM_RSA_X_509 : 0;
-  if (!m) return -1;
-  return Op(static_cast<Binding*>(RSA_get_ex_data(rsa, RsaIndex())), m, false, from, static_cast<size_t>(flen), to,
-            static_cast<size_t>(RSA_size(rsa)));
+  // PKCS#1 v1.5 key transport and OAEP both run as a raw RSA operation in the token; the
+  // padding is checked here (v1.5, with implicit rejection) or by OpenSSL (OAEP). A damaged
+  // encrypted key is thus bad input, never a token failure that would defer the message.
+  if (padding != RSA_PKCS1_PADDING && padding != RSA_NO_PADDING) return -1;
+  if (!InputFits(from, flen, rsa)) {
+    if (padding == RSA_PKCS1_PADDING) return SyntheticKey(from, flen, to);
+    ERR_raise_data(ERR_LIB_RSA, RSA_R_DATA_TOO_LARGE_FOR_MODULUS, "ciphertext does not fit the key");
+    return -1;
+  }
+  int k = RSA_size(rsa);
+  std::vector<unsigned char> em(static_cast<size_t>(k));
+  int n = Op(static_cast<Binding*>(RSA_get_ex_data(rsa, RsaIndex())), CKM_RSA_X_509, false, from,
+             static_cast<size_t>(flen), padding == RSA_PKCS1_PADDING ? em.data() : to, static_cast<size_t>(k));
+  if (n < 0 || padding == RSA_NO_PADDING) return n;
+  if (n > k) return -1;
+  if (n < k) {   // some tokens drop the leading zero bytes of a raw result: put them back
+    std::memmove(em.data() + (k - n), em.data(), static_cast<size_t>(n));
+    std::memset(em.data(), 0, static_cast<size_t>(k - n));
+  }
+  int m = Pkcs1Unpad(em.data(), k, from, to);
+  OPENSSL_cleanse(em.data(), em.size());
+  return m;
 }
 
 const RSA_METHOD* TokenRsaMethod() {

@@ -1,5 +1,6 @@
 // cert_store.cc — see cert_store.h.
 #include "dataplane/smime/cert_store.h"
+#include "dataplane/smime/naming.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -54,26 +55,10 @@ std::string ToPem(X509* x) {
   return out;
 }
 
-// AuthorityDomains: the domains a certificate names for `authority` (CN and rfc822Names).
+// AuthorityDomains: the domains a certificate is `authority` for under the whole SEE-2.6 rule
+// (CN and rfc822Names, naming.h); none when it breaks the rule.
 std::vector<std::string> AuthorityDomains(X509* cert, std::string_view authority) {
-  std::vector<std::string> out;
-  std::string prefix = StrCat(authority, "@");
-  auto take = [&](const unsigned char* d, int n) {
-    std::string v = Lower(std::string_view(reinterpret_cast<const char*>(d), static_cast<size_t>(n)));
-    if (v.size() > prefix.size() && v.compare(0, prefix.size(), prefix) == 0) out.push_back(v.substr(prefix.size()));
-  };
-  X509_NAME* subject = X509_get_subject_name(cert);
-  for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) {
-    ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
-    take(ASN1_STRING_get0_data(v), ASN1_STRING_length(v));
-  }
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
-    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
-    if (g->type == GEN_EMAIL) take(ASN1_STRING_get0_data(g->d.rfc822Name), ASN1_STRING_length(g->d.rfc822Name));
-  }
-  GENERAL_NAMES_free(sans);
-  return out;
+  return ExamineAuthority(cert, authority).domains;
 }
 
 bool SameCert(X509* a, X509* b) { return a && b && X509_cmp(a, b) == 0; }

@@ -21,9 +21,10 @@ namespace {
 struct Field {
   std::string name;   // as written
   std::string raw;    // whole field with its line ends, byte-exact
-  std::string_view Value() const {
+  std::string_view Value() const {   // after the colon ("Subject :" has blanks before it)
     std::string_view v(raw);
-    v.remove_prefix(std::min(v.size(), name.size() + 1));
+    size_t colon = v.find(':');
+    v.remove_prefix(colon == std::string_view::npos ? v.size() : colon + 1);
     return v;
   }
 };
@@ -70,12 +71,88 @@ bool OursAr(const Field& f, const std::string& authserv_id) {
   return strcasecmp(id.c_str(), authserv_id.c_str()) == 0;
 }
 
-// AddressIn: the mailbox of a From-like field ("Name <a@b>" or "a@b").
-std::string AddressIn(std::string_view v) {
-  size_t lt = v.rfind('<');
-  size_t gt = v.rfind('>');
-  if (lt != std::string_view::npos && gt != std::string_view::npos && gt > lt) return Trim(v.substr(lt + 1, gt - lt - 1));
-  return Trim(v);
+// Mailboxes: every address a reader could take for the author in a From or Sender value
+// (RFC 5322 §3.4 mailbox-list, groups included): each angle-addr or bare addr-spec, and any
+// address-like word of a display name ("ceo@agency-a.test" <x@agency-b.test> shows ceo@...
+// in many clients). Comments and quoted strings are respected; lower case.
+std::vector<std::string> Mailboxes(std::string_view v) {
+  std::vector<std::string> out;
+  std::string piece, angle;
+  int depth = 0;   // comment nesting
+  bool quoted = false, in_angle = false;
+  auto words = [&](const std::string& text) {   // address-like words of a display name or addr-spec
+    std::string w;
+    auto flush = [&] {
+      size_t at = w.rfind('@');
+      if (at != std::string::npos && at > 0 && at + 1 < w.size()) out.push_back(base::AsciiLower(w));
+      w.clear();
+    };
+    for (char c : text) {
+      if (c == ' ' || c == '\t' || c == '"' || c == '<' || c == '>' || c == ',' || c == ';' || c == '\'') flush();
+      else w.push_back(c);
+    }
+    flush();
+  };
+  auto end_piece = [&] {
+    if (!angle.empty()) out.push_back(base::AsciiLower(Trim(angle)));
+    words(piece);
+    piece.clear();
+    angle.clear();
+  };
+  for (size_t i = 0; i < v.size(); ++i) {
+    char c = v[i];
+    if (quoted) {
+      if (c == '\\' && i + 1 < v.size()) c = v[++i];
+      else if (c == '"') quoted = false;
+      piece.push_back(c);
+      continue;
+    }
+    if (depth > 0) {
+      if (c == '(') ++depth;
+      else if (c == ')') --depth;
+      continue;
+    }
+    if (in_angle) {
+      if (c == '>') in_angle = false;
+      else angle.push_back(c);
+      continue;
+    }
+    switch (c) {
+      case '"': quoted = true; piece.push_back(' '); break;
+      case '(': depth = 1; break;
+      case '<': in_angle = true; angle.clear(); break;
+      case ',': case ';': case ':': end_piece(); break;
+      default: piece.push_back(c);
+    }
+  }
+  if (in_angle && !angle.empty()) piece += angle;   // unclosed: still an address to check
+  end_piece();
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+// kSingleFields: the fields RFC 5322 §3.6 allows once; delivered once (issue #12).
+constexpr std::string_view kSingleFields[] = {"From",    "Sender",     "Reply-To",    "To",         "Cc",        "Bcc",
+                                              "Subject", "Date",       "Message-ID",  "In-Reply-To", "References"};
+bool IsSingle(const Field& f) {
+  for (std::string_view n : kSingleFields)
+    if (NameIs(f, n)) return true;
+  return false;
+}
+
+// KeepFirstOfSingles: `fields` with each single-occurrence field kept once (the first); the
+// names of the dropped duplicates go to `dropped`.
+std::vector<Field> KeepFirstOfSingles(const std::vector<Field>& fields, std::vector<std::string>* dropped) {
+  std::vector<Field> out;
+  for (const Field& f : fields) {
+    if (IsSingle(f) && std::any_of(out.begin(), out.end(), [&](const Field& k) { return NameIs(k, f.name); })) {
+      dropped->push_back(f.name);
+      continue;
+    }
+    out.push_back(f);
+  }
+  return out;
 }
 
 std::string Unfold(std::string_view v) {
@@ -90,6 +167,15 @@ std::string Sanitize(std::string_view v) {
   std::string out;
   for (char c : v) out += (c == '\r' || c == '\n' || c == '(' || c == ')') ? ' ' : c;
   return out;
+}
+
+// UnsuitableDca: why a certificate cannot be encrypted to (SEE-2.6 naming, SEE-2.4 key
+// strength), or "".
+std::string UnsuitableDca(X509* dca) {
+  AuthorityNames names = ExamineAuthority(dca, "domain-confidentiality-authority");
+  if (!names.problem.empty()) return names.problem;
+  if (names.domains.empty()) return "it does not name a domain-confidentiality-authority (SEE-2.6)";
+  return KeyStrengthProblem(dca);
 }
 
 }  // namespace
@@ -256,7 +342,9 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   }
   std::string covering;
   X509Ref dca = store_->Dca(domain, &covering);
-  if (sign && dca && store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid) dca.reset();
+  if (sign && dca && (store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid ||
+                      !UnsuitableDca(dca.get()).empty()))
+    dca.reset();
   if (sign && !dca) {   // signed only: no certificate of theirs needed (SEE-2.9)
     if (!keys.dsa_key || !keys.dsa_cert) {
       o.action = Action::kTempFail;
@@ -290,6 +378,18 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
     return o;
   }
   auto [status, detail] = store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT);
+  // SEE-2.6 and SEE-2.4 for the certificate we would encrypt to (pinned ones too): it must name
+  // the domain authority properly and carry a key strong enough; else it is unsuitable.
+  if (std::string unsuitable = UnsuitableDca(dca.get()); !unsuitable.empty()) {
+    if (!required) {
+      o.reason = StrCat("known DCA certificate for ", covering, " is unsuitable: ", unsuitable, "; sealing not required: sent as is");
+      return o;
+    }
+    o.action = Action::kHold;
+    o.reason = StrCat("DCA certificate for ", covering, " is unsuitable: ", unsuitable, " (", decision.reason,
+                      "); held, never sent in clear");
+    return o;
+  }
   if (status != CertStatus::kValid && status != CertStatus::kStatusUnknown) {
     if (!required) {
       o.reason = StrCat("known DCA certificate for ", domain, " is ", CertStatusName(status), "; sealing not required: sent as is");
@@ -335,7 +435,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   o.action = Action::kDeliver;
   o.body = std::move(*sealed);
   o.protection = StrCat("sealed for ", covering, " (", so.triple_wrap ? "triple-wrapped, " : "",
-                        so.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data AES-256-GCM" : "enveloped-data AES-256-CBC",
+                        IsAead(so.cipher) ? "authEnveloped-data " : "enveloped-data ", CipherName(so.cipher),
                         so.key_transport == KeyTransport::kRsaOaep ? ", RSA-OAEP" : "", "): ", decision.reason);
   o.reason = status == CertStatus::kStatusUnknown ? "DCA certificate status could not be checked (SEE-2.8: send, notify)" : "";
   return o;
@@ -409,28 +509,94 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     return o;
   }
   Opened& op = *r;
-  // Compose: outer trace fields, our mark, then the protected original (or the outer header
-  // over an opened entity when the partner signed only the body entity).
+  // The delivered header (issue #12; RFC 8551 §3.1, RFC 9788): our marks, the outer trace
+  // fields, then the protected header — the wrapped message's own (message/rfc822), or the
+  // header fields a signed entity carries itself (a whole RFC 5322 message signed as it is, as
+  // `openssl cms -sign` and gpgsm do) followed by the outer fields it does not protect. A
+  // single-occurrence field (RFC 5322 §3.6) is delivered once: the protected one, else the
+  // first. So what we check (warning, sender name) is what the mail client shows.
   std::vector<Field> inner;
-  size_t inner_sep = 0;
+  SplitHeader(op.message, &inner);
+  size_t inner_len = 0;
+  for (const Field& f : inner) inner_len += f.raw.size();
+  auto is_content = [](const Field& f) {
+    return NameIs(f, "MIME-Version") || strncasecmp(f.name.c_str(), "Content-", 8) == 0;
+  };
+  auto is_trace = [](const Field& f) { return NameIs(f, "Received") || NameIs(f, "Return-Path"); };
+  std::vector<Field> fields;
+  for (const Field& f : outer)
+    if (is_trace(f)) fields.push_back(f);
+  std::string rest;
   if (op.rfc822) {
-    SplitHeader(op.message, &inner);
-    for (const Field& f : inner) inner_sep += f.raw.size();
+    fields.insert(fields.end(), inner.begin(), inner.end());
+    rest = op.message.substr(inner_len);
+  } else {
+    std::vector<Field> protected_fields;
+    for (const Field& f : inner)
+      if (is_content(f)) rest += f.raw;   // the entity keeps its own Content-* fields
+      else protected_fields.push_back(f);
+    rest += op.message.substr(inner_len);
+    fields.insert(fields.end(), protected_fields.begin(), protected_fields.end());
+    for (const Field& f : outer) {
+      if (is_trace(f) || is_content(f)) continue;
+      bool shadowed = std::any_of(protected_fields.begin(), protected_fields.end(),
+                                  [&](const Field& p) { return NameIs(p, f.name); });
+      if (!shadowed) fields.push_back(f);
+    }
+    fields.push_back({"MIME-Version", "MIME-Version: 1.0\r\n"});
   }
-  std::string from_addr = sender;
-  for (const Field& f : op.rfc822 ? inner : outer)
-    if (NameIs(f, "From")) from_addr = AddressIn(Unfold(f.Value()));
+  std::vector<std::string> dropped;
+  fields = KeepFirstOfSingles(fields, &dropped);
+  // Every author the user can see (From and Sender, display names included); the envelope
+  // sender when the header names none.
+  std::vector<std::string> authors;
+  for (const Field& f : fields)
+    if (NameIs(f, "From") || NameIs(f, "Sender"))
+      for (std::string& m : Mailboxes(Unfold(f.Value()))) authors.push_back(std::move(m));
+  bool header_has_author = std::any_of(fields.begin(), fields.end(), [](const Field& f) { return NameIs(f, "From"); });
+  if (!header_has_author) authors.push_back(base::AsciiLower(sender));
   std::string result = "none", comment, identifier, warning;
   std::string how = op.cipher.empty() ? "not encrypted" : StrCat("encrypted as ", op.cipher);
   if (op.signature_ok) {
     for (const std::string& e : op.signer_emails)
       if (identifier.empty()) identifier = e;
-    NamingVerdict nv = CheckDomainSigner(op.signer_emails, from_addr);
+    // SEE-2.6 whole (CN and rfc822Name), then every visible author against its domains.
+    AuthorityNames names = ExamineAuthority(op.signer_cert.get(), "domain-signing-authority");
+    std::vector<std::string> authority;
+    for (const std::string& d : names.domains) authority.push_back(StrCat("domain-signing-authority@", d));
+    NamingVerdict nv;
+    nv.reason = "the message names no author";
+    for (const std::string& a : authors) {
+      nv = CheckDomainSigner(authority, a);
+      if (!nv.ok) {
+        nv.reason = StrCat(nv.reason, " (author ", a, ")");
+        break;
+      }
+    }
+    std::string weak_key = KeyStrengthProblem(op.signer_cert.get());
+    const std::string kUnknown = WarningFor(CertStatus::kUnknownCa);
     if (op.cert_status != CertStatus::kValid) {
       result = "fail";
       comment = StrCat("signature good, certificate ", CertStatusName(op.cert_status),
                        op.cert_detail.empty() ? "" : StrCat(": ", op.cert_detail), "; ", how);
       warning = WarningFor(op.cert_status);
+      if (!names.problem.empty() || !nv.ok) {   // a soft status never softens a naming failure
+        comment = StrCat(comment, "; and ", !names.problem.empty() ? names.problem : nv.reason);
+        if (warning.rfind("[SOFT", 0) == 0)
+          warning = "[HARD WARNING: Sender address does not match the domain certificate - message integrity uncertain]";
+      }
+    } else if (!names.problem.empty()) {
+      result = "fail";
+      comment = StrCat("signature good, but the signing certificate is not a domain authority: ", names.problem, "; ", how);
+      warning = kUnknown;
+    } else if (!weak_key.empty()) {
+      result = "fail";
+      comment = StrCat("signature good, but the signing certificate is unsuitable: ", weak_key, "; ", how);
+      warning = kUnknown;
+    } else if (op.weak_digest == "MD5") {
+      result = "fail";
+      comment = StrCat("signature made with MD5, which is broken; ", how);
+      warning = kUnknown;
     } else if (!nv.ok) {
       result = "fail";
       comment = StrCat("signature good, but ", nv.reason, "; ", how);
@@ -440,6 +606,11 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
       if (trusted) comment = StrCat(comment, "; relayed by ", trusted->shown, ": warning softened (SEE 2.11)");
       warning = StrCat(trusted ? "[SOFT WARNING" : "[HARD WARNING",
                        ": Sender address does not match the domain certificate - message integrity uncertain]");
+    } else if (op.weak_digest == "SHA1") {
+      // SEE-2.4: SHA-1 only to read legacy mail — readable, marked, never "verified" or learnt.
+      result = "policy";
+      comment = StrCat("legacy SHA-1 signature by the domain of ", nv.matched_domain, ": readable, not verified (SEE-2.4); ", how);
+      warning = "[SOFT WARNING: Legacy SHA-1 signature - message integrity uncertain]";
     } else {
       result = "pass";
       comment = StrCat("signed by the domain of ", nv.matched_domain, ", certificate valid; ", how);
@@ -449,32 +620,19 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   } else {
     comment = StrCat(how, " to this domain; not signed");
   }
-  std::string marks = mark(result, comment, identifier);
-  std::vector<Field> trace;
-  for (const Field& f : outer)
-    if (NameIs(f, "Received") || NameIs(f, "Return-Path")) trace.push_back(f);
-  std::vector<Field> fields = trace;
-  std::string_view rest;
-  if (op.rfc822) {
-    fields.insert(fields.end(), inner.begin(), inner.end());
-    rest = std::string_view(op.message).substr(inner_sep);
-  } else {
-    for (const Field& f : outer) {
-      if (NameIs(f, "Received") || NameIs(f, "Return-Path") || NameIs(f, "MIME-Version") ||
-          strncasecmp(f.name.c_str(), "Content-", 8) == 0)
-        continue;
-      fields.push_back(f);
-    }
-    fields.push_back({"MIME-Version", "MIME-Version: 1.0\r\n"});
-    rest = op.message;  // the entity: its own Content-* fields, blank line, body
+  if (!dropped.empty()) {
+    std::string names_dropped;
+    for (const std::string& d : dropped) names_dropped += StrCat(names_dropped.empty() ? "" : ", ", d);
+    comment = StrCat(comment, "; duplicate ", names_dropped, " removed (RFC 5322 3.6)");
   }
+  std::string marks = mark(result, comment, identifier);
   if (!warning.empty()) {
     bool found = false;
     for (Field& f : fields) {
       if (!NameIs(f, "Subject")) continue;
       std::string v(f.Value());
       size_t lead = v.find_first_not_of(" \t");
-      f.raw = StrCat(f.name, ": ", warning, " ", lead == std::string::npos ? v : v.substr(lead));
+      f.raw = StrCat("Subject: ", warning, " ", lead == std::string::npos ? v : v.substr(lead));
       found = true;
     }
     if (!found) fields.push_back({"Subject", StrCat("Subject: ", warning, "\r\n")});

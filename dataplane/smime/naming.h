@@ -7,6 +7,8 @@
 // case-insensitive.
 #pragma once
 
+#include <openssl/x509.h>
+
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,5 +25,24 @@ struct NamingVerdict {
 // "domain-confidentiality-authority"; `signer_emails` the certificate's rfc822Names.
 NamingVerdict CheckDomainSigner(const std::vector<std::string>& signer_emails, std::string_view sender_address,
                                 std::string_view authority = "domain-signing-authority");
+
+// AuthorityNames: what a certificate says about being `authority` for some domains (SEE-2.6
+// applied whole, issue #12). The rule: its rfc822Name SANs "<authority>@<domain>" name the
+// domains (all honoured), and every CN of its subject is "<authority>" (as our CSRs write it,
+// one CN for several domains) or "<authority>@<one of those domains>". A certificate that
+// names the authority anywhere (CN or SAN) `claims` to be one; one that claims but breaks the
+// rule — only a CN, a CN of something else, a CN for a domain its SANs do not name — has a
+// `problem` and no `domains`: never a domain authority, never learnt, HARD warning when it
+// signs, held when it is a partner's DCA.
+struct AuthorityNames {
+  bool claims = false;
+  std::vector<std::string> domains;   // lower case; empty when problem is set
+  std::string problem;                // empty: the rule holds
+};
+AuthorityNames ExamineAuthority(X509* cert, std::string_view authority);
+
+// KeyStrengthProblem: why a partner certificate's key is too weak for SEE-2.4 (RSA under 2048
+// bits, EC under 256 bits, anything else), or "" when it is strong enough.
+std::string KeyStrengthProblem(X509* cert);
 
 }  // namespace mailseal::smime

@@ -20,6 +20,7 @@
 
 #include "dataplane/mime/canonical.h"
 #include "dataplane/mime/parser.h"
+#include "dataplane/smime/naming.h"
 
 namespace mailseal::smime {
 namespace {
@@ -125,11 +126,40 @@ KeyTransport KeyTransportFor(const std::vector<std::string>& caps) {
   return KeyTransport::kRsaPkcs1;
 }
 
-ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
-  for (const std::string& c : caps)
-    if (c == "id-aes256-GCM" || c == "id-aes128-GCM" || c == "id-aes192-GCM") return ContentCipher::kAes256Gcm;
-  return ContentCipher::kAes256Cbc;
+const char* CipherName(ContentCipher c) {
+  switch (c) {
+    case ContentCipher::kAes256Gcm: return "AES-256-GCM";
+    case ContentCipher::kAes128Gcm: return "AES-128-GCM";
+    case ContentCipher::kAes256Cbc: return "AES-256-CBC";
+    case ContentCipher::kAes192Cbc: return "AES-192-CBC";
+    case ContentCipher::kAes128Cbc: return "AES-128-CBC";
+  }
+  return "?";
 }
+
+ContentCipher ChooseCipher(const std::vector<std::string>& caps) {
+  if (caps.empty()) return ContentCipher::kAes256Cbc;
+  static const std::pair<const char*, ContentCipher> kOurs[] = {
+      {"id-aes256-GCM", ContentCipher::kAes256Gcm}, {"id-aes128-GCM", ContentCipher::kAes128Gcm},
+      {"AES-256-CBC", ContentCipher::kAes256Cbc},   {"AES-192-CBC", ContentCipher::kAes192Cbc},
+      {"AES-128-CBC", ContentCipher::kAes128Cbc}};
+  for (const auto& [name, cipher] : kOurs)
+    if (std::find(caps.begin(), caps.end(), name) != caps.end()) return cipher;
+  return ContentCipher::kAes128Cbc;
+}
+
+namespace {
+const EVP_CIPHER* EvpCipher(ContentCipher c) {
+  switch (c) {
+    case ContentCipher::kAes256Gcm: return EVP_aes_256_gcm();
+    case ContentCipher::kAes128Gcm: return EVP_aes_128_gcm();
+    case ContentCipher::kAes256Cbc: return EVP_aes_256_cbc();
+    case ContentCipher::kAes192Cbc: return EVP_aes_192_cbc();
+    case ContentCipher::kAes128Cbc: return EVP_aes_128_cbc();
+  }
+  return EVP_aes_256_cbc();
+}
+}  // namespace
 
 // SignedCms starts signed-data (streamed; `extra_flags` adds CMS_DETACHED) with our
 // certificate and chain, SHA-256, and our own SMIMECapabilities (OpenSSL's default list omits
@@ -211,7 +241,7 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   }
   // 2. Envelope it for the partner's DCA.
   BioPtr sin = MemIn(signed_entity);
-  const EVP_CIPHER* cipher = options.cipher == ContentCipher::kAes256Gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
+  const EVP_CIPHER* cipher = EvpCipher(options.cipher);
   CmsPtr env(CMS_encrypt(nullptr, nullptr, cipher, CMS_BINARY | CMS_PARTIAL | CMS_STREAM));
   if (!env) return InternalError(base::OpenSslError("encryption failed"));
   for (X509* r : recipients) {
@@ -229,7 +259,7 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   BioPtr env_out = StringSink(&env_der);
   if (i2d_CMS_bio_stream(env_out.get(), env.get(), sin.get(), CMS_BINARY | CMS_STREAM) != 1)
     return InternalError(base::OpenSslError("encryption failed"));
-  const char* type = options.cipher == ContentCipher::kAes256Gcm ? "authEnveloped-data" : "enveloped-data";
+  const char* type = IsAead(options.cipher) ? "authEnveloped-data" : "enveloped-data";
   std::string entity = Pkcs7Entity(type, env_der);
   if (options.triple_wrap) {
     // RFC 2634 triple wrapping: the encrypted entity is signed again, so relays can check who
@@ -263,6 +293,15 @@ void RecordSigner(CMS_ContentInfo* sig, Opened* out) {
   }
   sk_X509_free(signers);
   STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(sig);
+  for (int i = 0; infos && i < sk_CMS_SignerInfo_num(infos); ++i) {
+    X509_ALGOR* digest = nullptr;
+    CMS_SignerInfo_get0_algs(sk_CMS_SignerInfo_value(infos, i), nullptr, nullptr, &digest, nullptr);
+    const ASN1_OBJECT* obj = nullptr;
+    if (digest) X509_ALGOR_get0(&obj, nullptr, nullptr, digest);
+    int nid = obj ? OBJ_obj2nid(obj) : NID_undef;
+    if (nid == NID_md5) out->weak_digest = "MD5";
+    else if (nid == NID_sha1 && out->weak_digest.empty()) out->weak_digest = "SHA1";
+  }
   if (!infos || sk_CMS_SignerInfo_num(infos) == 0) return;
   CMS_SignerInfo* si = sk_CMS_SignerInfo_value(infos, 0);
   X509_ATTRIBUTE* attr = CMS_signed_get_attr(si, CMS_signed_get_attr_by_NID(si, NID_SMIMECapabilities, -1));
@@ -325,27 +364,10 @@ std::pair<CertStatus, std::string> PathStatus(X509* cert, STACK_OF(X509)* untrus
   return {worst.first, worst.second == X509_V_OK ? "" : X509_verify_cert_error_string(worst.second)};
 }
 
-// IsDomainAuthority: the certificate names a domain authority in its CN or an rfc822Name.
-bool IsDomainAuthority(X509* cert, std::string_view authority) {
-  if (!cert) return false;
-  std::string prefix = StrCat(authority, "@");
-  auto starts = [&](const unsigned char* d, int n) {
-    return n >= static_cast<int>(prefix.size()) && strncasecmp(reinterpret_cast<const char*>(d), prefix.c_str(), prefix.size()) == 0;
-  };
-  X509_NAME* subject = X509_get_subject_name(cert);
-  for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) {
-    ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
-    if (starts(ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) return true;
-  }
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  bool found = false;
-  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans) && !found; ++i) {
-    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
-    found = g->type == GEN_EMAIL && starts(ASN1_STRING_get0_data(g->d.rfc822Name), ASN1_STRING_length(g->d.rfc822Name));
-  }
-  GENERAL_NAMES_free(sans);
-  return found;
-}
+// IsDomainAuthority: the certificate claims to be a domain authority (CN or rfc822Name, see
+// ExamineAuthority): its layer is a gateway's and is peeled, and the gateway then judges whether
+// the claim holds — a broken claim is a HARD warning, never a "user-level" signature left alone.
+bool IsDomainAuthority(X509* cert, std::string_view authority) { return ExamineAuthority(cert, authority).claims; }
 
 // ForUs: an enveloped layer has a key-transport recipient info for our DCA.
 bool ForUs(CMS_ContentInfo* cms, X509* us) {
@@ -430,8 +452,14 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     if (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData) {
       const char* name = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
       if (!us.key || !us.cert) return Status(StatusCode::kPermissionDenied, "encrypted, and no decryption key");
-      if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1)
-        return Status(StatusCode::kPermissionDenied, base::OpenSslError("cannot decrypt for our domain"));
+      // One text for every failure: with implicit rejection (hsm/token_key.cc) and OpenSSL's
+      // random key on a failed key transport, a damaged key block, a wrong key and damaged
+      // content all end here, and nothing (log, hold reason, bounce) tells them apart.
+      if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1) {
+        ERR_clear_error();
+        return Status(StatusCode::kPermissionDenied,
+                      "the encrypted content cannot be decrypted for our domain (damaged, or not for our key)");
+      }
       out.cipher = name;
       out.layers.emplace_back(name);
     } else if (type == NID_pkcs7_signed) {

@@ -24,7 +24,10 @@
 
 namespace mailseal::smime {
 
-enum class ContentCipher { kAes256Gcm, kAes256Cbc };
+enum class ContentCipher { kAes256Gcm, kAes128Gcm, kAes256Cbc, kAes192Cbc, kAes128Cbc };
+// CipherName: "AES-256-GCM", ... for logs and marks.
+const char* CipherName(ContentCipher c);
+inline bool IsAead(ContentCipher c) { return c == ContentCipher::kAes256Gcm || c == ContentCipher::kAes128Gcm; }
 
 struct Signer {
   X509* cert = nullptr;             // our DSA certificate
@@ -82,6 +85,9 @@ struct Opened {
   std::vector<X509Ref> certs;   // every certificate carried by the signed layers (harvest)
   std::string signer_subject;   // of the signing certificate
   std::vector<std::string> signer_emails;   // its rfc822Name SANs
+  // weak_digest: "SHA1" (legacy, accepted to read old mail and marked so, SEE-2.4) or "MD5"
+  // (broken) when some signature of the message used it; empty: SHA-2 throughout.
+  std::string weak_digest;
   std::string cipher;           // "authEnveloped-data", "enveloped-data"; empty: not encrypted
   std::vector<std::string> layers;  // outermost first: "signed-data", "authEnveloped-data"...
   bool rfc822 = false;          // the content was a whole message (message/rfc822), so its
@@ -101,9 +107,11 @@ struct Recipient {
   EVP_PKEY* key = nullptr;      // its private key (in the HSM)
 };
 
-// ChooseCipher picks the strongest content cipher a partner announced (SEE-2.4): AES-256-GCM
-// when it lists an AES-GCM algorithm, else AES-256-CBC (every S/MIME 3.2+ agent reads it).
-// Never 3DES, whatever the partner lists. No capabilities known: AES-256-CBC, readable by all.
+// ChooseCipher picks the strongest content cipher the partner announced (SEE-2.4, RFC 8551
+// §2.7.1.1): the first of ours (AES-256-GCM, AES-128-GCM, AES-256-CBC, AES-192-CBC,
+// AES-128-CBC) that its SMIMECapabilities list — a partner that announced only AES-128-CBC
+// gets AES-128-CBC. Never 3DES: a partner that announced none of ours gets AES-128-CBC, which
+// every S/MIME 4.0 agent must read (RFC 8551 §2.7). No capabilities known: AES-256-CBC.
 ContentCipher ChooseCipher(const std::vector<std::string>& capabilities);
 
 // OurCapabilities: what Seal announces, strongest first.

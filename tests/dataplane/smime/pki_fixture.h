@@ -39,9 +39,12 @@ class PkiTest : public ::testing::Test {
     std::string cmd = "cd " + dir_ + " && (openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt "
                       "-subj /CN=Test-CA -days 30 && openssl req -x509 -newkey rsa:2048 -nodes -keyout evil.key "
                       "-out evil.crt -subj /CN=Evil-CA -days 30";
+    // CNs name the authority as SEE-2.6 asks (CN and rfc822Name).
     for (const char* n : {"dsa_a", "dsa_b", "dca_a", "dca_b", "dca_c"}) {
+      std::string cn = std::string(n[1] == 's' ? "domain-signing-authority@agency-" : "domain-confidentiality-authority@agency-") +
+                       n[4] + ".test";
       cmd += std::string(" && openssl req -newkey rsa:2048 -nodes -keyout ") + n + ".key -out " + n + ".csr -subj /CN=" +
-             n + " && openssl x509 -req -in " + n + ".csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
+             cn + " && openssl x509 -req -in " + n + ".csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
              "-extfile ext.cnf -extensions " + n + " -out " + n + ".crt";
     }
     cmd += std::string(" && openssl x509 -req -in dsa_a.csr -CA evil.crt -CAkey evil.key -CAcreateserial -days 30 ") +
