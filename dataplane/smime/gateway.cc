@@ -169,6 +169,15 @@ std::string Sanitize(std::string_view v) {
   return out;
 }
 
+// OurReceived: the message's first Received: field when it is the one this gateway added on
+// receipt ("by <gateway_name> (mailseal)"), for the sealed outer message; else "".
+std::string OurReceived(const std::string& message, const std::string& gateway_name) {
+  std::vector<Field> fields;
+  SplitHeader(message, &fields);
+  if (fields.empty() || !NameIs(fields.front(), "Received") || gateway_name.empty()) return "";
+  return fields.front().raw.find(StrCat("by ", gateway_name, " (mailseal)")) != std::string::npos ? fields.front().raw : "";
+}
+
 // UnsuitableDca: why a certificate cannot be encrypted to (SEE-2.6 naming, SEE-2.4 key
 // strength), or "".
 std::string UnsuitableDca(X509* dca) {
@@ -197,6 +206,7 @@ std::string WarningFor(CertStatus s) {
     case CertStatus::kRevoked: return "[HARD WARNING: Certificate revoked/suspended - message integrity uncertain]";
     case CertStatus::kUnknownCa: return "[HARD WARNING: Certificate unknown - message integrity uncertain]";
     case CertStatus::kExpired: return "[SOFT WARNING: Certificate expired - message integrity uncertain]";
+    case CertStatus::kNotYetValid: return "[SOFT WARNING: Certificate not yet valid - message integrity uncertain]";
     case CertStatus::kStatusUnknown:
       return "[SOFT WARNING: Certificate status could not be checked - message integrity uncertain]";
   }
@@ -356,6 +366,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
     if (keys.dca_cert) signer.chain.push_back(keys.dca_cert.get());
     SealOptions so;
     so.sign_only = true;
+    so.trace = OurReceived(message, policy_->gateway_name);
     Result<std::string> signed_msg = Seal(message, signer, {}, so);
     if (!signed_msg.ok()) {
       o.action = Action::kHold;
@@ -412,6 +423,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   so.triple_wrap = (partner && partner->triple_wrap) || decision.triple_wrap;
   so.detached_signature = partner && partner->detached_signature;
   so.outer_subject = policy_->outer_subject;
+  so.trace = OurReceived(message, policy_->gateway_name);
   if (policy_->keep_subject) {
     // The first Subject, as a reader that shows the first would; the classification word
     // (from every Subject, decoded) is added in front when this one does not show it.
@@ -524,6 +536,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   };
   auto is_trace = [](const Field& f) { return NameIs(f, "Received") || NameIs(f, "Return-Path"); };
   std::vector<Field> fields;
+  std::vector<std::string> replaced;   // outer fields that differed from the protected ones
   for (const Field& f : outer)
     if (is_trace(f)) fields.push_back(f);
   std::string rest;
@@ -539,9 +552,12 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     fields.insert(fields.end(), protected_fields.begin(), protected_fields.end());
     for (const Field& f : outer) {
       if (is_trace(f) || is_content(f)) continue;
-      bool shadowed = std::any_of(protected_fields.begin(), protected_fields.end(),
-                                  [&](const Field& p) { return NameIs(p, f.name); });
-      if (!shadowed) fields.push_back(f);
+      auto shadow = std::find_if(protected_fields.begin(), protected_fields.end(),
+                                 [&](const Field& p) { return NameIs(p, f.name); });
+      if (shadow == protected_fields.end()) fields.push_back(f);
+      else if (Unfold(shadow->Value()) != Unfold(f.Value()) &&
+               std::find(replaced.begin(), replaced.end(), shadow->name) == replaced.end())
+        replaced.push_back(shadow->name);
     }
     fields.push_back({"MIME-Version", "MIME-Version: 1.0\r\n"});
   }
@@ -569,7 +585,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     for (const std::string& a : authors) {
       nv = CheckDomainSigner(authority, a);
       if (!nv.ok) {
-        nv.reason = StrCat(nv.reason, " (author ", a, ")");
+        nv.reason = StrCat(nv.reason, ", author ", a);
         break;
       }
     }
@@ -620,11 +636,13 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   } else {
     comment = StrCat(how, " to this domain; not signed");
   }
-  if (!dropped.empty()) {
-    std::string names_dropped;
-    for (const std::string& d : dropped) names_dropped += StrCat(names_dropped.empty() ? "" : ", ", d);
-    comment = StrCat(comment, "; duplicate ", names_dropped, " removed (RFC 5322 3.6)");
-  }
+  auto list = [](const std::vector<std::string>& v) {
+    std::string out;
+    for (const std::string& d : v) out += StrCat(out.empty() ? "" : ", ", d);
+    return out;
+  };
+  if (!replaced.empty()) comment = StrCat(comment, "; outer ", list(replaced), " differed, the signed ones are shown");
+  if (!dropped.empty()) comment = StrCat(comment, "; duplicate ", list(dropped), " removed, RFC 5322 3.6");
   std::string marks = mark(result, comment, identifier);
   if (!warning.empty()) {
     bool found = false;

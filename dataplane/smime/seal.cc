@@ -107,6 +107,7 @@ const char* CertStatusName(CertStatus s) {
     case CertStatus::kValid: return "valid";
     case CertStatus::kStatusUnknown: return "status-unknown";
     case CertStatus::kExpired: return "expired";
+    case CertStatus::kNotYetValid: return "not-yet-valid";
     case CertStatus::kUnknownCa: return "unknown-ca";
     case CertStatus::kRevoked: return "revoked";
   }
@@ -213,7 +214,7 @@ Result<std::string> Seal(const std::string& message, const Signer& signer, const
   // The outer header: the routing fields of the original, byte-exact; the rest stays inside.
   mime::Part root;
   if (!RootHeader(message, &root)) return InvalidArgumentError("message cannot be sealed: no complete header");
-  std::string outer;
+  std::string outer = options.trace;
   for (const mime::HeaderField& f : root.headers) {
     for (const char* keep : {"From", "To", "Cc", "Date", "Message-ID", "Reply-To", "In-Reply-To", "References"}) {
       if (f.name.size() == std::strlen(keep) && strncasecmp(f.name.c_str(), keep, f.name.size()) == 0) outer += f.raw;
@@ -335,8 +336,8 @@ int CollectErrors(int ok, X509_STORE_CTX* ctx) {
     int err = X509_STORE_CTX_get_error(ctx);
     CertStatus s = CertStatus::kUnknownCa;
     switch (err) {
-      case X509_V_ERR_CERT_HAS_EXPIRED:
-      case X509_V_ERR_CERT_NOT_YET_VALID: s = CertStatus::kExpired; break;
+      case X509_V_ERR_CERT_HAS_EXPIRED: s = CertStatus::kExpired; break;
+      case X509_V_ERR_CERT_NOT_YET_VALID: s = CertStatus::kNotYetValid; break;
       case X509_V_ERR_CERT_REVOKED: s = CertStatus::kRevoked; break;
       case X509_V_ERR_UNABLE_TO_GET_CRL:
       case X509_V_ERR_CRL_HAS_EXPIRED:

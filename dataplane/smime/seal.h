@@ -52,6 +52,9 @@ struct SealOptions {
   // sign_only: no envelope (no recipient certificate needed): the wrapped message is signed by
   // our DSA and readable by anyone; the outer Subject is then the real one (SEE-2.9 "sign").
   bool sign_only = false;
+  // trace: header fields put first on the outer message — our own Received: field, so that
+  // the sealed message still records this hop (RFC 5321 §4.4). Empty: none.
+  std::string trace;
 };
 
 // Seal: `message` is an RFC 5322 message with CRLF line ends.
@@ -66,7 +69,8 @@ X509Ref RefUp(X509* borrowed);  // takes a new reference
 enum class CertStatus {
   kValid,           // chains to a trust anchor, in date, not revoked: pass
   kStatusUnknown,   // revocation could not be checked (no CRL): SOFT warning
-  kExpired,         // expired or not yet valid: SOFT warning
+  kExpired,         // expired: SOFT warning
+  kNotYetValid,     // not valid yet (a clock apart, or issued ahead): SOFT warning of its own
   kUnknownCa,       // no path to a trust anchor, or otherwise invalid: HARD warning
   kRevoked,         // revoked or suspended: HARD warning
 };
