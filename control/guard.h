@@ -39,6 +39,20 @@ class Guard {
     (void)audit_->Append(r);
   }
 
+  // Refuse records that an allowed mutating call was refused before it changed anything
+  // (invalid argument, failed precondition: OUTCOME_DENIED with the reason — issue #12: a
+  // refusal is never left looking allowed in the trail) and returns `st`.
+  grpc::Status Refuse(const std::string& actor, const char* method, const std::string& object, grpc::Status st) const {
+    mailseal::v1::AuditRecord r;
+    r.set_actor(StrCat("CN=", actor));
+    r.set_action(method);
+    r.set_object(object);
+    r.set_outcome(mailseal::v1::AuditRecord::OUTCOME_DENIED);
+    r.set_detail(st.error_message());
+    (void)audit_->Append(r);
+    return st;
+  }
+
   grpc::Status Check(grpc::ServerContext* ctx, const char* method, const std::string& object, std::string* actor) const {
     std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
     *actor = cn.empty() ? "" : std::string(cn[0].data(), cn[0].size());

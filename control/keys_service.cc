@@ -214,13 +214,18 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     const char* method = "mailseal.v1.CeremonyService.StartCeremony";
     std::string object = StrCat(req->kind(), " ", req->key_label());
     if (Status st = guard_->Check(ctx, method, StrCat(object, " reason=", req->reason()), &actor); !st.ok()) return st;
-    if (req->kind() != "destroy-key") return Invalid("kind", "destroy-key (the only ceremony served over the API)");
-    if (req->reason().empty()) return Invalid("reason", "required (it goes to the transcript and the audit trail)");
+    if (req->kind() != "destroy-key")
+      return guard_->Refuse(actor, method, object, Invalid("kind", "destroy-key (the only ceremony served over the API)"));
+    if (req->reason().empty())
+      return guard_->Refuse(actor, method, object,
+                            Invalid("reason", "required (it goes to the transcript and the audit trail)"));
     if (d_->threshold == 0)
-      return Status(StatusCode::FAILED_PRECONDITION, "no ceremony custodians configured (control.ceremony)");
+      return guard_->Refuse(actor, method, object,
+                            Status(StatusCode::FAILED_PRECONDITION, "no ceremony custodians configured (control.ceremony)"));
     if (d_->in_use.count(req->key_label()))
-      return Status(StatusCode::FAILED_PRECONDITION,
-                    StrCat("'", req->key_label(), "' is in use by the configuration: retire it there first"));
+      return guard_->Refuse(actor, method, object,
+                            Status(StatusCode::FAILED_PRECONDITION, StrCat("'", req->key_label(),
+                                                                            "' is in use by the configuration: retire it there first")));
     mailseal::Status exists = WithSession(d_, [&](hsm::Session& s) { return hsm::FindKeyPair(s, req->key_label()).status(); });
     if (!exists.ok()) return FromStatus(exists);
     std::lock_guard<std::mutex> l(mu_);
@@ -259,9 +264,11 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     if (Status st = guard_->Check(ctx, method, object, &actor); !st.ok()) return st;
     std::lock_guard<std::mutex> l(mu_);
     auto it = ceremonies_.find(req->ceremony_id());
-    if (it == ceremonies_.end()) return Status(StatusCode::NOT_FOUND, StrCat("no ceremony ", req->ceremony_id()));
+    if (it == ceremonies_.end())
+      return guard_->Refuse(actor, method, object, Status(StatusCode::NOT_FOUND, StrCat("no ceremony ", req->ceremony_id())));
     Entry& e = it->second;
-    if (e.state != "pending") return Status(StatusCode::FAILED_PRECONDITION, StrCat("the ceremony is ", e.state));
+    if (e.state != "pending")
+      return guard_->Refuse(actor, method, object, Status(StatusCode::FAILED_PRECONDITION, StrCat("the ceremony is ", e.state)));
     if (mailseal::Status st = e.ceremony.Approve(req->custodian(), req->signature()); !st.ok()) {
       guard_->Failed(actor, method, object, st.message());
       return FromStatus(st);

@@ -99,7 +99,8 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     if (Status st = guard_->Check(ctx, "mailseal.v1.QueueService.ReleaseMessage", req->queue_id(), &actor); !st.ok())
       return st;
     const std::string& id = req->queue_id();
-    if (!ValidQueueId(id)) return Invalid("queue_id", "not a queue id");
+    if (!ValidQueueId(id))
+      return guard_->Refuse(actor, "mailseal.v1.QueueService.ReleaseMessage", id, Invalid("queue_id", "not a queue id"));
     std::string path = deps_.spool->PathOf(queue::SpoolState::kHold, id);
     Result<queue::SpoolMessage> m = queue::ReadSpoolFile(path);
     if (!m.ok()) {
@@ -190,8 +191,9 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     if (Status st = guard_->Check(ctx, method, StrCat(req->queue_id(), " reason=", req->reason()), &actor); !st.ok())
       return st;
     const std::string& id = req->queue_id();
-    if (!ValidQueueId(id)) return Invalid("queue_id", "not a queue id");
-    if (req->reason().empty()) return Invalid("reason", "required (it goes to the audit trail)");
+    if (!ValidQueueId(id)) return guard_->Refuse(actor, method, id, Invalid("queue_id", "not a queue id"));
+    if (req->reason().empty())
+      return guard_->Refuse(actor, method, id, Invalid("reason", "required (it goes to the audit trail)"));
     for (queue::SpoolState state : {queue::SpoolState::kHold, queue::SpoolState::kCorrupt}) {
       if (!std::ifstream(deps_.spool->PathOf(state, id))) continue;
       if (mailseal::Status st = deps_.spool->Remove(id, state); !st.ok()) {
@@ -215,10 +217,13 @@ class QueueServiceImpl final : public v1::QueueService::Service {
                              ? StrCat("from=<", req->mail_from(), "> since=", req->since_unix_ms(), " until=", req->until_unix_ms())
                              : req->queue_id();
     if (Status st = guard_->Check(ctx, method, StrCat(object, " reason=", req->reason()), &actor); !st.ok()) return st;
-    if (req->reason().empty()) return Invalid("reason", "required (it goes to the audit trail)");
+    if (req->reason().empty())
+      return guard_->Refuse(actor, method, object, Invalid("reason", "required (it goes to the audit trail)"));
     if (req->queue_id().empty() && req->mail_from().empty())
-      return Invalid("queue_id", "give a queue id, or mail_from (with an optional time window)");
-    if (!req->queue_id().empty() && !ValidQueueId(req->queue_id())) return Invalid("queue_id", "not a queue id");
+      return guard_->Refuse(actor, method, object,
+                            Invalid("queue_id", "give a queue id, or mail_from (with an optional time window)"));
+    if (!req->queue_id().empty() && !ValidQueueId(req->queue_id()))
+      return guard_->Refuse(actor, method, object, Invalid("queue_id", "not a queue id"));
     // Select: by id, or every queued/held file from the sender within the window.
     std::vector<std::pair<queue::SpoolState, std::string>> targets;
     for (queue::SpoolState state : {queue::SpoolState::kActive, queue::SpoolState::kDeferred, queue::SpoolState::kHold}) {
@@ -302,7 +307,10 @@ class PolicyServiceImpl final : public v1::PolicyService::Service {
     std::string object = StrCat("policy v", req->expected_version() + 1);
     if (Status st = guard_->Check(ctx, "mailseal.v1.PolicyService.SetPolicy", object, &actor); !st.ok()) return st;
     Result<uint64_t> v = deps_.policy->Set(req->policy(), req->expected_version(), StrCat("CN=", actor));
-    if (!v.ok()) {
+    if (!v.ok()) {   // an invalid or stale document is refused; anything else failed
+      if (v.status().code() == mailseal::StatusCode::kInvalidArgument ||
+          v.status().code() == mailseal::StatusCode::kFailedPrecondition)
+        return guard_->Refuse(actor, "mailseal.v1.PolicyService.SetPolicy", object, FromStatus(v.status()));
       guard_->Failed(actor, "mailseal.v1.PolicyService.SetPolicy", object, v.status().message());
       return FromStatus(v.status());
     }

@@ -63,10 +63,7 @@ void Usage() {
 // OpenAudit opens the audit trail; tree heads are signed by the token's audit key through a
 // session of the pool (bound for each signature, so a re-opened token is picked up).
 Result<std::unique_ptr<audit::AuditLog>> OpenAudit(const v1::Config& cfg, hsm::TokenManager* token) {
-  const auto& a = cfg.control().audit();
-  if (!token) return InvalidArgumentError("field 'control': needs 'hsm' (the audit key lives on the token)");
-  if (a.log_path().empty() || a.heads_path().empty() || a.key_label().empty())
-    return InvalidArgumentError("field 'control.audit': log_path, heads_path and key_label are required");
+  const auto& a = cfg.control().audit();   // its fields and the token were validated (Validate)
   std::string label = a.key_label();
   audit::Signer signer = [token, label](const std::string& input) -> Result<std::string> {
     std::shared_ptr<hsm::TokenHandle> h = token->Handle();
@@ -189,16 +186,16 @@ Result<v1::Config> Validate(const std::string& path) {
     if (!made.ok()) return bad("tls", made.status().message());
     io::FreeServerTlsContext(*made);
   }
+  if (cfg.has_smime()) {
+    Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(cfg, nullptr, nullptr, true);
+    if (!smime.ok()) return InvalidArgumentError(StrCat(path, ": ", smime.status().message()));
+  }
   if (cfg.has_hsm()) {
     if (::access(cfg.hsm().module_path().c_str(), R_OK) != 0)
       return bad("hsm.module_path", StrCat("'", cfg.hsm().module_path(), "': ", std::strerror(errno)));
     // The PIN is read (owner, mode 0600/0400, size) and wiped at once.
     if (Result<hsm::Secret> pin = hsm::ReadSecretFile(cfg.hsm().pin_file()); !pin.ok())
       return bad("hsm.pin_file", pin.status().message());
-  }
-  if (cfg.has_smime()) {
-    Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(cfg, nullptr, nullptr, true);
-    if (!smime.ok()) return InvalidArgumentError(StrCat(path, ": ", smime.status().message()));
   }
   if (cfg.has_control()) {
     const auto& c = cfg.control();

@@ -186,15 +186,24 @@ def main():
     c.check([h.get("version") for h in hist] == ["2", "1"] and hist[1].get("actor") == "CN=admin-1",
             "history lists both versions, newest first, with who set them", o + e)
 
+    rc, o, e = ctl("admin-1", "queue", "delete", "not-a-queue-id!", "--reason", "typo")
+    c.check(rc != 0, "a delete with an invalid queue id is refused", o + e)
+
     rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--limit", "1000")
     recs = json.loads(o).get("records", []) if rc == 0 else []
     denied = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=auditor-1"]
     allowed = [r for r in recs if r.get("outcome") == "OUTCOME_ALLOWED" and r.get("actor") == "CN=admin-1"
                and r.get("action", "").endswith("ReleaseMessage") and r.get("object") == held[0]]
     c.check(len(denied) == 2 and len(allowed) == 1, "the refusals and the release are in the audit trail", o[-500:] + e)
-    failed = [r for r in recs if r.get("outcome") == "OUTCOME_FAILED" and r.get("action", "").endswith("SetPolicy")]
-    c.check(len(failed) == 2, "failed policy changes are audited with the reason (stale version, invalid field)",
-            str(failed)[:300])
+    refused = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
+               and r.get("action", "").endswith("SetPolicy")]
+    c.check(len(refused) == 2 and all(r.get("detail") for r in refused),
+            "refused policy changes (stale version, invalid field) are audited as refused with the reason (issue #12)",
+            str(refused)[:300])
+    bad_delete = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
+                  and r.get("action", "").endswith("DeleteMessage") and "queue_id" in r.get("detail", "")]
+    c.check(len(bad_delete) == 1, "an allowed call refused for an invalid argument is recorded as refused, not left allowed",
+            str([r for r in recs if r.get("action", "").endswith("DeleteMessage")])[:300])
     mail = {(r.get("action"), r.get("object")) for r in recs if r.get("actor") == "mailseald"}
     original = [r["object"] for r in recs if r.get("action") == "mail.accepted"]
     c.check(original and ("mail.held", original[0]) in mail,

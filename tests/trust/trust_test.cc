@@ -54,35 +54,8 @@ TEST(TrustClassify, EveryOccurrenceOfTheSubjectCounts) {
       << "other fields and the body are not the Subject";
 }
 
-class TrustTest : public testing::PkiTest {
+class TrustTest : public testing::GatewayPkiTest {
  protected:
-  struct Side {
-    GatewayPolicy policy;
-    std::unique_ptr<CertStore> store;
-    GatewayKeys keys;
-    std::unique_ptr<Gateway> gw;
-  };
-  Side Make(const std::string& own, std::vector<std::string> partners = {}) {
-    Side s;
-    s.policy.local_domains = {"agency-" + own + ".test"};
-    for (const std::string& p : partners) s.policy.partners[p] = {};
-    s.policy.authserv_id = "gw-" + own + ".test";
-    s.policy.gateway_name = "gw-" + own + ".test";
-    Result<std::unique_ptr<CertStore>> st = CertStore::Open(StrCat(dir_, "/store-", own, "-", ++counter_), dir_ + "/ca.crt", {});
-    EXPECT_TRUE(st.ok()) << st.status().ToString();
-    s.store = std::move(st.value());
-    s.keys.dsa_cert = Ref(Cert("dsa_" + own));
-    s.keys.dca_cert = Ref(Cert("dca_" + own));
-    s.keys.dsa_key = Key("dsa_" + own);
-    s.keys.dca_key = Key("dca_" + own);
-    keys_.push_back(s.keys.dsa_key);
-    keys_.push_back(s.keys.dca_key);
-    s.gw = std::make_unique<Gateway>(&s.policy, s.store.get());
-    return s;
-  }
-  void TearDown() override {
-    for (EVP_PKEY* k : keys_) EVP_PKEY_free(k);
-  }
   // Issue: a certificate from the test CA (or `ca`), with `subject` and extension lines.
   static void Issue(const std::string& name, const std::string& subject, const std::string& ext,
                     const std::string& key = "rsa:2048", const std::string& ca = "ca") {
@@ -110,8 +83,6 @@ class TrustTest : public testing::PkiTest {
     }
     return crlf;
   }
-  std::vector<EVP_PKEY*> keys_;
-  static inline int counter_ = 0;
 };
 
 const Output* Find(const std::vector<Output>& outs, Action a, uint32_t rcpt) {
@@ -123,7 +94,7 @@ const Output* Find(const std::vector<Output>& outs, Action a, uint32_t rcpt) {
 // ---- 2. Protected and outer header fields combine; the user sees what was checked ----------
 
 TEST_F(TrustTest, WholeMessageSignedByOpensslCmsDeliversOneFromAndChecksIt) {
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   // A valid partner (agency-b's DSA) signs a whole message claiming to come from our CEO.
   std::string inner = "From: CEO <ceo@agency-a.test>\r\nTo: bob@agency-a.test\r\nSubject: transfer the funds\r\n"
                       "Message-ID: <in-1@agency-b.test>\r\n\r\nplease pay\r\n";
@@ -158,7 +129,7 @@ TEST_F(TrustTest, WholeMessageSignedByOpensslCmsDeliversOneFromAndChecksIt) {
 }
 
 TEST_F(TrustTest, EveryAuthorTheUserCanSeeIsChecked) {
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   for (std::string from : {"bob@agency-b.test, ceo@agency-a.test", "\"ceo@agency-a.test\" <bob@agency-b.test>",
                            "bob@agency-b.test\r\nSender: ceo@agency-a.test", "undisclosed:;"}) {
     std::string inner = StrCat("From: ", from, "\r\nSubject: s\r\n\r\nx\r\n");
@@ -178,7 +149,7 @@ TEST_F(TrustTest, EveryAuthorTheUserCanSeeIsChecked) {
 }
 
 TEST_F(TrustTest, AnUnknownCaSignerGetsTheWarningOnTheSubjectShown) {
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   // forged.crt: agency-a's DSA name from Evil-CA; dsa_a.key is its key. Inner and outer Subjects differ.
   std::ofstream(dir_ + "/forged.key") << Slurp(dir_ + "/dsa_a.key");
   std::string mail = CmsSign("From: x@agency-a.test\r\nSubject: the real one\r\n\r\nx\r\n", "forged", "x@agency-a.test",
@@ -207,7 +178,7 @@ TEST_F(TrustTest, ASignerThatBreaksTheNamingRuleIsWarnedAndNeverLearnt) {
     EXPECT_TRUE(n.claims) << bad;
     EXPECT_FALSE(n.problem.empty()) << bad;
     X509_free(x);
-    Side a = Make("a", {"agency-b.test"});
+    Side a = Make("a", {}, {"agency-b.test"});
     std::string mail = CmsSign("From: bob@agency-b.test\r\nSubject: s\r\n\r\nx\r\n", bad, "bob@agency-b.test", "s");
     std::vector<Output> outs = a.gw->Process("bob@agency-b.test", {"x@agency-a.test"}, mail, a.keys);
     ASSERT_EQ(outs[0].action, Action::kDeliver) << bad << ": " << outs[0].reason;
@@ -225,7 +196,7 @@ TEST_F(TrustTest, ASignerThatBreaksTheNamingRuleIsWarnedAndNeverLearnt) {
   Issue("dca_wrong_cn", "/CN=mallory",
         "keyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n"
         "subjectAltName=email:domain-confidentiality-authority@agency-b.test\n");
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   ASSERT_TRUE(a.store->Pin("agency-b.test", dir_ + "/dca_wrong_cn.crt").ok());
   std::vector<Output> outs =
       a.gw->Process("alice@agency-a.test", {"b@agency-b.test"}, "From: alice@agency-a.test\r\nSubject: s\r\n\r\nx\r\n", a.keys);
@@ -237,7 +208,7 @@ TEST_F(TrustTest, ASignerThatBreaksTheNamingRuleIsWarnedAndNeverLearnt) {
 // ---- 5. Algorithms (SEE-2.4) ----------------------------------------------------------------
 
 TEST_F(TrustTest, ContentCipherOnlyFromWhatThePartnerAnnounced) {
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   ASSERT_TRUE(a.store->Pin("agency-b.test", dir_ + "/dca_b.crt").ok());
   a.store->Learn("agency-b.test", {}, {"AES-128-CBC", "DES-EDE3-CBC"});
   std::vector<Output> outs =
@@ -257,7 +228,7 @@ TEST_F(TrustTest, WeakPartnerKeysAreUnsuitableBothWays) {
         "keyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n"
         "subjectAltName=email:domain-confidentiality-authority@agency-b.test\n",
         "rsa:1024");
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   ASSERT_TRUE(a.store->Pin("agency-b.test", dir_ + "/dca_1024.crt").ok());
   std::vector<Output> outs =
       a.gw->Process("alice@agency-a.test", {"b@agency-b.test"}, "From: alice@agency-a.test\r\nSubject: s\r\n\r\nx\r\n", a.keys);
@@ -267,7 +238,7 @@ TEST_F(TrustTest, WeakPartnerKeysAreUnsuitableBothWays) {
         "keyUsage=critical,digitalSignature\nextendedKeyUsage=emailProtection\n"
         "subjectAltName=email:domain-signing-authority@agency-b.test\n",
         "rsa:1024");
-  Side a2 = Make("a", {"agency-b.test"});
+  Side a2 = Make("a", {}, {"agency-b.test"});
   std::string mail = CmsSign("From: bob@agency-b.test\r\nSubject: s\r\n\r\nx\r\n", "dsa_1024", "bob@agency-b.test", "s");
   outs = a2.gw->Process("bob@agency-b.test", {"x@agency-a.test"}, mail, a2.keys);
   ASSERT_EQ(outs[0].action, Action::kDeliver);
@@ -279,7 +250,7 @@ TEST_F(TrustTest, WeakPartnerKeysAreUnsuitableBothWays) {
 }
 
 TEST_F(TrustTest, Sha1SignaturesAreReadableButNeverVerified) {
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   std::string mail = CmsSign("From: bob@agency-b.test\r\nSubject: old\r\n\r\nlegacy\r\n", "dsa_b", "bob@agency-b.test", "old",
                              "sha1");
   std::vector<Output> outs = a.gw->Process("bob@agency-b.test", {"x@agency-a.test"}, mail, a.keys);
@@ -323,7 +294,7 @@ TEST_F(TrustTest, WithoutSmimeWhatMustBeProtectedIsHeld) {
 // ---- 8. Smaller ones ------------------------------------------------------------------------
 
 TEST_F(TrustTest, ShowClassificationAlsoForEncodedSubjectsAndOurReceivedOutside) {
-  Side a = Make("a", {"agency-b.test"});
+  Side a = Make("a", {}, {"agency-b.test"});
   ASSERT_TRUE(a.store->Pin("agency-b.test", dir_ + "/dca_b.crt").ok());
   a.policy.show_classification = true;
   std::string msg = "Received: from client.test (127.0.0.1:4000)\r\n\tby gw-a.test (mailseal) with ESMTP id Q1; "

@@ -12,43 +12,12 @@ namespace mailseal::smime {
 namespace {
 using testing::Slurp;
 
-class GatewayTest : public testing::PkiTest {
+class GatewayTest : public testing::GatewayPkiTest {
  protected:
-  // Gateway `own` ("a" or "b") with its keys, partners pinned as the test asks.
-  struct Side {
-    GatewayPolicy policy;
-    std::unique_ptr<CertStore> store;
-    GatewayKeys keys;
-    std::unique_ptr<Gateway> gw;
-  };
-  Side Make(const std::string& own, std::map<std::string, std::string> pinned, std::vector<std::string> partners) {
-    Side s;
-    s.policy.local_domains = {"agency-" + own + ".test"};
-    for (const std::string& p : partners) s.policy.partners[p] = {};
-    s.policy.authserv_id = "gw-" + own + ".test";
-    std::string store_dir = dir_ + "/store-" + own + "-" + std::to_string(++counter_);
-    Result<std::unique_ptr<CertStore>> st = CertStore::Open(store_dir, dir_ + "/ca.crt", {});
-    EXPECT_TRUE(st.ok()) << st.status().ToString();
-    s.store = std::move(st.value());
-    for (auto& [domain, file] : pinned) EXPECT_TRUE(s.store->Pin(domain, dir_ + "/" + file + ".crt").ok());
-    s.keys.dsa_cert = Ref(Cert("dsa_" + own));
-    s.keys.dca_cert = Ref(Cert("dca_" + own));
-    s.keys.dsa_key = Key("dsa_" + own);
-    s.keys.dca_key = Key("dca_" + own);
-    keys_.push_back(s.keys.dsa_key);
-    keys_.push_back(s.keys.dca_key);
-    s.gw = std::make_unique<Gateway>(&s.policy, s.store.get());
-    return s;
-  }
-  void TearDown() override {
-    for (EVP_PKEY* k : keys_) EVP_PKEY_free(k);
-  }
   std::string Mail(const std::string& from, const std::string& subject, const std::string& body) {
     return "From: " + from + "\r\nTo: bob@agency-b.test\r\nSubject: " + subject +
            "\r\nMessage-ID: <g1@agency-a.test>\r\n\r\n" + body + "\r\n";
   }
-  std::vector<EVP_PKEY*> keys_;
-  static inline int counter_ = 0;  // unique store directories across the suite
 };
 
 const Output* Find(const std::vector<Output>& outs, Action a, uint32_t rcpt) {

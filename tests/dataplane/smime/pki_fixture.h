@@ -9,7 +9,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <map>
+#include <memory>
 #include <string>
+#include <vector>
+
+#include "dataplane/smime/gateway.h"
 
 namespace mailseal::smime::testing {
 
@@ -90,5 +95,43 @@ class PkiTest : public ::testing::Test {
       "Grüße — the numbers are in.\r\n.leading dot\r\ntrailing space \r\n";
 };
 inline std::string PkiTest::dir_;
+
+// GatewayPkiTest: gateways of the test PKI — `own` ("a" or "b") with its keys (software keys
+// standing in for the token), partner domains, and partner certificates pinned by file name.
+class GatewayPkiTest : public PkiTest {
+ protected:
+  struct Side {
+    GatewayPolicy policy;
+    std::unique_ptr<CertStore> store;
+    GatewayKeys keys;
+    std::unique_ptr<Gateway> gw;
+  };
+  Side Make(const std::string& own, const std::map<std::string, std::string>& pinned = {},
+            const std::vector<std::string>& partners = {}) {
+    Side s;
+    s.policy.local_domains = {"agency-" + own + ".test"};
+    for (const std::string& p : partners) s.policy.partners[p] = {};
+    s.policy.authserv_id = "gw-" + own + ".test";
+    s.policy.gateway_name = "gw-" + own + ".test";
+    std::string store_dir = dir_ + "/store-" + own + "-" + std::to_string(++counter_);
+    Result<std::unique_ptr<CertStore>> st = CertStore::Open(store_dir, dir_ + "/ca.crt", {});
+    EXPECT_TRUE(st.ok()) << st.status().ToString();
+    s.store = std::move(st.value());
+    for (const auto& [domain, file] : pinned) EXPECT_TRUE(s.store->Pin(domain, dir_ + "/" + file + ".crt").ok());
+    s.keys.dsa_cert = Ref(Cert("dsa_" + own));
+    s.keys.dca_cert = Ref(Cert("dca_" + own));
+    s.keys.dsa_key = Key("dsa_" + own);
+    s.keys.dca_key = Key("dca_" + own);
+    keys_.push_back(s.keys.dsa_key);
+    keys_.push_back(s.keys.dca_key);
+    s.gw = std::make_unique<Gateway>(&s.policy, s.store.get());
+    return s;
+  }
+  void TearDown() override {
+    for (EVP_PKEY* k : keys_) EVP_PKEY_free(k);
+  }
+  std::vector<EVP_PKEY*> keys_;
+  static inline int counter_ = 0;  // unique store directories across the suite
+};
 
 }  // namespace mailseal::smime::testing
