@@ -49,7 +49,7 @@ bool DecodeWord(char enc, std::string_view text, std::string* out) {
     for (char c : text) {
       if (c == '=') break;
       int v = B64Val(c);
-      if (v < 0) return false;
+      if (v < 0) continue;   // lenient, as many mail clients are: a stray byte never hides a word
       acc = (acc << 6) | static_cast<uint32_t>(v);
       bits += 6;
       if (bits >= 8) {
@@ -166,8 +166,13 @@ std::string Classify(std::string_view message, const std::vector<std::string>& w
   // Every Subject field counts, not only the first: a message with two (RFC 5322 §3.6 allows
   // one) is shown by some clients with the first and by others with the last (issue #12).
   size_t body_at = 0;
-  for (const std::string& subject : mime::HeaderValues(message, "Subject", &body_at)) {
+  // Each as decoded (RFC 2047) and as written: a reader that does not decode sees the latter.
+  auto find = [&](const std::string& subject) {
     std::string word = FindTriggerWord(DecodeRfc2047(subject), words);
+    return word.empty() ? FindTriggerWord(subject, words) : word;
+  };
+  for (const std::string& subject : mime::HeaderValues(message, "Subject", &body_at)) {
+    std::string word = find(subject);
     if (!word.empty()) return word;
   }
   // RFC 9788: the protected headers are those of the wrapped inner message — whichever of
@@ -176,7 +181,7 @@ std::string Classify(std::string_view message, const std::vector<std::string>& w
     std::string lower = base::AsciiLower(ct);
     if (lower.rfind("message/rfc822", 0) != 0 || lower.find("forwarded=\"no\"") == std::string::npos) continue;
     for (const std::string& subject : mime::HeaderValues(message.substr(body_at), "Subject")) {
-      std::string word = FindTriggerWord(DecodeRfc2047(subject), words);
+      std::string word = find(subject);
       if (!word.empty()) return word;
     }
     break;
@@ -202,7 +207,11 @@ std::string Label(const std::string& message, const std::string& header, const s
     if (line[0] == ' ' || line[0] == '\t') {
       if (!dropping) out.append(line);
     } else {
-      dropping = line.size() > header.size() && line[header.size()] == ':' && MatchWord(line, 0, header) == header.size();
+      // The name, then blanks allowed before the colon (RFC 5322 §4.5.3): "X-Label :" is the
+      // same field to a mail client, so it is dropped too.
+      size_t colon = header.size();
+      while (colon < line.size() && (line[colon] == ' ' || line[colon] == '\t')) ++colon;
+      dropping = colon < line.size() && line[colon] == ':' && MatchWord(line, 0, header) == header.size();
       if (!dropping) out.append(line);
     }
     pos = next;

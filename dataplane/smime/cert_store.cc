@@ -221,7 +221,7 @@ std::string CertStore::Learn(const std::string& domain_in, const std::vector<X50
           std::tuple{"domain-signing-authority", X509_PURPOSE_SMIME_SIGN, &dsa_, "dsa"}}) {
       std::vector<std::string> names = AuthorityDomains(c.get(), authority);
       if (std::find(names.begin(), names.end(), domain) == names.end()) continue;
-      if (Check(c.get(), purpose).first != CertStatus::kValid) continue;
+      if (Check(c.get(), purpose).first != CertStatus::kValid || !KeyStrengthProblem(c.get()).empty()) continue;
       {
         std::unique_lock l(mu_);
         if (table == &dca_ && pinned_.count(domain)) continue;

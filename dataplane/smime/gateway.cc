@@ -265,7 +265,6 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
   };
   static const policy::CompiledPolicy kNoDocument;
   if (!doc) doc = &kNoDocument;
-  // SEE-2.14: seemail-ping@ answers before any other rule.
   if (!store_) {   // policy only (no smime section): nothing to open or answer, local mail as it is
     for (auto& [address, rcpts] : pings) local.insert(local.end(), rcpts.begin(), rcpts.end());
     pings.clear();
@@ -274,6 +273,7 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
     if (!o.rcpts.empty()) add(std::move(o));
     local.clear();
   }
+  // SEE-2.14: seemail-ping@ answers before any other rule.
   for (auto& [address, rcpts] : pings) add(Ping(sender, std::move(rcpts), address, message, keys, *doc));
   if (!local.empty()) {
     Output o = Open1(sender, std::move(local), message, keys, doc, inbound);

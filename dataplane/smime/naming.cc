@@ -71,7 +71,7 @@ AuthorityNames ExamineAuthority(X509* cert, std::string_view authority_in) {
   X509_NAME* subject = X509_get_subject_name(cert);
   for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) {
     cns.push_back(text(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i))));
-    if (cns.back().compare(0, authority.size(), authority) == 0) out.claims = true;
+    if (cns.back() == authority || cns.back().compare(0, prefix.size(), prefix) == 0) out.claims = true;
   }
   if (!out.claims) return out;
   if (out.domains.empty()) {

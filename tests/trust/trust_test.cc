@@ -46,12 +46,21 @@ TEST(TrustClassify, EveryOccurrenceOfTheSubjectCounts) {
   // UTF-16 encoded words: a mail client shows "[RESTRICTED]", so do we.
   EXPECT_EQ(Classify("Subject: =?UTF-16BE?B?AFsAUgBFAFMAVABSAEkAQwBUAEUARABd?=\r\n\r\nx\r\n"), "[RESTRICTED]");
   EXPECT_EQ(Classify("Subject: =?utf-8?q?=5BRestricted=5D?= x\r\n\r\nx\r\n"), "[RESTRICTED]");
+  EXPECT_EQ(Classify("Subject: =?utf-8?B?W1JF!U1RSSUNURURd?=\r\n\r\nx\r\n"), "[RESTRICTED]")
+      << "a stray byte in base64 does not hide the word from us (lenient clients show it)";
+  EXPECT_EQ(Classify("Subject: [RESTRICTED]=?utf-8?q?_x?=\r\n\r\nx\r\n"), "[RESTRICTED]");
   // A wrapped message (RFC 9788): whichever Content-Type a reader believes.
   EXPECT_EQ(Classify("Subject: [...]\r\nContent-Type: text/plain\r\nContent-Type: message/rfc822; forwarded=\"no\"\r\n\r\n"
                      "Subject: ok\r\nSubject: [RESTRICTED] inner\r\n\r\nbody\r\n"),
             "[RESTRICTED]");
   EXPECT_EQ(Classify("Subject: a\r\nX-Subject: [SEEMAIL]\r\n\r\n[RESTRICTED] body\r\n"), "")
       << "other fields and the body are not the Subject";
+}
+
+TEST(TrustClassify, AForgedLabelIsRemovedHoweverItIsSpelt) {
+  std::string labelled = policy::Label("X-Classification : TOP SECRET\r\nx-classification:\r\n FAKE\r\nSubject: s\r\n\r\nb\r\n",
+                                       "X-Classification", "[RESTRICTED]");
+  EXPECT_EQ(labelled, "X-Classification: RESTRICTED\r\nSubject: s\r\n\r\nb\r\n");
 }
 
 class TrustTest : public testing::GatewayPkiTest {
