@@ -85,6 +85,11 @@ Status QueueManager::Recover() {
         MoveToCorrupt(id, state, m.ok() ? DataLossError("queue id does not match file name") : m.status());
         continue;
       }
+      if (m->torn_tail) {   // the message is whole: keep it, cut the tail (a duplicate at worst)
+        Status cut = CutTornTail(spool_->PathOf(state, id), *m);
+        Log(LogLevel::kWarning, "qmgr", "torn status tail cut off; the message is kept (a recipient may get it twice)",
+            {{"qid", id}, {"problem", m->tail_problem}, {"cut", cut.ok() ? "ok" : cut.message()}});
+      }
       int64_t next = now;
       uint32_t attempts = 0;
       for (const SpoolStatus& s : m->statuses) {

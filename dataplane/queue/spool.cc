@@ -323,23 +323,37 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
   uint32_t body_crc = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
   std::string payload;
   while (off < size) {
+    // After END, damage of any kind is a torn tail (a crash or a failed append): the message
+    // itself is whole, so it is kept and the tail is cut off (issue #13). Before END: corrupt.
+    auto torn = [&](std::string_view why) {
+      msg.torn_tail = true;
+      msg.tail_problem = StrCat(why, " at offset ", off);
+    };
     if (size - off < kHeader) {
-      if (have_end) break;  // torn STATUS append
+      if (have_end) {
+        torn("truncated record header");
+        break;
+      }
       return corrupt("truncated record header");
     }
     char hdr[kHeader];
     if (Status s = PreadAll(fd, hdr, kHeader, off, path); !s.ok()) return s;
     uint8_t type = static_cast<uint8_t>(hdr[0]);
     uint32_t len = GetU32(hdr + 1), crc = GetU32(hdr + 5);
-    if (len > kMaxRecord) return corrupt("record too long");
-    if (size - off - kHeader < len) {
-      if (have_end && type == kStatus) break;  // torn STATUS append
-      return corrupt("truncated record");
+    if (len > kMaxRecord || size - off - kHeader < len) {
+      if (have_end) {
+        torn(len > kMaxRecord ? "record too long" : "truncated record");
+        break;
+      }
+      return corrupt(len > kMaxRecord ? "record too long" : "truncated record");
     }
     payload.resize(len);
     if (Status s = PreadAll(fd, payload.data(), len, off + kHeader, path); !s.ok()) return s;
     if (Crc(type, payload) != crc) {
-      if (have_end && off + kHeader + len == size) break;  // torn last append
+      if (have_end) {
+        torn("CRC mismatch");
+        break;
+      }
       return corrupt(StrCat("CRC mismatch at offset ", off));
     }
     if (!have_env) {
@@ -365,10 +379,12 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
         return corrupt("unexpected record before END");
       }
     } else {
-      if (type != kStatus) return corrupt("unexpected record after END");
-      if (msg.statuses.size() >= kMaxStatuses) return corrupt("too many STATUS records");
       mailseal::v1::SpoolStatus status;
-      if (!status.ParseFromString(payload)) return corrupt("unreadable STATUS record");
+      if (type != kStatus || msg.statuses.size() >= kMaxStatuses || !status.ParseFromString(payload)) {
+        torn(type != kStatus ? "unexpected record after END"
+             : msg.statuses.size() >= kMaxStatuses ? "too many STATUS records" : "unreadable STATUS record");
+        break;
+      }
       msg.statuses.push_back(std::move(status));
     }
     off += kHeader + len;
@@ -401,8 +417,32 @@ Status AppendStatus(const std::string& path, const mailseal::v1::SpoolStatus& st
   if (!status.SerializeToString(&payload)) return InternalError("status serialisation");
   int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) return Errno("open", path);
+  struct stat st_before {};
+  if (::fstat(fd, &st_before) != 0) {
+    Status st = Errno("fstat", path);
+    ::close(fd);
+    return st;
+  }
   Status st = WriteAll(fd, Frame(kStatus, payload), path);
   if (st.ok() && ::fdatasync(fd) != 0) st = Errno("fdatasync", path);
+  if (!st.ok()) {
+    // All or nothing (issue #13): a half-written record (ENOSPC, EIO) is cut back, so that the
+    // next append does not land behind it. Should the cut fail too, the reader still treats
+    // anything damaged after END as a torn tail, never as a reason to drop the message.
+    if (::ftruncate(fd, st_before.st_size) != 0 || ::fdatasync(fd) != 0)
+      st = Status(st.code(), StrCat(st.message(), "; and the partial record could not be cut back: ", std::strerror(errno)));
+  }
+  ::close(fd);
+  return st;
+}
+
+Status CutTornTail(const std::string& path, const SpoolMessage& msg) {
+  if (!msg.torn_tail) return OkStatus();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open", path);
+  Status st = OkStatus();
+  if (::ftruncate(fd, static_cast<off_t>(msg.file_size)) != 0) st = Errno("ftruncate", path);
+  else if (::fdatasync(fd) != 0) st = Errno("fdatasync", path);
   ::close(fd);
   return st;
 }

@@ -57,6 +57,11 @@ struct SpoolMessage {
   std::vector<BodyExtent> body;
   uint64_t body_size = 0;
   uint64_t file_size = 0;   // bytes up to the last whole record
+  // torn_tail: something after END could not be read (a torn or failed append, or damage):
+  // the message is whole and is kept; STATUS records from there on are lost (a recipient may
+  // be delivered twice, never lost). CutTornTail removes the tail. tail_problem says what.
+  bool torn_tail = false;
+  std::string tail_problem;
 };
 
 // SpoolWriter writes one new message into incoming/. Not thread safe; one per message.
@@ -106,7 +111,11 @@ class SpoolWriter {
 [[nodiscard]] Status ReadBody(const std::string& path, const SpoolMessage& msg,
                                     const std::function<Status(std::string_view)>& sink);
 
-// AppendStatus appends a STATUS record and fdatasyncs it.
+// CutTornTail truncates a file whose reader found a torn tail back to its last whole record.
+[[nodiscard]] Status CutTornTail(const std::string& path, const SpoolMessage& msg);
+
+// AppendStatus appends a STATUS record and fdatasyncs it, all or nothing: on a failed write or
+// sync the file is cut back to its length before the append.
 [[nodiscard]] Status AppendStatus(const std::string& path,
                                         const mailseal::v1::SpoolStatus& status);
 
