@@ -77,8 +77,22 @@ Result<std::unique_ptr<audit::AuditLog>> OpenAudit(const v1::Config& cfg, hsm::T
     EVP_PKEY_free(*key);
     return sig;
   };
+  // Stored heads are checked against the audit key's public half on the token, so that a log
+  // and heads file rewritten together are not extended (and laundered by a new head).
+  audit::HeadVerifier verify = [token, label](const v1::TreeHead& head) -> Result<bool> {
+    std::shared_ptr<hsm::TokenHandle> h = token->Handle();
+    if (!h) return UnavailableError("security module unavailable: head signatures not checked");
+    hsm::SessionPool::Lease lease = h->pool->Acquire();
+    Result<hsm::KeyPair> kp = hsm::FindKeyPair(*lease, label);
+    if (!kp.ok()) return kp.status();
+    Result<EVP_PKEY*> pub = hsm::PublicKey(*lease, kp->pub);
+    if (!pub.ok()) return pub.status();
+    bool good = audit::VerifyHeadSignature(head, *pub);
+    EVP_PKEY_free(*pub);
+    return good;
+  };
   return audit::AuditLog::Open({a.log_path(), a.heads_path(), a.head_every() ? a.head_every() : 1000, signer,
-                                (a.rotate_mib() ? a.rotate_mib() : 64ull) << 20});
+                                (a.rotate_mib() ? a.rotate_mib() : 64ull) << 20, verify});
 }
 
 // PemCertificates splits a PEM bundle into its certificates.
@@ -284,6 +298,7 @@ int Run(const std::string& path) {
         hsm::TokenConfig{h.module_path(), h.token_label(), h.token_serial(), h.pin_file(),
                          // one session per crypto worker, one for the audit signer
                          std::max<size_t>(h.sessions(), cfg.crypto_workers() + (cfg.has_control() ? 1 : 0))});
+    hsm_ok.store(token->Tick());   // now: the audit trail's heads are checked with the token's key
   }
   std::unique_ptr<crypto::SmimeShared> smime;
   if (cfg.has_smime()) {
@@ -318,14 +333,36 @@ int Run(const std::string& path) {
       return kExitUsage;
     }
     audit_log = std::move(a.value());
+    const audit::OpenReport& rep = audit_log->report();
+    if (rep.torn_bytes || rep.torn_head_bytes)
+      Log(LogLevel::kWarning, "audit", "torn tail cut off (a write that never completed: crash or full disk; no record lost)",
+          {{"log_bytes", std::to_string(rep.torn_bytes)}, {"heads_bytes", std::to_string(rep.torn_head_bytes)}});
     bool keep_flowing = cfg.control().audit().accept_unaudited_mail();
-    recorder = std::make_unique<audit::Recorder>(audit_log.get(), [&audit_ok, keep_flowing](const Status& st) {
+    if (!rep.damage.empty()) {   // the alarm: the trail is not extended; mail per the fail-closed rule
+      Log(LogLevel::kError, "audit", "AUDIT TRAIL DAMAGED OR TAMPERED WITH", {{"why", rep.damage}});
       if (!keep_flowing) audit_ok.store(false, std::memory_order_release);
-      Log(LogLevel::kError, "audit",
-          keep_flowing ? "mail events can no longer be recorded (accept_unaudited_mail: mail keeps flowing)"
-                       : "mail events can no longer be recorded: new mail gets 451 until a restart with a writable trail",
-          {{"error", st.message()}});
-    });
+    } else {
+      Log(LogLevel::kInfo, "audit", "audit trail checked",
+          {{"records", std::to_string(audit_log->size())}, {"heads_checked", std::to_string(rep.heads_checked)},
+           {"not_yet_covered", std::to_string(rep.uncovered)}});
+      // A head now covers whatever a crash left unsigned (the trail is checked first).
+      if (Result<v1::TreeHead> h = audit_log->SignHead(); !h.ok())
+        Log(LogLevel::kWarning, "audit", "start-up tree head not signed (tried again later)", {{"error", h.status().message()}});
+    }
+    recorder = std::make_unique<audit::Recorder>(
+        audit_log.get(),
+        [&audit_ok, keep_flowing](const Status& st) {
+          if (!keep_flowing) audit_ok.store(false, std::memory_order_release);
+          Log(LogLevel::kError, "audit",
+              keep_flowing ? "mail events can no longer be recorded (accept_unaudited_mail: mail keeps flowing)"
+                           : "mail events can no longer be recorded: new mail gets 451 until the trail records again",
+              {{"error", st.message()}});
+        },
+        100000,
+        [&audit_ok, damaged = !rep.damage.empty()] {
+          if (!damaged) audit_ok.store(true, std::memory_order_release);
+          Log(LogLevel::kInfo, "audit", "mail events are recorded again: mail accepted");
+        });
   }
 
   queue::QueueOptions qopts;
@@ -525,6 +562,13 @@ int Run(const std::string& path) {
   committer.Stop();
   qmgr.Stop();
   if (recorder) recorder->Flush();
+  // A clean stop leaves every record under a signed head (issue #13): nothing after the last
+  // head can be changed undetected while the gateway is down.
+  if (audit_log && audit_log->healthy()) {
+    Result<v1::TreeHead> h = audit_log->SignHead();
+    if (h.ok()) Log(LogLevel::kInfo, "audit", "shutdown tree head signed", {{"records", std::to_string(h->tree_size())}});
+    else Log(LogLevel::kWarning, "audit", "shutdown tree head not signed", {{"error", h.status().message()}});
+  }
   Log(LogLevel::kInfo, "mailseald", "stopped", {});
   return kExitOk;
 }

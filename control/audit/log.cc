@@ -1,6 +1,8 @@
 // log.cc — see log.h.
 #include "control/audit/log.h"
 
+#include "dataplane/base/log.h"
+
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <sys/stat.h>
@@ -120,15 +122,19 @@ Framed ReadFramed(const std::string& path, const char* magic) {
   size_t pos = m;
   while (pos < data.size()) {
     size_t i = f.payloads.size();
-    if (data.size() - pos < 8) {
-      f.error = StrCat("entry ", i, ": truncated frame header");
-      f.bad_index = i;
+    f.valid_bytes = pos;
+    if (data.size() - pos < 8) {   // cut short by the end of the file: a torn tail
+      f.torn_tail = true;
       return f;
     }
     uint32_t len = GetU32(data.data() + pos), crc = GetU32(data.data() + pos + 4);
-    if (len > kMaxRecord || data.size() - pos - 8 < len) {
+    if (len > kMaxRecord) {
       f.error = StrCat("entry ", i, ": bad length (", len, ")");
       f.bad_index = i;
+      return f;
+    }
+    if (data.size() - pos - 8 < len) {   // the frame runs past the end: a torn tail
+      f.torn_tail = true;
       return f;
     }
     std::string payload = data.substr(pos + 8, len);
@@ -141,6 +147,7 @@ Framed ReadFramed(const std::string& path, const char* magic) {
     f.offsets.push_back(pos + 8);
     pos += 8 + len;
   }
+  f.valid_bytes = pos;
   return f;
 }
 
@@ -163,9 +170,34 @@ std::vector<std::string> LogSegments(const std::string& log_path) {
   return out;
 }
 
+namespace {
+// CutBack truncates `path` to `size` and syncs it.
+Status CutBack(const std::string& path, uint64_t size) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return FailedPreconditionError(StrCat("audit file ", path, ": ", std::strerror(errno)));
+  bool ok = ::ftruncate(fd, static_cast<off_t>(size)) == 0 && ::fsync(fd) == 0;
+  int err = errno;
+  ::close(fd);
+  return ok ? OkStatus() : FailedPreconditionError(StrCat("audit file ", path, ": cannot cut a torn tail: ", std::strerror(err)));
+}
+}  // namespace
+
 Result<std::unique_ptr<AuditLog>> AuditLog::Open(LogOptions options) {
   std::unique_ptr<AuditLog> log(new AuditLog());
   log->options_ = std::move(options);
+  OpenReport& rep = log->report_;
+  // Torn tails (a write that never returned) are cut back before the files are opened for
+  // appending, so that nothing is ever appended behind half a frame.
+  for (auto [path, magic, torn] : {std::tuple{log->options_.log_path, kLogMagic, &rep.torn_bytes},
+                                   std::tuple{log->options_.heads_path, kHeadsMagic, &rep.torn_head_bytes}}) {
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0 || st.st_size == 0) continue;
+    Framed f = ReadFramed(path, magic);
+    if (f.error.empty() && f.torn_tail) {
+      *torn = static_cast<uint64_t>(st.st_size) - f.valid_bytes;
+      if (Status cut = CutBack(path, f.valid_bytes); !cut.ok()) return cut;
+    }
+  }
   Result<int> fd = OpenForAppend(log->options_.log_path, kLogMagic);
   if (!fd.ok()) return fd.status();
   log->log_fd_ = *fd;
@@ -173,26 +205,58 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(LogOptions options) {
   if (!hfd.ok()) return hfd.status();
   log->heads_fd_ = *hfd;
   log->files_ = LogSegments(log->options_.log_path);
+  auto damaged = [&](std::string why) {
+    log->failed_ = true;
+    log->damage_ = rep.damage = StrCat(why, "; the audit trail is not extended (run mailseal-audit verify)");
+    return std::move(log);
+  };
   for (uint32_t f = 0; f < log->files_.size(); ++f) {
     const std::string& path = log->files_[f];
     Framed existing = ReadFramed(path, kLogMagic);
-    if (!existing.error.empty())
-      return DataLossError(StrCat("audit log ", path, " is damaged: ", existing.error,
-                                  "; refusing to append (run mailseal-audit verify)"));
     for (size_t i = 0; i < existing.payloads.size(); ++i) {
       AuditRecord r;
       uint64_t seq = log->leaves_.size();
       if (!r.ParseFromString(existing.payloads[i]) || r.seq() != seq)
-        return DataLossError(StrCat("audit log record ", seq, " (", path, ") is out of sequence"));
+        return damaged(StrCat("audit log record ", seq, " (", path, ") is out of sequence"));
       log->leaves_.push_back(LeafHash(existing.payloads[i]));
       log->index_.push_back({f, static_cast<uint32_t>(existing.payloads[i].size()), existing.offsets[i]});
     }
+    if (!existing.error.empty()) return damaged(StrCat("audit log ", path, " is damaged: ", existing.error));
+    if (existing.torn_tail) return damaged(StrCat("audit log segment ", path, " ends in the middle of a record"));
     if (f + 1 == log->files_.size()) {
       struct stat st{};
       log->log_bytes_ = ::fstat(log->log_fd_, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
     }
   }
+  // The stored heads against the records: a log that no longer matches a head it signed is
+  // not extended — a new head over it would launder the change.
+  Framed heads = ReadFramed(log->options_.heads_path, kHeadsMagic);
+  if (!heads.error.empty()) return damaged(StrCat("tree heads ", log->options_.heads_path, ": ", heads.error));
+  for (size_t k = 0; k < heads.payloads.size(); ++k) {
+    TreeHead h;
+    if (!h.ParseFromString(heads.payloads[k])) return damaged(StrCat("tree head ", k, " is unreadable"));
+    if (h.tree_size() > log->leaves_.size())
+      return damaged(StrCat("the log is truncated: signed tree head ", k, " covers ", h.tree_size(), " records, the log has ",
+                            log->leaves_.size()));
+    if (Root(log->leaves_, 0, h.tree_size()) != h.root_hash())
+      return damaged(StrCat("records do not match signed tree head ", k, " (size ", h.tree_size(),
+                            "): a record was changed, removed or inserted (tampering)"));
+    if (log->options_.verify_head) {
+      Result<bool> good = log->options_.verify_head(h);
+      if (good.ok() && !*good)
+        return damaged(StrCat("tree head ", k, " (size ", h.tree_size(), ") is not signed by the audit key (tampering)"));
+    }
+    ++rep.heads_checked;
+    log->last_head_size_ = std::max<uint64_t>(log->last_head_size_, h.tree_size());
+    log->last_head_ms_ = std::max<int64_t>(log->last_head_ms_, h.time_unix_ms());
+  }
+  rep.uncovered = log->leaves_.size() - log->last_head_size_;
   return log;
+}
+
+std::string AuditLog::damage() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return damage_;
 }
 
 size_t AuditLog::segments() const {
@@ -213,17 +277,37 @@ void AppendFrame(std::string* out, const std::string& payload) {
   *out += payload;
 }
 
-// WriteAndSync writes all of `data` at the end of `fd` and fdatasyncs it.
-Status WriteAndSync(int fd, const std::string& data) {
+// WriteAndSync writes all of `data` at the end of `fd` (whose size is `size`) and fdatasyncs
+// it, all or nothing: a write that fails (ENOSPC, EFBIG, EIO) is cut back to `size`, and the
+// file is as before — the next append may succeed once there is room. A failed sync, or a cut
+// that fails, leaves the file's state unknown: `*sticky` is set (LevelDB's rule: stop, and
+// recover at the next start).
+Status WriteAndSync(int fd, uint64_t size, const std::string& data, bool* sticky) {
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(errno)));
+    if (n <= 0) {
+      int err = n < 0 ? errno : ENOSPC;
+      if (::ftruncate(fd, static_cast<off_t>(size)) != 0 || ::fdatasync(fd) != 0) {
+        *sticky = true;
+        return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(err),
+                                              "; and the partial record could not be cut back: ", std::strerror(errno)));
+      }
+      return FailedPreconditionError(StrCat("audit log write failed: ", std::strerror(err), " (nothing was written)"));
+    }
     done += static_cast<size_t>(n);
   }
-  if (::fdatasync(fd) != 0) return FailedPreconditionError(StrCat("audit log sync failed: ", std::strerror(errno)));
+  if (::fdatasync(fd) != 0) {
+    *sticky = true;
+    return FailedPreconditionError(StrCat("audit log sync failed: ", std::strerror(errno)));
+  }
   return OkStatus();
+}
+
+uint64_t FileSize(int fd) {
+  struct stat st{};
+  return ::fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
 }
 }  // namespace
 
@@ -262,7 +346,14 @@ Status AuditLog::RotateLocked() {
 Status AuditLog::WriteRecords(const std::string& frames, const std::vector<uint32_t>& lengths) {
   if (options_.rotate_bytes && log_bytes_ >= options_.rotate_bytes)
     if (Status st = RotateLocked(); !st.ok()) return st;
-  if (Status st = WriteAndSync(log_fd_, frames); !st.ok()) return st;
+  bool sticky = false;
+  if (Status st = WriteAndSync(log_fd_, log_bytes_, frames, &sticky); !st.ok()) {
+    if (sticky) {
+      failed_ = true;
+      damage_ = st.message();
+    }
+    return st;
+  }
   uint32_t file = static_cast<uint32_t>(files_.size() - 1);
   uint64_t pos = log_bytes_;
   for (uint32_t len : lengths) {
@@ -275,29 +366,23 @@ Status AuditLog::WriteRecords(const std::string& frames, const std::vector<uint3
 
 Result<uint64_t> AuditLog::Append(AuditRecord record) {
   std::lock_guard<std::mutex> l(mu_);
-  if (failed_) return FailedPreconditionError("the audit log cannot be written: action refused (fail closed)");
+  if (failed_) return FailedPreconditionError(StrCat("the audit log cannot be written (", damage_, "): action refused (fail closed)"));
   record.set_seq(leaves_.size());
   if (record.time_unix_ms() == 0) record.set_time_unix_ms(NowMs());
   std::string bytes = Serialize(record);
   std::string frame;
   AppendFrame(&frame, bytes);
-  if (Status st = WriteRecords(frame, {static_cast<uint32_t>(bytes.size())}); !st.ok()) {
-    failed_ = true;
-    return st;
-  }
+  if (Status st = WriteRecords(frame, {static_cast<uint32_t>(bytes.size())}); !st.ok()) return st;
   leaves_.push_back(LeafHash(bytes));
-  if (options_.head_every && leaves_.size() % options_.head_every == 0) {
-    if (Result<TreeHead> h = SignHeadLocked(); !h.ok()) {
-      failed_ = true;
-      return h.status();
-    }
-  }
+  // The record is durable; a head that cannot be signed now (token away) is signed later by
+  // SignHeadIfStale, it does not undo the append.
+  if (options_.head_every && leaves_.size() % options_.head_every == 0) (void)SignHeadLocked();
   return record.seq();
 }
 
 Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
   std::lock_guard<std::mutex> l(mu_);
-  if (failed_) return FailedPreconditionError("the audit log cannot be written");
+  if (failed_) return FailedPreconditionError(StrCat("the audit log cannot be written: ", damage_));
   std::string frames;
   std::vector<Hash> hashes;
   std::vector<uint32_t> lengths;
@@ -310,25 +395,19 @@ Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
     hashes.push_back(LeafHash(bytes));
     lengths.push_back(static_cast<uint32_t>(bytes.size()));
   }
-  if (Status st = WriteRecords(frames, lengths); !st.ok()) {
-    failed_ = true;
-    return st;
-  }
+  if (Status st = WriteRecords(frames, lengths); !st.ok()) return st;
   for (Hash& h : hashes) {
     leaves_.push_back(std::move(h));
-    if (options_.head_every && leaves_.size() % options_.head_every == 0) {
-      // A head exactly at each multiple of head_every, as with single appends.
-      if (Result<TreeHead> hd = SignHeadLocked(); !hd.ok()) {
-        failed_ = true;
-        return hd.status();
-      }
-    }
+    // A head exactly at each multiple of head_every, as with single appends (one that cannot
+    // be signed now is signed later by SignHeadIfStale).
+    if (options_.head_every && leaves_.size() % options_.head_every == 0) (void)SignHeadLocked();
   }
   return OkStatus();
 }
 
-Recorder::Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending)
-    : log_(log), on_failure_(std::move(on_failure)), max_pending_(max_pending) {
+Recorder::Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending,
+                   std::function<void()> on_recovery)
+    : log_(log), on_failure_(std::move(on_failure)), on_recovery_(std::move(on_recovery)), max_pending_(max_pending) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -365,11 +444,29 @@ void Recorder::Run() {
     space_cv_.notify_all();
     l.unlock();
     size_t n = batch.size();
-    Status st = failed_ ? OkStatus() : log_->AppendBatch(std::move(batch));
+    Status st = log_->AppendBatch(batch);   // a copy stays here: a failed batch is tried again
     l.lock();
-    if (!st.ok() && !failed_) {
-      failed_ = true;
-      if (on_failure_) on_failure_(st);
+    if (!st.ok()) {
+      // Nothing is dropped: the batch goes back in front and is tried again every second
+      // (producers wait once max_pending events are queued). on_failure tells the owner once
+      // per outage (new mail is then refused), on_recovery when the trail records again.
+      if (!failed_) {
+        failed_ = true;
+        if (on_failure_) on_failure_(st);
+      }
+      pending_.insert(pending_.begin(), std::make_move_iterator(batch.begin()), std::make_move_iterator(batch.end()));
+      flushed_cv_.notify_all();
+      if (stop_) {   // shutting down with the trail unwritable: say what is lost
+        base::Log(base::LogLevel::kError, "audit", "mail events not recorded at shutdown",
+                  {{"events", std::to_string(pending_.size())}, {"error", st.message()}});
+        return;
+      }
+      cv_.wait_for(l, std::chrono::seconds(1), [&] { return stop_; });
+      continue;
+    }
+    if (failed_) {
+      failed_ = false;
+      if (on_recovery_) on_recovery_();
     }
     written_ += n;
     flushed_cv_.notify_all();
@@ -387,7 +484,14 @@ Result<TreeHead> AuditLog::SignHeadLocked() {
   h.set_signature(*sig);
   std::string frame;
   AppendFrame(&frame, Serialize(h));
-  if (Status st = WriteAndSync(heads_fd_, frame); !st.ok()) return st;
+  bool sticky = false;
+  if (Status st = WriteAndSync(heads_fd_, FileSize(heads_fd_), frame, &sticky); !st.ok()) {
+    if (sticky) {
+      failed_ = true;
+      damage_ = st.message();
+    }
+    return st;
+  }
   last_head_size_ = h.tree_size();
   last_head_ms_ = h.time_unix_ms();
   return h;
@@ -395,7 +499,7 @@ Result<TreeHead> AuditLog::SignHeadLocked() {
 
 Result<bool> AuditLog::SignHeadIfStale(int64_t max_age_ms) {
   std::lock_guard<std::mutex> l(mu_);
-  if (failed_) return FailedPreconditionError("the audit log cannot be written");
+  if (failed_) return FailedPreconditionError(StrCat("the audit log cannot be written: ", damage_));
   if (leaves_.size() == last_head_size_ || NowMs() - last_head_ms_ < max_age_ms) return false;
   Result<TreeHead> h = SignHeadLocked();   // a failure (token away) is tried again next time
   if (!h.ok()) return h.status();
@@ -404,7 +508,7 @@ Result<bool> AuditLog::SignHeadIfStale(int64_t max_age_ms) {
 
 Result<TreeHead> AuditLog::SignHead() {
   std::lock_guard<std::mutex> l(mu_);
-  if (failed_) return FailedPreconditionError("the audit log cannot be written");
+  if (failed_) return FailedPreconditionError(StrCat("the audit log cannot be written: ", damage_));
   return SignHeadLocked();
 }
 
@@ -487,6 +591,17 @@ VerifyReport VerifyLog(const std::string& log_path, const std::string& heads_pat
       leaves.push_back(LeafHash(log.payloads[i]));
     }
     rep.records = leaves.size();
+    if (log.error.empty() && log.torn_tail) {
+      if (file != files.back()) {
+        rep.error = StrCat(file, ": a rotated segment ends in the middle of a record");
+        rep.first_bad_record = static_cast<int64_t>(leaves.size());
+        return rep;
+      }
+      // A torn tail: a write that never returned (crash, full disk). Not tampering: no whole
+      // record is in it, so nothing acknowledged was lost. mailseald cuts it off at start.
+      struct stat st{};
+      rep.torn_bytes = ::stat(file.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) - log.valid_bytes : 0;
+    }
     if (!log.error.empty()) {
       if (log.error.find("entry ") == 0) {
         rep.error = StrCat("record ", base + log.bad_index, " (", file, "): ", log.error.substr(log.error.find(':') + 2));
@@ -535,6 +650,11 @@ VerifyReport VerifyLog(const std::string& log_path, const std::string& heads_pat
     }
     good_until = std::max<uint64_t>(good_until, h.tree_size());
     ++rep.heads_checked;
+  }
+  rep.covered = good_until;
+  if (all.empty() && !leaves.empty()) {
+    rep.error = StrCat("no signed tree head: none of the ", leaves.size(), " records is covered by a signature");
+    rep.first_bad_record = 0;
   }
   return rep;
 }

@@ -44,19 +44,41 @@ Signer SignerFor(EVP_PKEY* key);
 std::string TreeHeadSigningInput(const mailseal::v1::TreeHead& head);
 bool VerifyHeadSignature(const mailseal::v1::TreeHead& head, EVP_PKEY* pub);
 
+// HeadVerifier: whether a stored head's signature verifies with the audit key; an error when
+// it cannot be checked now (the token is away). Unset: signatures are not checked at Open.
+using HeadVerifier = std::function<Result<bool>(const mailseal::v1::TreeHead& head)>;
+
 struct LogOptions {
   std::string log_path;
   std::string heads_path;
   uint64_t head_every = 1000;   // sign a tree head after this many records (0: only on demand)
   Signer signer;
   uint64_t rotate_bytes = 64ull << 20;   // begin a new segment at this size (0: never)
+  HeadVerifier verify_head = nullptr;
+};
+
+// OpenReport: what Open found, for the operator's log.
+struct OpenReport {
+  uint64_t torn_bytes = 0;        // a torn tail cut off the log (no acknowledged record is in it)
+  uint64_t torn_head_bytes = 0;   // and off the heads file
+  uint64_t heads_checked = 0;     // stored heads whose roots (and signatures) match the log
+  uint64_t uncovered = 0;         // records after the last signed head
+  std::string damage;             // non-empty: the log is damaged or tampered with (see healthy())
 };
 
 class AuditLog {
  public:
-  // Open creates the files or continues them; existing records are read and checked (CRC and
-  // framing) — a damaged log is refused, not appended to.
+  // Open creates the files or continues them; existing records are read and checked: CRC and
+  // framing, and every stored tree head's root (and signature, with verify_head) against the
+  // records (issue #13). A torn tail of the current file or of the heads file is cut back and
+  // reported. A damaged or tampered log is opened *unhealthy*: its records can be read up to
+  // the damage, nothing is appended (Append fails, the caller refuses what it was to audit),
+  // and report()->damage says why — so the daemon starts and raises the alarm instead of
+  // refusing to run. Missing files or an unreadable directory are errors.
   static Result<std::unique_ptr<AuditLog>> Open(LogOptions options);
+  const OpenReport& report() const { return report_; }
+  // damage: why the log is not extended ("" while healthy).
+  std::string damage() const;
   ~AuditLog();
 
   // Append assigns seq and (if unset) time, writes and syncs the record. Thread safe.
@@ -103,6 +125,8 @@ class AuditLog {
   uint64_t last_head_size_ = 0;
   int64_t last_head_ms_ = 0;
   bool failed_ = false;
+  std::string damage_;   // why failed_ (open-time damage, or the write that failed)
+  OpenReport report_;
 };
 
 // LogSegments: the files of the log at `log_path`, oldest first: the rotated segments
@@ -112,12 +136,13 @@ std::vector<std::string> LogSegments(const std::string& log_path);
 // Recorder: mail events (accepted, sealed, opened, held, delivered, bounced) go to the audit
 // log from a background thread in batches, one sync per batch, so auditing every message does
 // not cap mail at the disk's sync rate. Record() never blocks mail unless `max_pending` events
-// wait (then it waits: nothing is dropped while the log works). A failing log is reported once
-// (on_failure; management health goes NOT_SERVING) and the events after it are not recorded,
-// while mail goes on (SEE-AG-1).
+// wait (then it waits: nothing is dropped). A failing log is reported once per outage
+// (on_failure: new mail is refused, issue #12) and the events wait and are retried every
+// second; on_recovery says when the trail records again (issue #13).
 class Recorder {
  public:
-  Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending = 100000);
+  Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending = 100000,
+           std::function<void()> on_recovery = nullptr);
   ~Recorder();
   void Record(mailseal::v1::AuditRecord r);
   void Flush();   // waits until everything recorded so far is written (tests, shutdown)
@@ -126,6 +151,7 @@ class Recorder {
   void Run();
   AuditLog* log_;
   std::function<void(const Status&)> on_failure_;
+  std::function<void()> on_recovery_;
   size_t max_pending_;
   std::mutex mu_;
   std::condition_variable cv_, space_cv_, flushed_cv_;
@@ -136,17 +162,25 @@ class Recorder {
 };
 
 // ReadFramed reads a file of framed payloads; on damage it stops and says at which entry.
+// A frame cut short by the end of the file (a crash or a full disk during a write that never
+// returned) is a torn tail, not damage: `torn_tail` is set, `error` stays empty, and
+// `valid_bytes` is where the last whole frame ends (issue #13). A whole frame whose checksum
+// fails, or a length that does not fit, before the end is damage (`error`).
 struct Framed {
   std::vector<std::string> payloads;
   std::vector<uint64_t> offsets;   // of each payload in the file
   std::string error;   // empty: the whole file was read
   size_t bad_index = 0;
+  bool torn_tail = false;
+  uint64_t valid_bytes = 0;   // file offset just past the last whole frame
 };
 Framed ReadFramed(const std::string& path, const char* magic);
 
 struct VerifyReport {
   uint64_t records = 0;
   uint64_t heads_checked = 0;
+  uint64_t covered = 0;        // records [0, covered) are under a verified signed head
+  uint64_t torn_bytes = 0;     // a torn tail at the end of the current file (not tampering)
   std::string error;           // empty: everything verified
   int64_t first_bad_record = -1;
 };

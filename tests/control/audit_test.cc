@@ -174,7 +174,10 @@ TEST_F(AuditLogTest, RotationKeepsOneTreeAcrossSegments) {
   rep = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
   EXPECT_FALSE(rep.error.empty());
   EXPECT_NE(rep.error.find("out of sequence"), std::string::npos) << rep.error;
-  EXPECT_FALSE(AuditLog::Open(o).ok()) << "a log with a missing segment is refused, not continued";
+  Result<std::unique_ptr<AuditLog>> gap = AuditLog::Open(o);
+  ASSERT_TRUE(gap.ok()) << "opened, to be read and to raise the alarm";
+  EXPECT_FALSE((*gap)->healthy()) << "a log with a missing segment is not continued";
+  EXPECT_NE((*gap)->report().damage.find("out of sequence"), std::string::npos) << (*gap)->report().damage;
 }
 
 TEST_F(AuditLogTest, HeadsEveryNRecordsOrTSeconds) {
@@ -270,12 +273,23 @@ TEST_F(AuditLogTest, AnUnwritableLogFailsClosed) {
   r.set_action("policy.set");
   Result<uint64_t> failed = log->Append(r);
   setrlimit(RLIMIT_FSIZE, &old);
-  ASSERT_FALSE(failed.ok()) << "a write that fails is an error";
+  ASSERT_FALSE(failed.ok()) << "a write that fails is an error: the action it audits is refused";
   EXPECT_NE(failed.status().message().find("audit log write failed"), std::string::npos) << failed.status().message();
-  EXPECT_FALSE(log->healthy());
+  struct stat after{};
+  ASSERT_EQ(stat((dir_ + "/audit.log").c_str(), &after), 0);
+  EXPECT_EQ(after.st_size, st.st_size) << "issue #13: the half-written record is cut back";
+  // With space again the log goes on right after the last whole record; nothing is damaged.
   Result<uint64_t> later = log->Append(r);
-  EXPECT_FALSE(later.ok()) << "every later append fails too, even with space again (fail closed)";
-  EXPECT_NE(later.status().message().find("fail closed"), std::string::npos);
+  ASSERT_TRUE(later.ok()) << later.status().ToString();
+  EXPECT_EQ(*later, 10u) << "the failed record took no sequence number";
+  ASSERT_TRUE(log->SignHead().ok());
+  log.reset();
+  VerifyReport rep = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+  EXPECT_TRUE(rep.error.empty()) << rep.error;
+  EXPECT_EQ(rep.records, 11u);
+  auto reopened = AuditLog::Open(Options());
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_TRUE((*reopened)->healthy()) << (*reopened)->report().damage;
   EXPECT_FALSE(AuditLog::Open({"/proc/version", dir_ + "/x.heads", 100, SignerFor(key_)}).ok())
       << "a log that cannot be opened for writing is refused";
 }
@@ -313,6 +327,91 @@ TEST_F(AuditLogTest, MailsealAuditVerifyCommand) {
   EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
   EXPECT_NE(Read(dir_ + "/out.txt").find("first bad record: 77"), std::string::npos) << Read(dir_ + "/out.txt");
   EXPECT_EQ(WEXITSTATUS(std::system(StrCat(MAILSEAL_AUDIT_BIN, " frobnicate >/dev/null 2>&1").c_str())), 2);
+}
+
+// Issue #13 item 2: a torn tail (a write that never returned) is cut back at Open and reported
+// as such — by the daemon and by the verifier —, not as tampering; nothing acknowledged is lost.
+TEST_F(AuditLogTest, ATornTailIsCutBackNotCalledTampering) {
+  auto log = Fill(120);
+  ASSERT_TRUE(log->SignHead().ok());
+  log.reset();
+  std::string whole = Read(dir_ + "/audit.log");
+  for (size_t torn : {size_t{3}, size_t{8}, size_t{40}}) {   // part of a header, a header, header+payload
+    std::string extra = std::string("\x30\x00\x00\x00\x11\x22\x33\x44", 8) + std::string(100, 'p');   // 0x30 = 48
+    Write(dir_ + "/audit.log", whole + extra.substr(0, torn));
+    VerifyReport v = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+    EXPECT_TRUE(v.error.empty()) << torn << ": " << v.error;
+    EXPECT_EQ(v.torn_bytes, torn);
+    EXPECT_EQ(v.records, 120u);
+    auto reopened = AuditLog::Open(Options());
+    ASSERT_TRUE(reopened.ok());
+    EXPECT_TRUE((*reopened)->healthy()) << (*reopened)->report().damage;
+    EXPECT_EQ((*reopened)->report().torn_bytes, torn);
+    EXPECT_TRUE(Read(dir_ + "/audit.log") == whole) << "cut back to the last whole record";
+  }
+}
+
+// Issue #13 item 3: the daemon checks the stored log against its signed heads at Open and does
+// not extend a log that no longer matches them; the records stay readable, the alarm says why.
+TEST_F(AuditLogTest, ALogThatNoLongerMatchesItsHeadsIsNotExtended) {
+  Fill(150).reset();   // a head at 100
+  Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+  std::string data = Read(dir_ + "/audit.log");
+  // Rewrite record 50 with a valid checksum, as someone with file access would.
+  AuditRecord r;
+  r.ParseFromString(f.payloads[50]);
+  r.set_actor("CN=nobody");
+  std::string out = "MSAUDIT1\n";
+  for (size_t i = 0; i < f.payloads.size(); ++i) {
+    std::string p = i == 50 ? r.SerializeAsString() : f.payloads[i];
+    uint32_t len = static_cast<uint32_t>(p.size());
+    uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
+    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((len >> (8 * k)) & 0xFF));
+    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((crc >> (8 * k)) & 0xFF));
+    out += p;
+  }
+  Write(dir_ + "/audit.log", out);
+  auto tampered = AuditLog::Open(Options());
+  ASSERT_TRUE(tampered.ok()) << "opened: the gateway starts and raises the alarm";
+  EXPECT_FALSE((*tampered)->healthy());
+  EXPECT_NE((*tampered)->report().damage.find("tampering"), std::string::npos) << (*tampered)->report().damage;
+  AuditRecord next;
+  next.set_action("x");
+  EXPECT_FALSE((*tampered)->Append(next).ok()) << "never extended";
+  EXPECT_FALSE((*tampered)->SignHead().ok()) << "never re-signed (that would launder the change)";
+  Result<std::vector<AuditRecord>> readable = (*tampered)->ReadRecords(0, 10);
+  EXPECT_TRUE(readable.ok()) << "its records can still be read";
+  // Heads that are not the audit key's: a forged heads file over a forged log is caught when
+  // the daemon can check signatures.
+  Write(dir_ + "/audit.log", data);
+  LogOptions o = Options();
+  o.verify_head = [](const mailseal::v1::TreeHead&) -> Result<bool> { return false; };
+  auto forged = AuditLog::Open(o);
+  ASSERT_TRUE(forged.ok());
+  EXPECT_FALSE((*forged)->healthy());
+  EXPECT_NE((*forged)->report().damage.find("not signed by the audit key"), std::string::npos);
+  o.verify_head = [this](const mailseal::v1::TreeHead& h) -> Result<bool> { return VerifyHeadSignature(h, key_); };
+  auto good = AuditLog::Open(o);
+  ASSERT_TRUE(good.ok());
+  EXPECT_TRUE((*good)->healthy()) << (*good)->report().damage;
+  EXPECT_EQ((*good)->report().heads_checked, 1u);
+  EXPECT_EQ((*good)->report().uncovered, 50u) << "records 100..149 are after the last head";
+}
+
+TEST_F(AuditLogTest, TheVerifierNamesUncoveredRecordsAndRefusesALogWithoutHeads) {
+  Fill(30, 0).reset();   // no head at all
+  VerifyReport none = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+  EXPECT_NE(none.error.find("no signed tree head"), std::string::npos) << none.error;
+  auto log = AuditLog::Open(Options(0));
+  ASSERT_TRUE((*log)->SignHead().ok());
+  AuditRecord r;
+  r.set_action("after");
+  ASSERT_TRUE((*log)->Append(r).ok());
+  log->reset();
+  VerifyReport some = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
+  EXPECT_TRUE(some.error.empty()) << some.error;
+  EXPECT_EQ(some.records, 31u);
+  EXPECT_EQ(some.covered, 30u) << "the record after the last head is reported, not passed silently";
 }
 
 // Mail events go through the Recorder: many threads, batched appends (one sync per batch),

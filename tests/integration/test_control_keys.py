@@ -231,7 +231,9 @@ def main():
     gw.start()
     harness.wait_for(lambda: gw.read_log().count("management API listening") >= 2, 15, "API up again")
     rc, o, e = ctl("auditor-1", "audit", "verify", "--exported", f"{root}/exported-head.json")
-    c.check(rc == 1 and "truncated" in o, "after truncating the log, the check against the exported head fails", o + e)
+    c.check(rc == 1 and "truncated" in o + e, "after truncating the log, the check against the exported head fails", o + e)
+    c.check("AUDIT TRAIL DAMAGED" in gw.read_log() and "the log is truncated" in gw.read_log(),
+            "issue #13: the daemon itself finds the truncation against its signed heads at start and raises the alarm")
     gw.stop()
     c.finish()
 

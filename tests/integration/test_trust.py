@@ -329,6 +329,17 @@ def main():
         out = send(gw.port, "alice@agency-a.test", ["x@plain.test"], b"From: alice@agency-a.test\r\nSubject: b\r\n\r\nlater\r\n")
         c.check(b"451 4.3.0 Audit trail unavailable" in out, "the trail cannot record: new mail gets 451 4.3.0 (fail closed)",
                 out.decode(errors="replace")[-300:])
+        # Issue #13: space returns — the waiting events are written and mail is accepted again;
+        # a restart finds the trail whole (no torn record, nothing called tampering).
+        os.unlink(f"{audit_dir}/fill")
+        harness.wait_for(lambda: "mail events are recorded again" in gw.read_log(), 20, "audit recovery")
+        out = send(gw.port, "alice@agency-a.test", ["x@plain.test"], b"From: alice@agency-a.test\r\nSubject: c\r\n\r\nagain\r\n")
+        c.check(b"250 2.0.0" in out, "space again: the trail records and mail is accepted again (issue #13)")
+        gw.stop()
+        gw.start()
+        harness.wait_for(lambda: "audit trail checked" in gw.read_log() or "DAMAGED" in gw.read_log(), 15, "trail checked")
+        c.check("DAMAGED" not in gw.read_log() and "torn tail" not in gw.read_log(),
+                "after the full disk the trail opens whole at restart, nothing called tampering")
         gw.stop()
     finally:
         if mounted:
