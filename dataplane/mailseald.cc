@@ -489,8 +489,9 @@ int Run(const std::string& path) {
                                            std::vector<std::string>(d.dns_local_zones().begin(), d.dns_local_zones().end()),
                                            std::vector<std::string>(d.dns_local_data().begin(), d.dns_local_data().end()));
   }
+  io::ClientLimiter limiter;   // per-client connection limits across the net threads (issue #13)
   io::ServerContext ctx{&policy,       &spool, &committer, &qmgr, token ? &hsm_ok : nullptr,
-                       recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get()};
+                       recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get(), &limiter};
   std::vector<std::unique_ptr<io::NetThread>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<io::NetThread>(static_cast<int>(t), ctx, fds[t]));

@@ -169,6 +169,8 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (lim->max_commands_before_mail() == 0) lim->set_max_commands_before_mail(50);
   if (lim->idle_timeout_ms() == 0) lim->set_idle_timeout_ms(300000);
   if (lim->max_connections() == 0) lim->set_max_connections(4096);
+  if (lim->max_connections_per_client() == 0) lim->set_max_connections_per_client(50);
+  if (lim->max_connection_rate_per_client() == 0) lim->set_max_connection_rate_per_client(600);
 
   if (cfg.has_tls()) {
     auto* t = cfg.mutable_tls();

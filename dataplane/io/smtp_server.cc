@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -568,9 +569,11 @@ NetThread::NetThread(int index, ServerContext ctx, std::vector<int> listen_fds)
 NetThread::~NetThread() {
   Join();
   for (auto& l : listeners_) ::close(l->fd());
+  if (reserve_fd_ >= 0) ::close(reserve_fd_);
 }
 
 void NetThread::Start() {
+  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);   // spent to refuse politely at the descriptor limit
   for (int fd : listen_fds_) {
     listeners_.push_back(std::make_unique<Listener>(this, fd));
     loop_.Add(fd, EPOLLIN, listeners_.back().get());
@@ -593,8 +596,40 @@ void NetThread::BeginDrain(int64_t deadline_ms) {
   });
 }
 
+void NetThread::Refuse(int fd, const char* reply) {
+  ssize_t ignored = ::send(fd, reply, std::strlen(reply), MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void)ignored;
+  ::close(fd);
+}
+
+void NetThread::LogRefusal(const std::string& what, const std::string& client) {
+  // Rate-limited: a flood of refusals must not become a flood of log lines.
+  ++refusals_since_log_;
+  int64_t now = EventLoop::NowMs();
+  if (now - last_refusal_log_ms_ < 10000) return;
+  Log(LogLevel::kWarning, "smtpd", "connections refused",
+      {{"why", what}, {"client", client}, {"refused_since_last_line", std::to_string(refusals_since_log_)}});
+  last_refusal_log_ms_ = now;
+  refusals_since_log_ = 0;
+}
+
+void NetThread::OutOfDescriptors(int listen_fd) {
+  if (reserve_fd_ >= 0) {
+    ::close(reserve_fd_);
+    reserve_fd_ = -1;
+    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) Refuse(fd, "421 4.3.2 Service busy (out of resources), try again later\r\n");
+    reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  LogRefusal(StrCat("accept failed: ", std::strerror(EMFILE), " (descriptor limit)"), "");
+  if (reserve_fd_ < 0) {   // not even that: stop accepting for a second instead of spinning
+    paused_until_ms_ = EventLoop::NowMs() + 1000;
+    for (auto& l : listeners_) loop_.Remove(l->fd());
+  }
+}
+
 void NetThread::Accept(int listen_fd) {
-  if (draining_) return;
+  if (draining_ || paused_until_ms_) return;
   auto snap = ctx_.policy->Load();
   for (int i = 0; i < 64; ++i) {
     sockaddr_storage peer{};
@@ -602,20 +637,34 @@ void NetThread::Accept(int listen_fd) {
     int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        Log(LogLevel::kWarning, "smtpd", "accept failed", {{"error", std::strerror(errno)}});
+      if (errno == EMFILE || errno == ENFILE) OutOfDescriptors(listen_fd);
+      else if (errno != EAGAIN && errno != EWOULDBLOCK) LogRefusal(StrCat("accept failed: ", std::strerror(errno)), "");
       return;
     }
-    if (conns_.size() >= snap->max_connections) {
-      static const char kBusy[] = "421 4.7.0 Too many connections, try again later\r\n";
-      ssize_t ignored = ::send(fd, kBusy, sizeof kBusy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-      (void)ignored;
-      ::close(fd);
+    const sockaddr* sa = reinterpret_cast<const sockaddr*>(&peer);
+    bool trusted = snap->IsTrusted(sa);
+    // Trusted networks keep 1/8 of the connections: an outside flood cannot lock them out.
+    size_t cap = trusted ? snap->max_connections : snap->max_connections - snap->max_connections / 8;
+    if (conns_.size() >= cap) {
+      Refuse(fd, "421 4.7.0 Too many connections, try again later\r\n");
+      LogRefusal("too many connections", FormatAddress(sa));
       continue;
+    }
+    std::string key;
+    if (!trusted && ctx_.limiter) {
+      key = ClientLimiter::ClientKey(sa);
+      std::string why;
+      if (!ctx_.limiter->Admit(key, snap->max_connections_per_client, snap->max_connection_rate_per_client,
+                               EventLoop::NowMs(), &why)) {
+        Refuse(fd, "421 4.7.0 Too many connections from your address, try again later\r\n");
+        LogRefusal(why, FormatAddress(sa));
+        continue;
+      }
     }
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     uint64_t id = next_conn_id_++;
+    if (!key.empty()) limited_[id] = key;
     auto c = std::make_unique<Conn>(this, id, fd, peer, snap);
     Conn* raw = c.get();
     conns_[id] = std::move(c);
@@ -628,6 +677,10 @@ void NetThread::CloseConn(Conn* c) {
   loop_.Remove(c->fd());
   auto it = conns_.find(c->id());
   if (it == conns_.end()) return;
+  if (auto l = limited_.find(c->id()); l != limited_.end()) {
+    ctx_.limiter->Release(l->second);
+    limited_.erase(l);
+  }
   dead_.push_back(std::move(it->second));  // freed after this batch of events
   conns_.erase(it);
 }
@@ -639,6 +692,11 @@ void NetThread::AfterBatch() {
 
 void NetThread::Tick() {
   int64_t now = EventLoop::NowMs();
+  if (paused_until_ms_ && now >= paused_until_ms_ && !draining_) {   // accepting again after a descriptor shortage
+    paused_until_ms_ = 0;
+    if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (auto& l : listeners_) loop_.Add(l->fd(), EPOLLIN, l.get());
+  }
   auto snap = ctx_.policy->Load();
   std::vector<Conn*> snapshot;
   for (auto& [id, c] : conns_) snapshot.push_back(c.get());

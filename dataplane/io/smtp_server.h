@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dataplane/io/client_limiter.h"
 #include "dataplane/io/event_loop.h"
 #include "dataplane/io/spf_checker.h"
 #include "dataplane/policy/snapshot.h"
@@ -50,6 +51,9 @@ struct ServerContext {
   ssl_ctx_st* tls_ctx = nullptr;
   // spf, when set, checks clients outside trusted_networks (SM-5b) unless the policy says off.
   SpfChecker* spf = nullptr;
+  // limiter, when set, applies the per-client connection limits (issue #13); shared by all
+  // net threads.
+  ClientLimiter* limiter = nullptr;
 };
 
 // OpenListener: a non-blocking listening socket with SO_REUSEPORT. `port` 0 picks one;
@@ -72,6 +76,11 @@ class NetThread {
   void Tick();
   void AfterBatch();
   void Accept(int listen_fd);
+  // Refuse: answer 421 on a connection we will not serve and close it.
+  static void Refuse(int fd, const char* reply);
+  // OutOfDescriptors: accept failed with EMFILE/ENFILE — drain one waiting client politely with
+  // the reserve descriptor, and pause accepting for a second if even that fails.
+  void OutOfDescriptors(int listen_fd);
   void CloseConn(Conn* c);
 
   int index_;
@@ -85,6 +94,15 @@ class NetThread {
   uint64_t next_conn_id_ = 1;
   bool draining_ = false;
   int64_t drain_deadline_ms_ = 0;
+  // Per-client accounting: the limiter key of each limited connection (released on close).
+  std::unordered_map<uint64_t, std::string> limited_;
+  // At the descriptor limit: a descriptor kept in reserve to refuse politely, accepting paused
+  // until paused_until_ms_, and a log line at most every 10 s with the count since.
+  int reserve_fd_ = -1;
+  int64_t paused_until_ms_ = 0;
+  int64_t last_refusal_log_ms_ = 0;
+  uint64_t refusals_since_log_ = 0;
+  void LogRefusal(const std::string& what, const std::string& client);
 };
 
 }  // namespace mailseal::io

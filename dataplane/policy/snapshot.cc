@@ -41,6 +41,8 @@ std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& 
   s->securemail = cfg.securemail();
   s->idle_timeout_ms = l.idle_timeout_ms();
   s->max_connections = l.max_connections();
+  s->max_connections_per_client = l.max_connections_per_client();
+  s->max_connection_rate_per_client = l.max_connection_rate_per_client();
   for (const std::string& t : cfg.trusted_networks()) {
     Cidr c;
     if (ParseCidr(t, &c)) s->trusted_networks.push_back(c);

@@ -23,6 +23,8 @@ struct PolicySnapshot {
   std::vector<std::string> local_domains;   // lower case; ".x" matches sub-domains
   uint32_t idle_timeout_ms = 300000;
   uint32_t max_connections = 4096;
+  uint32_t max_connections_per_client = 50;
+  uint32_t max_connection_rate_per_client = 600;   // per minute
   // SPF (SM-5b) for clients outside trusted_networks; securemail: SM-6.1's rules.
   enum class Spf { kEnforce, kMark, kOff };
   Spf spf = Spf::kEnforce;
