@@ -513,6 +513,10 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
 
 ControlServer::~ControlServer() { Stop(); }
 
+void ControlServer::SetServing(const std::string& service, bool serving) {
+  if (grpc::HealthCheckServiceInterface* h = state_->health.load()) h->SetServingStatus(service, serving);
+}
+
 void ControlServer::Stop() {
   if (server_) server_->Shutdown();
   server_.reset();

@@ -43,6 +43,10 @@ class ControlServer {
   ~ControlServer();
   void Stop();
   int port() const { return port_; }
+  // SetServing: grpc.health.v1 status of one part of the gateway — "mailseal.smtp" (new mail is
+  // accepted), "mailseal.sealing" (the token is there for sealing and opening),
+  // "mailseal.audit" (the trail records) — and "" (all of them), issue #13.
+  void SetServing(const std::string& service, bool serving);
 
  private:
   ControlServer() = default;

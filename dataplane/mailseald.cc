@@ -519,6 +519,15 @@ int Run(const std::string& path) {
       hsm_ok.store(ok, std::memory_order_release);
       qmgr.SetSuspended(!ok);
     }
+    if (control_server) {   // health says what the gateway can do now, part by part (issue #13)
+      bool token_ok = !token || hsm_ok.load(std::memory_order_acquire);
+      bool audit_up = audit_ok.load(std::memory_order_acquire) && audit_log->healthy();
+      bool smtp_up = token_ok && audit_ok.load(std::memory_order_acquire) && qmgr.Accepting();
+      control_server->SetServing("mailseal.smtp", smtp_up);
+      control_server->SetServing("mailseal.sealing", token_ok);
+      control_server->SetServing("mailseal.audit", audit_up);
+      control_server->SetServing("", smtp_up && token_ok && audit_up);
+    }
     if (n > 0) {
       signalfd_siginfo si{};
       if (::read(sfd, &si, sizeof si) != sizeof si) continue;

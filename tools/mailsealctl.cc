@@ -198,7 +198,8 @@ int main(int argc, char** argv) {
   recall->add_option("--until", until, "arrived at or before (unix ms)");
   recall->add_option("--reason", reason, "why (audited)")->required();
 
-  app.add_subcommand("health", "SERVING, or NOT_SERVING when the audit trail cannot be written");
+  app.add_subcommand("health", "SERVING or NOT_SERVING, overall and per part: smtp (accepting mail), sealing "
+                               "(the token), audit (the trail records)");
   std::string shell;
   app.add_subcommand("completion", "print a shell completion script")->add_option("shell", shell, "bash")->required()
       ->check(CLI::IsMember({"bash"}));
@@ -332,6 +333,16 @@ int main(int argc, char** argv) {
     if (int rc = Call(stub.get(), &grpc::health::v1::Health::Stub::Check, grpc::health::v1::HealthCheckRequest(), &resp))
       return rc;
     std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
+    for (const char* part : {"mailseal.smtp", "mailseal.sealing", "mailseal.audit"}) {
+      grpc::health::v1::HealthCheckRequest req;
+      req.set_service(part);
+      grpc::health::v1::HealthCheckResponse r;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      grpc::Status st = stub->Check(&ctx, req, &r);   // a part not reported yet: UNKNOWN
+      std::printf("  %-17s %s\n", part,
+                  st.ok() ? grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status()).c_str() : "UNKNOWN");
+    }
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kError;
   }
 

@@ -348,12 +348,14 @@ Status AuditLog::WriteRecords(const std::string& frames, const std::vector<uint3
     if (Status st = RotateLocked(); !st.ok()) return st;
   bool sticky = false;
   if (Status st = WriteAndSync(log_fd_, log_bytes_, frames, &sticky); !st.ok()) {
+    write_failing_ = true;
     if (sticky) {
       failed_ = true;
       damage_ = st.message();
     }
     return st;
   }
+  write_failing_ = false;
   uint32_t file = static_cast<uint32_t>(files_.size() - 1);
   uint64_t pos = log_bytes_;
   for (uint32_t len : lengths) {
@@ -524,7 +526,7 @@ Hash AuditLog::root() const {
 
 bool AuditLog::healthy() const {
   std::lock_guard<std::mutex> l(mu_);
-  return !failed_;
+  return !failed_ && !write_failing_;
 }
 
 Result<std::vector<Hash>> AuditLog::InclusionProofFor(uint64_t index, uint64_t tree_size) const {

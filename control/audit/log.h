@@ -94,6 +94,7 @@ class AuditLog {
   Hash root() const;
   Result<std::vector<Hash>> InclusionProofFor(uint64_t index, uint64_t tree_size) const;
   Result<std::vector<Hash>> ConsistencyProofFor(uint64_t old_size, uint64_t new_size) const;
+  // healthy: the log is not damaged and its last write succeeded.
   bool healthy() const;
   // ReadRecords: up to `limit` records from `start` (each read at its indexed offset).
   Result<std::vector<mailseal::v1::AuditRecord>> ReadRecords(uint64_t start, size_t limit) const;
@@ -126,6 +127,7 @@ class AuditLog {
   int64_t last_head_ms_ = 0;
   bool failed_ = false;
   std::string damage_;   // why failed_ (open-time damage, or the write that failed)
+  bool write_failing_ = false;   // the last write failed (and was cut back): unhealthy until one succeeds
   OpenReport report_;
 };
 

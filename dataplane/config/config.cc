@@ -171,6 +171,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (lim->max_connections() == 0) lim->set_max_connections(4096);
   if (lim->max_connections_per_client() == 0) lim->set_max_connections_per_client(50);
   if (lim->max_connection_rate_per_client() == 0) lim->set_max_connection_rate_per_client(600);
+  if (lim->min_free_spool_mib() == 0) lim->set_min_free_spool_mib(100);
 
   if (cfg.has_tls()) {
     auto* t = cfg.mutable_tls();

@@ -10,6 +10,7 @@
 #include <openssl/ssl.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -217,6 +218,12 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       return MakeReply(451, "4.3.0", "Audit trail unavailable: mail is suspended, try again later");
     if (!t_->ctx_.qmgr->Accepting())
       return MakeReply(452, "4.3.1", "Insufficient system resources, try again later");
+    // Room on the spool disk for this message (its SIZE, or the largest allowed) twice over —
+    // the crypto stage writes a copy — plus the reserve (issue #13): refused now, not after
+    // the whole message was sent.
+    uint64_t want = 2 * (txn.declared_size ? txn.declared_size : snap_->smtp.limits.max_message_size) + snap_->min_free_spool_bytes;
+    if (t_->spool_free_bytes_ < want)
+      return MakeReply(452, "4.3.1", "Insufficient system storage, try again later");
     bool same = spf_checked_ && spf_request_.mail_from == txn.mail_from && spf_request_.helo == txn.helo;
     if (same && spf_.result != spf::Result::kTempError) return SpfDecision(spf_);   // RSET/MAIL loops cost no DNS
     spf_checked_ = false;
@@ -573,6 +580,7 @@ NetThread::~NetThread() {
 }
 
 void NetThread::Start() {
+  UpdateSpoolFree();
   reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);   // spent to refuse politely at the descriptor limit
   for (int fd : listen_fds_) {
     listeners_.push_back(std::make_unique<Listener>(this, fd));
@@ -690,8 +698,16 @@ void NetThread::AfterBatch() {
   if (draining_ && conns_.empty()) loop_.Stop();
 }
 
+void NetThread::UpdateSpoolFree() {
+  struct statvfs vfs {};
+  spool_free_bytes_ = ::statvfs(ctx_.spool->root().c_str(), &vfs) == 0
+                          ? static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize
+                          : UINT64_MAX;   // cannot tell: the writes themselves will say
+}
+
 void NetThread::Tick() {
   int64_t now = EventLoop::NowMs();
+  UpdateSpoolFree();
   if (paused_until_ms_ && now >= paused_until_ms_ && !draining_) {   // accepting again after a descriptor shortage
     paused_until_ms_ = 0;
     if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);

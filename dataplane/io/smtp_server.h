@@ -103,6 +103,9 @@ class NetThread {
   int64_t last_refusal_log_ms_ = 0;
   uint64_t refusals_since_log_ = 0;
   void LogRefusal(const std::string& what, const std::string& client);
+  // Free bytes on the spool's file system, refreshed every tick (MAIL checks it, issue #13).
+  uint64_t spool_free_bytes_ = UINT64_MAX;
+  void UpdateSpoolFree();
 };
 
 }  // namespace mailseal::io

@@ -43,6 +43,7 @@ std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& 
   s->max_connections = l.max_connections();
   s->max_connections_per_client = l.max_connections_per_client();
   s->max_connection_rate_per_client = l.max_connection_rate_per_client();
+  s->min_free_spool_bytes = static_cast<uint64_t>(l.min_free_spool_mib()) << 20;
   for (const std::string& t : cfg.trusted_networks()) {
     Cidr c;
     if (ParseCidr(t, &c)) s->trusted_networks.push_back(c);

@@ -25,6 +25,7 @@ struct PolicySnapshot {
   uint32_t max_connections = 4096;
   uint32_t max_connections_per_client = 50;
   uint32_t max_connection_rate_per_client = 600;   // per minute
+  uint64_t min_free_spool_bytes = 100ull << 20;     // MAIL gets 452 below (plus the message twice)
   // SPF (SM-5b) for clients outside trusted_networks; securemail: SM-6.1's rules.
   enum class Spf { kEnforce, kMark, kOff };
   Spf spf = Spf::kEnforce;

@@ -230,6 +230,18 @@ def main():
             "audit log unwritable: policy set fails with a clear error, no version 3", e + o2)
     rc, o, e = ctl("auditor-1", "health")
     c.check(rc == 1 and "NOT_SERVING" in o, "health: NOT_SERVING", o + e)
+
+    def audit_part_down():
+        rc3, o3, e3 = ctl("auditor-1", "health")
+        part = o3.split("mailseal.audit", 1)[1].split("\n", 1)[0] if "mailseal.audit" in o3 else ""
+        return o3 if "NOT_SERVING" in part else None
+    try:
+        o = harness.wait_for(audit_part_down, 10, "audit part NOT_SERVING")
+    except AssertionError:
+        o = ctl("auditor-1", "health")[1]
+    c.check("mailseal.audit" in o and "NOT_SERVING" in o.split("mailseal.audit", 1)[1].split("\n", 1)[0]
+            and "mailseal.sealing" in o,
+            "issue #13: health names the part that is down (audit), per part", o)
     if immutable:
         out = send(gw.port, "alice@agency-a.test", ["bob@elsewhere.test"], b"Subject: x\r\n\r\nstill flowing\r\n")
         harness.wait_for(lambda: [x for x in sink.messages() if b"still flowing" in x], 15, "plain mail delivered")

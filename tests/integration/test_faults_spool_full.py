@@ -28,7 +28,8 @@ def main():
     c.check(mounted, "a 4 MiB tmpfs for the spool (a disk that fills up)")
     try:
         relay_port = harness.free_port()   # nothing listens there yet: the next hop is down
-        gw = harness.Mailseald(a.mailseald, root, relay_port=relay_port, name="gw")
+        gw = harness.Mailseald(a.mailseald, root, relay_port=relay_port, name="gw",
+                               extra="limits { min_free_spool_mib: 1 max_message_size: 100000 }")
         with open(gw.config) as f:
             text = f.read()
         with open(gw.config, "w") as f:
@@ -49,6 +50,13 @@ def main():
         harness.wait_for(lambda: gw.read_log().count("cannot record delivery status") >= 5, 120,
                          "status appends failing on the full disk")
         c.check(True, "status appends failed with the disk full (ENOSPC)")
+        # Item 8: with the disk full a client learns it at MAIL (SIZE and free space), not
+        # after sending the whole message.
+        def refused_at_mail():
+            out = harness.smtp_exchange(gw.port, [b"EHLO client.test\r\nMAIL FROM:<a@agency-a.test> SIZE=5000\r\nQUIT\r\n"])
+            return out if b"452 4.3.1" in out else None
+        out = harness.wait_for(refused_at_mail, 10, "452 at MAIL")
+        c.check(b"452 4.3.1 Insufficient system storage" in out, "a full spool disk: MAIL gets 452 4.3.1", out)
         os.unlink(f"{fs}/fill")
         time.sleep(3)   # more retries, now with space again: they append after what failed
         gw.kill()       # and a crash for good measure
