@@ -34,6 +34,14 @@ using grpc::Status;
 using grpc::StatusCode;
 namespace v1 = mailseal::v1;
 
+// ParsePageToken: a numeric page token as this server writes them; false for anything else
+// (a garbage token is an error, never silently the first page).
+bool ParsePageToken(const std::string& token, uint64_t* out) {
+  if (token.empty() || token.size() > 19 || token.find_first_not_of("0123456789") != std::string::npos) return false;
+  *out = std::strtoull(token.c_str(), nullptr, 10);
+  return true;
+}
+
 bool ValidQueueId(const std::string& id) {
   return !id.empty() && id.size() < 128 && id[0] != '.' &&
          std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; });
@@ -84,6 +92,8 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     if (!ids.ok()) return FromStatus(ids.status());
     std::sort(ids->begin(), ids->end());
     size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
+    if (!req->page_token().empty() && !ValidQueueId(req->page_token()))
+      return Invalid("page_token", "not a token this server gave (issue #13: never page one instead)");
     auto it = std::upper_bound(ids->begin(), ids->end(), req->page_token());
     if (req->page_token().empty()) it = ids->begin();
     for (; it != ids->end() && static_cast<size_t>(resp->messages_size()) < page; ++it) {
@@ -335,7 +345,9 @@ class PolicyServiceImpl final : public v1::PolicyService::Service {
       return st;
     std::vector<v1::PolicyVersionInfo> all = deps_.policy->History();
     size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
-    size_t start = req->page_token().empty() ? 0 : std::strtoull(req->page_token().c_str(), nullptr, 10);
+    uint64_t start = 0;
+    if (!req->page_token().empty() && !ParsePageToken(req->page_token(), &start))
+      return Invalid("page_token", "not a token this server gave");
     for (size_t i = start; i < all.size() && static_cast<size_t>(resp->versions_size()) < page; ++i)
       *resp->add_versions() = all[i];
     if (start + resp->versions_size() < all.size()) resp->set_next_page_token(std::to_string(start + resp->versions_size()));
@@ -364,7 +376,8 @@ class AuditServiceImpl final : public v1::AuditService::Service {
     std::string actor;
     if (Status st = guard_->Check(ctx, "mailseal.v1.AuditService.ListRecords", "", &actor); !st.ok()) return st;
     uint64_t start = req->start_seq();
-    if (!req->page_token().empty()) start = std::strtoull(req->page_token().c_str(), nullptr, 10);
+    if (!req->page_token().empty() && !ParsePageToken(req->page_token(), &start))
+      return Invalid("page_token", "not a token this server gave");
     size_t page = req->page_size() == 0 ? 100 : std::min<size_t>(req->page_size(), 1000);
     auto matches = [req](const v1::AuditRecord& r) {
       if (!req->action_prefix().empty() && r.action().compare(0, req->action_prefix().size(), req->action_prefix()) != 0)

@@ -345,6 +345,9 @@ int Run(const std::string& path) {
       Log(LogLevel::kInfo, "audit", "audit trail checked",
           {{"records", std::to_string(audit_log->size())}, {"heads_checked", std::to_string(rep.heads_checked)},
            {"not_yet_covered", std::to_string(rep.uncovered)}});
+      if (rep.heads_unverified)
+        Log(LogLevel::kWarning, "audit", "tree head signatures not checked (the audit key is not reachable): roots only",
+            {{"heads", std::to_string(rep.heads_unverified)}});
       // A head now covers whatever a crash left unsigned (the trail is checked first).
       if (Result<v1::TreeHead> h = audit_log->SignHead(); !h.ok())
         Log(LogLevel::kWarning, "audit", "start-up tree head not signed (tried again later)", {{"error", h.status().message()}});

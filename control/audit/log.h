@@ -62,6 +62,7 @@ struct OpenReport {
   uint64_t torn_bytes = 0;        // a torn tail cut off the log (no acknowledged record is in it)
   uint64_t torn_head_bytes = 0;   // and off the heads file
   uint64_t heads_checked = 0;     // stored heads whose roots (and signatures) match the log
+  uint64_t heads_unverified = 0;  // of those, heads whose signature could not be checked now
   uint64_t uncovered = 0;         // records after the last signed head
   std::string damage;             // non-empty: the log is damaged or tampered with (see healthy())
 };

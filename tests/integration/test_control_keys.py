@@ -203,6 +203,14 @@ def main():
                        capture_output=True, text=True, timeout=60)
     c.check(r.returncode == 1 and "PERMISSION_DENIED" in r.stderr, "an auditor's SetPolicy through it: PERMISSION_DENIED",
             r.stdout + r.stderr)
+    for method in ("mailseal.v1.AuditService/ListRecords", "mailseal.v1.QueueService/ListMessages"):
+        body = '{"page_token": "garbage!", "state": "hold"}' if "Queue" in method else '{"page_token": "12abc"}'
+        r = subprocess.run(gen + ["--cert", f"{m}/auditor-1.crt" if "Audit" in method else f"{m}/operator-1.crt",
+                                  "--key", f"{m}/auditor-1.key" if "Audit" in method else f"{m}/operator-1.key",
+                                  "call", method, body], capture_output=True, text=True, timeout=60)
+        c.check(r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr and "page_token" in r.stderr,
+                f"issue #13: a garbage page token to {method.split('/')[1]} is an error, not page one",
+                r.stdout + r.stderr)
 
     # ---- completion and config file
     r = subprocess.run([a.mailsealctl, "completion", "bash"], capture_output=True, text=True)
