@@ -102,6 +102,24 @@ class AuditLogTest : public ::testing::Test {
     return ss.str();
   }
   void Write(const std::string& p, const std::string& data) { std::ofstream(p, std::ios::binary | std::ios::trunc) << data; }
+  // RewriteRecord changes record `index`'s actor and writes the log again properly framed,
+  // checksums and all — what someone with file access (not the audit key) can do.
+  void RewriteRecord(size_t index) {
+    Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
+    AuditRecord r;
+    r.ParseFromString(f.payloads[index]);
+    r.set_actor("CN=nobody");
+    std::string out = "MSAUDIT1\n";
+    for (size_t i = 0; i < f.payloads.size(); ++i) {
+      std::string p = i == index ? r.SerializeAsString() : f.payloads[i];
+      uint32_t len = static_cast<uint32_t>(p.size());
+      uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
+      for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((len >> (8 * k)) & 0xFF));
+      for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((crc >> (8 * k)) & 0xFF));
+      out += p;
+    }
+    Write(dir_ + "/audit.log", out);
+  }
   std::string dir_;
   EVP_PKEY* key_ = nullptr;
 };
@@ -217,21 +235,7 @@ TEST_F(AuditLogTest, AnyFlippedByteIsFoundAndTheRecordNamed) {
 
 TEST_F(AuditLogTest, ARewrittenRecordWithAValidChecksumIsCaughtByTheSignedHeads) {
   Fill(300).reset();
-  Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
-  // Rewrite record 150 properly framed (as an attacker with file access would).
-  AuditRecord r;
-  r.ParseFromString(f.payloads[150]);
-  r.set_actor("CN=nobody");
-  std::string out = "MSAUDIT1\n";
-  for (size_t i = 0; i < f.payloads.size(); ++i) {
-    std::string p = i == 150 ? r.SerializeAsString() : f.payloads[i];
-    uint32_t len = static_cast<uint32_t>(p.size());
-    uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
-    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((len >> (8 * k)) & 0xFF));
-    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((crc >> (8 * k)) & 0xFF));
-    out += p;
-  }
-  Write(dir_ + "/audit.log", out);
+  RewriteRecord(150);
   VerifyReport rep = VerifyLog(dir_ + "/audit.log", dir_ + "/audit.heads", key_);
   EXPECT_NE(rep.error.find("[100, 200)"), std::string::npos) << rep.error;
   EXPECT_EQ(rep.first_bad_record, 100);
@@ -355,22 +359,8 @@ TEST_F(AuditLogTest, ATornTailIsCutBackNotCalledTampering) {
 // not extend a log that no longer matches them; the records stay readable, the alarm says why.
 TEST_F(AuditLogTest, ALogThatNoLongerMatchesItsHeadsIsNotExtended) {
   Fill(150).reset();   // a head at 100
-  Framed f = ReadFramed(dir_ + "/audit.log", "MSAUDIT1\n");
   std::string data = Read(dir_ + "/audit.log");
-  // Rewrite record 50 with a valid checksum, as someone with file access would.
-  AuditRecord r;
-  r.ParseFromString(f.payloads[50]);
-  r.set_actor("CN=nobody");
-  std::string out = "MSAUDIT1\n";
-  for (size_t i = 0; i < f.payloads.size(); ++i) {
-    std::string p = i == 50 ? r.SerializeAsString() : f.payloads[i];
-    uint32_t len = static_cast<uint32_t>(p.size());
-    uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
-    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((len >> (8 * k)) & 0xFF));
-    for (int k = 0; k < 4; ++k) out.push_back(static_cast<char>((crc >> (8 * k)) & 0xFF));
-    out += p;
-  }
-  Write(dir_ + "/audit.log", out);
+  RewriteRecord(50);
   auto tampered = AuditLog::Open(Options());
   ASSERT_TRUE(tampered.ok()) << "opened: the gateway starts and raises the alarm";
   EXPECT_FALSE((*tampered)->healthy());
