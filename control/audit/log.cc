@@ -229,27 +229,37 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(LogOptions options) {
     }
   }
   // The stored heads against the records: a log that no longer matches a head it signed is
-  // not extended — a new head over it would launder the change.
+  // not extended — a new head over it would launder the change. Heads only grow, so the last
+  // one commits (its Merkle root) to every record it covers: its root and its signature are
+  // checked (one pass over the leaves, one signature, however long the log); the earlier
+  // heads must be readable, in order, and within the log. mailseal-audit verify checks each.
   Framed heads = ReadFramed(log->options_.heads_path, kHeadsMagic);
   if (!heads.error.empty()) return damaged(StrCat("tree heads ", log->options_.heads_path, ": ", heads.error));
+  TreeHead last;
   for (size_t k = 0; k < heads.payloads.size(); ++k) {
     TreeHead h;
     if (!h.ParseFromString(heads.payloads[k])) return damaged(StrCat("tree head ", k, " is unreadable"));
     if (h.tree_size() > log->leaves_.size())
       return damaged(StrCat("the log is truncated: signed tree head ", k, " covers ", h.tree_size(), " records, the log has ",
                             log->leaves_.size()));
-    if (Root(log->leaves_, 0, h.tree_size()) != h.root_hash())
-      return damaged(StrCat("records do not match signed tree head ", k, " (size ", h.tree_size(),
+    if (h.tree_size() < last.tree_size())
+      return damaged(StrCat("tree head ", k, " covers fewer records than the one before it (tampering)"));
+    last = h;
+    ++rep.heads_checked;
+  }
+  if (!heads.payloads.empty()) {
+    size_t k = heads.payloads.size() - 1;
+    if (Root(log->leaves_, 0, last.tree_size()) != last.root_hash())
+      return damaged(StrCat("records do not match signed tree head ", k, " (size ", last.tree_size(),
                             "): a record was changed, removed or inserted (tampering)"));
     if (log->options_.verify_head) {
-      Result<bool> good = log->options_.verify_head(h);
+      Result<bool> good = log->options_.verify_head(last);
       if (good.ok() && !*good)
-        return damaged(StrCat("tree head ", k, " (size ", h.tree_size(), ") is not signed by the audit key (tampering)"));
-      if (!good.ok()) ++rep.heads_unverified;   // the key is not reachable now: roots only
+        return damaged(StrCat("tree head ", k, " (size ", last.tree_size(), ") is not signed by the audit key (tampering)"));
+      if (!good.ok()) rep.heads_unverified = 1;   // the key is not reachable now: its root only
     }
-    ++rep.heads_checked;
-    log->last_head_size_ = std::max<uint64_t>(log->last_head_size_, h.tree_size());
-    log->last_head_ms_ = std::max<int64_t>(log->last_head_ms_, h.time_unix_ms());
+    log->last_head_size_ = last.tree_size();
+    log->last_head_ms_ = last.time_unix_ms();
   }
   rep.uncovered = log->leaves_.size() - log->last_head_size_;
   return log;

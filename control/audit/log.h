@@ -61,8 +61,8 @@ struct LogOptions {
 struct OpenReport {
   uint64_t torn_bytes = 0;        // a torn tail cut off the log (no acknowledged record is in it)
   uint64_t torn_head_bytes = 0;   // and off the heads file
-  uint64_t heads_checked = 0;     // stored heads whose roots (and signatures) match the log
-  uint64_t heads_unverified = 0;  // of those, heads whose signature could not be checked now
+  uint64_t heads_checked = 0;     // stored heads read and in order (the last: root and signature checked)
+  uint64_t heads_unverified = 0;  // 1 when the last head's signature could not be checked now
   uint64_t uncovered = 0;         // records after the last signed head
   std::string damage;             // non-empty: the log is damaged or tampered with (see healthy())
 };
@@ -70,8 +70,9 @@ struct OpenReport {
 class AuditLog {
  public:
   // Open creates the files or continues them; existing records are read and checked: CRC and
-  // framing, and every stored tree head's root (and signature, with verify_head) against the
-  // records (issue #13). A torn tail of the current file or of the heads file is cut back and
+  // framing, the stored tree heads in order and within the log, and the last head's root (and
+  // signature, with verify_head) against the records — it commits to every record it covers
+  // (issue #13). A torn tail of the current file or of the heads file is cut back and
   // reported. A damaged or tampered log is opened *unhealthy*: its records can be read up to
   // the damage, nothing is appended (Append fails, the caller refuses what it was to audit),
   // and report()->damage says why — so the daemon starts and raises the alarm instead of
