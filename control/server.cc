@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpc/support/log.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <thread>
 #include <atomic>
+#include <mutex>
 #include <fstream>
 #include <sstream>
 
@@ -481,7 +483,57 @@ struct ControlServer::State {
   std::unique_ptr<Guard> guard;
   std::vector<std::unique_ptr<grpc::Service>> services;
   std::atomic<grpc::HealthCheckServiceInterface*> health{nullptr};
+  audit::AuditLog* audit = nullptr;
+  // Refusals in the TLS handshake (issue #13): audited, at most one record per 10 s with the
+  // number of those left out since.
+  std::mutex refused_mu;
+  int64_t refused_window_ms = 0;
+  uint64_t refused_left_out = 0;
 };
+
+namespace {
+// The running server whose audit trail gets the refusals gRPC reports only in its log; the
+// mutex is held while a refusal is recorded, so Stop() never frees the state under it.
+std::mutex g_refusal_mu;
+ControlServer::State* g_refusal_sink = nullptr;
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// GrpcLog: gRPC's own log lines go to ours; a failed TLS handshake on the management port
+// (no client certificate, another CA's, TLS 1.2, not TLS at all) — which gRPC reports only
+// here, never to the application — becomes an audit record, rate-limited. gRPC 1.51 does not
+// say which client it was: the record says so.
+void GrpcLog(gpr_log_func_args* args) {
+  std::string msg = args->message ? args->message : "";
+  LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR ? LogLevel::kError
+                   : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo : LogLevel::kDebug;
+  size_t at = msg.find("Handshake failed");
+  std::lock_guard<std::mutex> sink(g_refusal_mu);
+  ControlServer::State* st = g_refusal_sink;
+  if (at == std::string::npos || !st) {
+    Log(level, "grpc", msg, {{"at", StrCat(args->file ? args->file : "?", ":", args->line)}});
+    return;
+  }
+  std::string reason = msg.substr(at);
+  Log(LogLevel::kWarning, "control", "management connection refused in the TLS handshake", {{"reason", reason}});
+  std::lock_guard<std::mutex> l(st->refused_mu);
+  int64_t now = SteadyMs();
+  if (now - st->refused_window_ms < 10000) {
+    ++st->refused_left_out;
+    return;
+  }
+  v1::AuditRecord r;
+  r.set_actor("unauthenticated (client address not reported by gRPC)");
+  r.set_action("control.connection_refused");
+  r.set_outcome(v1::AuditRecord::OUTCOME_DENIED);
+  r.set_detail(st->refused_left_out ? StrCat(reason, " (and ", st->refused_left_out, " more refusals before this one)") : reason);
+  (void)st->audit->Append(r);
+  st->refused_window_ms = now;
+  st->refused_left_out = 0;
+}
+}  // namespace
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions& options, Deps deps) {
   Result<std::string> cert = base::ReadFile(options.cert_file);
@@ -518,6 +570,12 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   s->server_ = b.BuildAndStart();
   if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));
   st->health.store(s->server_->GetHealthCheckService());
+  st->audit = deps.audit;
+  {
+    std::lock_guard<std::mutex> sink(g_refusal_mu);
+    g_refusal_sink = st;
+  }
+  gpr_set_log_function(GrpcLog);
   st->guard->on_audit_failure();
   Log(LogLevel::kInfo, "control", "management API listening (mTLS)",
       {{"address", options.listen}, {"port", std::to_string(s->port_)}, {"roles", std::to_string(options.roles.size())}});
@@ -531,6 +589,10 @@ void ControlServer::SetServing(const std::string& service, bool serving) {
 }
 
 void ControlServer::Stop() {
+  {
+    std::lock_guard<std::mutex> sink(g_refusal_mu);
+    if (g_refusal_sink == state_.get()) g_refusal_sink = nullptr;
+  }
   if (server_) server_->Shutdown();
   server_.reset();
 }

@@ -47,11 +47,11 @@ class ControlServer {
   // accepted), "mailseal.sealing" (the token is there for sealing and opening),
   // "mailseal.audit" (the trail records) — and "" (all of them), issue #13.
   void SetServing(const std::string& service, bool serving);
+  struct State;   // what the services share (server.cc); named here for its log hook
 
  private:
   ControlServer() = default;
   std::unique_ptr<grpc::Server> server_;
-  struct State;
   std::unique_ptr<State> state_;
   int port_ = 0;
 };

@@ -200,6 +200,10 @@ def main():
     c.check(len(refused) == 2 and all(r.get("detail") for r in refused),
             "refused policy changes (stale version, invalid field) are audited as refused with the reason (issue #12)",
             str(refused)[:300])
+    tls_refused = [r for r in recs if r.get("action") == "control.connection_refused"
+                   and r.get("outcome") == "OUTCOME_DENIED" and "Handshake failed" in r.get("detail", "")]
+    c.check(len(tls_refused) >= 1, "issue #13: connections refused in the TLS handshake (another CA, no certificate, "
+            "TLS 1.2) are in the audit trail, rate-limited, with the reason", str(tls_refused)[:300])
     bad_delete = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
                   and r.get("action", "").endswith("DeleteMessage") and "queue_id" in r.get("detail", "")]
     c.check(len(bad_delete) == 1, "an allowed call refused for an invalid argument is recorded as refused, not left allowed",
