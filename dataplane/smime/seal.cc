@@ -407,6 +407,22 @@ bool SignedByAuthority(CMS_ContentInfo* cms, const std::vector<X509*>& known) {
 
 bool IsSmimeEntity(const std::string& entity) { return IsSmime(entity); }
 
+namespace {
+// BeginsWithHeader: decrypted content is a MIME entity: it starts with an RFC 5322 header
+// field ("Name:" of printable characters other than ':') and has the blank line that ends a
+// header block, or its header is empty (it starts with the blank line).
+bool BeginsWithHeader(const std::string& content) {
+  if (content.rfind("\r\n", 0) == 0 || content.rfind("\n", 0) == 0) return true;   // an empty header (RFC 2045)
+  size_t colon = content.find(':');
+  if (colon == 0 || colon == std::string::npos || colon > 76) return false;
+  for (size_t i = 0; i < colon; ++i)
+    if (content[i] < 33 || content[i] > 126) return false;
+  size_t window = std::min<size_t>(content.size(), 1 << 20);
+  return std::string_view(content.data(), window).find("\n\r\n") != std::string_view::npos ||
+         std::string_view(content.data(), window).find("\n\n") != std::string_view::npos;
+}
+}  // namespace
+
 std::pair<CertStatus, std::string> CheckPath(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
                                              int purpose) {
   STACK_OF(X509)* u = sk_X509_new_null();
@@ -456,7 +472,10 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
       // One text for every failure: with implicit rejection (hsm/token_key.cc) and OpenSSL's
       // random key on a failed key transport, a damaged key block, a wrong key and damaged
       // content all end here, and nothing (log, hold reason, bounce) tells them apart.
-      if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1) {
+      // A wrong content key (a damaged key block, implicit rejection) makes CBC padding fail —
+      // or, once in 256 times, "succeed" with noise: noise is no MIME entity, so it is the same
+      // failure (AES-GCM's tag rules it out anyway). Every damaged message is held alike.
+      if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1 || !BeginsWithHeader(next_text)) {
         ERR_clear_error();
         return Status(StatusCode::kPermissionDenied,
                       "the encrypted content cannot be decrypted for our domain (damaged, or not for our key)");

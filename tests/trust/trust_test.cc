@@ -171,6 +171,29 @@ TEST_F(TrustTest, AnUnknownCaSignerGetsTheWarningOnTheSubjectShown) {
       << HeaderOf(outs[0].body);
 }
 
+// ---- 3. A content key that "works" by chance: noise is no MIME entity ----------------------
+
+TEST_F(TrustTest, DecryptedNoiseIsHeldLikeAnyOtherDamage) {
+  // What a wrong (implicitly rejected) content key yields once in 256 times with CBC: noise
+  // with valid padding. It must be held like every other damage, never delivered.
+  std::string noise(3000, '\0');
+  for (size_t i = 0; i < noise.size(); ++i) noise[i] = static_cast<char>((i * 2654435761u) >> 13);
+  std::ofstream(dir_ + "/noise.bin", std::ios::binary) << noise;
+  ASSERT_EQ(Run("openssl cms -encrypt -binary -in noise.bin -recip dca_a.crt -aes256 -out noise.eml"), 0);
+  std::string mail = Slurp(dir_ + "/noise.eml");
+  std::string crlf;
+  for (char ch : mail) {
+    if (ch == '\n' && (crlf.empty() || crlf.back() != '\r')) crlf += '\r';
+    crlf += ch;
+  }
+  Side a = Make("a", {}, {"agency-b.test"});
+  std::vector<Output> outs = a.gw->Process("x@agency-b.test", {"bob@agency-a.test"},
+                                           "From: x@agency-b.test\r\nSubject: n\r\n" + crlf, a.keys);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].action, Action::kHold) << outs[0].reason;
+  EXPECT_NE(outs[0].reason.find("cannot be decrypted for our domain"), std::string::npos) << outs[0].reason;
+}
+
 // ---- 4. SEE-2.6 whole: CN and rfc822Name --------------------------------------------------
 
 TEST_F(TrustTest, ASignerThatBreaksTheNamingRuleIsWarnedAndNeverLearnt) {
