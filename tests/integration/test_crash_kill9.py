@@ -57,6 +57,18 @@ def send_one(port, i, to="partner.test"):
         return False
 
 
+def kill_and_restart(gw):
+    """kill -9 the daemon and start it again (retrying while its port is still taken)."""
+    gw.proc.kill()
+    gw.proc.wait()
+    for _ in range(50):
+        try:
+            gw.start()
+            return
+        except RuntimeError:
+            time.sleep(0.1)
+
+
 def flood_with_kills(gw, n, senders=SENDERS, to="partner.test"):
     """Sends n messages from `senders` threads, retrying what did not get 250, while a killer
     thread kill -9s and restarts gw every 0.2-0.7 s. Returns (acked set, number of kills)."""
@@ -89,15 +101,8 @@ def flood_with_kills(gw, n, senders=SENDERS, to="partner.test"):
             time.sleep(rnd.uniform(0.2, 0.7))
             if done.is_set():
                 break
-            gw.proc.kill()
-            gw.proc.wait()
+            kill_and_restart(gw)
             kills += 1
-            for _ in range(50):
-                try:
-                    gw.start()
-                    break
-                except RuntimeError:
-                    time.sleep(0.1)
 
     threads = [threading.Thread(target=sender) for _ in range(senders)]
     k = threading.Thread(target=killer)

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_crash_kill9 import flood_with_kills  # noqa: E402
+from test_crash_kill9 import flood_with_kills, kill_and_restart  # noqa: E402
 
 N = 200
 MIN_KILLS = 50
@@ -77,15 +77,8 @@ def main():
     rnd = random.Random(5)
     while kills < MIN_KILLS:
         time.sleep(rnd.uniform(0.2, 0.7))
-        gw.proc.kill()
-        gw.proc.wait()
+        kill_and_restart(gw)
         kills += 1
-        for _ in range(50):
-            try:
-                gw.start()
-                break
-            except RuntimeError:
-                time.sleep(0.1)
     done.set()
     f.join()
     sm.join()
