@@ -292,11 +292,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
       return InvalidArgumentError(StrCat("field 'smime.", field, "': our certificate is ", smime::CertStatusName(st),
                                          why.empty() ? "" : StrCat(" (", why, ")")));
   }
-  for (const std::string& d : cfg.local_domains()) {
-    std::string l = d;
-    for (char& ch : l) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    s->policy.local_domains.push_back(l);
-  }
+  for (const std::string& d : cfg.local_domains()) s->policy.local_domains.push_back(base::AsciiLower(d));
   for (int i = 0; i < c.partners_size(); ++i) {
     const auto& p = c.partners(i);
     std::string d = p.domain();

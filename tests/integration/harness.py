@@ -76,6 +76,16 @@ def wait_for(pred, timeout, what, interval=0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
 
+def eventually(pred, timeout, what, interval=0.1):
+    """wait_for that reports instead of raising: pred's value, or None (and a line saying what
+    was not reached) when the deadline passes — for checks that are counted, not fatal."""
+    try:
+        return wait_for(pred, timeout, what, interval)
+    except AssertionError as e:
+        print(e)
+        return None
+
+
 class Sink:
     """smtp-sink writing each accepted message to DIR/<file>."""
 
@@ -167,6 +177,10 @@ delivery {{
     def read_log(self):
         with open(self.log, "r", errors="replace") as f:
             return f.read()
+
+    def drained(self):
+        """No message waits in incoming/, active/ or deferred/ (held mail does not count)."""
+        return not (self.queue_files("active") or self.queue_files("deferred") or self.queue_files("incoming"))
 
     def queue_files(self, state):
         d = os.path.join(self.spool, state)

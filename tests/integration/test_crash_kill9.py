@@ -130,13 +130,7 @@ def main():
     if gw.proc.poll() is not None:
         gw.start()
 
-    def drained():
-        return not (gw.queue_files("active") or gw.queue_files("deferred") or gw.queue_files("incoming"))
-
-    try:
-        harness.wait_for(drained, 120, "queue drained after the last restart")
-    except AssertionError as e:
-        print(e)
+    harness.eventually(gw.drained, 120, "queue drained after the last restart")
     delivered = defaultdict(list)
     for m in sink.messages():
         mid = re.search(rb"Message-ID: <kill-(\d+)@", m)

@@ -92,12 +92,7 @@ def main():
     c.check(states_seen["deferred"] > 0 and states_seen["active"] > 0,
             "kills landed while mail was in active/ and deferred/", str(dict(states_seen)))
 
-    def drained():
-        return not (gw.queue_files("active") or gw.queue_files("deferred") or gw.queue_files("incoming"))
-    try:
-        harness.wait_for(drained, 120, "queue drained")
-    except AssertionError as e:
-        print(e)
+    harness.eventually(gw.drained, 120, "queue drained")
     delivered = defaultdict(int)
     for s in sinks:
         for m in s.messages():

@@ -114,16 +114,9 @@ def main():
     # mailseald's bookkeeping (the delivery log line, removing the queue file) follows the
     # sink's 250 by a few milliseconds: wait for it with a deadline instead of reading it once
     # (issue #13 item 9: this failed on a loaded machine).
-    def eventually(pred, what):
-        try:
-            harness.wait_for(lambda: pred() or None, 20, what)
-            return True
-        except AssertionError:
-            return False
-    c.check(eventually(lambda: gw.read_log().count(" delivered qid=") == 100, "100 deliveries logged"),
+    c.check(harness.eventually(lambda: gw.read_log().count(" delivered qid=") == 100, 20, "100 deliveries logged"),
             "mailseald logged 100 deliveries with queue ids", str(gw.read_log().count(" delivered qid=")))
-    c.check(eventually(lambda: not gw.queue_files("active") and not gw.queue_files("deferred"), "queue empty"),
-            "mailseald queue is empty")
+    c.check(harness.eventually(gw.drained, 20, "queue empty"), "mailseald queue is empty")
     c.check(gw.stop() == 0, "SIGTERM stops mailseald cleanly (exit 0)")
     c.finish()
 

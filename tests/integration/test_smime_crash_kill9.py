@@ -37,13 +37,7 @@ def main():
     if gw.proc.poll() is not None:
         gw.start()
 
-    def drained():
-        return not (gw.queue_files("active") or gw.queue_files("deferred") or gw.queue_files("incoming"))
-
-    try:
-        harness.wait_for(drained, 180, "queue drained after the last restart")
-    except AssertionError as e:
-        print(e)
+    harness.eventually(gw.drained, 180, "queue drained after the last restart")
     delivered, clear = sealed_deliveries(sink)
     lost = sorted(acked - set(delivered))
     c.check(not lost, f"no acknowledged message lost ({len(lost)} lost)", f"lost: {lost[:20]}")
