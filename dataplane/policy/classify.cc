@@ -113,12 +113,17 @@ std::string DecodeRfc2047(std::string_view v) {
   size_t i = 0;
   bool last_was_word = false;
   std::string pending_space;
+  // Linear in the value: once a search for a word's parts finds nothing, no later "=?" can
+  // complete either, and the end of a word is looked for only when its encoding is in place
+  // (a hostile Subject of half a million "=?" costs one pass, not one pass each).
+  bool words_possible = true;
   while (i < v.size()) {
-    if (v.compare(i, 2, "=?") == 0) {
+    if (words_possible && v.compare(i, 2, "=?") == 0) {
       size_t q1 = v.find('?', i + 2);
       size_t q2 = q1 == std::string_view::npos ? q1 : v.find('?', q1 + 1);
-      size_t end = q2 == std::string_view::npos ? q2 : v.find("?=", q2 + 1);
-      if (end != std::string_view::npos && q2 == q1 + 2) {
+      size_t end = q2 != std::string_view::npos && q2 == q1 + 2 ? v.find("?=", q2 + 1) : std::string_view::npos;
+      if (q2 == std::string_view::npos || (q2 == q1 + 2 && end == std::string_view::npos)) words_possible = false;
+      if (end != std::string_view::npos) {
         std::string decoded;
         if (DecodeWord(v[q1 + 1], v.substr(q2 + 1, end - q2 - 1), &decoded)) {
           if (!last_was_word) out += pending_space;   // space between encoded words is dropped

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <unordered_map>
 #include <cstring>
 
 #include "dataplane/base/strings.h"
@@ -135,21 +136,28 @@ std::vector<std::string> Mailboxes(std::string_view v) {
 // kSingleFields: the fields RFC 5322 §3.6 allows once; delivered once (issue #12).
 constexpr std::string_view kSingleFields[] = {"From",    "Sender",     "Reply-To",    "To",         "Cc",        "Bcc",
                                               "Subject", "Date",       "Message-ID",  "In-Reply-To", "References"};
-bool IsSingle(const Field& f) {
-  for (std::string_view n : kSingleFields)
-    if (NameIs(f, n)) return true;
-  return false;
+constexpr size_t kSingleCount = sizeof kSingleFields / sizeof kSingleFields[0];
+// SingleIndex: the field's place in kSingleFields, or kSingleCount.
+size_t SingleIndex(const Field& f) {
+  for (size_t i = 0; i < kSingleCount; ++i)
+    if (NameIs(f, kSingleFields[i])) return i;
+  return kSingleCount;
 }
 
 // KeepFirstOfSingles: `fields` with each single-occurrence field kept once (the first); the
-// names of the dropped duplicates go to `dropped`.
+// names of the dropped duplicates go to `dropped` (each name once). Linear in the number of
+// fields: a hostile header of a quarter million tiny fields costs one pass.
 std::vector<Field> KeepFirstOfSingles(const std::vector<Field>& fields, std::vector<std::string>* dropped) {
   std::vector<Field> out;
+  bool seen[kSingleCount] = {}, reported[kSingleCount] = {};
   for (const Field& f : fields) {
-    if (IsSingle(f) && std::any_of(out.begin(), out.end(), [&](const Field& k) { return NameIs(k, f.name); })) {
-      dropped->push_back(f.name);
+    size_t i = SingleIndex(f);
+    if (i < kSingleCount && seen[i]) {
+      if (!reported[i]) dropped->push_back(f.name);
+      reported[i] = true;
       continue;
     }
+    if (i < kSingleCount) seen[i] = true;
     out.push_back(f);
   }
   return out;
@@ -550,14 +558,16 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
       else protected_fields.push_back(f);
     rest += op.message.substr(inner_len);
     fields.insert(fields.end(), protected_fields.begin(), protected_fields.end());
+    // One lookup per outer field (both headers come from outside: no quadratic pass).
+    std::unordered_map<std::string, const Field*> shadowing;   // lower-case name -> first protected field
+    for (const Field& p : protected_fields) shadowing.emplace(base::AsciiLower(p.name), &p);
+    std::set<std::string> reported;
     for (const Field& f : outer) {
       if (is_trace(f) || is_content(f)) continue;
-      auto shadow = std::find_if(protected_fields.begin(), protected_fields.end(),
-                                 [&](const Field& p) { return NameIs(p, f.name); });
-      if (shadow == protected_fields.end()) fields.push_back(f);
-      else if (Unfold(shadow->Value()) != Unfold(f.Value()) &&
-               std::find(replaced.begin(), replaced.end(), shadow->name) == replaced.end())
-        replaced.push_back(shadow->name);
+      auto shadow = shadowing.find(base::AsciiLower(f.name));
+      if (shadow == shadowing.end()) fields.push_back(f);
+      else if (Unfold(shadow->second->Value()) != Unfold(f.Value()) && reported.insert(shadow->first).second)
+        replaced.push_back(shadow->second->name);
     }
     fields.push_back({"MIME-Version", "MIME-Version: 1.0\r\n"});
   }

@@ -57,6 +57,17 @@ TEST(TrustClassify, EveryOccurrenceOfTheSubjectCounts) {
       << "other fields and the body are not the Subject";
 }
 
+TEST(TrustClassify, AHostileSubjectCostsOnePass) {
+  // Half a million "=?" that never complete used to be searched to the end each (quadratic:
+  // minutes for a 1 MiB header); now one pass — this test would hit its 120 s timeout before.
+  std::string junk;
+  for (int i = 0; i < 170000; ++i) junk += "=?a?b ";   // never a whole word, no "?=" anywhere
+  EXPECT_EQ(policy::Classify("Subject: " + junk + "[RESTRICTED]\r\n\r\nx\r\n"), "[RESTRICTED]");
+  std::string unterminated;
+  for (int i = 0; i < 170000; ++i) unterminated += "=?u?B?x";
+  EXPECT_EQ(policy::Classify("Subject: " + unterminated + "\r\n\r\nx\r\n"), "");
+}
+
 TEST(TrustClassify, AForgedLabelIsRemovedHoweverItIsSpelt) {
   std::string labelled = policy::Label("X-Classification : TOP SECRET\r\nx-classification:\r\n FAKE\r\nSubject: s\r\n\r\nb\r\n",
                                        "X-Classification", "[RESTRICTED]");
