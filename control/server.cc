@@ -15,6 +15,7 @@
 #include <chrono>
 #include <thread>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <fstream>
 #include <sstream>
@@ -486,9 +487,13 @@ struct ControlServer::State {
   audit::AuditLog* audit = nullptr;
   // Refusals in the TLS handshake (issue #13): audited, at most one record per 10 s with the
   // number of those left out since.
+  // Per kind of refusal: when the last record was written and how many were left out since.
+  struct RefusalWindow {
+    int64_t since_ms = 0;
+    uint64_t left_out = 0;
+  };
   std::mutex refused_mu;
-  int64_t refused_window_ms = 0;
-  uint64_t refused_left_out = 0;
+  std::map<std::string, RefusalWindow> refused;
 };
 
 namespace {
@@ -499,6 +504,26 @@ ControlServer::State* g_refusal_sink = nullptr;
 
 int64_t SteadyMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// AuditRefusal records a refusal below the RPC layer: at most one record per 10 s, with the
+// number of those left out since (a hostile client must not fill the audit disk).
+void AuditRefusal(ControlServer::State* st, const std::string& actor, const char* action, const std::string& reason) {
+  std::lock_guard<std::mutex> l(st->refused_mu);
+  int64_t now = SteadyMs();
+  ControlServer::State::RefusalWindow& w = st->refused[action];
+  if (w.since_ms != 0 && now - w.since_ms < 10000) {
+    ++w.left_out;
+    return;
+  }
+  v1::AuditRecord r;
+  r.set_actor(actor);
+  r.set_action(action);
+  r.set_outcome(v1::AuditRecord::OUTCOME_DENIED);
+  r.set_detail(w.left_out ? StrCat(reason, " (and ", w.left_out, " more refusals before this one)") : reason);
+  if (st->audit) (void)st->audit->Append(r);
+  w.since_ms = now;
+  w.left_out = 0;
 }
 
 // GrpcLog: gRPC's own log lines go to ours; a failed TLS handshake on the management port
@@ -518,21 +543,49 @@ void GrpcLog(gpr_log_func_args* args) {
   }
   std::string reason = msg.substr(at);
   Log(LogLevel::kWarning, "control", "management connection refused in the TLS handshake", {{"reason", reason}});
-  std::lock_guard<std::mutex> l(st->refused_mu);
-  int64_t now = SteadyMs();
-  if (now - st->refused_window_ms < 10000) {
-    ++st->refused_left_out;
-    return;
-  }
-  v1::AuditRecord r;
-  r.set_actor("unauthenticated (client address not reported by gRPC)");
-  r.set_action("control.connection_refused");
-  r.set_outcome(v1::AuditRecord::OUTCOME_DENIED);
-  r.set_detail(st->refused_left_out ? StrCat(reason, " (and ", st->refused_left_out, " more refusals before this one)") : reason);
-  (void)st->audit->Append(r);
-  st->refused_window_ms = now;
-  st->refused_left_out = 0;
+  AuditRefusal(st, "unauthenticated (client address not reported by gRPC)", "control.connection_refused", reason);
 }
+
+// UnparseableRequests: a request that is not the method's protobuf message answers
+// INVALID_ARGUMENT (gRPC's own answer is INTERNAL, which would blame the server for the
+// client's bytes) and is audited as refused, with the caller's name and address, rate-limited
+// like the handshake refusals. gRPC hands an interceptor no message when it could not parse one.
+class UnparseableRequests : public grpc::experimental::Interceptor {
+ public:
+  UnparseableRequests(grpc::experimental::ServerRpcInfo* info, ControlServer::State* st) : info_(info), st_(st) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) && m->GetRecvMessage() == nullptr)
+      unparsed_ = true;
+    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) && unparsed_) {
+      grpc::ServerContextBase* ctx = info_->server_context();
+      std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+      std::string actor = cn.empty() ? "unknown" : StrCat("CN=", std::string(cn[0].data(), cn[0].size()));
+      std::string why = StrCat("the request is not a valid message for ", info_->method());
+      Log(LogLevel::kWarning, "control", "unparseable management request refused",
+          {{"method", info_->method()}, {"actor", actor}, {"peer", ctx->peer()}});
+      AuditRefusal(st_, actor, "control.request_unparseable", StrCat(why, " (from ", ctx->peer(), ")"));
+      m->ModifySendStatus(Status(StatusCode::INVALID_ARGUMENT, why));
+    }
+    m->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* info_;
+  ControlServer::State* st_;
+  bool unparsed_ = false;
+};
+
+class UnparseableRequestsFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit UnparseableRequestsFactory(ControlServer::State* st) : st_(st) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return new UnparseableRequests(info, st_);
+  }
+
+ private:
+  ControlServer::State* st_;
+};
 }  // namespace
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions& options, Deps deps) {
@@ -547,6 +600,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   State* st = s->state_.get();
   st->options = options;
   st->guard = std::make_unique<Guard>(&st->options.roles, deps.audit);
+  st->audit = deps.audit;
   // grpc.health.v1: SERVING while the audit trail can be written; NOT_SERVING once it cannot
   // (changes are refused then; mail keeps flowing). Set before the first call can arrive.
   audit::AuditLog* log = deps.audit;
@@ -567,10 +621,12 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   grpc::ServerBuilder b;
   b.AddListeningPort(options.listen, *creds, &s->port_);
   for (auto& svc : st->services) b.RegisterService(svc.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<UnparseableRequestsFactory>(st));
+  b.experimental().SetInterceptorCreators(std::move(interceptors));
   s->server_ = b.BuildAndStart();
   if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));
   st->health.store(s->server_->GetHealthCheckService());
-  st->audit = deps.audit;
   {
     std::lock_guard<std::mutex> sink(g_refusal_mu);
     g_refusal_sink = st;

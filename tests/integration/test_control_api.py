@@ -136,6 +136,27 @@ def main():
                            server_hostname="127.0.0.1") as t:
         c.check(t.version() == "TLSv1.3", "the same client with TLS 1.3 is accepted", t.version())
 
+    # Issue #13 item 4: bytes that are not the method's message are the client's fault:
+    # INVALID_ARGUMENT (gRPC alone answers INTERNAL), audited with the caller and its address.
+    import grpc  # noqa: E402 (the system's python3-grpcio)
+    creds = grpc.ssl_channel_credentials(open(f"{m}/mgmt-ca.crt", "rb").read(), open(f"{m}/admin-1.key", "rb").read(),
+                                         open(f"{m}/admin-1.crt", "rb").read())
+    with grpc.secure_channel(f"127.0.0.1:{api_port}", creds) as ch:
+        raw = ch.unary_unary("/mailseal.v1.QueueService/GetCounts")   # no serializer: raw bytes
+        try:
+            raw(b"\xff\xff\xff\xff\x0f", timeout=10)
+            garbage = "accepted"
+        except grpc.RpcError as ex:
+            garbage = f"{ex.code().name}: {ex.details()}"
+        try:
+            raw(b"", timeout=10)   # an empty message is a valid (default) request
+            empty = "OK"
+        except grpc.RpcError as ex:
+            empty = f"{ex.code().name}: {ex.details()}"
+    c.check(garbage.startswith("INVALID_ARGUMENT") and "GetCounts" in garbage,
+            "issue #13: an unparseable request answers INVALID_ARGUMENT naming the method", garbage)
+    c.check(empty == "OK", "an empty request is still a valid (default) message", empty)
+
     rc, o, e = ctl("auditor-1", "-o", "json", "audit", "head")
     c.check(rc == 0 and json.loads(o)["head"].get("signature"), "an auditor reads the signed tree head", o + e)
     rc, o, e = ctl("auditor-1", "queue", "release", held[0])
@@ -204,6 +225,11 @@ def main():
                    and r.get("outcome") == "OUTCOME_DENIED" and "Handshake failed" in r.get("detail", "")]
     c.check(len(tls_refused) >= 1, "issue #13: connections refused in the TLS handshake (another CA, no certificate, "
             "TLS 1.2) are in the audit trail, rate-limited, with the reason", str(tls_refused)[:300])
+    unparsed = [r for r in recs if r.get("action") == "control.request_unparseable"
+                and r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
+                and "127.0.0.1" in r.get("detail", "")]
+    c.check(len(unparsed) == 1, "issue #13: the unparseable request is audited as refused, with the caller's name "
+            "and address", str([r for r in recs if "unparseable" in r.get("action", "")])[:300])
     bad_delete = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
                   and r.get("action", "").endswith("DeleteMessage") and "queue_id" in r.get("detail", "")]
     c.check(len(bad_delete) == 1, "an allowed call refused for an invalid argument is recorded as refused, not left allowed",
