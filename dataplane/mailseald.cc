@@ -338,6 +338,7 @@ int Run(const std::string& path) {
       Log(LogLevel::kWarning, "audit", "torn tail cut off (a write that never completed: crash or full disk; no record lost)",
           {{"log_bytes", std::to_string(rep.torn_bytes)}, {"heads_bytes", std::to_string(rep.torn_head_bytes)}});
     bool keep_flowing = cfg.control().audit().accept_unaudited_mail();
+    std::string late_path = StrCat(cfg.spool_dir(), "/audit.late");
     if (!rep.damage.empty()) {   // the alarm: the trail is not extended; mail per the fail-closed rule
       Log(LogLevel::kError, "audit", "AUDIT TRAIL DAMAGED OR TAMPERED WITH", {{"why", rep.damage}});
       if (!keep_flowing) audit_ok.store(false, std::memory_order_release);
@@ -348,6 +349,13 @@ int Run(const std::string& path) {
       if (rep.heads_unverified)
         Log(LogLevel::kWarning, "audit", "tree head signatures not checked (the audit key is not reachable): roots only",
             {{"heads", std::to_string(rep.heads_unverified)}});
+      // Events a dead audit disk could not take in the last run (issue #13), kept on the spool.
+      if (Result<audit::LateRecords> late = audit::WriteLateRecords(audit_log.get(), late_path); !late.ok())
+        Log(LogLevel::kError, "audit", "events kept from the last run could not be written (kept, tried at the next start)",
+            {{"file", late_path}, {"error", late.status().message()}});
+      else if (late->written || !late->problem.empty())
+        Log(late->problem.empty() ? LogLevel::kWarning : LogLevel::kError, "audit", "events kept from the last run written late",
+            {{"events", std::to_string(late->written)}, {"problem", late->problem}});
       // A head now covers whatever a crash left unsigned (the trail is checked first).
       if (Result<v1::TreeHead> h = audit_log->SignHead(); !h.ok())
         Log(LogLevel::kWarning, "audit", "start-up tree head not signed (tried again later)", {{"error", h.status().message()}});
@@ -365,7 +373,8 @@ int Run(const std::string& path) {
         [&audit_ok, damaged = !rep.damage.empty()] {
           if (!damaged) audit_ok.store(true, std::memory_order_release);
           Log(LogLevel::kInfo, "audit", "mail events are recorded again: mail accepted");
-        });
+        },
+        late_path);
   }
 
   queue::QueueOptions qopts;

@@ -23,6 +23,7 @@ using mailseal::v1::TreeHead;
 
 constexpr char kLogMagic[] = "MSAUDIT1\n";
 constexpr char kHeadsMagic[] = "MSAHEAD1\n";
+constexpr char kLateMagic[] = "MSALATE1\n";
 constexpr uint32_t kMaxRecord = 1 << 20;
 
 int64_t NowMs() {
@@ -419,8 +420,8 @@ Status AuditLog::AppendBatch(std::vector<AuditRecord> records) {
 }
 
 Recorder::Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending,
-                   std::function<void()> on_recovery)
-    : log_(log), on_failure_(std::move(on_failure)), on_recovery_(std::move(on_recovery)), max_pending_(max_pending) {
+                   std::function<void()> on_recovery, std::string late_path)
+    : log_(log), late_path_(std::move(late_path)), on_failure_(std::move(on_failure)), on_recovery_(std::move(on_recovery)), max_pending_(max_pending) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -434,6 +435,7 @@ Recorder::~Recorder() {
 }
 
 void Recorder::Record(AuditRecord r) {
+  if (r.time_unix_ms() == 0) r.set_time_unix_ms(NowMs());   // when it happened, not when written
   std::unique_lock<std::mutex> l(mu_);
   space_cv_.wait(l, [&] { return pending_.size() < max_pending_ || stop_; });
   pending_.push_back(std::move(r));
@@ -469,9 +471,14 @@ void Recorder::Run() {
       }
       pending_.insert(pending_.begin(), std::make_move_iterator(batch.begin()), std::make_move_iterator(batch.end()));
       flushed_cv_.notify_all();
-      if (stop_) {   // shutting down with the trail unwritable: say what is lost
-        base::Log(base::LogLevel::kError, "audit", "mail events not recorded at shutdown",
-                  {{"events", std::to_string(pending_.size())}, {"error", st.message()}});
+      if (stop_) {   // shutting down with the trail unwritable: keep the events for the next start
+        Status kept = late_path_.empty() ? FailedPreconditionError("no place to keep them")
+                                         : SaveLateRecords(late_path_, pending_);
+        base::Log(base::LogLevel::kError, "audit",
+                  kept.ok() ? "audit records could not be written: kept for the trail at the next start"
+                            : "audit records could not be written and could not be kept: LOST",
+                  {{"events", std::to_string(pending_.size())}, {"error", st.message()},
+                   {"kept_in", kept.ok() ? late_path_ : kept.message()}});
         return;
       }
       cv_.wait_for(l, std::chrono::seconds(1), [&] { return stop_; });
@@ -484,6 +491,46 @@ void Recorder::Run() {
     written_ += n;
     flushed_cv_.notify_all();
   }
+}
+
+Status SaveLateRecords(const std::string& path, const std::vector<AuditRecord>& records) {
+  Result<int> fd = OpenForAppend(path, kLateMagic);
+  if (!fd.ok()) return fd.status();
+  std::string frames;
+  for (const AuditRecord& r : records) AppendFrame(&frames, Serialize(r));
+  bool sticky = false;
+  Status st = WriteAndSync(*fd, FileSize(*fd), frames, &sticky);
+  ::close(*fd);
+  return st;
+}
+
+Result<LateRecords> WriteLateRecords(AuditLog* log, const std::string& path) {
+  LateRecords out;
+  struct stat sb{};
+  if (::stat(path.c_str(), &sb) != 0) return out;
+  Framed f = ReadFramed(path, kLateMagic);
+  std::vector<AuditRecord> records;
+  for (const std::string& p : f.payloads) {
+    AuditRecord r;
+    if (!r.ParseFromString(p)) {
+      out.problem = "an unreadable event in the late file";
+      break;
+    }
+    records.push_back(std::move(r));
+  }
+  if (!f.error.empty()) out.problem = f.error;
+  else if (f.torn_tail) out.problem = "the late file ends in a torn write (the events of that write are lost)";
+  AuditRecord head;
+  head.set_actor("mailseald");
+  head.set_action("audit.late_records");
+  head.set_outcome(AuditRecord::OUTCOME_ALLOWED);
+  head.set_detail(StrCat(records.size(), " events follow late: the audit log could not be written when they happened "
+                         "(they carry the time they happened)", out.problem.empty() ? "" : StrCat("; ", out.problem)));
+  records.insert(records.begin(), std::move(head));
+  if (Status st = log->AppendBatch(std::move(records)); !st.ok()) return st;
+  out.written = f.payloads.size();
+  if (::unlink(path.c_str()) != 0) return FailedPreconditionError(StrCat("late audit file ", path, ": ", std::strerror(errno)));
+  return out;
 }
 
 Result<TreeHead> AuditLog::SignHeadLocked() {

@@ -142,18 +142,21 @@ std::vector<std::string> LogSegments(const std::string& log_path);
 // not cap mail at the disk's sync rate. Record() never blocks mail unless `max_pending` events
 // wait (then it waits: nothing is dropped). A failing log is reported once per outage
 // (on_failure: new mail is refused, issue #12) and the events wait and are retried every
-// second; on_recovery says when the trail records again (issue #13).
+// second; on_recovery says when the trail records again (issue #13). Events still unwritten
+// when the recorder stops are kept in `late_path` (on another disk than the trail: the spool's)
+// for WriteLateRecords at the next start — a dead audit disk loses no event silently.
 class Recorder {
  public:
   Recorder(AuditLog* log, std::function<void(const Status&)> on_failure, size_t max_pending = 100000,
-           std::function<void()> on_recovery = nullptr);
+           std::function<void()> on_recovery = nullptr, std::string late_path = "");
   ~Recorder();
-  void Record(mailseal::v1::AuditRecord r);
+  void Record(mailseal::v1::AuditRecord r);   // stamped with the time it happened
   void Flush();   // waits until everything recorded so far is written (tests, shutdown)
 
  private:
   void Run();
   AuditLog* log_;
+  std::string late_path_;
   std::function<void(const Status&)> on_failure_;
   std::function<void()> on_recovery_;
   size_t max_pending_;
@@ -164,6 +167,22 @@ class Recorder {
   bool stop_ = false, failed_ = false;
   std::thread thread_;
 };
+
+// SaveLateRecords appends `records` to the late file at `path` (framed, synced); the file is
+// created if needed.
+Status SaveLateRecords(const std::string& path, const std::vector<mailseal::v1::AuditRecord>& records);
+
+// LateRecords is what WriteLateRecords did: how many kept events reached the trail, and what
+// could not be read back (a torn tail of the late file: the events of a write that never ended).
+struct LateRecords {
+  uint64_t written = 0;
+  std::string problem;
+};
+// WriteLateRecords appends the events kept in the late file at `path` to `log`, after one
+// record "audit.late_records" that says how many follow and why they are late (their own times
+// are when they happened), then removes the file. No file: nothing to do. The file stays when
+// the log refuses them (tried again at the next start).
+Result<LateRecords> WriteLateRecords(AuditLog* log, const std::string& path);
 
 // ReadFramed reads a file of framed payloads; on damage it stops and says at which entry.
 // A frame cut short by the end of the file (a crash or a full disk during a write that never

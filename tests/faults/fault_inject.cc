@@ -2,8 +2,9 @@
  * fails fsync/fdatasync with EIO on demand, the one fault a real disk cannot be asked for.
  *
  * While the file named by MAILSEAL_FAULT_TRIGGER exists, fsync() and fdatasync() on any
- * descriptor whose path starts with MAILSEAL_FAULT_PREFIX fail with EIO (nothing else
- * changes). Test code only; never shipped.
+ * descriptor whose path starts with MAILSEAL_FAULT_PREFIX fail with EIO; with
+ * MAILSEAL_FAULT_OPS=write (or "sync,write") write(), pwrite() and writev() on them fail with
+ * EIO too, writing nothing (a dead disk). Nothing else changes. Test code only; never shipped.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -14,22 +15,29 @@
 #include <cstdlib>
 #include <cstring>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 namespace {
 
 using SyncFn = int (*)(int);
+using WriteFn = ssize_t (*)(int, const void*, size_t);
+using PwriteFn = ssize_t (*)(int, const void*, size_t, off_t);
+using WritevFn = ssize_t (*)(int, const struct iovec*, int);
 
 // Next: the libc function this library stands in front of (dlsym's object pointer, copied
 // into a function pointer the portable way).
-SyncFn Next(const char* name) {
+template <typename Fn>
+Fn Next(const char* name) {
   void* sym = dlsym(RTLD_NEXT, name);
-  SyncFn fn = nullptr;
+  Fn fn = nullptr;
   memcpy(&fn, &sym, sizeof fn);
   return fn;
 }
 
-int faulty(int fd) {
+int faulty(int fd, const char* op = "sync") {
+  const char* ops = getenv("MAILSEAL_FAULT_OPS");
+  if (strcmp(op, "sync") != 0 && (!ops || !strstr(ops, op))) return 0;
   const char* trigger = getenv("MAILSEAL_FAULT_TRIGGER");
   const char* prefix = getenv("MAILSEAL_FAULT_PREFIX");
   struct stat st;
@@ -47,7 +55,7 @@ int faulty(int fd) {
 extern "C" {
 
 int fsync(int fd) {
-  static SyncFn real = Next("fsync");
+  static SyncFn real = Next<SyncFn>("fsync");
   if (faulty(fd)) {
     errno = EIO;
     return -1;
@@ -56,12 +64,39 @@ int fsync(int fd) {
 }
 
 int fdatasync(int fd) {
-  static SyncFn real = Next("fdatasync");
+  static SyncFn real = Next<SyncFn>("fdatasync");
   if (faulty(fd)) {
     errno = EIO;
     return -1;
   }
   return real(fd);
+}
+
+ssize_t write(int fd, const void* buf, size_t n) {
+  static WriteFn real = Next<WriteFn>("write");
+  if (faulty(fd, "write")) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd, buf, n);
+}
+
+ssize_t pwrite(int fd, const void* buf, size_t n, off_t at) {
+  static PwriteFn real = Next<PwriteFn>("pwrite");
+  if (faulty(fd, "write")) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd, buf, n, at);
+}
+
+ssize_t writev(int fd, const struct iovec* iov, int n) {
+  static WritevFn real = Next<WritevFn>("writev");
+  if (faulty(fd, "write")) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd, iov, n);
 }
 
 }  // extern "C"
