@@ -70,6 +70,18 @@ Resolver::~Resolver() {
   if (ctx_) ub_ctx_delete(ctx_);
 }
 
+namespace {
+// RcodeText: what a DNS failure means for the operator reading a deferral.
+std::string RcodeText(int rcode) {
+  switch (rcode) {
+    case 1: return "the resolver rejected the query (FORMERR)";
+    case 2: return "DNS failed temporarily (SERVFAIL: the resolver or the domain's name servers did not answer)";
+    case 5: return "the resolver refused the query (REFUSED)";
+    default: return StrCat("the resolver answered rcode ", rcode);
+  }
+}
+}  // namespace
+
 Result<std::vector<MxHost>> Resolver::LookupMx(const std::string& domain) {
   if (!init_.ok()) return init_;
   UbResult ans;
@@ -77,7 +89,7 @@ Result<std::vector<MxHost>> Resolver::LookupMx(const std::string& domain) {
   if (rc != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": ", ub_strerror(rc)));
   const ub_result* res = ans.r;
   if (res->rcode == 3) return NotFoundError(StrCat("domain ", domain, " does not exist"));
-  if (res->rcode != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": rcode ", res->rcode));
+  if (res->rcode != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": ", RcodeText(res->rcode)));
   std::vector<MxHost> out;
   if (res->havedata) {
     for (int i = 0; res->data[i] && out.size() < kMaxMx; ++i) {
