@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "dataplane/base/clock.h"
 #include "dataplane/base/log.h"
 #include "dataplane/io/socket_util.h"
 #include "dataplane/queue/dsn.h"
@@ -294,7 +295,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       er->set_notify(r.notify);
       er->set_orcpt(r.orcpt);
     }
-    env.set_arrival_unix_ms(WallMs());
+    env.set_arrival_unix_ms(base::QueueNowMs());   // the queue's clock: ages survive clock steps
     env.set_client_address(peer_);
     env.set_helo(txn.helo);
     env.set_body_type(txn.body_type);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <set>
 
+#include "dataplane/base/clock.h"
 #include "dataplane/base/log.h"
 #include "dataplane/queue/delivery_agent.h"
 #include "dataplane/queue/dsn.h"
@@ -18,11 +19,8 @@ using base::LogLevel;
 using mailseal::v1::SpoolStatus;
 
 namespace {
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+// The queue's clock: a stepped system clock moves neither retry times nor ages (clock.h).
+int64_t NowMs() { return base::QueueNowMs(); }
 constexpr const char* kRelayDestination = "[relay]";
 
 Status AppendStatuses(const std::string& path, const std::vector<SpoolStatus>& statuses) {
@@ -95,7 +93,11 @@ Status QueueManager::Recover() {
       for (const SpoolStatus& s : m->statuses) {
         if (s.kind() == SpoolStatus::KIND_DEFERRED) {
           attempts = s.attempts();
-          if (state == SpoolState::kDeferred) next = s.next_attempt_unix_ms();
+          // A retry time further ahead than the longest backoff was written before the clock
+          // was set back (or is damage): due now, not in a day (issue #13, clock jumps).
+          if (state == SpoolState::kDeferred)
+            next = std::min<int64_t>(s.next_attempt_unix_ms(),
+                                     now + static_cast<int64_t>(options_.delivery.max_backoff_s()) * 1000);
         }
       }
       Admit(std::move(m.value()), state, next, attempts);
@@ -853,6 +855,13 @@ void QueueManager::Run() {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     int64_t now = NowMs();
+    if (base::ClockStep step = base::TakeClockStep(); step.step_ms != 0) {
+      Log(LogLevel::kWarning, "qmgr", "system clock stepped: retry times and message ages keep counting from before the step "
+          "(until a restart)", {{"step_s", std::to_string(step.step_ms / 1000)}, {"absorbed_s", std::to_string(step.absorbed_ms / 1000)}});
+      if (options_.on_event)
+        options_.on_event("system.clock_stepped", "", StrCat("the system clock moved ", step.step_ms / 1000,
+                          " s at once; the queue keeps its own time (", step.absorbed_ms / 1000, " s behind the system clock)"));
+    }
     for (SpoolMessage& m : submitted) {
       if (options_.on_event && !m.envelope.crypto_done())
         options_.on_event("mail.accepted", m.id,
