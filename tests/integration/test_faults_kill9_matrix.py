@@ -6,6 +6,9 @@ deferred/ and back while mailseald is killed and restarted at least 50 times (ea
 wherever the gateway happens to be: receiving, committing, delivering, appending a status,
 moving a file between states). Asserted: every acknowledged message is delivered at least
 once, nothing is in corrupt/, and duplicates stay within the crash windows (reported).
+
+The test command runs 50 kills; the long run (tools/faults-long) sets MAILSEAL_KILL9_KILLS=1000
+and MAILSEAL_KILL9_MESSAGES=4000.
 """
 import os
 import random
@@ -19,8 +22,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_crash_kill9 import flood_with_kills, kill_and_restart  # noqa: E402
 
-N = 200
-MIN_KILLS = 50
+N = int(os.environ.get("MAILSEAL_KILL9_MESSAGES", "200"))
+MIN_KILLS = int(os.environ.get("MAILSEAL_KILL9_KILLS", "50"))
 
 
 def main():
