@@ -241,6 +241,25 @@ message_size_limit = 104857600
             pass
 
 
+def send_classified(port, marker, rcpt="x@plain.test"):
+    """The "never in clear" probe of the fault tests (issue #13): a message the policy must
+    protect (a default trigger word in the Subject) for a recipient no certificate covers, so
+    it must be held — never delivered in clear, whatever fault follows. `marker` is in its
+    body. Returns the server's replies."""
+    return smtp_exchange(port, [
+        f"EHLO probe.test\r\nMAIL FROM:<alice@agency-a.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode(),
+        f"From: alice@agency-a.test\r\nTo: {rcpt}\r\nSubject: [RESTRICTED] probe\r\n\r\n{marker}\r\n.\r\nQUIT\r\n".encode()])
+
+
+def never_in_clear(c, gw, sinks, marker):
+    """Checks that the probe sent by send_classified is held and that no sink ever got it."""
+    leaked = [m for s in sinks for m in (s.messages() if callable(s.messages) else s.messages) if marker.encode() in m]
+    c.check(not leaked, "never in clear: the classified probe reached no next hop", str(len(leaked)))
+    held = eventually(lambda: any(marker.encode() in open(os.path.join(gw.spool, "hold", f), "rb").read()
+                                  for f in gw.queue_files("hold")) or None, 20, "probe held")
+    c.check(held is not None, "the classified probe is held (policy: protect, no certificate)")
+
+
 def smtp_exchange(port, lines, timeout=10.0):
     """Sends raw bytes (a list of chunks) and returns everything the server said."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)

@@ -47,6 +47,7 @@ def main():
     gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, env=env, hostname="gw-a.test",
                            extra=smime_conf("gw-a", da, pin_a, ca_dir, "") + control).start()
     harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up")
+    c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-AUDIT_EIO-PROBE"), "the classified probe is accepted")
 
     def ctl(who, *args):
         r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/{who}.crt",
@@ -121,6 +122,7 @@ def main():
     late = [r for r in recs if "late" in r.get("detail", "")]
     c.check(any(r.get("action") == "audit.late_records" for r in recs),
             "the events written after the restart are announced as late, with their number", str(late)[:300])
+    harness.never_in_clear(c, gw, [sink], "CLASSIFIED-AUDIT_EIO-PROBE")
     gw.stop()
     r = subprocess.run([a.audit, "verify", f"{audit_dir}/audit.log", f"{audit_dir}/audit.heads", f"{da}/audit.crt"],
                        capture_output=True, text=True)

@@ -44,6 +44,7 @@ def main():
                FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_DONT_RESET="1")
     gw = harness.Mailseald(a.mailseald, root, relay_port=hop_port, env=env,
                            delivery_extra="max_lifetime_s: 3600").start()
+    c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-CLOCK-PROBE"), "the classified probe is accepted")
 
     def delivered(sink, want):
         got = {line.strip()[len(b"Subject: "):].decode() for m in sink.messages() for line in m.split(b"\n")
@@ -59,6 +60,7 @@ def main():
     c.check('step_s="-86' in gw.read_log() or "step_s=-86" in gw.read_log(),
             "the step back is logged with its size", gw.read_log()[-600:])
     sink = harness.Sink(root, port=hop_port)
+    sinks = [sink]
     got = harness.eventually(lambda: delivered(sink, first), 30, "delivered after the step back")
     c.check(got is not None, "after the clock was set back a day, deferred mail is still delivered within seconds",
             gw.read_log()[-800:])
@@ -79,11 +81,13 @@ def main():
             "a step forward of eleven days expires nothing (lifetime one hour)", log[-800:])
     os.makedirs(os.path.join(root, "second"))
     sink = harness.Sink(os.path.join(root, "second"), port=hop_port)
+    sinks.append(sink)
     got = harness.eventually(lambda: delivered(sink, second), 30, "delivered after the step forward")
     c.check(got is not None, "every message is delivered when the next hop is back", gw.read_log()[-800:])
     c.check(not [m for m in sink.messages() if b"Delivery Status Notification" in m or b"multipart/report" in m],
             "no DSN was sent")
     c.check(harness.eventually(lambda: gw.drained() or None, 20, "drained") is not None, "the queue is empty")
+    harness.never_in_clear(c, gw, sinks, "CLASSIFIED-CLOCK-PROBE")
     gw.stop()
     c.finish()
 

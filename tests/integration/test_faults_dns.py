@@ -102,6 +102,7 @@ def main():
         f'dns_forwarder: "127.0.0.1@{dns.port}"',
         f'routes {{ domain: "routed.example.net" next_hop: "127.0.0.1:{route_sink.port}" }}',
         f'routes {{ domain: "agency-a.test" next_hop: "127.0.0.1:{dsn_sink.port}" }}'])).start()
+    c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-DNS-PROBE"), "the classified probe is accepted")
 
     acked = set()
     # Phase 1: DNS drops every query.
@@ -148,6 +149,7 @@ def main():
             str(subj))
     c.check(harness.eventually(lambda: gw.drained() or None, 30, "queue empty") is not None, "the queue is empty")
     c.check(not [m for m in dsn_sink.messages() if b"dns-" in m], "and no DSN was ever sent for them")
+    harness.never_in_clear(c, gw, [mx_sink, route_sink, dsn_sink], "CLASSIFIED-DNS-PROBE")
     gw.stop()
     c.finish()
 

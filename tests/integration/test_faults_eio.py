@@ -42,6 +42,7 @@ def main():
                            env=dict(os.environ, LD_PRELOAD=inject, MAILSEAL_FAULT_TRIGGER=trigger,
                                     MAILSEAL_FAULT_PREFIX=os.path.join(root, "gw", "spool")))
     gw.start()
+    c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-EIO-PROBE"), "the classified probe is accepted")
     acked = set()
     for i in range(10):
         if b"250 2.0.0" in send(gw.port, i):
@@ -74,6 +75,7 @@ def main():
     c.check(ok, "after the EIO episode and a restart, every acknowledged message is delivered",
             f"{len(acked)} acknowledged")
     c.check(not gw.queue_files("corrupt"), "nothing in corrupt/", str(gw.queue_files("corrupt")))
+    harness.never_in_clear(c, gw, [sink], "CLASSIFIED-EIO-PROBE")
     gw.stop()
     c.finish()
 

@@ -48,6 +48,7 @@ def main():
 
     current = [sink_up()]
     gw = harness.Mailseald(a.mailseald, root, relay_port=port).start()
+    c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-KILL9_MATRIX-PROBE"), "the classified probe is accepted")
     done = threading.Event()
     states_seen = defaultdict(int)
 
@@ -109,6 +110,7 @@ def main():
     c.check(not gw.queue_files("corrupt"), "kill -9 in every state never produced a corrupt queue file",
             str(gw.queue_files("corrupt")))
     c.check(dups <= N // 2, f"duplicates stay within the crash windows ({dups})")
+    harness.never_in_clear(c, gw, sinks, "CLASSIFIED-KILL9_MATRIX-PROBE")
     c.check(gw.stop() == 0, "clean stop at the end")
     c.finish()
 

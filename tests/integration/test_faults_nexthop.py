@@ -100,6 +100,7 @@ def main():
     with open(gw.config, "w") as f:   # a stall is noticed after 3 s, not the harness's 10
         f.write(text.replace("command_timeout_ms: 10000", "command_timeout_ms: 3000"))
     gw.start()
+    c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-NEXTHOP-PROBE"), "the classified probe is accepted")
     bodies = {}
     for i in range(3):
         body = (f"line {i} " * 300).encode() + b"\r\n"
@@ -121,6 +122,7 @@ def main():
     log = gw.read_log()
     c.check(" deferred " in log and "bounced" not in log, "mid-DATA failures defer (temporary), never bounce")
     c.check(harness.eventually(gw.drained, 20, "queue empty") is not None, "the queue is empty at the end")
+    harness.never_in_clear(c, gw, [hop], "CLASSIFIED-NEXTHOP-PROBE")
     gw.stop()
     c.finish()
 

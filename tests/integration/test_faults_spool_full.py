@@ -36,6 +36,7 @@ def main():
             f.write(text.replace(f'spool_dir: "{gw.spool}"', f'spool_dir: "{fs}/spool"'))
         gw.spool = os.path.join(fs, "spool")
         gw.start()
+        c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-SPOOL_FULL-PROBE"), "the classified probe is accepted")
         n = 20
         for i in range(n):
             out = harness.smtp_exchange(gw.port, [
@@ -67,6 +68,7 @@ def main():
         c.check(len(subjects) == n, "every acknowledged message is delivered after the disk was full",
                 f"{len(subjects)} of {n}")
         c.check(not gw.queue_files("corrupt"), "nothing went to corrupt/", str(gw.queue_files("corrupt")))
+        harness.never_in_clear(c, gw, [sink], "CLASSIFIED-SPOOL_FULL-PROBE")
         gw.stop()
     finally:
         if mounted:
