@@ -6,9 +6,11 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "control/audit/log.h"
+#include "control/tls_front.h"
 #include "dataplane/base/log.h"
 #include "dataplane/base/status.h"
 #include "mailseal/v1/control.pb.h"
@@ -23,7 +25,11 @@ using RoleMap = std::map<std::string, mailseal::v1::Role>;
 // methods and refusals — the audit record that must be written first.
 class Guard {
  public:
-  Guard(const RoleMap* roles, audit::AuditLog* a) : roles_(roles), audit_(a) {}
+  // Identify: who is on a call's connection (the TLS front's verified caller); nothing for a
+  // connection that did not come through it (then no role: every method is refused).
+  using Identify = std::function<std::optional<Caller>(grpc::ServerContextBase*)>;
+  Guard(const RoleMap* roles, audit::AuditLog* a, Identify identify)
+      : roles_(roles), audit_(a), identify_(std::move(identify)) {}
   // on_audit_failure: called when the audit log refuses a record (health goes NOT_SERVING).
   std::function<void()> on_audit_failure;
 
@@ -54,8 +60,8 @@ class Guard {
   }
 
   grpc::Status Check(grpc::ServerContext* ctx, const char* method, const std::string& object, std::string* actor) const {
-    std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
-    *actor = cn.empty() ? "" : std::string(cn[0].data(), cn[0].size());
+    std::optional<Caller> who = identify_ ? identify_(ctx) : std::nullopt;
+    *actor = who ? who->common_name : "";
     auto role_it = roles_->find(*actor);
     mailseal::v1::Role role = role_it == roles_->end() ? mailseal::v1::ROLE_UNSPECIFIED : role_it->second;
     const google::protobuf::MethodDescriptor* md =
@@ -73,6 +79,7 @@ class Guard {
       r.set_action(method);
       r.set_object(object);
       r.set_outcome(allowed ? mailseal::v1::AuditRecord::OUTCOME_ALLOWED : mailseal::v1::AuditRecord::OUTCOME_DENIED);
+      if (who) r.set_client_address(who->client_address);
       if (!allowed) r.set_detail(StrCat("role ", mailseal::v1::Role_Name(role), " may not call it"));
       Result<uint64_t> seq = audit_->Append(r);
       if (!seq.ok()) {
@@ -94,6 +101,7 @@ class Guard {
  private:
   const RoleMap* roles_;
   audit::AuditLog* audit_;
+  Identify identify_;
 };
 
 

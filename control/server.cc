@@ -8,7 +8,13 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpc/support/log.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <cctype>
@@ -22,7 +28,7 @@
 
 #include "control/guard.h"
 #include "control/keys_service.h"
-#include "control/tls13.h"
+#include "control/tls_front.h"
 #include "dataplane/base/log.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -494,21 +500,18 @@ struct ControlServer::State {
   };
   std::mutex refused_mu;
   std::map<std::string, RefusalWindow> refused;
+  std::unique_ptr<TlsFront> front;   // the management TLS (stopped before the services go)
 };
 
 namespace {
-// The running server whose audit trail gets the refusals gRPC reports only in its log; the
-// mutex is held while a refusal is recorded, so Stop() never frees the state under it.
-std::mutex g_refusal_mu;
-ControlServer::State* g_refusal_sink = nullptr;
-
 int64_t SteadyMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // AuditRefusal records a refusal below the RPC layer: at most one record per 10 s, with the
 // number of those left out since (a hostile client must not fill the audit disk).
-void AuditRefusal(ControlServer::State* st, const std::string& actor, const char* action, const std::string& reason) {
+void AuditRefusal(ControlServer::State* st, const std::string& actor, const char* action, const std::string& reason,
+                  const std::string& address) {
   std::lock_guard<std::mutex> l(st->refused_mu);
   int64_t now = SteadyMs();
   ControlServer::State::RefusalWindow& w = st->refused[action];
@@ -521,29 +524,18 @@ void AuditRefusal(ControlServer::State* st, const std::string& actor, const char
   r.set_action(action);
   r.set_outcome(v1::AuditRecord::OUTCOME_DENIED);
   r.set_detail(w.left_out ? StrCat(reason, " (and ", w.left_out, " more refusals before this one)") : reason);
+  r.set_client_address(address);
   if (st->audit) (void)st->audit->Append(r);
   w.since_ms = now;
   w.left_out = 0;
 }
 
-// GrpcLog: gRPC's own log lines go to ours; a failed TLS handshake on the management port
-// (no client certificate, another CA's, TLS 1.2, not TLS at all) — which gRPC reports only
-// here, never to the application — becomes an audit record, rate-limited. gRPC 1.51 does not
-// say which client it was: the record says so.
+// GrpcLog: gRPC's own log lines go to ours.
 void GrpcLog(gpr_log_func_args* args) {
   std::string msg = args->message ? args->message : "";
   LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR ? LogLevel::kError
                    : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo : LogLevel::kDebug;
-  size_t at = msg.find("Handshake failed");
-  std::lock_guard<std::mutex> sink(g_refusal_mu);
-  ControlServer::State* st = g_refusal_sink;
-  if (at == std::string::npos || !st) {
-    Log(level, "grpc", msg, {{"at", StrCat(args->file ? args->file : "?", ":", args->line)}});
-    return;
-  }
-  std::string reason = msg.substr(at);
-  Log(LogLevel::kWarning, "control", "management connection refused in the TLS handshake", {{"reason", reason}});
-  AuditRefusal(st, "unauthenticated (client address not reported by gRPC)", "control.connection_refused", reason);
+  Log(level, "grpc", msg, {{"at", StrCat(args->file ? args->file : "?", ":", args->line)}});
 }
 
 // UnparseableRequests: a request that is not the method's protobuf message answers
@@ -555,16 +547,19 @@ class UnparseableRequests : public grpc::experimental::Interceptor {
   UnparseableRequests(grpc::experimental::ServerRpcInfo* info, ControlServer::State* st) : info_(info), st_(st) {}
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     using grpc::experimental::InterceptionHookPoints;
-    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) && m->GetRecvMessage() == nullptr)
+    // Only where the request is one message: in a client stream, "no message" is its end.
+    using Type = grpc::experimental::ServerRpcInfo::Type;
+    bool single = info_->type() == Type::UNARY || info_->type() == Type::SERVER_STREAMING;
+    if (single && m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) && m->GetRecvMessage() == nullptr)
       unparsed_ = true;
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) && unparsed_) {
-      grpc::ServerContextBase* ctx = info_->server_context();
-      std::vector<grpc::string_ref> cn = ctx->auth_context()->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
-      std::string actor = cn.empty() ? "unknown" : StrCat("CN=", std::string(cn[0].data(), cn[0].size()));
+      std::optional<Caller> who = st_->front ? st_->front->Lookup(info_->server_context()->peer()) : std::nullopt;
+      std::string actor = who ? StrCat("CN=", who->common_name) : "unknown";
+      std::string address = who ? who->client_address : "";
       std::string why = StrCat("the request is not a valid message for ", info_->method());
       Log(LogLevel::kWarning, "control", "unparseable management request refused",
-          {{"method", info_->method()}, {"actor", actor}, {"peer", ctx->peer()}});
-      AuditRefusal(st_, actor, "control.request_unparseable", StrCat(why, " (from ", ctx->peer(), ")"));
+          {{"method", info_->method()}, {"actor", actor}, {"client", address}});
+      AuditRefusal(st_, actor, "control.request_unparseable", why, address);
       m->ModifySendStatus(Status(StatusCode::INVALID_ARGUMENT, why));
     }
     m->Proceed();
@@ -595,12 +590,27 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   if (!cert.ok() || !key.ok() || !ca.ok())
     return InvalidArgumentError(StrCat("field 'control': ", !cert.ok() ? cert.status().message()
                                                             : !key.ok() ? key.status().message() : ca.status().message()));
+  // The gRPC server listens only on a Unix socket in a directory only we may enter; the TLS
+  // front (tls_front.h) is the one way in from the network.
+  if (::mkdir(options.private_dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return UnavailableError(StrCat("management API: cannot make ", options.private_dir, ": ", std::strerror(errno)));
+  struct stat sb{};
+  if (::stat(options.private_dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != ::geteuid() ||
+      (sb.st_mode & 077) != 0)
+    return FailedPreconditionError(StrCat("management API: ", options.private_dir,
+                                          " must be a directory owned by us with mode 0700"));
+  std::string backend = StrCat(options.private_dir, "/api.sock");
+  if (backend.size() >= sizeof(sockaddr_un::sun_path))
+    return InvalidArgumentError(StrCat("management API: the socket path ", backend, " is too long (spool_dir shorter)"));
+  ::unlink(backend.c_str());   // left by a stopped daemon
   std::unique_ptr<ControlServer> s(new ControlServer());
   s->state_ = std::make_unique<State>();
   State* st = s->state_.get();
   st->options = options;
-  st->guard = std::make_unique<Guard>(&st->options.roles, deps.audit);
   st->audit = deps.audit;
+  st->guard = std::make_unique<Guard>(&st->options.roles, deps.audit, [st](grpc::ServerContextBase* ctx) {
+    return st->front ? st->front->Lookup(ctx->peer()) : std::nullopt;
+  });
   // grpc.health.v1: SERVING while the audit trail can be written; NOT_SERVING once it cannot
   // (changes are refused then; mail keeps flowing). Set before the first call can arrive.
   audit::AuditLog* log = deps.audit;
@@ -614,24 +624,35 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
     st->services.push_back(NewKeyService(st->guard.get(), deps.keys));
     st->services.push_back(NewCeremonyService(st->guard.get(), deps.keys, deps.audit));
   }
-  Result<std::shared_ptr<grpc::ServerCredentials>> creds = Tls13ServerCredentials(*cert, *key, *ca);
-  if (!creds.ok()) return creds.status();
+  gpr_set_log_function(GrpcLog);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();   // generic clients (grpcurl-style)
   grpc::ServerBuilder b;
-  b.AddListeningPort(options.listen, *creds, &s->port_);
+  b.AddListeningPort(StrCat("unix:", backend), grpc::InsecureServerCredentials());
   for (auto& svc : st->services) b.RegisterService(svc.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<UnparseableRequestsFactory>(st));
   b.experimental().SetInterceptorCreators(std::move(interceptors));
   s->server_ = b.BuildAndStart();
-  if (!s->server_ || s->port_ == 0) return UnavailableError(StrCat("management API cannot listen on ", options.listen));
+  if (!s->server_) return UnavailableError(StrCat("management API cannot listen on ", backend));
   st->health.store(s->server_->GetHealthCheckService());
-  {
-    std::lock_guard<std::mutex> sink(g_refusal_mu);
-    g_refusal_sink = st;
+  TlsFrontOptions fo;
+  fo.listen = options.listen;
+  fo.cert_pem = *cert;
+  fo.key_pem = *key;
+  fo.client_ca_pem = *ca;
+  fo.backend_path = backend;
+  fo.on_refused = [st](const std::string& address, const std::string& reason) {
+    Log(LogLevel::kWarning, "control", "management connection refused", {{"client", address}, {"reason", reason}});
+    AuditRefusal(st, StrCat("unauthenticated ", address), "control.connection_refused", reason, address);
+  };
+  Result<std::unique_ptr<TlsFront>> front = TlsFront::Start(std::move(fo));
+  if (!front.ok()) {
+    s->server_->Shutdown();
+    return front.status();
   }
-  gpr_set_log_function(GrpcLog);
+  st->front = std::move(front.value());
+  s->port_ = st->front->port();
   st->guard->on_audit_failure();
   Log(LogLevel::kInfo, "control", "management API listening (mTLS)",
       {{"address", options.listen}, {"port", std::to_string(s->port_)}, {"roles", std::to_string(options.roles.size())}});
@@ -645,10 +666,7 @@ void ControlServer::SetServing(const std::string& service, bool serving) {
 }
 
 void ControlServer::Stop() {
-  {
-    std::lock_guard<std::mutex> sink(g_refusal_mu);
-    if (g_refusal_sink == state_.get()) g_refusal_sink = nullptr;
-  }
+  if (state_ && state_->front) state_->front->Stop();   // no new calls, open ones end
   if (server_) server_->Shutdown();
   server_.reset();
 }

@@ -1,5 +1,5 @@
-// server.h — the management API server (issue #5): gRPC over TLS 1.3 with client
-// certificates required, roles from the client certificate's common name, every call
+// server.h — the management API server (issue #5): gRPC behind our own TLS 1.3 front
+// (tls_front.h) with client certificates required, roles from the client certificate's common name, every call
 // authorised by the allowed_roles its method declares in control.proto, mutating calls and
 // every refusal written to the audit log first (fail closed: no audit, no change).
 #pragma once
@@ -27,6 +27,7 @@ struct ServerOptions {
   std::string cert_file, key_file; // the server's certificate and key (PEM)
   std::string client_ca_file;      // CA(s) whose client certificates may connect
   std::map<std::string, mailseal::v1::Role> roles;   // client certificate CN -> role
+  std::string private_dir;         // for the gRPC server's Unix socket (made 0700)
 };
 
 struct Deps {

@@ -163,7 +163,7 @@ Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& c
                                                              queue::QueueManager* qmgr, audit::AuditLog* log,
                                                              control::PolicyStore* policy, const control::KeyDeps* keys) {
   const auto& c = cfg.control();
-  control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}};
+  control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}, StrCat(cfg.spool_dir(), "/control")};
   for (int i = 0; i < c.roles_size(); ++i) o.roles[c.roles(i).common_name()] = *RoleOf(c.roles(i).role());   // validated
   return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys});
 }

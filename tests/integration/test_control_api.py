@@ -222,14 +222,23 @@ def main():
             "refused policy changes (stale version, invalid field) are audited as refused with the reason (issue #12)",
             str(refused)[:300])
     tls_refused = [r for r in recs if r.get("action") == "control.connection_refused"
-                   and r.get("outcome") == "OUTCOME_DENIED" and "Handshake failed" in r.get("detail", "")]
-    c.check(len(tls_refused) >= 1, "issue #13: connections refused in the TLS handshake (another CA, no certificate, "
-            "TLS 1.2) are in the audit trail, rate-limited, with the reason", str(tls_refused)[:300])
+                   and r.get("outcome") == "OUTCOME_DENIED" and r.get("client_address", "").startswith("127.0.0.1:")]
+    c.check(len(tls_refused) == 1 and "client certificate refused: unable to get local issuer certificate"
+            in tls_refused[0].get("detail", ""),
+            "issue #13: connections refused in the TLS handshake (another CA, no certificate, TLS 1.2) are in the "
+            "audit trail with the client's address and the reason, one record per 10 s", str(tls_refused)[:400])
+    log = gw.read_log()
+    c.check(all(w in log for w in ("wrong version number", "peer did not return a certificate", "unsupported protocol")),
+            "each refusal is logged with its address and reason (not TLS, no certificate, TLS 1.2)",
+            "\n".join(l for l in log.splitlines() if "refused" in l)[:800])
     unparsed = [r for r in recs if r.get("action") == "control.request_unparseable"
                 and r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
-                and "127.0.0.1" in r.get("detail", "")]
+                and r.get("client_address", "").startswith("127.0.0.1:")]
     c.check(len(unparsed) == 1, "issue #13: the unparseable request is audited as refused, with the caller's name "
             "and address", str([r for r in recs if "unparseable" in r.get("action", "")])[:300])
+    calls = [r for r in recs if r.get("actor") == "CN=admin-1" and r.get("action", "").endswith("ReleaseMessage")]
+    c.check(calls and all(r.get("client_address", "").startswith("127.0.0.1:") for r in calls),
+            "management calls are audited with the client's address", str(calls)[:300])
     bad_delete = [r for r in recs if r.get("outcome") == "OUTCOME_DENIED" and r.get("actor") == "CN=admin-1"
                   and r.get("action", "").endswith("DeleteMessage") and "queue_id" in r.get("detail", "")]
     c.check(len(bad_delete) == 1, "an allowed call refused for an invalid argument is recorded as refused, not left allowed",
