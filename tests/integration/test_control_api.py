@@ -156,6 +156,18 @@ def main():
     c.check(garbage.startswith("INVALID_ARGUMENT") and "GetCounts" in garbage,
             "issue #13: an unparseable request answers INVALID_ARGUMENT naming the method", garbage)
     c.check(empty == "OK", "an empty request is still a valid (default) message", empty)
+    # The gRPC server itself listens only on a Unix socket in a private directory; a connection
+    # that does not come through the TLS front (here: root, who can enter it) has no identity.
+    private = os.path.join(gw.spool, "control")
+    c.check(os.stat(private).st_mode & 0o777 == 0o700, "the API's private socket directory is mode 0700",
+            oct(os.stat(private).st_mode))
+    with grpc.insecure_channel(f"unix:{private}/api.sock") as ch:
+        try:
+            ch.unary_unary("/mailseal.v1.QueueService/GetCounts")(b"", timeout=10)
+            direct = "OK"
+        except grpc.RpcError as ex:
+            direct = ex.code().name
+    c.check(direct == "PERMISSION_DENIED", "a call that bypasses the TLS front has no identity and is refused", direct)
 
     rc, o, e = ctl("auditor-1", "-o", "json", "audit", "head")
     c.check(rc == 0 and json.loads(o)["head"].get("signature"), "an auditor reads the signed tree head", o + e)
