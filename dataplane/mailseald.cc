@@ -34,6 +34,7 @@
 #include "dataplane/io/dns.h"
 #include "dataplane/io/event_loop.h"
 #include "dataplane/io/smtp_server.h"
+#include "dataplane/tls/session.h"
 #include "dataplane/policy/classify.h"
 #include "dataplane/policy/snapshot.h"
 #include "dataplane/queue/committer.h"
@@ -196,9 +197,9 @@ Result<v1::Config> Validate(const std::string& path) {
     return bad("spool_dir", StrCat("'", cfg.spool_dir(), "' cannot be made: '", parent, "' is not a directory"));
   }
   if (cfg.has_tls()) {
-    Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg.tls().cert_file(), cfg.tls().key_file());
+    Result<::ssl_ctx_st*> made = tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file());
     if (!made.ok()) return bad("tls", made.status().message());
-    io::FreeServerTlsContext(*made);
+    tls::FreeContext(*made);
   }
   if (cfg.has_smime()) {
     Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(cfg, nullptr, nullptr, true);
@@ -252,9 +253,9 @@ int Run(const std::string& path) {
   base::LogLevel level = base::LogLevel::kInfo;
   if (base::ParseLogLevel(cfg.log_level(), &level)) base::SetLogLevel(level);   // validated
   // STARTTLS (SM-5): the certificate and key were checked; the context serves every client.
-  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx(nullptr, io::FreeServerTlsContext);
+  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx(nullptr, tls::FreeContext);
   if (cfg.has_tls()) {
-    Result<::ssl_ctx_st*> made = io::MakeServerTlsContext(cfg.tls().cert_file(), cfg.tls().key_file());
+    Result<::ssl_ctx_st*> made = tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file());
     if (!made.ok()) {
       std::fprintf(stderr, "mailseald: %s: field 'tls': %s\n", path.c_str(), made.status().message().c_str());
       return kExitUsage;

@@ -1,13 +1,9 @@
 // smtp_server.cc — see smtp_server.h.
 #include "dataplane/io/smtp_server.h"
 
-#include "dataplane/base/openssl_error.h"
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -25,6 +21,7 @@
 #include "dataplane/io/socket_util.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/smtp/address.h"
+#include "dataplane/tls/session.h"
 
 namespace mailseal::io {
 using base::Log;
@@ -67,32 +64,6 @@ Result<int> OpenListener(const std::string& ip, uint16_t* port) {
   return fd;
 }
 
-Result<ssl_ctx_st*> MakeServerTlsContext(const std::string& cert_file, const std::string& key_file) {
-  struct stat st {};
-  if (::stat(key_file.c_str(), &st) != 0)
-    return InvalidArgumentError(StrCat("tls key_file ", key_file, ": ", std::strerror(errno)));
-  if (st.st_mode & 077)
-    return InvalidArgumentError(StrCat("tls key_file ", key_file, " may be read by group or others (chmod 600)"));
-  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  if (!ctx) return InternalError(StrCat("TLS context: ", base::OpenSslError("")));
-  // SM-6.1: TLS 1.2 or later, ECDHE key exchange, AEAD ciphers; no renegotiation, no compression.
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-  if (SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1 ||
-      SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1 ||
-      SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
-      SSL_CTX_check_private_key(ctx) != 1) {
-    std::string why = base::OpenSslError("");
-    SSL_CTX_free(ctx);
-    return InvalidArgumentError(StrCat("tls ", cert_file, " / ", key_file, ": ", why));
-  }
-  return ctx;
-}
-
-void FreeServerTlsContext(ssl_ctx_st* ctx) {
-  if (ctx) SSL_CTX_free(ctx);
-}
-
 class NetThread::Listener : public EventHandler {
  public:
   Listener(NetThread* t, int fd) : t_(t), fd_(fd) {}
@@ -125,7 +96,6 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   }
   ~Conn() override {
     if (writer_) writer_->Abandon();
-    if (ssl_) SSL_free(ssl_);   // frees both memory BIOs
     if (fd_ >= 0) ::close(fd_);
   }
 
@@ -134,7 +104,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   int64_t last_activity_ms() const { return last_activity_ms_; }
   smtp::ServerSession& session() { return session_; }
   bool closing() const { return closing_; }
-  bool handshaking() const { return ssl_ && handshaking_; }
+  bool handshaking() const { return tls_session_ && !tls_session_->established(); }
 
   void Begin() {
     Log(LogLevel::kInfo, "smtpd", "connect", {{"client", peer_}, {"trusted", trusted_ ? "yes" : "no"}});
@@ -184,7 +154,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   // Resume: the session may take input again; TLS may hold plaintext already read.
   void Resume() {
     last_activity_ms_ = EventLoop::NowMs();
-    if (ssl_ && !handshaking_) PumpTls();
+    if (tls_session_ && tls_session_->established()) PumpTls();
     Flush();
     MaybeStartTls();
     Settle();
@@ -372,71 +342,50 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   }
 
   // MaybeStartTls: the session accepted STARTTLS and its 220 went out in clear: begin the
-  // server side of the handshake over memory BIOs.
+  // server side of the handshake (the TLS core, tls/session.h).
   void MaybeStartTls() {
-    if (ssl_ || !session_.TlsPending() || closing_ || peer_gone_) return;
+    if (tls_session_ || !session_.TlsPending() || closing_ || peer_gone_) return;
     if (!t_->ctx_.tls_ctx) {
       peer_gone_ = true;
       return;
     }
-    ssl_ = SSL_new(t_->ctx_.tls_ctx);
-    BIO* rbio = BIO_new(BIO_s_mem());
-    BIO* wbio = BIO_new(BIO_s_mem());
-    if (!ssl_ || !rbio || !wbio) {
-      Log(LogLevel::kError, "smtpd", "TLS session setup failed", {{"client", peer_}, {"error", base::OpenSslError("")}});
-      if (rbio) BIO_free(rbio);
-      if (wbio) BIO_free(wbio);
+    Result<std::unique_ptr<tls::Session>> s = tls::Session::Start(t_->ctx_.tls_ctx, tls::Session::Role::kServer);
+    if (!s.ok()) {
+      Log(LogLevel::kError, "smtpd", "TLS session setup failed", {{"client", peer_}, {"error", s.status().message()}});
       peer_gone_ = true;
       return;
     }
-    BIO_set_mem_eof_return(rbio, -1);
-    SSL_set_bio(ssl_, rbio, wbio);
-    rbio_ = rbio;
-    wbio_ = wbio;
-    SSL_set_accept_state(ssl_);
-    handshaking_ = true;
+    tls_session_ = std::move(s.value());
   }
 
-  // PumpTls: ciphertext already in rbio_ → handshake progress or plaintext for the session.
+  // PumpTls: ciphertext already fed → handshake progress or plaintext for the session.
   void PumpTls() {
-    if (handshaking_) {
-      int r = SSL_do_handshake(ssl_);
-      if (r != 1) {
-        int e = SSL_get_error(ssl_, r);
-        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-          Log(LogLevel::kWarning, "smtpd", "TLS handshake failed", {{"client", peer_}, {"error", base::OpenSslError("")}});
-          MoveCiphertext();   // the alert, if any
-          tls_failed_ = true;
-        }
-        return;
+    if (!tls_session_->established()) {
+      if (!tls_session_->Handshake()) {
+        if (tls_session_->failed())
+          Log(LogLevel::kWarning, "smtpd", "TLS handshake failed", {{"client", peer_}, {"error", tls_session_->error()}});
+        return;   // the alert, if any, goes out with the next flush
       }
-      handshaking_ = false;
-      tls_ = StrCat(SSL_get_version(ssl_), " ", SSL_get_cipher_name(ssl_));
+      tls_ = tls_session_->description();
       Log(LogLevel::kInfo, "smtpd", "TLS established", {{"client", peer_}, {"tls", tls_}});
       session_.TlsStarted();
     }
-    // No byte cap here: what rbio_ holds was read under ReadInput's cap, and plaintext left in
+    // No byte cap here: what was fed was read under ReadInput's cap, and plaintext left in
     // OpenSSL would wait for a socket event that may never come (the client awaits our reply).
-    char buf[16 * 1024];
+    std::string plain;
     while (!session_.Paused() && !session_.Closed()) {
-      int n = SSL_read(ssl_, buf, sizeof buf);
-      if (n > 0) {
-        session_.Feed(std::string_view(buf, static_cast<size_t>(n)));
+      plain.clear();
+      tls::Session::Read r = tls_session_->ReadPlain(&plain, 16 * 1024);
+      if (r == tls::Session::Read::kData) {
+        session_.Feed(plain);
         continue;
       }
-      int e = SSL_get_error(ssl_, n);
-      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
-      if (e != SSL_ERROR_ZERO_RETURN)
-        Log(LogLevel::kInfo, "smtpd", "TLS read failed", {{"client", peer_}, {"error", base::OpenSslError("")}});
+      if (r == tls::Session::Read::kWouldBlock) break;
+      if (r == tls::Session::Read::kFailed)
+        Log(LogLevel::kInfo, "smtpd", "TLS read failed", {{"client", peer_}, {"error", tls_session_->error()}});
       peer_gone_ = true;
       break;
     }
-  }
-
-  void MoveCiphertext() {
-    char buf[16 * 1024];
-    int n;
-    while ((n = BIO_read(wbio_, buf, sizeof buf)) > 0) out_.append(buf, static_cast<size_t>(n));
   }
 
   void ReadInput() {
@@ -447,10 +396,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       if (n > 0) {
         total += static_cast<size_t>(n);
         last_activity_ms_ = EventLoop::NowMs();
-        if (ssl_) {
-          BIO_write(rbio_, buf, static_cast<int>(n));
+        if (tls_session_) {
+          tls_session_->FeedCiphertext(std::string_view(buf, static_cast<size_t>(n)));
           PumpTls();
-          if (tls_failed_) {
+          if (tls_session_->failed()) {
             peer_gone_ = true;
             break;
           }
@@ -475,26 +424,13 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   // after the handshake, and nowhere during it (a timeout's 421 cannot be sent then).
   void TakeSessionOutput() {
     std::string plain = session_.TakeOutput();
-    if (!ssl_) {
+    if (!tls_session_) {
       out_ += plain;
       return;
     }
-    if (!handshaking_ && !plain.empty() && !tls_failed_) {
-      size_t done = 0;
-      while (done < plain.size()) {
-        int n = SSL_write(ssl_, plain.data() + done, static_cast<int>(std::min<size_t>(plain.size() - done, 1 << 20)));
-        if (n <= 0) {
-          peer_gone_ = true;
-          break;
-        }
-        done += static_cast<size_t>(n);
-      }
-    }
-    if (!handshaking_ && !tls_failed_ && !tls_closed_ && session_.Closed()) {
-      SSL_shutdown(ssl_);   // close_notify after the last reply (221, 421)
-      tls_closed_ = true;
-    }
-    MoveCiphertext();
+    if (tls_session_->established() && !plain.empty() && !tls_session_->WritePlain(plain)) peer_gone_ = true;
+    if (tls_session_->established() && session_.Closed()) tls_session_->Close();   // close_notify after 221/421
+    out_ += tls_session_->TakeCiphertext();
   }
 
   void Flush() {
@@ -548,12 +484,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   std::string peer_;
   std::string peer_ip_;
   bool trusted_ = false;
-  SSL* ssl_ = nullptr;
-  BIO* rbio_ = nullptr;   // owned by ssl_
-  BIO* wbio_ = nullptr;   // owned by ssl_
-  bool handshaking_ = false;
-  bool tls_failed_ = false;
-  bool tls_closed_ = false;
+  std::unique_ptr<tls::Session> tls_session_;   // after STARTTLS
   std::string tls_;       // "TLSv1.3 TLS_AES_256_GCM_SHA384" once established
   spf::Request spf_request_;
   spf::Verdict spf_;

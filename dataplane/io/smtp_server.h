@@ -5,8 +5,8 @@
 // domain; others only to local_domains. Memory per connection is bounded (session limits,
 // output buffer cap: a client that does not read its replies is not read from either).
 // A message is acknowledged (250) only after the Committer reports it durable.
-// STARTTLS (RFC 3207, SM-5) runs OpenSSL over memory BIOs inside the same event loop: TLS 1.2+
-// with ECDHE and AEAD only (SM-6.1); nothing pipelined behind STARTTLS is kept. SPF (RFC 7208,
+// STARTTLS (RFC 3207, SM-5) runs the TLS core (tls/session.h) inside the same event loop: TLS
+// 1.2+ with ECDHE and AEAD only (SM-6.1); nothing pipelined behind STARTTLS is kept. SPF (RFC 7208,
 // SM-5b) is checked at MAIL by the SpfChecker threads while the session waits; the verdict and
 // the TLS parameters go into the spool envelope for the inbound authentication mark (SM-8.2).
 #pragma once
@@ -31,11 +31,6 @@ struct ssl_ctx_st;   // OpenSSL's SSL_CTX
 
 namespace mailseal::io {
 
-// MakeServerTlsContext loads the STARTTLS certificate chain and key (PEM). The key file must not
-// be readable by group or others.
-Result<ssl_ctx_st*> MakeServerTlsContext(const std::string& cert_file, const std::string& key_file);
-void FreeServerTlsContext(ssl_ctx_st* ctx);
-
 struct ServerContext {
   policy::PolicyStore* policy = nullptr;
   queue::Spool* spool = nullptr;
@@ -47,7 +42,7 @@ struct ServerContext {
   // audit_available, when set, is false once mail events can no longer be recorded: every new
   // transaction is then answered 451 (fail closed, issue #12).
   const std::atomic<bool>* audit_available = nullptr;
-  // tls_ctx, when set, serves STARTTLS (owned by the caller; see MakeServerTlsContext).
+  // tls_ctx, when set, serves STARTTLS (owned by the caller; see tls::MakeServerContext).
   ssl_ctx_st* tls_ctx = nullptr;
   // spf, when set, checks clients outside trusted_networks (SM-5b) unless the policy says off.
   SpfChecker* spf = nullptr;

@@ -1,12 +1,6 @@
 // delivery_agent.cc — see delivery_agent.h.
 #include "dataplane/queue/delivery_agent.h"
 
-#include "dataplane/base/openssl_error.h"
-
-#include <fcntl.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -17,6 +11,7 @@
 #include "dataplane/config/config.h"
 #include "dataplane/io/socket_util.h"
 #include "dataplane/smtp/address.h"
+#include "dataplane/tls/session.h"
 
 namespace mailseal::queue {
 using base::Log;
@@ -34,76 +29,62 @@ DeliveryAgent::DeliveryAgent(QueueManager* qmgr, int index) : qmgr_(qmgr), index
 
 DeliveryAgent::~DeliveryAgent() {
   Join();
-  if (tls_ctx_) SSL_CTX_free(tls_ctx_);
+  tls::FreeContext(tls_ctx_);
 }
 
-namespace {
-// WaitFd waits for `events` on fd for at most timeout_ms.
-Status WaitFd(int fd, short events, int timeout_ms) {
-  pollfd p{fd, events, 0};
-  int n = ::poll(&p, 1, timeout_ms);
-  if (n == 0) return UnavailableError("timed out");
-  if (n < 0) return UnavailableError(StrCat("poll: ", std::strerror(errno)));
-  return OkStatus();
-}
-
-}  // namespace
-
+// StartTls: the client side of the TLS core (tls/session.h) over the connection, every wait
+// with a deadline; the same core the SMTP server uses.
 Status DeliveryAgent::StartTls(const std::string& host, int timeout_ms) {
   if (!tls_ctx_) {
-    tls_ctx_ = SSL_CTX_new(TLS_client_method());
-    if (!tls_ctx_) return InternalError(base::OpenSslError("TLS context"));
-    // SM-6.1: TLS 1.2 or later, ECDHE key exchange, AEAD ciphers only.
-    SSL_CTX_set_min_proto_version(tls_ctx_, TLS1_2_VERSION);
-    SSL_CTX_set_cipher_list(tls_ctx_, "ECDHE+AESGCM:ECDHE+CHACHA20");
-    SSL_CTX_set_verify(tls_ctx_, SSL_VERIFY_NONE, nullptr);   // opportunistic (RFC 7435), see the header
+    Result<SSL_CTX*> ctx = tls::MakeClientContext();
+    if (!ctx.ok()) return ctx.status();
+    tls_ctx_ = *ctx;
   }
-  SSL* ssl = SSL_new(tls_ctx_);
-  if (!ssl) return InternalError(base::OpenSslError("TLS session"));
-  int flags = ::fcntl(conn_.fd, F_GETFL);
-  ::fcntl(conn_.fd, F_SETFL, flags | O_NONBLOCK);
-  SSL_set_fd(ssl, conn_.fd);
-  if (!host.empty() && host[0] != '[') SSL_set_tlsext_host_name(ssl, host.c_str());
-  conn_.ssl = ssl;
-  while (true) {
-    int r = SSL_connect(ssl);
-    if (r == 1) break;
-    int e = SSL_get_error(ssl, r);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-      if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
-      continue;
-    }
-    return UnavailableError(base::OpenSslError("TLS handshake failed"));
+  Result<std::unique_ptr<tls::Session>> s = tls::Session::Start(tls_ctx_, tls::Session::Role::kClient, host);
+  if (!s.ok()) return s.status();
+  conn_.tls_session = std::move(s.value());
+  tls::Session& t = *conn_.tls_session;
+  char buf[kReadChunk];
+  while (!t.Handshake()) {
+    std::string out = t.TakeCiphertext();   // our flight, or the alert
+    if (!out.empty())
+      if (Status st = io::WriteAllTimeout(conn_.fd, out, timeout_ms); !st.ok()) return st;
+    if (t.failed()) return UnavailableError(t.error());
+    Result<size_t> n = io::ReadSome(conn_.fd, buf, sizeof buf, timeout_ms);
+    if (!n.ok()) return n.status();
+    if (*n == 0) return UnavailableError("next hop closed the connection during the TLS handshake");
+    t.FeedCiphertext(std::string_view(buf, *n));
   }
-  conn_.tls = StrCat(SSL_get_version(ssl), " ", SSL_get_cipher_name(ssl));
-  return OkStatus();
+  conn_.tls = t.description();
+  return io::WriteAllTimeout(conn_.fd, t.TakeCiphertext(), timeout_ms);   // our Finished
 }
 
 Status DeliveryAgent::Write(std::string_view data, int timeout_ms) {
-  if (!conn_.ssl) return io::WriteAllTimeout(conn_.fd, data, timeout_ms);
-  size_t done = 0;
-  while (done < data.size()) {
-    int r = SSL_write(conn_.ssl, data.data() + done, static_cast<int>(std::min<size_t>(data.size() - done, 1 << 20)));
-    if (r > 0) {
-      done += static_cast<size_t>(r);
-      continue;
-    }
-    int e = SSL_get_error(conn_.ssl, r);
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(base::OpenSslError("TLS write failed"));
-    if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
-  }
-  return OkStatus();
+  if (!conn_.tls_session) return io::WriteAllTimeout(conn_.fd, data, timeout_ms);
+  if (!conn_.tls_session->WritePlain(data)) return UnavailableError(conn_.tls_session->error());
+  return io::WriteAllTimeout(conn_.fd, conn_.tls_session->TakeCiphertext(), timeout_ms);
 }
 
 Result<size_t> DeliveryAgent::Read(char* buf, size_t cap, int timeout_ms) {
-  if (!conn_.ssl) return io::ReadSome(conn_.fd, buf, cap, timeout_ms);
+  if (!conn_.tls_session) return io::ReadSome(conn_.fd, buf, cap, timeout_ms);
+  tls::Session& t = *conn_.tls_session;
+  std::string plain;
+  char wire[kReadChunk];
   while (true) {
-    int r = SSL_read(conn_.ssl, buf, static_cast<int>(cap));
-    if (r > 0) return static_cast<size_t>(r);
-    int e = SSL_get_error(conn_.ssl, r);
-    if (e == SSL_ERROR_ZERO_RETURN) return size_t{0};
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return UnavailableError(base::OpenSslError("TLS read failed"));
-    if (Status st = WaitFd(conn_.fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms); !st.ok()) return st;
+    tls::Session::Read r = t.ReadPlain(&plain, cap);
+    // What reading made OpenSSL say (a key update's answer, an alert) goes out at once.
+    if (t.HasCiphertext())
+      if (Status st = io::WriteAllTimeout(conn_.fd, t.TakeCiphertext(), timeout_ms); !st.ok()) return st;
+    if (r == tls::Session::Read::kData) {
+      std::memcpy(buf, plain.data(), plain.size());
+      return plain.size();
+    }
+    if (r == tls::Session::Read::kClosed) return size_t{0};
+    if (r == tls::Session::Read::kFailed) return UnavailableError(t.error());
+    Result<size_t> n = io::ReadSome(conn_.fd, wire, sizeof wire, timeout_ms);
+    if (!n.ok()) return n.status();
+    if (*n == 0) return size_t{0};
+    t.FeedCiphertext(std::string_view(wire, *n));
   }
 }
 
@@ -129,10 +110,11 @@ void DeliveryAgent::CloseConnection(bool quit) {
     conn_.session->Quit();
     (void)Write(conn_.session->TakeOutput(), 1000);
   }
-  if (conn_.ssl) {
-    SSL_shutdown(conn_.ssl);   // best effort, non-blocking
-    SSL_free(conn_.ssl);
-    ERR_clear_error();
+  if (conn_.tls_session) {   // close_notify, best effort
+    conn_.tls_session->Close();
+    std::string bye = conn_.tls_session->TakeCiphertext();
+    ssize_t ignored = ::send(conn_.fd, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)ignored;
   }
   ::close(conn_.fd);
   conn_ = Connection{};

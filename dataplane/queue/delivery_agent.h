@@ -1,7 +1,8 @@
 // delivery_agent.h — one outbound SMTP delivery thread (the kernel back end's smtp client).
 //
 // Takes a job from the queue manager, finds the next hop (relay_host, or MX then addresses),
-// drives a sans-I/O ClientSession over a blocking socket with deadlines on every wait, and
+// drives a sans-I/O ClientSession and the TLS core over a non-blocking socket with deadlines
+// on every wait, and
 // reports one reply per recipient. A connection is kept for up to 2 s for the next job to
 // the same destination (connection cache).
 //
@@ -21,9 +22,8 @@
 #include "dataplane/io/dns.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/smtp/client_session.h"
+#include "dataplane/tls/session.h"
 
-typedef struct ssl_st SSL;
-typedef struct ssl_ctx_st SSL_CTX;
 
 namespace mailseal::queue {
 
@@ -42,7 +42,7 @@ class DeliveryAgent {
     std::string destination;
     std::string remote;      // "host [ip]:port"
     std::unique_ptr<smtp::ClientSession> session;
-    SSL* ssl = nullptr;      // after STARTTLS
+    std::unique_ptr<tls::Session> tls_session;   // after STARTTLS
     std::string tls;         // "TLSv1.3 TLS_AES_256_GCM_SHA384", for logs
   };
   Status Write(std::string_view data, int timeout_ms);
