@@ -1,5 +1,6 @@
 // server.cc — see server.h.
 #include "control/server.h"
+#include "dataplane/base/clock.h"
 #include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
 
@@ -504,16 +505,12 @@ struct ControlServer::State {
 };
 
 namespace {
-int64_t SteadyMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // AuditRefusal records a refusal below the RPC layer: at most one record per 10 s, with the
 // number of those left out since (a hostile client must not fill the audit disk).
 void AuditRefusal(ControlServer::State* st, const std::string& actor, const char* action, const std::string& reason,
                   const std::string& address) {
   std::lock_guard<std::mutex> l(st->refused_mu);
-  int64_t now = SteadyMs();
+  int64_t now = base::SteadyMs();
   ControlServer::State::RefusalWindow& w = st->refused[action];
   if (w.since_ms != 0 && now - w.since_ms < 10000) {
     ++w.left_out;

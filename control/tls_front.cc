@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstring>
 
+#include "dataplane/base/clock.h"
 #include "dataplane/base/log.h"
 #include "dataplane/base/strings.h"
 
@@ -260,7 +261,7 @@ void TlsFront::AcceptLoop() {
     int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        int64_t now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+        int64_t now = base::SteadyMs() / 1000;
         if (now - last_refusal_log >= 10) {
           Log(LogLevel::kError, "control", "management accept failed (out of descriptors or memory)", {{"error", std::strerror(errno)}});
           last_refusal_log = now;

@@ -28,12 +28,13 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/base/clock.h"
 #include "dataplane/base/log.h"
 #include "dataplane/base/file.h"
 #include "dataplane/config/config.h"
 #include "dataplane/io/dns.h"
-#include "dataplane/io/event_loop.h"
-#include "dataplane/io/smtp_server.h"
+#include "dataplane/endpoint/smtp_server.h"
+#include "dataplane/kernel/backend.h"
 #include "dataplane/tls/session.h"
 #include "dataplane/policy/classify.h"
 #include "dataplane/policy/snapshot.h"
@@ -441,7 +442,7 @@ int Run(const std::string& path) {
     uint16_t port = 0;
     config::ParseHostPort(l.address(), &host, &port);
     for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
-      Result<int> fd = io::OpenListener(host, &port);
+      Result<int> fd = kernel::OpenListener(host, &port);
       if (!fd.ok()) {
         Log(LogLevel::kError, "mailseald", "cannot listen", {{"error", fd.status().message()}});
         return kExitRuntime;
@@ -503,12 +504,18 @@ int Run(const std::string& path) {
                                            std::vector<std::string>(d.dns_local_data().begin(), d.dns_local_data().end()));
   }
   io::ClientLimiter limiter;   // per-client connection limits across the net threads (issue #13)
-  io::ServerContext ctx{&policy,       &spool, &committer, &qmgr, token ? &hsm_ok : nullptr,
+  // The network back end (kernel: epoll over the sockets opened above) and one SMTP server
+  // endpoint per net thread on it.
+  kernel::KernelBackend backend(std::move(fds), "421 4.3.2 Service busy (out of resources), try again later\r\n");
+  endpoint::ServerContext ctx{&policy,       &spool, &committer, &qmgr, token ? &hsm_ok : nullptr,
                        recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get(), &limiter};
-  std::vector<std::unique_ptr<io::NetThread>> nets;
+  std::vector<std::unique_ptr<endpoint::SmtpServer>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
-    nets.push_back(std::make_unique<io::NetThread>(static_cast<int>(t), ctx, fds[t]));
-    nets.back()->Start();
+    nets.push_back(std::make_unique<endpoint::SmtpServer>(static_cast<int>(t), ctx, &backend));
+    if (Status st = nets.back()->Start(); !st.ok()) {
+      Log(LogLevel::kError, "mailseald", "net thread not started", {{"error", st.message()}});
+      std::abort();   // broken environment: the listeners were opened above
+    }
   }
   Log(LogLevel::kInfo, "mailseald", "started",
       {{"version", "0.1.0"}, {"hostname", cfg.hostname()}, {"pid", std::to_string(getpid())},
@@ -577,7 +584,7 @@ int Run(const std::string& path) {
            {"in_queue", std::to_string(s.in_queue)}, {"deferred", std::to_string(s.deferred)}});
     }
   }
-  int64_t deadline = io::EventLoop::NowMs() + kDrainMs;
+  int64_t deadline = base::SteadyMs() + kDrainMs;
   for (auto& t : nets) t->BeginDrain(deadline);
   for (auto& t : nets) t->Join();
   if (spf) spf->Stop();   // a verdict still in hand is posted to a joined (not yet freed) loop

@@ -33,6 +33,8 @@ State& S() {
 }
 }  // namespace
 
+int64_t SteadyMs() { return SystemSteadyMs(); }
+
 int64_t QueueNowMs() {
   State& s = S();
   std::lock_guard<std::mutex> l(s.mu);

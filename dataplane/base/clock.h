@@ -14,6 +14,9 @@
 
 namespace mailseal::base {
 
+// SteadyMs: monotonic milliseconds (timeouts, rate limits, event loops).
+int64_t SteadyMs();
+
 // QueueNowMs: milliseconds since the epoch on the queue's clock (thread-safe).
 int64_t QueueNowMs();
 

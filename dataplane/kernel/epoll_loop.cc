@@ -1,17 +1,19 @@
-// event_loop.cc — see event_loop.h.
-#include "dataplane/io/event_loop.h"
+// epoll_loop.cc — see epoll_loop.h.
+#include "dataplane/kernel/epoll_loop.h"
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdlib>
 
-namespace mailseal::io {
+#include "dataplane/base/clock.h"
 
-EventLoop::EventLoop() {
+namespace mailseal::kernel {
+
+EpollLoop::EpollLoop() {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (epfd_ < 0 || wakefd_ < 0) std::abort();  // broken environment: let systemd restart us
@@ -21,28 +23,42 @@ EventLoop::EventLoop() {
   epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev);
 }
 
-EventLoop::~EventLoop() {
+EpollLoop::~EpollLoop() {
   ::close(wakefd_);
   ::close(epfd_);
 }
 
-bool EventLoop::Add(int fd, uint32_t events, EventHandler* h) {
+bool EpollLoop::Add(int fd, uint32_t events, FdHandler* h) {
   epoll_event ev{};
   ev.events = events;
   ev.data.ptr = h;
   return epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
-bool EventLoop::Modify(int fd, uint32_t events, EventHandler* h) {
+bool EpollLoop::Modify(int fd, uint32_t events, FdHandler* h) {
   epoll_event ev{};
   ev.events = events;
   ev.data.ptr = h;
   return epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) == 0;
 }
 
-void EventLoop::Remove(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
+void EpollLoop::Remove(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
 
-void EventLoop::Post(std::function<void()> task) {
+uint64_t EpollLoop::After(int64_t ms, std::function<void()> fn) {
+  uint64_t id = next_timer_++;
+  timers_.emplace(NowMs() + ms, std::make_pair(id, std::move(fn)));
+  return id;
+}
+
+void EpollLoop::Cancel(uint64_t timer) {
+  for (auto it = timers_.begin(); it != timers_.end(); ++it)
+    if (it->second.first == timer) {
+      timers_.erase(it);
+      return;
+    }
+}
+
+void EpollLoop::Post(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> l(mu_);
     posted_.push_back(std::move(task));
@@ -52,17 +68,13 @@ void EventLoop::Post(std::function<void()> task) {
   (void)ignored;
 }
 
-void EventLoop::Stop() {
+void EpollLoop::Stop() {
   Post([this] { stop_ = true; });
 }
 
-int64_t EventLoop::NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+int64_t EpollLoop::NowMs() const { return base::SteadyMs(); }
 
-void EventLoop::DrainPosted() {
+void EpollLoop::DrainPosted() {
   uint64_t v;
   while (::read(wakefd_, &v, sizeof v) > 0) {}
   std::vector<std::function<void()>> tasks;
@@ -73,20 +85,30 @@ void EventLoop::DrainPosted() {
   for (auto& t : tasks) t();
 }
 
-void EventLoop::Run(int tick_ms, const std::function<void()>& tick,
-                    const std::function<void()>& after_batch) {
+void EpollLoop::RunTimers() {
+  int64_t now = NowMs();
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    std::function<void()> fn = std::move(timers_.begin()->second.second);
+    timers_.erase(timers_.begin());
+    fn();
+  }
+}
+
+void EpollLoop::Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) {
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
   int64_t next_tick = NowMs() + tick_ms;
   while (!stop_) {
-    int64_t wait = next_tick - NowMs();
+    int64_t due = timers_.empty() ? next_tick : std::min(next_tick, timers_.begin()->first);
+    int64_t wait = due - NowMs();
     int n = epoll_wait(epfd_, events, kMaxEvents, wait < 0 ? 0 : static_cast<int>(wait));
     if (n < 0 && errno != EINTR) std::abort();
     for (int i = 0; i < n; ++i) {
-      auto* h = static_cast<EventHandler*>(events[i].data.ptr);
+      auto* h = static_cast<FdHandler*>(events[i].data.ptr);
       if (h == nullptr) DrainPosted();
       else h->OnEvent(events[i].events);
     }
+    RunTimers();
     if (NowMs() >= next_tick) {
       next_tick = NowMs() + tick_ms;
       tick();
@@ -95,4 +117,4 @@ void EventLoop::Run(int tick_ms, const std::function<void()>& tick,
   }
 }
 
-}  // namespace mailseal::io
+}  // namespace mailseal::kernel

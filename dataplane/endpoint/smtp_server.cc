@@ -1,16 +1,8 @@
 // smtp_server.cc — see smtp_server.h.
-#include "dataplane/io/smtp_server.h"
+#include "dataplane/endpoint/smtp_server.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <pthread.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <sys/statvfs.h>
 
 #include <cerrno>
 #include <chrono>
@@ -23,7 +15,9 @@
 #include "dataplane/smtp/address.h"
 #include "dataplane/tls/session.h"
 
-namespace mailseal::io {
+namespace mailseal::endpoint {
+using io::FormatAddress;
+using io::FormatIp;
 using base::Log;
 using base::LogLevel;
 using smtp::MakeReply;
@@ -42,40 +36,7 @@ int64_t WallMs() {
 }
 }  // namespace
 
-Result<int> OpenListener(const std::string& ip, uint16_t* port) {
-  sockaddr_storage ss;
-  socklen_t len;
-  if (!MakeAddress(ip, *port, &ss, &len)) return InvalidArgumentError(StrCat("bad listen address ", ip));
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return InternalError(StrCat("socket: ", std::strerror(errno)));
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 1024) != 0) {
-    int e = errno;
-    ::close(fd);
-    return UnavailableError(StrCat("listen on ", ip, ":", *port, ": ", std::strerror(e)));
-  }
-  sockaddr_storage bound{};
-  socklen_t blen = sizeof bound;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
-  *port = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                                           : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
-  return fd;
-}
-
-class NetThread::Listener : public EventHandler {
- public:
-  Listener(NetThread* t, int fd) : t_(t), fd_(fd) {}
-  void OnEvent(uint32_t) override { t_->Accept(fd_); }
-  int fd() const { return fd_; }
-
- private:
-  NetThread* t_;
-  int fd_;
-};
-
-class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
+class SmtpServer::Conn : public io::StreamHandler, public smtp::ServerHandler {
  public:
   // SessionOptions: STARTTLS is offered only with a TLS context (a reload that adds a tls
   // section takes effect at restart); a required TLS without one refuses all mail (fail closed).
@@ -85,22 +46,23 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     return o;
   }
 
-  Conn(NetThread* t, uint64_t id, int fd, const sockaddr_storage& peer,
+  Conn(SmtpServer* t, uint64_t id, std::unique_ptr<io::Stream> stream,
        std::shared_ptr<const policy::PolicySnapshot> snap)
-      : t_(t), id_(id), fd_(fd), snap_(std::move(snap)),
+      : t_(t), id_(id), stream_(std::move(stream)), snap_(std::move(snap)),
         session_(SessionOptions(*snap_, t->ctx_.tls_ctx != nullptr), this) {
-    peer_ = FormatAddress(reinterpret_cast<const sockaddr*>(&peer));
-    peer_ip_ = FormatIp(reinterpret_cast<const sockaddr*>(&peer));
-    trusted_ = snap_->IsTrusted(reinterpret_cast<const sockaddr*>(&peer));
-    last_activity_ms_ = EventLoop::NowMs();
+    const sockaddr* peer = reinterpret_cast<const sockaddr*>(&stream_->peer());
+    peer_ = FormatAddress(peer);
+    peer_ip_ = FormatIp(peer);
+    trusted_ = snap_->IsTrusted(peer);
+    last_activity_ms_ = t_->loop_->NowMs();
   }
   ~Conn() override {
     if (writer_) writer_->Abandon();
-    if (fd_ >= 0) ::close(fd_);
   }
 
   uint64_t id() const { return id_; }
-  int fd() const { return fd_; }
+  // Detach: no more readiness for this connection (it is being closed).
+  void Detach() { stream_->Watch(nullptr, false, false); }
   int64_t last_activity_ms() const { return last_activity_ms_; }
   smtp::ServerSession& session() { return session_; }
   bool closing() const { return closing_; }
@@ -113,11 +75,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     UpdateInterest();
   }
 
-  void OnEvent(uint32_t ev) override {
+  void OnReady(bool readable, bool writable) override {
     if (closing_) return;
-    if (ev & (EPOLLERR | EPOLLHUP)) ev |= EPOLLIN;
-    if (ev & EPOLLOUT) Flush();
-    if ((ev & EPOLLIN) && WantsInput()) ReadInput();
+    if (writable) Flush();
+    if (readable && WantsInput()) ReadInput();
     Flush();
     MaybeStartTls();
     Settle();
@@ -153,7 +114,7 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
 
   // Resume: the session may take input again; TLS may hold plaintext already read.
   void Resume() {
-    last_activity_ms_ = EventLoop::NowMs();
+    last_activity_ms_ = t_->loop_->NowMs();
     if (tls_session_ && tls_session_->established()) PumpTls();
     Flush();
     MaybeStartTls();
@@ -211,10 +172,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     spf_request_.receiver = snap_->smtp.hostname;
     spf_request_.default_explanation = "see RFC 7208";
     spf_request_.now_unix = WallMs() / 1000;
-    NetThread* t = t_;
+    SmtpServer* t = t_;
     uint64_t id = id_;
     bool queued = t_->ctx_.spf->Submit(spf_request_, [t, id](const spf::Verdict& v) {
-      t->loop_.Post([t, id, v] {
+      t->loop_->Post([t, id, v] {
         auto it = t->conns_.find(id);
         if (it != t->conns_.end()) it->second->SpfDone(v);
       });
@@ -317,10 +278,10 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
       return;
     }
     size_ = writer_->body_size();
-    NetThread* t = t_;
+    SmtpServer* t = t_;
     uint64_t id = id_;
     t_->ctx_.committer->Commit(std::move(writer_), [t, id](const Status& st, const std::string& qid) {
-      t->loop_.Post([t, id, st, qid] {
+      t->loop_->Post([t, id, st, qid] {
         auto it = t->conns_.find(id);
         if (it != t->conns_.end()) it->second->CommitDone(st, qid);
       });
@@ -392,29 +353,29 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
     char buf[kReadBurst];
     size_t total = 0;
     while (total < kMaxReadPerEvent && WantsInput()) {
-      ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
-      if (n > 0) {
-        total += static_cast<size_t>(n);
-        last_activity_ms_ = EventLoop::NowMs();
+      io::IoResult r = stream_->Read(buf, sizeof buf);
+      if (r.kind == io::IoResult::kOk) {
+        size_t n = r.bytes;
+        total += n;
+        last_activity_ms_ = t_->loop_->NowMs();
         if (tls_session_) {
-          tls_session_->FeedCiphertext(std::string_view(buf, static_cast<size_t>(n)));
+          tls_session_->FeedCiphertext(std::string_view(buf, n));
           PumpTls();
           if (tls_session_->failed()) {
             peer_gone_ = true;
             break;
           }
         } else {
-          session_.Feed(std::string_view(buf, static_cast<size_t>(n)));
+          session_.Feed(std::string_view(buf, n));
         }
         TakeSessionOutput();
-        if (static_cast<size_t>(n) < sizeof buf) break;
+        if (n < sizeof buf) break;   // drained (readiness is level-triggered: more is reported)
         continue;
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (r.kind == io::IoResult::kWouldBlock) break;
       // Peer closed or reset.
       if (session_.InTransaction())
-        Log(LogLevel::kInfo, "smtpd", "lost connection in transaction", {{"client", peer_}});
+        Log(LogLevel::kInfo, "smtpd", "lost connection in transaction", {{"client", peer_}, {"why", r.error}});
       peer_gone_ = true;
       break;
     }
@@ -436,13 +397,12 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   void Flush() {
     TakeSessionOutput();
     while (out_off_ < out_.size()) {
-      ssize_t n = ::send(fd_, out_.data() + out_off_, out_.size() - out_off_, MSG_NOSIGNAL);
-      if (n > 0) {
-        out_off_ += static_cast<size_t>(n);
+      io::IoResult r = stream_->Write(std::string_view(out_).substr(out_off_));
+      if (r.kind == io::IoResult::kOk && r.bytes > 0) {
+        out_off_ += r.bytes;
         continue;
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (r.kind == io::IoResult::kOk || r.kind == io::IoResult::kWouldBlock) break;
       peer_gone_ = true;
       break;
     }
@@ -463,22 +423,17 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   }
 
   void UpdateInterest() {
-    uint32_t ev = 0;
-    if (WantsInput()) ev |= EPOLLIN;
-    if (!out_.empty()) ev |= EPOLLOUT;
-    if (ev != interest_) {
-      t_->loop_.Modify(fd_, ev, this);
-      interest_ = ev;
+    int want = (WantsInput() ? 1 : 0) | (out_.empty() ? 0 : 2);
+    if (want != interest_) {
+      stream_->Watch(this, want & 1, want & 2);
+      interest_ = want;
     }
   }
 
- public:
-  uint32_t interest_ = EPOLLIN;
-
- private:
-  NetThread* t_;
+  int interest_ = -1;
+  SmtpServer* t_;
   uint64_t id_;
-  int fd_;
+  std::unique_ptr<io::Stream> stream_;
   std::shared_ptr<const policy::PolicySnapshot> snap_;
   smtp::ServerSession session_;
   std::string peer_;
@@ -502,50 +457,51 @@ class NetThread::Conn : public EventHandler, public smtp::ServerHandler {
   uint64_t size_ = 0;
 };
 
-NetThread::NetThread(int index, ServerContext ctx, std::vector<int> listen_fds)
-    : index_(index), ctx_(ctx), listen_fds_(std::move(listen_fds)) {}
+SmtpServer::SmtpServer(int index, ServerContext ctx, io::Backend* backend)
+    : index_(index), ctx_(ctx), backend_(backend) {}
 
-NetThread::~NetThread() {
+SmtpServer::~SmtpServer() {
   Join();
-  for (auto& l : listeners_) ::close(l->fd());
-  if (reserve_fd_ >= 0) ::close(reserve_fd_);
+  conns_.clear();
+  dead_.clear();
+  listener_.reset();
 }
 
-void NetThread::Start() {
+Status SmtpServer::Start() {
   UpdateSpoolFree();
-  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);   // spent to refuse politely at the descriptor limit
-  for (int fd : listen_fds_) {
-    listeners_.push_back(std::make_unique<Listener>(this, fd));
-    loop_.Add(fd, EPOLLIN, listeners_.back().get());
-  }
-  thread_ = std::thread([this] { loop_.Run(1000, [this] { Tick(); }, [this] { AfterBatch(); }); });
+  loop_ = backend_->NewLoop();
+  Result<std::unique_ptr<io::Listener>> l = backend_->Listen(loop_.get(), index_, [this](std::unique_ptr<io::Stream> s) {
+    Accept(std::move(s));
+  });
+  if (!l.ok()) return l.status();
+  listener_ = std::move(l.value());
+  thread_ = std::thread([this] { loop_->Run(1000, [this] { Tick(); }, [this] { AfterBatch(); }); });
   std::string name = "net" + std::to_string(index_);
   pthread_setname_np(thread_.native_handle(), name.c_str());
+  return OkStatus();
 }
 
-void NetThread::Join() {
+void SmtpServer::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void NetThread::BeginDrain(int64_t deadline_ms) {
-  loop_.Post([this, deadline_ms] {
+void SmtpServer::BeginDrain(int64_t deadline_ms) {
+  loop_->Post([this, deadline_ms] {
     draining_ = true;
     drain_deadline_ms_ = deadline_ms;
-    for (auto& l : listeners_) loop_.Remove(l->fd());
+    listener_->Pause();
     Tick();
   });
 }
 
-void NetThread::Refuse(int fd, const char* reply) {
-  ssize_t ignored = ::send(fd, reply, std::strlen(reply), MSG_NOSIGNAL | MSG_DONTWAIT);
-  (void)ignored;
-  ::close(fd);
+void SmtpServer::Refuse(std::unique_ptr<io::Stream> stream, const char* reply) {
+  (void)stream->Write(reply);   // best effort; the stream closes when it goes
 }
 
-void NetThread::LogRefusal(const std::string& what, const std::string& client) {
+void SmtpServer::LogRefusal(const std::string& what, const std::string& client) {
   // Rate-limited: a flood of refusals must not become a flood of log lines.
   ++refusals_since_log_;
-  int64_t now = EventLoop::NowMs();
+  int64_t now = loop_->NowMs();
   if (now - last_refusal_log_ms_ < 10000) return;
   Log(LogLevel::kWarning, "smtpd", "connections refused",
       {{"why", what}, {"client", client}, {"refused_since_last_line", std::to_string(refusals_since_log_)}});
@@ -553,70 +509,44 @@ void NetThread::LogRefusal(const std::string& what, const std::string& client) {
   refusals_since_log_ = 0;
 }
 
-void NetThread::OutOfDescriptors(int listen_fd) {
-  if (reserve_fd_ >= 0) {
-    ::close(reserve_fd_);
-    reserve_fd_ = -1;
-    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd >= 0) Refuse(fd, "421 4.3.2 Service busy (out of resources), try again later\r\n");
-    reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+void SmtpServer::Accept(std::unique_ptr<io::Stream> stream) {
+  if (draining_) {
+    Refuse(std::move(stream), "421 4.3.2 Service shutting down, try again later\r\n");
+    return;
   }
-  LogRefusal(StrCat("accept failed: ", std::strerror(EMFILE), " (descriptor limit)"), "");
-  if (reserve_fd_ < 0) {   // not even that: stop accepting for a second instead of spinning
-    paused_until_ms_ = EventLoop::NowMs() + 1000;
-    for (auto& l : listeners_) loop_.Remove(l->fd());
-  }
-}
-
-void NetThread::Accept(int listen_fd) {
-  if (draining_ || paused_until_ms_) return;
   auto snap = ctx_.policy->Load();
-  for (int i = 0; i < 64; ++i) {
-    sockaddr_storage peer{};
-    socklen_t len = sizeof peer;
-    int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EMFILE || errno == ENFILE) OutOfDescriptors(listen_fd);
-      else if (errno != EAGAIN && errno != EWOULDBLOCK) LogRefusal(StrCat("accept failed: ", std::strerror(errno)), "");
+  const sockaddr* sa = reinterpret_cast<const sockaddr*>(&stream->peer());
+  bool trusted = snap->IsTrusted(sa);
+  // Trusted networks keep 1/8 of the connections: an outside flood cannot lock them out.
+  size_t cap = trusted ? snap->max_connections : snap->max_connections - snap->max_connections / 8;
+  if (conns_.size() >= cap) {
+    LogRefusal("too many connections", FormatAddress(sa));
+    Refuse(std::move(stream), "421 4.7.0 Too many connections, try again later\r\n");
+    return;
+  }
+  std::string key;
+  if (!trusted && ctx_.limiter) {
+    key = io::ClientLimiter::ClientKey(sa);
+    std::string why;
+    if (!ctx_.limiter->Admit(key, snap->max_connections_per_client, snap->max_connection_rate_per_client,
+                             loop_->NowMs(), &why)) {
+      LogRefusal(why, FormatAddress(sa));
+      Refuse(std::move(stream), "421 4.7.0 Too many connections from your address, try again later\r\n");
       return;
     }
-    const sockaddr* sa = reinterpret_cast<const sockaddr*>(&peer);
-    bool trusted = snap->IsTrusted(sa);
-    // Trusted networks keep 1/8 of the connections: an outside flood cannot lock them out.
-    size_t cap = trusted ? snap->max_connections : snap->max_connections - snap->max_connections / 8;
-    if (conns_.size() >= cap) {
-      Refuse(fd, "421 4.7.0 Too many connections, try again later\r\n");
-      LogRefusal("too many connections", FormatAddress(sa));
-      continue;
-    }
-    std::string key;
-    if (!trusted && ctx_.limiter) {
-      key = ClientLimiter::ClientKey(sa);
-      std::string why;
-      if (!ctx_.limiter->Admit(key, snap->max_connections_per_client, snap->max_connection_rate_per_client,
-                               EventLoop::NowMs(), &why)) {
-        Refuse(fd, "421 4.7.0 Too many connections from your address, try again later\r\n");
-        LogRefusal(why, FormatAddress(sa));
-        continue;
-      }
-    }
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    uint64_t id = next_conn_id_++;
-    if (!key.empty()) limited_[id] = key;
-    auto c = std::make_unique<Conn>(this, id, fd, peer, snap);
-    Conn* raw = c.get();
-    conns_[id] = std::move(c);
-    loop_.Add(fd, EPOLLIN, raw);
-    raw->Begin();
   }
+  uint64_t id = next_conn_id_++;
+  if (!key.empty()) limited_[id] = key;
+  auto c = std::make_unique<Conn>(this, id, std::move(stream), snap);
+  Conn* raw = c.get();
+  conns_[id] = std::move(c);
+  raw->Begin();
 }
 
-void NetThread::CloseConn(Conn* c) {
-  loop_.Remove(c->fd());
+void SmtpServer::CloseConn(Conn* c) {
   auto it = conns_.find(c->id());
   if (it == conns_.end()) return;
+  c->Detach();
   if (auto l = limited_.find(c->id()); l != limited_.end()) {
     ctx_.limiter->Release(l->second);
     limited_.erase(l);
@@ -625,26 +555,21 @@ void NetThread::CloseConn(Conn* c) {
   conns_.erase(it);
 }
 
-void NetThread::AfterBatch() {
+void SmtpServer::AfterBatch() {
   dead_.clear();
-  if (draining_ && conns_.empty()) loop_.Stop();
+  if (draining_ && conns_.empty()) loop_->Stop();
 }
 
-void NetThread::UpdateSpoolFree() {
+void SmtpServer::UpdateSpoolFree() {
   struct statvfs vfs {};
   spool_free_bytes_ = ::statvfs(ctx_.spool->root().c_str(), &vfs) == 0
                           ? static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize
                           : UINT64_MAX;   // cannot tell: the writes themselves will say
 }
 
-void NetThread::Tick() {
-  int64_t now = EventLoop::NowMs();
+void SmtpServer::Tick() {
+  int64_t now = loop_->NowMs();
   UpdateSpoolFree();
-  if (paused_until_ms_ && now >= paused_until_ms_ && !draining_) {   // accepting again after a descriptor shortage
-    paused_until_ms_ = 0;
-    if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    for (auto& l : listeners_) loop_.Add(l->fd(), EPOLLIN, l.get());
-  }
   auto snap = ctx_.policy->Load();
   std::vector<Conn*> snapshot;
   for (auto& [id, c] : conns_) snapshot.push_back(c.get());
@@ -663,4 +588,4 @@ void NetThread::Tick() {
   }
 }
 
-}  // namespace mailseal::io
+}  // namespace mailseal::endpoint
