@@ -1,0 +1,340 @@
+// smtp_seam_test.cc — the SMTP server endpoint and the TLS core end to end over the in-memory
+// back end (issue #14: the proof that the transport seam is real). No socket is opened: the
+// endpoint, the spool, the committer and the TLS core are the product's; the client is a
+// sans-I/O smtp::ClientSession with its own TLS core, fed through memory pipes that split,
+// delay and reset on demand.
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "dataplane/base/clock.h"
+#include "dataplane/config/config.h"
+#include "dataplane/endpoint/smtp_server.h"
+#include "dataplane/memory/backend.h"
+#include "dataplane/policy/snapshot.h"
+#include "dataplane/queue/committer.h"
+#include "dataplane/smtp/client_session.h"
+#include "dataplane/tls/session.h"
+
+namespace mailseal {
+namespace {
+using smtp::ClientSession;
+
+// WriteCertificate: a self-signed P-256 certificate and key for STARTTLS (key mode 0600).
+void WriteCertificate(const std::string& cert, const std::string& key) {
+  EVP_PKEY* pkey = EVP_EC_gen("P-256");
+  X509* x = X509_new();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("gw.test"), -1, -1, 0);
+  X509_set_issuer_name(x, X509_get_subject_name(x));
+  X509_set_pubkey(x, pkey);
+  X509_sign(x, pkey, EVP_sha256());
+  FILE* f = fopen(cert.c_str(), "w");
+  PEM_write_X509(f, x);
+  fclose(f);
+  f = fopen(key.c_str(), "w");
+  PEM_write_PrivateKey(f, pkey, nullptr, nullptr, 0, nullptr, nullptr);
+  fclose(f);
+  chmod(key.c_str(), 0600);
+  X509_free(x);
+  EVP_PKEY_free(pkey);
+}
+
+// Client: a test SMTP client over a memory stream — ClientSession plus the TLS core, polled
+// from the test thread with a deadline on every wait.
+class Client {
+ public:
+  Client(std::unique_ptr<io::Stream> s, SSL_CTX* tls_ctx, ClientSession::Tls tls)
+      : stream_(std::move(s)), tls_ctx_(tls_ctx), session_("client.test", tls) {}
+
+  // Until the session is ready for a message (or failed). False on timeout.
+  bool Greet() {
+    return Drive([&] {
+      auto st = session_.state();
+      return st == ClientSession::State::kReady || st == ClientSession::State::kFailed || st == ClientSession::State::kClosed;
+    });
+  }
+
+  // Send one message; the final state says how it went.
+  bool Send(const std::string& from, const std::string& to, const std::string& body) {
+    smtp::ClientMessage m;
+    m.mail_from = from;
+    m.recipients.push_back({to, "", ""});
+    session_.StartMessage(m);
+    bool ok = Drive([&] {
+      auto st = session_.state();
+      return st != ClientSession::State::kInMessage;
+    });
+    if (!ok || session_.state() != ClientSession::State::kSendBody) return ok;
+    smtp::BodyEncoder enc;
+    std::string wire;
+    enc.Encode(body, &wire);
+    enc.Finish(&wire);
+    Write(wire);
+    session_.BodyDone();
+    return Drive([&] { return session_.state() != ClientSession::State::kBodySent; });
+  }
+
+  ClientSession& session() { return session_; }
+  bool tls_up() const { return tls_ && tls_->established(); }
+  const std::string& tls_description() const { return tls_->description(); }
+  bool lost() const { return lost_; }
+
+ private:
+  // Drive exchanges bytes until done() or 10 s pass.
+  template <typename Done>
+  bool Drive(Done done) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      Write(session_.TakeOutput());
+      if (session_.state() == ClientSession::State::kTlsReady && !tls_) {
+        tls_ = std::move(tls::Session::Start(tls_ctx_, tls::Session::Role::kClient, "gw.test").value());
+        tls_->Handshake();
+        Flush();
+      }
+      if (tls_ && !tls_->established() && tls_->Handshake()) {
+        Flush();
+        session_.TlsStarted();
+        continue;
+      }
+      if (done()) return true;
+      if (lost_) return false;
+      char buf[4096];
+      io::IoResult r = stream_->Read(buf, sizeof buf);
+      if (r.kind == io::IoResult::kOk) {
+        if (!tls_) {
+          session_.Feed(std::string_view(buf, r.bytes));
+        } else {
+          tls_->FeedCiphertext(std::string_view(buf, r.bytes));
+          std::string plain;
+          if (tls_->established() && tls_->ReadPlain(&plain, 1 << 20) == tls::Session::Read::kData) session_.Feed(plain);
+          Flush();
+        }
+        continue;
+      }
+      if (r.kind != io::IoResult::kWouldBlock) {
+        lost_ = true;
+        session_.Fail(smtp::MakeReply(451, "4.4.2", "connection lost"));
+        return done();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+  }
+  void Write(const std::string& plain) {
+    if (plain.empty()) return;
+    if (tls_ && tls_->established()) {
+      tls_->WritePlain(plain);
+      Flush();
+    } else {
+      Raw(plain);
+    }
+  }
+  void Flush() {
+    if (tls_) Raw(tls_->TakeCiphertext());
+  }
+  void Raw(std::string_view bytes) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!bytes.empty() && std::chrono::steady_clock::now() < deadline) {
+      io::IoResult r = stream_->Write(bytes);
+      if (r.kind == io::IoResult::kOk) {
+        bytes.remove_prefix(r.bytes);
+        continue;
+      }
+      if (r.kind == io::IoResult::kWouldBlock) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      lost_ = true;
+      return;
+    }
+  }
+
+  std::unique_ptr<io::Stream> stream_;
+  SSL_CTX* tls_ctx_;
+  ClientSession session_;
+  std::unique_ptr<tls::Session> tls_;
+  bool lost_ = false;
+};
+
+class SeamTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = std::filesystem::temp_directory_path() / ("seam-" + std::to_string(::getpid()) + "-" +
+                                                      ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(root_);
+    std::filesystem::create_directories(root_);
+    client_thread_ = std::thread([this] { client_loop_.Run(1000, [] {}, [] {}); });
+  }
+  // Start the gateway's receiving side on the memory back end: endpoint, spool, committer.
+  void StartServer(bool with_tls) {
+    std::string text = "hostname: \"gw.test\"\nlisten { address: \"127.0.0.1:25\" }\nspool_dir: \"" +
+                       (root_ / "spool").string() + "\"\ntrusted_networks: \"127.0.0.0/8\"\nlocal_domains: \"agency-a.test\"\n"
+                       "spf { mode: SPF_OFF }\nlimits { min_free_spool_mib: 1 }\ndelivery { relay_host: \"127.0.0.1:9\" }\n";
+    if (with_tls) {
+      WriteCertificate((root_ / "cert.pem").string(), (root_ / "key.pem").string());
+      text += "tls { cert_file: \"" + (root_ / "cert.pem").string() + "\" key_file: \"" + (root_ / "key.pem").string() + "\" }\n";
+      server_tls_ = tls::MakeServerContext((root_ / "cert.pem").string(), (root_ / "key.pem").string()).value();
+    }
+    Result<v1::Config> cfg = config::ParseConfigText(text, "seam.conf");
+    ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+    policy_.Publish(policy::BuildSnapshot(*cfg, 1));
+    spool_ = std::make_unique<queue::Spool>(cfg->spool_dir());
+    ASSERT_TRUE(spool_->Init().ok());
+    queue::QueueOptions qo;
+    qo.hostname = "gw.test";
+    qo.delivery = cfg->delivery();
+    qmgr_ = std::make_unique<queue::QueueManager>(spool_.get(), qo);   // not started: mail stays queued
+    committer_ = std::make_unique<queue::Committer>(spool_.get(), qmgr_.get());
+    committer_->Start();
+    endpoint::ServerContext ctx;
+    ctx.policy = &policy_;
+    ctx.spool = spool_.get();
+    ctx.committer = committer_.get();
+    ctx.qmgr = qmgr_.get();
+    ctx.tls_ctx = server_tls_;
+    server_ = std::make_unique<endpoint::SmtpServer>(0, ctx, &backend_);
+    ASSERT_TRUE(server_->Start().ok());
+    client_tls_ = tls::MakeClientContext().value();
+  }
+  void TearDown() override {
+    if (server_) {
+      server_->BeginDrain(base::SteadyMs() + 2000);
+      server_->Join();
+      server_.reset();
+    }
+    if (committer_) committer_->Stop();
+    client_loop_.Stop();
+    client_thread_.join();
+    tls::FreeContext(server_tls_);
+    tls::FreeContext(client_tls_);
+    std::filesystem::remove_all(root_);
+  }
+  std::unique_ptr<Client> Connect(memory::Faults to_server = {}, memory::Faults to_client = {},
+                                  ClientSession::Tls tls = ClientSession::Tls::kOpportunistic,
+                                  const std::string& from_ip = "127.0.0.1") {
+    Result<std::unique_ptr<io::Stream>> s = backend_.Dial(&client_loop_, 0, from_ip, to_server, to_client);
+    EXPECT_TRUE(s.ok()) << s.status().message();
+    return std::make_unique<Client>(std::move(s.value()), client_tls_, tls);
+  }
+  // Queued: the messages committed to active/, waiting up to 5 s for `n` of them.
+  std::vector<std::string> Queued(size_t n) {
+    std::vector<std::string> out;
+    for (int i = 0; i < 500; ++i) {
+      out.clear();
+      Result<std::vector<std::string>> ids = spool_->List(queue::SpoolState::kActive);
+      if (!ids.ok()) break;
+      for (const std::string& id : *ids) {
+        std::ifstream f(spool_->PathOf(queue::SpoolState::kActive, id), std::ios::binary);
+        out.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      }
+      if (out.size() >= n) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return out;
+  }
+
+  bool Empty(queue::SpoolState state) {
+    Result<std::vector<std::string>> ids = spool_->List(state);
+    return ids.ok() && ids->empty();
+  }
+
+  std::filesystem::path root_;
+  memory::MemBackend backend_;
+  memory::MemLoop client_loop_;   // delivers the server's bytes; the test thread polls the stream
+  std::thread client_thread_;
+  policy::PolicyStore policy_;
+  std::unique_ptr<queue::Spool> spool_;
+  std::unique_ptr<queue::QueueManager> qmgr_;
+  std::unique_ptr<queue::Committer> committer_;
+  std::unique_ptr<endpoint::SmtpServer> server_;
+  SSL_CTX* server_tls_ = nullptr;
+  SSL_CTX* client_tls_ = nullptr;
+};
+
+const char kBody[] = "From: alice@agency-a.test\r\nSubject: seam\r\n\r\nline one\r\n.leading dot\r\nlast\r\n";
+
+TEST_F(SeamTest, PlainTransactionIsQueuedAfter250) {
+  StartServer(false);
+  auto c = Connect();
+  ASSERT_TRUE(c->Greet());
+  ASSERT_TRUE(c->Send("alice@agency-a.test", "bob@partner.test", kBody));
+  EXPECT_EQ(c->session().result().data.code, 250) << c->session().result().data.OneLine();
+  std::vector<std::string> q = Queued(1);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_NE(q[0].find("Received: from client.test"), std::string::npos);
+  EXPECT_NE(q[0].find(".leading dot\r\nlast\r\n"), std::string::npos) << "dot-stuffing undone exactly once";
+}
+
+TEST_F(SeamTest, OneByteAtATimeBothWaysWithDelays) {
+  StartServer(false);
+  auto c = Connect({1, 1, -1}, {1, 1, -1});
+  ASSERT_TRUE(c->Greet());
+  ASSERT_TRUE(c->Send("alice@agency-a.test", "bob@partner.test", kBody));
+  EXPECT_EQ(c->session().result().data.code, 250);
+  ASSERT_EQ(Queued(1).size(), 1u);
+}
+
+TEST_F(SeamTest, StartTlsEndToEndThroughTheTlsCore) {
+  StartServer(true);
+  auto c = Connect({}, {}, ClientSession::Tls::kRequired);
+  ASSERT_TRUE(c->Greet());
+  ASSERT_TRUE(c->tls_up());
+  EXPECT_NE(c->tls_description().find("TLSv1.3"), std::string::npos);
+  ASSERT_TRUE(c->Send("alice@agency-a.test", "bob@partner.test", kBody));
+  EXPECT_EQ(c->session().result().data.code, 250);
+  std::vector<std::string> q = Queued(1);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_NE(q[0].find("with ESMTPS"), std::string::npos) << "RFC 3848: the trace says TLS was used";
+}
+
+TEST_F(SeamTest, StartTlsWithRecordsSplitAndDelayed) {
+  StartServer(true);
+  auto c = Connect({7, 2, -1}, {5, 1, -1}, ClientSession::Tls::kRequired);
+  ASSERT_TRUE(c->Greet());
+  ASSERT_TRUE(c->tls_up());
+  ASSERT_TRUE(c->Send("alice@agency-a.test", "bob@partner.test", std::string(kBody) + std::string(20000, 'x') + "\r\n"));
+  EXPECT_EQ(c->session().result().data.code, 250);
+  ASSERT_EQ(Queued(1).size(), 1u);
+}
+
+TEST_F(SeamTest, ResetInTheMiddleOfDataLosesNothingAcknowledgedAndQueuesNothing) {
+  StartServer(false);
+  // The connection dies 400 bytes into the client's stream: after DATA, before the end.
+  auto c = Connect({0, 0, 400});
+  ASSERT_TRUE(c->Greet());
+  c->Send("alice@agency-a.test", "bob@partner.test", std::string(kBody) + std::string(5000, 'y') + "\r\n");
+  EXPECT_NE(c->session().result().data.code, 250) << "no 250 for a message that never ended";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_TRUE(Empty(queue::SpoolState::kActive)) << "nothing half-received is queued";
+  EXPECT_TRUE(Empty(queue::SpoolState::kIncoming)) << "the partial file is removed";
+  // The endpoint is still serving.
+  auto again = Connect();
+  ASSERT_TRUE(again->Greet());
+  ASSERT_TRUE(again->Send("alice@agency-a.test", "bob@partner.test", kBody));
+  EXPECT_EQ(again->session().result().data.code, 250);
+}
+
+TEST_F(SeamTest, RelayIsDeniedToClientsOutsideTrustedNetworks) {
+  StartServer(false);
+  auto c = Connect({}, {}, ClientSession::Tls::kOpportunistic, "192.0.2.7");
+  ASSERT_TRUE(c->Greet());
+  c->Send("mallory@example.net", "victim@elsewhere.test", kBody);
+  ASSERT_FALSE(c->session().result().rcpt.empty());
+  EXPECT_EQ(c->session().result().rcpt[0].code, 554);
+  EXPECT_TRUE(Empty(queue::SpoolState::kActive));
+}
+
+}  // namespace
+}  // namespace mailseal
