@@ -379,7 +379,11 @@ int Run(const std::string& path) {
         late_path);
   }
 
+  // The network back end: the kernel's (epoll over sockets). Deliveries connect through it;
+  // the SMTP server endpoints get its listeners below.
+  kernel::KernelBackend backend("421 4.3.2 Service busy (out of resources), try again later\r\n");
   queue::QueueOptions qopts;
+  qopts.network = &backend;
   qopts.hostname = cfg.hostname();
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
@@ -504,9 +508,9 @@ int Run(const std::string& path) {
                                            std::vector<std::string>(d.dns_local_data().begin(), d.dns_local_data().end()));
   }
   io::ClientLimiter limiter;   // per-client connection limits across the net threads (issue #13)
-  // The network back end (kernel: epoll over the sockets opened above) and one SMTP server
-  // endpoint per net thread on it.
-  kernel::KernelBackend backend(std::move(fds), "421 4.3.2 Service busy (out of resources), try again later\r\n");
+  // One SMTP server endpoint per net thread on the network back end (kernel: epoll over the
+  // sockets opened above).
+  backend.SetListeners(std::move(fds));
   endpoint::ServerContext ctx{&policy,       &spool, &committer, &qmgr, token ? &hsm_ok : nullptr,
                        recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get(), &limiter};
   std::vector<std::unique_ptr<endpoint::SmtpServer>> nets;

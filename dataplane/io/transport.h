@@ -74,6 +74,9 @@ class Loop {
   // `after_batch` after each batch of events (deferred frees happen there).
   virtual void Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) = 0;
   virtual void Stop() = 0;   // thread safe
+  // RunOnce dispatches one batch of what is ready within `timeout_ms` (posted tasks, timers,
+  // readiness): for a thread that drives its streams step by step with deadlines (delivery).
+  virtual void RunOnce(int timeout_ms) = 0;
 };
 
 using AcceptFn = std::function<void(std::unique_ptr<Stream>)>;

@@ -241,8 +241,13 @@ Result<int> OpenListener(const std::string& ip, uint16_t* port) {
   return fd;
 }
 
-KernelBackend::KernelBackend(std::vector<std::vector<int>> listen_fds, std::string busy_reply)
-    : listen_fds_(std::move(listen_fds)), busy_reply_(std::move(busy_reply)) {}
+KernelBackend::KernelBackend(std::string busy_reply) : busy_reply_(std::move(busy_reply)) {}
+
+void KernelBackend::SetListeners(std::vector<std::vector<int>> listen_fds) {
+  for (auto& fds : listen_fds_)
+    for (int fd : fds) ::close(fd);
+  listen_fds_ = std::move(listen_fds);
+}
 
 KernelBackend::~KernelBackend() {
   for (auto& fds : listen_fds_)

@@ -23,8 +23,11 @@ Result<int> OpenListener(const std::string& ip, uint16_t* port);
 
 class KernelBackend : public io::Backend {
  public:
-  // listen_fds[i]: the listening sockets of net thread i (owned by the backend from now on).
-  explicit KernelBackend(std::vector<std::vector<int>> listen_fds, std::string busy_reply = "");
+  // busy_reply: what a client is told when the descriptor limit is reached.
+  explicit KernelBackend(std::string busy_reply = "");
+  // SetListeners: listen_fds[i] are the listening sockets of net thread i (owned by the
+  // backend from now on); before the first Listen.
+  void SetListeners(std::vector<std::vector<int>> listen_fds);
   ~KernelBackend() override;
   std::unique_ptr<io::Loop> NewLoop() override;
   Result<std::unique_ptr<io::Listener>> Listen(io::Loop* loop, int index, io::AcceptFn on_accept) override;

@@ -94,21 +94,27 @@ void EpollLoop::RunTimers() {
   }
 }
 
-void EpollLoop::Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) {
+void EpollLoop::Dispatch(int timeout_ms) {
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
+  int64_t wait = timeout_ms;
+  if (!timers_.empty()) wait = std::min<int64_t>(wait, timers_.begin()->first - NowMs());
+  int n = epoll_wait(epfd_, events, kMaxEvents, wait < 0 ? 0 : static_cast<int>(wait));
+  if (n < 0 && errno != EINTR) std::abort();
+  for (int i = 0; i < n; ++i) {
+    auto* h = static_cast<FdHandler*>(events[i].data.ptr);
+    if (h == nullptr) DrainPosted();
+    else h->OnEvent(events[i].events);
+  }
+  RunTimers();
+}
+
+void EpollLoop::RunOnce(int timeout_ms) { Dispatch(timeout_ms); }
+
+void EpollLoop::Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) {
   int64_t next_tick = NowMs() + tick_ms;
   while (!stop_) {
-    int64_t due = timers_.empty() ? next_tick : std::min(next_tick, timers_.begin()->first);
-    int64_t wait = due - NowMs();
-    int n = epoll_wait(epfd_, events, kMaxEvents, wait < 0 ? 0 : static_cast<int>(wait));
-    if (n < 0 && errno != EINTR) std::abort();
-    for (int i = 0; i < n; ++i) {
-      auto* h = static_cast<FdHandler*>(events[i].data.ptr);
-      if (h == nullptr) DrainPosted();
-      else h->OnEvent(events[i].events);
-    }
-    RunTimers();
+    Dispatch(static_cast<int>(std::max<int64_t>(0, next_tick - NowMs())));
     if (NowMs() >= next_tick) {
       next_tick = NowMs() + tick_ms;
       tick();

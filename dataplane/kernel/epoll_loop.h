@@ -40,8 +40,10 @@ class EpollLoop : public io::Loop {
   int64_t NowMs() const override;
   void Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) override;
   void Stop() override;
+  void RunOnce(int timeout_ms) override;
 
  private:
+  void Dispatch(int timeout_ms);
   void DrainPosted();
   void RunTimers();
   int epfd_ = -1;

@@ -209,6 +209,27 @@ void MemLoop::Stop() {
   cv_.notify_one();
 }
 
+void MemLoop::RunOnce(int timeout_ms) {
+  std::vector<std::function<void()>> batch;
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    int64_t until = NowMs() + timeout_ms;
+    while (!stop_) {
+      int64_t now = NowMs();
+      if (!due_.empty() && due_.begin()->first <= now) break;
+      if (now >= until) break;
+      int64_t next = due_.empty() ? until : std::min(until, due_.begin()->first);
+      cv_.wait_for(l, std::chrono::milliseconds(next - now));
+    }
+    int64_t now = NowMs();
+    while (!due_.empty() && due_.begin()->first <= now) {
+      batch.push_back(std::move(due_.begin()->second));
+      due_.erase(due_.begin());
+    }
+  }
+  for (auto& t : batch) t();
+}
+
 void MemLoop::Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) {
   int64_t next_tick = NowMs() + tick_ms;
   while (true) {
@@ -250,6 +271,7 @@ struct MemBackend::State {
   };
   std::map<int, Listening> listeners;
   Faults connect_to_server, connect_to_client;
+  int connect_target = 0;
   uint16_t next_port = 40000;
 };
 
@@ -324,14 +346,21 @@ void MemBackend::SetConnectFaults(Faults to_server, Faults to_client) {
   state_->connect_to_client = to_client;
 }
 
+void MemBackend::SetConnectTarget(int index) {
+  std::lock_guard<std::mutex> l(state_->mu);
+  state_->connect_target = index;
+}
+
 void MemBackend::Connect(io::Loop* loop, const sockaddr_storage&, int, io::ConnectFn done) {
   Faults s, c;
+  int target;
   {
     std::lock_guard<std::mutex> l(state_->mu);
     s = state_->connect_to_server;
     c = state_->connect_to_client;
+    target = state_->connect_target;
   }
-  Result<std::unique_ptr<io::Stream>> r = Dial(loop, 0, "127.0.0.1", s, c);
+  Result<std::unique_ptr<io::Stream>> r = Dial(loop, target, "127.0.0.1", s, c);
   auto shared = std::make_shared<Result<std::unique_ptr<io::Stream>>>(std::move(r));
   loop->Post([done = std::move(done), shared]() mutable { done(std::move(*shared)); });
 }

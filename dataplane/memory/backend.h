@@ -38,6 +38,7 @@ class MemLoop : public io::Loop {
   int64_t NowMs() const override;
   void Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) override;
   void Stop() override;
+  void RunOnce(int timeout_ms) override;
 
  private:
   std::mutex mu_;
@@ -60,8 +61,10 @@ class MemBackend : public io::Backend {
   // `from_ip`, with the faults of each direction; nothing (and why) when nobody listens.
   Result<std::unique_ptr<io::Stream>> Dial(io::Loop* loop, int index, const std::string& from_ip = "127.0.0.1",
                                            Faults to_server = {}, Faults to_client = {});
-  // Faults for connections made by Connect from now on.
+  // Faults for connections made by Connect from now on, and the listener they reach (the
+  // in-memory network has no addresses: every Connect goes to net thread `index`'s listener).
   void SetConnectFaults(Faults to_server, Faults to_client);
+  void SetConnectTarget(int index);
 
   struct State;
 

@@ -25,7 +25,76 @@ constexpr int kIdleKeepMs = 2000;
 constexpr size_t kReadChunk = 16 * 1024;
 }  // namespace
 
-DeliveryAgent::DeliveryAgent(QueueManager* qmgr, int index) : qmgr_(qmgr), index_(index) {}
+DeliveryAgent::DeliveryAgent(QueueManager* qmgr, int index, io::Backend* network)
+    : qmgr_(qmgr), index_(index), network_(network) {}
+
+namespace {
+// Waiter records the readiness a stream reported while the agent waits for it.
+class Waiter : public io::StreamHandler {
+ public:
+  void OnReady(bool readable, bool writable) override {
+    readable_ |= readable;
+    writable_ |= writable;
+  }
+  bool ready(bool read) const { return read ? readable_ : writable_; }
+
+ private:
+  bool readable_ = false, writable_ = false;
+};
+}  // namespace
+
+Status DeliveryAgent::Wait(bool read, int timeout_ms) {
+  Waiter w;
+  conn_.stream->Watch(&w, read, !read);
+  int64_t deadline = loop_->NowMs() + timeout_ms;
+  Status st;
+  while (!w.ready(read)) {
+    int64_t left = deadline - loop_->NowMs();
+    if (aborted_.load(std::memory_order_acquire)) st = UnavailableError("delivery broken off (shutting down)");
+    else if (left <= 0) st = UnavailableError(read ? "timed out waiting for next hop's reply" : "timed out sending to next hop");
+    if (!st.ok()) break;
+    loop_->RunOnce(static_cast<int>(left));
+  }
+  conn_.stream->Watch(nullptr, false, false);
+  return st;
+}
+
+Status DeliveryAgent::RawWrite(std::string_view data, int timeout_ms) {
+  while (!data.empty()) {
+    io::IoResult r = conn_.stream->Write(data);
+    if (r.kind == io::IoResult::kOk && r.bytes > 0) {
+      data.remove_prefix(r.bytes);
+      continue;
+    }
+    if (r.kind == io::IoResult::kOk || r.kind == io::IoResult::kWouldBlock) {
+      if (Status st = Wait(false, timeout_ms); !st.ok()) return st;
+      continue;
+    }
+    return UnavailableError(StrCat("lost connection while sending: ", r.error));
+  }
+  return OkStatus();
+}
+
+Result<size_t> DeliveryAgent::RawRead(char* buf, size_t cap, int timeout_ms) {
+  while (true) {
+    io::IoResult r = conn_.stream->Read(buf, cap);
+    if (r.kind == io::IoResult::kOk) return r.bytes;
+    if (r.kind == io::IoResult::kClosed) return size_t{0};
+    if (r.kind == io::IoResult::kFailed) return UnavailableError(StrCat("lost connection: ", r.error));
+    if (Status st = Wait(true, timeout_ms); !st.ok()) return st;
+  }
+}
+
+Result<std::unique_ptr<io::Stream>> DeliveryAgent::Open(const sockaddr_storage& to, int timeout_ms) {
+  bool done = false;
+  Result<std::unique_ptr<io::Stream>> out = UnavailableError("connect did not finish");
+  network_->Connect(loop_.get(), to, timeout_ms, [&](Result<std::unique_ptr<io::Stream>> r) {
+    out = std::move(r);
+    done = true;
+  });
+  while (!done) loop_->RunOnce(100);   // the back end answers within timeout_ms
+  return out;
+}
 
 DeliveryAgent::~DeliveryAgent() {
   Join();
@@ -48,25 +117,25 @@ Status DeliveryAgent::StartTls(const std::string& host, int timeout_ms) {
   while (!t.Handshake()) {
     std::string out = t.TakeCiphertext();   // our flight, or the alert
     if (!out.empty())
-      if (Status st = io::WriteAllTimeout(conn_.fd, out, timeout_ms); !st.ok()) return st;
+      if (Status st = RawWrite(out, timeout_ms); !st.ok()) return st;
     if (t.failed()) return UnavailableError(t.error());
-    Result<size_t> n = io::ReadSome(conn_.fd, buf, sizeof buf, timeout_ms);
+    Result<size_t> n = RawRead(buf, sizeof buf, timeout_ms);
     if (!n.ok()) return n.status();
     if (*n == 0) return UnavailableError("next hop closed the connection during the TLS handshake");
     t.FeedCiphertext(std::string_view(buf, *n));
   }
   conn_.tls = t.description();
-  return io::WriteAllTimeout(conn_.fd, t.TakeCiphertext(), timeout_ms);   // our Finished
+  return RawWrite(t.TakeCiphertext(), timeout_ms);   // our Finished
 }
 
 Status DeliveryAgent::Write(std::string_view data, int timeout_ms) {
-  if (!conn_.tls_session) return io::WriteAllTimeout(conn_.fd, data, timeout_ms);
+  if (!conn_.tls_session) return RawWrite(data, timeout_ms);
   if (!conn_.tls_session->WritePlain(data)) return UnavailableError(conn_.tls_session->error());
-  return io::WriteAllTimeout(conn_.fd, conn_.tls_session->TakeCiphertext(), timeout_ms);
+  return RawWrite(conn_.tls_session->TakeCiphertext(), timeout_ms);
 }
 
 Result<size_t> DeliveryAgent::Read(char* buf, size_t cap, int timeout_ms) {
-  if (!conn_.tls_session) return io::ReadSome(conn_.fd, buf, cap, timeout_ms);
+  if (!conn_.tls_session) return RawRead(buf, cap, timeout_ms);
   tls::Session& t = *conn_.tls_session;
   std::string plain;
   char wire[kReadChunk];
@@ -74,14 +143,14 @@ Result<size_t> DeliveryAgent::Read(char* buf, size_t cap, int timeout_ms) {
     tls::Session::Read r = t.ReadPlain(&plain, cap);
     // What reading made OpenSSL say (a key update's answer, an alert) goes out at once.
     if (t.HasCiphertext())
-      if (Status st = io::WriteAllTimeout(conn_.fd, t.TakeCiphertext(), timeout_ms); !st.ok()) return st;
+      if (Status st = RawWrite(t.TakeCiphertext(), timeout_ms); !st.ok()) return st;
     if (r == tls::Session::Read::kData) {
       std::memcpy(buf, plain.data(), plain.size());
       return plain.size();
     }
     if (r == tls::Session::Read::kClosed) return size_t{0};
     if (r == tls::Session::Read::kFailed) return UnavailableError(t.error());
-    Result<size_t> n = io::ReadSome(conn_.fd, wire, sizeof wire, timeout_ms);
+    Result<size_t> n = RawRead(wire, sizeof wire, timeout_ms);
     if (!n.ok()) return n.status();
     if (*n == 0) return size_t{0};
     t.FeedCiphertext(std::string_view(wire, *n));
@@ -99,28 +168,29 @@ void DeliveryAgent::Join() {
 }
 
 void DeliveryAgent::Abort() {
-  int fd = live_fd_.load(std::memory_order_acquire);
-  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);  // the owner thread sees an error and closes it
+  aborted_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> l(loop_mu_);
+  if (loop_) loop_->Post([] {});   // wakes a wait; the owner sees aborted_ and gives up
 }
 
 void DeliveryAgent::CloseConnection(bool quit) {
-  if (conn_.fd < 0) return;
-  live_fd_.store(-1, std::memory_order_release);
+  if (!conn_.stream) return;
   if (quit && conn_.session) {
     conn_.session->Quit();
     (void)Write(conn_.session->TakeOutput(), 1000);
   }
   if (conn_.tls_session) {   // close_notify, best effort
     conn_.tls_session->Close();
-    std::string bye = conn_.tls_session->TakeCiphertext();
-    ssize_t ignored = ::send(conn_.fd, bye.data(), bye.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)ignored;
+    (void)conn_.stream->Write(conn_.tls_session->TakeCiphertext());
   }
-  ::close(conn_.fd);
-  conn_ = Connection{};
+  conn_ = Connection{};   // the stream closes
 }
 
 void DeliveryAgent::Run() {
+  {
+    std::lock_guard<std::mutex> l(loop_mu_);
+    loop_ = network_->NewLoop();
+  }
   const auto& d = qmgr_->options().delivery;
   std::vector<std::string> zones(d.dns_local_zones().begin(), d.dns_local_zones().end());
   std::vector<std::string> local_data(d.dns_local_data().begin(), d.dns_local_data().end());
@@ -137,7 +207,7 @@ void DeliveryAgent::Run() {
     held = job.destination;
     DeliveryResult r = Deliver(job);
     qmgr_->PostResult(std::move(r));
-    if (conn_.fd < 0) {  // no connection kept: the slot goes back at once
+    if (!conn_.stream) {  // no connection kept: the slot goes back at once
       qmgr_->ReleaseSlot(held);
       held.clear();
     }
@@ -196,14 +266,12 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
     for (sockaddr_storage a : *addrs) {
       io::SetPort(&a, hop.port);
       std::string where = StrCat(hop.host, " [", io::FormatAddress(reinterpret_cast<sockaddr*>(&a)), "]");
-      Result<int> fd = io::ConnectWithTimeout(a, connect_timeout);
-      if (!fd.ok()) {
-        last = MakeReply(451, "4.4.1", fd.status().message());
+      Result<std::unique_ptr<io::Stream>> stream = Open(a, connect_timeout);
+      if (!stream.ok()) {
+        last = MakeReply(451, "4.4.1", stream.status().message());
         continue;
       }
-      conn_.fd = *fd;
-      live_fd_.store(*fd, std::memory_order_release);
-      if (qmgr_->stopping()) ::shutdown(*fd, SHUT_RDWR);
+      conn_.stream = std::move(stream.value());
       conn_.destination = job.destination;
       conn_.remote = where;
       ClientSession::Tls tls = job.require_tls               ? ClientSession::Tls::kRequired
@@ -300,7 +368,7 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
   result.destination = job.destination;
   // Reuse a cached session to the same destination; if it turns out dead, connect anew once.
   for (int attempt = 0; attempt < 2; ++attempt) {
-    bool reused = conn_.fd >= 0 && conn_.destination == job.destination && conn_.session &&
+    bool reused = conn_.stream && conn_.destination == job.destination && conn_.session &&
                   (!job.require_tls || conn_.session->tls_active()) &&
                   (conn_.session->state() == ClientSession::State::kReady ||
                    conn_.session->state() == ClientSession::State::kMessageDone);

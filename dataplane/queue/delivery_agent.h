@@ -1,8 +1,8 @@
 // delivery_agent.h — one outbound SMTP delivery thread (the kernel back end's smtp client).
 //
 // Takes a job from the queue manager, finds the next hop (relay_host, or MX then addresses),
-// drives a sans-I/O ClientSession and the TLS core over a non-blocking socket with deadlines
-// on every wait, and
+// drives a sans-I/O ClientSession and the TLS core over a stream of the network back end
+// (io/transport.h; no socket call here) with deadlines on every wait on its own loop, and
 // reports one reply per recipient. A connection is kept for up to 2 s for the next job to
 // the same destination (connection cache).
 //
@@ -15,11 +15,13 @@
 #pragma once
 
 #include <atomic>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "dataplane/io/dns.h"
+#include "dataplane/io/transport.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/smtp/client_session.h"
 #include "dataplane/tls/session.h"
@@ -29,7 +31,7 @@ namespace mailseal::queue {
 
 class DeliveryAgent {
  public:
-  DeliveryAgent(QueueManager* qmgr, int index);
+  DeliveryAgent(QueueManager* qmgr, int index, io::Backend* network);
   ~DeliveryAgent();
   void Start();
   void Join();
@@ -38,13 +40,19 @@ class DeliveryAgent {
 
  private:
   struct Connection {
-    int fd = -1;
+    std::unique_ptr<io::Stream> stream;
     std::string destination;
     std::string remote;      // "host [ip]:port"
     std::unique_ptr<smtp::ClientSession> session;
     std::unique_ptr<tls::Session> tls_session;   // after STARTTLS
     std::string tls;         // "TLSv1.3 TLS_AES_256_GCM_SHA384", for logs
   };
+  // The transport, step by step with deadlines on this agent's own loop.
+  Status Wait(bool read, int timeout_ms);
+  Status RawWrite(std::string_view data, int timeout_ms);
+  Result<size_t> RawRead(char* buf, size_t cap, int timeout_ms);
+  Result<std::unique_ptr<io::Stream>> Open(const sockaddr_storage& to, int timeout_ms);
+  // Through TLS once it is up.
   Status Write(std::string_view data, int timeout_ms);
   Result<size_t> Read(char* buf, size_t cap, int timeout_ms);
   Status StartTls(const std::string& host, int timeout_ms);
@@ -64,7 +72,10 @@ class DeliveryAgent {
   std::thread thread_;
   std::unique_ptr<io::Resolver> resolver_;
   Connection conn_;
-  std::atomic<int> live_fd_{-1};   // conn_.fd, readable from other threads for Abort()
+  io::Backend* network_;
+  std::mutex loop_mu_;                 // guards loop_'s creation against Abort()
+  std::unique_ptr<io::Loop> loop_;     // this agent's, made on its thread
+  std::atomic<bool> aborted_{false};
 };
 
 }  // namespace mailseal::queue

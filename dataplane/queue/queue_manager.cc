@@ -153,7 +153,7 @@ void QueueManager::Start() {
   thread_ = std::thread([this] { Run(); });
   pthread_setname_np(thread_.native_handle(), "qmgr");
   for (uint32_t i = 0; i < options_.delivery.agents(); ++i) {
-    agents_.push_back(std::make_unique<DeliveryAgent>(this, static_cast<int>(i)));
+    agents_.push_back(std::make_unique<DeliveryAgent>(this, static_cast<int>(i), options_.network));
     agents_.back()->Start();
   }
 }

@@ -28,6 +28,7 @@
 #include "dataplane/crypto/crypto_stage.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/queue/notifier.h"
+#include "dataplane/io/transport.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/smtp/reply.h"
 #include "mailseal/v1/config.pb.h"
@@ -58,6 +59,8 @@ struct DeliveryResult {
 
 struct QueueOptions {
   std::string hostname;
+  // network: the back end deliveries connect through (required when agents run).
+  io::Backend* network = nullptr;
   mailseal::v1::Delivery delivery;
   uint32_t max_messages = 10000;
   uint32_t crypto_workers = 2;

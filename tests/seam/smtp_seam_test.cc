@@ -168,6 +168,84 @@ class Client {
   bool lost_ = false;
 };
 
+// Node: one gateway's receiving side (endpoint, spool, committer, queue) on the memory back end.
+struct Node {
+  std::filesystem::path root;
+  policy::PolicyStore policy;
+  std::unique_ptr<queue::Spool> spool;
+  std::unique_ptr<queue::QueueManager> qmgr;
+  std::unique_ptr<queue::Committer> committer;
+  std::unique_ptr<endpoint::SmtpServer> server;
+  SSL_CTX* tls = nullptr;
+
+  // Start on listener `index`; `deliver`: run the queue (deliveries through `backend`).
+  void Start(memory::MemBackend* backend, const std::filesystem::path& dir, int index, bool with_tls, bool deliver) {
+    root = dir;
+    std::filesystem::create_directories(root);
+    std::string text = "hostname: \"gw" + std::to_string(index) + ".test\"\nlisten { address: \"127.0.0.1:25\" }\nspool_dir: \"" +
+                       (root / "spool").string() + "\"\ntrusted_networks: \"127.0.0.0/8\"\nlocal_domains: \"agency-a.test\"\n"
+                       "spf { mode: SPF_OFF }\nlimits { min_free_spool_mib: 1 }\n"
+                       "delivery { relay_host: \"127.0.0.1:25\" agents: 1 min_backoff_s: 1 max_backoff_s: 1 queue_scan_interval_ms: 100 }\n";
+    if (with_tls) {
+      WriteCertificate((root / "cert.pem").string(), (root / "key.pem").string());
+      text += "tls { cert_file: \"" + (root / "cert.pem").string() + "\" key_file: \"" + (root / "key.pem").string() + "\" }\n";
+      tls = tls::MakeServerContext((root / "cert.pem").string(), (root / "key.pem").string()).value();
+    }
+    Result<v1::Config> cfg = config::ParseConfigText(text, "seam.conf");
+    ASSERT_TRUE(cfg.ok()) << cfg.status().message();
+    policy.Publish(policy::BuildSnapshot(*cfg, 1));
+    spool = std::make_unique<queue::Spool>(cfg->spool_dir());
+    ASSERT_TRUE(spool->Init().ok());
+    queue::QueueOptions qo;
+    qo.hostname = cfg->hostname();
+    qo.delivery = cfg->delivery();
+    qo.network = backend;
+    qmgr = std::make_unique<queue::QueueManager>(spool.get(), qo);
+    if (deliver) qmgr->Start();   // else mail stays queued for the test to read
+    committer = std::make_unique<queue::Committer>(spool.get(), qmgr.get());
+    committer->Start();
+    endpoint::ServerContext ctx;
+    ctx.policy = &policy;
+    ctx.spool = spool.get();
+    ctx.committer = committer.get();
+    ctx.qmgr = qmgr.get();
+    ctx.tls_ctx = tls;
+    server = std::make_unique<endpoint::SmtpServer>(index, ctx, backend);
+    ASSERT_TRUE(server->Start().ok());
+  }
+  void Stop() {
+    if (server) {
+      server->BeginDrain(base::SteadyMs() + 2000);
+      server->Join();
+      server.reset();
+    }
+    if (committer) committer->Stop();
+    if (qmgr) qmgr->Stop();
+    tls::FreeContext(tls);
+    tls = nullptr;
+  }
+  bool Empty(queue::SpoolState state) {
+    Result<std::vector<std::string>> ids = spool->List(state);
+    return ids.ok() && ids->empty();
+  }
+  // Files: the messages in `state`, waiting up to 10 s for `n` of them.
+  std::vector<std::string> Files(queue::SpoolState state, size_t n) {
+    std::vector<std::string> out;
+    for (int i = 0; i < 1000; ++i) {
+      out.clear();
+      Result<std::vector<std::string>> ids = spool->List(state);
+      if (!ids.ok()) break;
+      for (const std::string& id : *ids) {
+        std::ifstream f(spool->PathOf(state, id), std::ios::binary);
+        out.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      }
+      if (out.size() >= n) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return out;
+  }
+};
+
 class SeamTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -176,48 +254,14 @@ class SeamTest : public ::testing::Test {
     std::filesystem::remove_all(root_);
     std::filesystem::create_directories(root_);
     client_thread_ = std::thread([this] { client_loop_.Run(1000, [] {}, [] {}); });
-  }
-  // Start the gateway's receiving side on the memory back end: endpoint, spool, committer.
-  void StartServer(bool with_tls) {
-    std::string text = "hostname: \"gw.test\"\nlisten { address: \"127.0.0.1:25\" }\nspool_dir: \"" +
-                       (root_ / "spool").string() + "\"\ntrusted_networks: \"127.0.0.0/8\"\nlocal_domains: \"agency-a.test\"\n"
-                       "spf { mode: SPF_OFF }\nlimits { min_free_spool_mib: 1 }\ndelivery { relay_host: \"127.0.0.1:9\" }\n";
-    if (with_tls) {
-      WriteCertificate((root_ / "cert.pem").string(), (root_ / "key.pem").string());
-      text += "tls { cert_file: \"" + (root_ / "cert.pem").string() + "\" key_file: \"" + (root_ / "key.pem").string() + "\" }\n";
-      server_tls_ = tls::MakeServerContext((root_ / "cert.pem").string(), (root_ / "key.pem").string()).value();
-    }
-    Result<v1::Config> cfg = config::ParseConfigText(text, "seam.conf");
-    ASSERT_TRUE(cfg.ok()) << cfg.status().message();
-    policy_.Publish(policy::BuildSnapshot(*cfg, 1));
-    spool_ = std::make_unique<queue::Spool>(cfg->spool_dir());
-    ASSERT_TRUE(spool_->Init().ok());
-    queue::QueueOptions qo;
-    qo.hostname = "gw.test";
-    qo.delivery = cfg->delivery();
-    qmgr_ = std::make_unique<queue::QueueManager>(spool_.get(), qo);   // not started: mail stays queued
-    committer_ = std::make_unique<queue::Committer>(spool_.get(), qmgr_.get());
-    committer_->Start();
-    endpoint::ServerContext ctx;
-    ctx.policy = &policy_;
-    ctx.spool = spool_.get();
-    ctx.committer = committer_.get();
-    ctx.qmgr = qmgr_.get();
-    ctx.tls_ctx = server_tls_;
-    server_ = std::make_unique<endpoint::SmtpServer>(0, ctx, &backend_);
-    ASSERT_TRUE(server_->Start().ok());
     client_tls_ = tls::MakeClientContext().value();
   }
+  void StartServer(bool with_tls) { gw_.Start(&backend_, root_ / "gw", 0, with_tls, false); }
   void TearDown() override {
-    if (server_) {
-      server_->BeginDrain(base::SteadyMs() + 2000);
-      server_->Join();
-      server_.reset();
-    }
-    if (committer_) committer_->Stop();
+    gw_.Stop();
+    hop_.Stop();
     client_loop_.Stop();
     client_thread_.join();
-    tls::FreeContext(server_tls_);
     tls::FreeContext(client_tls_);
     std::filesystem::remove_all(root_);
   }
@@ -228,38 +272,14 @@ class SeamTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.status().message();
     return std::make_unique<Client>(std::move(s.value()), client_tls_, tls);
   }
-  // Queued: the messages committed to active/, waiting up to 5 s for `n` of them.
-  std::vector<std::string> Queued(size_t n) {
-    std::vector<std::string> out;
-    for (int i = 0; i < 500; ++i) {
-      out.clear();
-      Result<std::vector<std::string>> ids = spool_->List(queue::SpoolState::kActive);
-      if (!ids.ok()) break;
-      for (const std::string& id : *ids) {
-        std::ifstream f(spool_->PathOf(queue::SpoolState::kActive, id), std::ios::binary);
-        out.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-      }
-      if (out.size() >= n) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return out;
-  }
-
-  bool Empty(queue::SpoolState state) {
-    Result<std::vector<std::string>> ids = spool_->List(state);
-    return ids.ok() && ids->empty();
-  }
+  std::vector<std::string> Queued(size_t n) { return gw_.Files(queue::SpoolState::kActive, n); }
+  bool Empty(queue::SpoolState state) { return gw_.Empty(state); }
 
   std::filesystem::path root_;
   memory::MemBackend backend_;
   memory::MemLoop client_loop_;   // delivers the server's bytes; the test thread polls the stream
   std::thread client_thread_;
-  policy::PolicyStore policy_;
-  std::unique_ptr<queue::Spool> spool_;
-  std::unique_ptr<queue::QueueManager> qmgr_;
-  std::unique_ptr<queue::Committer> committer_;
-  std::unique_ptr<endpoint::SmtpServer> server_;
-  SSL_CTX* server_tls_ = nullptr;
+  Node gw_, hop_;
   SSL_CTX* client_tls_ = nullptr;
 };
 
@@ -334,6 +354,52 @@ TEST_F(SeamTest, RelayIsDeniedToClientsOutsideTrustedNetworks) {
   ASSERT_FALSE(c->session().result().rcpt.empty());
   EXPECT_EQ(c->session().result().rcpt[0].code, 554);
   EXPECT_TRUE(Empty(queue::SpoolState::kActive));
+}
+
+}  // namespace
+}  // namespace mailseal
+
+namespace mailseal {
+namespace {
+
+// The whole relay without a socket: a client hands a message to the gateway (listener 0); the
+// gateway's queue delivers it through the same back end to a next hop (listener 1) that offers
+// STARTTLS — the delivery agent's SMTP client and the TLS core run over memory streams.
+TEST_F(SeamTest, RelayEndToEndWithoutSocketsDeliveryOverTls) {
+  backend_.SetConnectTarget(1);
+  hop_.Start(&backend_, root_ / "hop", 1, /*with_tls=*/true, /*deliver=*/false);
+  gw_.Start(&backend_, root_ / "gw", 0, /*with_tls=*/false, /*deliver=*/true);
+  auto c = Connect();
+  ASSERT_TRUE(c->Greet());
+  ASSERT_TRUE(c->Send("alice@agency-a.test", "bob@partner.test", kBody));
+  EXPECT_EQ(c->session().result().data.code, 250);
+  std::vector<std::string> got = hop_.Files(queue::SpoolState::kActive, 1);
+  ASSERT_EQ(got.size(), 1u) << "the next hop received the relayed message";
+  EXPECT_NE(got[0].find("by gw1.test (mailseal) with ESMTPS"), std::string::npos)
+      << "the delivery ran STARTTLS through the TLS core";
+  EXPECT_NE(got[0].find("by gw0.test (mailseal) with ESMTP id"), std::string::npos);
+  EXPECT_NE(got[0].find(".leading dot\r\nlast\r\n"), std::string::npos);
+  for (int i = 0; i < 500 && !(gw_.Empty(queue::SpoolState::kActive) && gw_.Empty(queue::SpoolState::kDeferred)); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(gw_.Empty(queue::SpoolState::kActive) && gw_.Empty(queue::SpoolState::kDeferred)) << "retired after delivery";
+}
+
+// A next hop whose connection resets in the middle of the body: the gateway defers and delivers
+// on the next attempt, complete.
+TEST_F(SeamTest, RelayRetriesAfterAResetMidBody) {
+  backend_.SetConnectTarget(1);
+  backend_.SetConnectFaults({0, 0, 600}, {});
+  hop_.Start(&backend_, root_ / "hop", 1, false, false);
+  gw_.Start(&backend_, root_ / "gw", 0, false, true);
+  auto c = Connect();
+  ASSERT_TRUE(c->Greet());
+  ASSERT_TRUE(c->Send("alice@agency-a.test", "bob@partner.test", std::string(kBody) + std::string(4000, 'z') + "\r\n"));
+  EXPECT_EQ(c->session().result().data.code, 250);
+  EXPECT_FALSE(gw_.Files(queue::SpoolState::kDeferred, 1).empty()) << "deferred after the reset";
+  backend_.SetConnectFaults({}, {});
+  std::vector<std::string> got = hop_.Files(queue::SpoolState::kActive, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_NE(got[0].find(std::string(4000, 'z')), std::string::npos) << "delivered complete on retry";
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "dataplane/kernel/backend.h"
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
 
@@ -31,9 +32,11 @@ class RecoveryTest : public ::testing::Test {
                                 std::chrono::system_clock::now().time_since_epoch()).count());
     return env;
   }
+  kernel::KernelBackend network_;
   QueueOptions Options() {
     QueueOptions o;
     o.hostname = "gw.test";
+    o.network = &network_;
     o.delivery.set_relay_host("127.0.0.1:9");
     o.delivery.set_agents(1);
     o.delivery.set_per_destination_concurrency(1);
