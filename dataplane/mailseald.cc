@@ -419,16 +419,15 @@ int Run(const std::string& path) {
     qopts.requires_tls = [](const std::string&) { return true; };
   if (recorder) {
     audit::Recorder* rec = recorder.get();
-    qopts.on_event = [rec](const std::string& action, const std::string& qid, const std::string& detail) {
+    qopts.on_event = [rec](const queue::MailEvent& e) {
       v1::AuditRecord r;
       r.set_actor("mailseald");
-      r.set_action(action);
-      r.set_object(qid);
+      r.set_action(e.action);
+      r.set_object(e.queue_id);
       r.set_outcome(v1::AuditRecord::OUTCOME_DONE);
-      r.add_message_ids(qid);
-      r.set_detail(detail);
-      if (size_t at = detail.find("[policy v"); at != std::string::npos)   // the decision's policy version
-        r.set_policy_version(std::strtoull(detail.c_str() + at + 9, nullptr, 10));
+      if (!e.queue_id.empty()) r.add_message_ids(e.queue_id);
+      r.set_detail(e.detail);
+      r.set_policy_version(e.policy_version);
       rec->Record(std::move(r));
     };
   }

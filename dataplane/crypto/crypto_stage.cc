@@ -7,6 +7,19 @@
 
 namespace mailseal::crypto {
 
+const char* TreatmentEvent(Treatment t) {
+  switch (t) {
+    case Treatment::kSealed: return "mail.sealed";
+    case Treatment::kSigned: return "mail.signed";
+    case Treatment::kOpened: return "mail.opened";
+    case Treatment::kMarked: return "mail.marked";
+    case Treatment::kPingReply: return "mail.ping-replied";
+    case Treatment::kHeld: return "mail.held";
+    case Treatment::kConsumed: return "mail.consumed";
+  }
+  return "mail.transformed";
+}
+
 CryptoStage::CryptoStage(size_t workers, size_t ring_capacity,
                          std::function<void()> on_completion_ready, ProcessorFactory factory)
     : on_completion_ready_(std::move(on_completion_ready)), factory_(std::move(factory)) {
@@ -53,7 +66,7 @@ void CryptoStage::Run(Worker* w, size_t index) {
   std::unique_ptr<JobProcessor> processor = factory_ ? factory_(index) : nullptr;
   auto process = [&](const Job& job) {
     if (processor) return processor->Process(job);
-    return Completion{job.queue_id, Verdict::kPlain, "no protection rule applies", {}};
+    return Completion{job.queue_id, Verdict::kPlain, "no protection rule applies", 0, {}};
   };
   while (true) {
     if (!w->wake.try_acquire_for(std::chrono::seconds(1))) {

@@ -23,28 +23,38 @@
 
 namespace mailseal::crypto {
 
-enum class Verdict { kPlain, kSealed, kHold, kTempFail };
+// Verdict: how a job ended. kCorrupt: the message cannot be read (it goes to corrupt/ and the
+// administrator is told) — its own outcome, never a kind of hold.
+enum class Verdict { kPlain, kTransformed, kCorrupt, kTempFail };
 
 struct Job {
   std::string queue_id;
   std::string spool_path;   // the message's current spool file
 };
 
+// Treatment: what a worker did for a copy's recipients (typed: the audit event comes from it).
+enum class Treatment { kSealed, kSigned, kOpened, kMarked, kPingReply, kHeld, kConsumed };
+const char* TreatmentEvent(Treatment t);   // "mail.sealed", "mail.held", ...
+
 // DerivedCopy: a new spool file a worker made from the job's message (a sealed copy for one
 // domain, an opened copy for our recipients, or a held copy); it takes over `rcpts`.
 struct DerivedCopy {
   std::string queue_id;
   std::vector<uint32_t> rcpts;
-  bool held = false;        // written to hold/, not active/
-  bool consumed = false;    // no copy: the recipients are done with (a seemail-ping probe)
-  std::string what;         // protection or hold reason, for the log
+  Treatment treatment = Treatment::kSealed;
+  bool warned = false;            // opened with a failed signature: the people concerned are told
+  uint64_t policy_version = 0;    // of the decision (0: none applied)
+  std::string what;               // protection or hold reason, for people (log, audit detail)
+  bool held() const { return treatment == Treatment::kHeld; }
+  bool consumed() const { return treatment == Treatment::kConsumed; }
 };
 
 struct Completion {
   std::string queue_id;
   Verdict verdict = Verdict::kPlain;
-  std::string reason;       // why, for the log and the audit trail
-  std::vector<DerivedCopy> derived;   // kSealed: these copies carry their recipients on
+  std::string reason;             // why, for the log and the audit trail
+  uint64_t policy_version = 0;    // of the decision for the recipients left as they were
+  std::vector<DerivedCopy> derived;   // kTransformed: these copies carry their recipients on
 };
 
 class JobProcessor {

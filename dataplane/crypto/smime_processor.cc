@@ -17,6 +17,19 @@
 
 namespace mailseal::crypto {
 namespace {
+Treatment TreatmentOf(smime::Treatment t) {
+  switch (t) {
+    case smime::Treatment::kSigned: return Treatment::kSigned;
+    case smime::Treatment::kOpened: return Treatment::kOpened;
+    case smime::Treatment::kMarked: return Treatment::kMarked;
+    case smime::Treatment::kPingReply: return Treatment::kPingReply;
+    case smime::Treatment::kSealed:
+    case smime::Treatment::kNone: break;
+  }
+  return Treatment::kSealed;
+}
+}  // namespace
+namespace {
 using base::Log;
 using base::LogLevel;
 
@@ -45,10 +58,10 @@ class SmimeProcessor : public JobProcessor {
   }
 
   Completion Process(const Job& job) override {
-    Completion c{job.queue_id, Verdict::kPlain, "", {}};
+    Completion c{job.queue_id, Verdict::kPlain, "", 0, {}};
     Result<queue::SpoolMessage> m = queue::ReadSpoolFile(job.spool_path);
     if (!m.ok()) {
-      c.verdict = m.status().code() == StatusCode::kDataLoss ? Verdict::kHold : Verdict::kTempFail;
+      c.verdict = m.status().code() == StatusCode::kDataLoss ? Verdict::kCorrupt : Verdict::kTempFail;
       c.reason = m.status().message();
       return c;
     }
@@ -64,7 +77,7 @@ class SmimeProcessor : public JobProcessor {
       return OkStatus();
     });
     if (!rs.ok()) {
-      c.verdict = rs.code() == StatusCode::kDataLoss ? Verdict::kHold : Verdict::kTempFail;
+      c.verdict = rs.code() == StatusCode::kDataLoss ? Verdict::kCorrupt : Verdict::kTempFail;
       c.reason = rs.message();
       return c;
     }
@@ -99,14 +112,16 @@ class SmimeProcessor : public JobProcessor {
       DerivedCopy d;
       d.queue_id = StrCat(job.queue_id, "-", k);
       d.rcpts = o.rcpts;
+      d.policy_version = o.policy_version;
       if (o.action == smime::Action::kConsume) {   // nothing to write: the recipients are done with
-        d.consumed = true;
+        d.treatment = Treatment::kConsumed;
         d.what = o.reason;
         c.derived.push_back(std::move(d));
         continue;
       }
-      d.held = o.action == smime::Action::kHold;
-      d.what = d.held ? o.reason : (o.reason.empty() ? o.protection : StrCat(o.protection, "; ", o.reason));
+      d.treatment = o.action == smime::Action::kHold ? Treatment::kHeld : TreatmentOf(o.treatment);
+      d.warned = o.warned;
+      d.what = d.held() ? o.reason : (o.reason.empty() ? o.protection : StrCat(o.protection, "; ", o.reason));
       Status st = WriteCopy(*m, body, o, d);
       if (!st.ok()) {
         c.verdict = Verdict::kTempFail;
@@ -115,10 +130,10 @@ class SmimeProcessor : public JobProcessor {
       }
       c.derived.push_back(std::move(d));
     }
-    c.verdict = c.derived.empty() ? Verdict::kPlain : Verdict::kSealed;
+    c.verdict = c.derived.empty() ? Verdict::kPlain : Verdict::kTransformed;
     for (const smime::Output& o : outs)
       if (o.action == smime::Action::kPass && !o.reason.empty()) c.reason = o.reason;   // why it went as it was
-    if (doc->version) c.reason = StrCat(c.reason, c.reason.empty() ? "" : " ", "[policy v", doc->version, "]");
+    c.policy_version = doc->version;
     return c;
   }
 
@@ -127,7 +142,7 @@ class SmimeProcessor : public JobProcessor {
                    DerivedCopy& d) {
     for (queue::SpoolState st : {queue::SpoolState::kActive, queue::SpoolState::kDeferred, queue::SpoolState::kHold}) {
       if (::access(s_->spool->PathOf(st, d.queue_id).c_str(), F_OK) == 0) {
-        d.held = st == queue::SpoolState::kHold;
+        if (st == queue::SpoolState::kHold) d.treatment = Treatment::kHeld;
         return OkStatus();   // made before a crash; the original now records the transfer
       }
     }
@@ -159,11 +174,11 @@ class SmimeProcessor : public JobProcessor {
     env.set_crypto_done(true);
     env.set_derived_from(m.id);
     for (uint32_t i : o.rcpts) env.add_derived_rcpts(i);
-    if (d.held) env.set_hold_reason(o.reason);
+    if (d.held()) env.set_hold_reason(o.reason);
     env.set_protection(o.protection);
     // A held copy keeps the message exactly as it arrived, for the operator to inspect or release.
-    Result<std::string> id = queue::WriteWholeMessage(s_->spool, env, d.held ? original : o.body,
-                                                      d.held ? queue::SpoolState::kHold : queue::SpoolState::kActive);
+    Result<std::string> id = queue::WriteWholeMessage(s_->spool, env, d.held() ? original : o.body,
+                                                      d.held() ? queue::SpoolState::kHold : queue::SpoolState::kActive);
     return id.status();
   }
 

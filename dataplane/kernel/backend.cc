@@ -205,9 +205,9 @@ class Connecting : public FdHandler {
       ::close(fd_);
     }
     io::ConnectFn done = std::move(done_);
-    EpollLoop* loop = loop_;
-    // This object may have events pending in the loop's current batch: freed by a posted task.
-    loop->Post([self = this] { delete self; });
+    // Safe: called from this object's own event (its descriptor is out of the epoll set now, and
+    // appears at most once in a batch) or from a timer (after the batch).
+    delete this;
     done(std::move(r));
   }
   EpollLoop* loop_;

@@ -86,6 +86,10 @@ Result<size_t> DeliveryAgent::RawRead(char* buf, size_t cap, int timeout_ms) {
 }
 
 Result<std::unique_ptr<io::Stream>> DeliveryAgent::Open(const sockaddr_storage& to, int timeout_ms) {
+  if (!loop_) {   // a loop lives as long as a connection: an idle agent holds no descriptor
+    std::lock_guard<std::mutex> l(loop_mu_);
+    loop_ = network_->NewLoop();
+  }
   bool done = false;
   Result<std::unique_ptr<io::Stream>> out = UnavailableError("connect did not finish");
   network_->Connect(loop_.get(), to, timeout_ms, [&](Result<std::unique_ptr<io::Stream>> r) {
@@ -174,23 +178,22 @@ void DeliveryAgent::Abort() {
 }
 
 void DeliveryAgent::CloseConnection(bool quit) {
-  if (!conn_.stream) return;
-  if (quit && conn_.session) {
-    conn_.session->Quit();
-    (void)Write(conn_.session->TakeOutput(), 1000);
+  if (conn_.stream) {
+    if (quit && conn_.session) {
+      conn_.session->Quit();
+      (void)Write(conn_.session->TakeOutput(), 1000);
+    }
+    if (conn_.tls_session) {   // close_notify, best effort
+      conn_.tls_session->Close();
+      (void)conn_.stream->Write(conn_.tls_session->TakeCiphertext());
+    }
+    conn_ = Connection{};   // the stream closes (before its loop)
   }
-  if (conn_.tls_session) {   // close_notify, best effort
-    conn_.tls_session->Close();
-    (void)conn_.stream->Write(conn_.tls_session->TakeCiphertext());
-  }
-  conn_ = Connection{};   // the stream closes
+  std::lock_guard<std::mutex> l(loop_mu_);
+  loop_.reset();
 }
 
 void DeliveryAgent::Run() {
-  {
-    std::lock_guard<std::mutex> l(loop_mu_);
-    loop_ = network_->NewLoop();
-  }
   const auto& d = qmgr_->options().delivery;
   std::vector<std::string> zones(d.dns_local_zones().begin(), d.dns_local_zones().end());
   std::vector<std::string> local_data(d.dns_local_data().begin(), d.dns_local_data().end());

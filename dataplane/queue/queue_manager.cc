@@ -313,7 +313,7 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
     Log(LogLevel::kWarning, "crypto", "deferred by the crypto stage", {{"qid", c.queue_id}, {"reason", c.reason}});
     return;
   }
-  if (c.verdict == crypto::Verdict::kHold && c.derived.empty()) {
+  if (c.verdict == crypto::Verdict::kCorrupt) {
     SpoolState st = it->second.state;
     entries_.erase(it);
     held_.store(static_cast<uint32_t>(entries_.size()), std::memory_order_relaxed);
@@ -324,17 +324,13 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
   std::vector<std::string> admit;
   for (const crypto::DerivedCopy& d : c.derived) {
     Transfer(it->second, d.rcpts, d.queue_id, now);
-    Log(d.held ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held ? "held" : "transformed",
+    Log(d.held() ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held() ? "held" : "transformed",
         {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
     if (options_.on_event)
-      options_.on_event(d.held ? "mail.held" : d.consumed ? "mail.consumed" : d.what.rfind("sealed", 0) == 0 ? "mail.sealed"
-                                            : d.what.rfind("signed for", 0) == 0 ? "mail.signed"
-                                            : d.what.rfind("opened", 0) == 0 ? "mail.opened"
-                                            : d.what.rfind("seemail-ping", 0) == 0 ? "mail.ping-replied" : "mail.transformed",
-                        c.queue_id, StrCat("copy=", d.queue_id, " ", d.what));
-    if (!d.held && !d.consumed && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
-    bool warned = !d.held && d.what.rfind("opened: smime=fail", 0) == 0;
-    if ((d.held || warned) && options_.notifications) {
+      options_.on_event({crypto::TreatmentEvent(d.treatment), c.queue_id, StrCat("copy=", d.queue_id, " ", d.what), d.policy_version});
+    if (!d.held() && !d.consumed() && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
+    bool warned = d.warned;
+    if ((d.held() || warned) && options_.notifications) {
       notifier_.SetOptions(options_.notifications());   // the policy in force now decides who is told
       HeldItem item{d.queue_id, it->second.msg->envelope.mail_from(), {}, d.what, now};
       for (uint32_t i : d.rcpts)
@@ -348,7 +344,7 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
   size_t carried = 0;
   for (const crypto::DerivedCopy& d : c.derived) carried += d.rcpts.size();
   if (options_.on_event && carried < it->second.rcpt.size() && !c.reason.empty() && !it->second.msg->envelope.crypto_done())
-    options_.on_event("mail.passed", c.queue_id, StrCat("rcpts=", it->second.rcpt.size() - carried, " ", c.reason));
+    options_.on_event({"mail.passed", c.queue_id, StrCat("rcpts=", it->second.rcpt.size() - carried, " ", c.reason), c.policy_version});
   for (const std::string& qid : admit) {
     Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, qid));
     if (!m.ok()) {
@@ -418,7 +414,7 @@ void QueueManager::Apply(const DeliveryResult& r) {
         e.relayed.push_back({rr.index, "2.0.0", StrCat("smtp; ", rr.reply.OneLine()), r.remote_mta});
       Log(LogLevel::kInfo, "smtp", "delivered",
           {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
-      if (options_.on_event) options_.on_event("mail.delivered", e.msg->id, StrCat("to=<", addr, "> relay=", r.remote_mta));
+      if (options_.on_event) options_.on_event({"mail.delivered", e.msg->id, StrCat("to=<", addr, "> relay=", r.remote_mta)});
       std::lock_guard<std::mutex> l(mu_);
       ++stats_.delivered;
     } else if (rr.reply.permanent()) {
@@ -429,7 +425,7 @@ void QueueManager::Apply(const DeliveryResult& r) {
       Log(LogLevel::kWarning, "smtp", "bounced",
           {{"qid", e.msg->id}, {"to", addr}, {"relay", r.remote_mta}, {"reply", rr.reply.OneLine()}});
       if (options_.on_event)
-        options_.on_event("mail.bounced", e.msg->id, StrCat("to=<", addr, "> reply=", rr.reply.OneLine()));
+        options_.on_event({"mail.bounced", e.msg->id, StrCat("to=<", addr, "> reply=", rr.reply.OneLine())});
     } else {
       e.last_temp = rr.reply.OneLine();
       Log(LogLevel::kInfo, "smtp", "deferred",
@@ -480,7 +476,7 @@ void QueueManager::Finalize(const std::string& id) {
     Result<std::string> qid = text.ok() ? QueueOwn(e.msg->envelope.mail_from(), *text, now) : Result<std::string>(text.status());
     if (qid.ok()) {
       Log(LogLevel::kInfo, "qmgr", "delivery receipt queued", {{"qid", id}, {"receipt_qid", *qid}});
-      if (options_.on_event) options_.on_event("mail.receipt", id, StrCat("receipt=", *qid, " rcpts=", e.relayed.size()));
+      if (options_.on_event) options_.on_event({"mail.receipt", id, StrCat("receipt=", *qid, " rcpts=", e.relayed.size())});
     } else {
       Log(LogLevel::kError, "qmgr", "cannot queue a delivery receipt", {{"qid", id}, {"error", qid.status().message()}});
     }
@@ -613,7 +609,7 @@ bool QueueManager::SendDelayNotice(const std::string& id, int64_t now) {
   }
   Log(LogLevel::kInfo, "qmgr", "sender told of the delay (DSN)",
       {{"qid", id}, {"dsn_qid", *qid}, {"to", msg->envelope.mail_from()}, {"retry_until", Rfc5322Date(until)}});
-  if (options_.on_event) options_.on_event("mail.delayed", id, StrCat("notice=", *qid, " rcpts=", delayed.size()));
+  if (options_.on_event) options_.on_event({"mail.delayed", id, StrCat("notice=", *qid, " rcpts=", delayed.size())});
   return true;
 }
 
@@ -686,7 +682,7 @@ void QueueManager::RetryDue(int64_t now) {
                          ""};
       }
       Log(LogLevel::kWarning, "qmgr", "message expired (Expires: header)", {{"qid", id}});
-      if (options_.on_event) options_.on_event("mail.expired", id, "its Expires: header passed before delivery (DE-6)");
+      if (options_.on_event) options_.on_event({"mail.expired", id, "its Expires: header passed before delivery (DE-6)"});
       Finalize(id);
       continue;
     }
@@ -751,7 +747,7 @@ Result<std::vector<std::string>> QueueManager::DoRecall(const std::string& id, c
   }
   e.recalled = true;
   Log(LogLevel::kInfo, "qmgr", "recalled", {{"qid", id}, {"recipients", std::to_string(withdrawn.size())}, {"reason", reason}});
-  if (options_.on_event) options_.on_event("mail.recalled", id, StrCat("rcpts=", withdrawn.size(), " reason=", reason));
+  if (options_.on_event) options_.on_event({"mail.recalled", id, StrCat("rcpts=", withdrawn.size(), " reason=", reason)});
   Finalize(id);
   return withdrawn;
 }
@@ -785,7 +781,7 @@ void QueueManager::SendNotices(int64_t now) {
     }
     Log(LogLevel::kInfo, "qmgr", "notice about held mail queued",
         {{"qid", *qid}, {"to", n.to}, {"held_messages", std::to_string(n.items)}});
-    if (options_.on_event) options_.on_event("mail.notified", *qid, StrCat("to=<", n.to, "> held=", n.items));
+    if (options_.on_event) options_.on_event({"mail.notified", *qid, StrCat("to=<", n.to, "> held=", n.items)});
   }
 }
 
@@ -829,8 +825,8 @@ void QueueManager::ExpireHeld(int64_t now) {
     }
     Log(LogLevel::kWarning, "qmgr", "held mail expired: returned to sender", {{"qid", id}, {"from", m->envelope.mail_from()}});
     if (options_.on_event)
-      options_.on_event("mail.expired", id, StrCat("held ", (now - m->envelope.arrival_unix_ms()) / 1000, " s; returned to <",
-                                                   m->envelope.mail_from(), ">"));
+      options_.on_event({"mail.expired", id, StrCat("held ", (now - m->envelope.arrival_unix_ms()) / 1000, " s; returned to <",
+                                                   m->envelope.mail_from(), ">")});
   }
 }
 
@@ -859,19 +855,19 @@ void QueueManager::Run() {
       Log(LogLevel::kWarning, "qmgr", "system clock stepped: retry times and message ages keep counting from before the step "
           "(until a restart)", {{"step_s", std::to_string(step.step_ms / 1000)}, {"absorbed_s", std::to_string(step.absorbed_ms / 1000)}});
       if (options_.on_event)
-        options_.on_event("system.clock_stepped", "", StrCat("the system clock moved ", step.step_ms / 1000,
-                          " s at once; the queue keeps its own time (", step.absorbed_ms / 1000, " s behind the system clock)"));
+        options_.on_event({"system.clock_stepped", "", StrCat("the system clock moved ", step.step_ms / 1000,
+                          " s at once; the queue keeps its own time (", step.absorbed_ms / 1000, " s behind the system clock)")});
     }
     for (SpoolMessage& m : submitted) {
       if (options_.on_event && !m.envelope.crypto_done())
-        options_.on_event("mail.accepted", m.id,
+        options_.on_event({"mail.accepted", m.id,
                           StrCat("from=<", m.envelope.mail_from(), "> rcpts=", m.envelope.recipients_size(),
                                  " size=", m.body_size, m.envelope.is_dsn() ? " dsn" : "",
                                  m.envelope.client_address().empty() ? ""
                                  : StrCat(" client=", m.envelope.client_address(),
                                           " tls=", m.envelope.tls().empty() ? "none" : m.envelope.tls(),
                                           m.envelope.spf_result().empty() ? ""
-                                          : StrCat(" spf=", m.envelope.spf_result(), "(", m.envelope.spf_domain(), ")"))));
+                                          : StrCat(" spf=", m.envelope.spf_result(), "(", m.envelope.spf_domain(), ")")))});
       Admit(std::move(m), SpoolState::kActive, now, 0);
     }
     done.clear();

@@ -57,6 +57,16 @@ struct DeliveryResult {
   bool peer_dsn = false;            // the next hop took NOTIFY= (RFC 3461): it reports success itself
 };
 
+// MailEvent: one mail event for the audit trail. `action` is one of the fixed names the code
+// uses ("mail.accepted", "mail.sealed", ..., crypto::TreatmentEvent) — never taken from free
+// text; `detail` is for people (identifiers and addresses only, never content).
+struct MailEvent {
+  const char* action = "";
+  std::string queue_id;
+  std::string detail;
+  uint64_t policy_version = 0;   // of the decision the event carries out (0: none)
+};
+
 struct QueueOptions {
   std::string hostname;
   // network: the back end deliveries connect through (required when agents run).
@@ -68,7 +78,7 @@ struct QueueOptions {
   // on_event: mail events for the audit trail ("mail.accepted", "mail.sealed", "mail.opened",
   // "mail.held", "mail.delivered", "mail.bounced"), called on the manager thread; must not
   // block for long (the recorder batches). Identifiers and addresses only, never content.
-  std::function<void(const std::string& action, const std::string& qid, const std::string& detail)> on_event;
+  std::function<void(const MailEvent& event)> on_event;
   // notifications: the current settings for notices about held mail (issue #6; read at every
   // queue scan, so a policy change applies at once); null: nobody is told.
   std::function<NotifierOptions()> notifications;

@@ -319,15 +319,19 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
         Output o;
         o.action = Action::kHold;
         o.rcpts = std::move(g.second);
-        o.reason = StrCat(d.reason, doc->version ? StrCat(" [policy v", doc->version, "]") : "");
+        o.reason = StrCat(d.reason, doc->version ? StrCat(" [policy v", doc->version, "]") : "");   // shown to operators
+        o.policy_version = doc->version;
         add(std::move(o));
       } else if (d.protection == policy::Protection::kPass) {
         Output o;
         o.rcpts = std::move(g.second);
         o.reason = d.reason;
+        o.policy_version = doc->version;
         add(std::move(o));
       } else {
-        add(Seal1(domain, std::move(g.second), to_seal, keys, d, classification));
+        Output o = Seal1(domain, std::move(g.second), to_seal, keys, d, classification);
+        o.policy_version = doc->version;
+        add(std::move(o));
       }
     }
   }
@@ -382,6 +386,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
       return o;
     }
     o.action = Action::kDeliver;
+    o.treatment = Treatment::kSigned;
     o.body = std::move(*signed_msg);
     o.protection = StrCat("signed for ", domain, " (signed-data, no certificate of theirs known): ", decision.reason);
     return o;
@@ -453,6 +458,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
     return o;
   }
   o.action = Action::kDeliver;
+  o.treatment = Treatment::kSealed;
   o.body = std::move(*sealed);
   o.protection = StrCat("sealed for ", covering, " (", so.triple_wrap ? "triple-wrapped, " : "",
                         IsAead(so.cipher) ? "authEnveloped-data " : "enveloped-data ", CipherName(so.cipher),
@@ -501,6 +507,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   }
   if (!IsSmimeEntity(message)) {
     o.action = Action::kDeliver;
+    o.treatment = Treatment::kMarked;
     o.protection = "inbound, not S/MIME";
     o.body = rebuild(mark("none", "not S/MIME", ""), outer, std::string_view(message).substr(sep));
     return o;
@@ -514,6 +521,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   if (!r.ok()) {
     if (r.status().code() == StatusCode::kFailedPrecondition) {
       o.action = Action::kDeliver;
+      o.treatment = Treatment::kMarked;
       o.protection = "inbound, user-level S/MIME left intact";
       o.body = rebuild(mark("none", "user-level S/MIME, not for this domain; left intact", ""), outer,
                        std::string_view(message).substr(sep));
@@ -666,6 +674,8 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     if (!found) fields.push_back({"Subject", StrCat("Subject: ", warning, "\r\n")});
   }
   o.action = Action::kDeliver;
+  o.treatment = Treatment::kOpened;
+  o.warned = result == "fail";
   o.body = rebuild(marks, fields, rest);
   o.protection = StrCat("opened: smime=", result, " (", Sanitize(comment), ")");
   if (verified) *verified = result == "pass";
@@ -726,6 +736,7 @@ Output Gateway::Ping(const std::string& sender, std::vector<uint32_t> rcpts, con
   body += StrCat("Partner domains: ", known.empty() ? "(none)" : known, "\r\n");
   body += StrCat("Probe: ", encrypted ? "signed and encrypted" : "signed", ", verified\r\n");
   o.action = Action::kDeliver;
+  o.treatment = Treatment::kPingReply;
   o.body = std::move(body);
   o.envelope_from = self;
   o.envelope_to = from;

@@ -94,8 +94,22 @@ struct Inbound {
 // sender's domain) or "none". Any copy arriving from outside is removed first.
 inline constexpr char kAuthLevelHeader[] = "X-Mailseal-Auth-Level";
 
+// Treatment: what was done to a kDeliver body, for the typed audit event (never derived from
+// the `protection` text).
+enum class Treatment {
+  kNone,
+  kSealed,     // signed and encrypted for a partner domain
+  kSigned,     // signed only (a partner whose certificate is not known yet)
+  kOpened,     // inbound: domain layers removed, verified and marked
+  kMarked,     // inbound, no domain S/MIME: marked and passed on
+  kPingReply,  // a seemail-ping reply of our own
+};
+
 struct Output {
   Action action = Action::kPass;
+  Treatment treatment = Treatment::kNone;
+  bool warned = false;        // kOpened with a signature that failed: the people concerned are told
+  uint64_t policy_version = 0;   // of the decision (0: none applied)
   std::vector<uint32_t> rcpts;
   std::string body;
   std::string reason;       // for hold/, the log and the audit trail
