@@ -286,7 +286,7 @@ int Run(const std::string& path) {
     Log(LogLevel::kError, "mailseald", "spool unusable", {{"error", st.message()}});
     return kExitRuntime;
   }
-  policy::PolicyStore policy;
+  policy::SnapshotStore policy;
   uint64_t version = 1;
   policy.Publish(policy::BuildSnapshot(cfg, version));
 

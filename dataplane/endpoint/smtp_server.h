@@ -36,7 +36,7 @@ struct ssl_ctx_st;   // OpenSSL's SSL_CTX
 namespace mailseal::endpoint {
 
 struct ServerContext {
-  policy::PolicyStore* policy = nullptr;
+  policy::SnapshotStore* policy = nullptr;
   queue::Spool* spool = nullptr;
   queue::Committer* committer = nullptr;
   queue::QueueManager* qmgr = nullptr;

@@ -39,7 +39,9 @@ struct PolicySnapshot {
 
 std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& cfg, uint64_t version);
 
-class PolicyStore {
+// SnapshotStore: where the current snapshot is published (control thread) and loaded (net
+// threads). Not the policy document store (control::PolicyStore keeps the versioned documents).
+class SnapshotStore {
  public:
   std::shared_ptr<const PolicySnapshot> Load() const { return current_.load(std::memory_order_acquire); }
   void Publish(std::shared_ptr<const PolicySnapshot> s) { current_.store(std::move(s), std::memory_order_release); }

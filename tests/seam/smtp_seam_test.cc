@@ -171,7 +171,7 @@ class Client {
 // Node: one gateway's receiving side (endpoint, spool, committer, queue) on the memory back end.
 struct Node {
   std::filesystem::path root;
-  policy::PolicyStore policy;
+  policy::SnapshotStore policy;
   std::unique_ptr<queue::Spool> spool;
   std::unique_ptr<queue::QueueManager> qmgr;
   std::unique_ptr<queue::Committer> committer;
