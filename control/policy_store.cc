@@ -1,5 +1,7 @@
 // policy_store.cc — see policy_store.h.
 #include "control/policy_store.h"
+
+#include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
 
 #include "dataplane/policy/cidr.h"
@@ -42,21 +44,6 @@ std::string Name(const std::string& dir, uint64_t v, const char* ext) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "/v%06llu.%s", static_cast<unsigned long long>(v), ext);
   return dir + buf;
-}
-
-Status WriteDurably(const std::string& dir, const std::string& path, const std::string& data) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return InternalError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
-  bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return InternalError(StrCat("cannot store ", path));
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return OkStatus();
 }
 
 bool ReadMessage(const std::string& path, google::protobuf::MessageLite* m) {
@@ -189,8 +176,8 @@ Result<uint64_t> PolicyStore::Set(PolicyDocument doc, uint64_t expected, const s
   info.set_actor(actor);
   info.set_comment(doc.comment());
   // The document first, its info last: a version exists once its info file does.
-  if (Status st = WriteDurably(dir_, Name(dir_, v, "pb"), doc.SerializeAsString()); !st.ok()) return st;
-  if (Status st = WriteDurably(dir_, Name(dir_, v, "info"), info.SerializeAsString()); !st.ok()) return st;
+  if (Status st = base::WriteFileDurably(Name(dir_, v, "pb"), doc.SerializeAsString()); !st.ok()) return st;
+  if (Status st = base::WriteFileDurably(Name(dir_, v, "info"), info.SerializeAsString()); !st.ok()) return st;
   history_.push_back(info);
   if (on_change_) on_change_(doc);
   return v;

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "dataplane/base/clock.h"
+#include "dataplane/base/strings.h"
 #include "dataplane/base/log.h"
 #include "dataplane/base/file.h"
 #include "dataplane/config/config.h"
@@ -395,7 +396,7 @@ int Run(const std::string& path) {
     queue::NotifierOptions base;
     base.hostname = cfg.hostname();
     for (std::string d : cfg.local_domains()) {
-      for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      d = base::AsciiLower(d);
       base.local_domains.push_back(d);
     }
     qopts.notifications = [shared, base] {

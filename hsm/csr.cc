@@ -64,15 +64,31 @@ Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& r) {
   if (ok) {
     BIO* bio = BIO_new(BIO_s_mem());
     PEM_write_bio_X509_REQ(bio, req);
-    char* data = nullptr;
-    long n = BIO_get_mem_data(bio, &data);
-    out.assign(data, static_cast<size_t>(n));
+    out = base::BioString(bio);
     BIO_free(bio);
   }
   X509_REQ_free(req);
   if (!ok) {
     return InternalError(base::OpenSslError("building the CSR failed"));
   }
+  return out;
+}
+
+Result<std::string> BuildAuditCsrPem(EVP_PKEY* key, const std::string& domain) {
+  X509_REQ* req = X509_REQ_new();
+  std::string cn = "mailseal-audit." + domain;
+  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_REQ_set_pubkey(req, key);
+  std::string out;
+  if (X509_REQ_sign(req, key, EVP_sha256()) > 0) {
+    BIO* b = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509_REQ(b, req);
+    out = base::BioString(b);
+    BIO_free(b);
+  }
+  X509_REQ_free(req);
+  if (out.empty()) return InternalError(base::OpenSslError("the audit CSR could not be signed in the token"));
   return out;
 }
 

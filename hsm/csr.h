@@ -28,4 +28,8 @@ const char* AuthorityName(Purpose p);
 // BuildCsrPem signs the request with `key` (an HSM key through the OpenSSL bridge).
 Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& req);
 
+// BuildAuditCsrPem: the request for the audit trail's tree-head signing key
+// (CN=mailseal-audit.<domain>), signed with `key` in the token.
+Result<std::string> BuildAuditCsrPem(EVP_PKEY* key, const std::string& domain);
+
 }  // namespace mailseal::hsm

@@ -20,28 +20,6 @@
 using namespace mailseal;
 using namespace mailseal::hsm;
 
-namespace {
-Result<std::string> AuditCsrPem(EVP_PKEY* key, const std::string& domain) {
-  X509_REQ* req = X509_REQ_new();
-  std::string cn = "mailseal-audit." + domain;
-  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-  X509_REQ_set_pubkey(req, key);
-  std::string out;
-  if (X509_REQ_sign(req, key, EVP_sha256()) > 0) {
-    BIO* b = BIO_new(BIO_s_mem());
-    PEM_write_bio_X509_REQ(b, req);
-    char* data = nullptr;
-    long n = BIO_get_mem_data(b, &data);
-    out.assign(data, static_cast<size_t>(n));
-    BIO_free(b);
-  }
-  X509_REQ_free(req);
-  if (out.empty()) return InternalError("the audit CSR could not be signed in the token");
-  return out;
-}
-}  // namespace
-
 int main(int argc, char** argv) {
   if (argc != 9) {
     std::fprintf(stderr,
@@ -75,7 +53,7 @@ int main(int argc, char** argv) {
   Result<EVP_PKEY*> key = TokenPrivateKey(s->get(), *kp);
   if (!key.ok()) return fail("key", key.status());
   // Domain keys get RFC 3183 CSRs; the audit key a plain one (CN=mailseal-audit.<domain>).
-  Result<std::string> csr = p == Purpose::kAudit ? AuditCsrPem(*key, argv[7]) : BuildCsrPem(*key, {p, {argv[7]}, "", ""});
+  Result<std::string> csr = p == Purpose::kAudit ? BuildAuditCsrPem(*key, argv[7]) : BuildCsrPem(*key, {p, {argv[7]}, "", ""});
   EVP_PKEY_free(*key);
   if (!csr.ok()) return fail("CSR", csr.status());
   std::ofstream(argv[8]) << *csr;

@@ -1,5 +1,7 @@
 // file.cc — see file.h.
 #include "dataplane/base/file.h"
+#include <unistd.h>
+#include <fcntl.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -24,6 +26,42 @@ Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {
   std::fclose(f);
   if (failed) return NotFoundError(StrCat(path, ": read error"));
   return out;
+}
+
+Status WriteFileDurably(const std::string& path, const std::string& data) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return UnavailableError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+  size_t done = 0;
+  bool ok = true;
+  while (ok && done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<size_t>(n);
+  }
+  int err = ok ? 0 : errno;
+  if (ok && ::fsync(fd) != 0) {
+    ok = false;
+    err = errno;
+  }
+  ::close(fd);
+  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    return UnavailableError(StrCat("cannot store ", path, ": ", std::strerror(err)));
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  bool synced = dfd >= 0 && ::fsync(dfd) == 0;
+  err = errno;
+  if (dfd >= 0) ::close(dfd);
+  if (!synced) return UnavailableError(StrCat("stored ", path, " but its directory could not be synced: ", std::strerror(err)));
+  return OkStatus();
 }
 
 }  // namespace mailseal::base

@@ -1,7 +1,9 @@
 // openssl_error.h — OpenSSL's thread-local error queue as one line for logs and Status
-// messages. Header-only: every user links libcrypto already, mailseal_base does not.
+// messages, and a memory BIO's contents as a string. Header-only: every user links libcrypto
+// already, mailseal_base does not.
 #pragma once
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 
 #include <string>
@@ -24,6 +26,13 @@ inline std::string OpenSslError(std::string_view what) {
   }
   if (n == 0) out += out.empty() ? "unknown error" : ": unknown error";
   return out;
+}
+
+// BioString: what a memory BIO holds (PEM output, a CMS encoding), copied out.
+inline std::string BioString(BIO* b) {
+  char* data = nullptr;
+  long n = BIO_get_mem_data(b, &data);
+  return n > 0 ? std::string(data, static_cast<size_t>(n)) : std::string();
 }
 
 }  // namespace mailseal::base

@@ -1,5 +1,6 @@
 // config.cc — see config.h.
 #include "dataplane/config/config.h"
+#include "dataplane/base/strings.h"
 #include "dataplane/base/file.h"
 
 #include <arpa/inet.h>
@@ -183,7 +184,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   }
   {
     std::string h = cfg.hostname();
-    for (char& c : h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    h = base::AsciiLower(h);
     if (h.rfind("securemail.", 0) == 0) cfg.set_securemail(true);   // SM-6.1: the name says so
   }
   if (cfg.securemail() && !cfg.has_tls())
@@ -217,7 +218,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (r->domain().empty() || !ParseHostPort(r->next_hop(), &h, &p) || p == 0)
       return dbad("routes", StrCat("route ", i + 1, " needs a domain and next_hop host:port"));
     std::string d = r->domain();
-    for (char& c : d) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    d = base::AsciiLower(d);
     r->set_domain(d);
   }
   if (del->agents() == 0) del->set_agents(20);

@@ -311,7 +311,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   for (int i = 0; i < c.partners_size(); ++i) {
     const auto& p = c.partners(i);
     std::string d = p.domain();
-    for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    d = base::AsciiLower(d);
     if (!smime::ValidDomainName(d))
       return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].domain': '", p.domain(), "' is not a domain"));
     s->policy.partners[d] = {p.triple_wrap(), p.detached_signature()};

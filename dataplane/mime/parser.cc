@@ -1,5 +1,6 @@
 // parser.cc — see parser.h.
 #include "dataplane/mime/parser.h"
+#include "dataplane/base/strings.h"
 
 #include <strings.h>
 
@@ -9,12 +10,6 @@
 
 namespace mailseal::mime {
 namespace {
-
-std::string Lower(std::string_view s) {
-  std::string o(s);
-  for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return o;
-}
 
 bool IEquals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -115,7 +110,7 @@ void Parser::EndPartsAbove(size_t stack_size, uint64_t end) {
 }
 
 void Parser::ParseContentType(Part& p) {
-  if (const HeaderField* cte = p.Find("Content-Transfer-Encoding")) p.transfer_encoding = Lower(cte->Value());
+  if (const HeaderField* cte = p.Find("Content-Transfer-Encoding")) p.transfer_encoding = base::AsciiLower(cte->Value());
   const HeaderField* ct = p.Find("Content-Type");
   if (!ct) return;  // default (text/plain, or message/rfc822 in a digest)
   std::string v = ct->Value();
@@ -130,15 +125,15 @@ void Parser::ParseContentType(Part& p) {
     p.problem = "unreadable Content-Type, treated as text/plain";
     return;
   }
-  p.type = Lower(type);
-  p.subtype = Lower(sub);
+  p.type = base::AsciiLower(type);
+  p.subtype = base::AsciiLower(sub);
   // Parameters: name=token or name="quoted string", separated by ';'.
   std::string_view rest = semi == std::string::npos ? std::string_view() : std::string_view(v).substr(semi + 1);
   while (!rest.empty()) {
     rest = Trim(rest);
     size_t eq = rest.find('=');
     if (eq == std::string_view::npos) break;
-    std::string name = Lower(Trim(rest.substr(0, eq)));
+    std::string name = base::AsciiLower(Trim(rest.substr(0, eq)));
     rest.remove_prefix(eq + 1);
     rest = Trim(rest);
     std::string value;

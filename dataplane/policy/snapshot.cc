@@ -49,7 +49,7 @@ std::shared_ptr<const PolicySnapshot> BuildSnapshot(const mailseal::v1::Config& 
     if (ParseCidr(t, &c)) s->trusted_networks.push_back(c);
   }
   for (std::string d : cfg.local_domains()) {
-    for (char& ch : d) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    d = base::AsciiLower(d);
     s->local_domains.push_back(d);
   }
   return s;

@@ -1,5 +1,9 @@
 // cert_store.cc — see cert_store.h.
 #include "dataplane/smime/cert_store.h"
+#include "dataplane/base/strings.h"
+
+#include "dataplane/base/file.h"
+#include "dataplane/base/openssl_error.h"
 #include "dataplane/smime/naming.h"
 
 #include <dirent.h>
@@ -23,12 +27,6 @@
 namespace mailseal::smime {
 namespace {
 
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
 Result<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFoundError(StrCat(path, ": cannot be read"));
@@ -48,9 +46,7 @@ X509Ref ParsePem(const std::string& pem) {
 std::string ToPem(X509* x) {
   BIO* b = BIO_new(BIO_s_mem());
   PEM_write_bio_X509(b, x);
-  char* data = nullptr;
-  long n = BIO_get_mem_data(b, &data);
-  std::string out(data, static_cast<size_t>(n));
+  std::string out = base::BioString(b);
   BIO_free(b);
   return out;
 }
@@ -128,7 +124,7 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
 }
 
 Status CertStore::Pin(const std::string& domain_in, const std::string& pem_file) {
-  std::string domain = Lower(domain_in);
+  std::string domain = base::AsciiLower(domain_in);
   if (!ValidDomainName(domain)) return InvalidArgumentError(StrCat("partner domain '", domain_in, "' is not a domain name"));
   Result<std::string> pem = ReadFile(pem_file);
   if (!pem.ok()) return pem.status();
@@ -141,7 +137,7 @@ Status CertStore::Pin(const std::string& domain_in, const std::string& pem_file)
 }
 
 X509Ref CertStore::Dca(std::string_view domain_in, std::string* covering) const {
-  std::string domain = Lower(domain_in);
+  std::string domain = base::AsciiLower(domain_in);
   std::shared_lock l(mu_);
   for (std::string_view d = domain; !d.empty();) {
     auto it = dca_.find(std::string(d));
@@ -158,7 +154,7 @@ X509Ref CertStore::Dca(std::string_view domain_in, std::string* covering) const 
 
 std::vector<std::string> CertStore::Capabilities(std::string_view domain) const {
   std::shared_lock l(mu_);
-  auto it = caps_.find(Lower(domain));
+  auto it = caps_.find(base::AsciiLower(domain));
   return it == caps_.end() ? std::vector<std::string>{} : it->second;
 }
 
@@ -192,27 +188,12 @@ std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) con
 }
 
 Status CertStore::Persist(const std::string& name, const std::string& data) const {
-  std::string tmp = StrCat(dir_, "/.", name, ".tmp");
-  std::string final_path = StrCat(dir_, "/", name);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return InternalError(StrCat("open ", tmp, ": ", std::strerror(errno)));
-  bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return InternalError(StrCat("cannot write ", final_path));
-  }
-  int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return OkStatus();
+  return base::WriteFileDurably(StrCat(dir_, "/", name), data);
 }
 
 std::string CertStore::Learn(const std::string& domain_in, const std::vector<X509Ref>& certs,
                              const std::vector<std::string>& caps) {
-  std::string domain = Lower(domain_in);
+  std::string domain = base::AsciiLower(domain_in);
   if (!ValidDomainName(domain)) return "";
   std::vector<std::string> changed;
   for (const X509Ref& c : certs) {

@@ -256,7 +256,7 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
   for (uint32_t i = 0; i < recipients.size(); ++i) {
     std::string d = smtp::DomainOf(recipients[i]);
     std::string lower = recipients[i];
-    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    lower = base::AsciiLower(lower);
     if (!d.empty() && IsLocal(d) && lower.rfind("seemail-ping@", 0) == 0) pings[lower].push_back(i);
     else if (d.empty() || IsLocal(d)) local.push_back(i);
     else remote[d].push_back(i);
@@ -692,7 +692,7 @@ Output Gateway::Ping(const std::string& sender, std::vector<uint32_t> rcpts, con
   o.rcpts = std::move(rcpts);
   o.action = Action::kConsume;
   std::string from = sender;
-  for (char& ch : from) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  from = base::AsciiLower(from);
   std::string local = from.substr(0, from.rfind('@'));
   std::string domain = smtp::DomainOf(from);
   if (!verified) {

@@ -1,5 +1,6 @@
 // naming.cc — see naming.h.
 #include "dataplane/smime/naming.h"
+#include "dataplane/base/strings.h"
 
 #include "dataplane/base/status.h"
 
@@ -11,11 +12,6 @@
 
 namespace mailseal::smime {
 namespace {
-std::string Lower(std::string_view s) {
-  std::string o(s);
-  for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return o;
-}
 }  // namespace
 
 NamingVerdict CheckDomainSigner(const std::vector<std::string>& signer_emails, std::string_view sender_address,
@@ -26,11 +22,11 @@ NamingVerdict CheckDomainSigner(const std::vector<std::string>& signer_emails, s
     v.reason = "the sender address has no domain";
     return v;
   }
-  std::string sender_domain = Lower(sender_address.substr(at + 1));
-  std::string prefix = Lower(authority) + "@";
+  std::string sender_domain = base::AsciiLower(sender_address.substr(at + 1));
+  std::string prefix = base::AsciiLower(authority) + "@";
   std::string covered;
   for (const std::string& e : signer_emails) {
-    std::string email = Lower(e);
+    std::string email = base::AsciiLower(e);
     if (email.compare(0, prefix.size(), prefix) != 0) continue;  // not a domain authority name
     std::string d = email.substr(prefix.size());
     if (d.empty()) continue;
@@ -52,10 +48,10 @@ NamingVerdict CheckDomainSigner(const std::vector<std::string>& signer_emails, s
 AuthorityNames ExamineAuthority(X509* cert, std::string_view authority_in) {
   AuthorityNames out;
   if (!cert) return out;
-  std::string authority = Lower(authority_in);
+  std::string authority = base::AsciiLower(authority_in);
   std::string prefix = authority + "@";
   auto text = [](const ASN1_STRING* v) {
-    return Lower(std::string_view(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
+    return base::AsciiLower(std::string_view(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
                                   static_cast<size_t>(std::max(0, ASN1_STRING_length(v)))));
   };
   auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));

@@ -1,5 +1,6 @@
 // address.cc — see address.h. STANDARDS: RFC 5321 §4.1.2, §4.5.3.1; RFC 6531; RFC 3461 §4.
 #include "dataplane/smtp/address.h"
+#include "dataplane/base/strings.h"
 
 #include <cctype>
 
@@ -79,7 +80,7 @@ std::string DomainOf(std::string_view address) {
   size_t at = address.rfind('@');
   if (at == std::string_view::npos) return "";
   std::string d(address.substr(at + 1));
-  for (char& c : d) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  d = base::AsciiLower(d);
   return d;
 }
 
@@ -112,9 +113,7 @@ PathError ParsePathArgs(std::string_view args, bool allow_null, bool allow_utf8,
     size_t at = path.rfind('@');
     if (at == std::string_view::npos) {
       // RFC 5321 §4.5.1: "Postmaster" without a domain must be accepted for RCPT.
-      std::string lower;
-      for (char c : path) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      if (allow_null || lower != "postmaster") return PathError::kSyntax;
+      if (allow_null || base::AsciiLower(path) != "postmaster") return PathError::kSyntax;
     } else {
       if (!ValidLocalPart(path.substr(0, at)) || !ValidDomain(path.substr(at + 1)))
         return PathError::kSyntax;
