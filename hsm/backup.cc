@@ -1,5 +1,6 @@
 // backup.cc — see backup.h. STANDARDS: RFC 5652/5083 (CMS, AuthEnvelopedData), RFC 5649.
 #include "hsm/backup.h"
+#include "dataplane/base/sha256_sign.h"
 
 #include "dataplane/base/openssl_error.h"
 
@@ -318,11 +319,7 @@ Result<std::vector<KeyPair>> RestoreBackup(Session& s, const KeyBackup& b, const
     if (purpose == Purpose::kDsaSign || purpose == Purpose::kAudit || purpose == Purpose::kTls) {
       bool ec = w.key_type() == "ec";
       Result<std::string> sig = Sign(s, *priv, ec ? SignMechanism::kEcdsaSha256 : SignMechanism::kRsaPkcs1Sha256, b.backup_id());
-      EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-      proved = sig.ok() && EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, pk) == 1 &&
-               EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(sig->data()), sig->size(),
-                                reinterpret_cast<const unsigned char*>(b.backup_id().data()), b.backup_id().size()) == 1;
-      EVP_MD_CTX_free(ctx);
+      proved = sig.ok() && base::Sha256Verify(pk, b.backup_id(), *sig);
     }
     EVP_PKEY_free(pk);
     if (!proved) return undo(DataLossError(StrCat("key '", w.label(), "' does not match its backed-up public key")));

@@ -1,5 +1,6 @@
 // ceremony.cc — see ceremony.h.
 #include "hsm/ceremony.h"
+#include "dataplane/base/sha256_sign.h"
 
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -46,15 +47,6 @@ std::string StepHash(const std::string& prev, const CeremonyStep& st) {
   return std::string(reinterpret_cast<char*>(md), sizeof md);
 }
 
-bool VerifyWith(EVP_PKEY* key, const std::string& msg, const std::string& sig) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
-            EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
-                             reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1;
-  EVP_MD_CTX_free(ctx);
-  return ok;
-}
-
 EVP_PKEY* CertKey(const std::string& pem) {
   BIO* b = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
   X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
@@ -71,7 +63,7 @@ Status CheckApproval(const CeremonyTranscript& t, const CeremonyStep& step, cons
     if (c.name() != a.custodian()) continue;
     EVP_PKEY* k = CertKey(c.cert_pem());
     if (!k) return InvalidArgumentError(StrCat("custodian ", c.name(), ": unreadable certificate"));
-    bool ok = VerifyWith(k, ApprovalStatement(t.ceremony_id(), step.hash()), a.signature());
+    bool ok = base::Sha256Verify(k, ApprovalStatement(t.ceremony_id(), step.hash()), a.signature());
     EVP_PKEY_free(k);
     if (!ok)
       return Status(StatusCode::kPermissionDenied,
@@ -87,20 +79,7 @@ std::string ApprovalStatement(const std::string& ceremony_id, const std::string&
 }
 
 Result<std::string> SignApproval(EVP_PKEY* key, const std::string& statement) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  size_t len = 0;
-  std::string sig;
-  bool ok = EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
-            EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(statement.data()), statement.size()) == 1;
-  if (ok) {
-    sig.resize(len);
-    ok = EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len,
-                        reinterpret_cast<const unsigned char*>(statement.data()), statement.size()) == 1;
-    sig.resize(len);
-  }
-  EVP_MD_CTX_free(ctx);
-  if (!ok) return InternalError("signing the approval failed");
-  return sig;
+  return base::Sha256Sign(key, statement);
 }
 
 Result<Ceremony> Ceremony::Begin(const std::string& kind, unsigned threshold,
@@ -225,7 +204,7 @@ Status VerifyTranscript(const CeremonyTranscript& t, const std::string& trusted_
   const unsigned char* p = reinterpret_cast<const unsigned char*>(t.audit_public_key_der().data());
   EVP_PKEY* k = d2i_PUBKEY(nullptr, &p, static_cast<long>(t.audit_public_key_der().size()));
   if (!k) return DataLossError("transcript has no readable audit key");
-  bool ok = VerifyWith(k, prev, t.audit_signature());
+  bool ok = base::Sha256Verify(k, prev, t.audit_signature());
   EVP_PKEY_free(k);
   if (!ok) return DataLossError("the audit signature over the transcript does not verify");
   return OkStatus();

@@ -38,6 +38,7 @@
 #include <thread>
 
 #include "control/audit/merkle.h"
+#include "dataplane/base/sha256_sign.h"
 #include "dataplane/base/file.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -729,23 +730,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "mailsealctl: %s: not a readable private key (PEM)\n", custodian_key.c_str());
       return kUsage;
     }
-    EVP_MD_CTX* md = EVP_MD_CTX_new();
-    size_t len = 0;
-    std::string sig;
-    const auto* in = reinterpret_cast<const unsigned char*>(cur.statement().data());
-    bool ok = EVP_DigestSignInit(md, nullptr, EVP_sha256(), nullptr, pkey) == 1 &&
-              EVP_DigestSign(md, nullptr, &len, in, cur.statement().size()) == 1;
-    if (ok) {
-      sig.resize(len);
-      ok = EVP_DigestSign(md, reinterpret_cast<unsigned char*>(sig.data()), &len, in, cur.statement().size()) == 1;
-      sig.resize(len);
-    }
-    EVP_MD_CTX_free(md);
+    mailseal::Result<std::string> signature = mailseal::base::Sha256Sign(pkey, cur.statement());
     EVP_PKEY_free(pkey);
-    if (!ok) {
-      std::fprintf(stderr, "mailsealctl: signing the statement failed\n");
+    if (!signature.ok()) {
+      std::fprintf(stderr, "mailsealctl: signing the statement failed: %s\n", signature.status().message().c_str());
       return kError;
     }
+    std::string sig = *signature;
     std::printf("signing for key pair '%s':\n%s", cur.key_label().c_str(), cur.statement().c_str());
     v1::ApproveCeremonyRequest req;
     req.set_ceremony_id(cid);

@@ -1,5 +1,6 @@
 // log.cc — see log.h.
 #include "control/audit/log.h"
+#include "dataplane/base/sha256_sign.h"
 
 #include "dataplane/base/log.h"
 
@@ -68,20 +69,8 @@ std::string Serialize(const google::protobuf::MessageLite& m) {
 
 Signer SignerFor(EVP_PKEY* key) {
   return [key](const std::string& input) -> Result<std::string> {
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    size_t len = 0;
-    std::string sig;
-    bool ok = EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
-              EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
-    if (ok) {
-      sig.resize(len);
-      ok = EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len,
-                          reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
-      sig.resize(len);
-    }
-    EVP_MD_CTX_free(ctx);
-    ERR_clear_error();
-    if (!ok) return UnavailableError("the audit key could not sign the tree head");
+    Result<std::string> sig = base::Sha256Sign(key, input);
+    if (!sig.ok()) return UnavailableError(StrCat("the audit key could not sign the tree head (", sig.status().message(), ")"));
     return sig;
   };
 }
@@ -95,14 +84,7 @@ std::string TreeHeadSigningInput(const TreeHead& head) {
 }
 
 bool VerifyHeadSignature(const TreeHead& head, EVP_PKEY* pub) {
-  std::string in = TreeHeadSigningInput(head);
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, pub) == 1 &&
-            EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(head.signature().data()), head.signature().size(),
-                             reinterpret_cast<const unsigned char*>(in.data()), in.size()) == 1;
-  EVP_MD_CTX_free(ctx);
-  ERR_clear_error();
-  return ok;
+  return base::Sha256Verify(pub, TreeHeadSigningInput(head), head.signature());
 }
 
 Framed ReadFramed(const std::string& path, const char* magic) {
