@@ -1,5 +1,8 @@
 // config.cc — see config.h.
 #include "dataplane/config/config.h"
+
+#include <algorithm>
+#include <thread>
 #include "dataplane/base/strings.h"
 #include "dataplane/base/file.h"
 
@@ -126,7 +129,9 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (c <= 32 || c >= 127) return bad(cfg, tree, "hostname", -1, "must be a plain host name");
   if (cfg.net_threads() == 0) cfg.set_net_threads(2);
   if (cfg.net_threads() > 64) return bad(cfg, tree, "net_threads", -1, "at most 64");
-  if (cfg.crypto_workers() == 0) cfg.set_crypto_workers(2);
+  // Workers wait for the token and for the disk (each copy is synced): two per core keep the
+  // cores busy (tools/bench/relay --seal).
+  if (cfg.crypto_workers() == 0) cfg.set_crypto_workers(std::clamp(2 * std::thread::hardware_concurrency(), 2u, 64u));
   if (cfg.crypto_workers() > 64) return bad(cfg, tree, "crypto_workers", -1, "at most 64");
   for (int i = 0; i < cfg.trusted_networks_size(); ++i) {
     policy::Cidr c;

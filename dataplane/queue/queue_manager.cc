@@ -279,7 +279,8 @@ void QueueManager::PumpCrypto() {
   }
 }
 
-void QueueManager::Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const std::string& to, int64_t now) {
+void QueueManager::Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const std::string& to, int64_t now,
+                            bool record) {
   std::vector<SpoolStatus> records;
   for (uint32_t i : rcpts) {
     if (i >= e.rcpt.size() || e.rcpt[i] != kPending) continue;
@@ -292,6 +293,7 @@ void QueueManager::Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const 
     e.rcpt[i] = kTransferred;
     e.recorded[i] = true;
   }
+  if (!record) return;
   if (Status st = AppendStatuses(PathOf(e), records); !st.ok())
     Log(LogLevel::kError, "qmgr", "cannot record transfer to a crypto-stage copy (a restart may duplicate it)",
         {{"qid", e.msg->id}, {"copy", to}, {"error", st.message()}});
@@ -302,6 +304,24 @@ void QueueManager::ReconcileCopies(const std::string& id, const mailseal::v1::Sp
   if (it == entries_.end()) return;
   std::vector<uint32_t> rcpts(env.derived_rcpts().begin(), env.derived_rcpts().end());
   Transfer(it->second, rcpts, id, now);
+}
+
+void QueueManager::SyncCopies(const std::vector<crypto::Completion>& done) {
+  bool active = false, hold = false;
+  for (const crypto::Completion& c : done)
+    for (const crypto::DerivedCopy& d : c.derived) {
+      if (d.consumed()) continue;
+      (d.held() ? hold : active) = true;
+    }
+  for (auto [wanted, state] : {std::pair{active, SpoolState::kActive}, std::pair{hold, SpoolState::kHold}}) {
+    if (!wanted) continue;
+    if (Status st = spool_->FsyncDir(state); !st.ok()) {
+      // LevelDB's rule, as the committer: after a failed sync nothing is relied on; exit and
+      // let recovery start from the disk (copies found there are reconciled with originals).
+      Log(LogLevel::kError, "qmgr", "fsync of a spool directory failed, exiting", {{"error", st.message()}});
+      std::abort();
+    }
+  }
 }
 
 void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
@@ -322,8 +342,19 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
   }
   it->second.sealed = true;
   std::vector<std::string> admit;
+  // When the copies take every recipient still pending, the original is retired at once: the
+  // transfer is not written into it (one sync less per sealed message on the manager thread).
+  // The copies are durable already and name their original (derived_from), so a crash before
+  // the original's removal is reconciled at recovery; the removal precedes any change to the
+  // copies in the spool directory's journal, so a delivered copy never leaves its original
+  // behind to be sealed again (spool on a journaling file system: ext4, xfs).
+  size_t pending = std::count(it->second.rcpt.begin(), it->second.rcpt.end(), kPending);
+  size_t taken = 0;
+  for (const crypto::DerivedCopy& d : c.derived)
+    for (uint32_t i : d.rcpts) taken += i < it->second.rcpt.size() && it->second.rcpt[i] == kPending;
+  bool record = taken < pending;
   for (const crypto::DerivedCopy& d : c.derived) {
-    Transfer(it->second, d.rcpts, d.queue_id, now);
+    Transfer(it->second, d.rcpts, d.queue_id, now, record);
     Log(d.held() ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held() ? "held" : "transformed",
         {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
     if (options_.on_event)
@@ -872,6 +903,7 @@ void QueueManager::Run() {
     }
     done.clear();
     crypto_->DrainCompletions(&done);
+    SyncCopies(done);
     for (const crypto::Completion& c : done) ApplyCompletion(c, now);
     PumpCrypto();
     for (const DeliveryResult& r : results) Apply(r);

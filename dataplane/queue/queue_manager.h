@@ -170,9 +170,13 @@ class QueueManager {
   void FinishDeferral(const std::string& id, int64_t now, std::vector<mailseal::v1::SpoolStatus> records,
                       mailseal::v1::SpoolStatus d);
   void PumpCrypto();
+  // SyncCopies makes the directory entries of a batch of completions' copies durable (one
+  // fsync per spool directory) before any of them is relied on.
+  void SyncCopies(const std::vector<crypto::Completion>& done);
   void ApplyCompletion(const crypto::Completion& c, int64_t now);
   // Transfer records that `rcpts` of `id` are carried on by the copy `to` (durably).
-  void Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const std::string& to, int64_t now);
+  // Transfer: `rcpts` of `e` now travel in the copy `to`; `record`: also in e's spool file.
+  void Transfer(Entry& e, const std::vector<uint32_t>& rcpts, const std::string& to, int64_t now, bool record = true);
   void ReconcileCopies(const std::string& id, const mailseal::v1::SpoolEnvelope& env, int64_t now);
   void Dispatch(Entry& e);
   void Apply(const DeliveryResult& r);

@@ -448,13 +448,14 @@ Status CutTornTail(const std::string& path, const SpoolMessage& msg) {
 }
 
 Result<std::string> WriteWholeMessage(Spool* spool, mailseal::v1::SpoolEnvelope env,
-                                              std::string_view body, SpoolState to) {
+                                              std::string_view body, SpoolState to, bool sync_dir) {
   SpoolWriter w;
   if (Status s = w.Open(spool, env); !s.ok()) return s;
   if (Status s = w.Append(body); !s.ok()) return s;
   if (Status s = w.Finish(); !s.ok()) return s;
   if (Status s = w.Publish(to); !s.ok()) return s;
-  if (Status s = spool->FsyncDir(to); !s.ok()) return s;
+  if (sync_dir)
+    if (Status s = spool->FsyncDir(to); !s.ok()) return s;
   return w.id();
 }
 

@@ -121,8 +121,11 @@ class SpoolWriter {
 
 // WriteWholeMessage writes a complete message (DSNs, crypto-stage copies) straight to active/
 // (or `to`), durably. A non-empty env.queue_id is used as the id; ALREADY_EXISTS if it is taken.
+// sync_dir false: the file is synced but its directory entry is not — the caller syncs `to`
+// once for a group of files before anything relies on them (crypto-stage copies: the queue
+// manager, per batch of completions).
 [[nodiscard]] Result<std::string> WriteWholeMessage(
     Spool* spool, mailseal::v1::SpoolEnvelope env, std::string_view body,
-    SpoolState to = SpoolState::kActive);
+    SpoolState to = SpoolState::kActive, bool sync_dir = true);
 
 }  // namespace mailseal::queue
