@@ -1,5 +1,9 @@
 // guard.h — what every management service shares: the Guard that authorises and audits each
 // call, and the mapping of internal errors to gRPC statuses with google.rpc.BadRequest details.
+//
+// SECURITY: the caller's identity is the common name of a client certificate verified by the TLS
+// front (tls_front.h) and nothing else; a call without one has no role and is refused. Every
+// refusal and every change is written to the audit log before the call proceeds (fail closed).
 #pragma once
 
 #include <grpcpp/grpcpp.h>

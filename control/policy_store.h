@@ -1,6 +1,10 @@
 // policy_store.h — the versioned policy document (issue #5): every accepted change is a new
 // version, stored durably (temp file, fsync, rename, directory fsync) with who set it and when;
 // nothing is overwritten, so history and diffs are always available.
+//
+// SECURITY: documents come from authenticated administrators but are validated whole before
+// storage (field named on refusal); the files read back at start are parsed with bounds
+// (base::ReadFile) and a version that does not parse is an error, never skipped silently.
 #pragma once
 
 #include <cstdint>

@@ -15,6 +15,12 @@
 // address while the connection lasts (the entry is removed before the socket closes, so a
 // late lookup finds nothing and is refused, never another client's identity). The private
 // socket lives in a directory only mailseald's user can enter.
+//
+// SECURITY: the peer is untrusted until its certificate verifies against the management CA
+// (purpose sslclient, TLS 1.3 only, ALPN h2); the handshake has a deadline; connections are
+// bounded; what a connection sends is copied in 16 KiB pieces, never accumulated.
+//
+// STANDARDS: RFC 8446 (TLS 1.3), RFC 7301 (ALPN), RFC 9113 (HTTP/2, carried, not parsed).
 #pragma once
 
 #include <openssl/ssl.h>

@@ -3,6 +3,11 @@
 // Names follow RFC 3183 §4 and SEE-2.6: CN=domain-signing-authority (DSA, signing) or
 // CN=domain-confidentiality-authority (DCA, encryption), and one rfc822Name SAN
 // "<cn>@<domain>" for every domain the gateway serves.
+//
+// SECURITY: domain names come from the operator (API or CLI) and are checked (letters, digits,
+// hyphens, dots; at most 253) before they enter a certificate request.
+//
+// STANDARDS: RFC 2986 (PKCS#10), RFC 5280 §4.2.1.3/4.2.1.12 (key usage, EKU), RFC 3183 §4.
 #pragma once
 
 #include <openssl/evp.h>

@@ -15,6 +15,13 @@
 // recomputed — by the Merkle root no longer matching a signed head; a truncated or rewritten
 // log by a head (or an exported head) covering more records than the log holds, or with
 // another root.
+//
+// SECURITY: the files are read back as untrusted (a disk someone else could write): every frame's
+// length is bounded by the file and checked with its CRC before the payload is parsed; the last
+// signed head's root and signature are checked against the records before the log is extended;
+// a log that fails is opened read-only and reported as damaged, never re-signed.
+//
+// STANDARDS: RFC 9162 §2.1 (the Merkle tree and its proofs).
 #pragma once
 
 #include <openssl/evp.h>

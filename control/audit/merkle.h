@@ -2,6 +2,11 @@
 // leaf hash = H(0x00 || leaf), node hash = H(0x01 || left || right); the tree over n leaves
 // splits at the largest power of two below n. Inclusion and consistency proofs and their
 // verification follow §2.1.3 and §2.1.4.
+//
+// SECURITY: proofs come from a server the verifier need not trust: sizes and indexes are checked
+// before use, and a proof longer than the tree's height is refused.
+//
+// STANDARDS: RFC 9162 §2.1.1–2.1.4.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,11 @@
 // canonical.h — the canonical form of a MIME entity for a detached signature (RFC 8551
 // §3.1.1–3.1.3): CRLF line ends, 7-bit, no line over 998 octets, so that no relay on the way
 // can change a byte the signature covers.
+//
+// SECURITY: input is an untrusted message; the output grows by at most one line break per 998
+// octets and is linear in the input.
+//
+// STANDARDS: RFC 8551 §3.1.1–3.1.3, RFC 2045 §6.
 #pragma once
 
 #include <string>

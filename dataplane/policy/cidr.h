@@ -1,4 +1,9 @@
 // cidr.h — IPv4/IPv6 network blocks for trusted_networks.
+//
+// SECURITY: parsed from the configuration (trusted, but validated with file:line on error);
+// matching reads only the peer address the transport reports.
+//
+// STANDARDS: RFC 4632 (CIDR), RFC 4291 §2.3 (IPv6 prefixes).
 #pragma once
 
 #include <netinet/in.h>

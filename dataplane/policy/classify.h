@@ -21,6 +21,13 @@
 // it never lowers one, and a hold stays a hold.
 // Lists and rules match an address exactly, else its domain or a parent domain (the most
 // specific entry wins).
+//
+// SECURITY: Subjects are untrusted and may be disguised (duplicated, folded, encoded, wrapped):
+// every Subject field is read, decoded and as written, in linear time; a decoded word is bounded
+// by its encoded size. Where two readers could disagree (the policy and a mail client), the
+// stricter reading wins: any trigger word in any Subject classifies the message.
+//
+// STANDARDS: RFC 5322 §3.6.5, RFC 2047 (encoded words), RFC 9788 (wrapped messages).
 #pragma once
 
 #include <cstdint>

@@ -11,6 +11,9 @@
 // signature verified (the caller's duty); a pinned certificate is never replaced by a
 // harvested one. Domain names are checked before they become file names.
 // Thread safe: workers look up and learn concurrently.
+//
+// STANDARDS: RFC 5280 (path validation, CRLs), RFC 3183 §4 (authority names), RFC 8551 §2.5.2
+// (SMIMECapabilities).
 #pragma once
 
 #include <openssl/x509.h>

@@ -13,6 +13,8 @@
 // cannot be decrypted, or is malformed is held with the reason, never delivered with a mark it
 // did not earn. A forged Authentication-Results bearing our authserv-id is removed first
 // (RFC 8601 §5). A user's own S/MIME inside is never altered (SEE-AG-2).
+//
+// STANDARDS: RFC 3183, RFC 8551, RFC 8601 (Authentication-Results), RFC 9788.
 #pragma once
 
 #include <openssl/evp.h>

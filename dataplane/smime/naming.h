@@ -5,6 +5,11 @@
 // of its address equals one of those domains or is a descendant of it ("a@hr.agency-a.test"
 // under "agency-a.test"); "evilagency-a.test" is not a descendant. Comparison is
 // case-insensitive.
+//
+// SECURITY: names come from certificates in untrusted messages: they are compared only after
+// the chain verified; email addresses are compared as ASCII, case-insensitively, label by label.
+//
+// STANDARDS: RFC 3183 §3–4, RFC 5280 §4.2.1.6 (subjectAltName), SEE-2.6.
 #pragma once
 
 #include <openssl/x509.h>

@@ -11,6 +11,9 @@
 //
 // SECURITY: everything opened is untrusted until the signature verifies against the trust
 // store; a verdict says exactly what held. Sizes are bounded by the caller (SMTP limits).
+//
+// STANDARDS: RFC 5652 (CMS), RFC 5083/5084 (AuthEnvelopedData, AES-GCM), RFC 8551 (S/MIME 4.0),
+// RFC 3183 (domain security), RFC 8017 (RSA-OAEP, PKCS#1 v1.5), RFC 9788 (header protection).
 #pragma once
 
 #include <openssl/evp.h>

@@ -3,6 +3,8 @@
 // SECURITY: input is untrusted client text. Lengths are checked against RFC 5321 §4.5.3.1
 // before anything is kept; non-ASCII is accepted only when the transaction declared SMTPUTF8
 // (RFC 6531).
+//
+// STANDARDS: RFC 5321 §4.1.2, §4.5.3.1; RFC 6531 (SMTPUTF8); RFC 3461 (NOTIFY, ORCPT, RET, ENVID).
 #pragma once
 
 #include <string>

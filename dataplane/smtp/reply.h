@@ -1,4 +1,9 @@
 // reply.h — an SMTP reply (RFC 5321 §4.2) with its enhanced status code (RFC 3463).
+//
+// SECURITY: replies parsed from a next hop are untrusted: ClientSession bounds their lines and
+// count before a Reply is made.
+//
+// STANDARDS: RFC 5321 §4.2, RFC 3463, RFC 2034 (enhanced status codes in replies).
 #pragma once
 
 #include <string>
