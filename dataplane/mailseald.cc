@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <sys/stat.h>
@@ -245,17 +246,48 @@ int CheckConfig(const std::string& path) {
   return kExitOk;
 }
 
-int Run(const std::string& path) {
+// Daemon: mailseald's parts, set up stage by stage (Run), in the order they depend on each
+// other; members are destroyed in reverse, so every part outlives the parts that use it.
+struct Daemon {
+  static constexpr int kGoOn = -1;   // a set-up step succeeded: go on (else: the exit code)
+  explicit Daemon(std::string config_path) : path(std::move(config_path)) {}
+
+  std::string path;
+  v1::Config cfg;
+  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx{nullptr, tls::FreeContext};
+  int sfd = -1;
+  std::unique_ptr<queue::Spool> spool;
+  policy::SnapshotStore policy;
+  uint64_t version = 1;
+  std::unique_ptr<hsm::TokenManager> token;
+  std::atomic<bool> hsm_ok{true};
+  std::unique_ptr<crypto::SmimeShared> smime;
+  std::unique_ptr<audit::AuditLog> audit_log;
+  std::unique_ptr<audit::Recorder> recorder;
+  std::atomic<bool> audit_ok{true};   // false: mail events cannot be recorded (fail closed)
+  // The network back end: the kernel's (epoll over sockets).
+  kernel::KernelBackend backend{"421 4.3.2 Service busy (out of resources), try again later\r\n"};
+  std::unique_ptr<queue::QueueManager> qmgr;
+  std::unique_ptr<queue::Committer> committer;
+  control::KeyDeps key_deps;   // outlives the server that uses it
+  std::unique_ptr<control::PolicyStore> policy_store;
+  std::unique_ptr<control::ControlServer> control_server;
+  std::unique_ptr<io::SpfChecker> spf;
+  io::ClientLimiter limiter;   // per-client connection limits across the net threads (issue #13)
+  std::vector<std::unique_ptr<endpoint::SmtpServer>> nets;
+
+  // Configure: the configuration as --check-config accepts it, the STARTTLS context, limits
+  // and signals (blocked before any thread starts; the control loop reads them).
+  int Configure() {
   Result<v1::Config> loaded = Validate(path);
   if (!loaded.ok()) {
     std::fprintf(stderr, "mailseald: %s\n", loaded.status().message().c_str());
     return kExitUsage;
   }
-  v1::Config cfg = std::move(loaded.value());
+  cfg = std::move(loaded.value());
   base::LogLevel level = base::LogLevel::kInfo;
   if (base::ParseLogLevel(cfg.log_level(), &level)) base::SetLogLevel(level);   // validated
   // STARTTLS (SM-5): the certificate and key were checked; the context serves every client.
-  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx(nullptr, tls::FreeContext);
   if (cfg.has_tls()) {
     Result<::ssl_ctx_st*> made = tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file());
     if (!made.ok()) {
@@ -280,21 +312,23 @@ int Run(const std::string& path) {
   // A file that may not grow (quota, RLIMIT_FSIZE) must give EFBIG to the writer — the spool
   // refuses the message, the audit log fails closed — not kill the daemon.
   signal(SIGXFSZ, SIG_IGN);
-  int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+  sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+  return kGoOn;
 
-  queue::Spool spool(cfg.spool_dir());
-  if (Status st = spool.Init(); !st.ok()) {
+  }
+
+  // OpenStores: the spool, the relay policy snapshot, the security module and what the crypto
+  // stage needs (S/MIME, or policy decisions alone).
+  int OpenStores() {
+  spool = std::make_unique<queue::Spool>(cfg.spool_dir());
+  if (Status st = spool->Init(); !st.ok()) {
     Log(LogLevel::kError, "mailseald", "spool unusable", {{"error", st.message()}});
     return kExitRuntime;
   }
-  policy::SnapshotStore policy;
-  uint64_t version = 1;
   policy.Publish(policy::BuildSnapshot(cfg, version));
 
   // The security module: opened before mail flows; while it is unreachable, mail is
   // suspended both ways (fail safe). Each crypto worker keeps one session of the pool.
-  std::unique_ptr<hsm::TokenManager> token;
-  std::atomic<bool> hsm_ok{true};
   if (cfg.has_hsm()) {
     const auto& h = cfg.hsm();
     token = std::make_unique<hsm::TokenManager>(
@@ -303,9 +337,8 @@ int Run(const std::string& path) {
                          std::max<size_t>(h.sessions(), cfg.crypto_workers() + (cfg.has_control() ? 1 : 0))});
     hsm_ok.store(token->Tick());   // now: the audit trail's heads are checked with the token's key
   }
-  std::unique_ptr<crypto::SmimeShared> smime;
   if (cfg.has_smime()) {
-    Result<std::unique_ptr<crypto::SmimeShared>> loaded_smime = crypto::LoadSmime(cfg, &spool, token.get());
+    Result<std::unique_ptr<crypto::SmimeShared>> loaded_smime = crypto::LoadSmime(cfg, spool.get(), token.get());
     if (!loaded_smime.ok()) {
       std::fprintf(stderr, "mailseald: %s: %s\n", path.c_str(), loaded_smime.status().message().c_str());
       return kExitUsage;
@@ -317,7 +350,7 @@ int Run(const std::string& path) {
 
   if (!smime) {
     // Policy decisions run all the same (issue #12): what must be protected is held.
-    smime = crypto::PolicyOnly(cfg, &spool);
+    smime = crypto::PolicyOnly(cfg, spool.get());
     Log(LogLevel::kWarning, "mailseald",
         "no smime section: nothing can be sealed; mail the policy says must be signed, sealed or held is held (SEE-2.1b)");
   }
@@ -325,10 +358,13 @@ int Run(const std::string& path) {
     Log(LogLevel::kWarning, "mailseald", "no tls section: STARTTLS is not offered, all inbound mail arrives in clear (SM-5)");
   if (cfg.spf().mode() == v1::Spf::SPF_OFF)
     Log(LogLevel::kWarning, "mailseald", "spf off: senders' SPF policies are not enforced (SM-5b) and no mail is marked tls+spf");
+  return kGoOn;
+  }
+
+  // OpenAuditTrail: checked before anything is appended; events of a dead audit disk from the
+  // last run written; the recorder that batches mail events.
+  int OpenAuditTrail() {
   // The audit trail (issue #5): management actions and mail events, the latter in batches.
-  std::unique_ptr<audit::AuditLog> audit_log;
-  std::unique_ptr<audit::Recorder> recorder;
-  std::atomic<bool> audit_ok{true};   // false: mail events cannot be recorded (fail closed)
   if (cfg.has_control()) {
     Result<std::unique_ptr<audit::AuditLog>> a = OpenAudit(cfg, token.get());
     if (!a.ok()) {
@@ -352,7 +388,7 @@ int Run(const std::string& path) {
       if (rep.heads_unverified)
         Log(LogLevel::kWarning, "audit", "tree head signatures not checked (the audit key is not reachable): roots only",
             {{"heads", std::to_string(rep.heads_unverified)}});
-      // Events a dead audit disk could not take in the last run (issue #13), kept on the spool.
+      // Events a dead audit disk could not take in the last run (issue #13), kept on the spool->
       if (Result<audit::LateRecords> late = audit::WriteLateRecords(audit_log.get(), late_path); !late.ok())
         Log(LogLevel::kError, "audit", "events kept from the last run could not be written (kept, tried at the next start)",
             {{"file", late_path}, {"error", late.status().message()}});
@@ -365,7 +401,7 @@ int Run(const std::string& path) {
     }
     recorder = std::make_unique<audit::Recorder>(
         audit_log.get(),
-        [&audit_ok, keep_flowing](const Status& st) {
+        [this, keep_flowing](const Status& st) {
           if (!keep_flowing) audit_ok.store(false, std::memory_order_release);
           Log(LogLevel::kError, "audit",
               keep_flowing ? "mail events can no longer be recorded (accept_unaudited_mail: mail keeps flowing)"
@@ -373,16 +409,19 @@ int Run(const std::string& path) {
               {{"error", st.message()}});
         },
         100000,
-        [&audit_ok, damaged = !rep.damage.empty()] {
+        [this, damaged = !rep.damage.empty()] {
           if (!damaged) audit_ok.store(true, std::memory_order_release);
           Log(LogLevel::kInfo, "audit", "mail events are recorded again: mail accepted");
         },
         late_path);
   }
+  return kGoOn;
+  }
 
-  // The network back end: the kernel's (epoll over sockets). Deliveries connect through it;
-  // the SMTP server endpoints get its listeners below.
-  kernel::KernelBackend backend("421 4.3.2 Service busy (out of resources), try again later\r\n");
+  // BuildQueue: the queue manager (recovered from the spool, not started) and the committer.
+  int BuildQueue() {
+  // Deliveries connect through the network back end; the SMTP server endpoints get its
+  // listeners in StartNetwork.
   queue::QueueOptions qopts;
   qopts.network = &backend;
   qopts.hostname = cfg.hostname();
@@ -432,15 +471,21 @@ int Run(const std::string& path) {
       rec->Record(std::move(r));
     };
   }
-  queue::QueueManager qmgr(&spool, qopts);
-  if (Status st = qmgr.Recover(); !st.ok()) {
+  qmgr = std::make_unique<queue::QueueManager>(spool.get(), qopts);
+  if (Status st = qmgr->Recover(); !st.ok()) {
     Log(LogLevel::kError, "mailseald", "queue recovery failed", {{"error", st.message()}});
     return kExitRuntime;
   }
-  queue::Committer committer(&spool, &qmgr);
+  committer = std::make_unique<queue::Committer>(spool.get(), qmgr.get());
+  return kGoOn;
 
+  }
+
+  // OpenListeners: one listening socket per (net thread, address); SO_REUSEPORT spreads the
+  // connections.
+  int OpenListeners(std::vector<std::vector<int>>* fds) {
   // One listening socket per (net thread, address), SO_REUSEPORT spreads the connections.
-  std::vector<std::vector<int>> fds(cfg.net_threads());
+  fds->assign(cfg.net_threads(), {});
   for (const auto& l : cfg.listen()) {
     std::string host;
     uint16_t port = 0;
@@ -451,23 +496,25 @@ int Run(const std::string& path) {
         Log(LogLevel::kError, "mailseald", "cannot listen", {{"error", fd.status().message()}});
         return kExitRuntime;
       }
-      fds[t].push_back(*fd);
+      (*fds)[t].push_back(*fd);
     }
     std::string shown = host.find(':') != std::string::npos ? StrCat("[", host, "]:", port)
                                                             : StrCat(host, ":", port);
     Log(LogLevel::kInfo, "mailseald", "listening", {{"address", shown}});
   }
+  return kGoOn;
+  }
 
+  // StartQueueAndControl: the queue and the committer run; the management API (issue #5),
+  // whose audit trail was opened before the queue.
+  int StartQueueAndControl() {
   if (token) {
     hsm_ok.store(token->Tick());
-    qmgr.SetSuspended(!hsm_ok.load());
+    qmgr->SetSuspended(!hsm_ok.load());
   }
-  qmgr.Start();
-  committer.Start();
+  qmgr->Start();
+  committer->Start();
   // The management API (issue #5); its audit trail was opened before the queue.
-  control::KeyDeps key_deps;   // outlives the server that uses it
-  std::unique_ptr<control::PolicyStore> policy_store;
-  std::unique_ptr<control::ControlServer> control_server;
   if (audit_log) {
     const auto& c = cfg.control();
     Result<std::unique_ptr<control::PolicyStore>> ps =
@@ -476,7 +523,7 @@ int Run(const std::string& path) {
     Result<std::unique_ptr<control::ControlServer>> srv =
         !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
         : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
-                            : StartControl(cfg, &spool, &qmgr, audit_log.get(), ps->get(), &key_deps);
+                            : StartControl(cfg, spool.get(), qmgr.get(), audit_log.get(), ps->get(), &key_deps);
     if (ps.ok()) {
       policy_store = std::move(ps.value());
       // The data plane acts on the policy document (issue #6): compiled now and after every
@@ -493,27 +540,29 @@ int Run(const std::string& path) {
     }
     if (!srv.ok()) {
       Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});
-      committer.Stop();
-      qmgr.Stop();
+      committer->Stop();
+      qmgr->Stop();
       return kExitUsage;
     }
     control_server = std::move(srv.value());
   }
+  return kGoOn;
+  }
+
+  // StartNetwork: SPF checkers and one SMTP server endpoint per net thread.
+  void StartNetwork(std::vector<std::vector<int>> fds) {
   // SPF (SM-5b) with the delivery resolver's settings; its threads outlive the net threads.
-  std::unique_ptr<io::SpfChecker> spf;
   if (cfg.spf().mode() != v1::Spf::SPF_OFF) {
     const auto& d = cfg.delivery();
     spf = std::make_unique<io::SpfChecker>(static_cast<int>(cfg.spf().threads()), d.dns_forwarder(),
                                            std::vector<std::string>(d.dns_local_zones().begin(), d.dns_local_zones().end()),
                                            std::vector<std::string>(d.dns_local_data().begin(), d.dns_local_data().end()));
   }
-  io::ClientLimiter limiter;   // per-client connection limits across the net threads (issue #13)
   // One SMTP server endpoint per net thread on the network back end (kernel: epoll over the
   // sockets opened above).
   backend.SetListeners(std::move(fds));
-  endpoint::ServerContext ctx{&policy,       &spool, &committer, &qmgr, token ? &hsm_ok : nullptr,
+  endpoint::ServerContext ctx{&policy,       spool.get(), committer.get(), qmgr.get(), token ? &hsm_ok : nullptr,
                        recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get(), &limiter};
-  std::vector<std::unique_ptr<endpoint::SmtpServer>> nets;
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<endpoint::SmtpServer>(static_cast<int>(t), ctx, &backend));
     if (Status st = nets.back()->Start(); !st.ok()) {
@@ -529,7 +578,10 @@ int Run(const std::string& path) {
        {"starttls", cfg.has_tls() ? (cfg.tls().required() ? "required" : "offered") : "no"},
        {"spf", v1::Spf::Mode_Name(cfg.spf().mode())}, {"securemail", cfg.securemail() ? "yes" : "no"}});
 
-  // Control loop.
+  }
+
+  // ControlLoop: health, signals (SIGHUP reloads, SIGTERM/SIGINT stop), tree heads, stats.
+  void ControlLoop() {
   auto last_stats = std::chrono::steady_clock::now();
   auto last_health = std::chrono::steady_clock::now();
   bool head_failing = false;
@@ -541,12 +593,12 @@ int Run(const std::string& path) {
       last_health = std::chrono::steady_clock::now();
       bool ok = token->Tick();
       hsm_ok.store(ok, std::memory_order_release);
-      qmgr.SetSuspended(!ok);
+      qmgr->SetSuspended(!ok);
     }
     if (control_server) {   // health says what the gateway can do now, part by part (issue #13)
       bool token_ok = !token || hsm_ok.load(std::memory_order_acquire);
       bool audit_up = audit_ok.load(std::memory_order_acquire) && audit_log->healthy();
-      bool smtp_up = token_ok && audit_ok.load(std::memory_order_acquire) && qmgr.Accepting();
+      bool smtp_up = token_ok && audit_ok.load(std::memory_order_acquire) && qmgr->Accepting();
       control_server->SetServing("mailseal.smtp", smtp_up);
       control_server->SetServing("mailseal.sealing", token_ok);
       control_server->SetServing("mailseal.audit", audit_up);
@@ -568,7 +620,7 @@ int Run(const std::string& path) {
         continue;
       }
       Log(LogLevel::kInfo, "mailseald", "stopping: draining sessions", {{"signal", strsignal(static_cast<int>(si.ssi_signo))}});
-      break;
+      return;
     }
     if (audit_log) {   // tree heads every N records (in the log) or every T seconds (here)
       uint32_t every_s = cfg.control().audit().head_every_s() ? cfg.control().audit().head_every_s() : 300;
@@ -581,20 +633,24 @@ int Run(const std::string& path) {
     auto now = std::chrono::steady_clock::now();
     if (now - last_stats > std::chrono::seconds(60)) {
       last_stats = now;
-      queue::QueueStats s = qmgr.Stats();
+      queue::QueueStats s = qmgr->Stats();
       Log(LogLevel::kInfo, "qmgr", "stats",
           {{"received", std::to_string(s.received)}, {"delivered", std::to_string(s.delivered)},
            {"bounced", std::to_string(s.bounced)}, {"deferrals", std::to_string(s.deferrals)},
            {"in_queue", std::to_string(s.in_queue)}, {"deferred", std::to_string(s.deferred)}});
     }
   }
+  }
+
+  // Shutdown: drain sessions, stop the stages in order, sign the last tree head.
+  void Shutdown() {
   int64_t deadline = base::SteadyMs() + kDrainMs;
   for (auto& t : nets) t->BeginDrain(deadline);
   for (auto& t : nets) t->Join();
   if (spf) spf->Stop();   // a verdict still in hand is posted to a joined (not yet freed) loop
   if (control_server) control_server->Stop();
-  committer.Stop();
-  qmgr.Stop();
+  committer->Stop();
+  qmgr->Stop();
   if (recorder) recorder->Flush();
   // A clean stop leaves every record under a signed head (issue #13): nothing after the last
   // head can be changed undetected while the gateway is down.
@@ -604,6 +660,21 @@ int Run(const std::string& path) {
     else Log(LogLevel::kWarning, "audit", "shutdown tree head not signed", {{"error", h.status().message()}});
   }
   Log(LogLevel::kInfo, "mailseald", "stopped", {});
+  }
+};
+
+int Run(const std::string& path) {
+  Daemon d(path);
+  std::vector<std::vector<int>> fds;
+  // Each step runs only when the one before went well (a failed step's exit code is returned).
+  std::function<int()> steps[] = {[&] { return d.Configure(); },   [&] { return d.OpenStores(); },
+                                  [&] { return d.OpenAuditTrail(); }, [&] { return d.BuildQueue(); },
+                                  [&] { return d.OpenListeners(&fds); }, [&] { return d.StartQueueAndControl(); }};
+  for (auto& step : steps)
+    if (int rc = step(); rc != Daemon::kGoOn) return rc;
+  d.StartNetwork(std::move(fds));
+  d.ControlLoop();
+  d.Shutdown();
   return kExitOk;
 }
 }  // namespace
