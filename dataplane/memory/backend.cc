@@ -209,46 +209,37 @@ void MemLoop::Stop() {
   cv_.notify_one();
 }
 
-void MemLoop::RunOnce(int timeout_ms) {
+// TakeDue waits until a task is due, `until` (monotonic ms) passes or Stop(), and returns the
+// tasks due then, in order.
+std::vector<std::function<void()>> MemLoop::TakeDue(int64_t until) {
   std::vector<std::function<void()>> batch;
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    int64_t until = NowMs() + timeout_ms;
-    while (!stop_) {
-      int64_t now = NowMs();
-      if (!due_.empty() && due_.begin()->first <= now) break;
-      if (now >= until) break;
-      int64_t next = due_.empty() ? until : std::min(until, due_.begin()->first);
-      cv_.wait_for(l, std::chrono::milliseconds(next - now));
-    }
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stop_) {
     int64_t now = NowMs();
-    while (!due_.empty() && due_.begin()->first <= now) {
-      batch.push_back(std::move(due_.begin()->second));
-      due_.erase(due_.begin());
-    }
+    if ((!due_.empty() && due_.begin()->first <= now) || now >= until) break;
+    int64_t next = due_.empty() ? until : std::min(until, due_.begin()->first);
+    cv_.wait_for(l, std::chrono::milliseconds(next - now));
   }
-  for (auto& t : batch) t();
+  if (stop_) return batch;
+  int64_t now = NowMs();
+  while (!due_.empty() && due_.begin()->first <= now) {
+    batch.push_back(std::move(due_.begin()->second));
+    due_.erase(due_.begin());
+  }
+  return batch;
+}
+
+void MemLoop::RunOnce(int timeout_ms) {
+  for (auto& t : TakeDue(NowMs() + timeout_ms)) t();
 }
 
 void MemLoop::Run(int tick_ms, const std::function<void()>& tick, const std::function<void()>& after_batch) {
   int64_t next_tick = NowMs() + tick_ms;
   while (true) {
-    std::vector<std::function<void()>> batch;
+    std::vector<std::function<void()>> batch = TakeDue(next_tick);
     {
-      std::unique_lock<std::mutex> l(mu_);
-      while (!stop_) {
-        int64_t now = NowMs();
-        if (!due_.empty() && due_.begin()->first <= now) break;
-        if (now >= next_tick) break;
-        int64_t until = due_.empty() ? next_tick : std::min(next_tick, due_.begin()->first);
-        cv_.wait_for(l, std::chrono::milliseconds(until - now));
-      }
+      std::lock_guard<std::mutex> l(mu_);
       if (stop_) return;
-      int64_t now = NowMs();
-      while (!due_.empty() && due_.begin()->first <= now) {
-        batch.push_back(std::move(due_.begin()->second));
-        due_.erase(due_.begin());
-      }
     }
     for (auto& t : batch) t();
     if (NowMs() >= next_tick) {

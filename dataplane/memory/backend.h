@@ -41,10 +41,10 @@ class MemLoop : public io::Loop {
   void RunOnce(int timeout_ms) override;
 
  private:
+  std::vector<std::function<void()>> TakeDue(int64_t until);
   std::mutex mu_;
   std::condition_variable cv_;
   std::multimap<int64_t, std::function<void()>> due_;   // by time; Post uses "now"
-  uint64_t seq_ = 0;
   bool stop_ = false;
 };
 

@@ -4,9 +4,6 @@
 // sans-I/O smtp::ClientSession with its own TLS core, fed through memory pipes that split,
 // delay and reset on demand.
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -22,34 +19,11 @@
 #include "dataplane/queue/committer.h"
 #include "dataplane/smtp/client_session.h"
 #include "dataplane/tls/session.h"
+#include "tests/common/self_signed.h"
 
 namespace mailseal {
 namespace {
 using smtp::ClientSession;
-
-// WriteCertificate: a self-signed P-256 certificate and key for STARTTLS (key mode 0600).
-void WriteCertificate(const std::string& cert, const std::string& key) {
-  EVP_PKEY* pkey = EVP_EC_gen("P-256");
-  X509* x = X509_new();
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
-  X509_gmtime_adj(X509_getm_notBefore(x), -60);
-  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("gw.test"), -1, -1, 0);
-  X509_set_issuer_name(x, X509_get_subject_name(x));
-  X509_set_pubkey(x, pkey);
-  X509_sign(x, pkey, EVP_sha256());
-  FILE* f = fopen(cert.c_str(), "w");
-  PEM_write_X509(f, x);
-  fclose(f);
-  f = fopen(key.c_str(), "w");
-  PEM_write_PrivateKey(f, pkey, nullptr, nullptr, 0, nullptr, nullptr);
-  fclose(f);
-  chmod(key.c_str(), 0600);
-  X509_free(x);
-  EVP_PKEY_free(pkey);
-}
 
 // Client: a test SMTP client over a memory stream — ClientSession plus the TLS core, polled
 // from the test thread with a deadline on every wait.
@@ -187,7 +161,7 @@ struct Node {
                        "spf { mode: SPF_OFF }\nlimits { min_free_spool_mib: 1 }\n"
                        "delivery { relay_host: \"127.0.0.1:25\" agents: 1 min_backoff_s: 1 max_backoff_s: 1 queue_scan_interval_ms: 100 }\n";
     if (with_tls) {
-      WriteCertificate((root / "cert.pem").string(), (root / "key.pem").string());
+      test_support::WriteSelfSigned((root / "cert.pem").string(), (root / "key.pem").string(), "gw.test");
       text += "tls { cert_file: \"" + (root / "cert.pem").string() + "\" key_file: \"" + (root / "key.pem").string() + "\" }\n";
       tls = tls::MakeServerContext((root / "cert.pem").string(), (root / "key.pem").string()).value();
     }

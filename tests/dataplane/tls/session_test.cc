@@ -1,10 +1,9 @@
 // session_test.cc — the sans-I/O TLS core, a client and a server talking through strings.
 #include "dataplane/tls/session.h"
 
+#include "tests/common/self_signed.h"
+
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,26 +22,7 @@ struct Files {
     dir = mkdtemp(tmpl);
     cert = dir + "/cert.pem";
     key = dir + "/key.pem";
-    EVP_PKEY* pkey = EVP_EC_gen("P-256");
-    X509* x = X509_new();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("mx.test"), -1, -1, 0);
-    X509_set_issuer_name(x, X509_get_subject_name(x));
-    X509_set_pubkey(x, pkey);
-    X509_sign(x, pkey, EVP_sha256());
-    FILE* f = fopen(cert.c_str(), "w");
-    PEM_write_X509(f, x);
-    fclose(f);
-    f = fopen(key.c_str(), "w");
-    PEM_write_PrivateKey(f, pkey, nullptr, nullptr, 0, nullptr, nullptr);
-    fclose(f);
-    chmod(key.c_str(), 0600);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
+    test_support::WriteSelfSigned(cert, key, "mx.test");
   }
   ~Files() {
     unlink(cert.c_str());
