@@ -45,7 +45,7 @@
 #include "dataplane/queue/spool.h"
 #include "hsm/secret.h"
 #include "hsm/token_manager.h"
-#include "dataplane/crypto/smime_processor.h"
+#include "dataplane/sealing/smime_processor.h"
 #include "control/audit/log.h"
 #include "control/server.h"
 #include "hsm/token_key.h"
@@ -205,7 +205,7 @@ Result<v1::Config> Validate(const std::string& path) {
     tls::FreeContext(*made);
   }
   if (cfg.has_smime()) {
-    Result<std::unique_ptr<crypto::SmimeShared>> smime = crypto::LoadSmime(cfg, nullptr, nullptr, true);
+    Result<std::unique_ptr<sealing::SmimeShared>> smime = sealing::LoadSmime(cfg, nullptr, nullptr, true);
     if (!smime.ok()) return InvalidArgumentError(StrCat(path, ": ", smime.status().message()));
   }
   if (cfg.has_hsm()) {
@@ -261,7 +261,7 @@ struct Daemon {
   uint64_t version = 1;
   std::unique_ptr<hsm::TokenManager> token;
   std::atomic<bool> hsm_ok{true};
-  std::unique_ptr<crypto::SmimeShared> smime;
+  std::unique_ptr<sealing::SmimeShared> smime;
   std::unique_ptr<audit::AuditLog> audit_log;
   std::unique_ptr<audit::Recorder> recorder;
   std::atomic<bool> audit_ok{true};   // false: mail events cannot be recorded (fail closed)
@@ -338,7 +338,7 @@ struct Daemon {
     hsm_ok.store(token->Tick());   // now: the audit trail's heads are checked with the token's key
   }
   if (cfg.has_smime()) {
-    Result<std::unique_ptr<crypto::SmimeShared>> loaded_smime = crypto::LoadSmime(cfg, spool.get(), token.get());
+    Result<std::unique_ptr<sealing::SmimeShared>> loaded_smime = sealing::LoadSmime(cfg, spool.get(), token.get());
     if (!loaded_smime.ok()) {
       std::fprintf(stderr, "mailseald: %s: %s\n", path.c_str(), loaded_smime.status().message().c_str());
       return kExitUsage;
@@ -350,7 +350,7 @@ struct Daemon {
 
   if (!smime) {
     // Policy decisions run all the same (issue #12): what must be protected is held.
-    smime = crypto::PolicyOnly(cfg, spool.get());
+    smime = sealing::PolicyOnly(cfg, spool.get());
     Log(LogLevel::kWarning, "mailseald",
         "no smime section: nothing can be sealed; mail the policy says must be signed, sealed or held is held (SEE-2.1b)");
   }
@@ -429,9 +429,9 @@ struct Daemon {
   qopts.max_messages = cfg.max_active_messages();
   qopts.crypto_workers = cfg.crypto_workers();
   if (smime) {
-    qopts.processor = crypto::SmimeProcessorFactory(smime.get());
+    qopts.processor = sealing::SmimeProcessorFactory(smime.get());
     // Notices about held mail (SEE-2.1b, SEE-2.12), from the policy document in force.
-    crypto::SmimeShared* shared = smime.get();
+    sealing::SmimeShared* shared = smime.get();
     queue::NotifierOptions base;
     base.hostname = cfg.hostname();
     for (std::string d : cfg.local_domains()) {
@@ -529,7 +529,7 @@ struct Daemon {
       // The data plane acts on the policy document (issue #6): compiled now and after every
       // accepted change; the next message uses it, no restart, no lock on the fast path.
       if (smime) {
-        crypto::SmimeShared* shared = smime.get();
+        sealing::SmimeShared* shared = smime.get();
         auto publish = [shared](const v1::PolicyDocument& doc) {
           shared->document.store(policy::Compile(doc), std::memory_order_release);
           Log(LogLevel::kInfo, "policy", "policy document in force", {{"version", std::to_string(doc.version())}});

@@ -6,7 +6,7 @@
 //
 // What a worker does with a job is its JobProcessor's business (one per worker, made on the
 // worker's own thread, so it may own a PKCS#11 session and OpenSSL state): the daemon plugs in
-// the S/MIME processor (dataplane/crypto/smime_processor.h). Without one, every job completes
+// the S/MIME processor (dataplane/sealing/smime_processor.h). Without one, every job completes
 // with verdict kPlain and the message goes on unchanged.
 #pragma once
 

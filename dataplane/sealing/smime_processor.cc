@@ -1,5 +1,5 @@
 // smime_processor.cc — see smime_processor.h.
-#include "dataplane/crypto/smime_processor.h"
+#include "dataplane/sealing/smime_processor.h"
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -15,7 +15,14 @@
 #include "dataplane/base/strings.h"
 #include "hsm/token_key.h"
 
-namespace mailseal::crypto {
+namespace mailseal::sealing {
+using crypto::Completion;
+using crypto::DerivedCopy;
+using crypto::Job;
+using crypto::JobProcessor;
+using crypto::ProcessorFactory;
+using crypto::Treatment;
+using crypto::Verdict;
 namespace {
 Treatment TreatmentOf(smime::Treatment t) {
   switch (t) {
@@ -262,9 +269,9 @@ ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared) {
   return [shared](size_t) -> std::unique_ptr<JobProcessor> { return std::make_unique<SmimeProcessor>(shared); };
 }
 
-}  // namespace mailseal::crypto
+}  // namespace mailseal::sealing
 
-namespace mailseal::crypto {
+namespace mailseal::sealing {
 
 Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
                                                hsm::TokenManager* token, bool check_only) {
@@ -342,4 +349,4 @@ std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::
   return s;
 }
 
-}  // namespace mailseal::crypto
+}  // namespace mailseal::sealing

@@ -1,11 +1,13 @@
-// smime_processor.h — the crypto workers' job: seal and open queued mail (issue #4).
+// smime_processor.h — the crypto workers' job: seal and open queued mail (issue #4). Its own
+// module (sealing/) above the queue and the crypto stage it plugs into.
 //
 // Each worker has its own SmimeProcessor, made on its thread: it leases one PKCS#11 session for
 // itself and binds the DSA and DCA keys to it (hsm/token_key.h), so workers never share a
 // session or OpenSSL key state. Per job it reads the spool file, asks smime::Gateway what to
-// do, writes every sealed/opened/held copy as a new spool file (durably, with an id derived
-// from the original's, so a retry after a crash finds the copy instead of making a second),
-// and returns the copies in its completion; the queue manager records the transfer.
+// do, writes every sealed/opened/held copy as a new spool file (synced, with an id derived
+// from the original's, so a retry after a crash finds the copy instead of making a second; the
+// queue manager syncs the directory for a batch), and returns the copies, typed, in its
+// completion.
 //
 // SECURITY: token trouble never turns into clear mail or a hold: when a key operation fails
 // the session is probed and, if the token is gone, the whole message is deferred (SEE-AG-4).
@@ -22,7 +24,7 @@
 #include "hsm/token_manager.h"
 #include "mailseal/v1/config.pb.h"
 
-namespace mailseal::crypto {
+namespace mailseal::sealing {
 
 // SmimeShared: what every worker reads (built once at start-up, immutable but for the store).
 struct SmimeShared {
@@ -50,6 +52,6 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
 // held is held — never relayed in clear (issue #12, fail closed). Local mail passes unchanged.
 std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::Spool* spool);
 
-ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
+crypto::ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
 
-}  // namespace mailseal::crypto
+}  // namespace mailseal::sealing
