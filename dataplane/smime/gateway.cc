@@ -233,6 +233,17 @@ bool PingLimiter::Allow(const std::string& domain, int64_t now_ms) {
   return true;
 }
 
+namespace {
+// OurSigner: our DSA with its chain, and our DCA certificate so that partners harvest it
+// (SEE-2.10).
+Signer OurSigner(const GatewayKeys& keys) {
+  Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
+  for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());
+  if (keys.dca_cert) signer.chain.push_back(keys.dca_cert.get());
+  return signer;
+}
+}  // namespace
+
 bool Gateway::IsLocal(const std::string& domain) const { return base::DomainListCovers(policy_->local_domains, domain); }
 
 const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
@@ -373,9 +384,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
       o.reason = "security module unavailable: signing deferred (SEE-AG-4)";
       return o;
     }
-    Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
-    for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());
-    if (keys.dca_cert) signer.chain.push_back(keys.dca_cert.get());
+    Signer signer = OurSigner(keys);
     SealOptions so;
     so.sign_only = true;
     so.trace = OurReceived(message, policy_->gateway_name);
@@ -447,9 +456,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   } else if (policy_->show_classification && !classification.empty()) {
     so.outer_subject = StrCat(classification, " ", policy_->outer_subject);
   }
-  Signer signer{keys.dsa_cert.get(), keys.dsa_key, {}};
-  for (const X509Ref& c : keys.chain) signer.chain.push_back(c.get());
-  if (keys.dca_cert) signer.chain.push_back(keys.dca_cert.get());  // partners harvest our DCA (SEE-2.10)
+  Signer signer = OurSigner(keys);
   std::vector<X509*> recips = {dca.get()};
   Result<std::string> sealed = Seal(message, signer, recips, so);
   if (!sealed.ok()) {
