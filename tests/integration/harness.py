@@ -241,6 +241,18 @@ message_size_limit = 104857600
             pass
 
 
+def send_one(port, rcpt, subject, mail_from="alice@agency-a.test", timeout=10.0):
+    """One message (Subject `subject`, body "body <subject>") in its own session; the server's
+    replies, or the connection error as bytes — for fault tests, where a refusal is an answer."""
+    try:
+        return smtp_exchange(port, [
+            f"EHLO client.test\r\nMAIL FROM:<{mail_from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode(),
+            f"From: {mail_from}\r\nSubject: {subject}\r\n\r\nbody {subject}\r\n.\r\nQUIT\r\n".encode()],
+            timeout=timeout)
+    except OSError as e:
+        return str(e).encode()
+
+
 def send_classified(port, marker, rcpt="x@plain.test"):
     """The "never in clear" probe of the fault tests (issue #13): a message the policy must
     protect (a default trigger word in the Subject) for a recipient no certificate covers, so

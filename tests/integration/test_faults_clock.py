@@ -19,14 +19,6 @@ import harness  # noqa: E402
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 
-def send(port, i):
-    try:
-        return harness.smtp_exchange(port, [
-            f"EHLO c.test\r\nMAIL FROM:<alice@agency-a.test>\r\nRCPT TO:<r{i}@remote.test>\r\nDATA\r\n".encode(),
-            f"From: alice@agency-a.test\r\nSubject: clock-{i}\r\n\r\nbody {i}\r\n.\r\nQUIT\r\n".encode()])
-    except OSError as e:
-        return str(e).encode()
-
 
 def main():
     a = harness.args()
@@ -52,7 +44,7 @@ def main():
         return got if want <= got else None
 
     # 1. Back a day.
-    first = {f"clock-{i}" for i in range(5) if b"250 2.0.0" in send(gw.port, i)}
+    first = {f"clock-{i}" for i in range(5) if b"250 2.0.0" in harness.send_one(gw.port, f"r{i}@remote.test", f"clock-{i}")}
     c.check(len(first) == 5, "5 messages acknowledged while the next hop is down")
     harness.wait_for(lambda: len(gw.queue_files("deferred")) >= 5, 30, "deferred")
     step("-1d")
@@ -67,7 +59,7 @@ def main():
     sink.stop()
 
     # 2. Forward eleven days (from -1d to +10d) with a one-hour lifetime.
-    second = {f"clock-{i}" for i in range(5, 10) if b"250 2.0.0" in send(gw.port, i)}
+    second = {f"clock-{i}" for i in range(5, 10) if b"250 2.0.0" in harness.send_one(gw.port, f"r{i}@remote.test", f"clock-{i}")}
     c.check(len(second) == 5, "5 more acknowledged while the next hop is down again")
     harness.wait_for(lambda: len(gw.queue_files("deferred")) >= 5, 30, "deferred again")
     before = gw.read_log().count("system clock stepped")

@@ -18,15 +18,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 
 
-def send(port, i):
-    try:
-        out = harness.smtp_exchange(port, [
-            f"EHLO client.test\r\nMAIL FROM:<a@agency-a.test>\r\nRCPT TO:<r{i}@remote.test>\r\nDATA\r\n".encode(),
-            f"From: a@agency-a.test\r\nSubject: eio-{i}\r\n\r\nbody {i}\r\n.\r\nQUIT\r\n".encode()], timeout=10)
-    except OSError as e:
-        return str(e).encode()
-    return out
-
 
 def main():
     a = harness.args()
@@ -45,7 +36,7 @@ def main():
     c.check(b"250 2.0.0" in harness.send_classified(gw.port, "CLASSIFIED-EIO-PROBE"), "the classified probe is accepted")
     acked = set()
     for i in range(10):
-        if b"250 2.0.0" in send(gw.port, i):
+        if b"250 2.0.0" in harness.send_one(gw.port, f"r{i}@remote.test", f"eio-{i}", "a@agency-a.test"):
             acked.add(i)
     c.check(len(acked) == 10, "10 messages acknowledged while the disk is healthy", str(sorted(acked)))
     harness.wait_for(lambda: len(gw.queue_files("deferred")) + len(gw.queue_files("active")) >= 10, 20, "queued")
@@ -53,7 +44,7 @@ def main():
     open(trigger, "w").close()   # from now on fsync/fdatasync on the spool fail with EIO
     during = {}
     for i in range(10, 15):
-        during[i] = send(gw.port, i)
+        during[i] = harness.send_one(gw.port, f"r{i}@remote.test", f"eio-{i}", "a@agency-a.test")
         if b"250 2.0.0" in during[i]:
             acked.add(i)
     c.check(not any(b"250 2.0.0" in r for r in during.values()),
