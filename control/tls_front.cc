@@ -271,14 +271,25 @@ void TlsFront::AcceptLoop() {
       continue;
     }
     std::string address = AddressOf(ss);
-    std::lock_guard<std::mutex> l(mu_);
-    if (threads_.size() >= options_.max_connections) {
-      ::close(fd);
-      if (options_.on_refused)
-        options_.on_refused(address, StrCat("too many management connections (at most ", options_.max_connections, ")"));
-      continue;
+    std::string ip = address.substr(0, address.rfind(':'));
+    std::string refusal;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (threads_.size() >= options_.max_connections)
+        refusal = StrCat("too many management connections (at most ", options_.max_connections, ")");
+      else if (per_ip_[ip] >= options_.max_per_address)
+        refusal = StrCat("too many management connections from ", ip, " (at most ", options_.max_per_address, ")");
+      if (refusal.empty()) {
+        ++per_ip_[ip];
+        threads_.emplace(fd, std::thread([this, fd, address] { Serve(fd, address); }));
+      } else if (per_ip_[ip] == 0) {
+        per_ip_.erase(ip);
+      }
     }
-    threads_.emplace(fd, std::thread([this, fd, address] { Serve(fd, address); }));
+    if (!refusal.empty()) {   // reported outside the lock: the audit write may wait for the disk
+      ::close(fd);
+      if (options_.on_refused) options_.on_refused(address, refusal);
+    }
   }
 }
 
@@ -368,6 +379,8 @@ void TlsFront::Serve(int fd, std::string address) {
   ERR_clear_error();
   std::lock_guard<std::mutex> l(mu_);
   ::close(fd);
+  std::string ip = address.substr(0, address.rfind(':'));
+  if (auto c = per_ip_.find(ip); c != per_ip_.end() && --c->second <= 0) per_ip_.erase(c);
   if (auto it = threads_.find(fd); it != threads_.end()) {   // the acceptor joins it
     finished_.push_back(std::move(it->second));
     threads_.erase(it);

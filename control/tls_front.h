@@ -8,7 +8,8 @@
 // key is ours to place (the token, issue #16).
 //
 // How: a listening TCP socket; each accepted connection gets its own thread (management
-// connections are few: at most `max_connections`, more are refused and reported) that does
+// connections are few: at most `max_connections`, `max_per_address` from one address, more are
+// refused and reported) that does
 // the handshake, then connects to the gRPC server's private Unix socket from a socket bound to
 // a random abstract name, and copies bytes both ways. gRPC sees that name as the peer
 // ("unix-abstract:…"); Caller() maps it back to the certificate's name and the client's
@@ -50,6 +51,7 @@ struct TlsFrontOptions {
   std::string cert_pem, key_pem, client_ca_pem;
   std::string backend_path;                    // the gRPC server's Unix socket
   size_t max_connections = 64;
+  int max_per_address = 8;   // one address cannot take every slot (a slow handshake holds one 10 s)
   int handshake_timeout_ms = 10000;
   // on_refused(client address, reason): a connection that did not become a management
   // session (handshake refused, too many connections). Called from connection threads.
@@ -79,6 +81,7 @@ class TlsFront {
   mutable std::mutex mu_;
   std::map<std::string, Caller> callers_;   // by gRPC peer string
   std::map<int, std::thread> threads_;      // by client socket
+  std::map<std::string, int> per_ip_;        // open connections by client address
   std::vector<std::thread> finished_;       // joined by the acceptor
 };
 

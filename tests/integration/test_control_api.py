@@ -136,6 +136,23 @@ def main():
                            server_hostname="127.0.0.1") as t:
         c.check(t.version() == "TLSv1.3", "the same client with TLS 1.3 is accepted", t.version())
 
+    # One address cannot take every management connection: 8 idle TCP connections (each holds
+    # a slot until its handshake times out) and the 9th is refused at once, logged with why.
+    hogs = [socket.create_connection(("127.0.0.1", api_port), timeout=5) for _ in range(8)]
+    ninth = socket.create_connection(("127.0.0.1", api_port), timeout=5)
+    try:
+        refused_at_once = ninth.recv(10) == b""
+    except OSError:
+        refused_at_once = True
+    ninth.close()
+    harness.wait_for(lambda: "too many management connections from 127.0.0.1 (at most 8)" in gw.read_log(), 10,
+                     "per-address refusal logged")
+    c.check(refused_at_once, "the 9th connection from one address is closed at once (at most 8 per address)")
+    for h in hogs:
+        h.close()
+    rc, o, e = ctl("auditor-1", "audit", "head")
+    c.check(rc == 0, "once they are gone the operator is served again", e)
+
     # Issue #13 item 4: bytes that are not the method's message are the client's fault:
     # INVALID_ARGUMENT (gRPC alone answers INTERNAL), audited with the caller and its address.
     import grpc  # noqa: E402 (the system's python3-grpcio)
