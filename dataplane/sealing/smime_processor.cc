@@ -94,8 +94,9 @@ class SmimeProcessor : public JobProcessor {
     uint64_t token_failures = hsm::TokenFailuresOnThisThread();
     std::shared_ptr<const policy::CompiledPolicy> doc = s_->document.load(std::memory_order_acquire);
     smime::Inbound inbound{env.client_address(), env.helo(), env.tls(), env.spf_result(), env.spf_domain()};
-    std::vector<smime::Output> outs =
-        gateway_.Process(env.mail_from(), rcpts, body, keys, doc.get(), env.require_seal(), &inbound);
+    // The policy stage's typed decision first (no key used), then the crypto work it asks for.
+    smime::Plan plan = gateway_.Decide(env.mail_from(), rcpts, body, doc.get(), env.require_seal());
+    std::vector<smime::Output> outs = gateway_.Execute(plan, env.mail_from(), body, keys, doc.get(), &inbound);
     bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;
     bool any_hold = false;
     for (const smime::Output& o : outs) {

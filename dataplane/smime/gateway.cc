@@ -257,21 +257,52 @@ const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
   return nullptr;
 }
 
-std::vector<Output> Gateway::Process(const std::string& sender, const std::vector<std::string>& recipients,
-                                     const std::string& message, const GatewayKeys& keys,
-                                     const policy::CompiledPolicy* doc, bool require_seal,
-                                     const Inbound* inbound) const {
-  std::vector<uint32_t> local;
+Plan Gateway::Decide(const std::string& sender, const std::vector<std::string>& recipients, const std::string& message,
+                     const policy::CompiledPolicy* doc, bool require_seal) const {
+  static const policy::CompiledPolicy kNoDocument;
+  if (!doc) doc = &kNoDocument;
+  Plan plan;
+  plan.policy_version = doc->version;
   std::map<std::string, std::vector<uint32_t>> remote;
-  std::map<std::string, std::vector<uint32_t>> pings;   // by the ping address they were sent to
   for (uint32_t i = 0; i < recipients.size(); ++i) {
     std::string d = smtp::DomainOf(recipients[i]);
-    std::string lower = recipients[i];
-    lower = base::AsciiLower(lower);
-    if (!d.empty() && IsLocal(d) && lower.rfind("seemail-ping@", 0) == 0) pings[lower].push_back(i);
-    else if (d.empty() || IsLocal(d)) local.push_back(i);
+    std::string lower = base::AsciiLower(recipients[i]);
+    if (!d.empty() && IsLocal(d) && lower.rfind("seemail-ping@", 0) == 0) plan.pings[lower].push_back(i);
+    else if (d.empty() || IsLocal(d)) plan.local.push_back(i);
     else remote[d].push_back(i);
   }
+  if (!store_) {   // policy only (no smime section): nothing to open or answer, local mail as it is
+    for (auto& [address, rcpts] : plan.pings) plan.local.insert(plan.local.end(), rcpts.begin(), rcpts.end());
+    plan.pings.clear();
+    plan.open_local = false;
+  }
+  if (!remote.empty()) plan.classification = policy::Classify(message, doc->trigger_words);
+  for (auto& [domain, rcpts] : remote) {
+    // One decision per recipient (lists and rules may name addresses); recipients of a domain
+    // with the same decision share one sealed copy.
+    // Groups in a fixed order (protection, then wrap): a copy's id is its output's position,
+    // which must come out the same when a message is processed again after a crash.
+    std::map<std::pair<int, bool>, Plan::Group> groups;
+    bool partner = PartnerFor(domain) != nullptr;
+    for (uint32_t i : rcpts) {
+      policy::Decision d = doc->Decide(recipients[i], plan.classification, partner, policy_->seal_when_known, sender);
+      if (require_seal && d.protection != policy::Protection::kHold && d.protection != policy::Protection::kSealRequired) {
+        d.protection = policy::Protection::kSealRequired;
+        d.reason = "a message of the gateway's own that leaves only signed and encrypted (SEE-2.14)";
+      }
+      auto [it, fresh] = groups.try_emplace({static_cast<int>(d.protection), d.triple_wrap}, Plan::Group{domain, d, {}});
+      it->second.rcpts.push_back(i);
+    }
+    for (auto& [key, g] : groups) plan.remote.push_back(std::move(g));
+  }
+  return plan;
+}
+
+std::vector<Output> Gateway::Execute(const Plan& plan, const std::string& sender, const std::string& message,
+                                     const GatewayKeys& keys, const policy::CompiledPolicy* doc,
+                                     const Inbound* inbound) const {
+  static const policy::CompiledPolicy kNoDocument;
+  if (!doc) doc = &kNoDocument;
   std::vector<Output> out;
   Output pass;
   auto add = [&](Output o) {
@@ -282,75 +313,56 @@ std::vector<Output> Gateway::Process(const std::string& sender, const std::vecto
       out.push_back(std::move(o));
     }
   };
-  static const policy::CompiledPolicy kNoDocument;
-  if (!doc) doc = &kNoDocument;
-  if (!store_) {   // policy only (no smime section): nothing to open or answer, local mail as it is
-    for (auto& [address, rcpts] : pings) local.insert(local.end(), rcpts.begin(), rcpts.end());
-    pings.clear();
-    Output o;
-    o.rcpts = std::move(local);
-    if (!o.rcpts.empty()) add(std::move(o));
-    local.clear();
-  }
   // SEE-2.14: seemail-ping@ answers before any other rule.
-  for (auto& [address, rcpts] : pings) add(Ping(sender, std::move(rcpts), address, message, keys, *doc));
-  if (!local.empty()) {
-    Output o = Open1(sender, std::move(local), message, keys, doc, inbound);
-    if (o.action == Action::kDeliver && !doc->classification_header.empty())   // SEE-1.9 label, ours only
-      o.body = policy::Label(o.body, doc->classification_header, policy::Classify(o.body, doc->trigger_words));
-    add(std::move(o));
+  for (const auto& [address, rcpts] : plan.pings) add(Ping(sender, rcpts, address, message, keys, *doc));
+  if (!plan.local.empty()) {
+    if (plan.open_local) {
+      Output o = Open1(sender, plan.local, message, keys, doc, inbound);
+      if (o.action == Action::kDeliver && !doc->classification_header.empty())   // SEE-1.9 label, ours only
+        o.body = policy::Label(o.body, doc->classification_header, policy::Classify(o.body, doc->trigger_words));
+      add(std::move(o));
+    } else {
+      Output o;
+      o.rcpts = plan.local;
+      add(std::move(o));
+    }
   }
-  std::string classification = remote.empty() ? "" : policy::Classify(message, doc->trigger_words);
   // What we seal carries our classification label (SEE-1.9) and version header (SEE-1.8).
   std::string labelled;
-  if (!remote.empty() && (!doc->classification_header.empty() || doc->seemail_version_header)) {
-    labelled = policy::Label(message, doc->classification_header, classification);
+  if (!plan.remote.empty() && (!doc->classification_header.empty() || doc->seemail_version_header)) {
+    labelled = policy::Label(message, doc->classification_header, plan.classification);
     if (doc->seemail_version_header)
       labelled = policy::Label(labelled, "X-SEEMAIL-Version", policy_->seemail_version);
   }
   const std::string& to_seal = labelled.empty() ? message : labelled;
-  for (auto& [domain, rcpts] : remote) {
-    // One decision per recipient (lists and rules may name addresses); recipients of a domain
-    // with the same decision share one sealed copy.
-    std::map<std::pair<int, bool>, std::pair<policy::Decision, std::vector<uint32_t>>> groups;
-    bool partner = PartnerFor(domain) != nullptr;
-    for (uint32_t i : rcpts) {
-      policy::Decision d = doc->Decide(recipients[i], classification, partner, policy_->seal_when_known, sender);
-      if (require_seal && d.protection != policy::Protection::kHold && d.protection != policy::Protection::kSealRequired) {
-        d.protection = policy::Protection::kSealRequired;
-        d.reason = "a message of the gateway's own that leaves only signed and encrypted (SEE-2.14)";
-      }
-      auto& g = groups[{static_cast<int>(d.protection), d.triple_wrap}];
-      if (g.second.empty()) g.first = d;
-      g.second.push_back(i);
+  for (const Plan::Group& g : plan.remote) {
+    const policy::Decision& d = g.decision;
+    Output o;
+    if (d.protection == policy::Protection::kHold) {
+      o.action = Action::kHold;
+      o.rcpts = g.rcpts;
+      o.reason = StrCat(d.reason, plan.policy_version ? StrCat(" [policy v", plan.policy_version, "]") : "");   // shown to operators
+    } else if (d.protection == policy::Protection::kPass) {
+      o.rcpts = g.rcpts;
+      o.reason = d.reason;
+    } else {
+      o = Seal1(g.domain, g.rcpts, to_seal, keys, d, plan.classification);
     }
-    for (auto& [key, g] : groups) {
-      const policy::Decision& d = g.first;
-      if (d.protection == policy::Protection::kHold) {
-        Output o;
-        o.action = Action::kHold;
-        o.rcpts = std::move(g.second);
-        o.reason = StrCat(d.reason, doc->version ? StrCat(" [policy v", doc->version, "]") : "");   // shown to operators
-        o.policy_version = doc->version;
-        add(std::move(o));
-      } else if (d.protection == policy::Protection::kPass) {
-        Output o;
-        o.rcpts = std::move(g.second);
-        o.reason = d.reason;
-        o.policy_version = doc->version;
-        add(std::move(o));
-      } else {
-        Output o = Seal1(domain, std::move(g.second), to_seal, keys, d, classification);
-        o.policy_version = doc->version;
-        add(std::move(o));
-      }
-    }
+    o.policy_version = plan.policy_version;
+    add(std::move(o));
   }
   if (!pass.rcpts.empty()) {
     std::sort(pass.rcpts.begin(), pass.rcpts.end());
     out.push_back(std::move(pass));
   }
   return out;
+}
+
+std::vector<Output> Gateway::Process(const std::string& sender, const std::vector<std::string>& recipients,
+                                     const std::string& message, const GatewayKeys& keys,
+                                     const policy::CompiledPolicy* doc, bool require_seal,
+                                     const Inbound* inbound) const {
+  return Execute(Decide(sender, recipients, message, doc, require_seal), sender, message, keys, doc, inbound);
 }
 
 Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, const std::string& message,

@@ -122,6 +122,22 @@ struct Output {
   bool require_seal = false;
 };
 
+// Plan: the policy decision for one message, typed — where each recipient goes and why — made
+// before any key is used (Decide) and carried out after (Execute).
+struct Plan {
+  std::map<std::string, std::vector<uint32_t>> pings;   // seemail-ping@ probes, by the address
+  std::vector<uint32_t> local;                          // our own domains
+  bool open_local = true;                               // false: no smime section, passed as is
+  struct Group {
+    std::string domain;
+    policy::Decision decision;                          // protection, reason, triple wrap
+    std::vector<uint32_t> rcpts;
+  };
+  std::vector<Group> remote;                            // one per (domain, protection, wrap)
+  std::string classification;                           // "[RESTRICTED]", or "" (outbound only)
+  uint64_t policy_version = 0;
+};
+
 class Gateway {
  public:
   Gateway(const GatewayPolicy* policy, CertStore* store, PingLimiter* ping_limiter = nullptr)
@@ -133,6 +149,13 @@ class Gateway {
   std::vector<Output> Process(const std::string& sender, const std::vector<std::string>& recipients,
                               const std::string& message, const GatewayKeys& keys,
                               const policy::CompiledPolicy* doc = nullptr, bool require_seal = false,
+                              const Inbound* inbound = nullptr) const;
+
+  // Decide: the policy stage's typed decision (no key, no I/O); Execute carries it out.
+  Plan Decide(const std::string& sender, const std::vector<std::string>& recipients, const std::string& message,
+              const policy::CompiledPolicy* doc = nullptr, bool require_seal = false) const;
+  std::vector<Output> Execute(const Plan& plan, const std::string& sender, const std::string& message,
+                              const GatewayKeys& keys, const policy::CompiledPolicy* doc = nullptr,
                               const Inbound* inbound = nullptr) const;
 
   bool IsLocal(const std::string& domain) const;

@@ -166,6 +166,40 @@ TEST_F(GatewayTest, ClassifiedMailGoesOnlyToListedDomainsSealedElseHeld) {
 }
 
 // SEE-2.14: seemail-ping@ answers a verified probe, and only that, before any other rule.
+// Issue #14: the policy stage's decision is typed and made before any key is used — the plan
+// says, per domain group, what will be done and why, with the policy version.
+TEST_F(GatewayTest, DecideGivesATypedPlanWithoutTouchingKeys) {
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {});
+  mailseal::v1::PolicyDocument doc;
+  doc.set_version(7);
+  doc.add_seemail_list()->set_domain("agency-b.test");
+  auto compiled = policy::Compile(doc);
+  std::string msg = Mail("alice@agency-a.test", "[SEEMAIL] plan", "x");
+  Plan plan = a.gw->Decide("alice@agency-a.test", {"b@agency-b.test", "x@plain.test", "me@agency-a.test"}, msg,
+                           compiled.get());
+  EXPECT_EQ(plan.policy_version, 7u);
+  EXPECT_EQ(plan.classification, "[SEEMAIL]");
+  EXPECT_EQ(plan.local, std::vector<uint32_t>{2});
+  ASSERT_EQ(plan.remote.size(), 2u);
+  for (const Plan::Group& g : plan.remote) {
+    if (g.domain == "agency-b.test") {
+      EXPECT_EQ(g.rcpts, std::vector<uint32_t>{0});
+      EXPECT_NE(g.decision.protection, policy::Protection::kHold) << g.decision.reason;
+      EXPECT_NE(g.decision.protection, policy::Protection::kPass) << "classified mail to a listed partner is sealed";
+    } else {
+      EXPECT_EQ(g.domain, "plain.test");
+      EXPECT_EQ(g.decision.protection, policy::Protection::kHold) << "classified mail to an unlisted domain is held";
+      EXPECT_NE(g.decision.reason.find("SEE-2.1b"), std::string::npos) << g.decision.reason;
+    }
+  }
+  // Carrying the plan out with the same document gives what Process gives.
+  std::vector<Output> outs = a.gw->Execute(plan, "alice@agency-a.test", msg, a.keys, compiled.get());
+  ASSERT_TRUE(Find(outs, Action::kDeliver, 0));
+  const Output* held = Find(outs, Action::kHold, 1);
+  ASSERT_TRUE(held);
+  EXPECT_EQ(held->policy_version, 7u);
+}
+
 TEST_F(GatewayTest, SeemailPingAnswersVerifiedProbesOnlyAndRateLimited) {
   Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
   Side b = Make("b", {}, {"agency-a.test"});
