@@ -307,20 +307,18 @@ void QueueManager::ReconcileCopies(const std::string& id, const mailseal::v1::Sp
 }
 
 void QueueManager::SyncCopies(const std::vector<crypto::Completion>& done) {
-  bool active = false, hold = false;
+  // The workers write their copies without syncing (Durability::kGroup): one syncfs here makes
+  // the batch durable — files and directory entries, active/ and hold/ — before any original
+  // is retired or any copy handed on (issue #14: sealed copies committed in groups).
+  bool any = false;
   for (const crypto::Completion& c : done)
-    for (const crypto::DerivedCopy& d : c.derived) {
-      if (d.consumed()) continue;
-      (d.held() ? hold : active) = true;
-    }
-  for (auto [wanted, state] : {std::pair{active, SpoolState::kActive}, std::pair{hold, SpoolState::kHold}}) {
-    if (!wanted) continue;
-    if (Status st = spool_->FsyncDir(state); !st.ok()) {
-      // LevelDB's rule, as the committer: after a failed sync nothing is relied on; exit and
-      // let recovery start from the disk (copies found there are reconciled with originals).
-      Log(LogLevel::kError, "qmgr", "fsync of a spool directory failed, exiting", {{"error", st.message()}});
-      std::abort();
-    }
+    for (const crypto::DerivedCopy& d : c.derived) any = any || !d.consumed();
+  if (!any) return;
+  if (Status st = spool_->SyncAll(); !st.ok()) {
+    // LevelDB's rule, as the committer: after a failed sync nothing is relied on; exit and
+    // let recovery start from the disk (copies found there are reconciled with originals).
+    Log(LogLevel::kError, "qmgr", "sync of the spool's file system failed, exiting", {{"error", st.message()}});
+    std::abort();
   }
 }
 

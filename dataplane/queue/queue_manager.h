@@ -170,8 +170,8 @@ class QueueManager {
   void FinishDeferral(const std::string& id, int64_t now, std::vector<mailseal::v1::SpoolStatus> records,
                       mailseal::v1::SpoolStatus d);
   void PumpCrypto();
-  // SyncCopies makes the directory entries of a batch of completions' copies durable (one
-  // fsync per spool directory) before any of them is relied on.
+  // SyncCopies makes a batch of completions' copies durable (one syncfs of the spool: the
+  // workers wrote them unsynced) before any of them is relied on.
   void SyncCopies(const std::vector<crypto::Completion>& done);
   void ApplyCompletion(const crypto::Completion& c, int64_t now);
   // Transfer records that `rcpts` of `id` are carried on by the copy `to` (durably).

@@ -132,7 +132,21 @@ Status Spool::Init() {
     if (::mkdir(d.c_str(), 0700) != 0 && errno != EEXIST) return Errno("mkdir", d);
     if (::access(d.c_str(), W_OK | X_OK) != 0) return Errno("access", d);
   }
+  if (root_fd_ < 0) {
+    root_fd_ = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd_ < 0) return Errno("open", root_);
+  }
   return FsyncPath(root_);
+}
+
+Spool::~Spool() {
+  if (root_fd_ >= 0) ::close(root_fd_);
+}
+
+Status Spool::SyncAll() const {
+  if (root_fd_ < 0) return FailedPreconditionError("spool not initialised");
+  if (::syncfs(root_fd_) != 0) return Errno("syncfs", root_);
+  return OkStatus();
 }
 
 std::string Spool::PathOf(SpoolState s, std::string_view id) const {
@@ -263,7 +277,7 @@ Status SpoolWriter::Append(std::string_view body) {
   return OkStatus();
 }
 
-Status SpoolWriter::Finish() {
+Status SpoolWriter::Finish(bool sync) {
   if (failed_ || fd_ < 0) return FailedPreconditionError("spool writer failed earlier");
   if (!pending_body_.empty()) AddBodyRecord();
   std::string end;
@@ -272,7 +286,7 @@ Status SpoolWriter::Finish() {
   buf_ += Frame(kEnd, end);
   file_offset_ += kHeader + end.size();
   if (Status st = FlushBuffer(); !st.ok()) return st;
-  if (::fdatasync(fd_) != 0) {
+  if (sync && ::fdatasync(fd_) != 0) {
     failed_ = true;
     return Errno("fdatasync", spool_->PathOf(SpoolState::kIncoming, id_));
   }
@@ -448,13 +462,14 @@ Status CutTornTail(const std::string& path, const SpoolMessage& msg) {
 }
 
 Result<std::string> WriteWholeMessage(Spool* spool, mailseal::v1::SpoolEnvelope env,
-                                              std::string_view body, SpoolState to, bool sync_dir) {
+                                              std::string_view body, SpoolState to, Durability durability) {
+  const bool sync = durability == Durability::kSynced;
   SpoolWriter w;
   if (Status s = w.Open(spool, env); !s.ok()) return s;
   if (Status s = w.Append(body); !s.ok()) return s;
-  if (Status s = w.Finish(); !s.ok()) return s;
+  if (Status s = w.Finish(sync); !s.ok()) return s;
   if (Status s = w.Publish(to); !s.ok()) return s;
-  if (sync_dir)
+  if (sync)
     if (Status s = spool->FsyncDir(to); !s.ok()) return s;
   return w.id();
 }

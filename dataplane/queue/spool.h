@@ -25,7 +25,11 @@ const char* StateDir(SpoolState s);
 class Spool {
  public:
   explicit Spool(std::string root) : root_(std::move(root)) {}
-  // Init creates the directories (0700) and checks they are writable.
+  ~Spool();
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+  // Init creates the directories (0700), checks they are writable and opens the root for
+  // SyncAll (its descriptor samples the file system's write-back error state from here on).
   [[nodiscard]] Status Init();
   const std::string& root() const { return root_; }
   std::string PathOf(SpoolState s, std::string_view id) const;
@@ -38,10 +42,23 @@ class Spool {
   [[nodiscard]] Result<std::vector<std::string>> List(SpoolState s) const;
   // FsyncDir makes renames into `s` durable.
   [[nodiscard]] Status FsyncDir(SpoolState s) const;
+  // SyncAll makes every file and directory entry written on the spool's file system durable
+  // with one journal commit (syncfs(2)): the group commit for files written with
+  // Durability::kGroup. It fails (EIO) when any write-back on the file system failed since the
+  // last call; after that nothing written may be relied on (the caller exits, recovery reads
+  // the disk).
+  [[nodiscard]] Status SyncAll() const;
 
  private:
   std::string root_;
+  int root_fd_ = -1;
 };
+
+// Durability of a file written whole: kSynced — the data is fdatasync'ed and the directory
+// entry fsync'ed before the call returns; kGroup — neither: the caller makes a group of such
+// files durable at once with Spool::SyncAll() before anything relies on them (crypto-stage
+// copies: the queue manager, once per batch of completions, before an original is retired).
+enum class Durability { kSynced, kGroup };
 
 struct BodyExtent {
   uint64_t offset;   // of the payload in the file
@@ -75,8 +92,9 @@ class SpoolWriter {
   [[nodiscard]] Status Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env);
   // Append buffers body bytes; errors surface here or in Finish().
   [[nodiscard]] Status Append(std::string_view body);
-  // Finish writes END and fdatasyncs; the file is complete but still in incoming/.
-  [[nodiscard]] Status Finish();
+  // Finish writes END and fdatasyncs (unless `sync` is false: the caller syncs a group, see
+  // Durability::kGroup); the file is complete but still in incoming/.
+  [[nodiscard]] Status Finish(bool sync = true);
   // Publish renames incoming/ -> active/ (the caller fsyncs active/, possibly for a batch);
   // copies made by the crypto stage may go to hold/ instead.
   [[nodiscard]] Status Publish(SpoolState to = SpoolState::kActive);
@@ -120,12 +138,10 @@ class SpoolWriter {
                                         const mailseal::v1::SpoolStatus& status);
 
 // WriteWholeMessage writes a complete message (DSNs, crypto-stage copies) straight to active/
-// (or `to`), durably. A non-empty env.queue_id is used as the id; ALREADY_EXISTS if it is taken.
-// sync_dir false: the file is synced but its directory entry is not — the caller syncs `to`
-// once for a group of files before anything relies on them (crypto-stage copies: the queue
-// manager, per batch of completions).
+// (or `to`), durably or for a group commit (see Durability). A non-empty env.queue_id is used
+// as the id; ALREADY_EXISTS if it is taken.
 [[nodiscard]] Result<std::string> WriteWholeMessage(
     Spool* spool, mailseal::v1::SpoolEnvelope env, std::string_view body,
-    SpoolState to = SpoolState::kActive, bool sync_dir = true);
+    SpoolState to = SpoolState::kActive, Durability durability = Durability::kSynced);
 
 }  // namespace mailseal::queue

@@ -185,11 +185,12 @@ class SmimeProcessor : public JobProcessor {
     if (d.held()) env.set_hold_reason(o.reason);
     env.set_protection(o.protection);
     // A held copy keeps the message exactly as it arrived, for the operator to inspect or release.
-    // The directory entry is synced by the queue manager, once for a batch of completions,
-    // before it relies on the copy (issue #14: sealed copies committed in groups).
+    // Neither the file nor its directory entry is synced here: the queue manager syncs the
+    // spool once for a batch of completions before it relies on any copy (issue #14: sealed
+    // copies committed in groups, so that no worker waits for the journal).
     Result<std::string> id = queue::WriteWholeMessage(s_->spool, env, d.held() ? original : o.body,
                                                       d.held() ? queue::SpoolState::kHold : queue::SpoolState::kActive,
-                                                      /*sync_dir=*/false);
+                                                      queue::Durability::kGroup);
     return id.status();
   }
 

@@ -1,10 +1,10 @@
 /* fault_inject.cc — an LD_PRELOAD fault injector for the faults tests (issue #13): a disk that
  * fails fsync/fdatasync with EIO on demand, the one fault a real disk cannot be asked for.
  *
- * While the file named by MAILSEAL_FAULT_TRIGGER exists, fsync() and fdatasync() on any
+ * While the file named by MAILSEAL_FAULT_TRIGGER exists, fsync(), fdatasync() and syncfs() on any
  * descriptor whose path starts with MAILSEAL_FAULT_PREFIX fail with EIO; with
- * MAILSEAL_FAULT_OPS=write (or "sync,write") write(), pwrite() and writev() on them fail with
- * EIO too, writing nothing (a dead disk). Nothing else changes. Test code only; never shipped.
+ * MAILSEAL_FAULT_OPS=sync,write write(), pwrite() and writev() on them fail with EIO too,
+ * writing nothing (a dead disk); with MAILSEAL_FAULT_OPS=syncfs only syncfs() fails. Nothing else changes. Test code only; never shipped.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -35,9 +35,24 @@ Fn Next(const char* name) {
   return fn;
 }
 
-int faulty(int fd, const char* op = "sync") {
+// Active: whether `op` fails. MAILSEAL_FAULT_OPS is a comma list of "sync" (fsync, fdatasync
+// and syncfs), "syncfs" (syncfs alone: the group commit of crypto-stage copies) and "write";
+// unset, it means "sync".
+bool Active(const char* op) {
   const char* ops = getenv("MAILSEAL_FAULT_OPS");
-  if (strcmp(op, "sync") != 0 && (!ops || !strstr(ops, op))) return 0;
+  if (!ops) ops = "sync";
+  bool syncfs = strcmp(op, "syncfs") == 0;
+  for (const char* p = ops; *p;) {
+    const char* end = strchr(p, ',');
+    size_t n = end ? static_cast<size_t>(end - p) : strlen(p);
+    if ((strlen(op) == n && strncmp(p, op, n) == 0) || (syncfs && n == 4 && strncmp(p, "sync", 4) == 0)) return true;
+    p += n + (end ? 1 : 0);
+  }
+  return false;
+}
+
+int faulty(int fd, const char* op = "sync") {
+  if (!Active(op)) return 0;
   const char* trigger = getenv("MAILSEAL_FAULT_TRIGGER");
   const char* prefix = getenv("MAILSEAL_FAULT_PREFIX");
   struct stat st;
@@ -66,6 +81,15 @@ int fsync(int fd) {
 int fdatasync(int fd) {
   static SyncFn real = Next<SyncFn>("fdatasync");
   if (faulty(fd)) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd);
+}
+
+int syncfs(int fd) {
+  static SyncFn real = Next<SyncFn>("syncfs");
+  if (faulty(fd, "syncfs")) {
     errno = EIO;
     return -1;
   }
