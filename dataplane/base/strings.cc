@@ -39,4 +39,15 @@ std::string PercentEncode(std::string_view s) {
   return o;
 }
 
+bool ValidDomainName(std::string_view d) {
+  if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.') return false;
+  char prev = '.';
+  for (char c : d) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+    if (!ok || (c == '.' && prev == '.')) return false;
+    prev = c;
+  }
+  return true;
+}
+
 }  // namespace mailseal::base

@@ -19,4 +19,7 @@ bool DomainListCovers(const std::vector<std::string>& list, std::string_view dom
 // (upper-case hex). For PKCS#11 URIs (RFC 7512) and SPF's upper-case macros (RFC 7208 §7.3).
 std::string PercentEncode(std::string_view s);
 
+// ValidDomainName: letters, digits, '-' and '.', at most 253 bytes, no empty label.
+bool ValidDomainName(std::string_view d);
+
 }  // namespace mailseal::base

@@ -61,16 +61,6 @@ bool SameCert(X509* a, X509* b) { return a && b && X509_cmp(a, b) == 0; }
 
 }  // namespace
 
-bool ValidDomainName(std::string_view d) {
-  if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.') return false;
-  char prev = '.';
-  for (char c : d) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
-    if (!ok || (c == '.' && prev == '.')) return false;
-    prev = c;
-  }
-  return true;
-}
 
 CertStore::~CertStore() { X509_STORE_free(trust_); }
 

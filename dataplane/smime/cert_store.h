@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "dataplane/base/status.h"
+#include "dataplane/base/strings.h"
 #include "dataplane/smime/seal.h"
 
 namespace mailseal::smime {
@@ -77,7 +78,6 @@ class CertStore {
   mutable std::map<std::string, Checked> checked_;   // key: purpose + SHA-1 of the certificate
 };
 
-// ValidDomainName: letters, digits, '-' and '.', at most 253 bytes, no empty label.
-bool ValidDomainName(std::string_view d);
+using base::ValidDomainName;
 
 }  // namespace mailseal::smime
