@@ -460,7 +460,9 @@ Result<std::vector<CrlPtr>> ParseCrls(std::string_view data, size_t max) {
   return out;
 }
 
-Outcome Validate(const TrustList& trust, const Request& r) {
+Outcome Validate(const TrustList& trust, const Request& r) { return Validate(trust.store(), r); }
+
+Outcome Validate(X509_STORE* store, const Request& r) {
   Outcome out;
   if (!r.leaf) {
     out.reason = "no certificate to validate";
@@ -483,7 +485,7 @@ Outcome Validate(const TrustList& trust, const Request& r) {
   for (X509_CRL* c : r.crls)
     if (c && UsableCrl(c)) sk_X509_CRL_push(crls, c);
   Problem worst;
-  if (!ctx || X509_STORE_CTX_init(ctx, trust.store(), r.leaf, untrusted) != 1) {
+  if (!ctx || X509_STORE_CTX_init(ctx, store, r.leaf, untrusted) != 1) {
     out.reason = "the verifier could not be set up (out of memory)";
   } else {
     if (sk_X509_CRL_num(crls) > 0) X509_STORE_CTX_set0_crls(ctx, crls);

@@ -122,6 +122,9 @@ class TrustList {
 
 // Validate decides one certificate. Never fails: bad input is a verdict with its reason.
 Outcome Validate(const TrustList& trust, const Request& request);
+// The same against an OpenSSL store the caller built (anchors and CRLs only; its flags add to
+// the request's): for callers that hold a store already (the S/MIME layer, tests).
+Outcome Validate(X509_STORE* store, const Request& request);
 
 // Reading certificates and CRLs from outside (files, LDAP, HTTP bodies): DER or PEM, at most
 // `max` objects; the reason when none can be read.

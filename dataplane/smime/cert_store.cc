@@ -62,7 +62,7 @@ bool SameCert(X509* a, X509* b) { return a && b && X509_cmp(a, b) == 0; }
 }  // namespace
 
 
-CertStore::~CertStore() { X509_STORE_free(trust_); }
+CertStore::~CertStore() = default;
 
 Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const std::string& trust_file,
                                                    const std::vector<std::string>& crl_files, bool create) {
@@ -70,19 +70,14 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
   s->dir_ = dir;
   if (create && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     return InternalError(StrCat("mkdir ", dir, ": ", std::strerror(errno)));
-  s->trust_ = X509_STORE_new();
-  if (X509_STORE_load_file(s->trust_, trust_file.c_str()) != 1) {
-    ERR_clear_error();
-    return InvalidArgumentError(StrCat(trust_file, ": no trust anchors could be loaded (PEM certificates expected)"));
-  }
-  for (const std::string& crl : crl_files) {
-    X509_LOOKUP* lookup = X509_STORE_add_lookup(s->trust_, X509_LOOKUP_file());
-    if (!lookup || X509_load_crl_file(lookup, crl.c_str(), X509_FILETYPE_PEM) <= 0) {
-      ERR_clear_error();
-      return InvalidArgumentError(StrCat(crl, ": no CRL could be loaded (PEM expected)"));
-    }
-  }
-  if (!crl_files.empty()) X509_STORE_set_flags(s->trust_, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+  // The managed trust list (SEE-2.7) through the one validator's loader: every anchor must be
+  // a conforming CA certificate, every CRL numbered — refused here, with the reason, not when
+  // mail depends on them.
+  s->trust_ = std::make_unique<pki::TrustList>();
+  if (Status st = s->trust_->LoadFile(trust_file, /*anchors=*/true, /*crls=*/false); !st.ok()) return st;
+  for (const std::string& crl : crl_files)
+    if (Status st = s->trust_->LoadFile(crl, /*anchors=*/false, /*crls=*/true); !st.ok()) return st;
+  if (!crl_files.empty()) X509_STORE_set_flags(s->trust_->store(), X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
   // Harvested entries: <domain>.dca.pem, <domain>.dsa.pem, <domain>.caps.
   DIR* d = ::opendir(dir.c_str());
   if (!d && !create && errno == ENOENT) return s;
@@ -168,7 +163,7 @@ std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) con
     auto it = checked_.find(key);
     if (it != checked_.end() && now - it->second.at_s < 60) return {it->second.status, it->second.detail};
   }
-  auto r = CheckPath(cert, {}, trust_, purpose);
+  auto r = CheckPath(cert, {}, trust_->store(), purpose);
   if (!key.empty()) {
     std::lock_guard<std::mutex> l(check_mu_);
     if (checked_.size() > 4096) checked_.clear();

@@ -28,6 +28,7 @@
 
 #include "dataplane/base/status.h"
 #include "dataplane/base/strings.h"
+#include "dataplane/pki/validator.h"
 #include "dataplane/smime/seal.h"
 
 namespace mailseal::smime {
@@ -41,7 +42,8 @@ class CertStore {
                                                   const std::vector<std::string>& crl_files, bool create = true);
   ~CertStore();
 
-  X509_STORE* trust() const { return trust_; }
+  X509_STORE* trust() const { return trust_->store(); }
+  const pki::TrustList& trust_list() const { return *trust_; }
   // Pin sets a partner's DCA certificate from the operator's config.
   Status Pin(const std::string& domain, const std::string& pem_file);
   // Dca: the DCA certificate for a recipient domain — the domain's own, or its nearest
@@ -64,7 +66,7 @@ class CertStore {
   mailseal::Status Persist(const std::string& name, const std::string& data) const;
 
   std::string dir_;
-  X509_STORE* trust_ = nullptr;
+  std::unique_ptr<pki::TrustList> trust_;
   mutable std::shared_mutex mu_;
   std::map<std::string, X509Ref> dca_, dsa_;
   std::map<std::string, bool> pinned_;

@@ -14,11 +14,13 @@
 #include <openssl/rsa.h>
 
 #include <algorithm>
+#include <ctime>
 #include <cstring>
 #include <memory>
 #include <strings.h>
 
 #include "dataplane/mime/canonical.h"
+#include "dataplane/pki/validator.h"
 #include "dataplane/mime/parser.h"
 #include "dataplane/smime/naming.h"
 
@@ -327,42 +329,35 @@ void RecordSigner(CMS_ContentInfo* sig, Opened* out) {
 }  // namespace
 
 namespace {
-// PathStatus checks a signer certificate's path to the trust anchors and maps every problem
-// found (the callback keeps going after the first) to the worst SEE-2.8 status.
-int CollectErrors(int ok, X509_STORE_CTX* ctx) {
-  if (!ok) {
-    auto* worst = static_cast<std::pair<CertStatus, int>*>(
-        X509_STORE_CTX_get_ex_data(ctx, 0));
-    int err = X509_STORE_CTX_get_error(ctx);
-    CertStatus s = CertStatus::kUnknownCa;
-    switch (err) {
-      case X509_V_ERR_CERT_HAS_EXPIRED: s = CertStatus::kExpired; break;
-      case X509_V_ERR_CERT_NOT_YET_VALID: s = CertStatus::kNotYetValid; break;
-      case X509_V_ERR_CERT_REVOKED: s = CertStatus::kRevoked; break;
-      case X509_V_ERR_UNABLE_TO_GET_CRL:
-      case X509_V_ERR_CRL_HAS_EXPIRED:
-      case X509_V_ERR_CRL_NOT_YET_VALID:
-      case X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: s = CertStatus::kStatusUnknown; break;
-      default: s = CertStatus::kUnknownCa;
-    }
-    if (worst && static_cast<int>(s) > static_cast<int>(worst->first)) *worst = {s, err};
-  }
-  return 1;
+// PathStatus: a certificate's path to the trust anchors through the one validator
+// (dataplane/pki), its verdict in the SEE-2.8 terms, and the reason an operator can act on.
+std::pair<CertStatus, std::string> PathStatus(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
+                                              int purpose, int64_t at_unix = 0) {
+  pki::Request r;
+  r.leaf = cert;
+  r.untrusted = untrusted;
+  if (r.untrusted.size() > static_cast<size_t>(pki::kMaxUntrusted)) r.untrusted.resize(pki::kMaxUntrusted);
+  r.at_unix = at_unix;
+  r.purpose = purpose == X509_PURPOSE_SMIME_ENCRYPT ? pki::Purpose::kSmimeEncrypt
+            : purpose == X509_PURPOSE_SMIME_SIGN ? pki::Purpose::kSmimeSign : pki::Purpose::kAny;
+  pki::Outcome o = pki::Validate(trust, r);
+  static_assert(static_cast<int>(pki::Verdict::kUntrusted) == static_cast<int>(CertStatus::kUnknownCa) &&
+                static_cast<int>(pki::Verdict::kRevoked) == static_cast<int>(CertStatus::kRevoked));
+  return {static_cast<CertStatus>(o.verdict), o.reason};
 }
 
-std::pair<CertStatus, std::string> PathStatus(X509* cert, STACK_OF(X509)* untrusted, X509_STORE* trust,
-                                              int purpose = X509_PURPOSE_SMIME_SIGN) {
-  X509_STORE_CTX* ctx = X509_STORE_CTX_new();
-  std::pair<CertStatus, int> worst{CertStatus::kValid, X509_V_OK};
-  X509_STORE_CTX_init(ctx, trust, cert, untrusted);
-  X509_STORE_CTX_set_purpose(ctx, purpose);
-  X509_STORE_CTX_set_ex_data(ctx, 0, &worst);
-  X509_STORE_CTX_set_verify_cb(ctx, CollectErrors);
-  int rc = X509_verify_cert(ctx);
-  if (rc <= 0 && worst.first == CertStatus::kValid) worst = {CertStatus::kUnknownCa, X509_STORE_CTX_get_error(ctx)};
-  X509_STORE_CTX_free(ctx);
-  ERR_clear_error();
-  return {worst.first, worst.second == X509_V_OK ? "" : X509_verify_cert_error_string(worst.second)};
+// ValidationTime: when a signer's certificate is judged — its signingTime attribute (RFC 5652
+// §11.3), bounded by now and by kMaxTransit before now; now when it has none.
+constexpr int64_t kMaxTransit = 7 * 24 * 3600;
+int64_t ValidationTime(CMS_SignerInfo* si) {
+  int64_t now = static_cast<int64_t>(std::time(nullptr));
+  X509_ATTRIBUTE* attr = CMS_signed_get_attr(si, CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1));
+  ASN1_TYPE* t = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : nullptr;
+  if (!t || (t->type != V_ASN1_UTCTIME && t->type != V_ASN1_GENERALIZEDTIME)) return now;
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(t->value.utctime, &tm) != 1) return now;
+  int64_t at = static_cast<int64_t>(timegm(&tm));
+  return std::clamp(at, now - kMaxTransit, now);
 }
 
 // IsDomainAuthority: the certificate claims to be a domain authority (CN or rfc822Name, see
@@ -425,11 +420,7 @@ bool BeginsWithHeader(const std::string& content) {
 
 std::pair<CertStatus, std::string> CheckPath(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
                                              int purpose) {
-  STACK_OF(X509)* u = sk_X509_new_null();
-  for (X509* c : untrusted) sk_X509_push(u, c);
-  auto r = PathStatus(cert, u, trust, purpose);
-  sk_X509_free(u);
-  return r;
+  return PathStatus(cert, untrusted, trust, purpose);
 }
 
 Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust,
@@ -496,27 +487,33 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
       any_signed = true;
       out.layers.emplace_back("signed-data");
       RecordSigner(cms.get(), &out);  // the innermost signature is the one over the content
-      // Every signer's certificate path; the worst status counts.
+      // Every signer's certificate path; the worst status counts. Each is validated at its
+      // signing time, bounded by now and by kMaxTransit before it (a message in transit when
+      // the certificate expired still verifies; a signing time claimed further back does not
+      // move validation into the past).
       STACK_OF(X509)* carried = CMS_get1_certs(cms.get());
-      STACK_OF(X509)* untrusted = sk_X509_new_null();
+      std::vector<X509*> untrusted;
       for (int i = 0; carried && i < sk_X509_num(carried); ++i) {
-        sk_X509_push(untrusted, sk_X509_value(carried, i));
+        untrusted.push_back(sk_X509_value(carried, i));
         out.certs.push_back(RefUp(sk_X509_value(carried, i)));
       }
-      for (X509* k : known) sk_X509_push(untrusted, k);
-      STACK_OF(X509)* signers = CMS_get0_signers(cms.get());
-      for (int i = 0; signers && i < sk_X509_num(signers); ++i) {
-        X509* sc = sk_X509_value(signers, i);
-        if (i == 0) out.signer_cert = RefUp(sc);
-        auto [st, why] = PathStatus(sc, untrusted, trust);
+      untrusted.insert(untrusted.end(), known.begin(), known.end());
+      STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(cms.get());
+      bool first = true;   // this layer's first signer: the innermost layer's is kept
+      for (int i = 0; infos && i < sk_CMS_SignerInfo_num(infos); ++i) {
+        CMS_SignerInfo* si = sk_CMS_SignerInfo_value(infos, i);
+        X509* sc = nullptr;
+        CMS_SignerInfo_get0_algs(si, nullptr, &sc, nullptr, nullptr);
+        if (!sc) continue;
+        if (first) out.signer_cert = RefUp(sc);
+        first = false;
+        auto [st, why] = PathStatus(sc, untrusted, trust, X509_PURPOSE_SMIME_SIGN, ValidationTime(si));
         // The worst status counts; its first reason is kept.
         if (st > out.cert_status || (st == out.cert_status && out.cert_detail.empty())) {
           out.cert_status = st;
           out.cert_detail = why;
         }
       }
-      sk_X509_free(signers);
-      sk_X509_free(untrusted);
       sk_X509_pop_free(carried, X509_free);
       sk_X509_free(extra);
     } else {

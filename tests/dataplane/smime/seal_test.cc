@@ -313,7 +313,8 @@ X509* Issue(X509* ca, EVP_PKEY* ca_key, EVP_PKEY* key, const char* email, long f
   X509V3_set_ctx(&ctx, ca, x, nullptr, nullptr, 0);
   std::string san = std::string("email:") + email;
   for (auto [nid, v] : {std::pair<int, const char*>{NID_key_usage, "critical,digitalSignature"},
-                        {NID_ext_key_usage, "emailProtection"}, {NID_subject_alt_name, san.c_str()}}) {
+                        {NID_ext_key_usage, "emailProtection"}, {NID_subject_alt_name, san.c_str()},
+                        {NID_subject_key_identifier, "hash"}, {NID_authority_key_identifier, "keyid:always"}}) {
     X509_EXTENSION* e = X509V3_EXT_conf_nid(nullptr, &ctx, nid, v);
     X509_add_ext(x, e, -1);
     X509_EXTENSION_free(e);
@@ -354,6 +355,10 @@ TEST_F(SealTest, CertificateStatusFollowsTheSee28Table) {
   ASN1_TIME* next = X509_gmtime_adj(nullptr, 86400);
   X509_CRL_set1_lastUpdate(crl, now);
   X509_CRL_set1_nextUpdate(crl, next);
+  ASN1_INTEGER* number = ASN1_INTEGER_new();
+  ASN1_INTEGER_set(number, 1);
+  X509_CRL_add1_ext_i2d(crl, NID_crl_number, number, 0, 0);   // RFC 5280 §5.2.3: a CRL without one is not used
+  ASN1_INTEGER_free(number);
   for (X509* r : {revoked, expired}) {
     X509_REVOKED* rv = X509_REVOKED_new();
     X509_REVOKED_set_serialNumber(rv, X509_get_serialNumber(r));
