@@ -13,6 +13,8 @@
 
 #include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
+#include "dataplane/pki/crl_cache.h"
+#include "dataplane/pki/fetch.h"
 
 namespace mailseal::pki {
 
@@ -40,6 +42,7 @@ std::string Name(const X509_NAME* n) {
 
 // Problem: one error the verifier reported, and what it means for SEE-2.8.
 struct Problem {
+  bool where_named = false;   // revocation asked only of certificates that name a CRL source
   Verdict verdict = Verdict::kValid;
   int error = X509_V_OK;
   int depth = 0;
@@ -116,6 +119,12 @@ int Collect(int ok, X509_STORE_CTX* ctx) {
   // that the CRL is not used — never be collected and waved through.
   if (!worst) return 0;
   int err = X509_STORE_CTX_get_error(ctx);
+  // Revocation "where named": a certificate that names no distribution point (and has no CRL
+  // in the store) is not asked for one (crl_cache.h).
+  if (worst->where_named && err == X509_V_ERR_UNABLE_TO_GET_CRL) {
+    X509* c = X509_STORE_CTX_get_current_cert(ctx);
+    if (c && CrlUrls(c).empty()) return 1;
+  }
   Verdict v = Classify(err);
   if (worst->verdict == Verdict::kValid || static_cast<int>(v) > static_cast<int>(worst->verdict)) {
     worst->verdict = v;
@@ -493,7 +502,11 @@ Outcome Validate(X509_STORE* store, const Request& r) {
     // A trust anchor is a name and a key (RFC 5280 §6.1.1 (d)): an operator may trust an
     // intermediate CA without its root, so the path may end at any certificate of the list.
     unsigned long flags = X509_V_FLAG_PARTIAL_CHAIN;
-    if (r.revocation) flags |= X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL | X509_V_FLAG_EXTENDED_CRL_SUPPORT;
+    bool attached = false;
+    Revocation mode = RevocationOf(store, &attached);
+    if (r.revocation || attached) flags |= X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL | X509_V_FLAG_EXTENDED_CRL_SUPPORT;
+    worst.where_named = !r.revocation && attached && mode == Revocation::kWhereNamed &&
+                        !(X509_VERIFY_PARAM_get_flags(X509_STORE_get0_param(store)) & X509_V_FLAG_CRL_CHECK);
     if (r.delta_crls) flags |= X509_V_FLAG_USE_DELTAS;
     if (r.policy.check) {
       flags |= X509_V_FLAG_POLICY_CHECK;

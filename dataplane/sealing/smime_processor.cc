@@ -307,6 +307,17 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
       dir, c.trust_anchors_file(), {c.crl_files().begin(), c.crl_files().end()}, !check_only);
   if (!store.ok()) return InvalidArgumentError(StrCat("field 'smime': ", store.status().message()));
   s->store = std::move(store.value());
+  // Revocation (SEE-2.8): CRLs named by the certificates themselves are fetched in the
+  // background; with crl_files configured every certificate of a path must have a CRL.
+  if (!check_only) {
+    pki::CrlCache::Options o;
+    o.dir = StrCat(dir, "/crls");
+    Result<std::unique_ptr<pki::CrlCache>> crls = pki::CrlCache::Open(std::move(o));
+    if (!crls.ok()) return InvalidArgumentError(StrCat("field 'smime.cert_store_dir': ", crls.status().message()));
+    s->crls = std::move(crls.value());
+    s->crls->Attach(s->store->trust(), c.crl_files().empty() ? pki::Revocation::kWhereNamed : pki::Revocation::kRequired);
+    s->crls->Start();
+  }
   // Our own certificates must be what they claim: domain authorities that chain to the trust
   // list (a partner would refuse them otherwise).
   for (auto [cert, purpose, field] :

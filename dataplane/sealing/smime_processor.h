@@ -19,6 +19,7 @@
 #include <string>
 
 #include "dataplane/crypto/crypto_stage.h"
+#include "dataplane/pki/crl_cache.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/smime/gateway.h"
 #include "hsm/token_manager.h"
@@ -30,6 +31,9 @@ namespace mailseal::sealing {
 struct SmimeShared {
   queue::Spool* spool = nullptr;
   hsm::TokenManager* token = nullptr;
+  // CRLs fetched from the certificates' distribution points (issue #15); declared before the
+  // store, whose OpenSSL store points at it, so that it outlives it.
+  std::unique_ptr<pki::CrlCache> crls;
   std::unique_ptr<smime::CertStore> store;
   smime::GatewayPolicy policy;
   smime::X509Ref dsa_cert, dca_cert;
