@@ -42,7 +42,8 @@ struct DerivedCopy {
   std::string queue_id;
   std::vector<uint32_t> rcpts;
   Treatment treatment = Treatment::kSealed;
-  bool warned = false;            // opened with a failed signature: the people concerned are told
+  bool warned = false;            // the administrator is told: opened with a failed signature, or
+                                  // sealed to a certificate whose status is unknown (SEE-2.8)
   uint64_t policy_version = 0;    // of the decision (0: none applied)
   std::string what;               // protection or hold reason, for people (log, audit detail)
   bool held() const { return treatment == Treatment::kHeld; }

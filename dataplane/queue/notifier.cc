@@ -114,7 +114,9 @@ Notice Notifier::Render(const std::string& to, const Pending& p, int64_t now_ms)
   }
   if (warned > 0)
     m += StrCat("The mail gateway ", Clean(o_.hostname), " delivered ", warned == 1 ? "a message" : StrCat(warned, " messages"),
-                " with a security warning in the Subject\r\n(SEE-2.8): its signature or certificate could not be fully trusted.\r\n");
+                " with a security warning\r\n(SEE-2.8): a signature or certificate could not be fully checked (each one's\r\n"
+                "warning is below: inbound mail carries it in the Subject; outbound mail was sealed\r\n"
+                "to a certificate whose revocation status could not be had).\r\n");
   m += "\r\n";
   size_t listed = 0;
   for (const HeldItem& it : p.items) {

@@ -482,7 +482,13 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   o.protection = StrCat("sealed for ", covering, " (", so.triple_wrap ? "triple-wrapped, " : "",
                         IsAead(so.cipher) ? "authEnveloped-data " : "enveloped-data ", CipherName(so.cipher),
                         so.key_transport == KeyTransport::kRsaOaep ? ", RSA-OAEP" : "", "): ", decision.reason);
-  o.reason = status == CertStatus::kStatusUnknown ? "DCA certificate status could not be checked (SEE-2.8: send, notify)" : "";
+  if (status == CertStatus::kStatusUnknown) {
+    // SEE-2.8, sending: status unknown -> send, and the administrator is told (in the notifier's
+    // digest: a thousand such messages are one notice).
+    o.reason = StrCat("DCA certificate status could not be checked (SEE-2.8: send, notify)",
+                      detail.empty() ? "" : StrCat(": ", detail));
+    o.warned = true;
+  }
   return o;
 }
 

@@ -110,7 +110,8 @@ enum class Treatment {
 struct Output {
   Action action = Action::kPass;
   Treatment treatment = Treatment::kNone;
-  bool warned = false;        // kOpened with a signature that failed: the people concerned are told
+  bool warned = false;        // the administrator is told (digested): kOpened with a signature that failed,
+                              // or kSealed to a certificate whose status could not be checked (SEE-2.8)
   uint64_t policy_version = 0;   // of the decision (0: none applied)
   std::vector<uint32_t> rcpts;
   std::string body;
