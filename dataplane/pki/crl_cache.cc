@@ -3,6 +3,8 @@
 
 #include <dirent.h>
 #include <openssl/evp.h>
+#include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
@@ -77,6 +79,11 @@ STACK_OF(X509_CRL)* LookupCrls(const X509_STORE_CTX* ctx, const X509_NAME* issue
 }
 
 }  // namespace
+
+CrlCache* CrlCache::Of(X509_STORE* store) {
+  auto* a = store ? static_cast<Attachment*>(X509_STORE_get_ex_data(store, StoreIndex())) : nullptr;
+  return a ? a->cache : nullptr;
+}
 
 Revocation RevocationOf(X509_STORE* store, bool* attached) {
   auto* a = store ? static_cast<Attachment*>(X509_STORE_get_ex_data(store, StoreIndex())) : nullptr;
@@ -224,7 +231,133 @@ Status CrlCache::Take(const std::string& url, const std::string& body, int64_t n
   return OkStatus();
 }
 
+CrlCache::OcspAnswer CrlCache::Ocsp(X509* cert, X509* issuer) {
+  std::vector<std::string> urls = OcspUrls(cert);
+  if (urls.empty() || !issuer) return OcspAnswer::kNone;
+  OCSP_CERTID* id = OCSP_cert_to_id(EVP_sha1(), cert, issuer);
+  if (!id) return OcspAnswer::kNone;
+  unsigned char* der = nullptr;
+  int len = i2d_OCSP_CERTID(id, &der);
+  OCSP_CERTID_free(id);
+  std::string key = len > 0 ? std::string(reinterpret_cast<char*>(der), static_cast<size_t>(len)) : "";
+  OPENSSL_free(der);
+  if (key.empty()) return OcspAnswer::kNone;
+  int64_t now = Now();
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    auto it = ocsp_.find(key);
+    if (it != ocsp_.end()) return now < it->second.next_update ? it->second.answer : OcspAnswer::kNone;
+  }
+  {
+    std::unique_lock<std::shared_mutex> l(mu_);
+    if (ocsp_.size() >= kMaxUrls || ocsp_.count(key)) return OcspAnswer::kNone;
+    OcspSlot& slot = ocsp_[key];
+    slot.url = urls.front();
+    X509_up_ref(cert);
+    X509_up_ref(issuer);
+    slot.cert = Own(cert);
+    slot.issuer = Own(issuer);
+  }
+  {
+    std::lock_guard<std::mutex> w(wake_mu_);
+    kick_ = true;
+  }
+  wake_.notify_one();
+  return OcspAnswer::kNone;
+}
+
+Status CrlCache::AskOcsp(OcspSlot& slot, int64_t now) {
+  OCSP_REQUEST* req = OCSP_REQUEST_new();
+  OCSP_CERTID* id = OCSP_cert_to_id(EVP_sha1(), slot.cert.get(), slot.issuer.get());
+  if (!req || !id || !OCSP_request_add0_id(req, id)) {
+    OCSP_CERTID_free(id);
+    OCSP_REQUEST_free(req);
+    return InternalError("cannot build an OCSP request");
+  }
+  unsigned char* der = nullptr;
+  int len = i2d_OCSP_REQUEST(req, &der);
+  std::string body(reinterpret_cast<char*>(der), static_cast<size_t>(std::max(len, 0)));
+  OPENSSL_free(der);
+  FetchLimits limits = options_.limits;
+  limits.max_bytes = std::min<size_t>(limits.max_bytes, 1u << 20);   // an OCSP answer is small
+  Result<std::string> got = options_.post ? options_.post(slot.url, body, limits)
+                                          : Post(slot.url, body, "application/ocsp-request", limits);
+  if (!got.ok()) {
+    OCSP_REQUEST_free(req);
+    return got.status();
+  }
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(got->data());
+  OCSP_RESPONSE* resp = d2i_OCSP_RESPONSE(nullptr, &p, static_cast<long>(got->size()));
+  OCSP_BASICRESP* bs = resp && OCSP_response_status(resp) == OCSP_RESPONSE_STATUS_SUCCESSFUL ? OCSP_response_get1_basic(resp) : nullptr;
+  Status st = OkStatus();
+  if (!resp) st = InvalidArgumentError(StrCat(slot.url, ": not an OCSP response"));
+  else if (!bs) st = UnavailableError(StrCat(slot.url, ": OCSP responder answered ", OCSP_response_status_str(OCSP_response_status(resp))));
+  if (st.ok()) {
+    // Authorized responders (RFC 6960 §4.2.2.2): the issuer, or a certificate it issued for
+    // OCSP signing — a store with the issuer as its only anchor decides.
+    X509_STORE* only_issuer = X509_STORE_new();
+    X509_STORE_add_cert(only_issuer, slot.issuer.get());
+    X509_STORE_set_flags(only_issuer, X509_V_FLAG_PARTIAL_CHAIN);
+    if (OCSP_basic_verify(bs, nullptr, only_issuer, 0) <= 0)
+      st = InvalidArgumentError(StrCat(slot.url, ": the OCSP answer is not signed by the issuer or its delegated responder"));
+    X509_STORE_free(only_issuer);
+  }
+  if (st.ok()) {
+    OCSP_CERTID* want = OCSP_cert_to_id(EVP_sha1(), slot.cert.get(), slot.issuer.get());
+    int status = -1, reason = 0;
+    ASN1_GENERALIZEDTIME *rev = nullptr, *thisupd = nullptr, *nextupd = nullptr;
+    if (OCSP_resp_find_status(bs, want, &status, &reason, &rev, &thisupd, &nextupd) != 1)
+      st = InvalidArgumentError(StrCat(slot.url, ": the OCSP answer does not name the certificate"));
+    else if (OCSP_check_validity(thisupd, nextupd, 300, -1) != 1)
+      st = InvalidArgumentError(StrCat(slot.url, ": the OCSP answer is out of date"));
+    else {
+      slot.answer = status == V_OCSP_CERTSTATUS_GOOD ? OcspAnswer::kGood
+                  : status == V_OCSP_CERTSTATUS_REVOKED ? OcspAnswer::kRevoked : OcspAnswer::kUnknown;
+      slot.next_update = nextupd ? Seconds(nextupd) : now + 300;
+    }
+    OCSP_CERTID_free(want);
+  }
+  ERR_clear_error();
+  OCSP_BASICRESP_free(bs);
+  OCSP_RESPONSE_free(resp);
+  OCSP_REQUEST_free(req);
+  return st;
+}
+
 size_t CrlCache::RefreshDue(int64_t now) {
+  // OCSP answers first: they are asked for when a certificate is being judged right now.
+  std::vector<std::pair<std::string, OcspSlot>> asks;
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    for (const auto& [key, slot] : ocsp_)
+      if (slot.next_try <= now && (slot.answer == OcspAnswer::kNone || now >= slot.next_update - 10)) asks.emplace_back(key, slot);
+  }
+  size_t taken = 0;
+  for (auto& [key, slot] : asks) {
+    Status st = AskOcsp(slot, now);
+    std::unique_lock<std::shared_mutex> l(mu_);
+    auto it = ocsp_.find(key);
+    if (it == ocsp_.end()) continue;
+    if (st.ok()) {
+      ++taken;
+      it->second.answer = slot.answer;
+      it->second.next_update = slot.next_update;
+      it->second.failures = 0;
+      it->second.last_error.clear();
+      it->second.next_try = 0;
+      l.unlock();
+      base::Log(base::LogLevel::kInfo, "pki", "OCSP answer",
+                {{"url", slot.url}, {"status", slot.answer == OcspAnswer::kGood ? "good" : slot.answer == OcspAnswer::kRevoked ? "revoked" : "unknown"},
+                 {"next_update", std::to_string(slot.next_update)}});
+      continue;
+    }
+    int failures = ++it->second.failures;
+    it->second.last_error = st.message();
+    it->second.next_try = now + std::min(options_.retry_min_s << std::min(failures - 1, 20), options_.retry_max_s);
+    l.unlock();
+    base::Log(base::LogLevel::kWarning, "pki", "OCSP answer not had; the certificate's status is unknown until it is",
+              {{"url", slot.url}, {"error", st.message()}, {"failures", std::to_string(failures)}});
+  }
   std::vector<std::string> due;
   {
     std::shared_lock<std::shared_mutex> l(mu_);
@@ -239,7 +372,6 @@ size_t CrlCache::RefreshDue(int64_t now) {
       if (now >= s.entry.next_update - early) due.push_back(url);
     }
   }
-  size_t taken = 0;
   for (const std::string& url : due) {
     Result<std::string> body = options_.fetch(url, options_.limits);
     Status st = body.ok() ? Take(url, *body, now) : body.status();

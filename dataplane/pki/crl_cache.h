@@ -18,7 +18,12 @@
 // checked by the validator each time it is used (against the issuer's key on the path). Files
 // in `dir` are written durably (temp, fsync, rename) and read back bounded.
 //
-// STANDARDS: RFC 5280 §5 (CRL profile), §5.2.3 (cRLNumber), §6.3 (CRL validation).
+// OCSP answers are asked for the same way (by POST, RFC 6960 A.1), kept in memory until their
+// nextUpdate (five minutes when they name none), and believed only when signed by the issuer
+// or by a responder the issuer delegated (id-kp-OCSPSigning), within five minutes' clock skew.
+//
+// STANDARDS: RFC 5280 §5 (CRL profile), §5.2.3 (cRLNumber), §6.3 (CRL validation); RFC 6960
+// §2.2, §4.2.2.2 (authorized responders), §4.2.2.1 (time); RFC 5019 (SHA-1 CertIDs).
 #pragma once
 
 #include <openssl/x509.h>
@@ -58,7 +63,11 @@ class CrlCache {
     int64_t max_early_s = 3600;       // refresh at most this long before nextUpdate
     // fetch: how a URL is fetched (tests may count calls); default pki::Fetch.
     std::function<Result<std::string>(const std::string&, const FetchLimits&)> fetch;
+    // post: how an OCSP request is sent (url, DER request); default pki::Post.
+    std::function<Result<std::string>(const std::string&, const std::string&, const FetchLimits&)> post;
   };
+  // Of `store`, when one is attached (the validator's revocation callback uses it).
+  static CrlCache* Of(X509_STORE* store);
   static Result<std::unique_ptr<CrlCache>> Open(Options options);
   ~CrlCache();
 
@@ -79,6 +88,12 @@ class CrlCache {
   // Held: the CRL held for `url` (null when none).
   CrlPtr Held(const std::string& url) const;
 
+  // OCSP (RFC 6960), for a certificate that names a responder when no current CRL is held:
+  // the cached answer when it is current; the certificate is noted for the refresher
+  // otherwise (kNone until it has asked). Never waits for the network.
+  enum class OcspAnswer { kNone, kGood, kRevoked, kUnknown };
+  OcspAnswer Ocsp(X509* cert, X509* issuer);
+
   struct Entry {
     std::string url;
     int64_t next_update = 0;   // of the held CRL (0: none held)
@@ -96,6 +111,15 @@ class CrlCache {
     CrlPtr crl;
     std::vector<std::string> issuers;   // DER of the X509_NAMEs whose CRL this URL may hold
   };
+  struct OcspSlot {
+    std::string url;
+    X509Ptr cert, issuer;
+    OcspAnswer answer = OcspAnswer::kNone;
+    int64_t next_update = 0, next_try = 0;
+    int failures = 0;
+    std::string last_error;
+  };
+  Status AskOcsp(OcspSlot& slot, int64_t now);   // slot copied out of the map (no lock held)
   std::string FileOf(const std::string& url) const;
   Status Take(const std::string& url, const std::string& body, int64_t now);
   void Run();
@@ -103,6 +127,7 @@ class CrlCache {
   Options options_;
   mutable std::shared_mutex mu_;
   std::map<std::string, Slot> slots_;
+  std::map<std::string, OcspSlot> ocsp_;   // by the DER of the OCSP CertID
   std::mutex wake_mu_;
   std::condition_variable wake_;
   bool stop_ = false;

@@ -37,7 +37,22 @@ bool Fetchable(std::string_view url) {
 
 }  // namespace
 
-Result<std::string> Fetch(const std::string& url, const FetchLimits& limits) {
+namespace {
+Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, const std::string* post,
+                             const std::string& content_type);
+}  // namespace
+
+Result<std::string> Fetch(const std::string& url, const FetchLimits& limits) { return Transfer(url, limits, nullptr, ""); }
+
+Result<std::string> Post(const std::string& url, const std::string& body, const std::string& content_type,
+                         const FetchLimits& limits) {
+  if (base::AsciiLower(url.substr(0, 4)) != "http") return InvalidArgumentError(StrCat(url, ": only http and https are posted to"));
+  return Transfer(url, limits, &body, content_type);
+}
+
+namespace {
+Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, const std::string* post,
+                             const std::string& content_type) {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   if (!Fetchable(url)) return InvalidArgumentError(StrCat(url, ": only http, https, ldap and ldaps URLs are fetched"));
@@ -60,8 +75,17 @@ Result<std::string> Fetch(const std::string& url, const FetchLimits& limits) {
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, Write);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error);
-  curl_easy_setopt(c, CURLOPT_USERAGENT, "mailseal-crl/1");
+  curl_easy_setopt(c, CURLOPT_USERAGENT, "mailseal-pki/1");
+  curl_slist* headers = nullptr;
+  if (post) {
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, post->data());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(post->size()));
+    headers = curl_slist_append(headers, StrCat("Content-Type: ", content_type).c_str());
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  }
   CURLcode rc = curl_easy_perform(c);
+  curl_slist_free_all(headers);
   long status = 0;
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_cleanup(c);
@@ -73,6 +97,7 @@ Result<std::string> Fetch(const std::string& url, const FetchLimits& limits) {
   if (http && (status < 200 || status > 299)) return UnavailableError(StrCat(url, ": HTTP ", status));
   return body;
 }
+}  // namespace
 
 std::vector<std::string> CrlUrls(X509* cert) {
   std::vector<std::string> out;
@@ -91,6 +116,23 @@ std::vector<std::string> CrlUrls(X509* cert) {
     }
   }
   CRL_DIST_POINTS_free(dps);
+  return out;
+}
+
+std::vector<std::string> OcspUrls(X509* cert) {
+  std::vector<std::string> out;
+  int crit = 0;
+  auto* aia = static_cast<AUTHORITY_INFO_ACCESS*>(X509_get_ext_d2i(cert, NID_info_access, &crit, nullptr));
+  for (int i = 0; aia && i < sk_ACCESS_DESCRIPTION_num(aia) && out.size() < 4; ++i) {
+    ACCESS_DESCRIPTION* ad = sk_ACCESS_DESCRIPTION_value(aia, i);
+    if (OBJ_obj2nid(ad->method) != NID_ad_OCSP || ad->location->type != GEN_URI) continue;
+    std::string url(reinterpret_cast<const char*>(ASN1_STRING_get0_data(ad->location->d.uniformResourceIdentifier)),
+                    static_cast<size_t>(ASN1_STRING_length(ad->location->d.uniformResourceIdentifier)));
+    if (base::AsciiLower(url.substr(0, 4)) == "http" && Fetchable(url) && url.size() < 2048 &&
+        url.find_first_of(" \r\n\t") == std::string::npos)
+      out.push_back(url);
+  }
+  AUTHORITY_INFO_ACCESS_free(aia);
   return out;
 }
 

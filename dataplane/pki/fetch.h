@@ -29,9 +29,15 @@ struct FetchLimits {
 // Fetch: the body of `url`, or why not ("http://ca.test/x.crl: HTTP 404", "...: Timeout was
 // reached", "...: larger than 16777216 bytes").
 Result<std::string> Fetch(const std::string& url, const FetchLimits& limits);
+// Post: the body of an HTTP(S) POST of `body` as `content_type` (OCSP requests, RFC 6960 A.1).
+Result<std::string> Post(const std::string& url, const std::string& body, const std::string& content_type,
+                         const FetchLimits& limits);
 
 // CrlUrls: the http(s)/ldap(s) URLs among the fullName entries of a certificate's CRL
 // distribution points (RFC 5280 §4.2.1.13), at most 8.
 std::vector<std::string> CrlUrls(X509* cert);
+// OcspUrls: the http(s) URLs of a certificate's OCSP responders (authorityInfoAccess, RFC 5280
+// §4.2.2.1), at most 4.
+std::vector<std::string> OcspUrls(X509* cert);
 
 }  // namespace mailseal::pki

@@ -119,11 +119,27 @@ int Collect(int ok, X509_STORE_CTX* ctx) {
   // that the CRL is not used — never be collected and waved through.
   if (!worst) return 0;
   int err = X509_STORE_CTX_get_error(ctx);
-  // Revocation "where named": a certificate that names no distribution point (and has no CRL
-  // in the store) is not asked for one (crl_cache.h).
-  if (worst->where_named && err == X509_V_ERR_UNABLE_TO_GET_CRL) {
-    X509* c = X509_STORE_CTX_get_current_cert(ctx);
-    if (c && CrlUrls(c).empty()) return 1;
+  X509* current = X509_STORE_CTX_get_current_cert(ctx);
+  bool by_ocsp = false;
+  // No current CRL: an OCSP answer may stand in for it (RFC 6960) when the certificate names a
+  // responder — a cached one; the refresher asks meanwhile (crl_cache.h).
+  if (current && (err == X509_V_ERR_UNABLE_TO_GET_CRL || err == X509_V_ERR_CRL_HAS_EXPIRED)) {
+    CrlCache* cache = CrlCache::Of(X509_STORE_CTX_get0_store(ctx));
+    STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx);
+    int depth = X509_STORE_CTX_get_error_depth(ctx);
+    X509* issuer = chain && depth + 1 < sk_X509_num(chain) ? sk_X509_value(chain, depth + 1) : nullptr;
+    if (!issuer && chain && depth + 1 == sk_X509_num(chain) && X509_check_issued(current, current) == X509_V_OK) issuer = current;
+    CrlCache::OcspAnswer answer = cache ? cache->Ocsp(current, issuer) : CrlCache::OcspAnswer::kNone;
+    if (answer == CrlCache::OcspAnswer::kGood) return 1;
+    if (answer == CrlCache::OcspAnswer::kRevoked) {
+      err = X509_V_ERR_CERT_REVOKED;
+      X509_STORE_CTX_set_error(ctx, err);
+      by_ocsp = true;
+    }
+    // Revocation "where named": a certificate that names no CRL distribution point and no OCSP
+    // responder (and has no CRL in the store) is not asked for its status.
+    if (err == X509_V_ERR_UNABLE_TO_GET_CRL && worst->where_named && CrlUrls(current).empty() && OcspUrls(current).empty())
+      return 1;
   }
   Verdict v = Classify(err);
   if (worst->verdict == Verdict::kValid || static_cast<int>(v) > static_cast<int>(worst->verdict)) {
@@ -131,7 +147,7 @@ int Collect(int ok, X509_STORE_CTX* ctx) {
     worst->error = err;
     worst->depth = X509_STORE_CTX_get_error_depth(ctx);
     worst->cert = X509_STORE_CTX_get_current_cert(ctx);
-    worst->reason = Explain(err, worst->cert, ctx);
+    worst->reason = by_ocsp ? "revoked (its issuer's OCSP responder says so)" : Explain(err, worst->cert, ctx);
   }
   return 1;   // go on: every problem is seen, the worst decides
 }

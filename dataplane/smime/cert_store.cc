@@ -164,7 +164,8 @@ std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) con
     if (it != checked_.end() && now - it->second.at_s < 60) return {it->second.status, it->second.detail};
   }
   auto r = CheckPath(cert, {}, trust_->store(), purpose);
-  if (!key.empty()) {
+  // "Status unknown" is not kept: it lasts only until the refresher has the CRL or OCSP answer.
+  if (!key.empty() && r.first != CertStatus::kStatusUnknown) {
     std::lock_guard<std::mutex> l(check_mu_);
     if (checked_.size() > 4096) checked_.clear();
     checked_[key] = {r.first, r.second, now};

@@ -58,7 +58,8 @@ class CertStore {
                     const std::vector<std::string>& capabilities);
   // Check: a certificate's standing for `purpose` (X509_PURPOSE_SMIME_ENCRYPT for a DCA).
   // Results are cached for a minute per (certificate, purpose): a path check costs more than
-  // the ECDSA signature of a 4 KiB message (tools/bench/smime).
+  // the ECDSA signature of a 4 KiB message (tools/bench/smime). "Status unknown" is not cached
+  // (it ends as soon as the CRL or OCSP answer arrives).
   std::pair<CertStatus, std::string> Check(X509* cert, int purpose) const;
 
  private:
