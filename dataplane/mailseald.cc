@@ -617,6 +617,10 @@ struct Daemon {
         policy.Publish(policy::BuildSnapshot(*fresh, ++version));
         Log(LogLevel::kInfo, "mailseald", "policy reloaded (listeners, spool and delivery need a restart)",
             {{"version", std::to_string(version)}});
+        if (Status st = sealing::ReloadCertificates(smime.get(), *fresh); !st.ok())
+          Log(LogLevel::kError, "mailseald", "certificates not reloaded, keeping the trust list in force", {{"error", st.message()}});
+        else if (smime && smime->store)
+          Log(LogLevel::kInfo, "mailseald", "trust list, CRL files and pinned partner certificates reloaded", {});
         continue;
       }
       Log(LogLevel::kInfo, "mailseald", "stopping: draining sessions", {{"signal", strsignal(static_cast<int>(si.ssi_signo))}});

@@ -315,7 +315,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
     Result<std::unique_ptr<pki::CrlCache>> crls = pki::CrlCache::Open(std::move(o));
     if (!crls.ok()) return InvalidArgumentError(StrCat("field 'smime.cert_store_dir': ", crls.status().message()));
     s->crls = std::move(crls.value());
-    s->crls->Attach(s->store->trust(), c.crl_files().empty() ? pki::Revocation::kWhereNamed : pki::Revocation::kRequired);
+    s->crls->Attach(s->store->trust()->store(), c.crl_files().empty() ? pki::Revocation::kWhereNamed : pki::Revocation::kRequired);
     s->crls->Start();
   }
   // Our own certificates must be what they claim: domain authorities that chain to the trust
@@ -325,7 +325,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
         std::tuple{s->dca_cert.get(), X509_PURPOSE_SMIME_ENCRYPT, "dca_cert_file"}}) {
     std::vector<X509*> chain;
     for (const auto& x : s->chain) chain.push_back(x.get());
-    auto [st, why] = smime::CheckPath(cert, chain, s->store->trust(), purpose);
+    auto [st, why] = smime::CheckPath(cert, chain, s->store->trust()->store(), purpose);
     if (st != smime::CertStatus::kValid && st != smime::CertStatus::kStatusUnknown)
       return InvalidArgumentError(StrCat("field 'smime.", field, "': our certificate is ", smime::CertStatusName(st),
                                          why.empty() ? "" : StrCat(" (", why, ")")));
@@ -351,6 +351,22 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
   s->policy.gateway_name = cfg.hostname();
   return s;
+}
+
+Status ReloadCertificates(SmimeShared* s, const mailseal::v1::Config& cfg) {
+  if (!s || !s->store || !cfg.has_smime()) return OkStatus();
+  const auto& c = cfg.smime();
+  Result<std::shared_ptr<pki::TrustList>> trust =
+      smime::CertStore::LoadTrust(c.trust_anchors_file(), {c.crl_files().begin(), c.crl_files().end()});
+  if (!trust.ok()) return InvalidArgumentError(StrCat("field 'smime': ", trust.status().message()));
+  if (s->crls)
+    s->crls->Attach(trust.value()->store(), c.crl_files().empty() ? pki::Revocation::kWhereNamed : pki::Revocation::kRequired);
+  for (int i = 0; i < c.partners_size(); ++i)
+    if (!c.partners(i).dca_cert_file().empty())
+      if (Status st = s->store->Pin(c.partners(i).domain(), c.partners(i).dca_cert_file()); !st.ok())
+        return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].dca_cert_file': ", st.message()));
+  s->store->SetTrust(std::move(trust.value()));
+  return OkStatus();
 }
 
 std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::Spool* spool) {

@@ -51,6 +51,12 @@ struct SmimeShared {
 Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, queue::Spool* spool,
                                                hsm::TokenManager* token, bool check_only = false);
 
+// ReloadCertificates puts the configuration's trust list, CRL files and pinned partner
+// certificates in force without a restart (SIGHUP, issue #15). Built aside and checked as at
+// start; on an error nothing changes and the reason names the field. A pinned certificate
+// replaced in its file is the new pin; one removed from the configuration stays until a restart.
+Status ReloadCertificates(SmimeShared* shared, const mailseal::v1::Config& cfg);
+
 // PolicyOnly: the shared part without an smime section (no token, no certificate store): the
 // policy document still decides every recipient, and what it says must be signed, sealed or
 // held is held — never relayed in clear (issue #12, fail closed). Local mail passes unchanged.

@@ -70,14 +70,9 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
   s->dir_ = dir;
   if (create && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     return InternalError(StrCat("mkdir ", dir, ": ", std::strerror(errno)));
-  // The managed trust list (SEE-2.7) through the one validator's loader: every anchor must be
-  // a conforming CA certificate, every CRL numbered — refused here, with the reason, not when
-  // mail depends on them.
-  s->trust_ = std::make_unique<pki::TrustList>();
-  if (Status st = s->trust_->LoadFile(trust_file, /*anchors=*/true, /*crls=*/false); !st.ok()) return st;
-  for (const std::string& crl : crl_files)
-    if (Status st = s->trust_->LoadFile(crl, /*anchors=*/false, /*crls=*/true); !st.ok()) return st;
-  if (!crl_files.empty()) X509_STORE_set_flags(s->trust_->store(), X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+  Result<std::shared_ptr<pki::TrustList>> trust = LoadTrust(trust_file, crl_files);
+  if (!trust.ok()) return trust.status();
+  s->trust_.store(std::move(trust.value()));
   // Harvested entries: <domain>.dca.pem, <domain>.dsa.pem, <domain>.caps.
   DIR* d = ::opendir(dir.c_str());
   if (!d && !create && errno == ENOENT) return s;
@@ -106,6 +101,25 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
   }
   ::closedir(d);
   return s;
+}
+
+Result<std::shared_ptr<pki::TrustList>> CertStore::LoadTrust(const std::string& trust_file,
+                                                             const std::vector<std::string>& crl_files) {
+  // The managed trust list (SEE-2.7) through the one validator's loader: every anchor must be
+  // a conforming CA certificate, every CRL numbered — refused here, with the reason, not when
+  // mail depends on them.
+  auto t = std::make_shared<pki::TrustList>();
+  if (Status st = t->LoadFile(trust_file, /*anchors=*/true, /*crls=*/false); !st.ok()) return st;
+  for (const std::string& crl : crl_files)
+    if (Status st = t->LoadFile(crl, /*anchors=*/false, /*crls=*/true); !st.ok()) return st;
+  if (!crl_files.empty()) X509_STORE_set_flags(t->store(), X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+  return t;
+}
+
+void CertStore::SetTrust(std::shared_ptr<const pki::TrustList> trust) {
+  trust_.store(std::move(trust));
+  std::lock_guard<std::mutex> l(check_mu_);
+  checked_.clear();
 }
 
 Status CertStore::Pin(const std::string& domain_in, const std::string& pem_file) {
@@ -163,7 +177,8 @@ std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) con
     auto it = checked_.find(key);
     if (it != checked_.end() && now - it->second.at_s < 60) return {it->second.status, it->second.detail};
   }
-  auto r = CheckPath(cert, {}, trust_->store(), purpose);
+  std::shared_ptr<const pki::TrustList> trust = trust_.load();
+  auto r = CheckPath(cert, {}, trust->store(), purpose);
   // "Status unknown" is not kept: it lasts only until the refresher has the CRL or OCSP answer.
   if (!key.empty() && r.first != CertStatus::kStatusUnknown) {
     std::lock_guard<std::mutex> l(check_mu_);

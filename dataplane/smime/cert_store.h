@@ -18,6 +18,7 @@
 
 #include <openssl/x509.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <memory>
@@ -42,8 +43,15 @@ class CertStore {
                                                   const std::vector<std::string>& crl_files, bool create = true);
   ~CertStore();
 
-  X509_STORE* trust() const { return trust_->store(); }
-  const pki::TrustList& trust_list() const { return *trust_; }
+  // trust: the trust list in force (SEE-2.7); hold the pointer for the length of a validation —
+  // a reload swaps in a new one and the old one lives until its last user lets go.
+  std::shared_ptr<const pki::TrustList> trust() const { return trust_.load(); }
+  // LoadTrust builds a trust list from a PEM/DER bundle and CRL files (every anchor a
+  // conforming CA certificate, every CRL numbered), as Open does; nothing changes here.
+  static Result<std::shared_ptr<pki::TrustList>> LoadTrust(const std::string& trust_file,
+                                                           const std::vector<std::string>& crl_files);
+  // SetTrust puts a new trust list in force (SIGHUP, issue #15) and forgets every cached check.
+  void SetTrust(std::shared_ptr<const pki::TrustList> trust);
   // Pin sets a partner's DCA certificate from the operator's config.
   Status Pin(const std::string& domain, const std::string& pem_file);
   // Dca: the DCA certificate for a recipient domain — the domain's own, or its nearest
@@ -67,7 +75,7 @@ class CertStore {
   mailseal::Status Persist(const std::string& name, const std::string& data) const;
 
   std::string dir_;
-  std::unique_ptr<pki::TrustList> trust_;
+  std::atomic<std::shared_ptr<const pki::TrustList>> trust_;
   mutable std::shared_mutex mu_;
   std::map<std::string, X509Ref> dca_, dsa_;
   std::map<std::string, bool> pinned_;

@@ -542,7 +542,8 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   for (const X509Ref& k : known_refs) known.push_back(k.get());
   OpenOptions opts;
   opts.domain_layers_only = true;
-  Result<Opened> r = Open(message, {keys.dca_cert.get(), keys.dca_key}, store_->trust(), known, opts);
+  std::shared_ptr<const pki::TrustList> trust = store_->trust();   // held while the message is judged
+  Result<Opened> r = Open(message, {keys.dca_cert.get(), keys.dca_key}, trust->store(), known, opts);
   if (!r.ok()) {
     if (r.status().code() == StatusCode::kFailedPrecondition) {
       o.action = Action::kDeliver;
