@@ -12,11 +12,14 @@ http://127.0.0.1:<port>/ca.crl as its distribution point:
    background, cached on disk; mail is sealed and sent;
 3. the CA revokes the DCA and publishes a new CRL: the gateway picks it up before the old one's
    nextUpdate, without a restart — mail for agency-b is held as revoked, never sent;
-4. restart with the server gone: the cached CRL is read from disk — still held.
+4. restart with the server gone: the cached CRL is read from disk — still held;
+5. receiving: agency-b's gateway opens mail signed by agency-a's DSA after the CA revoked it —
+   a HARD warning once it holds the CRL (a SOFT one, status unknown, before), never a pass.
 (A replayed older CRL, a CRL of another issuer and oversized bodies: tests/pki/crl_cache_test.cc.)
 """
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -65,6 +68,11 @@ def notices(sink):
     return [m for m in sink.messages() if b"Auto-Submitted" in m and b"security warning" in m]
 
 
+def headers(m):
+    """The lines of a delivered message that say how it was judged."""
+    return b"\n".join(l for l in (m or b"").splitlines() if l.startswith((b"Subject:", b"Authentication-Results:", b"\t")))[:800]
+
+
 def message(i):
     return (f"From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: revocation {i}\r\n"
             f"Message-ID: <rev-{i}@agency-a.test>\r\n\r\nbody {i}\r\n").encode()
@@ -74,8 +82,8 @@ def main():
     a = harness.args()
     c = harness.Checker("pki_revocation")
     root = harness.tempdir(a.keep)
-    ca_dir, [(da, env_a, pin_a), (db, _, _)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test"),
-                                                                          ("gw-b", "agency-b.test")])
+    ca_dir, [(da, env_a, pin_a), (db, env_b, pin_b)] = make_pki(root, a.keygen, [("gw-a", "agency-a.test"),
+                                                                                  ("gw-b", "agency-b.test")])
     port = harness.free_port()
     url = f"http://127.0.0.1:{port}/ca.crl"
     www = os.path.join(root, "www")
@@ -85,6 +93,9 @@ def main():
         f.write(f"crlDistributionPoints = URI:{url}\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n")
     run(f"openssl x509 -req -in dca.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial "
         f"-copy_extensions copy -extfile dp.ext -days 30 -out dca-dp.crt", db)
+    # agency-a's DSA certificate names it too (step 5: agency-b's gateway checks it on receipt).
+    run(f"openssl x509 -req -in dsa.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial "
+        f"-copy_extensions copy -extfile {db}/dp.ext -days 30 -out dsa.crt", da)
     with open(os.path.join(ca_dir, "ca.cnf"), "w") as f:
         f.write(CA_CNF.format(dir=ca_dir))
     open(os.path.join(ca_dir, "index.txt"), "w").close()
@@ -159,6 +170,39 @@ def main():
             "after a restart without the CRL server the cached CRL still holds the mail")
     c.check(len(sealed(sink)) == sent_before, "nothing reached the revoked partner")
     c.check(gw.stop() == 0, "clean stop")
+
+    # 5. Receiving: agency-b's gateway opens mail signed by agency-a's DSA, which the CA has now
+    # revoked: a HARD warning (SEE-2.8, receiving column) — once its CRL is fetched; before
+    # that, the status is unknown: a SOFT warning.
+    run(f"openssl ca -config ca.cnf -revoke {da}/dsa.crt -crl_reason keyCompromise", ca_dir)
+    publish(600)
+    server = CrlServer(www, port)
+    sink_b = harness.Sink(root)
+    shutil.copy(os.path.join(db, "dca-dp.crt"), os.path.join(db, "dca.crt"))   # the certificate a sealed to
+    gb = harness.Mailseald(a.mailseald, root, relay_port=sink_b.port, name="b", local_domain="agency-b.test",
+                           env=env_b, hostname="gw-b.test",
+                           extra=smime_conf("gw-b", db, pin_b, ca_dir, 'partners { domain: "agency-a.test" }'))
+    gb.start()
+    harness.wait_for(lambda: "security module ready" in gb.read_log(), 15, "b's token opened")
+    mail = sealed(sink)
+
+    def opened(raw, n):
+        send(gb.port, "alice@agency-a.test", ["bob@agency-b.test"], raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n"))
+        return harness.eventually(lambda: sink_b.messages()[n - 1] if len(sink_b.messages()) >= n else None, 30, "opened at b")
+    first = opened(mail[0], 1)
+    # b checks its own certificates at start, which name the same distribution point, so it may
+    # hold the CRL already: a SOFT warning (status unknown) or the HARD one — never a pass.
+    c.check(first is not None and (b"Subject: [SOFT WARNING" in first or b"Subject: [HARD WARNING" in first)
+            and b"smime=pass" not in first, "the first message opened at b carries a warning, never smime=pass",
+            headers(first))
+    crls_b = os.path.join(gb.spool, "certs", "crls")
+    harness.eventually(lambda: any(f.endswith(".crl") for f in os.listdir(crls_b)) if os.path.isdir(crls_b) else None,
+                       30, "b fetched the CRL")
+    second = opened(mail[1], 2)
+    c.check(second is not None and b"Subject: [HARD WARNING: Certificate revoked" in second,
+            "with the CRL that revokes agency-a's DSA: a HARD warning on receipt (SEE-2.8)", headers(second))
+    server.stop()
+    c.check(gb.stop() == 0, "b: clean stop")
     c.finish()
 
 
