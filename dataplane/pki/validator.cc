@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <functional>
 
 #include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
@@ -294,6 +295,25 @@ bool UsableCrl(X509_CRL* crl) {
   return n != nullptr;
 }
 
+// ForEachPem calls `f` with each PEM block's label and DER until it returns false.
+void ForEachPem(std::string_view data, const std::function<bool(std::string_view, const unsigned char*, long)>& f) {
+  BIO* b = BIO_new_mem_buf(data.data(), static_cast<int>(data.size()));
+  char* name = nullptr;
+  char* header = nullptr;
+  unsigned char* der = nullptr;
+  long len = 0;
+  bool more = true;
+  while (more && PEM_read_bio(b, &name, &header, &der, &len) == 1) {
+    more = f(name, der, len);
+    OPENSSL_free(name);
+    OPENSSL_free(header);
+    OPENSSL_free(der);
+    name = header = nullptr;
+    der = nullptr;
+  }
+  BIO_free(b);
+}
+
 // TakeBundle: the certificates of a PKCS#7 bundle (.p7b/.p7c, "certs-only" SignedData), at
 // most one more than `max` (so that the caller sees the excess); frees the bundle.
 void TakeBundle(PKCS7* p7, size_t max, std::vector<X509Ptr>* out) {
@@ -417,28 +437,16 @@ Result<std::vector<X509Ptr>> ParseCertificates(std::string_view data, size_t max
   std::vector<X509Ptr> out;
   if (data.size() > INT32_MAX) return InvalidArgumentError("certificate data too large");
   if (data.find("-----BEGIN") != std::string_view::npos) {
-    BIO* b = BIO_new_mem_buf(data.data(), static_cast<int>(data.size()));
     // Each PEM block in turn: certificates, and PKCS#7 bundles (.p7b/.p7c) whose certificates count.
-    char* name = nullptr;
-    char* header = nullptr;
-    unsigned char* der = nullptr;
-    long len = 0;
-    while (out.size() <= max && PEM_read_bio(b, &name, &header, &der, &len) == 1) {
-      const unsigned char* p = der;
-      std::string n = name;
+    ForEachPem(data, [&](std::string_view n, const unsigned char* p, long len) {
       if (n == "CERTIFICATE" || n == "X509 CERTIFICATE" || n == "TRUSTED CERTIFICATE") {
         X509* c = n == "TRUSTED CERTIFICATE" ? d2i_X509_AUX(nullptr, &p, len) : d2i_X509(nullptr, &p, len);
         if (c) out.push_back(Own(c));
       } else if (n == "PKCS7") {
         TakeBundle(d2i_PKCS7(nullptr, &p, len), max, &out);
       }
-      OPENSSL_free(name);
-      OPENSSL_free(header);
-      OPENSSL_free(der);
-      name = header = nullptr;
-      der = nullptr;
-    }
-    BIO_free(b);
+      return out.size() <= max;
+    });
   } else {
     const unsigned char* p = reinterpret_cast<const unsigned char*>(data.data());
     long len = static_cast<long>(data.size());
@@ -459,22 +467,11 @@ Result<std::vector<CrlPtr>> ParseCrls(std::string_view data, size_t max) {
   std::vector<CrlPtr> out;
   if (data.size() > INT32_MAX) return InvalidArgumentError("CRL data too large");
   if (data.find("-----BEGIN") != std::string_view::npos) {
-    BIO* b = BIO_new_mem_buf(data.data(), static_cast<int>(data.size()));
-    char* name = nullptr;
-    char* header = nullptr;
-    unsigned char* der = nullptr;
-    long len = 0;
-    while (out.size() <= max && PEM_read_bio(b, &name, &header, &der, &len) == 1) {
-      const unsigned char* p = der;
-      if (std::string_view(name) == "X509 CRL")
+    ForEachPem(data, [&](std::string_view n, const unsigned char* p, long len) {
+      if (n == "X509 CRL")
         if (X509_CRL* c = d2i_X509_CRL(nullptr, &p, len)) out.push_back(Own(c));
-      OPENSSL_free(name);
-      OPENSSL_free(header);
-      OPENSSL_free(der);
-      name = header = nullptr;
-      der = nullptr;
-    }
-    BIO_free(b);
+      return out.size() <= max;
+    });
   } else {
     const unsigned char* p = reinterpret_cast<const unsigned char*>(data.data());
     if (X509_CRL* c = d2i_X509_CRL(nullptr, &p, static_cast<long>(data.size()))) out.push_back(Own(c));
