@@ -309,6 +309,41 @@ class QueueServiceImpl final : public v1::QueueService::Service {
   Deps deps_;
 };
 
+class CertServiceImpl final : public v1::CertService::Service {
+ public:
+  CertServiceImpl(const Guard* g, const CertDeps* d) : guard_(g), deps_(d) {}
+
+  Status ListCertificates(ServerContext* ctx, const v1::ListCertificatesRequest*, v1::ListCertificatesResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.CertService.ListCertificates", "", &actor); !st.ok()) return st;
+    for (v1::CertificateInfo& c : deps_->list()) *resp->add_certificates() = std::move(c);
+    return Status::OK;
+  }
+
+  Status ListRevocationSources(ServerContext* ctx, const v1::ListRevocationSourcesRequest*,
+                               v1::ListRevocationSourcesResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.CertService.ListRevocationSources", "", &actor); !st.ok()) return st;
+    for (v1::RevocationSource& r : deps_->sources()) *resp->add_sources() = std::move(r);
+    return Status::OK;
+  }
+
+  Status ReloadCertificates(ServerContext* ctx, const v1::ReloadCertificatesRequest*, v1::ReloadCertificatesResponse*) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CertService.ReloadCertificates";
+    if (Status st = guard_->Check(ctx, method, "trust list", &actor); !st.ok()) return st;
+    if (mailseal::Status st = deps_->reload(); !st.ok())
+      return guard_->Refuse(actor, method, "trust list",
+                            FromStatus(mailseal::Status(mailseal::StatusCode::kFailedPrecondition, st.message())));
+    Log(LogLevel::kInfo, "control", "trust list, CRL files and pinned partner certificates reloaded", {{"actor", actor}});
+    return Status::OK;
+  }
+
+ private:
+  const Guard* guard_;
+  const CertDeps* deps_;
+};
+
 class PolicyServiceImpl final : public v1::PolicyService::Service {
  public:
   PolicyServiceImpl(const Guard* g, Deps d) : guard_(g), deps_(d) {}
@@ -617,6 +652,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   st->services.push_back(std::make_unique<QueueServiceImpl>(st->guard.get(), deps));
   st->services.push_back(std::make_unique<AuditServiceImpl>(st->guard.get(), deps));
   if (deps.policy) st->services.push_back(std::make_unique<PolicyServiceImpl>(st->guard.get(), deps));
+  if (deps.certs) st->services.push_back(std::make_unique<CertServiceImpl>(st->guard.get(), deps.certs));
   if (deps.keys) {
     st->services.push_back(NewKeyService(st->guard.get(), deps.keys));
     st->services.push_back(NewCeremonyService(st->guard.get(), deps.keys, deps.audit));

@@ -4,9 +4,11 @@
 // every refusal written to the audit log first (fail closed: no audit, no change).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "control/audit/log.h"
 #include "control/keys_service.h"
@@ -30,12 +32,21 @@ struct ServerOptions {
   std::string private_dir;         // for the gRPC server's Unix socket (made 0700)
 };
 
+// CertDeps: what the certificate service reads and does (wired in mailseald.cc; absent without
+// an smime section).
+struct CertDeps {
+  std::function<std::vector<mailseal::v1::CertificateInfo>()> list;
+  std::function<std::vector<mailseal::v1::RevocationSource>()> sources;
+  std::function<mailseal::Status()> reload;
+};
+
 struct Deps {
   queue::Spool* spool = nullptr;
   queue::QueueManager* qmgr = nullptr;
   audit::AuditLog* audit = nullptr;
   PolicyStore* policy = nullptr;
   const KeyDeps* keys = nullptr;   // null: no token, no Key/Ceremony services
+  const CertDeps* certs = nullptr; // null: no smime section, no Cert service
 };
 
 class ControlServer {

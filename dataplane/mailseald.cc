@@ -9,12 +9,16 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <openssl/bn.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <map>
 #include <malloc.h>
@@ -165,11 +169,81 @@ std::optional<v1::Role> RoleOf(const std::string& name) {
 
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
                                                              queue::QueueManager* qmgr, audit::AuditLog* log,
-                                                             control::PolicyStore* policy, const control::KeyDeps* keys) {
+                                                             control::PolicyStore* policy, const control::KeyDeps* keys,
+                                                             const control::CertDeps* certs) {
   const auto& c = cfg.control();
   control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}, StrCat(cfg.spool_dir(), "/control")};
   for (int i = 0; i < c.roles_size(); ++i) o.roles[c.roles(i).common_name()] = *RoleOf(c.roles(i).role());   // validated
-  return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys});
+  return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys, certs});
+}
+
+// Describe one certificate for the management API, judged now by the one validator.
+v1::CertificateInfo CertInfo(X509* cert, std::string kind, std::string domain, std::string source,
+                             pki::Verdict verdict, std::string reason) {
+  v1::CertificateInfo i;
+  i.set_kind(std::move(kind));
+  i.set_domain(std::move(domain));
+  i.set_source(std::move(source));
+  char name[512];
+  X509_NAME_oneline(X509_get_subject_name(cert), name, sizeof name);
+  i.set_subject(name);
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
+  char* hex = bn ? BN_bn2hex(bn) : nullptr;
+  i.set_serial(hex ? hex : "");
+  OPENSSL_free(hex);
+  BN_free(bn);
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) i.set_not_after_unix(static_cast<int64_t>(timegm(&tm)));
+  i.set_status(pki::VerdictName(verdict));
+  i.set_reason(std::move(reason));
+  BIO* b = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(b, cert);
+  char* p = nullptr;
+  long n = BIO_get_mem_data(b, &p);
+  i.set_pem(std::string(p, static_cast<size_t>(n)));
+  BIO_free(b);
+  return i;
+}
+
+// CertDepsFor: the certificate service's view of the S/MIME part (issue #15).
+control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* config_path,
+                              Result<v1::Config> (*validate)(const std::string&)) {
+  control::CertDeps d;
+  d.list = [smime] {
+    std::vector<v1::CertificateInfo> out;
+    std::shared_ptr<const pki::TrustList> trust = smime->store->trust();
+    for (const pki::X509Ptr& a : trust->anchor_list()) {
+      pki::Request r;
+      r.leaf = a.get();
+      pki::Outcome o = pki::Validate(*trust, r);
+      out.push_back(CertInfo(a.get(), "anchor", "", "trust list", o.verdict, o.reason));
+    }
+    for (const smime::CertStore::Listed& l : smime->store->List()) {
+      auto [st, why] = smime->store->Check(l.cert.get(), l.kind == "dca" ? X509_PURPOSE_SMIME_ENCRYPT : X509_PURPOSE_SMIME_SIGN);
+      out.push_back(CertInfo(l.cert.get(), l.kind, l.domain, l.pinned ? "pinned" : "learnt", static_cast<pki::Verdict>(st), why));
+    }
+    return out;
+  };
+  d.sources = [smime] {
+    std::vector<v1::RevocationSource> out;
+    if (!smime->crls) return out;
+    for (const pki::CrlCache::Entry& e : smime->crls->Entries()) {
+      v1::RevocationSource r;
+      r.set_url(e.url);
+      r.set_next_update_unix(e.next_update);
+      r.set_fetched_at_unix(e.fetched_at);
+      r.set_last_error(e.last_error);
+      r.set_failures(e.failures);
+      out.push_back(std::move(r));
+    }
+    return out;
+  };
+  d.reload = [smime, config_path, validate]() -> Status {
+    Result<v1::Config> fresh = validate(*config_path);   // what start-up and SIGHUP accept
+    if (!fresh.ok()) return fresh.status();
+    return sealing::ReloadCertificates(smime, *fresh);
+  };
+  return d;
 }
 
 // Validate: the one validation path (issue #12). `--check-config`, start-up and SIGHUP all
@@ -270,6 +344,7 @@ struct Daemon {
   std::unique_ptr<queue::QueueManager> qmgr;
   std::unique_ptr<queue::Committer> committer;
   control::KeyDeps key_deps;   // outlives the server that uses it
+  control::CertDeps cert_deps;  // likewise
   std::unique_ptr<control::PolicyStore> policy_store;
   std::unique_ptr<control::ControlServer> control_server;
   std::unique_ptr<io::SpfChecker> spf;
@@ -520,10 +595,12 @@ struct Daemon {
     Result<std::unique_ptr<control::PolicyStore>> ps =
         control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
     Status keys_loaded = LoadKeyDeps(cfg, token.get(), &key_deps);
+    if (smime && smime->store) cert_deps = CertDepsFor(smime.get(), &path, Validate);
     Result<std::unique_ptr<control::ControlServer>> srv =
         !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
         : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
-                            : StartControl(cfg, spool.get(), qmgr.get(), audit_log.get(), ps->get(), &key_deps);
+                            : StartControl(cfg, spool.get(), qmgr.get(), audit_log.get(), ps->get(), &key_deps,
+                                           smime && smime->store ? &cert_deps : nullptr);
     if (ps.ok()) {
       policy_store = std::move(ps.value());
       // The data plane acts on the policy document (issue #6): compiled now and after every

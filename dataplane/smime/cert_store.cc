@@ -122,6 +122,17 @@ void CertStore::SetTrust(std::shared_ptr<const pki::TrustList> trust) {
   checked_.clear();
 }
 
+std::vector<CertStore::Listed> CertStore::List() const {
+  std::shared_lock l(mu_);
+  std::vector<Listed> out;
+  for (const auto& [domain, cert] : dca_) {
+    auto p = pinned_.find(domain);
+    out.push_back({domain, "dca", p != pinned_.end() && p->second, cert});
+  }
+  for (const auto& [domain, cert] : dsa_) out.push_back({domain, "dsa", false, cert});
+  return out;
+}
+
 Status CertStore::Pin(const std::string& domain_in, const std::string& pem_file) {
   std::string domain = base::AsciiLower(domain_in);
   if (!ValidDomainName(domain)) return InvalidArgumentError(StrCat("partner domain '", domain_in, "' is not a domain name"));

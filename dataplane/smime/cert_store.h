@@ -70,6 +70,15 @@ class CertStore {
   // (it ends as soon as the CRL or OCSP answer arrives).
   std::pair<CertStatus, std::string> Check(X509* cert, int purpose) const;
 
+  // Listed: one partner certificate the store holds (for the management API).
+  struct Listed {
+    std::string domain;
+    std::string kind;     // "dca" or "dsa"
+    bool pinned = false;  // from the configuration (else learnt from verified mail)
+    X509Ref cert;
+  };
+  std::vector<Listed> List() const;
+
  private:
   CertStore() = default;
   mailseal::Status Persist(const std::string& name, const std::string& data) const;

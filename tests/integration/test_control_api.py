@@ -279,6 +279,26 @@ def main():
     c.check(original and ("mail.held", original[0]) in mail,
             "mail events are in the trail too: accepted, then held with the reason", str(sorted(mail))[:400])
 
+    # Issue #15: the certificates the gateway decides with, through the API.
+    rc, o, e = ctl("admin-1", "certs", "list")
+    c.check(rc == 0 and "anchor" in o and "Test-Root-CA" in o and "valid" in o,
+            "certs list: the trust list's anchor with its status now", o + e)
+    rc, o, e = ctl("admin-1", "-o", "json", "certs", "list")
+    certs = json.loads(o).get("certificates", []) if rc == 0 else []
+    c.check(any(x.get("kind") == "anchor" and x.get("status") == "valid" and "BEGIN CERTIFICATE" in x.get("pem", "")
+                for x in certs), "certs list -o json carries each certificate and its verdict", o[:300] + e)
+    rc, o, e = ctl("admin-1", "certs", "crls")
+    c.check(rc == 0 and "URL" in o, "certs crls lists the CRL distribution points followed", o + e)
+    rc, o, e = ctl("auditor-1", "certs", "reload")
+    c.check(rc == 3, "an auditor may not reload the trust list (permission denied)", o + e)
+    rc, o, e = ctl("admin-1", "certs", "reload")
+    c.check(rc == 0 and "reloaded" in o, "certs reload puts the configured trust list in force", o + e)
+    rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--limit", "1000")
+    recs = json.loads(o).get("records", []) if rc == 0 else []
+    reload_recs = [(r.get("actor"), r.get("outcome")) for r in recs if r.get("action", "").endswith("ReloadCertificates")]
+    c.check(("CN=admin-1", "OUTCOME_ALLOWED") in reload_recs and ("CN=auditor-1", "OUTCOME_DENIED") in reload_recs,
+            "the reload and the refused one are in the audit trail", str(reload_recs))
+
     # The audit file becomes unwritable (immutable: chattr +i, which also stops writes through
     # the daemon's open descriptor): changes are refused with a clear error, health says so,
     # mail keeps flowing.
