@@ -177,10 +177,14 @@ def main():
     try:
         run("openssl pkcs12 -export -in dsa-evil.crt -inkey dsa-evil.key -out dsa-evil.p12 -passout pass:fixture "
             "-certpbe PBE-SHA1-3DES -keypbe PBE-SHA1-3DES -macalg sha1", p)
-        for attempt in range(3):   # gpg-agent's loopback exchange fails now and then on a busy machine
+        for attempt in range(5):   # gpg-agent's loopback exchange fails now and then on a busy machine
             r = subprocess.run(f"echo fixture | {gpg} --pinentry-mode loopback --passphrase-fd 0 --import dsa-evil.p12 "
                                f"&& {gpg} --import evil.crt", shell=True, cwd=p, env=genv, capture_output=True, text=True)
-            if r.returncode == 0:
+            # gpgsm can report the import done while the agent has not stored the secret key:
+            # retry until the key is listed as a secret one.
+            have = subprocess.run(f"{gpg} --list-secret-keys domain-signing-authority@agency-b.test", shell=True,
+                                  cwd=p, env=genv, capture_output=True, text=True)
+            if r.returncode == 0 and have.returncode == 0 and "agency-b.test" in have.stdout:
                 break
             subprocess.run("gpgconf --kill all", shell=True, env=genv)
         fpr = run(f"{gpg} --with-colons --list-keys Evil-CA | awk -F: '/^fpr/{{print $10; exit}}'", p, env=genv).strip()
