@@ -9,7 +9,6 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
-#include <openssl/bn.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
@@ -37,6 +36,7 @@
 #include "dataplane/base/strings.h"
 #include "dataplane/base/log.h"
 #include "dataplane/base/file.h"
+#include "dataplane/base/openssl_error.h"
 #include "dataplane/config/config.h"
 #include "dataplane/io/dns.h"
 #include "dataplane/endpoint/smtp_server.h"
@@ -184,23 +184,14 @@ v1::CertificateInfo CertInfo(X509* cert, std::string kind, std::string domain, s
   i.set_kind(std::move(kind));
   i.set_domain(std::move(domain));
   i.set_source(std::move(source));
-  char name[512];
-  X509_NAME_oneline(X509_get_subject_name(cert), name, sizeof name);
-  i.set_subject(name);
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
-  char* hex = bn ? BN_bn2hex(bn) : nullptr;
-  i.set_serial(hex ? hex : "");
-  OPENSSL_free(hex);
-  BN_free(bn);
-  std::tm tm{};
-  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) i.set_not_after_unix(static_cast<int64_t>(timegm(&tm)));
+  i.set_subject(pki::SubjectOf(cert));
+  i.set_serial(pki::SerialHex(cert));
+  i.set_not_after_unix(pki::UnixTime(X509_get0_notAfter(cert)));
   i.set_status(pki::VerdictName(verdict));
   i.set_reason(std::move(reason));
   BIO* b = BIO_new(BIO_s_mem());
   PEM_write_bio_X509(b, cert);
-  char* p = nullptr;
-  long n = BIO_get_mem_data(b, &p);
-  i.set_pem(std::string(p, static_cast<size_t>(n)));
+  i.set_pem(base::BioString(b));
   BIO_free(b);
   return i;
 }

@@ -16,6 +16,7 @@
 #include <ctime>
 
 #include "dataplane/base/file.h"
+#include "dataplane/base/openssl_error.h"
 #include "dataplane/base/log.h"
 
 namespace mailseal::pki {
@@ -37,11 +38,6 @@ int StoreIndex() {
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
 
-int64_t Seconds(const ASN1_TIME* t) {
-  std::tm tm{};
-  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
-  return static_cast<int64_t>(timegm(&tm));
-}
 
 std::string NameDer(const X509_NAME* n) {
   unsigned char* der = nullptr;
@@ -114,7 +110,7 @@ Result<std::unique_ptr<CrlCache>> CrlCache::Open(Options options) {
     Slot& s = c->slots_[url];
     s.entry.url = url;
     s.crl = crls->front();
-    s.entry.next_update = Seconds(X509_CRL_get0_nextUpdate(s.crl.get()));
+    s.entry.next_update = UnixTime(X509_CRL_get0_nextUpdate(s.crl.get()));
     s.entry.fetched_at = now;
     s.issuers.push_back(NameDer(X509_CRL_get_issuer(s.crl.get())));
   }
@@ -214,7 +210,7 @@ Status CrlCache::Take(const std::string& url, const std::string& body, int64_t n
   BN_free(number);
   if (!st.ok()) return st;
   s.crl = crl;
-  s.entry.next_update = Seconds(X509_CRL_get0_nextUpdate(crl.get()));
+  s.entry.next_update = UnixTime(X509_CRL_get0_nextUpdate(crl.get()));
   s.entry.fetched_at = now;
   s.entry.failures = 0;
   s.entry.last_error.clear();
@@ -222,9 +218,7 @@ Status CrlCache::Take(const std::string& url, const std::string& body, int64_t n
   // Durable copy for the next start (the CRL itself, as fetched, in PEM).
   BIO* b = BIO_new(BIO_s_mem());
   PEM_write_bio_X509_CRL(b, crl.get());
-  char* p = nullptr;
-  long n = BIO_get_mem_data(b, &p);
-  std::string file = StrCat("# ", url, "\n", std::string_view(p, static_cast<size_t>(n)));
+  std::string file = StrCat("# ", url, "\n", base::BioString(b));
   BIO_free(b);
   if (Status w = base::WriteFileDurably(FileOf(url), file); !w.ok())
     base::Log(base::LogLevel::kWarning, "pki", "fetched CRL kept in memory only", {{"url", url}, {"error", w.message()}});
@@ -313,7 +307,7 @@ Status CrlCache::AskOcsp(OcspSlot& slot, int64_t now) {
     else {
       slot.answer = status == V_OCSP_CERTSTATUS_GOOD ? OcspAnswer::kGood
                   : status == V_OCSP_CERTSTATUS_REVOKED ? OcspAnswer::kRevoked : OcspAnswer::kUnknown;
-      slot.next_update = nextupd ? Seconds(nextupd) : now + 300;
+      slot.next_update = nextupd ? UnixTime(nextupd) : now + 300;
     }
     OCSP_CERTID_free(want);
   }
@@ -367,7 +361,7 @@ size_t CrlCache::RefreshDue(int64_t now) {
         due.push_back(url);
         continue;
       }
-      int64_t this_update = Seconds(X509_CRL_get0_lastUpdate(s.crl.get()));
+      int64_t this_update = UnixTime(X509_CRL_get0_lastUpdate(s.crl.get()));
       int64_t early = std::min(options_.max_early_s, std::max<int64_t>(0, (s.entry.next_update - this_update) / 10));
       if (now >= s.entry.next_update - early) due.push_back(url);
     }

@@ -13,6 +13,7 @@
 #include <functional>
 
 #include "dataplane/base/file.h"
+#include "dataplane/base/openssl_error.h"
 #include "dataplane/base/strings.h"
 #include "dataplane/pki/crl_cache.h"
 #include "dataplane/pki/fetch.h"
@@ -27,9 +28,7 @@ std::string Time(const ASN1_TIME* t) {
   if (!t) return "?";
   BIO* b = BIO_new(BIO_s_mem());
   ASN1_TIME_print(b, t);
-  char* p = nullptr;
-  long n = BIO_get_mem_data(b, &p);
-  std::string s(p, static_cast<size_t>(n));
+  std::string s = base::BioString(b);
   BIO_free(b);
   return s;
 }
@@ -73,7 +72,7 @@ Verdict Classify(int err) {
   }
 }
 
-std::string Explain(int err, X509* cert, X509_STORE_CTX* ctx) {
+std::string Explain(int err, X509* cert) {
   X509_NAME* issuer = cert ? X509_get_issuer_name(cert) : nullptr;
   switch (err) {
     case X509_V_ERR_CERT_HAS_EXPIRED: return StrCat("expired on ", Time(cert ? X509_get0_notAfter(cert) : nullptr));
@@ -108,7 +107,6 @@ std::string Explain(int err, X509* cert, X509_STORE_CTX* ctx) {
     case X509_V_ERR_IP_ADDRESS_MISMATCH: return "it does not carry the expected IP address";
     default: break;
   }
-  (void)ctx;
   return X509_verify_cert_error_string(err);
 }
 
@@ -148,7 +146,7 @@ int Collect(int ok, X509_STORE_CTX* ctx) {
     worst->error = err;
     worst->depth = X509_STORE_CTX_get_error_depth(ctx);
     worst->cert = X509_STORE_CTX_get_current_cert(ctx);
-    worst->reason = by_ocsp ? "revoked (its issuer's OCSP responder says so)" : Explain(err, worst->cert, ctx);
+    worst->reason = by_ocsp ? "revoked (its issuer's OCSP responder says so)" : Explain(err, worst->cert);
   }
   return 1;   // go on: every problem is seen, the worst decides
 }
@@ -354,15 +352,26 @@ const char* VerdictName(Verdict v) {
 X509Ptr Own(X509* owned) { return X509Ptr(owned, X509_free); }
 CrlPtr Own(X509_CRL* owned) { return CrlPtr(owned, X509_CRL_free); }
 
-std::string Describe(X509* cert) {
-  if (!cert) return "(no certificate)";
-  const ASN1_INTEGER* serial = X509_get0_serialNumber(cert);
-  BIGNUM* bn = ASN1_INTEGER_to_BN(serial, nullptr);
+std::string SubjectOf(X509* cert) { return Name(cert ? X509_get_subject_name(cert) : nullptr); }
+
+std::string SerialHex(X509* cert) {
+  BIGNUM* bn = cert ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr) : nullptr;
   char* hex = bn ? BN_bn2hex(bn) : nullptr;
-  std::string s = StrCat(Name(X509_get_subject_name(cert)), " (serial 0x", hex ? hex : "?", ")");
+  std::string s = hex ? hex : "?";
   OPENSSL_free(hex);
   BN_free(bn);
   return s;
+}
+
+int64_t UnixTime(const ASN1_TIME* t) {
+  std::tm tm{};
+  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+  return static_cast<int64_t>(timegm(&tm));
+}
+
+std::string Describe(X509* cert) {
+  if (!cert) return "(no certificate)";
+  return StrCat(SubjectOf(cert), " (serial 0x", SerialHex(cert), ")");
 }
 
 TrustList::TrustList() : store_(X509_STORE_new()) {}
@@ -546,7 +555,7 @@ Outcome Validate(X509_STORE* store, const Request& r) {
       int err = X509_STORE_CTX_get_error(ctx);
       worst.verdict = err == X509_V_OK ? Verdict::kUntrusted : Classify(err);
       worst.error = err;
-      worst.reason = err == X509_V_OK ? "the verifier failed without saying why" : Explain(err, nullptr, ctx);
+      worst.reason = err == X509_V_OK ? "the verifier failed without saying why" : Explain(err, nullptr);
       worst.cert = X509_STORE_CTX_get_current_cert(ctx);
       worst.depth = X509_STORE_CTX_get_error_depth(ctx);
     }

@@ -133,5 +133,10 @@ Result<std::vector<CrlPtr>> ParseCrls(std::string_view data, size_t max = kMaxCr
 
 // Describe: "CN=DCA,O=Agency B (serial 0x1f)" — how reasons name a certificate.
 std::string Describe(X509* cert);
+// SubjectOf: the subject in one line; SerialHex: the serial in hex ("1F").
+std::string SubjectOf(X509* cert);
+std::string SerialHex(X509* cert);
+// UnixTime: an ASN.1 time in seconds since the epoch; 0 when it cannot be read.
+int64_t UnixTime(const ASN1_TIME* t);
 
 }  // namespace mailseal::pki

@@ -354,10 +354,8 @@ int64_t ValidationTime(CMS_SignerInfo* si) {
   X509_ATTRIBUTE* attr = CMS_signed_get_attr(si, CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1));
   ASN1_TYPE* t = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : nullptr;
   if (!t || (t->type != V_ASN1_UTCTIME && t->type != V_ASN1_GENERALIZEDTIME)) return now;
-  std::tm tm{};
-  if (ASN1_TIME_to_tm(t->value.utctime, &tm) != 1) return now;
-  int64_t at = static_cast<int64_t>(timegm(&tm));
-  return std::clamp(at, now - kMaxTransit, now);
+  int64_t at = pki::UnixTime(t->value.utctime);
+  return at == 0 ? now : std::clamp(at, now - kMaxTransit, now);
 }
 
 // IsDomainAuthority: the certificate claims to be a domain authority (CN or rfc822Name, see
