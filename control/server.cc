@@ -121,36 +121,17 @@ class QueueServiceImpl final : public v1::QueueService::Service {
     const std::string& id = req->queue_id();
     if (!ValidQueueId(id))
       return guard_->Refuse(actor, "mailseal.v1.QueueService.ReleaseMessage", id, Invalid("queue_id", "not a queue id"));
-    std::string path = deps_.spool->PathOf(queue::SpoolState::kHold, id);
-    Result<queue::SpoolMessage> m = queue::ReadSpoolFile(path);
-    if (!m.ok()) {
+    Result<queue::SpoolMessage> fresh = queue::RequeueHeld(deps_.spool, id);
+    if (!fresh.ok() && fresh.status().code() == mailseal::StatusCode::kNotFound) {
       guard_->Failed(actor, "mailseal.v1.QueueService.ReleaseMessage", id, "no such held message");
-      return Status(StatusCode::NOT_FOUND, StrCat("no held message ", id, ": ", m.status().message()));
+      return Status(StatusCode::NOT_FOUND, fresh.status().message());
     }
-    std::string body;
-    mailseal::Status rs = queue::ReadBody(path, *m, [&](std::string_view c) {
-      body.append(c);
-      return OkStatus();
-    });
-    if (!rs.ok()) return FromStatus(rs);
-    // Queued again as a fresh message: policy and the crypto stage decide anew (a held copy is
-    // never sent on as it is — it may be for a partner that must only get sealed mail).
-    mailseal::v1::SpoolEnvelope env = m->envelope;
-    env.clear_queue_id();
-    env.set_crypto_done(false);
-    env.clear_derived_from();
-    env.clear_derived_rcpts();
-    env.clear_hold_reason();
-    env.clear_protection();
-    Result<std::string> qid = queue::WriteWholeMessage(deps_.spool, env, body);
-    if (!qid.ok()) return FromStatus(qid.status());
-    Result<queue::SpoolMessage> fresh = queue::ReadSpoolFile(deps_.spool->PathOf(queue::SpoolState::kActive, *qid));
     if (!fresh.ok()) return FromStatus(fresh.status());
-    if (mailseal::Status st = deps_.spool->Remove(id, queue::SpoolState::kHold); !st.ok())
-      Log(LogLevel::kError, "control", "released message not removed from hold/", {{"qid", id}, {"error", st.message()}});
+    std::string qid = fresh->id;
+    deps_.qmgr->Released(id);
     deps_.qmgr->Submit(std::move(fresh.value()));
-    Log(LogLevel::kInfo, "control", "released from hold", {{"qid", id}, {"new_qid", *qid}, {"actor", actor}});
-    resp->set_queue_id(*qid);
+    Log(LogLevel::kInfo, "control", "released from hold", {{"qid", id}, {"new_qid", qid}, {"actor", actor}});
+    resp->set_queue_id(qid);
     return Status::OK;
   }
 

@@ -580,6 +580,12 @@ struct Daemon {
   }
   qmgr->Start();
   committer->Start();
+  // Partner certificates looked up when mail waits for them; held copies released when one
+  // turns up (issue #15).
+  if (smime && smime->discovery) {
+    queue::QueueManager* q = qmgr.get();
+    sealing::StartDiscovery(smime.get(), [q](const std::string& domain) { return q->ReleaseCertificateHolds(domain); });
+  }
   // The management API (issue #5); its audit trail was opened before the queue.
   if (audit_log) {
     const auto& c = cfg.control();
@@ -608,6 +614,7 @@ struct Daemon {
     }
     if (!srv.ok()) {
       Log(LogLevel::kError, "mailseald", "management API not started", {{"error", srv.status().message()}});
+      if (smime && smime->discovery) smime->discovery->Stop();
       committer->Stop();
       qmgr->Stop();
       return kExitUsage;
@@ -721,6 +728,7 @@ struct Daemon {
   for (auto& t : nets) t->Join();
   if (spf) spf->Stop();   // a verdict still in hand is posted to a joined (not yet freed) loop
   if (control_server) control_server->Stop();
+  if (smime && smime->discovery) smime->discovery->Stop();
   committer->Stop();
   qmgr->Stop();
   if (recorder) recorder->Flush();

@@ -22,6 +22,12 @@ bool DomainListCovers(const std::vector<std::string>& list, std::string_view dom
   return false;
 }
 
+bool InDomain(std::string_view domain, std::string_view parent) {
+  if (parent.empty()) return false;
+  return domain == parent || (domain.size() > parent.size() && domain.ends_with(parent) &&
+                              domain[domain.size() - parent.size() - 1] == '.');
+}
+
 std::string PercentEncode(std::string_view s) {
   static const char kHex[] = "0123456789ABCDEF";
   std::string o;

@@ -15,6 +15,10 @@ std::string AsciiLower(std::string_view s);
 // the sub-domains of example.test (not example.test itself, as in Postfix's tables).
 bool DomainListCovers(const std::vector<std::string>& list, std::string_view domain);
 
+// InDomain: `domain` is `parent` or one of its sub-domains (both lower case; RFC 3183: a domain
+// certificate covers the domain's sub-domains).
+bool InDomain(std::string_view domain, std::string_view parent);
+
 // PercentEncode: every byte but RFC 3986's unreserved ones (A-Z a-z 0-9 - . _ ~) as %XX
 // (upper-case hex). For PKCS#11 URIs (RFC 7512) and SPF's upper-case macros (RFC 7208 §7.3).
 std::string PercentEncode(std::string_view s);

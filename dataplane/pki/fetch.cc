@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "dataplane/base/strings.h"
+#include "dataplane/pki/ldap.h"
 
 namespace mailseal::pki {
 
@@ -56,13 +57,21 @@ Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, 
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   if (!Fetchable(url)) return InvalidArgumentError(StrCat(url, ": only http, https, ldap and ldaps URLs are fetched"));
+  if (base::AsciiLower(url.substr(0, 4)) == "ldap") {   // RFC 4516 URLs through libldap (pki/ldap.h)
+    if (post) return InvalidArgumentError(StrCat(url, ": only http and https are posted to"));
+    LdapLimits l;
+    l.connect_timeout_ms = limits.connect_timeout_ms;
+    l.total_timeout_ms = limits.total_timeout_ms;
+    l.max_bytes = limits.max_bytes;
+    return FetchLdapUrl(url, l);
+  }
   CURL* c = curl_easy_init();
   if (!c) return InternalError("curl_easy_init failed");
   std::string body;
   Sink sink{&body, limits.max_bytes};
   char error[CURL_ERROR_SIZE] = "";
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https,ldap,ldaps");
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
   curl_easy_setopt(c, CURLOPT_MAXREDIRS, 3L);

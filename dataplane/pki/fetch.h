@@ -1,5 +1,5 @@
-// fetch.h — one bounded GET of revocation data (CRLs) over HTTP(S) or LDAP(S), with libcurl
-// (Debian's libcurl is built with OpenLDAP, so LDAP URLs go through libldap underneath).
+// fetch.h — one bounded GET of revocation data (CRLs) over HTTP(S) with libcurl, or LDAP(S)
+// with libldap (pki/ldap.h: an RFC 4516 URL's first attribute value).
 //
 // SECURITY: the URL comes from a certificate (outside input). Only http, https, ldap and ldaps
 // are fetched; redirects only to http/https, at most 3; the body is bounded (max_bytes: the

@@ -1,6 +1,8 @@
 // notifier.cc — see notifier.h.
 #include "dataplane/queue/notifier.h"
 
+#include <algorithm>
+
 #include <cctype>
 #include <random>
 
@@ -65,6 +67,15 @@ void Notifier::Add(const std::string& to, bool admin, const HeldItem& item, int6
   if (p.due_ms == 0) {
     int64_t earliest = p.last_sent_ms < 0 ? now_ms : p.last_sent_ms + o_.interval_ms;
     p.due_ms = std::max(now_ms + o_.gather_ms, earliest);
+  }
+}
+
+void Notifier::Forget(const std::string& queue_id) {
+  for (auto& [to, p] : pending_) {
+    auto gone = std::remove_if(p.items.begin(), p.items.end(), [&](const HeldItem& i) { return !i.warned && i.queue_id == queue_id; });
+    if (gone == p.items.end()) continue;
+    p.items.erase(gone, p.items.end());
+    if (p.items.empty() && p.dropped == 0) p.due_ms = 0;
   }
 }
 

@@ -61,6 +61,9 @@ class Notifier {
   // OnWarned: inbound mail was delivered with a HARD/SOFT warning; the recipients'
   // administrator is told (SEE-2.8 "notify RA"), in the same digests.
   void OnWarned(HeldItem item, bool is_notification, int64_t now_ms);
+  // Forget: held copy `queue_id` was released before its notice went: leave it out (a notice
+  // left with nothing to report is not sent).
+  void Forget(const std::string& queue_id);
   // Due: the notices whose time has come (their items leave the pending set).
   std::vector<Notice> Due(int64_t now_ms);
   // Suppressed: held items about which, by the rules above, nobody is told (tests, metrics).

@@ -9,6 +9,7 @@
 
 #include "dataplane/base/clock.h"
 #include "dataplane/base/log.h"
+#include "dataplane/base/strings.h"
 #include "dataplane/queue/delivery_agent.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/smtp/address.h"
@@ -194,6 +195,46 @@ void QueueManager::Submit(SpoolMessage msg) {
     wake_ = true;
   }
   manager_cv_.notify_one();
+}
+
+void QueueManager::Released(const std::string& held_id) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (released_.size() < 100000) released_.push_back(held_id);
+    wake_ = true;
+  }
+  manager_cv_.notify_one();
+}
+
+size_t QueueManager::ReleaseCertificateHolds(const std::string& domain_in) {
+  std::string domain = base::AsciiLower(domain_in);
+  Result<std::vector<std::string>> ids = spool_->List(SpoolState::kHold);
+  if (!ids.ok()) {
+    Log(LogLevel::kError, "qmgr", "cannot list hold/ to release mail", {{"error", ids.status().message()}});
+    return 0;
+  }
+  size_t n = 0;
+  for (const std::string& id : *ids) {
+    Result<SpoolMessage> m = ReadSpoolFile(spool_->PathOf(SpoolState::kHold, id));
+    if (!m.ok()) continue;
+    const std::string& held_for = m->envelope.hold_cert_domain();
+    if (!base::InDomain(held_for, domain)) continue;
+    Result<SpoolMessage> fresh = RequeueHeld(spool_, id);
+    if (!fresh.ok()) {
+      Log(LogLevel::kError, "qmgr", "held message not released", {{"qid", id}, {"error", fresh.status().message()}});
+      continue;
+    }
+    std::string new_id = fresh->id;
+    Released(id);
+    Submit(std::move(fresh.value()));
+    ++n;
+    Log(LogLevel::kInfo, "qmgr", "released from hold: the certificate it waited for is known",
+        {{"qid", id}, {"new_qid", new_id}, {"domain", held_for}});
+    if (options_.on_event)
+      options_.on_event({"mail.released", id, StrCat("new=", new_id, " a valid certificate for ", domain,
+                                                     " is known: queued again and decided anew")});
+  }
+  return n;
 }
 
 void QueueManager::SetSuspended(bool suspended) {
@@ -870,15 +911,18 @@ void QueueManager::Run() {
     std::deque<SpoolMessage> submitted;
     std::deque<DeliveryResult> results;
     std::deque<std::unique_ptr<RecallRequest>> recalls;
+    std::vector<std::string> released;
     {
       std::unique_lock<std::mutex> l(mu_);
       manager_cv_.wait_for(l, scan, [&] { return wake_; });
       wake_ = false;
       submitted.swap(submitted_);
+      released.swap(released_);
       results.swap(results_);
       recalls.swap(recalls_);
     }
     if (stop_.load(std::memory_order_acquire)) return;
+    for (const std::string& id : released) notifier_.Forget(id);
     int64_t now = NowMs();
     if (base::ClockStep step = base::TakeClockStep(); step.step_ms != 0) {
       Log(LogLevel::kWarning, "qmgr", "system clock stepped: retry times and message ages keep counting from before the step "

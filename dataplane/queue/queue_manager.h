@@ -111,6 +111,14 @@ class QueueManager {
 
   // Submit (any thread): a message just published to active/.
   void Submit(SpoolMessage msg);
+  // Released (any thread): held copy `held_id` left hold/ (released by an operator, or because
+  // the certificate it waited for turned up): a notice not yet sent no longer reports it.
+  void Released(const std::string& held_id);
+  // ReleaseCertificateHolds (any thread but the manager's; reads hold/): every copy held for
+  // want of a certificate of `domain` or a sub-domain (its hold_cert_domain) is queued again
+  // as a fresh message and decided anew; each release is an audited "mail.released" event.
+  // Returns how many went.
+  size_t ReleaseCertificateHolds(const std::string& domain);
   // Accepting: false when the queue holds max_messages (SMTP answers 452 4.3.1).
   bool Accepting() const { return held_.load(std::memory_order_relaxed) < options_.max_messages; }
   QueueStats Stats() const;
@@ -213,6 +221,7 @@ class QueueManager {
   bool wake_ = false;
   bool suspended_ = false;
   std::deque<SpoolMessage> submitted_;
+  std::vector<std::string> released_;   // bounded (100,000): ids for the notifier to forget
   std::deque<DeliveryResult> results_;
   std::deque<std::unique_ptr<RecallRequest>> recalls_;
   std::map<std::string, std::deque<DeliveryJob>> ready_;

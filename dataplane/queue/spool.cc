@@ -1,6 +1,8 @@
 // spool.cc — see spool.h and FORMAT.md.
 #include "dataplane/queue/spool.h"
 
+#include "dataplane/base/log.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/random.h>
@@ -15,6 +17,8 @@
 
 
 namespace mailseal::queue {
+using base::Log;
+using base::LogLevel;
 namespace {
 
 constexpr char kMagic[8] = {'M', 'S', 'P', 'O', 'O', 'L', '1', '\n'};
@@ -472,6 +476,34 @@ Result<std::string> WriteWholeMessage(Spool* spool, mailseal::v1::SpoolEnvelope 
   if (sync)
     if (Status s = spool->FsyncDir(to); !s.ok()) return s;
   return w.id();
+}
+
+Result<SpoolMessage> RequeueHeld(Spool* spool, const std::string& id) {
+  std::string path = spool->PathOf(SpoolState::kHold, id);
+  Result<SpoolMessage> m = ReadSpoolFile(path);
+  if (!m.ok()) return NotFoundError(StrCat("no held message ", id, ": ", m.status().message()));
+  std::string body;
+  if (Status rs = ReadBody(path, *m, [&](std::string_view c) {
+        body.append(c);
+        return OkStatus();
+      });
+      !rs.ok())
+    return rs;
+  mailseal::v1::SpoolEnvelope env = m->envelope;
+  env.clear_queue_id();
+  env.set_crypto_done(false);
+  env.clear_derived_from();
+  env.clear_derived_rcpts();
+  env.clear_hold_reason();
+  env.clear_hold_cert_domain();
+  env.clear_protection();
+  Result<std::string> qid = WriteWholeMessage(spool, env, body);
+  if (!qid.ok()) return qid.status();
+  Result<SpoolMessage> fresh = ReadSpoolFile(spool->PathOf(SpoolState::kActive, *qid));
+  if (!fresh.ok()) return fresh.status();
+  if (Status st = spool->Remove(id, SpoolState::kHold); !st.ok())
+    Log(LogLevel::kError, "spool", "released message not removed from hold/", {{"qid", id}, {"error", st.message()}});
+  return fresh;
 }
 
 }  // namespace mailseal::queue

@@ -144,4 +144,11 @@ class SpoolWriter {
     Spool* spool, mailseal::v1::SpoolEnvelope env, std::string_view body,
     SpoolState to = SpoolState::kActive, Durability durability = Durability::kSynced);
 
+// RequeueHeld takes message `id` out of hold/ as a fresh message in active/ (returned, loaded,
+// for QueueManager::Submit): policy and the crypto stage decide anew — a held copy is never
+// sent on as it is, since it may be for a partner that must only get sealed mail. The new
+// file is durable before the held one is removed (a crash in between leaves both: the held
+// copy is released again, never lost). NotFound: no such held message.
+[[nodiscard]] Result<SpoolMessage> RequeueHeld(Spool* spool, const std::string& id);
+
 }  // namespace mailseal::queue

@@ -183,6 +183,7 @@ class SmimeProcessor : public JobProcessor {
     env.set_derived_from(m.id);
     for (uint32_t i : o.rcpts) env.add_derived_rcpts(i);
     if (d.held()) env.set_hold_reason(o.reason);
+    if (d.held() && !o.cert_domain.empty()) env.set_hold_cert_domain(o.cert_domain);
     env.set_protection(o.protection);
     // A held copy keeps the message exactly as it arrived, for the operator to inspect or release.
     // Neither the file nor its directory entry is synced here: the queue manager syncs the
@@ -330,6 +331,50 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
       return InvalidArgumentError(StrCat("field 'smime.", field, "': our certificate is ", smime::CertStatusName(st),
                                          why.empty() ? "" : StrCat(" (", why, ")")));
   }
+  // Directories to look partner certificates up in (SEE-2.8b).
+  smime::DiscoveryOptions dopts;
+  dopts.retry_ms = static_cast<int64_t>(c.directory_retry_s() ? c.directory_retry_s() : 300) * 1000;
+  for (int i = 0; i < c.directories_size(); ++i) {
+    const auto& d = c.directories(i);
+    std::string field = StrCat("field 'smime.directories[", i, "].");
+    std::string url = base::AsciiLower(d.url());
+    size_t rest = url.find("://");
+    if (rest == std::string::npos || (url.substr(0, rest) != "ldap" && url.substr(0, rest) != "ldaps") ||
+        url.size() == rest + 3 || url.find('/', rest + 3) != std::string::npos)
+      return InvalidArgumentError(StrCat(field, "url': '", d.url(), "' is not ldap://host[:port] or ldaps://host[:port]"));
+    smime::Directory ldap;
+    ldap.query.server = d.url();
+    ldap.query.base = d.base().empty() ? "c=NZ" : d.base();
+    ldap.query.filter = d.filter().empty() ? "(mail=domain-confidentiality-authority@%s)" : d.filter();
+    ldap.query.attribute = d.attribute().empty() ? "userCertificate;binary" : d.attribute();
+    if (ldap.query.filter.find("%s") == std::string::npos || ldap.query.filter.front() != '(' || ldap.query.filter.back() != ')')
+      return InvalidArgumentError(StrCat(field, "filter': '", ldap.query.filter, "' must be a parenthesised filter with %s for the domain"));
+    if (!d.ca_file().empty()) {
+      std::vector<smime::X509Ref> ca = ReadCerts(d.ca_file(), &err);
+      if (ca.empty()) return InvalidArgumentError(StrCat(field, "ca_file': ", err));
+      bool anchored = false;
+      std::shared_ptr<const pki::TrustList> trust = s->store->trust();
+      STACK_OF(X509_OBJECT)* objs = X509_STORE_get0_objects(trust->store());
+      for (int k = 0; k < sk_X509_OBJECT_num(objs); ++k)
+        if (X509* a = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, k)); a && X509_cmp(a, ca[0].get()) == 0) anchored = true;
+      if (!anchored) return InvalidArgumentError(StrCat(field, "ca_file': ", d.ca_file(), " is not on the trust list (smime.trust_anchors_file)"));
+      ldap.ca = ca[0];
+    }
+    if (d.timeout_ms()) {
+      dopts.limits.total_timeout_ms = d.timeout_ms();
+      dopts.limits.connect_timeout_ms = std::min<long>(d.timeout_ms(), dopts.limits.connect_timeout_ms);
+    } else {
+      dopts.limits.total_timeout_ms = 10000;
+    }
+    dopts.directories.push_back(std::move(ldap));
+  }
+  {
+    SmimeShared* sp = s.get();
+    s->discovery = std::make_unique<smime::Discovery>(s->store.get(), std::move(dopts), [sp](const std::string& domain) -> size_t {
+      return sp->release_holds ? sp->release_holds(domain) : 0;
+    });
+    s->store->SetWatcher(s->discovery.get());
+  }
   for (const std::string& d : cfg.local_domains()) s->policy.local_domains.push_back(base::AsciiLower(d));
   for (int i = 0; i < c.partners_size(); ++i) {
     const auto& p = c.partners(i);
@@ -366,7 +411,17 @@ Status ReloadCertificates(SmimeShared* s, const mailseal::v1::Config& cfg) {
       if (Status st = s->store->Pin(c.partners(i).domain(), c.partners(i).dca_cert_file()); !st.ok())
         return InvalidArgumentError(StrCat("field 'smime.partners[", i, "].dca_cert_file': ", st.message()));
   s->store->SetTrust(std::move(trust.value()));
+  // A pinned or newly trusted certificate may be what held mail waits for.
+  if (smime::CertWatcher* w = s->store->watcher())
+    for (const smime::CertStore::Listed& l : s->store->List())
+      if (l.kind == "dca") w->Found(l.domain);
   return OkStatus();
+}
+
+void StartDiscovery(SmimeShared* s, std::function<size_t(const std::string& domain)> release) {
+  if (!s || !s->discovery) return;
+  s->release_holds = std::move(release);
+  s->discovery->Start();
 }
 
 std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::Spool* spool) {

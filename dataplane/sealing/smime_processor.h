@@ -15,12 +15,14 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "dataplane/crypto/crypto_stage.h"
 #include "dataplane/pki/crl_cache.h"
 #include "dataplane/queue/spool.h"
+#include "dataplane/smime/discovery.h"
 #include "dataplane/smime/gateway.h"
 #include "hsm/token_manager.h"
 #include "mailseal/v1/config.pb.h"
@@ -35,6 +37,11 @@ struct SmimeShared {
   // store, whose OpenSSL store points at it, so that it outlives it.
   std::unique_ptr<pki::CrlCache> crls;
   std::unique_ptr<smime::CertStore> store;
+  // Looks for partner certificates when mail waits for them and releases the held copies
+  // (issue #15); declared after the store, which points at it, so that it goes first.
+  // release_holds is set by mailseald once the queue exists; StartDiscovery starts the thread.
+  std::unique_ptr<smime::Discovery> discovery;
+  std::function<size_t(const std::string& domain)> release_holds;
   smime::GatewayPolicy policy;
   smime::X509Ref dsa_cert, dca_cert;
   std::vector<smime::X509Ref> chain;
@@ -61,6 +68,10 @@ Status ReloadCertificates(SmimeShared* shared, const mailseal::v1::Config& cfg);
 // policy document still decides every recipient, and what it says must be signed, sealed or
 // held is held — never relayed in clear (issue #12, fail closed). Local mail passes unchanged.
 std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::Spool* spool);
+
+// StartDiscovery: held copies are released through `release` (QueueManager::
+// ReleaseCertificateHolds) and the directory thread starts.
+void StartDiscovery(SmimeShared* shared, std::function<size_t(const std::string& domain)> release);
 
 crypto::ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
 

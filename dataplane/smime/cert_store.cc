@@ -59,6 +59,9 @@ std::vector<std::string> AuthorityDomains(X509* cert, std::string_view authority
 
 bool SameCert(X509* a, X509* b) { return a && b && X509_cmp(a, b) == 0; }
 
+// IssuedBefore: `a` was issued (notBefore) before `b`.
+bool IssuedBefore(X509* a, X509* b) { return ASN1_TIME_compare(X509_get0_notBefore(a), X509_get0_notBefore(b)) < 0; }
+
 }  // namespace
 
 
@@ -215,11 +218,18 @@ std::string CertStore::Learn(const std::string& domain_in, const std::vector<X50
       std::vector<std::string> names = AuthorityDomains(c.get(), authority);
       if (std::find(names.begin(), names.end(), domain) == names.end()) continue;
       if (Check(c.get(), purpose).first != CertStatus::kValid || !KeyStrengthProblem(c.get()).empty()) continue;
+      X509Ref held;
       {
-        std::unique_lock l(mu_);
+        std::shared_lock l(mu_);
         if (table == &dca_ && pinned_.count(domain)) continue;
         auto it = table->find(domain);
-        if (it != table->end() && SameCert(it->second.get(), c.get())) continue;
+        if (it != table->end()) held = it->second;
+      }
+      if (held && (SameCert(held.get(), c.get()) ||
+                   (IssuedBefore(c.get(), held.get()) && Check(held.get(), purpose).first == CertStatus::kValid)))
+        continue;
+      {
+        std::unique_lock l(mu_);
         (*table)[domain] = c;
       }
       if (Status st = Persist(StrCat(domain, ".", kind, ".pem"), ToPem(c.get())); !st.ok())
@@ -245,7 +255,16 @@ std::string CertStore::Learn(const std::string& domain_in, const std::vector<X50
   }
   std::string out;
   for (const std::string& c : changed) out += (out.empty() ? "" : ", ") + c;
+  if (CertWatcher* w = watcher_.load(); w && std::find(changed.begin(), changed.end(), "dca certificate") != changed.end())
+    w->Found(domain);
   return out;
+}
+
+std::string CertStore::Wanted(const std::string& domain) const {
+  CertWatcher* w = watcher_.load();
+  if (!w) return "";
+  w->Wanted(domain);
+  return w->LookupState(domain);
 }
 
 }  // namespace mailseal::smime

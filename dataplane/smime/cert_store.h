@@ -34,6 +34,21 @@
 
 namespace mailseal::smime {
 
+// CertWatcher: told when mail waits for a partner domain's certificate and when one turns up
+// (smime/discovery.h looks it up in the CAs' directories and releases the held mail). Called
+// on crypto workers and the control thread: never blocks.
+class CertWatcher {
+ public:
+  virtual ~CertWatcher() = default;
+  // Wanted: mail for `domain` was just held for want of a usable certificate.
+  virtual void Wanted(const std::string& domain) = 0;
+  // Found: a certificate for `domain` was learnt, discovered or pinned.
+  virtual void Found(const std::string& domain) = 0;
+  // LookupState: what looking for `domain`'s certificate has come to, for the hold reason
+  // ("looked up in ldap://… at …: none there"); empty when nobody looks.
+  virtual std::string LookupState(const std::string& domain) const = 0;
+};
+
 class CertStore {
  public:
   // Open loads the trust list (PEM bundle), CRLs (PEM; any given turns revocation checking on)
@@ -60,10 +75,19 @@ class CertStore {
   std::vector<std::string> Capabilities(std::string_view domain) const;
   // KnownSigners: DSA certificates for messages that arrive without one.
   std::vector<X509Ref> KnownSigners() const;
-  // Learn takes what a verified message from `domain` teaches: its DCA and DSA certificates
-  // (those among `certs` that qualify) and its capabilities. Returns what changed, for the log.
+  // Learn takes what a verified message from `domain` (or its CA's directory) teaches: its DCA
+  // and DSA certificates (those among `certs` that qualify) and its capabilities. A valid
+  // certificate held is not replaced by one issued before it (an old one in transit); an
+  // expired, revoked or otherwise unusable one is. Returns what changed, for the log; a new DCA
+  // certificate is reported to the watcher (held mail is released).
   std::string Learn(const std::string& domain, const std::vector<X509Ref>& certs,
                     const std::vector<std::string>& capabilities);
+  // SetWatcher: who is told of wanted and found certificates (not owned; null: nobody).
+  void SetWatcher(CertWatcher* w) { watcher_.store(w); }
+  CertWatcher* watcher() const { return watcher_.load(); }
+  // Wanted: mail for `domain` is held for want of its certificate; returns what looking for it
+  // has come to so far (for the hold reason), or "".
+  std::string Wanted(const std::string& domain) const;
   // Check: a certificate's standing for `purpose` (X509_PURPOSE_SMIME_ENCRYPT for a DCA).
   // Results are cached for a minute per (certificate, purpose): a path check costs more than
   // the ECDSA signature of a 4 KiB message (tools/bench/smime). "Status unknown" is not cached
@@ -84,6 +108,7 @@ class CertStore {
   mailseal::Status Persist(const std::string& name, const std::string& data) const;
 
   std::string dir_;
+  std::atomic<CertWatcher*> watcher_{nullptr};
   std::atomic<std::shared_ptr<const pki::TrustList>> trust_;
   mutable std::shared_mutex mu_;
   std::map<std::string, X509Ref> dca_, dsa_;

@@ -416,10 +416,17 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
     o.reason = StrCat(decision.reason, "; no certificate known: sent as is");
     return o;  // kPass (SEE-AG-1)
   }
+  // Held for want of a usable certificate: the watcher looks for one (the CA's directory,
+  // issue #15) and the copy is released when one turns up.
+  auto wanting = [&](Output& out) {
+    out.cert_domain = domain;
+    if (std::string state = store_->Wanted(domain); !state.empty()) out.reason = StrCat(out.reason, "; ", state);
+  };
   if (!dca) {
     o.action = Action::kHold;
     o.reason = StrCat("no DCA certificate known for ", domain, " (", decision.reason,
                       "; SEE-2.8: hold, never send in clear)");
+    wanting(o);
     return o;
   }
   auto [status, detail] = store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT);
@@ -433,6 +440,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
     o.action = Action::kHold;
     o.reason = StrCat("DCA certificate for ", covering, " is unsuitable: ", unsuitable, " (", decision.reason,
                       "); held, never sent in clear");
+    wanting(o);
     return o;
   }
   if (status != CertStatus::kValid && status != CertStatus::kStatusUnknown) {
@@ -443,6 +451,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
     o.action = Action::kHold;
     o.reason = StrCat("DCA certificate for ", covering, " is ", CertStatusName(status),
                       detail.empty() ? "" : StrCat(" (", detail, ")"), " (", decision.reason, "); held (SEE-2.8)");
+    wanting(o);
     return o;
   }
   if (!keys.dsa_key || !keys.dsa_cert) {

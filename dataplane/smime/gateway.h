@@ -116,6 +116,8 @@ struct Output {
   std::vector<uint32_t> rcpts;
   std::string body;
   std::string reason;       // for hold/, the log and the audit trail
+  std::string cert_domain;  // kHold for want of a usable certificate of this partner domain: released
+                            // automatically when one turns up (learnt, discovered, pinned)
   std::string protection;   // what was done ("sealed for agency-b.test (authEnveloped-data)")
   // A message of our own instead of the original (seemail-ping reply): its envelope, and that
   // it must leave sealed. Empty envelope_to: the original's envelope.

@@ -1,0 +1,239 @@
+// discovery.cc — see discovery.h.
+#include "dataplane/smime/discovery.h"
+
+#include <openssl/x509v3.h>
+#include <pthread.h>
+
+#include <chrono>
+
+#include "dataplane/base/log.h"
+#include "dataplane/base/strings.h"
+#include "dataplane/pki/validator.h"
+
+namespace mailseal::smime {
+namespace {
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string UtcNow() {
+  time_t t = time(nullptr);
+  tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+Discovery::Discovery(CertStore* store, DiscoveryOptions o, Release release)
+    : store_(store), o_(std::move(o)), release_(std::move(release)) {}
+
+Discovery::~Discovery() { Stop(); }
+
+void Discovery::Start() {
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "certdisc");
+    Run();
+  });
+}
+
+void Discovery::Stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Discovery::Wanted(const std::string& domain_in) {
+  std::string domain = base::AsciiLower(domain_in);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = wanted_.find(domain);
+    if (it == wanted_.end()) {
+      if (wanted_.size() >= o_.max_wanted) {
+        // Bounded: the domain waited for least recently goes (it is asked again when mail
+        // for it is held again).
+        auto oldest = wanted_.begin();
+        for (auto j = wanted_.begin(); j != wanted_.end(); ++j)
+          if (j->second.wanted_ms < oldest->second.wanted_ms) oldest = j;
+        wanted_.erase(oldest);
+      }
+      it = wanted_.emplace(domain, Want{}).first;
+      if (!o_.directories.empty())
+        it->second.state = StrCat("looking it up in ", o_.directories.size() == 1 ? "the CA's directory" : "the CAs' directories",
+                                  " (", o_.directories.front().query.server, o_.directories.size() > 1 ? ", …" : "",
+                                  "); released automatically when a valid certificate is found");
+    }
+    Want& w = it->second;
+    int64_t now = SteadyMs();
+    w.wanted_ms = now;
+    w.found = false;
+    if (o_.directories.empty() || w.queued || (w.last_try_ms >= 0 && now - w.last_try_ms < o_.retry_ms)) return;
+    w.queued = true;
+    lookups_.push_back(domain);
+  }
+  cv_.notify_all();
+}
+
+void Discovery::Found(const std::string& domain_in) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (releases_.size() < o_.max_wanted) releases_.push_back(base::AsciiLower(domain_in));
+  }
+  cv_.notify_all();
+}
+
+std::string Discovery::LookupState(const std::string& domain_in) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = wanted_.find(base::AsciiLower(domain_in));
+  return it == wanted_.end() ? "" : it->second.state;
+}
+
+std::vector<Discovery::Entry> Discovery::Entries() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<Entry> out;
+  for (const auto& [d, w] : wanted_) out.push_back({d, w.state, w.last_try_unix_ms, w.found});
+  return out;
+}
+
+std::string Discovery::Lookup(const std::string& domain_in) {
+  std::string domain = base::AsciiLower(domain_in);
+  if (!ValidDomainName(domain)) return StrCat("'", domain_in, "' is not a domain name");
+  if (o_.directories.empty()) return "no directory is configured (smime.directories)";
+  std::vector<std::string> said;
+  bool any_answer = false;
+  std::string learnt;
+  for (const Directory& dir : o_.directories) {
+    pki::LdapSearch q = dir.query;
+    q.filter = pki::FilterFor(dir.query.filter, domain);
+    Result<std::vector<std::string>> values = pki::Search(q, o_.limits);
+    if (!values.ok()) {
+      said.push_back(std::string(values.status().message()));
+      continue;
+    }
+    any_answer = true;
+    std::vector<X509Ref> certs;
+    size_t unreadable = 0, other_ca = 0;
+    for (const std::string& v : *values) {
+      Result<std::vector<pki::X509Ptr>> parsed = pki::ParseCertificates(v, 16);
+      if (!parsed.ok()) {
+        ++unreadable;
+        continue;
+      }
+      for (pki::X509Ptr& x : *parsed) {
+        if (dir.ca && X509_check_issued(dir.ca.get(), x.get()) != X509_V_OK) {
+          ++other_ca;
+          continue;
+        }
+        certs.push_back(x);
+      }
+    }
+    std::string changed = certs.empty() ? "" : store_->Learn(domain, certs, {});
+    if (!changed.empty()) learnt = StrCat(changed, " from ", q.server);
+    std::string what = StrCat(q.server, ": ", values->size(), " value", values->size() == 1 ? "" : "s");
+    if (unreadable) what += StrCat(", ", unreadable, " not a certificate");
+    if (other_ca) what += StrCat(", ", other_ca, " not issued by the directory's CA");
+    if (!certs.empty() && changed.empty()) what += ", none valid now for S/MIME encryption naming the domain's authority";
+    said.push_back(what);
+    base::Log(base::LogLevel::kInfo, "certdisc", "directory lookup",
+              {{"domain", domain}, {"server", q.server}, {"answer", what}, {"learnt", changed}});
+  }
+  std::string text = StrCat("looked up at ", UtcNow(), ": ");
+  for (size_t i = 0; i < said.size(); ++i) text += (i ? "; " : "") + said[i];
+  if (!learnt.empty()) text += StrCat(" — learnt ", learnt);
+  else if (!any_answer) base::Log(base::LogLevel::kWarning, "certdisc", "no directory answered", {{"domain", domain}, {"why", text}});
+  return text;
+}
+
+void Discovery::ReleaseIfUsable(const std::string& domain) {
+  std::string covering;
+  X509Ref dca = store_->Dca(domain, &covering);
+  if (!dca || store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid) return;
+  // Every wanted domain this certificate covers (sub-domains too) is satisfied.
+  std::vector<std::string> covered;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [d, w] : wanted_)
+      if (base::InDomain(d, covering)) {
+        w.found = true;
+        covered.push_back(d);
+      }
+  }
+  size_t n = release_ ? release_(covering) : 0;
+  if (n) base::Log(base::LogLevel::kInfo, "certdisc", "held mail released: a valid certificate is known",
+                   {{"domain", covering}, {"messages", std::to_string(n)}});
+  std::lock_guard<std::mutex> l(mu_);
+  for (const std::string& d : covered) wanted_.erase(d);
+}
+
+void Discovery::Run() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stop_) {
+    if (!releases_.empty()) {
+      std::string d = std::move(releases_.front());
+      releases_.pop_front();
+      l.unlock();
+      ReleaseIfUsable(d);
+      l.lock();
+      continue;
+    }
+    if (!lookups_.empty()) {
+      std::string d = std::move(lookups_.front());
+      lookups_.pop_front();
+      auto it = wanted_.find(d);
+      if (it == wanted_.end()) continue;
+      it->second.last_try_ms = SteadyMs();
+      it->second.last_try_unix_ms = UnixMs();
+      l.unlock();
+      std::string state = Lookup(d);
+      l.lock();
+      it = wanted_.find(d);
+      if (it != wanted_.end()) {
+        it->second.queued = false;
+        it->second.state = StrCat(state, it->second.found ? "" : StrCat("; asked again in ", o_.retry_ms / 1000, " s"));
+      }
+      l.unlock();
+      ReleaseIfUsable(d);
+      l.lock();
+      continue;
+    }
+    // A copy held just after its certificate turned up (a worker decided before the store
+    // learnt it, and wrote the copy after the release scan) is caught here within 30 s.
+    int64_t now = SteadyMs();
+    if (now - last_recheck_ms_ >= 30000) {
+      last_recheck_ms_ = now;
+      std::vector<std::string> recheck;
+      for (const auto& [d, w] : wanted_)
+        if (!w.queued) recheck.push_back(d);
+      l.unlock();
+      for (const std::string& d : recheck) ReleaseIfUsable(d);
+      l.lock();
+      continue;
+    }
+    // Mail still waiting: its domains are asked again when their retry time comes.
+    int64_t next = std::min(now + 60000, last_recheck_ms_ + 30000);
+    for (auto& [d, w] : wanted_) {
+      if (o_.directories.empty() || w.queued || w.found) continue;
+      int64_t due = w.last_try_ms < 0 ? now : w.last_try_ms + o_.retry_ms;
+      if (now - w.wanted_ms > 24 * 3600 * 1000LL) continue;   // nothing held for it for a day
+      if (due <= now) {
+        w.queued = true;
+        lookups_.push_back(d);
+      } else {
+        next = std::min(next, due);
+      }
+    }
+    if (!lookups_.empty()) continue;
+    cv_.wait_for(l, std::chrono::milliseconds(next - now));
+  }
+}
+
+}  // namespace mailseal::smime
