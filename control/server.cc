@@ -320,6 +320,37 @@ class CertServiceImpl final : public v1::CertService::Service {
     return Status::OK;
   }
 
+  Status RefreshCertificate(ServerContext* ctx, const v1::RefreshCertificateRequest* req,
+                            v1::RefreshCertificateResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CertService.RefreshCertificate";
+    if (Status st = guard_->Check(ctx, method, req->domain(), &actor); !st.ok()) return st;
+    if (!base::ValidDomainName(base::AsciiLower(req->domain())))
+      return guard_->Refuse(actor, method, req->domain(), Invalid("domain", "not a domain name"));
+    if (!deps_->refresh) return guard_->Refuse(actor, method, req->domain(),
+                                               Status(StatusCode::FAILED_PRECONDITION, "certificate discovery is not running"));
+    resp->set_outcome(deps_->refresh(base::AsciiLower(req->domain())));
+    Log(LogLevel::kInfo, "control", "partner certificate looked up", {{"actor", actor}, {"domain", req->domain()}, {"outcome", resp->outcome()}});
+    return Status::OK;
+  }
+
+  Status ListLookups(ServerContext* ctx, const v1::ListLookupsRequest*, v1::ListLookupsResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.CertService.ListLookups", "", &actor); !st.ok()) return st;
+    if (deps_->lookups)
+      for (v1::CertificateLookup& l : deps_->lookups()) *resp->add_lookups() = std::move(l);
+    return Status::OK;
+  }
+
+  Status ExportSmimea(ServerContext* ctx, const v1::ExportSmimeaRequest* req, v1::ExportSmimeaResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.CertService.ExportSmimea", "", &actor); !st.ok()) return st;
+    if (req->ttl() > 604800) return Invalid("ttl", "at most 604800 seconds");
+    if (deps_->smimea)
+      for (std::string& l : deps_->smimea(req->ttl() ? static_cast<int>(req->ttl()) : 3600)) resp->add_lines(std::move(l));
+    return Status::OK;
+  }
+
  private:
   const Guard* guard_;
   const CertDeps* deps_;

@@ -38,6 +38,9 @@ struct CertDeps {
   std::function<std::vector<mailseal::v1::CertificateInfo>()> list;
   std::function<std::vector<mailseal::v1::RevocationSource>()> sources;
   std::function<mailseal::Status()> reload;
+  std::function<std::string(const std::string& domain)> refresh;         // null: no discovery
+  std::function<std::vector<mailseal::v1::CertificateLookup>()> lookups;
+  std::function<std::vector<std::string>(int ttl)> smimea;
 };
 
 struct Deps {

@@ -50,6 +50,8 @@
 #include "hsm/secret.h"
 #include "hsm/token_manager.h"
 #include "dataplane/sealing/smime_processor.h"
+#include "dataplane/smime/naming.h"
+#include "dataplane/pki/smimea.h"
 #include "control/audit/log.h"
 #include "control/server.h"
 #include "hsm/token_key.h"
@@ -226,6 +228,40 @@ control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* co
       r.set_last_error(e.last_error);
       r.set_failures(e.failures);
       out.push_back(std::move(r));
+    }
+    return out;
+  };
+  if (smime->discovery) {
+    smime::Discovery* disc = smime->discovery.get();
+    d.refresh = [disc](const std::string& domain) {
+      std::string outcome = disc->Lookup(domain);
+      disc->Found(domain);   // a valid certificate known now (found or not just now) releases held mail
+      return outcome;
+    };
+    d.lookups = [disc] {
+      std::vector<v1::CertificateLookup> out;
+      for (const smime::Discovery::Entry& e : disc->Entries()) {
+        v1::CertificateLookup l;
+        l.set_domain(e.domain);
+        l.set_state(e.state);
+        l.set_last_try_unix_ms(e.last_try_unix_ms);
+        out.push_back(std::move(l));
+      }
+      return out;
+    };
+  }
+  d.smimea = [smime](int ttl) {
+    std::vector<std::string> out;
+    for (auto [cert, authority] : {std::pair{smime->dsa_cert.get(), "domain-signing-authority"},
+                                   std::pair{smime->dca_cert.get(), "domain-confidentiality-authority"}}) {
+      if (!cert) continue;
+      unsigned char* der = nullptr;
+      int n = i2d_X509(cert, &der);
+      if (n <= 0) continue;
+      std::string bytes(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+      OPENSSL_free(der);
+      for (const std::string& domain : smime::ExamineAuthority(cert, authority).domains)
+        out.push_back(pki::SmimeaZoneLine(StrCat(authority, "@", domain), bytes, ttl));
     }
     return out;
   };

@@ -368,6 +368,15 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
     }
     dopts.directories.push_back(std::move(ldap));
   }
+  if (c.has_smimea()) {
+    pki::SmimeaOptions so;
+    so.forwarder = c.smimea().resolver();
+    so.trust_anchor_file = c.smimea().trust_anchor_file().empty() ? "/usr/share/dns/root.key" : c.smimea().trust_anchor_file();
+    so.timeout_ms = c.smimea().timeout_ms() ? c.smimea().timeout_ms() : 10000;
+    Result<std::unique_ptr<pki::SmimeaResolver>> r = pki::SmimeaResolver::Create(so);
+    if (!r.ok()) return InvalidArgumentError(StrCat("field 'smime.smimea': ", r.status().message()));
+    dopts.smimea = std::move(r.value());
+  }
   {
     SmimeShared* sp = s.get();
     s->discovery = std::make_unique<smime::Discovery>(s->store.get(), std::move(dopts), [sp](const std::string& domain) -> size_t {

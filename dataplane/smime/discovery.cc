@@ -69,14 +69,16 @@ void Discovery::Wanted(const std::string& domain_in) {
       it = wanted_.emplace(domain, Want{}).first;
       if (!o_.directories.empty())
         it->second.state = StrCat("looking it up in ", o_.directories.size() == 1 ? "the CA's directory" : "the CAs' directories",
-                                  " (", o_.directories.front().query.server, o_.directories.size() > 1 ? ", …" : "",
-                                  "); released automatically when a valid certificate is found");
+                                  " (", o_.directories.front().query.server, o_.directories.size() > 1 ? ", …" : "", ")",
+                                  o_.smimea ? " and DNS (SMIMEA)" : "", "; released automatically when a valid certificate is found");
+      else if (o_.smimea)
+        it->second.state = "looking it up in DNS (SMIMEA); released automatically when a valid certificate is found";
     }
     Want& w = it->second;
     int64_t now = SteadyMs();
     w.wanted_ms = now;
     w.found = false;
-    if (o_.directories.empty() || w.queued || (w.last_try_ms >= 0 && now - w.last_try_ms < o_.retry_ms)) return;
+    if (!HasSources() || w.queued || (w.last_try_ms >= 0 && now - w.last_try_ms < o_.retry_ms)) return;
     w.queued = true;
     lookups_.push_back(domain);
   }
@@ -107,7 +109,8 @@ std::vector<Discovery::Entry> Discovery::Entries() const {
 std::string Discovery::Lookup(const std::string& domain_in) {
   std::string domain = base::AsciiLower(domain_in);
   if (!ValidDomainName(domain)) return StrCat("'", domain_in, "' is not a domain name");
-  if (o_.directories.empty()) return "no directory is configured (smime.directories)";
+  if (!HasSources()) return "no directory and no SMIMEA resolver is configured (smime.directories, smime.smimea)";
+  std::lock_guard<std::mutex> one_at_a_time(lookup_mu_);
   std::vector<std::string> said;
   bool any_answer = false;
   std::string learnt;
@@ -145,6 +148,35 @@ std::string Discovery::Lookup(const std::string& domain_in) {
     said.push_back(what);
     base::Log(base::LogLevel::kInfo, "certdisc", "directory lookup",
               {{"domain", domain}, {"server", q.server}, {"answer", what}, {"learnt", changed}});
+  }
+  if (o_.smimea) {
+    std::string address = StrCat("domain-confidentiality-authority@", domain);
+    Result<pki::SmimeaResolver::Found> f = o_.smimea->Lookup(address);
+    if (!f.ok()) {
+      said.push_back(StrCat("SMIMEA: ", f.status().message()));
+      if (f.status().code() == StatusCode::kNotFound || f.status().code() == StatusCode::kFailedPrecondition)
+        any_answer = true;   // an answer, if not a usable one: DNS is not down
+      if (f.status().code() == StatusCode::kFailedPrecondition)
+        base::Log(base::LogLevel::kWarning, "certdisc", "SMIMEA answer refused", {{"domain", domain}, {"why", f.status().message()}});
+    } else {
+      any_answer = true;
+      std::vector<X509Ref> certs;
+      size_t unreadable = 0;
+      for (const std::string& der : f->certificates) {
+        Result<std::vector<pki::X509Ptr>> parsed = pki::ParseCertificates(der, 1);
+        if (parsed.ok()) certs.push_back(parsed->front());
+        else ++unreadable;
+      }
+      std::string changed = certs.empty() ? "" : store_->Learn(domain, certs, {});
+      if (!changed.empty()) learnt = StrCat(changed, " from SMIMEA");
+      std::string what = StrCat("SMIMEA (DNSSEC secure): ", f->certificates.size(), " certificate",
+                                f->certificates.size() == 1 ? "" : "s");
+      if (f->other_records) what += StrCat(", ", f->other_records, " record(s) without a whole certificate");
+      if (unreadable) what += StrCat(", ", unreadable, " not a certificate");
+      if (!certs.empty() && changed.empty()) what += ", none valid now for S/MIME encryption naming the domain's authority";
+      said.push_back(what);
+      base::Log(base::LogLevel::kInfo, "certdisc", "SMIMEA lookup", {{"domain", domain}, {"answer", what}, {"learnt", changed}});
+    }
   }
   std::string text = StrCat("looked up at ", UtcNow(), ": ");
   for (size_t i = 0; i < said.size(); ++i) text += (i ? "; " : "") + said[i];
@@ -221,7 +253,7 @@ void Discovery::Run() {
     // Mail still waiting: its domains are asked again when their retry time comes.
     int64_t next = std::min(now + 60000, last_recheck_ms_ + 30000);
     for (auto& [d, w] : wanted_) {
-      if (o_.directories.empty() || w.queued || w.found) continue;
+      if (!HasSources() || w.queued || w.found) continue;
       int64_t due = w.last_try_ms < 0 ? now : w.last_try_ms + o_.retry_ms;
       if (now - w.wanted_ms > 24 * 3600 * 1000LL) continue;   // nothing held for it for a day
       if (due <= now) {

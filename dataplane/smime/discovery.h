@@ -12,6 +12,10 @@
 // signed mail, or pinned by a reload — every copy held for it is released (queued again and
 // decided anew) through the `release` callback.
 //
+// With `smimea` set, the domain's DNSSEC-validated SMIMEA records (RFC 8162) for
+// domain-confidentiality-authority@<domain> are asked too; a certificate found there goes
+// through the same checks.
+//
 // A domain is looked up at most once per `retry_ms` while mail waits for it; a failed lookup
 // (directory down, garbage answer) leaves the mail held, its reason saying what the lookup
 // came to; the administrator's notice about held mail is digested by the queue's notifier (one
@@ -32,6 +36,7 @@
 #include <vector>
 
 #include "dataplane/pki/ldap.h"
+#include "dataplane/pki/smimea.h"
 #include "dataplane/smime/cert_store.h"
 
 namespace mailseal::smime {
@@ -43,6 +48,8 @@ struct Directory {
 
 struct DiscoveryOptions {
   std::vector<Directory> directories;
+  // DNSSEC-validated SMIMEA records (RFC 8162) of the domain's authority address; null: not asked.
+  std::unique_ptr<pki::SmimeaResolver> smimea;
   int64_t retry_ms = 300000;
   size_t max_wanted = 1024;
   pki::LdapLimits limits;
@@ -87,6 +94,7 @@ class Discovery : public CertWatcher {
     bool queued = false;
   };
   void Run();
+  bool HasSources() const { return !o_.directories.empty() || o_.smimea; }
   std::string LookupLocked(const std::string& domain, std::unique_lock<std::mutex>& l);
   void ReleaseIfUsable(const std::string& domain);
 
@@ -94,6 +102,7 @@ class Discovery : public CertWatcher {
   DiscoveryOptions o_;
   Release release_;
   mutable std::mutex mu_;
+  std::mutex lookup_mu_;   // one lookup at a time (the SMIMEA resolver is single-threaded)
   std::condition_variable cv_;
   std::map<std::string, Want> wanted_;
   std::deque<std::string> lookups_, releases_;
