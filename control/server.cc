@@ -294,10 +294,40 @@ class CertServiceImpl final : public v1::CertService::Service {
  public:
   CertServiceImpl(const Guard* g, const CertDeps* d) : guard_(g), deps_(d) {}
 
-  Status ListCertificates(ServerContext* ctx, const v1::ListCertificatesRequest*, v1::ListCertificatesResponse* resp) override {
+  Status ListCertificates(ServerContext* ctx, const v1::ListCertificatesRequest* req, v1::ListCertificatesResponse* resp) override {
     std::string actor;
-    if (Status st = guard_->Check(ctx, "mailseal.v1.CertService.ListCertificates", "", &actor); !st.ok()) return st;
-    for (v1::CertificateInfo& c : deps_->list()) *resp->add_certificates() = std::move(c);
+    if (Status st = guard_->Check(ctx, "mailseal.v1.CertService.ListCertificates", req->domain(), &actor); !st.ok()) return st;
+    std::string domain = base::AsciiLower(req->domain());
+    if (!domain.empty() && !base::ValidDomainName(domain)) return Invalid("domain", "not a domain name");
+    for (v1::CertificateInfo& c : deps_->list(domain)) *resp->add_certificates() = std::move(c);
+    return Status::OK;
+  }
+
+  Status AddCertificate(ServerContext* ctx, const v1::AddCertificateRequest* req, v1::AddCertificateResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CertService.AddCertificate";
+    if (Status st = guard_->Check(ctx, method, req->domain(), &actor); !st.ok()) return st;
+    std::string domain = base::AsciiLower(req->domain());
+    if (!base::ValidDomainName(domain)) return guard_->Refuse(actor, method, req->domain(), Invalid("domain", "not a domain name"));
+    if (req->certificate().empty() || req->certificate().size() > 256 * 1024)
+      return guard_->Refuse(actor, method, domain, Invalid("certificate", "one certificate, PEM or DER, at most 256 KiB"));
+    mailseal::Result<std::string> what = deps_->add(domain, req->certificate(), req->pin());
+    if (!what.ok()) return guard_->Refuse(actor, method, domain, FromStatus(what.status()));
+    resp->set_what(*what);
+    Log(LogLevel::kInfo, "control", "partner certificate added", {{"actor", actor}, {"domain", domain}, {"what", *what},
+                                                                  {"pinned", req->pin() ? "yes" : "no"}});
+    return Status::OK;
+  }
+
+  Status RemoveCertificate(ServerContext* ctx, const v1::RemoveCertificateRequest* req, v1::RemoveCertificateResponse*) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CertService.RemoveCertificate";
+    std::string object = StrCat(req->domain(), " ", req->kind());
+    if (Status st = guard_->Check(ctx, method, object, &actor); !st.ok()) return st;
+    if (req->kind() != "dca" && req->kind() != "dsa") return guard_->Refuse(actor, method, object, Invalid("kind", "dca or dsa"));
+    if (mailseal::Status st = deps_->remove(base::AsciiLower(req->domain()), req->kind()); !st.ok())
+      return guard_->Refuse(actor, method, object, FromStatus(st));
+    Log(LogLevel::kInfo, "control", "partner certificate removed", {{"actor", actor}, {"domain", req->domain()}, {"kind", req->kind()}});
     return Status::OK;
   }
 

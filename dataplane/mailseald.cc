@@ -202,21 +202,39 @@ v1::CertificateInfo CertInfo(X509* cert, std::string kind, std::string domain, s
 control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* config_path,
                               Result<v1::Config> (*validate)(const std::string&)) {
   control::CertDeps d;
-  d.list = [smime] {
+  d.list = [smime](const std::string& only) {
     std::vector<v1::CertificateInfo> out;
     std::shared_ptr<const pki::TrustList> trust = smime->store->trust();
-    for (const pki::X509Ptr& a : trust->anchor_list()) {
-      pki::Request r;
-      r.leaf = a.get();
-      pki::Outcome o = pki::Validate(*trust, r);
-      out.push_back(CertInfo(a.get(), "anchor", "", "trust list", o.verdict, o.reason));
-    }
+    auto chain_of = [](const pki::Outcome& o, v1::CertificateInfo* i) {
+      for (const pki::X509Ptr& x : o.chain) i->add_chain(pki::SubjectOf(x.get()));
+    };
+    if (only.empty())
+      for (const pki::X509Ptr& a : trust->anchor_list()) {
+        pki::Request r;
+        r.leaf = a.get();
+        pki::Outcome o = pki::Validate(*trust, r);
+        out.push_back(CertInfo(a.get(), "anchor", "", "trust list", o.verdict, o.reason));
+        chain_of(o, &out.back());
+      }
     for (const smime::CertStore::Listed& l : smime->store->List()) {
-      auto [st, why] = smime->store->Check(l.cert.get(), l.kind == "dca" ? X509_PURPOSE_SMIME_ENCRYPT : X509_PURPOSE_SMIME_SIGN);
-      out.push_back(CertInfo(l.cert.get(), l.kind, l.domain, l.pinned ? "pinned" : "learnt", static_cast<pki::Verdict>(st), why));
+      if (!only.empty() && l.domain != only) continue;
+      pki::Request r;
+      r.leaf = l.cert.get();
+      r.purpose = l.kind == "dca" ? pki::Purpose::kSmimeEncrypt : pki::Purpose::kSmimeSign;
+      pki::Outcome o = pki::Validate(trust->store(), r);
+      out.push_back(CertInfo(l.cert.get(), l.kind, l.domain, l.pinned ? "pinned" : "learnt", o.verdict, o.reason));
+      out.back().set_slot(l.slot);
+      out.back().set_pinned_by_config(l.pinned_by_config);
+      chain_of(o, &out.back());
     }
     return out;
   };
+  d.add = [smime](const std::string& domain, const std::string& data, bool pin) -> Result<std::string> {
+    Result<std::vector<pki::X509Ptr>> certs = pki::ParseCertificates(data, 1);
+    if (!certs.ok()) return InvalidArgumentError(StrCat("certificate: ", certs.status().message()));
+    return smime->store->Add(domain, certs->front().get(), pin);
+  };
+  d.remove = [smime](const std::string& domain, const std::string& kind) { return smime->store->Remove(domain, kind); };
   d.sources = [smime] {
     std::vector<v1::RevocationSource> out;
     if (!smime->crls) return out;

@@ -1,10 +1,15 @@
 // cert_store.h — partner domain certificates and what each partner can read (SEE-2.8b, 2.10).
 //
 // Holds the managed trust list (SEE-2.7) and CRLs, the DCA certificates of partner domains
-// (pinned by the operator's config, or harvested from their verified signed mail), their DSA
-// certificates (to verify mail that arrives without certificates), and each domain's cached
-// SMIMECapabilities (SEE-2.4). Harvested entries persist in a directory, one file per domain
-// and kind, written atomically (temp file, fsync, rename).
+// (pinned by the operator — config or API — or learnt: from their verified signed mail, the
+// CA's directory, SMIMEA), their DSA certificates (to verify mail that arrives without
+// certificates), and each domain's cached SMIMECapabilities (SEE-2.4). Per domain and kind it
+// keeps the current certificate, up to two old ones (a DSA certificate replaced while mail it
+// signed is in transit still verifies that mail) and the next one (issued, valid from a
+// future date: it takes over by itself when its time comes, so a partner's planned renewal
+// needs nobody). Entries persist in a directory, one file per domain, kind and slot
+// (<domain>.<kind>.pem, .old.pem, .next.pem; .pin marks an API pin), written atomically
+// (temp file, fsync, rename).
 //
 // SECURITY: only certificates that chain to the trust list for the right purpose and carry the
 // RFC 3183 authority name of the learning domain are harvested, and only from messages whose
@@ -69,6 +74,18 @@ class CertStore {
   void SetTrust(std::shared_ptr<const pki::TrustList> trust);
   // Pin sets a partner's DCA certificate from the operator's config.
   Status Pin(const std::string& domain, const std::string& pem_file);
+  // Add (management API): a partner certificate given by an operator — DCA or DSA by its RFC 3183
+  // name, valid now (or, unpinned, from a future date: the next one). `pin`: a DCA that
+  // learning never replaces, kept across restarts. Returns what changed; InvalidArgument with
+  // the reason when it does not qualify.
+  Result<std::string> Add(const std::string& domain, X509* cert, bool pin);
+  // Remove (management API): forget every certificate of `kind` ("dca" or "dsa") for `domain`
+  // (current, old, next; on disk too). A certificate pinned in the configuration is not
+  // removed here (FailedPrecondition); NotFound when there is nothing.
+  Status Remove(const std::string& domain, const std::string& kind);
+  // PromoteDue: next certificates whose time has come become current (persisted); returns the
+  // domains whose DCA changed (held mail may go). Called periodically (discovery's thread).
+  std::vector<std::string> PromoteDue();
   // Dca: the DCA certificate for a recipient domain — the domain's own, or its nearest
   // ancestor's (RFC 3183: a domain certificate covers sub-domains). Null when none.
   X509Ref Dca(std::string_view domain, std::string* covering_domain = nullptr) const;
@@ -98,7 +115,9 @@ class CertStore {
   struct Listed {
     std::string domain;
     std::string kind;     // "dca" or "dsa"
-    bool pinned = false;  // from the configuration (else learnt from verified mail)
+    std::string slot;     // "current", "old" or "next"
+    bool pinned = false;  // pinned by an operator (configuration or API); else learnt
+    bool pinned_by_config = false;
     X509Ref cert;
   };
   std::vector<Listed> List() const;
@@ -111,8 +130,21 @@ class CertStore {
   std::atomic<CertWatcher*> watcher_{nullptr};
   std::atomic<std::shared_ptr<const pki::TrustList>> trust_;
   mutable std::shared_mutex mu_;
-  std::map<std::string, X509Ref> dca_, dsa_;
-  std::map<std::string, bool> pinned_;
+  struct Slots {
+    X509Ref current;
+    std::vector<X509Ref> old;   // newest first, at most kMaxOld
+    X509Ref next;               // not valid yet
+    bool pinned = false;
+    bool pinned_by_config = false;
+  };
+  static constexpr size_t kMaxOld = 2;
+  using Table = std::map<std::string, Slots>;
+  // Install (mu_ held): `c` becomes current (the current one moves to old) or next.
+  void InstallLocked(Slots& s, X509Ref c, bool as_next);
+  void PersistSlots(const std::string& domain, const char* kind, const Slots& s) const;
+  std::string LearnOne(const std::string& domain, X509Ref c, const char* authority, int purpose, Table* table,
+                       const char* kind, bool pin, std::string* refusal);
+  Table dca_, dsa_;
   std::map<std::string, std::vector<std::string>> caps_;
   struct Checked {
     CertStatus status;

@@ -246,6 +246,8 @@ void Discovery::Run() {
       for (const auto& [d, w] : wanted_)
         if (!w.queued) recheck.push_back(d);
       l.unlock();
+      // Next certificates whose time has come take over (a partner's planned renewal).
+      for (const std::string& d : store_->PromoteDue()) recheck.push_back(d);
       for (const std::string& d : recheck) ReleaseIfUsable(d);
       l.lock();
       continue;

@@ -417,8 +417,8 @@ bool BeginsWithHeader(const std::string& content) {
 }  // namespace
 
 std::pair<CertStatus, std::string> CheckPath(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
-                                             int purpose) {
-  return PathStatus(cert, untrusted, trust, purpose);
+                                             int purpose, int64_t at_unix) {
+  return PathStatus(cert, untrusted, trust, purpose, at_unix);
 }
 
 Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* trust,

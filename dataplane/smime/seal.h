@@ -143,8 +143,8 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
 bool IsSmimeEntity(const std::string& entity);
 
 // CheckPath: a certificate's status for `purpose` (X509_PURPOSE_SMIME_SIGN / _ENCRYPT) against
-// the trust store, with `untrusted` as path candidates; the reason for logs.
+// the trust store, with `untrusted` as path candidates, at `at_unix` (0: now); the reason for logs.
 std::pair<CertStatus, std::string> CheckPath(X509* cert, const std::vector<X509*>& untrusted, X509_STORE* trust,
-                                             int purpose);
+                                             int purpose, int64_t at_unix = 0);
 
 }  // namespace mailseal::smime
