@@ -319,6 +319,20 @@ class CertServiceImpl final : public v1::CertService::Service {
     return Status::OK;
   }
 
+  Status ApproveCertificate(ServerContext* ctx, const v1::ApproveCertificateRequest* req,
+                            v1::ApproveCertificateResponse* resp) override {
+    std::string actor;
+    const char* method = "mailseal.v1.CertService.ApproveCertificate";
+    if (Status st = guard_->Check(ctx, method, req->domain(), &actor); !st.ok()) return st;
+    std::string domain = base::AsciiLower(req->domain());
+    if (!base::ValidDomainName(domain)) return guard_->Refuse(actor, method, req->domain(), Invalid("domain", "not a domain name"));
+    mailseal::Result<std::string> what = deps_->approve(domain);
+    if (!what.ok()) return guard_->Refuse(actor, method, domain, FromStatus(what.status()));
+    resp->set_what(*what);
+    Log(LogLevel::kInfo, "control", "discovered certificate approved", {{"actor", actor}, {"domain", domain}, {"what", *what}});
+    return Status::OK;
+  }
+
   Status RemoveCertificate(ServerContext* ctx, const v1::RemoveCertificateRequest* req, v1::RemoveCertificateResponse*) override {
     std::string actor;
     const char* method = "mailseal.v1.CertService.RemoveCertificate";

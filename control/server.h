@@ -38,6 +38,7 @@ struct CertDeps {
   std::function<std::vector<mailseal::v1::CertificateInfo>(const std::string& domain)> list;
   std::function<mailseal::Result<std::string>(const std::string& domain, const std::string& cert, bool pin)> add;
   std::function<mailseal::Status(const std::string& domain, const std::string& kind)> remove;
+  std::function<mailseal::Result<std::string>(const std::string& domain)> approve;
   std::function<std::vector<mailseal::v1::RevocationSource>()> sources;
   std::function<mailseal::Status()> reload;
   std::function<std::string(const std::string& domain)> refresh;         // null: no discovery

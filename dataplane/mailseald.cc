@@ -235,6 +235,7 @@ control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* co
     return smime->store->Add(domain, certs->front().get(), pin);
   };
   d.remove = [smime](const std::string& domain, const std::string& kind) { return smime->store->Remove(domain, kind); };
+  d.approve = [smime](const std::string& domain) { return smime->store->Approve(domain); };
   d.sources = [smime] {
     std::vector<v1::RevocationSource> out;
     if (!smime->crls) return out;
@@ -638,6 +639,24 @@ struct Daemon {
   // turns up (issue #15).
   if (smime && smime->discovery) {
     queue::QueueManager* q = qmgr.get();
+    // The SEE-2.8b fallback: a request from domain-certificate-request@<our first domain>,
+    // signed on its way out (require_signature), to the partner's.
+    std::string ours = cfg.local_domains().empty() ? cfg.hostname() : base::AsciiLower(cfg.local_domains(0));
+    smime->discovery->SetRequester([q, sp = spool.get(), ours, host = cfg.hostname()](const std::string& domain) -> Status {
+      int64_t now = base::QueueNowMs();
+      v1::SpoolEnvelope env;
+      env.set_mail_from(StrCat("domain-certificate-request@", ours));
+      env.add_recipients()->set_address(StrCat("domain-certificate-request@", domain));
+      env.set_arrival_unix_ms(now);
+      env.set_require_signature(true);
+      env.set_body_type("7BIT");
+      Result<std::string> qid = queue::WriteWholeMessage(sp, env, smime::CertificateRequest(env.mail_from(), domain, host, now));
+      if (!qid.ok()) return qid.status();
+      Result<queue::SpoolMessage> m = queue::ReadSpoolFile(sp->PathOf(queue::SpoolState::kActive, *qid));
+      if (!m.ok()) return m.status();
+      q->Submit(std::move(m.value()));
+      return OkStatus();
+    });
     sealing::StartDiscovery(smime.get(), [q](const std::string& domain) { return q->ReleaseCertificateHolds(domain); });
   }
   // The management API (issue #5); its audit trail was opened before the queue.

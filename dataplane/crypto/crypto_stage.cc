@@ -14,6 +14,7 @@ const char* TreatmentEvent(Treatment t) {
     case Treatment::kOpened: return "mail.opened";
     case Treatment::kMarked: return "mail.marked";
     case Treatment::kPingReply: return "mail.ping-replied";
+    case Treatment::kCertAnswer: return "mail.certificate-sent";
     case Treatment::kHeld: return "mail.held";
     case Treatment::kConsumed: return "mail.consumed";
   }

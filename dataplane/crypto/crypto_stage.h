@@ -33,7 +33,7 @@ struct Job {
 };
 
 // Treatment: what a worker did for a copy's recipients (typed: the audit event comes from it).
-enum class Treatment { kSealed, kSigned, kOpened, kMarked, kPingReply, kHeld, kConsumed };
+enum class Treatment { kSealed, kSigned, kOpened, kMarked, kPingReply, kCertAnswer, kHeld, kConsumed };
 const char* TreatmentEvent(Treatment t);   // "mail.sealed", "mail.held", ...
 
 // DerivedCopy: a new spool file a worker made from the job's message (a sealed copy for one

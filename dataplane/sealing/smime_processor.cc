@@ -30,6 +30,7 @@ Treatment TreatmentOf(smime::Treatment t) {
     case smime::Treatment::kOpened: return Treatment::kOpened;
     case smime::Treatment::kMarked: return Treatment::kMarked;
     case smime::Treatment::kPingReply: return Treatment::kPingReply;
+    case smime::Treatment::kCertAnswer: return Treatment::kCertAnswer;
     case smime::Treatment::kSealed:
     case smime::Treatment::kNone: break;
   }
@@ -95,7 +96,7 @@ class SmimeProcessor : public JobProcessor {
     std::shared_ptr<const policy::CompiledPolicy> doc = s_->document.load(std::memory_order_acquire);
     smime::Inbound inbound{env.client_address(), env.helo(), env.tls(), env.spf_result(), env.spf_domain()};
     // The policy stage's typed decision first (no key used), then the crypto work it asks for.
-    smime::Plan plan = gateway_.Decide(env.mail_from(), rcpts, body, doc.get(), env.require_seal());
+    smime::Plan plan = gateway_.Decide(env.mail_from(), rcpts, body, doc.get(), env.require_seal(), env.require_signature());
     std::vector<smime::Output> outs = gateway_.Execute(plan, env.mail_from(), body, keys, doc.get(), &inbound);
     bool token_failed = hsm::TokenFailuresOnThisThread() != token_failures;
     bool any_hold = false;
@@ -162,6 +163,7 @@ class SmimeProcessor : public JobProcessor {
       env.add_recipients()->set_address(o.envelope_to);
       env.set_arrival_unix_ms(m.envelope.arrival_unix_ms());
       env.set_require_seal(o.require_seal);
+      env.set_require_signature(o.require_signature);
       env.set_derived_from(m.id);
       for (uint32_t i : o.rcpts) env.add_derived_rcpts(i);
       env.set_protection(o.protection);
@@ -368,6 +370,8 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
     }
     dopts.directories.push_back(std::move(ldap));
   }
+  dopts.send_requests = c.certificate_requests();
+  dopts.request_interval_ms = static_cast<int64_t>(c.certificate_request_interval_s() ? c.certificate_request_interval_s() : 3600) * 1000;
   if (c.has_smimea()) {
     pki::SmimeaOptions so;
     so.forwarder = c.smimea().resolver();
@@ -376,6 +380,21 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
     Result<std::unique_ptr<pki::SmimeaResolver>> r = pki::SmimeaResolver::Create(so);
     if (!r.ok()) return InvalidArgumentError(StrCat("field 'smime.smimea': ", r.status().message()));
     dopts.smimea = std::move(r.value());
+  }
+  if (c.discovery_approval() != mailseal::v1::DISCOVERY_APPROVAL_AUTOMATIC) {
+    SmimeShared* sp = s.get();
+    bool manual = c.discovery_approval() == mailseal::v1::DISCOVERY_APPROVAL_MANUAL;
+    s->store->SetApprovalRule([sp, manual](const std::string& domain) {
+      if (manual) return true;
+      std::shared_ptr<const policy::CompiledPolicy> doc = sp->document.load(std::memory_order_acquire);
+      for (std::string_view d = domain; !d.empty();) {   // the domain or a parent on the SEEMAIL list
+        if (doc->seemail.count(std::string(d))) return false;
+        size_t dot = d.find('.');
+        if (dot == std::string_view::npos) break;
+        d = d.substr(dot + 1);
+      }
+      return true;
+    });
   }
   {
     SmimeShared* sp = s.get();

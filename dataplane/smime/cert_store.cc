@@ -87,6 +87,7 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
     const char* kind;
     const char* slot;
   } kFiles[] = {{".dca.old.pem", "dca", "old"}, {".dca.next.pem", "dca", "next"}, {".dca.pin", "dca", "pin"},
+                {".dca.pending.pem", "dca", "pending"},
                 {".dca.pem", "dca", "current"}, {".dsa.old.pem", "dsa", "old"}, {".dsa.next.pem", "dsa", "next"},
                 {".dsa.pem", "dsa", "current"}, {".caps", "", "caps"}};
   while (dirent* e = ::readdir(d)) {
@@ -118,6 +119,7 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
       }
       if (slot == "current") slots.current = certs->front();
       else if (slot == "next") slots.next = certs->front();
+      else if (slot == "pending") slots.pending = certs->front();
       else slots.old.assign(certs->begin(), certs->end());
       break;
     }
@@ -152,6 +154,7 @@ std::vector<CertStore::Listed> CertStore::List() const {
     for (const auto& [domain, sl] : *table) {
       if (sl.current) out.push_back({domain, kind, "current", sl.pinned, sl.pinned_by_config, sl.current});
       if (sl.next) out.push_back({domain, kind, "next", false, false, sl.next});
+      if (sl.pending) out.push_back({domain, kind, "pending", false, false, sl.pending});
       for (const X509Ref& o : sl.old) out.push_back({domain, kind, "old", false, false, o});
     }
   return out;
@@ -195,6 +198,8 @@ void CertStore::PersistSlots(const std::string& domain, const char* kind, const 
   else remove(StrCat(domain, ".", kind, ".pem"));
   if (sl.next) write(StrCat(domain, ".", kind, ".next.pem"), ToPem(sl.next.get()));
   else remove(StrCat(domain, ".", kind, ".next.pem"));
+  if (sl.pending) write(StrCat(domain, ".", kind, ".pending.pem"), ToPem(sl.pending.get()));
+  else remove(StrCat(domain, ".", kind, ".pending.pem"));
   std::string old;
   for (const X509Ref& o : sl.old) old += ToPem(o.get());
   if (!old.empty()) write(StrCat(domain, ".", kind, ".old.pem"), old);
@@ -291,7 +296,7 @@ Status CertStore::Persist(const std::string& name, const std::string& data) cons
 }
 
 std::string CertStore::LearnOne(const std::string& domain, X509Ref c, const char* authority, int purpose, Table* table,
-                                const char* kind, bool pin, std::string* refusal) {
+                                const char* kind, bool pin, std::string* refusal, const std::string* pending_source) {
   std::vector<std::string> names = AuthorityDomains(c.get(), authority);
   if (std::find(names.begin(), names.end(), domain) == names.end()) {
     if (refusal) *refusal = StrCat("it does not name ", authority, "@", domain, " as RFC 3183 asks (CN and rfc822Name)");
@@ -313,6 +318,18 @@ std::string CertStore::LearnOne(const std::string& domain, X509Ref c, const char
   if (status != CertStatus::kValid && !as_next) {
     if (refusal) *refusal = StrCat("it is ", CertStatusName(status), why.empty() ? "" : StrCat(" (", why, ")"));
     return "";
+  }
+  if (pending_source) {   // qualifies: kept aside until an administrator approves it
+    std::unique_lock l(mu_);
+    Slots& sl = (*table)[domain];
+    if (SameCert(sl.current.get(), c.get()) || SameCert(sl.pending.get(), c.get())) return "";
+    sl.pending = c;
+    sl.pending_source = *pending_source;
+    PersistSlots(domain, kind, sl);
+    base::Log(base::LogLevel::kWarning, "certstore", "discovered certificate awaits an administrator's approval",
+              {{"domain", domain}, {"source", *pending_source}, {"subject", pki::Describe(c.get())},
+               {"approve", StrCat("mailsealctl certs approve ", domain)}});
+    return StrCat(kind, " certificate awaiting approval");
   }
   X509Ref held, next;
   bool pinned = false;
@@ -388,6 +405,49 @@ std::string CertStore::Learn(const std::string& domain_in, const std::vector<X50
   return out;
 }
 
+void CertStore::SetApprovalRule(std::function<bool(const std::string& domain)> rule) { approval_rule_ = std::move(rule); }
+
+std::string CertStore::Offer(const std::string& domain_in, const std::vector<X509Ref>& certs, const std::string& source) {
+  std::string domain = base::AsciiLower(domain_in);
+  if (!approval_rule_ || !approval_rule_(domain)) return Learn(domain, certs, {});
+  if (!ValidDomainName(domain)) return "";
+  std::string what;
+  for (const X509Ref& c : certs)
+    if (ExamineAuthority(c.get(), "domain-confidentiality-authority").claims)
+      if (std::string w = LearnOne(domain, c, "domain-confidentiality-authority", X509_PURPOSE_SMIME_ENCRYPT, &dca_, "dca",
+                                   false, nullptr, &source);
+          !w.empty())
+        what = w;
+  return what;
+}
+
+X509Ref CertStore::Pending(const std::string& domain, std::string* source) const {
+  std::shared_lock l(mu_);
+  auto it = dca_.find(base::AsciiLower(domain));
+  if (it == dca_.end() || !it->second.pending) return nullptr;
+  if (source) *source = it->second.pending_source;
+  return it->second.pending;
+}
+
+Result<std::string> CertStore::Approve(const std::string& domain_in) {
+  std::string domain = base::AsciiLower(domain_in);
+  X509Ref p;
+  {
+    std::unique_lock l(mu_);
+    auto it = dca_.find(domain);
+    if (it == dca_.end() || !it->second.pending) return NotFoundError(StrCat("no certificate of ", domain, " awaits approval"));
+    p = it->second.pending;
+    it->second.pending.reset();
+    it->second.pending_source.clear();
+    PersistSlots(domain, "dca", it->second);
+  }
+  std::string refusal;
+  std::string what = LearnOne(domain, p, "domain-confidentiality-authority", X509_PURPOSE_SMIME_ENCRYPT, &dca_, "dca", false, &refusal);
+  if (!refusal.empty()) return FailedPreconditionError(StrCat("not taken: ", refusal));
+  if (CertWatcher* w = watcher_.load()) w->Found(domain);
+  return what.empty() ? std::string("already held") : what;
+}
+
 Result<std::string> CertStore::Add(const std::string& domain_in, X509* cert, bool pin) {
   std::string domain = base::AsciiLower(domain_in);
   if (!ValidDomainName(domain)) return InvalidArgumentError(StrCat("'", domain_in, "' is not a domain name"));
@@ -413,7 +473,7 @@ Status CertStore::Remove(const std::string& domain_in, const std::string& kind) 
   if (!table) return InvalidArgumentError("kind is dca or dsa");
   std::unique_lock l(mu_);
   auto it = table->find(domain);
-  if (it == table->end() || (!it->second.current && !it->second.next && it->second.old.empty()))
+  if (it == table->end() || (!it->second.current && !it->second.next && !it->second.pending && it->second.old.empty()))
     return NotFoundError(StrCat("no ", kind, " certificate is held for ", domain));
   if (it->second.pinned_by_config)
     return FailedPreconditionError(StrCat(domain, "'s DCA certificate is pinned in the configuration (smime.partners): change it there"));

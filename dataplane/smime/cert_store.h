@@ -24,6 +24,7 @@
 #include <openssl/x509.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <memory>
@@ -74,6 +75,19 @@ class CertStore {
   void SetTrust(std::shared_ptr<const pki::TrustList> trust);
   // Pin sets a partner's DCA certificate from the operator's config.
   Status Pin(const std::string& domain, const std::string& pem_file);
+  // Offer: certificates discovered for `domain` (a CA's directory, SMIMEA, an answer to our
+  // request; `source` names it). When the approval rule (SetApprovalRule) says the domain's
+  // discovered certificates need an administrator, a qualifying DCA is kept aside as
+  // "pending" (not used) until Approve; otherwise it is Learn. Returns what changed.
+  std::string Offer(const std::string& domain, const std::vector<X509Ref>& certs, const std::string& source);
+  // SetApprovalRule: whether discovered certificates for a domain wait for approval (SEE-2.8b:
+  // "discovery can be automatic or need an administrator's approval"). Null: automatic.
+  void SetApprovalRule(std::function<bool(const std::string& domain)> rule);
+  // Approve (management API): the pending DCA of `domain` is checked again and taken (then
+  // released mail goes). NotFound when none is pending.
+  Result<std::string> Approve(const std::string& domain);
+  // Pending: the certificate waiting for approval for `domain`, and where it came from.
+  X509Ref Pending(const std::string& domain, std::string* source = nullptr) const;
   // Add (management API): a partner certificate given by an operator — DCA or DSA by its RFC 3183
   // name, valid now (or, unpinned, from a future date: the next one). `pin`: a DCA that
   // learning never replaces, kept across restarts. Returns what changed; InvalidArgument with
@@ -115,7 +129,7 @@ class CertStore {
   struct Listed {
     std::string domain;
     std::string kind;     // "dca" or "dsa"
-    std::string slot;     // "current", "old" or "next"
+    std::string slot;     // "current", "old", "next" or "pending" (discovered, awaiting approval)
     bool pinned = false;  // pinned by an operator (configuration or API); else learnt
     bool pinned_by_config = false;
     X509Ref cert;
@@ -134,6 +148,8 @@ class CertStore {
     X509Ref current;
     std::vector<X509Ref> old;   // newest first, at most kMaxOld
     X509Ref next;               // not valid yet
+    X509Ref pending;            // discovered, waiting for an administrator's approval
+    std::string pending_source;
     bool pinned = false;
     bool pinned_by_config = false;
   };
@@ -143,7 +159,8 @@ class CertStore {
   void InstallLocked(Slots& s, X509Ref c, bool as_next);
   void PersistSlots(const std::string& domain, const char* kind, const Slots& s) const;
   std::string LearnOne(const std::string& domain, X509Ref c, const char* authority, int purpose, Table* table,
-                       const char* kind, bool pin, std::string* refusal);
+                       const char* kind, bool pin, std::string* refusal, const std::string* pending_source = nullptr);
+  std::function<bool(const std::string&)> approval_rule_;   // set before use (start-up)
   Table dca_, dsa_;
   std::map<std::string, std::vector<std::string>> caps_;
   struct Checked {

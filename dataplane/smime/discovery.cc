@@ -73,6 +73,9 @@ void Discovery::Wanted(const std::string& domain_in) {
                                   o_.smimea ? " and DNS (SMIMEA)" : "", "; released automatically when a valid certificate is found");
       else if (o_.smimea)
         it->second.state = "looking it up in DNS (SMIMEA); released automatically when a valid certificate is found";
+      else if (o_.send_requests)
+        it->second.state = StrCat("asking domain-certificate-request@", domain,
+                                  " by signed mail; released automatically when a valid certificate is found");
     }
     Want& w = it->second;
     int64_t now = SteadyMs();
@@ -109,7 +112,7 @@ std::vector<Discovery::Entry> Discovery::Entries() const {
 std::string Discovery::Lookup(const std::string& domain_in) {
   std::string domain = base::AsciiLower(domain_in);
   if (!ValidDomainName(domain)) return StrCat("'", domain_in, "' is not a domain name");
-  if (!HasSources()) return "no directory and no SMIMEA resolver is configured (smime.directories, smime.smimea)";
+  if (o_.directories.empty() && !o_.smimea) return "no directory and no SMIMEA resolver is configured (smime.directories, smime.smimea)";
   std::lock_guard<std::mutex> one_at_a_time(lookup_mu_);
   std::vector<std::string> said;
   bool any_answer = false;
@@ -139,7 +142,7 @@ std::string Discovery::Lookup(const std::string& domain_in) {
         certs.push_back(x);
       }
     }
-    std::string changed = certs.empty() ? "" : store_->Learn(domain, certs, {});
+    std::string changed = certs.empty() ? "" : store_->Offer(domain, certs, q.server);
     if (!changed.empty()) learnt = StrCat(changed, " from ", q.server);
     std::string what = StrCat(q.server, ": ", values->size(), " value", values->size() == 1 ? "" : "s");
     if (unreadable) what += StrCat(", ", unreadable, " not a certificate");
@@ -167,7 +170,7 @@ std::string Discovery::Lookup(const std::string& domain_in) {
         if (parsed.ok()) certs.push_back(parsed->front());
         else ++unreadable;
       }
-      std::string changed = certs.empty() ? "" : store_->Learn(domain, certs, {});
+      std::string changed = certs.empty() ? "" : store_->Offer(domain, certs, "SMIMEA");
       if (!changed.empty()) learnt = StrCat(changed, " from SMIMEA");
       std::string what = StrCat("SMIMEA (DNSSEC secure): ", f->certificates.size(), " certificate",
                                 f->certificates.size() == 1 ? "" : "s");
@@ -180,9 +183,34 @@ std::string Discovery::Lookup(const std::string& domain_in) {
   }
   std::string text = StrCat("looked up at ", UtcNow(), ": ");
   for (size_t i = 0; i < said.size(); ++i) text += (i ? "; " : "") + said[i];
-  if (!learnt.empty()) text += StrCat(" — learnt ", learnt);
+  std::string pending_source;
+  if (store_->Pending(domain, &pending_source))
+    text += StrCat(" — a certificate found (", pending_source, ") awaits an administrator's approval: mailsealctl certs approve ",
+                   domain);
+  else if (!learnt.empty()) text += StrCat(" — learnt ", learnt);
   else if (!any_answer) base::Log(base::LogLevel::kWarning, "certdisc", "no directory answered", {{"domain", domain}, {"why", text}});
   return text;
+}
+
+std::string Discovery::RequestIfDue(const std::string& domain) {
+  if (!o_.send_requests || !send_request_) return "";
+  int64_t now = SteadyMs();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = wanted_.find(domain);
+    if (it == wanted_.end()) return "";
+    if (it->second.last_request_ms >= 0 && now - it->second.last_request_ms < o_.request_interval_ms)
+      return StrCat("a signed request went to domain-certificate-request@", domain, " earlier; waiting for the answer");
+    it->second.last_request_ms = now;
+  }
+  Status st = send_request_(domain);
+  if (!st.ok()) {
+    base::Log(base::LogLevel::kError, "certdisc", "certificate request not queued", {{"domain", domain}, {"error", st.message()}});
+    return StrCat("the request to domain-certificate-request@", domain, " could not be queued: ", st.message());
+  }
+  base::Log(base::LogLevel::kInfo, "certdisc", "certificate requested by signed mail",
+            {{"domain", domain}, {"to", StrCat("domain-certificate-request@", domain)}});
+  return StrCat("a signed request was sent to domain-certificate-request@", domain, " at ", UtcNow(), " (SEE-2.8b)");
 }
 
 void Discovery::ReleaseIfUsable(const std::string& domain) {
@@ -226,6 +254,10 @@ void Discovery::Run() {
       it->second.last_try_unix_ms = UnixMs();
       l.unlock();
       std::string state = Lookup(d);
+      std::string covering;
+      X509Ref now_known = store_->Dca(d, &covering);
+      if (!now_known || store_->Check(now_known.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid)
+        if (std::string asked = RequestIfDue(d); !asked.empty()) state = StrCat(state, "; ", asked);
       l.lock();
       it = wanted_.find(d);
       if (it != wanted_.end()) {

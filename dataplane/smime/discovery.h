@@ -51,6 +51,11 @@ struct DiscoveryOptions {
   // DNSSEC-validated SMIMEA records (RFC 8162) of the domain's authority address; null: not asked.
   std::unique_ptr<pki::SmimeaResolver> smimea;
   int64_t retry_ms = 300000;
+  // The SEE-2.8b fallback: a signed request to domain-certificate-request@<domain> when the
+  // sources give nothing usable, at most once per `request_interval_ms` per domain. The
+  // request is queued by `send_request` (set with SetRequester once the queue exists).
+  bool send_requests = false;
+  int64_t request_interval_ms = 3600000;
   size_t max_wanted = 1024;
   pki::LdapLimits limits;
 };
@@ -67,6 +72,9 @@ class Discovery : public CertWatcher {
 
   void Start();
   void Stop();
+  // SetRequester: how a certificate request is queued (mailseald: a message from
+  // domain-certificate-request@<our domain>, signed on its way out). Before Start.
+  void SetRequester(std::function<Status(const std::string& domain)> send_request) { send_request_ = std::move(send_request); }
 
   void Wanted(const std::string& domain) override;
   void Found(const std::string& domain) override;
@@ -92,15 +100,20 @@ class Discovery : public CertWatcher {
     std::string state;
     bool found = false;
     bool queued = false;
+    int64_t last_request_ms = -1;   // steady clock; -1: no request sent
   };
   void Run();
-  bool HasSources() const { return !o_.directories.empty() || o_.smimea; }
+  bool HasSources() const { return !o_.directories.empty() || o_.smimea || o_.send_requests; }
+  // RequestIfDue: the fallback request for `domain` when none went within the interval; what
+  // was done, for the state text ("" nothing).
+  std::string RequestIfDue(const std::string& domain);
   std::string LookupLocked(const std::string& domain, std::unique_lock<std::mutex>& l);
   void ReleaseIfUsable(const std::string& domain);
 
   CertStore* store_;
   DiscoveryOptions o_;
   Release release_;
+  std::function<Status(const std::string& domain)> send_request_;
   mutable std::mutex mu_;
   std::mutex lookup_mu_;   // one lookup at a time (the SMIMEA resolver is single-threaded)
   std::condition_variable cv_;

@@ -1,16 +1,19 @@
 // gateway.cc — see gateway.h.
 #include "dataplane/smime/gateway.h"
 
+#include <openssl/evp.h>
 #include <openssl/x509v3.h>
 #include <strings.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <set>
 #include <unordered_map>
 #include <cstring>
 
 #include "dataplane/base/strings.h"
+#include "dataplane/mime/canonical.h"
 #include "dataplane/mime/parser.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/smime/naming.h"
@@ -258,7 +261,7 @@ const PartnerPolicy* Gateway::PartnerFor(const std::string& domain) const {
 }
 
 Plan Gateway::Decide(const std::string& sender, const std::vector<std::string>& recipients, const std::string& message,
-                     const policy::CompiledPolicy* doc, bool require_seal) const {
+                     const policy::CompiledPolicy* doc, bool require_seal, bool require_signature) const {
   static const policy::CompiledPolicy kNoDocument;
   if (!doc) doc = &kNoDocument;
   Plan plan;
@@ -268,12 +271,15 @@ Plan Gateway::Decide(const std::string& sender, const std::vector<std::string>& 
     std::string d = smtp::DomainOf(recipients[i]);
     std::string lower = base::AsciiLower(recipients[i]);
     if (!d.empty() && IsLocal(d) && lower.rfind("seemail-ping@", 0) == 0) plan.pings[lower].push_back(i);
+    else if (!d.empty() && IsLocal(d) && lower.rfind("domain-certificate-request@", 0) == 0) plan.cert_requests[lower].push_back(i);
     else if (d.empty() || IsLocal(d)) plan.local.push_back(i);
     else remote[d].push_back(i);
   }
   if (!store_) {   // policy only (no smime section): nothing to open or answer, local mail as it is
     for (auto& [address, rcpts] : plan.pings) plan.local.insert(plan.local.end(), rcpts.begin(), rcpts.end());
+    for (auto& [address, rcpts] : plan.cert_requests) plan.local.insert(plan.local.end(), rcpts.begin(), rcpts.end());
     plan.pings.clear();
+    plan.cert_requests.clear();
     plan.open_local = false;
   }
   if (!remote.empty()) plan.classification = policy::Classify(message, doc->trigger_words);
@@ -289,6 +295,11 @@ Plan Gateway::Decide(const std::string& sender, const std::vector<std::string>& 
       if (require_seal && d.protection != policy::Protection::kHold && d.protection != policy::Protection::kSealRequired) {
         d.protection = policy::Protection::kSealRequired;
         d.reason = "a message of the gateway's own that leaves only signed and encrypted (SEE-2.14)";
+      }
+      if (require_signature && !require_seal && d.protection != policy::Protection::kHold) {
+        d.protection = policy::Protection::kSign;
+        d.reason = "a certificate request or answer of the gateway's own: signed, sealed when their certificate is "
+                   "known, never held for want of it (SEE-2.8b)";
       }
       auto [it, fresh] = groups.try_emplace({static_cast<int>(d.protection), d.triple_wrap}, Plan::Group{domain, d, {}});
       it->second.rcpts.push_back(i);
@@ -315,6 +326,7 @@ std::vector<Output> Gateway::Execute(const Plan& plan, const std::string& sender
   };
   // SEE-2.14: seemail-ping@ answers before any other rule.
   for (const auto& [address, rcpts] : plan.pings) add(Ping(sender, rcpts, address, message, keys, *doc));
+  for (const auto& [address, rcpts] : plan.cert_requests) add(CertRequest(sender, rcpts, address, message, keys));
   if (!plan.local.empty()) {
     if (plan.open_local) {
       Output o = Open1(sender, plan.local, message, keys, doc, inbound);
@@ -778,6 +790,187 @@ Output Gateway::Ping(const std::string& sender, std::vector<uint32_t> rcpts, con
   o.require_seal = true;
   o.protection = StrCat("seemail-ping reply to <", from, "> (probe ", encrypted ? "signed and encrypted" : "signed",
                         ", verified)");
+  return o;
+}
+
+namespace {
+
+// DecodeBase64: RFC 2045 base64 (line breaks and blanks skipped); "" when it is not base64.
+std::string DecodeBase64(std::string_view in) {
+  std::string clean;
+  for (char ch : in)
+    if (!std::isspace(static_cast<unsigned char>(ch))) clean += ch;
+  std::string out((clean.size() / 4 + 1) * 3, '\0');
+  EVP_ENCODE_CTX* ctx = EVP_ENCODE_CTX_new();
+  int n = 0, total = 0;
+  EVP_DecodeInit(ctx);
+  bool ok = EVP_DecodeUpdate(ctx, reinterpret_cast<unsigned char*>(out.data()), &n,
+                             reinterpret_cast<const unsigned char*>(clean.data()), static_cast<int>(clean.size())) >= 0;
+  total = n;
+  ok = ok && EVP_DecodeFinal(ctx, reinterpret_cast<unsigned char*>(out.data()) + total, &n) == 1;
+  EVP_ENCODE_CTX_free(ctx);
+  if (!ok) return "";
+  out.resize(static_cast<size_t>(total + n));
+  return out;
+}
+
+// AttachedName: a part's file name (Content-Disposition filename, else Content-Type name), lower case.
+std::string AttachedName(const mime::Part& p) {
+  std::string name;
+  if (const mime::HeaderField* cd = p.Find("Content-Disposition")) {
+    std::string v = base::AsciiLower(cd->Value());
+    size_t at = v.find("filename=");
+    if (at != std::string::npos) {
+      name = v.substr(at + 9);
+      if (!name.empty() && name.front() == '"') name = name.substr(1, name.find('"', 1) - 1);
+      else name = name.substr(0, name.find_first_of("; \t"));
+    }
+  }
+  if (name.empty()) {
+    auto it = p.params.find("name");
+    if (it != p.params.end()) name = base::AsciiLower(it->second);
+  }
+  return name;
+}
+
+bool CertificateAttachment(const mime::Part& p) {
+  std::string t = p.type + "/" + p.subtype;
+  if (t == "application/pkix-cert" || t == "application/x-x509-ca-cert" || t == "application/x-x509-user-cert" ||
+      t == "application/x-pkcs7-certificates")
+    return true;
+  if (t == "application/pkcs7-mime" || t == "application/x-pkcs7-mime") {
+    auto it = p.params.find("smime-type");
+    return it != p.params.end() && base::AsciiLower(it->second) == "certs-only";
+  }
+  std::string name = AttachedName(p);
+  for (const char* ext : {".cer", ".crt", ".der", ".p7b", ".p7c"})
+    if (name.ends_with(ext)) return true;
+  return false;
+}
+
+}  // namespace
+
+std::vector<X509Ref> CertificatesIn(const std::string& message, size_t* attachments) {
+  constexpr size_t kMax = 16;
+  std::vector<X509Ref> out;
+  size_t seen = 0;
+  mime::Parser parser;
+  if (parser.Feed(message).ok() && parser.Finish().ok()) {
+    for (const mime::Part& p : parser.parts()) {
+      if (p.IsMultipart() || !p.header_complete || !CertificateAttachment(p) || p.end < p.body_begin) continue;
+      ++seen;
+      std::string_view body(message.data() + p.body_begin, p.end - p.body_begin);
+      std::string data = p.transfer_encoding == "base64" ? DecodeBase64(body) : std::string(body);
+      Result<std::vector<pki::X509Ptr>> certs = pki::ParseCertificates(data, kMax);
+      if (!certs.ok()) continue;
+      for (pki::X509Ptr& x : *certs)
+        if (out.size() < kMax) out.push_back(std::move(x));
+    }
+  }
+  if (attachments) *attachments = seen;
+  return out;
+}
+
+std::string CertificateRequest(const std::string& from, const std::string& domain, const std::string& gateway_name,
+                               int64_t now_ms) {
+  std::string wanted = StrCat("domain-confidentiality-authority@", domain);
+  std::string m;
+  m += StrCat("From: Certificate requests <", from, ">\r\nTo: <domain-certificate-request@", domain, ">\r\n");
+  m += StrCat("Subject: ", wanted, "\r\n");
+  m += StrCat("Date: ", queue::Rfc5322Date(now_ms), "\r\n");
+  m += StrCat("Message-ID: <certreq.", now_ms, "@", gateway_name, ">\r\n");
+  m += "Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n";
+  m += StrCat("The mail gateway ", gateway_name, " asks for the certificate of ", wanted, "\r\n");
+  m += "(SEEMAIL: a signed request to domain-certificate-request@; please answer with the certificate\r\n";
+  m += "attached as .cer, .crt, .p7b or .p7c).\r\n";
+  return m;
+}
+
+Output Gateway::CertRequest(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& address,
+                            const std::string& message, const GatewayKeys& keys) const {
+  bool verified = false, encrypted = false;
+  Output opened = Open1(sender, rcpts, message, keys, nullptr, nullptr, &verified, &encrypted);
+  if (opened.action == Action::kTempFail) return opened;
+  Output o;
+  o.rcpts = std::move(rcpts);
+  o.action = Action::kConsume;
+  std::string from = base::AsciiLower(sender);
+  std::string local = from.substr(0, from.rfind('@'));
+  std::string domain = smtp::DomainOf(from);
+  if (!verified) {
+    o.reason = "domain-certificate-request: not signed by a verified domain authority: ignored (SEE-2.8b)";
+    return o;
+  }
+  // An answer: certificates attached. Only what validates and names the sender's domain's
+  // authority is taken (CertStore::Learn); mail held for it is then released.
+  size_t attachments = 0;
+  std::vector<X509Ref> certs = CertificatesIn(opened.body, &attachments);
+  if (attachments > 0) {
+    std::string learnt = domain.empty() ? "" : store_->Offer(domain, certs, StrCat("an answer from ", from));
+    o.reason = StrCat("certificate answer from ", domain.empty() ? "<>" : domain, ": ", certs.size(), " certificate",
+                      certs.size() == 1 ? "" : "s", attachments > certs.size() ? " (some attachments unreadable)" : "",
+                      learnt.empty() ? "; nothing new taken (already held)" : StrCat("; learnt ", learnt), " (SEE-2.8b)");
+    return o;
+  }
+  // A request: its Subject is the address of the certificate wanted.
+  std::vector<Field> fields;
+  SplitHeader(opened.body, &fields);
+  std::string wanted;
+  for (const Field& f : fields)
+    if (NameIs(f, "Subject")) wanted = base::AsciiLower(Sanitize(Unfold(f.Value())));
+  while (!wanted.empty() && (wanted.front() == '<' || wanted.front() == ' ')) wanted.erase(0, 1);
+  while (!wanted.empty() && (wanted.back() == '>' || wanted.back() == ' ')) wanted.pop_back();
+  if (from.empty() || local == "postmaster" || local == "mailer-daemon" || local == "seemail-ping") {
+    o.reason = "domain-certificate-request: no answer to an automatic sender (loop protection)";
+    return o;
+  }
+  X509* cert = nullptr;
+  for (auto [c, authority] : {std::pair{keys.dca_cert.get(), "domain-confidentiality-authority"},
+                              std::pair{keys.dsa_cert.get(), "domain-signing-authority"}}) {
+    if (!c) continue;
+    for (const std::string& d : ExamineAuthority(c, authority).domains)
+      if (wanted == StrCat(authority, "@", d) && IsLocal(d)) cert = c;
+  }
+  if (!cert) {
+    o.reason = StrCat("domain-certificate-request: no certificate of ours is named '", wanted, "' (SEE-2.8b)");
+    return o;
+  }
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+  if (ping_limiter_ && !ping_limiter_->Allow(StrCat("certreq:", domain), now)) {
+    o.reason = StrCat("domain-certificate-request: answer to ", domain, " rate limited");
+    return o;
+  }
+  unsigned char* der = nullptr;
+  int n = i2d_X509(cert, &der);
+  if (n <= 0) {
+    o.reason = "domain-certificate-request: our certificate cannot be encoded";
+    return o;
+  }
+  std::string bytes(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+  OPENSSL_free(der);
+  std::string boundary = StrCat("=_certanswer_", now);
+  std::string body;
+  body += StrCat("From: Certificate requests <", address, ">\r\nTo: <", from, ">\r\n");
+  body += StrCat("Subject: Certificate of ", wanted, "\r\n");
+  body += StrCat("Date: ", queue::Rfc5322Date(now), "\r\n");
+  body += StrCat("Message-ID: <certanswer.", now, "@", policy_->gateway_name, ">\r\n");
+  body += "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n";
+  body += StrCat("Content-Type: multipart/mixed; boundary=\"", boundary, "\"\r\n\r\n");
+  body += StrCat("--", boundary, "\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n");
+  body += StrCat("The certificate of ", wanted, ", as asked (SEEMAIL domain-certificate-request).\r\n");
+  body += StrCat("--", boundary, "\r\nContent-Type: application/pkix-cert; name=\"", wanted, ".cer\"\r\n");
+  body += StrCat("Content-Disposition: attachment; filename=\"", wanted, ".cer\"\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+  body += mime::EncodeBase64Lines(bytes);
+  body += StrCat("--", boundary, "--\r\n");
+  o.action = Action::kDeliver;
+  o.treatment = Treatment::kCertAnswer;
+  o.body = std::move(body);
+  o.envelope_from = address;
+  o.envelope_to = from;
+  o.require_signature = true;
+  o.protection = StrCat("certificate of ", wanted, " sent to <", from, "> (request signed", encrypted ? " and encrypted" : "",
+                        ", verified; SEE-2.8b)");
   return o;
 }
 

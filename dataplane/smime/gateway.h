@@ -105,6 +105,7 @@ enum class Treatment {
   kOpened,     // inbound: domain layers removed, verified and marked
   kMarked,     // inbound, no domain S/MIME: marked and passed on
   kPingReply,  // a seemail-ping reply of our own
+  kCertAnswer, // our certificate sent to a domain-certificate-request@ (SEE-2.8b)
 };
 
 struct Output {
@@ -123,12 +124,14 @@ struct Output {
   // it must leave sealed. Empty envelope_to: the original's envelope.
   std::string envelope_from, envelope_to;
   bool require_seal = false;
+  bool require_signature = false;   // a certificate answer: signed, sealed when their certificate is known
 };
 
 // Plan: the policy decision for one message, typed — where each recipient goes and why — made
 // before any key is used (Decide) and carried out after (Execute).
 struct Plan {
   std::map<std::string, std::vector<uint32_t>> pings;   // seemail-ping@ probes, by the address
+  std::map<std::string, std::vector<uint32_t>> cert_requests;   // domain-certificate-request@ (SEE-2.8b)
   std::vector<uint32_t> local;                          // our own domains
   bool open_local = true;                               // false: no smime section, passed as is
   struct Group {
@@ -155,8 +158,11 @@ class Gateway {
                               const Inbound* inbound = nullptr) const;
 
   // Decide: the policy stage's typed decision (no key, no I/O); Execute carries it out.
+  // `require_signature`: a certificate request or answer of our own (remote recipients get it
+  // signed, sealed when their certificate is known, never held for want of it).
   Plan Decide(const std::string& sender, const std::vector<std::string>& recipients, const std::string& message,
-              const policy::CompiledPolicy* doc = nullptr, bool require_seal = false) const;
+              const policy::CompiledPolicy* doc = nullptr, bool require_seal = false,
+              bool require_signature = false) const;
   std::vector<Output> Execute(const Plan& plan, const std::string& sender, const std::string& message,
                               const GatewayKeys& keys, const policy::CompiledPolicy* doc = nullptr,
                               const Inbound* inbound = nullptr) const;
@@ -173,6 +179,8 @@ class Gateway {
                bool* verified = nullptr, bool* encrypted = nullptr) const;
   Output Ping(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& ping_address,
               const std::string& message, const GatewayKeys& keys, const policy::CompiledPolicy& doc) const;
+  Output CertRequest(const std::string& sender, std::vector<uint32_t> rcpts, const std::string& address,
+                     const std::string& message, const GatewayKeys& keys) const;
 
   const GatewayPolicy* policy_;
   CertStore* store_;
@@ -183,6 +191,18 @@ class Gateway {
 // normalised to upper case with square brackets), or "" when none (policy::FindTriggerWord
 // with the default words).
 std::string ClassificationWord(std::string_view subject);
+
+// CertificatesIn: the certificates attached to a message (a SEE-2.8b answer): parts typed
+// application/pkix-cert, application/x-x509-ca-cert, application/x-x509-user-cert,
+// application/pkcs7-mime with smime-type=certs-only, application/x-pkcs7-certificates, or named
+// *.cer, *.crt, *.der, *.p7b, *.p7c; base64 or binary; at most 16. `attachments`: how many
+// such parts there were (read or not).
+std::vector<X509Ref> CertificatesIn(const std::string& message, size_t* attachments = nullptr);
+
+// CertificateRequest: the request our gateway sends to domain-certificate-request@<domain>
+// from `from` (SEE-2.8b: the Subject is the address of the certificate wanted).
+std::string CertificateRequest(const std::string& from, const std::string& domain, const std::string& gateway_name,
+                               int64_t now_ms);
 
 // Warning texts of the SEE-2.8 table (receiving column), put in front of the Subject.
 std::string WarningFor(CertStatus s);

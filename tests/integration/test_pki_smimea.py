@@ -16,6 +16,10 @@ ldns-signzone (ECDSA P-256 KSK + ZSK); gateway A validates from the KSK's DS rec
    zone lines (owner name and certificate checked here independently: Python's hashlib and
    `openssl x509 -outform DER`); `certs lookups` shows the domain still looked for and why;
    `certs refresh` asks again now (an auditor may not).
+4. Approval (SEE-2.8b: "discovery can be automatic or need an administrator's approval"):
+   restarted with discovery_approval MANUAL, mail for agency-f.example is held; its
+   certificate is found in SMIMEA but waits ("pending" in `certs show`, the lookup state says
+   so) and nothing is sealed until `certs approve` — then the held mail leaves sealed to it.
 """
 import os
 import re
@@ -104,8 +108,9 @@ def main():
     a = harness.args()
     c = harness.Checker("pki_smimea")
     root = harness.tempdir(a.keep)
-    ca_dir, [(da, env_a, pin_a), (dd, _, _), (de, _, _)] = make_pki(
-        root, a.keygen, [("gw-a", "agency-a.test"), ("gw-d", "agency-d.example"), ("gw-e", "agency-e.example")])
+    ca_dir, [(da, env_a, pin_a), (dd, _, _), (de, _, _), (df, _, _)] = make_pki(
+        root, a.keygen, [("gw-a", "agency-a.test"), ("gw-d", "agency-d.example"), ("gw-e", "agency-e.example"),
+                         ("gw-f", "agency-f.example")])
     # agency-e's certificate issued again: the forgery put in place of the signed record.
     run(f"openssl x509 -req -in dca.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial "
         f"-copy_extensions copy -days 30 -out forged.crt", de)
@@ -113,7 +118,9 @@ def main():
     os.makedirs(zdir)
     dca_d = "domain-confidentiality-authority@agency-d.example"
     dca_e = "domain-confidentiality-authority@agency-e.example"
+    dca_f = "domain-confidentiality-authority@agency-f.example"
     signed, ds = sign_zone(zdir, [f"{owner(dca_d)} IN SMIMEA 1 0 0 {der_hex(f'{dd}/dca.crt', dd)}",
+                                  f"{owner(dca_f)} IN SMIMEA 1 0 0 {der_hex(f'{df}/dca.crt', df)}",
                                   f"{owner(dca_e)} IN SMIMEA 1 0 0 {der_hex(f'{de}/dca.crt', de)}"])
     # Forge agency-e's record after signing: its RRSIG no longer matches.
     lines, forged = [], 0
@@ -185,6 +192,34 @@ def main():
     c.check(rc != 0, "an auditor may not start a lookup", o + e)
     rc, o, e = admin("certs", "refresh", "agency-e.example")
     c.check(rc == 0 and "failed DNSSEC validation" in o, "certs refresh asks now and says what came of it", o + e)
+    c.check(gw.stop() == 0, "clean stop")
+
+    # 4. Approval required.
+    with open(gw.config) as f:
+        conf = f.read().replace("directory_retry_s: 2", "directory_retry_s: 2 discovery_approval: DISCOVERY_APPROVAL_MANUAL "
+                                'partners { domain: "agency-f.example" }')
+    with open(gw.config, "w") as f:
+        f.write(conf)
+    gw.start()
+    harness.wait_for(lambda: "management API listening" in gw.read_log(), 15, "API up again")
+    send(gw.port, "alice@agency-a.test", ["fay@agency-f.example"],
+         b"From: alice@agency-a.test\r\nTo: fay@agency-f.example\r\nSubject: approval\r\n"
+         b"Message-ID: <disc-3@agency-a.test>\r\n\r\nbody 3\r\n")
+    c.check(harness.eventually(lambda: "awaits an administrator's approval" in gw.read_log(), 30, "pending"),
+            "the certificate found for agency-f waits for an administrator's approval", gw.read_log()[-800:])
+    rc, o, e = admin("certs", "show", "agency-f.example")
+    c.check(rc == 0 and "dca pending" in o, "certs show lists it as pending", o + e)
+    rc, o, e = admin("certs", "lookups")
+    c.check(rc == 0 and "certs approve agency-f.example" in o, "the lookup state says what to do", o + e)
+    time.sleep(3)
+    c.check(not sealed_for(sink, "agency-f.example") and gw.queue_files("hold"), "nothing is sealed to it before approval")
+    rc, o, e = auditor("certs", "approve", "agency-f.example")
+    c.check(rc != 0, "an auditor may not approve", o + e)
+    rc, o, e = admin("certs", "approve", "agency-f.example")
+    c.check(rc == 0 and "dca certificate" in o, "certs approve takes it", o + e)
+    got = harness.eventually(lambda: sealed_for(sink, "agency-f.example", 3) or None, 30, "sealed after approval")
+    c.check(got is not None and recipient_serials(got[0], root) == [serial_of(f"{df}/dca.crt")],
+            "after approval the held mail leaves sealed to the approved certificate")
     c.check(gw.stop() == 0, "clean stop")
     dns.stop()
     c.finish()

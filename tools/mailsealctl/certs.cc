@@ -58,6 +58,15 @@ int Add(const Context& c, const std::string& domain, const std::string& file, bo
   return c.Print(resp, [&] { std::printf("%s: %s%s\n", domain.c_str(), resp.what().c_str(), pin ? " (pinned)" : ""); });
 }
 
+int Approve(const Context& c, const std::string& domain) {
+  v1::ApproveCertificateRequest req;
+  req.set_domain(domain);
+  auto cs = v1::CertService::NewStub(c.channel);
+  v1::ApproveCertificateResponse resp;
+  if (int rc = Call(cs.get(), &CS::ApproveCertificate, req, &resp)) return rc;
+  return c.Print(resp, [&] { std::printf("%s: %s (approved)\n", domain.c_str(), resp.what().c_str()); });
+}
+
 int Remove(const Context& c, const std::string& domain, const std::string& kind) {
   v1::RemoveCertificateRequest req;
   req.set_domain(domain);
@@ -144,6 +153,9 @@ void AddCertCommands(CLI::App& app, Runner* chosen) {
   pin->add_option("domain", a->domain, "the partner domain")->required();
   pin->add_option("file", a->file, "the certificate (PEM or DER)")->required();
   On(pin, chosen, [a](const Context& c) { return Add(c, a->domain, a->file, true); });
+  CLI::App* approve = certs->add_subcommand("approve", "use a discovered certificate that waits for approval");
+  approve->add_option("domain", a->domain, "the partner domain")->required();
+  On(approve, chosen, [a](const Context& c) { return Approve(c, a->domain); });
   CLI::App* remove = certs->add_subcommand("remove", "forget a partner's certificates of one kind");
   remove->add_option("domain", a->domain, "the partner domain")->required();
   remove->add_option("--kind", a->kind, "dca or dsa")->capture_default_str();

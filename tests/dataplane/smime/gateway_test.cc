@@ -246,6 +246,81 @@ TEST_F(GatewayTest, SeemailPingAnswersVerifiedProbesOnlyAndRateLimited) {
   EXPECT_EQ(outs[0].action, Action::kHold) << outs[0].reason;
 }
 
+TEST_F(GatewayTest, CertificateRequestsAreAnsweredSignedAndAnswersAreRead) {
+  // SEE-2.8b: a signed request to domain-certificate-request@, the Subject naming the
+  // certificate wanted; the answer carries it as an attachment.
+  Side a = Make("a", {}, {"agency-b.test"});
+  Side b = Make("b", {}, {"agency-a.test"});
+  PingLimiter limiter;
+  Gateway gb(&b.policy, b.store.get(), &limiter);
+  std::string request = CertificateRequest("domain-certificate-request@agency-a.test", "agency-b.test", "gw-a.test", 1);
+  EXPECT_NE(request.find("Subject: domain-confidentiality-authority@agency-b.test\r\n"), std::string::npos);
+  // A's request leaves signed although A knows no certificate of B's (require_signature).
+  std::vector<Output> out = a.gw->Process("domain-certificate-request@agency-a.test",
+                                          {"domain-certificate-request@agency-b.test"}, request, a.keys);
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out[0].action, Action::kHold) << "without the flag: a partner without a certificate is held";
+  out = a.gw->Execute(a.gw->Decide("domain-certificate-request@agency-a.test", {"domain-certificate-request@agency-b.test"},
+                                   request, nullptr, false, /*require_signature=*/true),
+                      "domain-certificate-request@agency-a.test", request, a.keys);
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out[0].action, Action::kDeliver) << out[0].reason;
+  EXPECT_EQ(out[0].treatment, Treatment::kSigned);
+  // B answers with its DCA certificate attached, signed (require_signature), to A's address.
+  std::vector<Output> answer = gb.Process("domain-certificate-request@agency-a.test",
+                                          {"domain-certificate-request@agency-b.test"}, out[0].body, b.keys);
+  ASSERT_EQ(answer.size(), 1u);
+  ASSERT_EQ(answer[0].action, Action::kDeliver) << answer[0].reason;
+  EXPECT_EQ(answer[0].treatment, Treatment::kCertAnswer);
+  EXPECT_TRUE(answer[0].require_signature);
+  EXPECT_EQ(answer[0].envelope_to, "domain-certificate-request@agency-a.test");
+  size_t attached = 0;
+  std::vector<X509Ref> certs = CertificatesIn(answer[0].body, &attached);
+  ASSERT_EQ(attached, 1u);
+  ASSERT_EQ(certs.size(), 1u);
+  EXPECT_EQ(X509_cmp(certs[0].get(), b.keys.dca_cert.get()), 0) << "the attachment is B's DCA certificate";
+  // A second request within the minute: not answered (rate limit).
+  answer = gb.Process("domain-certificate-request@agency-a.test", {"domain-certificate-request@agency-b.test"},
+                      out[0].body, b.keys);
+  ASSERT_EQ(answer.size(), 1u);
+  EXPECT_EQ(answer[0].action, Action::kConsume);
+  // An unsigned request and one naming a certificate that is not ours: no answer.
+  PingLimiter fresh;
+  Gateway gb2(&b.policy, b.store.get(), &fresh);
+  answer = gb2.Process("x@agency-a.test", {"domain-certificate-request@agency-b.test"}, request, b.keys);
+  ASSERT_EQ(answer.size(), 1u);
+  EXPECT_EQ(answer[0].action, Action::kConsume);
+  EXPECT_NE(answer[0].reason.find("not signed"), std::string::npos) << answer[0].reason;
+  std::string other = request;
+  other.replace(other.find("Subject: domain-confidentiality-authority@agency-b.test"),
+                std::string("Subject: domain-confidentiality-authority@agency-b.test").size(),
+                "Subject: domain-confidentiality-authority@agency-z.test");
+  out = a.gw->Execute(a.gw->Decide("domain-certificate-request@agency-a.test", {"domain-certificate-request@agency-b.test"},
+                                   other, nullptr, false, true),
+                      "domain-certificate-request@agency-a.test", other, a.keys);
+  ASSERT_EQ(out.size(), 1u);
+  answer = gb2.Process("domain-certificate-request@agency-a.test", {"domain-certificate-request@agency-b.test"},
+                       out[0].body, b.keys);
+  ASSERT_EQ(answer.size(), 1u);
+  EXPECT_EQ(answer[0].action, Action::kConsume);
+  EXPECT_NE(answer[0].reason.find("no certificate of ours"), std::string::npos) << answer[0].reason;
+}
+
+TEST(CertificatesIn, ReadsCerP7cAndPemAttachmentsAndSkipsGarbage) {
+  std::string pem = "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n";
+  std::string m = "From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"x\"\r\n\r\n"
+                  "--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+                  "--x\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"junk.cer\"\r\n"
+                  "Content-Transfer-Encoding: base64\r\n\r\nAAECAwQF\r\n"
+                  "--x\r\nContent-Type: application/x-pem-file; name=\"c.crt\"\r\n\r\n" + pem +
+                  "--x--\r\n";
+  size_t attached = 0;
+  std::vector<X509Ref> certs = CertificatesIn(m, &attached);
+  EXPECT_EQ(attached, 2u) << "both attachments are recognised by their names";
+  EXPECT_TRUE(certs.empty()) << "neither is a certificate";
+  EXPECT_TRUE(CertificatesIn("not a message at all").empty());
+}
+
 TEST_F(GatewayTest, OpensVerifiesMarksAndLearnsTheSenderDomain) {
   Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
   Side b = Make("b", {}, {"agency-a.test"});
