@@ -642,6 +642,10 @@ struct Daemon {
     // The SEE-2.8b fallback: a request from domain-certificate-request@<our first domain>,
     // signed on its way out (require_signature), to the partner's.
     std::string ours = cfg.local_domains().empty() ? cfg.hostname() : base::AsciiLower(cfg.local_domains(0));
+    sealing::SmimeShared* shared_for_list = smime.get();
+    smime->discovery->SetSeemailSink([shared_for_list](std::vector<std::string> list) {
+      sealing::SetDirectorySeemail(shared_for_list, std::move(list));
+    });
     smime->discovery->SetRequester([q, sp = spool.get(), ours, host = cfg.hostname()](const std::string& domain) -> Status {
       int64_t now = base::QueueNowMs();
       v1::SpoolEnvelope env;
@@ -678,7 +682,7 @@ struct Daemon {
       if (smime) {
         sealing::SmimeShared* shared = smime.get();
         auto publish = [shared](const v1::PolicyDocument& doc) {
-          shared->document.store(policy::Compile(doc), std::memory_order_release);
+          sealing::PublishPolicy(shared, policy::Compile(doc));
           Log(LogLevel::kInfo, "policy", "policy document in force", {{"version", std::to_string(doc.version())}});
         };
         if (Result<v1::PolicyDocument> cur = policy_store->Get(0); cur.ok()) publish(*cur);

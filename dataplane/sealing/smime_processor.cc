@@ -372,6 +372,19 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   }
   dopts.send_requests = c.certificate_requests();
   dopts.request_interval_ms = static_cast<int64_t>(c.certificate_request_interval_s() ? c.certificate_request_interval_s() : 3600) * 1000;
+  if (c.has_seemail_directory()) {
+    const auto& sd = c.seemail_directory();
+    std::string url = base::AsciiLower(sd.url());
+    size_t rest = url.find("://");
+    if (rest == std::string::npos || (url.substr(0, rest) != "ldap" && url.substr(0, rest) != "ldaps") ||
+        url.size() == rest + 3 || url.find('/', rest + 3) != std::string::npos)
+      return InvalidArgumentError(StrCat("field 'smime.seemail_directory.url': '", sd.url(), "' is not ldap://host[:port] or ldaps://host[:port]"));
+    dopts.seemail_query.server = sd.url();
+    dopts.seemail_query.base = sd.base().empty() ? "c=NZ" : sd.base();
+    dopts.seemail_query.filter = sd.filter().empty() ? "(associatedDomain=*)" : sd.filter();
+    dopts.seemail_query.attribute = sd.attribute().empty() ? "associatedDomain" : sd.attribute();
+    dopts.seemail_refresh_ms = static_cast<int64_t>(sd.refresh_s() ? sd.refresh_s() : 3600) * 1000;
+  }
   if (c.has_smimea()) {
     pki::SmimeaOptions so;
     so.forwarder = c.smimea().resolver();
@@ -444,6 +457,31 @@ Status ReloadCertificates(SmimeShared* s, const mailseal::v1::Config& cfg) {
     for (const smime::CertStore::Listed& l : s->store->List())
       if (l.kind == "dca") w->Found(l.domain);
   return OkStatus();
+}
+
+namespace {
+void PublishLocked(SmimeShared* s) {
+  if (!s->document_base) s->document_base = s->document.load(std::memory_order_acquire);
+  if (s->directory_seemail.empty()) {
+    s->document.store(s->document_base, std::memory_order_release);
+    return;
+  }
+  auto merged = std::make_shared<policy::CompiledPolicy>(*s->document_base);
+  for (const std::string& e : s->directory_seemail) merged->seemail.emplace(e, "SEEMAIL list (directory)");
+  s->document.store(std::move(merged), std::memory_order_release);
+}
+}  // namespace
+
+void PublishPolicy(SmimeShared* s, std::shared_ptr<const policy::CompiledPolicy> compiled) {
+  std::lock_guard<std::mutex> l(s->publish_mu);
+  s->document_base = std::move(compiled);
+  PublishLocked(s);
+}
+
+void SetDirectorySeemail(SmimeShared* s, std::vector<std::string> list) {
+  std::lock_guard<std::mutex> l(s->publish_mu);
+  s->directory_seemail = std::move(list);
+  PublishLocked(s);
 }
 
 void StartDiscovery(SmimeShared* s, std::function<size_t(const std::string& domain)> release) {

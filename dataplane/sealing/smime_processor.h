@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <functional>
+#include <mutex>
 #include <memory>
 #include <string>
 
@@ -50,7 +51,18 @@ struct SmimeShared {
   // change; each job loads it once.
   std::atomic<std::shared_ptr<const policy::CompiledPolicy>> document{std::make_shared<const policy::CompiledPolicy>()};
   std::unique_ptr<smime::PingLimiter> ping_limiter = std::make_unique<smime::PingLimiter>();
+  // The SEEMAIL list read from a directory (smime.seemail_directory), merged into `document`
+  // by PublishPolicy; `document_base` is the policy document as compiled, without it.
+  std::mutex publish_mu;
+  std::shared_ptr<const policy::CompiledPolicy> document_base;
+  std::vector<std::string> directory_seemail;
 };
+
+// PublishPolicy puts a compiled policy document in force, with the SEEMAIL list read from the
+// directory added (an entry of the document itself wins). SetDirectorySeemail replaces that
+// list and publishes again. Both any thread.
+void PublishPolicy(SmimeShared* shared, std::shared_ptr<const policy::CompiledPolicy> compiled);
+void SetDirectorySeemail(SmimeShared* shared, std::vector<std::string> list);
 
 // LoadSmime builds the shared part from the config, refusing what cannot work (missing files,
 // certificates that are not ours); errors name the field.

@@ -4,6 +4,7 @@
 #include <openssl/x509v3.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "dataplane/base/log.h"
@@ -213,6 +214,29 @@ std::string Discovery::RequestIfDue(const std::string& domain) {
   return StrCat("a signed request was sent to domain-certificate-request@", domain, " at ", UtcNow(), " (SEE-2.8b)");
 }
 
+Result<std::vector<std::string>> Discovery::ReadSeemailList(size_t* skipped) {
+  pki::LdapLimits limits = o_.limits;
+  limits.max_entries = 10000;
+  limits.max_values = 10000;
+  Result<std::vector<std::string>> values = pki::Search(o_.seemail_query, limits);
+  if (!values.ok()) return values.status();
+  std::vector<std::string> out;
+  size_t bad = 0;
+  for (const std::string& v : *values) {
+    std::string e = base::AsciiLower(v);
+    size_t at = e.rfind('@');
+    bool ok = at == std::string::npos ? ValidDomainName(e)
+                                      : at > 0 && ValidDomainName(e.substr(at + 1)) &&
+                                            e.find_first_of(" \t\r\n<>()[],;:\\\"") == std::string::npos;
+    if (ok) out.push_back(std::move(e));
+    else ++bad;
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  if (skipped) *skipped = bad;
+  return out;
+}
+
 void Discovery::ReleaseIfUsable(const std::string& domain) {
   std::string covering;
   X509Ref dca = store_->Dca(domain, &covering);
@@ -269,6 +293,25 @@ void Discovery::Run() {
       l.lock();
       continue;
     }
+    // The SEEMAIL list from its directory, when due.
+    if (!o_.seemail_query.server.empty() && seemail_sink_ && SteadyMs() >= next_seemail_ms_) {
+      l.unlock();
+      size_t skipped = 0;
+      Result<std::vector<std::string>> list = ReadSeemailList(&skipped);
+      if (list.ok()) {
+        base::Log(base::LogLevel::kInfo, "certdisc", "SEEMAIL list read from the directory",
+                  {{"server", o_.seemail_query.server}, {"entries", std::to_string(list->size())},
+                   {"skipped", std::to_string(skipped)}});
+        seemail_sink_(std::move(list.value()));
+      } else {
+        base::Log(base::LogLevel::kWarning, "certdisc", "SEEMAIL list not read: the last one read stays in force",
+                  {{"error", list.status().message()}});
+      }
+      l.lock();
+      // A failed read is tried again sooner (a tenth of the period, at least a minute).
+      next_seemail_ms_ = SteadyMs() + (list.ok() ? o_.seemail_refresh_ms : std::max<int64_t>(60000, o_.seemail_refresh_ms / 10));
+      continue;
+    }
     // A copy held just after its certificate turned up (a worker decided before the store
     // learnt it, and wrote the copy after the release scan) is caught here within 30 s.
     int64_t now = SteadyMs();
@@ -286,6 +329,7 @@ void Discovery::Run() {
     }
     // Mail still waiting: its domains are asked again when their retry time comes.
     int64_t next = std::min(now + 60000, last_recheck_ms_ + 30000);
+    if (!o_.seemail_query.server.empty() && seemail_sink_) next = std::min(next, next_seemail_ms_);
     for (auto& [d, w] : wanted_) {
       if (!HasSources() || w.queued || w.found) continue;
       int64_t due = w.last_try_ms < 0 ? now : w.last_try_ms + o_.retry_ms;

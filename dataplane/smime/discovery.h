@@ -55,6 +55,10 @@ struct DiscoveryOptions {
   // sources give nothing usable, at most once per `request_interval_ms` per domain. The
   // request is queued by `send_request` (set with SetRequester once the queue exists).
   bool send_requests = false;
+  // The SEEMAIL list read from a directory every `seemail_refresh_ms` (server empty: not read);
+  // each read that succeeds goes to the sink set with SetSeemailSink.
+  pki::LdapSearch seemail_query;
+  int64_t seemail_refresh_ms = 3600000;
   int64_t request_interval_ms = 3600000;
   size_t max_wanted = 1024;
   pki::LdapLimits limits;
@@ -75,6 +79,12 @@ class Discovery : public CertWatcher {
   // SetRequester: how a certificate request is queued (mailseald: a message from
   // domain-certificate-request@<our domain>, signed on its way out). Before Start.
   void SetRequester(std::function<Status(const std::string& domain)> send_request) { send_request_ = std::move(send_request); }
+  // SetSeemailSink: who gets the SEEMAIL list each time it is read (domains and addresses,
+  // lower case, checked). Before Start.
+  void SetSeemailSink(std::function<void(std::vector<std::string>)> sink) { seemail_sink_ = std::move(sink); }
+  // ReadSeemailList: the list from the directory now (bounded: 10,000 entries); values that are
+  // neither a domain nor an address are skipped and counted in `skipped`.
+  Result<std::vector<std::string>> ReadSeemailList(size_t* skipped = nullptr);
 
   void Wanted(const std::string& domain) override;
   void Found(const std::string& domain) override;
@@ -114,6 +124,8 @@ class Discovery : public CertWatcher {
   DiscoveryOptions o_;
   Release release_;
   std::function<Status(const std::string& domain)> send_request_;
+  std::function<void(std::vector<std::string>)> seemail_sink_;
+  int64_t next_seemail_ms_ = 0;
   mutable std::mutex mu_;
   std::mutex lookup_mu_;   // one lookup at a time (the SMIMEA resolver is single-threaded)
   std::condition_variable cv_;

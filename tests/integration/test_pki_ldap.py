@@ -19,6 +19,9 @@ has agency-b.test and agency-c.test as partners but no certificate of either.
    found, and every held message released and sealed — none left in hold/.
 5. Hostile answers: a second directory answers with a value that is no certificate and with a
    certificate of a CA not on the trust list for agency-b: reported, ignored, mail flows.
+6. The SEEMAIL list read from the directory (associatedDomain values; a value that is no
+   domain is skipped): agency-x.test, on that list only, is treated as a scheme member —
+   unclassified mail for it is held for want of its certificate, never sent in clear.
 """
 import os
 import re
@@ -158,13 +161,18 @@ def main():
               + "dn: cn=junk,ou=hostile,c=NZ\nobjectClass: inetOrgPerson\ncn: junk\nsn: junk\n"
               + "mail: domain-confidentiality-authority@agency-b.test\n"
               + f"userCertificate;binary:< file://{der(f'{db}/dca-evil.crt', f'{db}/dca-evil.der')}\n"
-              + "jpegPhoto:: bm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n\n")
+              + "jpegPhoto:: bm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n\n"
+              + "dn: o=agency-x,c=NZ\nobjectClass: organization\nobjectClass: domainRelatedObject\no: agency-x\n"
+              + "associatedDomain: agency-x.test\n\n"
+              + "dn: o=junk-list,c=NZ\nobjectClass: organization\nobjectClass: domainRelatedObject\no: junk-list\n"
+              + "associatedDomain: not a domain (at all)\n\n")
 
     sink = harness.Sink(root)
     directories = (f'directories {{ url: "{ldap.url}" ca_file: "{ca_dir}/ca.crt" timeout_ms: 3000 }} '
                    f'directories {{ url: "{ldap.url}" base: "ou=hostile,c=NZ" attribute: "jpegPhoto" }} '
                    f'directories {{ url: "{ldap.url}" base: "ou=hostile,c=NZ" }} '
-                   f'directory_retry_s: 2 crl_files: "{ca_dir}/crl.pem" ')
+                   f'directory_retry_s: 2 crl_files: "{ca_dir}/crl.pem" '
+                   f'seemail_directory {{ url: "{ldap.url}" refresh_s: 2 }} ')
     gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="a", local_domain="agency-a.test",
                            env=env_a, hostname="gw-a.test",
                            extra=smime_conf("gw-a", da, pin_a, ca_dir,
@@ -268,6 +276,17 @@ def main():
     c.check(harness.eventually(ldap_crl_cached, 30, "CRL from LDAP cached"),
             "the CRL named by an ldap:// distribution point is fetched from the directory and cached",
             os.listdir(crl_dir) if os.path.isdir(crl_dir) else "no crls/")
+    # 6. The SEEMAIL list from the directory.
+    c.check(harness.eventually(lambda: re.search(r"SEEMAIL list read from the directory .*entries=1 skipped=1",
+                                                 gw.read_log()), 30, "SEEMAIL list read"),
+            "the SEEMAIL list is read from the directory (a value that is no domain skipped)",
+            "\n".join(l for l in gw.read_log().splitlines() if "SEEMAIL" in l)[-400:])
+    n_hold = len(gw.queue_files("hold"))
+    send(gw.port, "alice@agency-a.test", ["xavier@agency-x.test"], message(20, "xavier@agency-x.test"))
+    c.check(harness.eventually(lambda: len(gw.queue_files("hold")) > n_hold, 30, "held for agency-x"),
+            "a domain on the directory's SEEMAIL list is a scheme member: held for want of its certificate",
+            "\n".join(l for l in gw.read_log().splitlines() if "agency-x" in l)[-600:])
+    c.check(not any(b"body 20" in m for m in sink.messages()), "nothing for it left in clear")
     clear = [m for m in sink.messages() if b"body " in m and b"application/pkcs7-mime" not in m
              and b"Auto-Submitted" not in m]
     c.check(not clear, "nothing for a partner ever left in clear", [m[:300] for m in clear])
