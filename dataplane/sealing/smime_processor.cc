@@ -199,7 +199,7 @@ class SmimeProcessor : public JobProcessor {
 
   // Keys binds the DSA and DCA to this worker's session for the token's current opening.
   smime::GatewayKeys Keys() {
-    smime::GatewayKeys k{s_->dsa_cert, s_->dca_cert, s_->chain, nullptr, nullptr};
+    smime::GatewayKeys k{s_->dsa_cert, s_->dca_cert, s_->chain, nullptr, nullptr, {}};
     std::shared_ptr<hsm::TokenHandle> h = s_->token ? s_->token->Handle() : nullptr;
     if (!h) {
       Drop();
@@ -221,6 +221,13 @@ class SmimeProcessor : public JobProcessor {
         Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&**lease_, *dca);
         if (key.ok()) dca_ = *key;
       }
+      for (const auto& [label, cert] : s_->previous_dca) {
+        Result<hsm::KeyPair> old = hsm::FindKeyPair(**lease_, label);
+        Result<EVP_PKEY*> key = old.ok() ? hsm::TokenPrivateKey(&**lease_, *old) : Result<EVP_PKEY*>(old.status());
+        if (key.ok()) previous_dca_.emplace_back(cert, *key);
+        else Log(LogLevel::kWarning, "crypto", "previous DCA key not usable: mail sealed to it will not open",
+                 {{"label", label}, {"error", key.status().message()}});
+      }
       if (!dsa_ || !dca_)
         Log(LogLevel::kError, "crypto", "domain keys not usable on the token: sealing/opening deferred",
             {{"dsa", dsa.ok() ? "ok" : dsa.status().message()}, {"dca", dca.ok() ? "ok" : dca.status().message()}});
@@ -238,6 +245,7 @@ class SmimeProcessor : public JobProcessor {
     }
     k.dsa_key = may_sign_ ? dsa_ : nullptr;
     k.dca_key = dca_;
+    k.previous_dca = previous_dca_;
     return k;
   }
 
@@ -251,6 +259,8 @@ class SmimeProcessor : public JobProcessor {
     EVP_PKEY_free(dsa_);
     EVP_PKEY_free(dca_);
     dsa_ = dca_ = nullptr;
+    for (auto& [cert, key] : previous_dca_) EVP_PKEY_free(key);
+    previous_dca_.clear();
     lease_.reset();   // before the handle that owns its pool
     handle_.reset();
     generation_ = 0;
@@ -264,6 +274,7 @@ class SmimeProcessor : public JobProcessor {
   hsm::KeyPair dsa_pair_;
   EVP_PKEY* dsa_ = nullptr;
   EVP_PKEY* dca_ = nullptr;
+  std::vector<std::pair<smime::X509Ref, EVP_PKEY*>> previous_dca_;   // owned keys
   bool may_sign_ = false;
   int64_t may_sign_checked_ = 0;
 };
@@ -301,6 +312,16 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   if (dca.empty()) return InvalidArgumentError(StrCat("field 'smime.dca_cert_file': ", err));
   s->dsa_cert = dsa[0];
   s->dca_cert = dca[0];
+  if (c.previous_dca_size() > 2) return InvalidArgumentError("field 'smime.previous_dca': at most 2");
+  for (int i = 0; i < c.previous_dca_size(); ++i) {
+    const auto& p = c.previous_dca(i);
+    std::string field = StrCat("field 'smime.previous_dca[", i, "].");
+    if (p.key_label().empty()) return InvalidArgumentError(StrCat(field, "key_label': required"));
+    if (p.key_label() == c.dca_key_label()) return InvalidArgumentError(StrCat(field, "key_label': is the current DCA key"));
+    std::vector<smime::X509Ref> pc = ReadCerts(p.cert_file(), &err);
+    if (pc.empty()) return InvalidArgumentError(StrCat(field, "cert_file': ", err));
+    s->previous_dca.emplace_back(p.key_label(), pc[0]);
+  }
   if (!c.chain_file().empty()) {
     s->chain = ReadCerts(c.chain_file(), &err);
     if (s->chain.empty()) return InvalidArgumentError(StrCat("field 'smime.chain_file': ", err));

@@ -47,6 +47,7 @@ struct SmimeShared {
   smime::X509Ref dsa_cert, dca_cert;
   std::vector<smime::X509Ref> chain;
   std::string dsa_label, dca_label;
+  std::vector<std::pair<std::string, smime::X509Ref>> previous_dca;   // (token label, certificate)
   // The compiled policy document (issue #6), replaced by the control thread on every accepted
   // change; each job loads it once.
   std::atomic<std::shared_ptr<const policy::CompiledPolicy>> document{std::make_shared<const policy::CompiledPolicy>()};

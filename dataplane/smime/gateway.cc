@@ -564,7 +564,9 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
   OpenOptions opts;
   opts.domain_layers_only = true;
   std::shared_ptr<const pki::TrustList> trust = store_->trust();   // held while the message is judged
-  Result<Opened> r = Open(message, {keys.dca_cert.get(), keys.dca_key}, trust->store(), known, opts);
+  Recipient us(keys.dca_cert.get(), keys.dca_key);
+  for (const auto& [c, k] : keys.previous_dca) us.previous.emplace_back(c.get(), k);
+  Result<Opened> r = Open(message, us, trust->store(), known, opts);
   if (!r.ok()) {
     if (r.status().code() == StatusCode::kFailedPrecondition) {
       o.action = Action::kDeliver;

@@ -70,6 +70,8 @@ struct GatewayKeys {
   std::vector<X509Ref> chain;
   EVP_PKEY* dsa_key = nullptr;
   EVP_PKEY* dca_key = nullptr;
+  // Previous DCA pairs (after a key rollover): inbound mail sealed to them still opens.
+  std::vector<std::pair<X509Ref, EVP_PKEY*>> previous_dca;
 };
 
 enum class Action {

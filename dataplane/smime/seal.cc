@@ -445,9 +445,19 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     std::string next_text;
     next_text.reserve(current.size());
     BioPtr next = StringSink(&next_text);
+    // The DCA pair this enveloped layer names: the current one, else a previous one.
+    X509* dca_cert = us.cert;
+    EVP_PKEY* dca_key = us.key;
+    if ((type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData) && !ForUs(cms.get(), us.cert))
+      for (const auto& [c, k] : us.previous)
+        if (c && k && ForUs(cms.get(), c)) {
+          dca_cert = c;
+          dca_key = k;
+          break;
+        }
     if (options.domain_layers_only) {
       bool ours = (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData)
-                      ? ForUs(cms.get(), us.cert)
+                      ? ForUs(cms.get(), dca_cert)
                       : type == NID_pkcs7_signed && SignedByAuthority(cms.get(), known);
       if (!ours) {
         if (layer == 0) return FailedPreconditionError("S/MIME, but no layer of it is our domain's (user-level)");
@@ -457,14 +467,14 @@ Result<Opened> Open(const std::string& sealed, const Recipient& us, X509_STORE* 
     }
     if (type == NID_pkcs7_enveloped || type == NID_id_smime_ct_authEnvelopedData) {
       const char* name = type == NID_id_smime_ct_authEnvelopedData ? "authEnveloped-data" : "enveloped-data";
-      if (!us.key || !us.cert) return Status(StatusCode::kPermissionDenied, "encrypted, and no decryption key");
+      if (!dca_key || !dca_cert) return Status(StatusCode::kPermissionDenied, "encrypted, and no decryption key");
       // One text for every failure: with implicit rejection (hsm/token_key.cc) and OpenSSL's
       // random key on a failed key transport, a damaged key block, a wrong key and damaged
       // content all end here, and nothing (log, hold reason, bounce) tells them apart.
       // A wrong content key (a damaged key block, implicit rejection) makes CBC padding fail —
       // or, once in 256 times, "succeed" with noise: noise is no MIME entity, so it is the same
       // failure (AES-GCM's tag rules it out anyway). Every damaged message is held alike.
-      if (CMS_decrypt(cms.get(), us.key, us.cert, nullptr, next.get(), CMS_BINARY) != 1 || !BeginsWithHeader(next_text)) {
+      if (CMS_decrypt(cms.get(), dca_key, dca_cert, nullptr, next.get(), CMS_BINARY) != 1 || !BeginsWithHeader(next_text)) {
         ERR_clear_error();
         return Status(StatusCode::kPermissionDenied,
                       "the encrypted content cannot be decrypted for our domain (damaged, or not for our key)");

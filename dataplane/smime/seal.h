@@ -110,8 +110,14 @@ struct OpenOptions {
 };
 
 struct Recipient {
+  Recipient() = default;
+  Recipient(X509* c, EVP_PKEY* k) : cert(c), key(k) {}
   X509* cert = nullptr;         // our DCA certificate
   EVP_PKEY* key = nullptr;      // its private key (in the HSM)
+  // Our previous DCA certificates and keys (still on the token after a rollover): mail a
+  // partner sealed to the old certificate before it learnt the new one still opens. Each
+  // enveloped layer is opened with the pair its recipient info names.
+  std::vector<std::pair<X509*, EVP_PKEY*>> previous;
 };
 
 // ChooseCipher picks the strongest content cipher the partner announced (SEE-2.4, RFC 8551

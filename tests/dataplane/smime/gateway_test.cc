@@ -246,6 +246,32 @@ TEST_F(GatewayTest, SeemailPingAnswersVerifiedProbesOnlyAndRateLimited) {
   EXPECT_EQ(outs[0].action, Action::kHold) << outs[0].reason;
 }
 
+TEST_F(GatewayTest, MailSealedToOurPreviousDcaStillOpensAfterARollover) {
+  // A partner sealed to agency-b's DCA; agency-b has since rolled its DCA over (here: to
+  // another key pair of the test PKI). With the old pair kept as previous_dca the mail opens;
+  // without it, no layer is ours: it goes on as someone else's S/MIME (SEE-AG-2), unreadable.
+  Side a = Make("a", {{"agency-b.test", "dca_b"}}, {"agency-b.test"});
+  std::vector<Output> sealed = a.gw->Process("alice@agency-a.test", {"bob@agency-b.test"},
+                                             Mail("alice@agency-a.test", "rollover", "in transit"), a.keys);
+  ASSERT_EQ(sealed.size(), 1u);
+  ASSERT_EQ(sealed[0].action, Action::kDeliver);
+  Side b = Make("b", {}, {"agency-a.test"});
+  GatewayKeys rolled = b.keys;
+  rolled.dca_cert = Ref(Cert("dca_c"));
+  rolled.dca_key = Key("dca_c");
+  keys_.push_back(rolled.dca_key);
+  std::vector<Output> out = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, sealed[0].body, rolled);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(out[0].body.find("in transit") == std::string::npos && out[0].body.find("smime=pass") == std::string::npos)
+      << "the new key alone cannot open it";
+  rolled.previous_dca.emplace_back(b.keys.dca_cert, b.keys.dca_key);
+  out = b.gw->Process("alice@agency-a.test", {"bob@agency-b.test"}, sealed[0].body, rolled);
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out[0].action, Action::kDeliver) << out[0].reason;
+  EXPECT_NE(out[0].body.find("in transit"), std::string::npos);
+  EXPECT_NE(out[0].body.find("smime=pass"), std::string::npos);
+}
+
 TEST_F(GatewayTest, CertificateRequestsAreAnsweredSignedAndAnswersAreRead) {
   // SEE-2.8b: a signed request to domain-certificate-request@, the Subject naming the
   // certificate wanted; the answer carries it as an attachment.
