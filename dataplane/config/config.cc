@@ -208,8 +208,36 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (!cfg.has_delivery()) return bad(cfg, tree, "delivery", -1, "is required");
   auto* del = cfg.mutable_delivery();
   auto dbad = section_bad(*del, "delivery");
-  if (!del->tls().empty() && del->tls() != "opportunistic" && del->tls() != "never")
-    return dbad("tls", StrCat("'", del->tls(), "' is not opportunistic or never"));
+  auto known_level = [](const std::string& l) {
+    for (const char* k : {"none", "never", "may", "opportunistic", "encrypt", "verify"})
+      if (base::AsciiLower(l) == k) return true;
+    return false;
+  };
+  if (!del->tls().empty() && !known_level(del->tls()))
+    return dbad("tls", StrCat("'", del->tls(), "' is not none, may, encrypt or verify"));
+  bool default_verify = base::AsciiLower(del->tls()) == "verify";
+  int verify_policy = -1;
+  for (int i = 0; i < del->tls_policies_size(); ++i) {
+    auto* tp = del->mutable_tls_policies(i);
+    std::string d = base::AsciiLower(tp->domain());
+    std::string bare = !d.empty() && d.front() == '.' ? d.substr(1) : d;
+    if (!base::ValidDomainName(bare))
+      return dbad("tls_policies", StrCat("policy ", i + 1, ": '", tp->domain(), "' is not a domain"));
+    if (!known_level(tp->level()))
+      return dbad("tls_policies", StrCat("policy ", i + 1, ": level '", tp->level(), "' is not none, may, encrypt or verify"));
+    tp->set_domain(d);
+    tp->set_level(base::AsciiLower(tp->level()));
+    if (tp->level() == "verify" && verify_policy < 0) verify_policy = i;
+    for (const std::string& m : tp->match())
+      if (!base::ValidDomainName(m.starts_with("*.") ? m.substr(2) : m))
+        return dbad("tls_policies", StrCat("policy ", i + 1, ": match '", m, "' is not a host name"));
+  }
+  if ((default_verify || verify_policy >= 0) && del->tls_ca_file().empty())
+    return dbad(default_verify ? "tls" : "tls_policies",
+                StrCat(default_verify ? "level verify" : StrCat("policy ", verify_policy + 1, ": level verify"),
+                       " needs delivery.tls_ca_file (the next hops' CAs; never the system store)"));
+  if (!del->tls_ca_file().empty() && !std::ifstream(del->tls_ca_file()))
+    return dbad("tls_ca_file", StrCat(del->tls_ca_file(), " cannot be read"));
   if (!del->relay_host().empty()) {
     std::string h;
     uint16_t p;

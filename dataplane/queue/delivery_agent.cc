@@ -105,6 +105,47 @@ DeliveryAgent::~DeliveryAgent() {
   tls::FreeContext(tls_ctx_);
 }
 
+namespace {
+// LevelOr: a configured level (checked when the configuration loaded), or `fallback`.
+tls::Level LevelOr(const std::string& s, tls::Level fallback) {
+  Result<tls::Level> l = tls::ParseLevel(s);
+  return l.ok() ? *l : fallback;
+}
+}  // namespace
+
+DeliveryAgent::TlsNeed DeliveryAgent::LevelFor(const DeliveryJob& job) const {
+  const auto& d = qmgr_->options().delivery;
+  TlsNeed need;
+  need.level = LevelOr(d.tls(), tls::Level::kMay);
+  for (const auto& p : d.tls_policies()) {
+    const std::string& pd = p.domain();
+    bool covers = pd == job.destination ||
+                  (!pd.empty() && pd.front() == '.' && job.destination.size() > pd.size() && job.destination.ends_with(pd));
+    if (!covers) continue;
+    need.level = LevelOr(p.level(), tls::Level::kMay);
+    need.match.assign(p.match().begin(), p.match().end());
+    break;
+  }
+  // A require_tls rule (and a SecureMail host, SM-6.1): TLS or nothing — authenticated when
+  // the next hops' CAs are configured.
+  if (job.require_tls) {
+    tls::Level floor = d.tls_ca_file().empty() ? tls::Level::kEncrypt : tls::Level::kVerify;
+    if (need.level < floor) need.level = floor;
+  }
+  return need;
+}
+
+Result<const pki::TrustList*> DeliveryAgent::VerifyTrust() {
+  if (!verify_trust_) {
+    const std::string& file = qmgr_->options().delivery.tls_ca_file();
+    if (file.empty()) return FailedPreconditionError("no delivery.tls_ca_file: nothing to verify next hops against");
+    auto t = std::make_unique<pki::TrustList>();
+    if (Status st = t->LoadFile(file, /*anchors=*/true, /*crls=*/false); !st.ok()) return st;
+    verify_trust_ = std::move(t);
+  }
+  return verify_trust_.get();
+}
+
 // StartTls: the client side of the TLS core (tls/session.h) over the connection, every wait
 // with a deadline; the same core the SMTP server uses.
 Status DeliveryAgent::StartTls(const std::string& host, int timeout_ms) {
@@ -258,6 +299,7 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
     for (const auto& m : *mx) hops.push_back({m.host, 25});
   }
   Reply last = MakeReply(451, "4.4.1", "no next hop could be reached");
+  const TlsNeed need = LevelFor(job);
   int connect_timeout = static_cast<int>(d.connect_timeout_ms());
   int cmd_timeout = static_cast<int>(d.command_timeout_ms());
   for (const Hop& hop : hops) {
@@ -277,16 +319,41 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
       conn_.stream = std::move(stream.value());
       conn_.destination = job.destination;
       conn_.remote = where;
-      ClientSession::Tls tls = job.require_tls               ? ClientSession::Tls::kRequired
-                               : d.tls() == "never"           ? ClientSession::Tls::kNever
-                                                              : ClientSession::Tls::kOpportunistic;
+      ClientSession::Tls tls = need.level >= tls::Level::kEncrypt ? ClientSession::Tls::kRequired
+                               : need.level == tls::Level::kNone     ? ClientSession::Tls::kNever
+                                                                     : ClientSession::Tls::kOpportunistic;
       conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname, tls);
+      conn_.level = tls::Level::kNone;
+      bool refused = false;
       while (true) {
         ClientSession::State st = conn_.session->state();
         if (st == ClientSession::State::kTlsReady) {
           if (Status t = StartTls(hop.host, cmd_timeout); !t.ok()) {
             conn_.session->Fail(MakeReply(451, "4.7.5", StrCat("STARTTLS with ", where, ": ", t.message())));
             break;
+          }
+          conn_.level = need.level == tls::Level::kMay ? tls::Level::kMay : tls::Level::kEncrypt;
+          if (need.level == tls::Level::kVerify) {
+            // Authenticate the hop before anything else goes to it (RFC 7817 §3): the MX (or
+            // route) host's name or the recipient domain, or the configured names.
+            std::vector<std::string> names = need.match;
+            if (names.empty()) {
+              names.push_back(hop.host);
+              if (job.destination != "[relay]") names.push_back(job.destination);
+            }
+            Result<const pki::TrustList*> trust = VerifyTrust();
+            tls::PeerCheck pc = trust.ok() ? tls::CheckPeer(**trust, conn_.tls_session->PeerChain(), names)
+                                           : tls::PeerCheck{false, "", std::string(trust.status().message())};
+            if (!pc.ok) {
+              last = MakeReply(451, "4.7.5", StrCat("TLS level verify: ", where, " not authenticated: ", pc.reason,
+                                                    "; nothing sent to it"));
+              Log(LogLevel::kWarning, "smtp", "next hop not authenticated: nothing sent",
+                  {{"hop", where}, {"destination", job.destination}, {"why", pc.reason}});
+              refused = true;
+              break;
+            }
+            conn_.level = tls::Level::kVerify;
+            conn_.tls = StrCat(conn_.tls, ", verified as ", pc.matched);
           }
           conn_.session->TlsStarted();
           continue;
@@ -298,6 +365,10 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
           conn_.session->Fail(MakeReply(451, "4.4.2", s.message()));
           break;
         }
+      }
+      if (refused) {
+        CloseConnection(false);
+        continue;
       }
       if (conn_.session->state() == ClientSession::State::kReady) return Reply{};
       Reply f = conn_.session->failure();
@@ -371,8 +442,10 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
   result.destination = job.destination;
   // Reuse a cached session to the same destination; if it turns out dead, connect anew once.
   for (int attempt = 0; attempt < 2; ++attempt) {
+    // A cached session serves only a job whose TLS level it reached (issue #16).
+    tls::Level wanted = LevelFor(job).level;
     bool reused = conn_.stream && conn_.destination == job.destination && conn_.session &&
-                  (!job.require_tls || conn_.session->tls_active()) &&
+                  (wanted <= tls::Level::kMay || (conn_.level >= wanted && conn_.session->tls_active())) &&
                   (conn_.session->state() == ClientSession::State::kReady ||
                    conn_.session->state() == ClientSession::State::kMessageDone);
     if (!reused) {
@@ -383,7 +456,10 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
         return result;
       }
     }
-    result.remote_mta = conn_.tls.empty() ? conn_.remote : StrCat(conn_.remote, " (", conn_.tls, ")");
+    // The level asked and what was reached go with every result: delivery log, queue status,
+    // audit record (issue #16).
+    result.remote_mta = StrCat(conn_.remote, " (", conn_.tls.empty() ? "no TLS" : conn_.tls, "; TLS level ",
+                               tls::LevelName(wanted), ")");
     result.results.clear();
     bool stale = false;
     bool ok = Transact(job, &result, &stale);

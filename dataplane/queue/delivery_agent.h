@@ -25,6 +25,7 @@
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/smtp/client_session.h"
 #include "dataplane/tls/session.h"
+#include "dataplane/tls/verify.h"
 
 
 namespace mailseal::queue {
@@ -46,7 +47,18 @@ class DeliveryAgent {
     std::unique_ptr<smtp::ClientSession> session;
     std::unique_ptr<tls::Session> tls_session;   // after STARTTLS
     std::string tls;         // "TLSv1.3 TLS_AES_256_GCM_SHA384", for logs
+    tls::Level level = tls::Level::kNone;   // the security level this connection reached
   };
+  // The TLS security level a job's destination asks for (issue #16), and the names its next
+  // hop's certificate may carry besides the hop's own.
+  struct TlsNeed {
+    tls::Level level = tls::Level::kMay;
+    std::vector<std::string> match;
+  };
+  TlsNeed LevelFor(const DeliveryJob& job) const;
+  // Trust for the verify level (delivery.tls_ca_file), loaded on first use.
+  Result<const pki::TrustList*> VerifyTrust();
+  std::unique_ptr<pki::TrustList> verify_trust_;
   // The transport, step by step with deadlines on this agent's own loop.
   Status Wait(bool read, int timeout_ms);
   Status RawWrite(std::string_view data, int timeout_ms);

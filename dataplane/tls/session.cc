@@ -55,6 +55,17 @@ Result<SSL_CTX*> MakeClientContext() {
   return ctx;
 }
 
+std::vector<X509*> Session::PeerChain() const {
+  std::vector<X509*> out;
+  if (!ssl_ || !established_) return out;
+  // On the client side the peer's chain includes its leaf (SSL_get_peer_cert_chain(3)).
+  STACK_OF(X509)* chain = SSL_get_peer_cert_chain(ssl_);
+  for (int i = 0; chain && i < sk_X509_num(chain); ++i) out.push_back(sk_X509_value(chain, i));
+  if (out.empty())
+    if (X509* leaf = SSL_get0_peer_certificate(ssl_)) out.push_back(leaf);
+  return out;
+}
+
 void FreeContext(SSL_CTX* ctx) {
   if (ctx) SSL_CTX_free(ctx);
 }

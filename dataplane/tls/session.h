@@ -19,12 +19,14 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "dataplane/base/status.h"
 
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct bio_st BIO;
+typedef struct x509_st X509;
 
 namespace mailseal::tls {
 
@@ -68,6 +70,9 @@ class Session {
   const std::string& error() const { return error_; }
   // Description: "TLSv1.3 TLS_AES_256_GCM_SHA384" once established.
   const std::string& description() const { return description_; }
+  // PeerChain: the certificates the peer sent, leaf first (owned by the session), once
+  // established; empty when it sent none.
+  std::vector<x509_st*> PeerChain() const;
 
  private:
   Session() = default;

@@ -44,6 +44,12 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\n", "gw.conf", "delivery"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nhsm {\n  module_path: \"/m.so\"\n  token_label: \"t\"\n  pin_file: \"1234\"\n}\n",
        "gw.conf:7:3", "pin_file"},
+      // Issue #16: TLS levels are named ones; verify needs the next hops' CAs.
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n tls: \"paranoid\"\n}\n", "gw.conf:4:2", "tls"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n tls_policies { domain: \"b.test\" level: \"sure\" }\n}\n",
+       "gw.conf:4:2", "tls_policies"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n tls_policies { domain: \"b.test\" level: \"verify\" }\n}\n",
+       "gw.conf:4:2", "tls_policies"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
