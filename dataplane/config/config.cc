@@ -209,7 +209,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   auto* del = cfg.mutable_delivery();
   auto dbad = section_bad(*del, "delivery");
   auto known_level = [](const std::string& l) {
-    for (const char* k : {"none", "never", "may", "opportunistic", "encrypt", "verify"})
+    for (const char* k : {"none", "never", "may", "opportunistic", "encrypt", "dane", "verify"})
       if (base::AsciiLower(l) == k) return true;
     return false;
   };
@@ -236,6 +236,13 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     return dbad(default_verify ? "tls" : "tls_policies",
                 StrCat(default_verify ? "level verify" : StrCat("policy ", verify_policy + 1, ": level verify"),
                        " needs delivery.tls_ca_file (the next hops' CAs; never the system store)"));
+  bool any_dane = base::AsciiLower(del->tls()) == "dane";
+  for (const auto& tp : del->tls_policies()) any_dane = any_dane || tp.level() == "dane";
+  if (any_dane && del->dnssec_trust_anchor_file().empty())
+    return dbad(base::AsciiLower(del->tls()) == "dane" ? "tls" : "tls_policies",
+                "level dane needs delivery.dnssec_trust_anchor_file (DNSSEC validation of MX and TLSA answers)");
+  if (!del->dnssec_trust_anchor_file().empty() && !std::ifstream(del->dnssec_trust_anchor_file()))
+    return dbad("dnssec_trust_anchor_file", StrCat(del->dnssec_trust_anchor_file(), " cannot be read"));
   if (!del->tls_ca_file().empty() && !std::ifstream(del->tls_ca_file()))
     return dbad("tls_ca_file", StrCat(del->tls_ca_file(), " cannot be read"));
   if (!del->relay_host().empty()) {

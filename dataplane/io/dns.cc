@@ -82,12 +82,43 @@ std::string RcodeText(int rcode) {
 }
 }  // namespace
 
-Result<std::vector<MxHost>> Resolver::LookupMx(const std::string& domain) {
+Status Resolver::AddTrustAnchorFile(const std::string& path) {
+  if (!init_.ok()) return init_;
+  if (int rc = ub_ctx_add_ta_file(ctx_, path.c_str()); rc != 0)
+    return InvalidArgumentError(StrCat("DNSSEC trust anchor file ", path, ": ", ub_strerror(rc)));
+  validating_ = true;
+  return OkStatus();
+}
+
+Result<Resolver::TlsaAnswer> Resolver::LookupTlsa(const std::string& host, uint16_t port) {
+  if (!init_.ok()) return init_;
+  std::string name = StrCat("_", port, "._tcp.", host);
+  UbResult ans;
+  constexpr int kTypeTlsa = 52;
+  int rc = ub_resolve(ctx_, name.c_str(), kTypeTlsa, kClassIn, &ans.r);
+  if (rc != 0) return UnavailableError(StrCat("TLSA lookup for ", name, ": ", ub_strerror(rc)));
+  const ub_result* res = ans.r;
+  if (res->bogus)
+    return UnavailableError(StrCat("TLSA lookup for ", name, " failed DNSSEC validation",
+                                   res->why_bogus ? StrCat(" (", res->why_bogus, ")") : ""));
+  if (res->rcode != 0 && res->rcode != 3) return UnavailableError(StrCat("TLSA lookup for ", name, ": ", RcodeText(res->rcode)));
+  TlsaAnswer out;
+  out.secure = validating_ && res->secure;
+  for (int i = 0; res->havedata && res->data[i] && out.rdata.size() < 32; ++i)
+    if (res->len[i] >= 4 && res->len[i] <= 8192) out.rdata.emplace_back(res->data[i], static_cast<size_t>(res->len[i]));
+  return out;
+}
+
+Result<std::vector<MxHost>> Resolver::LookupMx(const std::string& domain, bool* secure) {
   if (!init_.ok()) return init_;
   UbResult ans;
   int rc = ub_resolve(ctx_, domain.c_str(), kTypeMx, kClassIn, &ans.r);
   if (rc != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": ", ub_strerror(rc)));
   const ub_result* res = ans.r;
+  if (res->bogus)
+    return UnavailableError(StrCat("MX lookup for ", domain, " failed DNSSEC validation",
+                                   res->why_bogus ? StrCat(" (", res->why_bogus, ")") : ""));
+  if (secure) *secure = validating_ && res->secure;
   if (res->rcode == 3) return NotFoundError(StrCat("domain ", domain, " does not exist"));
   if (res->rcode != 0) return UnavailableError(StrCat("MX lookup for ", domain, ": ", RcodeText(res->rcode)));
   std::vector<MxHost> out;

@@ -33,10 +33,23 @@ class Resolver {
   Resolver& operator=(const Resolver&) = delete;
 
   Status init_status() const { return init_; }
+  // AddTrustAnchorFile turns DNSSEC validation on (DS or DNSKEY lines; issue #16's DANE): then
+  // every answer says whether it was secure, and a bogus one is an error (an attack or a
+  // broken zone: never used).
+  Status AddTrustAnchorFile(const std::string& path);
+  bool validating() const { return validating_; }
   // LookupMx: the MX hosts by preference, or the domain itself (implicit MX) when it has
   // addresses but no MX. NotFound: the domain does not exist (permanent). FailedPrecondition:
   // null MX (permanent). Unavailable: try again later.
-  Result<std::vector<MxHost>> LookupMx(const std::string& domain);
+  // `secure`: the MX RRset (or its denial) was DNSSEC-validated.
+  Result<std::vector<MxHost>> LookupMx(const std::string& domain, bool* secure = nullptr);
+  // LookupTlsa: the TLSA records at _<port>._tcp.<host> (RFC 7672 §2.2), with `secure` set when
+  // the answer (or the denial) validated. A bogus answer or a failed lookup is an error.
+  struct TlsaAnswer {
+    bool secure = false;
+    std::vector<std::string> rdata;   // each: usage, selector, matching type, data (RFC 6698 §2.1)
+  };
+  Result<TlsaAnswer> LookupTlsa(const std::string& host, uint16_t port);
   // LookupAddresses: A then AAAA records of a host (port left 0).
   Result<std::vector<sockaddr_storage>> LookupAddresses(const std::string& host);
   // Query answers one SPF question (RFC 7208): TXT, A, AAAA, MX or PTR, at most 64 records,
@@ -46,6 +59,7 @@ class Resolver {
  private:
   ub_ctx* ctx_ = nullptr;
   Status init_;
+  bool validating_ = false;
 };
 
 // SpfDns: the SPF evaluator's DNS through a Resolver.

@@ -239,6 +239,9 @@ void DeliveryAgent::Run() {
   std::vector<std::string> zones(d.dns_local_zones().begin(), d.dns_local_zones().end());
   std::vector<std::string> local_data(d.dns_local_data().begin(), d.dns_local_data().end());
   resolver_ = std::make_unique<io::Resolver>(d.dns_forwarder(), zones, local_data);
+  if (!d.dnssec_trust_anchor_file().empty())
+    if (Status st = resolver_->AddTrustAnchorFile(d.dnssec_trust_anchor_file()); !st.ok())
+      Log(LogLevel::kError, "smtp", "DNSSEC validation off: DANE destinations are deferred", {{"error", st.message()}});
   std::string held;  // destination whose connection slot we hold
   while (!qmgr_->stopping()) {
     DeliveryJob job;
@@ -283,13 +286,18 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
   std::string fixed = job.destination == "[relay]" ? d.relay_host() : "";
   for (const auto& r : d.routes())
     if (r.domain() == job.destination) fixed = r.next_hop();
+  const TlsNeed need = LevelFor(job);
+  // DANE (RFC 7672 §2.2): the MX answer must be secure for its host names to be trusted; a
+  // configured route is our own word.
+  bool mx_secure = false;
   if (!fixed.empty()) {
     std::string h;
     uint16_t p = 25;
     config::ParseHostPort(fixed, &h, &p);
     hops.push_back({h, p});
+    mx_secure = true;
   } else {
-    Result<std::vector<io::MxHost>> mx = resolver_->LookupMx(job.destination);
+    Result<std::vector<io::MxHost>> mx = resolver_->LookupMx(job.destination, &mx_secure);
     if (!mx.ok()) {
       StatusCode c = mx.status().code();
       if (c == StatusCode::kNotFound || c == StatusCode::kFailedPrecondition)
@@ -299,7 +307,6 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
     for (const auto& m : *mx) hops.push_back({m.host, 25});
   }
   Reply last = MakeReply(451, "4.4.1", "no next hop could be reached");
-  const TlsNeed need = LevelFor(job);
   int connect_timeout = static_cast<int>(d.connect_timeout_ms());
   int cmd_timeout = static_cast<int>(d.command_timeout_ms());
   for (const Hop& hop : hops) {
@@ -319,11 +326,43 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
       conn_.stream = std::move(stream.value());
       conn_.destination = job.destination;
       conn_.remote = where;
-      ClientSession::Tls tls = need.level >= tls::Level::kEncrypt ? ClientSession::Tls::kRequired
-                               : need.level == tls::Level::kNone     ? ClientSession::Tls::kNever
-                                                                     : ClientSession::Tls::kOpportunistic;
-      conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname, tls);
+      // The level for this hop: dane becomes dane (usable secure TLSA records), encrypt (secure
+      // but none usable) or may (none, or insecure answers).
+      tls::Level hop_level = need.level;
+      std::vector<tls::Tlsa> tlsa;
+      if (need.level == tls::Level::kDane) {
+        hop_level = job.require_tls ? tls::Level::kEncrypt : tls::Level::kMay;
+        if (!resolver_->validating()) {
+          last = MakeReply(451, "4.7.5", StrCat("TLS level dane: DNSSEC validation is not available; nothing sent to ", where));
+          continue;
+        }
+        if (mx_secure) {
+          Result<io::Resolver::TlsaAnswer> t = resolver_->LookupTlsa(hop.host, hop.port);
+          if (!t.ok()) {
+            last = MakeReply(451, "4.7.5", StrCat("TLS level dane: ", t.status().message(), "; nothing sent to ", where));
+            Log(LogLevel::kWarning, "smtp", "next hop not tried: its TLSA records cannot be had",
+                {{"hop", where}, {"destination", job.destination}, {"why", t.status().message()}});
+            continue;
+          }
+          if (t->secure && !t->rdata.empty()) {
+            for (const std::string& rd : t->rdata) {
+              tls::Tlsa r;
+              r.usage = static_cast<uint8_t>(rd[0]);
+              r.selector = static_cast<uint8_t>(rd[1]);
+              r.matching = static_cast<uint8_t>(rd[2]);
+              r.data = rd.substr(3);
+              if (tls::Usable(r)) tlsa.push_back(std::move(r));
+            }
+            hop_level = tlsa.empty() ? tls::Level::kEncrypt : tls::Level::kDane;
+          }
+        }
+      }
+      ClientSession::Tls tls_mode = hop_level >= tls::Level::kEncrypt ? ClientSession::Tls::kRequired
+                                    : hop_level == tls::Level::kNone     ? ClientSession::Tls::kNever
+                                                                         : ClientSession::Tls::kOpportunistic;
+      conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname, tls_mode);
       conn_.level = tls::Level::kNone;
+      conn_.asked = need.level;
       bool refused = false;
       while (true) {
         ClientSession::State st = conn_.session->state();
@@ -332,8 +371,23 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
             conn_.session->Fail(MakeReply(451, "4.7.5", StrCat("STARTTLS with ", where, ": ", t.message())));
             break;
           }
-          conn_.level = need.level == tls::Level::kMay ? tls::Level::kMay : tls::Level::kEncrypt;
-          if (need.level == tls::Level::kVerify) {
+          conn_.level = hop_level == tls::Level::kMay ? tls::Level::kMay : tls::Level::kEncrypt;
+          if (hop_level == tls::Level::kDane) {
+            std::vector<std::string> names = {hop.host};
+            if (job.destination != "[relay]") names.push_back(job.destination);
+            tls::DaneCheck dc = tls::CheckDane(tlsa, conn_.tls_session->PeerChain(), names);
+            if (!dc.ok) {
+              last = MakeReply(451, "4.7.5", StrCat("TLS level dane: ", where, " does not match its TLSA records: ", dc.reason,
+                                                    "; nothing sent to it"));
+              Log(LogLevel::kWarning, "smtp", "next hop not authenticated: nothing sent",
+                  {{"hop", where}, {"destination", job.destination}, {"why", dc.reason}});
+              refused = true;
+              break;
+            }
+            conn_.level = tls::Level::kDane;
+            conn_.tls = StrCat(conn_.tls, ", ", dc.how);
+          }
+          if (hop_level == tls::Level::kVerify) {
             // Authenticate the hop before anything else goes to it (RFC 7817 §3): the MX (or
             // route) host's name or the recipient domain, or the configured names.
             std::vector<std::string> names = need.match;
@@ -445,7 +499,7 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
     // A cached session serves only a job whose TLS level it reached (issue #16).
     tls::Level wanted = LevelFor(job).level;
     bool reused = conn_.stream && conn_.destination == job.destination && conn_.session &&
-                  (wanted <= tls::Level::kMay || (conn_.level >= wanted && conn_.session->tls_active())) &&
+                  (wanted <= tls::Level::kMay || conn_.asked == wanted) &&
                   (conn_.session->state() == ClientSession::State::kReady ||
                    conn_.session->state() == ClientSession::State::kMessageDone);
     if (!reused) {

@@ -25,6 +25,7 @@
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/smtp/client_session.h"
 #include "dataplane/tls/session.h"
+#include "dataplane/tls/dane.h"
 #include "dataplane/tls/verify.h"
 
 
@@ -48,6 +49,7 @@ class DeliveryAgent {
     std::unique_ptr<tls::Session> tls_session;   // after STARTTLS
     std::string tls;         // "TLSv1.3 TLS_AES_256_GCM_SHA384", for logs
     tls::Level level = tls::Level::kNone;   // the security level this connection reached
+    tls::Level asked = tls::Level::kNone;   // the level the job it was made for asked
   };
   // The TLS security level a job's destination asks for (issue #16), and the names its next
   // hop's certificate may carry besides the hop's own.

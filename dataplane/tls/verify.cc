@@ -12,8 +12,9 @@ Result<Level> ParseLevel(std::string_view s) {
   if (l == "none" || l == "never") return Level::kNone;
   if (l.empty() || l == "may" || l == "opportunistic") return Level::kMay;
   if (l == "encrypt") return Level::kEncrypt;
+  if (l == "dane") return Level::kDane;
   if (l == "verify") return Level::kVerify;
-  return InvalidArgumentError(StrCat("'", s, "' is not a TLS level (none, may, encrypt, verify)"));
+  return InvalidArgumentError(StrCat("'", s, "' is not a TLS level (none, may, encrypt, dane, verify)"));
 }
 
 const char* LevelName(Level l) {
@@ -21,6 +22,7 @@ const char* LevelName(Level l) {
     case Level::kNone: return "none";
     case Level::kMay: return "may";
     case Level::kEncrypt: return "encrypt";
+    case Level::kDane: return "dane";
     case Level::kVerify: return "verify";
   }
   return "?";

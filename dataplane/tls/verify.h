@@ -26,9 +26,13 @@
 
 namespace mailseal::tls {
 
-enum class Level { kNone = 0, kMay = 1, kEncrypt = 2, kVerify = 3 };
+// kDane: RFC 7672 — where the next hop's TLSA records are DNSSEC-secure and usable, TLS is
+// required and the certificate must match them (dane.h); where they are secure but all
+// unusable, TLS is required unauthenticated; where there are none or the MX or TLSA answers
+// are insecure, as may. A bogus answer defers (an attack or a broken zone).
+enum class Level { kNone = 0, kMay = 1, kEncrypt = 2, kDane = 3, kVerify = 4 };
 
-// ParseLevel: "none", "may", "encrypt", "verify" (and the older "never" = none,
+// ParseLevel: "none", "may", "encrypt", "dane", "verify" (and the older "never" = none,
 // "opportunistic" = may).
 Result<Level> ParseLevel(std::string_view s);
 const char* LevelName(Level l);
