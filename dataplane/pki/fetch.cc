@@ -39,9 +39,20 @@ bool Fetchable(std::string_view url) {
 }  // namespace
 
 namespace {
+struct Strict {
+  std::string ca_file;
+  std::vector<std::string> connect_to;
+};
 Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, const std::string* post,
-                             const std::string& content_type);
+                             const std::string& content_type, const Strict* strict = nullptr);
 }  // namespace
+
+Result<std::string> FetchHttpsStrict(const std::string& url, const FetchLimits& limits, const std::string& ca_file,
+                                     const std::vector<std::string>& connect_to) {
+  if (base::AsciiLower(url.substr(0, 8)) != "https://") return InvalidArgumentError(StrCat(url, ": only https"));
+  Strict s{ca_file, connect_to};
+  return Transfer(url, limits, nullptr, "", &s);
+}
 
 Result<std::string> Fetch(const std::string& url, const FetchLimits& limits) { return Transfer(url, limits, nullptr, ""); }
 
@@ -53,7 +64,7 @@ Result<std::string> Post(const std::string& url, const std::string& body, const 
 
 namespace {
 Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, const std::string* post,
-                             const std::string& content_type) {
+                             const std::string& content_type, const Strict* strict) {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   if (!Fetchable(url)) return InvalidArgumentError(StrCat(url, ": only http, https, ldap and ldaps URLs are fetched"));
@@ -85,6 +96,16 @@ Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, 
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error);
   curl_easy_setopt(c, CURLOPT_USERAGENT, "mailseal-pki/1");
+  curl_slist* connect_to = nullptr;
+  if (strict) {
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (!strict->ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, strict->ca_file.c_str());
+    for (const std::string& e : strict->connect_to) connect_to = curl_slist_append(connect_to, e.c_str());
+    if (connect_to) curl_easy_setopt(c, CURLOPT_CONNECT_TO, connect_to);
+  }
   curl_slist* headers = nullptr;
   if (post) {
     curl_easy_setopt(c, CURLOPT_POST, 1L);
@@ -95,6 +116,7 @@ Result<std::string> Transfer(const std::string& url, const FetchLimits& limits, 
   }
   CURLcode rc = curl_easy_perform(c);
   curl_slist_free_all(headers);
+  curl_slist_free_all(connect_to);
   long status = 0;
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_cleanup(c);

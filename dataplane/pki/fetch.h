@@ -33,6 +33,13 @@ Result<std::string> Fetch(const std::string& url, const FetchLimits& limits);
 Result<std::string> Post(const std::string& url, const std::string& body, const std::string& content_type,
                          const FetchLimits& limits);
 
+// FetchHttpsStrict: the body of an https:// URL, following no redirect, the server's
+// certificate verified against `ca_file` (PEM; empty: libcurl's default store) for the URL's
+// host (MTA-STS policies, RFC 8461 §3.3). `connect_to`: libcurl CONNECT_TO entries
+// ("host:443:127.0.0.1:8443"), for tests and air-gapped sites.
+Result<std::string> FetchHttpsStrict(const std::string& url, const FetchLimits& limits, const std::string& ca_file,
+                                     const std::vector<std::string>& connect_to = {});
+
 // CrlUrls: the http(s)/ldap(s) URLs among the fullName entries of a certificate's CRL
 // distribution points (RFC 5280 §4.2.1.13), at most 8.
 std::vector<std::string> CrlUrls(X509* cert);

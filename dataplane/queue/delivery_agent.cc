@@ -11,6 +11,9 @@
 #include "dataplane/config/config.h"
 #include "dataplane/io/socket_util.h"
 #include "dataplane/smtp/address.h"
+#include <ctime>
+
+#include "dataplane/pki/fetch.h"
 #include "dataplane/tls/session.h"
 
 namespace mailseal::queue {
@@ -117,6 +120,7 @@ DeliveryAgent::TlsNeed DeliveryAgent::LevelFor(const DeliveryJob& job) const {
   const auto& d = qmgr_->options().delivery;
   TlsNeed need;
   need.level = LevelOr(d.tls(), tls::Level::kMay);
+  bool configured = false;
   for (const auto& p : d.tls_policies()) {
     const std::string& pd = p.domain();
     bool covers = pd == job.destination ||
@@ -124,7 +128,34 @@ DeliveryAgent::TlsNeed DeliveryAgent::LevelFor(const DeliveryJob& job) const {
     if (!covers) continue;
     need.level = LevelOr(p.level(), tls::Level::kMay);
     need.match.assign(p.match().begin(), p.match().end());
+    configured = true;
     break;
+  }
+  // MTA-STS (RFC 8461) where the operator set no level for the destination.
+  if (!configured && d.mta_sts() && job.destination != "[relay]" && resolver_) {
+    io::Resolver* r = resolver_.get();
+    std::vector<std::string> connect_to(d.mta_sts_connect_to().begin(), d.mta_sts_connect_to().end());
+    std::string ca = d.tls_ca_file();
+    auto txt = [r](const std::string& name) -> Result<std::vector<std::string>> {
+      spf::Answer a = r->Query(name, spf::RrType::kTxt);
+      if (a.rcode == spf::Answer::Rcode::kTempFail) return UnavailableError(StrCat("TXT lookup for ", name, " failed"));
+      return a.records;
+    };
+    auto fetch = [ca, connect_to](const std::string& url) {
+      pki::FetchLimits l;
+      l.total_timeout_ms = 10000;
+      l.max_bytes = 64 * 1024;
+      return pki::FetchHttpsStrict(url, l, ca, connect_to);
+    };
+    Result<tls::StsPolicy> p = tls::StsPolicyFor(job.destination, txt, fetch, static_cast<int64_t>(std::time(nullptr)));
+    if (p.ok() && p->mode != tls::StsPolicy::Mode::kNone) {
+      need.has_sts = true;
+      need.sts = *p;
+      if (p->mode == tls::StsPolicy::Mode::kEnforce) need.level = std::max(need.level, tls::Level::kVerify);
+    } else if (!p.ok() && p.status().code() != StatusCode::kNotFound) {
+      Log(LogLevel::kWarning, "smtp", "MTA-STS policy not had: delivering as without one",
+          {{"destination", job.destination}, {"why", p.status().message()}});
+    }
   }
   // A require_tls rule (and a SecureMail host, SM-6.1): TLS or nothing — authenticated when
   // the next hops' CAs are configured.
@@ -310,6 +341,49 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
   int connect_timeout = static_cast<int>(d.connect_timeout_ms());
   int cmd_timeout = static_cast<int>(d.command_timeout_ms());
   for (const Hop& hop : hops) {
+    // Decided per hop before it is contacted: MTA-STS's MX list (RFC 8461 §4.1), DANE's TLSA
+    // records (RFC 7672 §2.2).
+    bool sts_enforce = need.has_sts && need.sts.mode == tls::StsPolicy::Mode::kEnforce;
+    bool sts_listed = false;
+    for (const std::string& pat : need.sts.mx) sts_listed = sts_listed || tls::StsMxMatches(pat, hop.host);
+    if (sts_enforce && !sts_listed) {
+      last = MakeReply(451, "4.7.5", StrCat("MTA-STS (enforce): ", hop.host, " is not an MX the policy of ", job.destination,
+                                            " names; nothing sent to it"));
+      Log(LogLevel::kWarning, "smtp", "next hop not tried: not in the destination's MTA-STS policy",
+          {{"hop", hop.host}, {"destination", job.destination}});
+      continue;
+    }
+    // The level for this hop: dane becomes dane (usable secure TLSA records), encrypt (secure
+    // but none usable) or may (none, or insecure answers).
+    tls::Level hop_level = need.level;
+    std::vector<tls::Tlsa> tlsa;
+    if (need.level == tls::Level::kDane) {
+      hop_level = job.require_tls ? tls::Level::kEncrypt : tls::Level::kMay;
+      if (!resolver_->validating()) {
+        last = MakeReply(451, "4.7.5", StrCat("TLS level dane: DNSSEC validation is not available; nothing sent to ", hop.host));
+        continue;
+      }
+      if (mx_secure) {
+        Result<io::Resolver::TlsaAnswer> t = resolver_->LookupTlsa(hop.host, hop.port);
+        if (!t.ok()) {
+          last = MakeReply(451, "4.7.5", StrCat("TLS level dane: ", t.status().message(), "; nothing sent to ", hop.host));
+          Log(LogLevel::kWarning, "smtp", "next hop not tried: its TLSA records cannot be had",
+              {{"hop", hop.host}, {"destination", job.destination}, {"why", t.status().message()}});
+          continue;
+        }
+        if (t->secure && !t->rdata.empty()) {
+          for (const std::string& rd : t->rdata) {
+            tls::Tlsa r;
+            r.usage = static_cast<uint8_t>(rd[0]);
+            r.selector = static_cast<uint8_t>(rd[1]);
+            r.matching = static_cast<uint8_t>(rd[2]);
+            r.data = rd.substr(3);
+            if (tls::Usable(r)) tlsa.push_back(std::move(r));
+          }
+          hop_level = tlsa.empty() ? tls::Level::kEncrypt : tls::Level::kDane;
+        }
+      }
+    }
     Result<std::vector<sockaddr_storage>> addrs = resolver_->LookupAddresses(hop.host);
     if (!addrs.ok()) {
       last = MakeReply(451, "4.4.3", addrs.status().message());
@@ -326,37 +400,6 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
       conn_.stream = std::move(stream.value());
       conn_.destination = job.destination;
       conn_.remote = where;
-      // The level for this hop: dane becomes dane (usable secure TLSA records), encrypt (secure
-      // but none usable) or may (none, or insecure answers).
-      tls::Level hop_level = need.level;
-      std::vector<tls::Tlsa> tlsa;
-      if (need.level == tls::Level::kDane) {
-        hop_level = job.require_tls ? tls::Level::kEncrypt : tls::Level::kMay;
-        if (!resolver_->validating()) {
-          last = MakeReply(451, "4.7.5", StrCat("TLS level dane: DNSSEC validation is not available; nothing sent to ", where));
-          continue;
-        }
-        if (mx_secure) {
-          Result<io::Resolver::TlsaAnswer> t = resolver_->LookupTlsa(hop.host, hop.port);
-          if (!t.ok()) {
-            last = MakeReply(451, "4.7.5", StrCat("TLS level dane: ", t.status().message(), "; nothing sent to ", where));
-            Log(LogLevel::kWarning, "smtp", "next hop not tried: its TLSA records cannot be had",
-                {{"hop", where}, {"destination", job.destination}, {"why", t.status().message()}});
-            continue;
-          }
-          if (t->secure && !t->rdata.empty()) {
-            for (const std::string& rd : t->rdata) {
-              tls::Tlsa r;
-              r.usage = static_cast<uint8_t>(rd[0]);
-              r.selector = static_cast<uint8_t>(rd[1]);
-              r.matching = static_cast<uint8_t>(rd[2]);
-              r.data = rd.substr(3);
-              if (tls::Usable(r)) tlsa.push_back(std::move(r));
-            }
-            hop_level = tlsa.empty() ? tls::Level::kEncrypt : tls::Level::kDane;
-          }
-        }
-      }
       ClientSession::Tls tls_mode = hop_level >= tls::Level::kEncrypt ? ClientSession::Tls::kRequired
                                     : hop_level == tls::Level::kNone     ? ClientSession::Tls::kNever
                                                                          : ClientSession::Tls::kOpportunistic;
@@ -372,6 +415,16 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
             break;
           }
           conn_.level = hop_level == tls::Level::kMay ? tls::Level::kMay : tls::Level::kEncrypt;
+          if (need.has_sts && need.sts.mode == tls::StsPolicy::Mode::kTesting) {
+            // MTA-STS testing (RFC 8461 §5): delivered anyway; what enforce would have said is logged.
+            Result<const pki::TrustList*> trust = VerifyTrust();
+            tls::PeerCheck pc = !sts_listed ? tls::PeerCheck{false, "", "the host is not an MX the policy names"}
+                                : trust.ok() ? tls::CheckPeer(**trust, conn_.tls_session->PeerChain(), {hop.host})
+                                             : tls::PeerCheck{false, "", std::string(trust.status().message())};
+            Log(pc.ok ? LogLevel::kInfo : LogLevel::kWarning, "smtp",
+                pc.ok ? "MTA-STS testing: the hop would pass enforce" : "MTA-STS testing: the hop would fail enforce (delivered anyway)",
+                {{"hop", where}, {"destination", job.destination}, {"why", pc.reason}});
+          }
           if (hop_level == tls::Level::kDane) {
             std::vector<std::string> names = {hop.host};
             if (job.destination != "[relay]") names.push_back(job.destination);
@@ -391,7 +444,9 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
             // Authenticate the hop before anything else goes to it (RFC 7817 §3): the MX (or
             // route) host's name or the recipient domain, or the configured names.
             std::vector<std::string> names = need.match;
-            if (names.empty()) {
+            if (sts_enforce) {
+              names = {hop.host};   // RFC 8461 §4.2: the MX host's name
+            } else if (names.empty()) {
               names.push_back(hop.host);
               if (job.destination != "[relay]") names.push_back(job.destination);
             }
@@ -407,7 +462,7 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
               break;
             }
             conn_.level = tls::Level::kVerify;
-            conn_.tls = StrCat(conn_.tls, ", verified as ", pc.matched);
+            conn_.tls = StrCat(conn_.tls, ", verified as ", pc.matched, sts_enforce ? " (MTA-STS enforce)" : "");
           }
           conn_.session->TlsStarted();
           continue;

@@ -26,6 +26,7 @@
 #include "dataplane/smtp/client_session.h"
 #include "dataplane/tls/session.h"
 #include "dataplane/tls/dane.h"
+#include "dataplane/tls/mta_sts.h"
 #include "dataplane/tls/verify.h"
 
 
@@ -56,6 +57,8 @@ class DeliveryAgent {
   struct TlsNeed {
     tls::Level level = tls::Level::kMay;
     std::vector<std::string> match;
+    bool has_sts = false;      // the destination's MTA-STS policy applies (enforce or testing)
+    tls::StsPolicy sts;
   };
   TlsNeed LevelFor(const DeliveryJob& job) const;
   // Trust for the verify level (delivery.tls_ca_file), loaded on first use.
