@@ -340,6 +340,37 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
   Reply last = MakeReply(451, "4.4.1", "no next hop could be reached");
   int connect_timeout = static_cast<int>(d.connect_timeout_ms());
   int cmd_timeout = static_cast<int>(d.command_timeout_ms());
+  // RFC 8460: every session to a destination with a TLS policy is counted, with why it failed.
+  auto report = [&](const std::string& host, const std::string& ip, const std::string& failure,
+                    const std::vector<tls::Tlsa>* tlsa) {
+    tls::Reporter* rep = qmgr_->tls_reporter();
+    if (!rep || job.destination == "[relay]" || (!need.has_sts && need.level < tls::Level::kEncrypt)) return;
+    std::vector<std::string> policy;
+    std::string type = "no-policy-found";
+    if (need.has_sts) {
+      type = "sts";
+      policy = {"version: STSv1", StrCat("mode: ", tls::StsModeName(need.sts.mode))};
+      for (const std::string& m : need.sts.mx) policy.push_back(StrCat("mx: ", m));
+      policy.push_back(StrCat("max_age: ", need.sts.max_age_s));
+    } else if (need.level == tls::Level::kDane && tlsa && !tlsa->empty()) {
+      type = "tlsa";
+      static const char kHex[] = "0123456789abcdef";
+      for (const tls::Tlsa& t : *tlsa) {
+        std::string hex;
+        for (unsigned char ch : t.data) {
+          hex += kHex[ch >> 4];
+          hex += kHex[ch & 15];
+        }
+        policy.push_back(StrCat(int{t.usage}, " ", int{t.selector}, " ", int{t.matching}, " ", hex));
+      }
+    }
+    // "host [192.0.2.1:25]" -> "192.0.2.1"; "host [[2001:db8::1]:25]" -> "2001:db8::1".
+    std::string addr = ip;
+    if (size_t lb = addr.find('['); lb != std::string::npos) addr = addr.substr(lb + 1, addr.rfind(']') - lb - 1);
+    if (!addr.empty() && addr.front() == '[') addr = addr.substr(1, addr.find(']') - 1);
+    else if (size_t colon = addr.rfind(':'); colon != std::string::npos && addr.find(':') == colon) addr = addr.substr(0, colon);
+    rep->Record(job.destination, type, policy, host, addr, failure);
+  };
   for (const Hop& hop : hops) {
     // Decided per hop before it is contacted: MTA-STS's MX list (RFC 8461 §4.1), DANE's TLSA
     // records (RFC 7672 §2.2).
@@ -351,6 +382,7 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
                                             " names; nothing sent to it"));
       Log(LogLevel::kWarning, "smtp", "next hop not tried: not in the destination's MTA-STS policy",
           {{"hop", hop.host}, {"destination", job.destination}});
+      report(hop.host, "", "validation-failure", nullptr);
       continue;
     }
     // The level for this hop: dane becomes dane (usable secure TLSA records), encrypt (secure
@@ -369,6 +401,7 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
           last = MakeReply(451, "4.7.5", StrCat("TLS level dane: ", t.status().message(), "; nothing sent to ", hop.host));
           Log(LogLevel::kWarning, "smtp", "next hop not tried: its TLSA records cannot be had",
               {{"hop", hop.host}, {"destination", job.destination}, {"why", t.status().message()}});
+          report(hop.host, "", "dnssec-invalid", nullptr);
           continue;
         }
         if (t->secure && !t->rdata.empty()) {
@@ -406,12 +439,14 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
       conn_.session = std::make_unique<ClientSession>(qmgr_->options().hostname, tls_mode);
       conn_.level = tls::Level::kNone;
       conn_.asked = need.level;
-      bool refused = false;
+      bool refused = false, reported = false;
       while (true) {
         ClientSession::State st = conn_.session->state();
         if (st == ClientSession::State::kTlsReady) {
           if (Status t = StartTls(hop.host, cmd_timeout); !t.ok()) {
             conn_.session->Fail(MakeReply(451, "4.7.5", StrCat("STARTTLS with ", where, ": ", t.message())));
+            report(hop.host, where, "validation-failure", &tlsa);
+            reported = true;
             break;
           }
           conn_.level = hop_level == tls::Level::kMay ? tls::Level::kMay : tls::Level::kEncrypt;
@@ -434,6 +469,7 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
                                                     "; nothing sent to it"));
               Log(LogLevel::kWarning, "smtp", "next hop not authenticated: nothing sent",
                   {{"hop", where}, {"destination", job.destination}, {"why", dc.reason}});
+              report(hop.host, where, "tlsa-invalid", &tlsa);
               refused = true;
               break;
             }
@@ -458,12 +494,16 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
                                                     "; nothing sent to it"));
               Log(LogLevel::kWarning, "smtp", "next hop not authenticated: nothing sent",
                   {{"hop", where}, {"destination", job.destination}, {"why", pc.reason}});
+              report(hop.host, where,
+                     pc.reason.find("names none of") != std::string::npos ? "certificate-host-mismatch" : "certificate-not-trusted",
+                     &tlsa);
               refused = true;
               break;
             }
             conn_.level = tls::Level::kVerify;
             conn_.tls = StrCat(conn_.tls, ", verified as ", pc.matched, sts_enforce ? " (MTA-STS enforce)" : "");
           }
+          report(hop.host, where, "", &tlsa);
           conn_.session->TlsStarted();
           continue;
         }
@@ -480,6 +520,8 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
         continue;
       }
       if (conn_.session->state() == ClientSession::State::kReady) return Reply{};
+      if (!reported && hop_level >= tls::Level::kEncrypt && !conn_.session->tls_active() && conn_.tls.empty())
+        report(hop.host, where, "starttls-not-supported", &tlsa);
       Reply f = conn_.session->failure();
       last = MakeReply(451, "4.4.2", StrCat(where, " refused the session: ", f.OneLine()));
       CloseConnection(false);

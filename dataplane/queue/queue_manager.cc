@@ -3,6 +3,8 @@
 
 #include <pthread.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 #include <set>
@@ -36,6 +38,11 @@ QueueManager::QueueManager(Spool* spool, QueueOptions options)
     : spool_(spool), options_(std::move(options)) {
   crypto_ = std::make_unique<crypto::CryptoStage>(options_.crypto_workers, 1024, [this] { Wake(); },
                                                   options_.processor);
+  if (const std::string& dir = options_.delivery.tls_report_dir(); !dir.empty()) {
+    ::mkdir(dir.c_str(), 0750);
+    uint32_t period = options_.delivery.tls_report_period_s() ? options_.delivery.tls_report_period_s() : 86400;
+    tls_reporter_ = std::make_unique<tls::Reporter>(dir, options_.hostname, StrCat("postmaster@", options_.hostname), period);
+  }
 }
 
 QueueManager::~QueueManager() { Stop(); }
@@ -173,6 +180,9 @@ void QueueManager::Stop() {
   for (auto& a : agents_) a->Join();
   if (thread_.joinable()) thread_.join();
   crypto_->Stop();
+  if (tls_reporter_)   // the period so far is not lost at a stop
+    if (Result<size_t> n = tls_reporter_->WriteDue(NowMs() / 1000, /*force=*/true); !n.ok())
+      Log(LogLevel::kError, "qmgr", "TLS reports not written", {{"error", n.status().message()}});
   std::lock_guard<std::mutex> l(mu_);
   for (auto& rq : recalls_) rq->done.set_value(UnavailableError("the queue manager stopped"));
   recalls_.clear();
@@ -955,6 +965,11 @@ void QueueManager::Run() {
       RetryDue(now);
       SendNotices(now);
       ExpireHeld(now);
+      if (tls_reporter_) {
+        Result<size_t> n = tls_reporter_->WriteDue(now / 1000);
+        if (!n.ok()) Log(LogLevel::kError, "qmgr", "TLS reports not written", {{"error", n.status().message()}});
+        else if (*n) Log(LogLevel::kInfo, "qmgr", "TLS reports written (RFC 8460)", {{"files", std::to_string(*n)}});
+      }
       std::lock_guard<std::mutex> l(mu_);
       stats_.in_queue = entries_.size();
       stats_.deferred = static_cast<size_t>(std::count_if(

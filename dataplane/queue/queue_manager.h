@@ -28,6 +28,7 @@
 #include "dataplane/crypto/crypto_stage.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/queue/notifier.h"
+#include "dataplane/tls/report.h"
 #include "dataplane/io/transport.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/smtp/reply.h"
@@ -141,6 +142,8 @@ class QueueManager {
   // an agent is delivering it or a crypto worker holds it (try again).
   std::future<Result<std::vector<std::string>>> Recall(const std::string& id, const std::string& reason);
   const QueueOptions& options() const { return options_; }
+  // tls_reporter: where delivery agents record TLS sessions (RFC 8460); null when not configured.
+  tls::Reporter* tls_reporter() const { return tls_reporter_.get(); }
 
  private:
   enum RcptState : uint8_t { kPending, kDelivered, kFailed, kTransferred };
@@ -201,6 +204,7 @@ class QueueManager {
 
   Spool* spool_;
   QueueOptions options_;
+  std::unique_ptr<tls::Reporter> tls_reporter_;
   std::unique_ptr<crypto::CryptoStage> crypto_;
   std::thread thread_;
   std::vector<std::unique_ptr<DeliveryAgent>> agents_;

@@ -2,7 +2,8 @@
 """Issue #16: SMTP MTA Strict Transport Security (RFC 8461). REQUIREMENTS.md §4 (SM-5,
 SM-6.1); the issue's acceptance: "an HTTPS server serving an MTA-STS policy: enforce refuses a
 hop not matching the policy's MX patterns or with a bad certificate; testing mode delivers and
-reports".
+reports". RFC 8460 reports are written for the operator: one per policy domain and period,
+with the successful and failed sessions and the failures' result types.
 
 A real HTTPS server (Python's http.server over TLS, certificate from the test CA) serves each
 domain's policy at https://mta-sts.<domain>/.well-known/mta-sts.txt; the _mta-sts TXT records
@@ -17,6 +18,7 @@ come from the delivery resolver's local data; real Postfix instances are the nex
   refused it.
 """
 import http.server
+import json
 import os
 import re
 import ssl
@@ -109,7 +111,8 @@ def main():
     conf += "".join(f'dns_local_data: "{h}. A 127.0.0.1"\n' for h, _ in route.values())
     conf += "".join(f'dns_local_data: "_mta-sts.{d}. TXT \\"v=STSv1; id=20261201\\""\n' for d in POLICIES)
     conf += "".join(f'mta_sts_connect_to: "mta-sts.{d}:443:127.0.0.1:{www.port}"\n' for d in POLICIES)
-    conf += f'mta_sts: true tls_ca_file: "{pki}/ca.crt" max_lifetime_s: 600'
+    reports = os.path.join(root, "tlsrpt")
+    conf += f'mta_sts: true tls_ca_file: "{pki}/ca.crt" max_lifetime_s: 600 tls_report_dir: "{reports}" tls_report_period_s: 2'
     gw = harness.Mailseald(a.mailseald, root, name="gw", local_domain="agency-a.test", hostname="gw-a.test",
                            delivery_extra=conf)
     gw.start()
@@ -139,6 +142,30 @@ def main():
             "enforce: a hop with a certificate not from the CAs gets nothing",
             "\n".join(l for l in gw.read_log().splitlines() if "agency-o" in l)[-600:])
     c.check(not got("mx1", "to-n") and not got("mitm", "to-o"), "refused hops never saw the mail")
+
+    def report_for(domain, want):
+        for name in sorted(os.listdir(reports)) if os.path.isdir(reports) else []:
+            if name.endswith(f"_{domain}.json"):
+                with open(os.path.join(reports, name)) as f:
+                    r = json.load(f)
+                if want(r["policies"][0]):
+                    return r
+        return None
+    m = harness.eventually(lambda: report_for("agency-m.test", lambda p: p["summary"]["total-successful-session-count"] >= 1),
+                           30, "report for agency-m")
+    c.check(m is not None and m["policies"][0]["policy"]["policy-type"] == "sts"
+            and "mx: mx1.agency-m.test" in m["policies"][0]["policy"]["policy-string"],
+            "an RFC 8460 report for agency-m: sts policy, a successful session", m)
+    n = harness.eventually(lambda: report_for("agency-n.test", lambda p: p["summary"]["total-failure-session-count"] >= 1),
+                           30, "report for agency-n")
+    c.check(n is not None and n["policies"][0]["failure-details"][0]["result-type"] == "validation-failure"
+            and n["policies"][0]["failure-details"][0]["receiving-mx-hostname"] == "rogue.agency-n.test",
+            "the report for agency-n counts the refused hop with its result type", n)
+    o = harness.eventually(lambda: report_for("agency-o.test", lambda p: p["summary"]["total-failure-session-count"] >= 1),
+                           30, "report for agency-o")
+    c.check(o is not None and o["policies"][0]["failure-details"][0]["result-type"] == "certificate-not-trusted"
+            and o["policies"][0]["failure-details"][0]["receiving-ip"] == "127.0.0.1",
+            "the report for agency-o says the certificate was not trusted", o)
     c.check(gw.stop() == 0, "clean stop")
     c.finish()
 
