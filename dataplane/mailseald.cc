@@ -375,6 +375,7 @@ struct Daemon {
   std::string path;
   v1::Config cfg;
   std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx{nullptr, tls::FreeContext};
+  std::unique_ptr<pki::TrustList> client_trust;   // tls.client_ca_file
   int sfd = -1;
   std::unique_ptr<queue::Spool> spool;
   policy::SnapshotStore policy;
@@ -410,12 +411,21 @@ struct Daemon {
   if (base::ParseLogLevel(cfg.log_level(), &level)) base::SetLogLevel(level);   // validated
   // STARTTLS (SM-5): the certificate and key were checked; the context serves every client.
   if (cfg.has_tls()) {
-    Result<::ssl_ctx_st*> made = tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file());
+    Result<::ssl_ctx_st*> made =
+        tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file(), cfg.tls().client_ca_file());
     if (!made.ok()) {
       std::fprintf(stderr, "mailseald: %s: field 'tls': %s\n", path.c_str(), made.status().message().c_str());
       return kExitUsage;
     }
     tls_ctx.reset(*made);
+    if (!cfg.tls().client_ca_file().empty()) {   // issue #16: client certificates of partner gateways
+      auto t = std::make_unique<pki::TrustList>();
+      if (Status st = t->LoadFile(cfg.tls().client_ca_file(), /*anchors=*/true, /*crls=*/false); !st.ok()) {
+        std::fprintf(stderr, "mailseald: %s: field 'tls.client_ca_file': %s\n", path.c_str(), st.message().c_str());
+        return kExitUsage;
+      }
+      client_trust = std::move(t);
+    }
   }
   // Thousands of SMTP connections need thousands of descriptors: raise the soft limit.
   rlimit nofile{};
@@ -714,7 +724,7 @@ struct Daemon {
   // sockets opened above).
   backend.SetListeners(std::move(fds));
   endpoint::ServerContext ctx{&policy,       spool.get(), committer.get(), qmgr.get(), token ? &hsm_ok : nullptr,
-                       recorder ? &audit_ok : nullptr, tls_ctx.get(), spf.get(), &limiter};
+                       recorder ? &audit_ok : nullptr, tls_ctx.get(), client_trust.get(), spf.get(), &limiter};
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<endpoint::SmtpServer>(static_cast<int>(t), ctx, &backend));
     if (Status st = nets.back()->Start(); !st.ok()) {

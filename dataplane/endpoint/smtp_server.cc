@@ -319,6 +319,26 @@ class SmtpServer::Conn : public io::StreamHandler, public smtp::ServerHandler {
     tls_session_ = std::move(s.value());
   }
 
+  // ClientCertificate: ", client certificate verified: <subject>" (or "not verified") for the
+  // TLS description — it travels into Received and Authentication-Results comments, so the
+  // subject is reduced to characters that cannot end or nest a comment.
+  std::string ClientCertificate() {
+    std::vector<X509*> chain = tls_session_->PeerChain();
+    if (chain.empty()) return "";
+    pki::Request r;
+    r.leaf = chain.front();
+    r.untrusted.assign(chain.begin() + 1, chain.end());
+    r.purpose = pki::Purpose::kTlsClient;
+    pki::Outcome o = pki::Validate(*t_->ctx_.client_trust, r);
+    std::string subject;
+    for (char ch : pki::SubjectOf(chain.front()))
+      if (std::isalnum(static_cast<unsigned char>(ch)) || std::strchr(" =.,@-_/", ch)) subject += ch;
+    if (subject.size() > 120) subject.resize(120);
+    if (!o.ok())
+      Log(LogLevel::kInfo, "smtpd", "client certificate not verified", {{"client", peer_}, {"why", o.reason}});
+    return StrCat(", client certificate ", o.ok() ? "verified" : "not verified", ": ", subject);
+  }
+
   // PumpTls: ciphertext already fed → handshake progress or plaintext for the session.
   void PumpTls() {
     if (!tls_session_->established()) {
@@ -328,6 +348,7 @@ class SmtpServer::Conn : public io::StreamHandler, public smtp::ServerHandler {
         return;   // the alert, if any, goes out with the next flush
       }
       tls_ = tls_session_->description();
+      if (t_->ctx_.client_trust) tls_ += ClientCertificate();
       Log(LogLevel::kInfo, "smtpd", "TLS established", {{"client", peer_}, {"tls", tls_}});
       session_.TlsStarted();
     }

@@ -26,6 +26,7 @@
 #include "dataplane/io/client_limiter.h"
 #include "dataplane/io/spf_checker.h"
 #include "dataplane/io/transport.h"
+#include "dataplane/pki/validator.h"
 #include "dataplane/policy/snapshot.h"
 #include "dataplane/queue/committer.h"
 #include "dataplane/queue/queue_manager.h"
@@ -48,6 +49,8 @@ struct ServerContext {
   const std::atomic<bool>* audit_available = nullptr;
   // tls_ctx, when set, serves STARTTLS (owned by the caller; see tls::MakeServerContext).
   ssl_ctx_st* tls_ctx = nullptr;
+  // client_trust, when set, judges the client certificates tls_ctx asks for (tls.client_ca_file).
+  const pki::TrustList* client_trust = nullptr;
   // spf, when set, checks clients outside trusted_networks (SM-5b) unless the policy says off.
   io::SpfChecker* spf = nullptr;
   // limiter, when set, applies the per-client connection limits (issue #13); shared by all

@@ -119,7 +119,10 @@ tls::Level LevelOr(const std::string& s, tls::Level fallback) {
 DeliveryAgent::TlsNeed DeliveryAgent::LevelFor(const DeliveryJob& job) const {
   const auto& d = qmgr_->options().delivery;
   TlsNeed need;
-  need.level = LevelOr(d.tls(), tls::Level::kMay);
+  // The default: dane where DNSSEC validation is configured (TLSA records where published, else
+  // as may), else may (SM-5).
+  need.level = d.tls().empty() && !d.dnssec_trust_anchor_file().empty() ? tls::Level::kDane
+                                                                        : LevelOr(d.tls(), tls::Level::kMay);
   bool configured = false;
   for (const auto& p : d.tls_policies()) {
     const std::string& pd = p.domain();

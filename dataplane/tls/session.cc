@@ -27,7 +27,8 @@ bool IsAddressLiteral(const std::string& host) {
 }
 }  // namespace
 
-Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::string& key_file) {
+Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::string& key_file,
+                                   const std::string& client_ca_file) {
   struct stat st {};
   if (::stat(key_file.c_str(), &st) != 0)
     return InvalidArgumentError(StrCat("tls key_file ", key_file, ": ", std::strerror(errno)));
@@ -42,6 +43,16 @@ Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::stri
     std::string why = base::OpenSslError("");
     SSL_CTX_free(ctx);
     return InvalidArgumentError(StrCat("tls ", cert_file, " / ", key_file, ": ", why));
+  }
+  if (!client_ca_file.empty()) {
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(client_ca_file.c_str());
+    if (!names) {
+      SSL_CTX_free(ctx);
+      return InvalidArgumentError(StrCat("tls client_ca_file ", client_ca_file, ": ", base::OpenSslError("")));
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    // Asked for, never required, never judged here: the verdict is the caller's (pki::Validate).
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
   }
   return ctx;
 }
@@ -58,11 +69,14 @@ Result<SSL_CTX*> MakeClientContext() {
 std::vector<X509*> Session::PeerChain() const {
   std::vector<X509*> out;
   if (!ssl_ || !established_) return out;
-  // On the client side the peer's chain includes its leaf (SSL_get_peer_cert_chain(3)).
+  // The leaf first; the chain (which includes the leaf on the client side only,
+  // SSL_get_peer_cert_chain(3)) after it.
+  X509* leaf = SSL_get0_peer_certificate(ssl_);
+  if (!leaf) return out;
+  out.push_back(leaf);
   STACK_OF(X509)* chain = SSL_get_peer_cert_chain(ssl_);
-  for (int i = 0; chain && i < sk_X509_num(chain); ++i) out.push_back(sk_X509_value(chain, i));
-  if (out.empty())
-    if (X509* leaf = SSL_get0_peer_certificate(ssl_)) out.push_back(leaf);
+  for (int i = 0; chain && i < sk_X509_num(chain) && out.size() < 65; ++i)
+    if (X509* x = sk_X509_value(chain, i); X509_cmp(x, leaf) != 0) out.push_back(x);
   return out;
 }
 

@@ -32,7 +32,10 @@ namespace mailseal::tls {
 
 // MakeServerContext loads a certificate chain and key (PEM) for STARTTLS. The key file must
 // not be readable by group or others.
-Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::string& key_file);
+// `client_ca_file` (optional): a client certificate is requested (not required) from clients,
+// naming these CAs; the handshake never fails over it — the caller judges PeerChain().
+Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::string& key_file,
+                                   const std::string& client_ca_file = "");
 // MakeClientContext: SM-6.1 ciphers, the peer's certificate not verified (see above).
 Result<SSL_CTX*> MakeClientContext();
 void FreeContext(SSL_CTX* ctx);
