@@ -99,7 +99,7 @@ Result<Resolver::TlsaAnswer> Resolver::LookupTlsa(const std::string& host, uint1
   if (rc != 0) return UnavailableError(StrCat("TLSA lookup for ", name, ": ", ub_strerror(rc)));
   const ub_result* res = ans.r;
   if (res->bogus)
-    return UnavailableError(StrCat("TLSA lookup for ", name, " failed DNSSEC validation",
+    return FailedPreconditionError(StrCat("TLSA lookup for ", name, " failed DNSSEC validation",
                                    res->why_bogus ? StrCat(" (", res->why_bogus, ")") : ""));
   if (res->rcode != 0 && res->rcode != 3) return UnavailableError(StrCat("TLSA lookup for ", name, ": ", RcodeText(res->rcode)));
   TlsaAnswer out;

@@ -44,7 +44,8 @@ class Resolver {
   // `secure`: the MX RRset (or its denial) was DNSSEC-validated.
   Result<std::vector<MxHost>> LookupMx(const std::string& domain, bool* secure = nullptr);
   // LookupTlsa: the TLSA records at _<port>._tcp.<host> (RFC 7672 §2.2), with `secure` set when
-  // the answer (or the denial) validated. A bogus answer or a failed lookup is an error.
+  // the answer (or the denial) validated. A bogus answer is FailedPrecondition; a failed
+  // lookup Unavailable.
   struct TlsaAnswer {
     bool secure = false;
     std::vector<std::string> rdata;   // each: usage, selector, matching type, data (RFC 6698 §2.1)

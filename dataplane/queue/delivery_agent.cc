@@ -11,6 +11,8 @@
 #include "dataplane/config/config.h"
 #include "dataplane/io/socket_util.h"
 #include "dataplane/smtp/address.h"
+#include <arpa/inet.h>
+
 #include <ctime>
 
 #include "dataplane/pki/fetch.h"
@@ -323,8 +325,9 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
   const TlsNeed need = LevelFor(job);
   // DANE (RFC 7672 §2.2): the MX answer must be secure for its host names to be trusted; a
   // configured route is our own word.
-  bool mx_secure = false;
+  bool mx_secure = false, routed = false;
   if (!fixed.empty()) {
+    routed = true;
     std::string h;
     uint16_t p = 25;
     config::ParseHostPort(fixed, &h, &p);
@@ -398,16 +401,24 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
         last = MakeReply(451, "4.7.5", StrCat("TLS level dane: DNSSEC validation is not available; nothing sent to ", hop.host));
         continue;
       }
-      if (mx_secure) {
+      unsigned char literal[16];
+      bool address_literal = inet_pton(AF_INET, hop.host.c_str(), literal) == 1 ||
+                             inet_pton(AF_INET6, hop.host.c_str(), literal) == 1;
+      if (mx_secure && !address_literal) {   // an address literal has no TLSA name: as may
         Result<io::Resolver::TlsaAnswer> t = resolver_->LookupTlsa(hop.host, hop.port);
-        if (!t.ok()) {
+        // A configured route's host outside any signed zone can fail to resolve TLSA at all:
+        // as may, unless the answer was bogus (an attack: never).
+        if (!t.ok() && routed && t.status().code() != StatusCode::kFailedPrecondition) {
+          Log(LogLevel::kInfo, "smtp", "TLSA lookup failed for a routed hop: delivered as may",
+              {{"hop", hop.host}, {"destination", job.destination}, {"why", t.status().message()}});
+        } else if (!t.ok()) {
           last = MakeReply(451, "4.7.5", StrCat("TLS level dane: ", t.status().message(), "; nothing sent to ", hop.host));
           Log(LogLevel::kWarning, "smtp", "next hop not tried: its TLSA records cannot be had",
               {{"hop", hop.host}, {"destination", job.destination}, {"why", t.status().message()}});
           report(hop.host, "", "dnssec-invalid", nullptr);
           continue;
         }
-        if (t->secure && !t->rdata.empty()) {
+        if (t.ok() && t->secure && !t->rdata.empty()) {
           for (const std::string& rd : t->rdata) {
             tls::Tlsa r;
             r.usage = static_cast<uint8_t>(rd[0]);

@@ -16,27 +16,21 @@ instances are the next hops; every destination is at level dane.
 """
 import os
 import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_pki_smimea import Unbound, sign_zone  # noqa: E402
-
-
-def run(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True)
-    assert r.returncode == 0, f"{cmd}: {r.stdout}{r.stderr}"
-    return r.stdout
+from tlspeers import issue, make_ca, postfix_hops, received, self_signed, send_each, sh  # noqa: E402
 
 
 def spki_sha256(pem, cwd):
-    return run(f"openssl x509 -in {pem} -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256 -r",
-               cwd).split()[0]
+    return sh(f"openssl x509 -in {pem} -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256 -r",
+              cwd).split()[0]
 
 
 def cert_sha256(pem, cwd):
-    return run(f"openssl x509 -in {pem} -outform DER | openssl dgst -sha256 -r", cwd).split()[0]
+    return sh(f"openssl x509 -in {pem} -outform DER | openssl dgst -sha256 -r", cwd).split()[0]
 
 
 def main():
@@ -44,29 +38,13 @@ def main():
     c = harness.Checker("delivery_tls_dane")
     root = harness.tempdir(a.keep)
     pki = os.path.join(root, "pki")
-    os.makedirs(pki)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=DANE-TA-CA -days 2 "
-        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign", pki)
-    for name, dns in (("g", "mx.agency-g.example"), ("mitm", "mx.agency-h.example")):
-        run(f"openssl req -x509 -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.crt -subj /CN={dns} "
-            f"-addext subjectAltName=DNS:{dns} -days 2", pki)
-    run("openssl req -new -newkey rsa:2048 -nodes -keyout i.key -out i.csr -subj /CN=mx.agency-i.example", pki)
-    with open(os.path.join(pki, "i.ext"), "w") as f:
-        f.write("subjectAltName = DNS:mx.agency-i.example\nextendedKeyUsage = serverAuth\n"
-                "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\nbasicConstraints = CA:FALSE\n")
-    run("openssl x509 -req -in i.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile i.ext -out i-leaf.crt", pki)
-    with open(os.path.join(pki, "i.crt"), "w") as f:   # the server sends its chain (RFC 7671 §5.2.2)
-        f.write(open(os.path.join(pki, "i-leaf.crt")).read() + open(os.path.join(pki, "ca.crt")).read())
-    for name in ("g", "mitm", "i"):
-        os.chmod(os.path.join(pki, f"{name}.key"), 0o644)   # the postfix user reads it
-    hops = {}
-    for name in ("g", "mitm", "i"):
-        os.makedirs(os.path.join(root, f"in-{name}"))
-        sink = harness.Sink(os.path.join(root, f"in-{name}"))
-        pf = harness.Postfix(root, sink.port, extra_main=(
-            f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {pki}/{name}.crt\n"
-            f"smtpd_tls_key_file = {pki}/{name}.key\nsmtpd_tls_received_header = yes\n"))
-        hops[name] = (pf, sink)
+    make_ca(pki, "DANE-TA-CA")
+    self_signed(pki, "g", ["mx.agency-g.example"])
+    self_signed(pki, "mitm", ["mx.agency-h.example"])
+    issue(pki, "i", ["mx.agency-i.example"])
+    with open(os.path.join(pki, "i.crt"), "a") as f:   # the server sends its chain (RFC 7671 §5.2.2)
+        f.write(open(os.path.join(pki, "ca.crt")).read())
+    hops = postfix_hops(root, pki, ("g", "mitm", "i"))
     pg, pm, pi = hops["g"][0].port, hops["mitm"][0].port, hops["i"][0].port
     good = spki_sha256(f"{pki}/g.crt", pki)
     records = [f"mx.agency-{d} IN A 127.0.0.1" for d in ("g", "h", "i", "j", "k")]
@@ -99,12 +77,10 @@ def main():
                                            f'dnssec_trust_anchor_file: "{ds}" '
                                            'tls_policies { domain: ".example" level: "dane" } max_lifetime_s: 20'))
     gw.start()
-    for d in port_of:
-        r = harness.send_one(gw.port, f"user@agency-{d}.example", f"to-{d}")
-        c.check(b"250 2.0.0" in r, f"accepted for agency-{d}.example")
+    send_each(c, gw, [f"agency-{d}.example" for d in port_of])
 
     def got(name, subject):
-        return [m for m in hops[name][1].messages() if f"Subject: {subject}".encode() in m]
+        return received(hops, name, subject)
 
     c.check(harness.eventually(lambda: got("g", "to-g"), 30, "g delivered"),
             "DANE-EE: the hop whose key matches its TLSA record gets the mail", gw.read_log()[-1200:])

@@ -22,12 +22,12 @@ import json
 import os
 import re
 import ssl
-import subprocess
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
+from tlspeers import issue, make_ca, postfix_hops, received, self_signed, send_each  # noqa: E402
 
 POLICIES = {
     "agency-m.test": "version: STSv1\nmode: enforce\nmx: mx1.agency-m.test\nmax_age: 86400\n",
@@ -35,11 +35,6 @@ POLICIES = {
     "agency-o.test": "version: STSv1\nmode: enforce\nmx: *.agency-o.test\nmax_age: 86400\n",
     "agency-p.test": "version: STSv1\nmode: testing\nmx: mx.agency-p.test\nmax_age: 86400\n",
 }
-
-
-def run(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True)
-    assert r.returncode == 0, f"{cmd}: {r.stdout}{r.stderr}"
 
 
 class PolicyServer:
@@ -77,33 +72,12 @@ def main():
     c = harness.Checker("delivery_tls_mta_sts")
     root = harness.tempdir(a.keep)
     pki = os.path.join(root, "pki")
-    os.makedirs(pki)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Web-PKI-Test-CA -days 2 "
-        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign", pki)
-
-    def issue(name, dns_names):
-        run(f"openssl req -new -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={dns_names[0]}", pki)
-        with open(os.path.join(pki, f"{name}.ext"), "w") as f:
-            f.write(f"subjectAltName = {','.join('DNS:' + d for d in dns_names)}\nextendedKeyUsage = serverAuth\n"
-                    "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\nbasicConstraints = CA:FALSE\n")
-        run(f"openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext "
-            f"-out {name}.crt", pki)
-        os.chmod(os.path.join(pki, f"{name}.key"), 0o644)
-
-    issue("mx1", ["mx1.agency-m.test", "rogue.agency-n.test"])
-    issue("www", [f"mta-sts.{d}" for d in POLICIES])
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout mitm.key -out mitm.crt -subj /CN=mx.agency-o.test "
-        "-addext subjectAltName=DNS:mx.agency-o.test,DNS:mx.agency-p.test -days 2", pki)
-    os.chmod(os.path.join(pki, "mitm.key"), 0o644)
+    make_ca(pki, "Web-PKI-Test-CA")
+    issue(pki, "mx1", ["mx1.agency-m.test", "rogue.agency-n.test"])
+    issue(pki, "www", [f"mta-sts.{d}" for d in POLICIES])
+    self_signed(pki, "mitm", ["mx.agency-o.test", "mx.agency-p.test"])
     www = PolicyServer(f"{pki}/www.crt", f"{pki}/www.key")
-    hops = {}
-    for name in ("mx1", "mitm"):
-        os.makedirs(os.path.join(root, f"in-{name}"))
-        sink = harness.Sink(os.path.join(root, f"in-{name}"))
-        pf = harness.Postfix(root, sink.port, extra_main=(
-            f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {pki}/{name}.crt\n"
-            f"smtpd_tls_key_file = {pki}/{name}.key\nsmtpd_tls_received_header = yes\n"))
-        hops[name] = (pf, sink)
+    hops = postfix_hops(root, pki, ("mx1", "mitm"))
     p1, pm = hops["mx1"][0].port, hops["mitm"][0].port
     route = {"m": ("mx1.agency-m.test", p1), "n": ("rogue.agency-n.test", p1), "o": ("mx.agency-o.test", pm),
              "p": ("mx.agency-p.test", pm)}
@@ -116,12 +90,10 @@ def main():
     gw = harness.Mailseald(a.mailseald, root, name="gw", local_domain="agency-a.test", hostname="gw-a.test",
                            delivery_extra=conf)
     gw.start()
-    for d in route:
-        r = harness.send_one(gw.port, f"user@agency-{d}.test", f"to-{d}")
-        c.check(b"250 2.0.0" in r, f"accepted for agency-{d}.test")
+    send_each(c, gw, [f"agency-{d}.test" for d in route])
 
     def got(name, subject):
-        return [m for m in hops[name][1].messages() if f"Subject: {subject}".encode() in m]
+        return received(hops, name, subject)
 
     c.check(harness.eventually(lambda: got("mx1", "to-m"), 30, "m delivered"),
             "enforce: the MX the policy names, with a certificate valid for its name, gets the mail", gw.read_log()[-1500:])

@@ -20,12 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-
-
-def run(cmd, cwd):
-    import subprocess
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True)
-    assert r.returncode == 0, f"{cmd}: {r.stdout}{r.stderr}"
+from tlspeers import issue, make_ca, postfix_hops, received, self_signed, send_each  # noqa: E402
 
 
 def main():
@@ -33,35 +28,12 @@ def main():
     c = harness.Checker("delivery_tls_verify")
     root = harness.tempdir(a.keep)
     pki = os.path.join(root, "pki")
-    os.makedirs(pki)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Next-Hop-CA -days 2 "
-        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign", pki)
-
-    def issue(name, dns, self_signed=False):
-        if self_signed:
-            run(f"openssl req -x509 -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.crt -subj /CN={dns} "
-                f"-addext subjectAltName=DNS:{dns} -days 2", pki)
-        else:
-            run(f"openssl req -new -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={dns}", pki)
-            with open(os.path.join(pki, f"{name}.ext"), "w") as f:
-                f.write(f"subjectAltName = DNS:{dns}\nextendedKeyUsage = serverAuth\nkeyUsage = critical,digitalSignature,keyEncipherment\n"
-                        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\nbasicConstraints = CA:FALSE\n")
-            run(f"openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
-                f"-extfile {name}.ext -out {name}.crt", pki)
-        os.chmod(os.path.join(pki, f"{name}.key"), 0o644)   # the postfix user reads it
-
-    issue("b", "mx.agency-b.test")
-    issue("mitm", "mx.agency-c.test", self_signed=True)
-    issue("d", "other.test")
-    issue("e", "agency-e.test")
-    hops = {}
-    for name in ("b", "mitm", "d", "e"):
-        os.makedirs(os.path.join(root, f"in-{name}"))
-        sink = harness.Sink(os.path.join(root, f"in-{name}"))
-        pf = harness.Postfix(root, sink.port, extra_main=(
-            f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {pki}/{name}.crt\n"
-            f"smtpd_tls_key_file = {pki}/{name}.key\nsmtpd_tls_received_header = yes\n"))
-        hops[name] = (pf, sink)
+    make_ca(pki, "Next-Hop-CA")
+    issue(pki, "b", ["mx.agency-b.test"])
+    self_signed(pki, "mitm", ["mx.agency-c.test"])
+    issue(pki, "d", ["other.test"])
+    issue(pki, "e", ["agency-e.test"])
+    hops = postfix_hops(root, pki, ("b", "mitm", "d", "e"))
     sink_a = harness.Sink(root)
     routes = "".join(f'routes {{ domain: "agency-{d}.test" next_hop: "mx.agency-{d}.test:{hops[h][0].port}" }}\n'
                      for d, h in (("b", "b"), ("c", "mitm"), ("d", "d"), ("e", "e"), ("f", "mitm")))
@@ -72,12 +44,10 @@ def main():
     gw = harness.Mailseald(a.mailseald, root, name="gw", local_domain="agency-a.test", hostname="gw-a.test",
                            delivery_extra=f'{routes}{local}{policies}tls_ca_file: "{pki}/ca.crt" max_lifetime_s: 20')
     gw.start()
-    for d in "bcdef":
-        r = harness.send_one(gw.port, f"user@agency-{d}.test", f"to-{d}")
-        c.check(b"250 2.0.0" in r, f"accepted for agency-{d}.test")
+    send_each(c, gw, [f"agency-{d}.test" for d in "bcdef"])
 
     def got(name, subject):
-        return [m for m in hops[name][1].messages() if f"Subject: {subject}".encode() in m]
+        return received(hops, name, subject)
 
     c.check(harness.eventually(lambda: got("b", "to-b"), 30, "b delivered"),
             "verify: the hop whose certificate the CA issued for the MX name gets the mail")

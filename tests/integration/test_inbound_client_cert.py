@@ -7,16 +7,11 @@ without a certificate still delivers (requested, never required). REQUIREMENTS.m
 import os
 import smtplib
 import ssl
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-
-
-def run(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True)
-    assert r.returncode == 0, f"{cmd}: {r.stdout}{r.stderr}"
+from tlspeers import issue, make_ca, self_signed  # noqa: E402
 
 
 def main():
@@ -24,17 +19,10 @@ def main():
     c = harness.Checker("inbound_client_cert")
     root = harness.tempdir(a.keep)
     pki = os.path.join(root, "pki")
-    os.makedirs(pki)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=Partner-Gateways-CA -days 2 "
-        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign", pki)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout server.key -out server.crt -subj /CN=gw-a.test -days 2", pki)
-    os.chmod(os.path.join(pki, "server.key"), 0o600)
-    run("openssl req -new -newkey rsa:2048 -nodes -keyout gwb.key -out gwb.csr -subj /CN=gw-b.test", pki)
-    with open(os.path.join(pki, "client.ext"), "w") as f:
-        f.write("extendedKeyUsage = clientAuth\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
-                "basicConstraints = CA:FALSE\n")
-    run("openssl x509 -req -in gwb.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out gwb.crt", pki)
-    run("openssl req -x509 -newkey rsa:2048 -nodes -keyout rogue.key -out rogue.crt -subj /CN=rogue.test -days 2", pki)
+    make_ca(pki, "Partner-Gateways-CA")
+    self_signed(pki, "server", ["gw-a.test"], key_mode=0o600)
+    issue(pki, "gwb", ["gw-b.test"], usage="clientAuth")
+    self_signed(pki, "rogue", ["rogue.test"])
     sink = harness.Sink(root)
     gw = harness.Mailseald(a.mailseald, root, relay_port=sink.port, name="gw", local_domain="agency-a.test",
                            hostname="gw-a.test",
