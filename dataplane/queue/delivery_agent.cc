@@ -312,7 +312,7 @@ Status DeliveryAgent::Pump(int timeout_ms) {
   return OkStatus();
 }
 
-Reply DeliveryAgent::Connect(const DeliveryJob& job) {
+Reply DeliveryAgent::Connect(const DeliveryJob& job, const TlsNeed& need) {
   const auto& d = qmgr_->options().delivery;
   struct Hop {
     std::string host;
@@ -322,7 +322,6 @@ Reply DeliveryAgent::Connect(const DeliveryJob& job) {
   std::string fixed = job.destination == "[relay]" ? d.relay_host() : "";
   for (const auto& r : d.routes())
     if (r.domain() == job.destination) fixed = r.next_hop();
-  const TlsNeed need = LevelFor(job);
   // DANE (RFC 7672 §2.2): the MX answer must be secure for its host names to be trusted; a
   // configured route is our own word.
   bool mx_secure = false, routed = false;
@@ -605,17 +604,19 @@ DeliveryResult DeliveryAgent::Deliver(const DeliveryJob& job) {
   DeliveryResult result;
   result.queue_id = job.msg->id;
   result.destination = job.destination;
+  // The TLS level is decided once per job (an MTA-STS policy may need a TXT lookup).
+  const TlsNeed need = LevelFor(job);
+  const tls::Level wanted = need.level;
   // Reuse a cached session to the same destination; if it turns out dead, connect anew once.
   for (int attempt = 0; attempt < 2; ++attempt) {
     // A cached session serves only a job whose TLS level it reached (issue #16).
-    tls::Level wanted = LevelFor(job).level;
     bool reused = conn_.stream && conn_.destination == job.destination && conn_.session &&
                   (wanted <= tls::Level::kMay || conn_.asked == wanted) &&
                   (conn_.session->state() == ClientSession::State::kReady ||
                    conn_.session->state() == ClientSession::State::kMessageDone);
     if (!reused) {
       CloseConnection(true);
-      Reply r = Connect(job);
+      Reply r = Connect(job, need);
       if (r.code != 0) {
         for (uint32_t i : job.rcpts) result.results.push_back({i, r});
         return result;

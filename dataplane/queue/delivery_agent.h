@@ -77,7 +77,7 @@ class DeliveryAgent {
   void Run();
   DeliveryResult Deliver(const DeliveryJob& job);
   // Opens a session to the job's destination; on failure returns the reply for all rcpts.
-  smtp::Reply Connect(const DeliveryJob& job);
+  smtp::Reply Connect(const DeliveryJob& job, const TlsNeed& need);
   // Runs one transaction on conn_. Returns false when the connection broke.
   // `stale`: broken before the next hop answered anything (safe to retry on a new connection).
   bool Transact(const DeliveryJob& job, DeliveryResult* result, bool* stale);

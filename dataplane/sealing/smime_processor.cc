@@ -354,16 +354,20 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
       return InvalidArgumentError(StrCat("field 'smime.", field, "': our certificate is ", smime::CertStatusName(st),
                                          why.empty() ? "" : StrCat(" (", why, ")")));
   }
-  // Directories to look partner certificates up in (SEE-2.8b).
+  // Directories to look partner certificates up in (SEE-2.8b). A server URL names only the
+  // server: the search comes from the other fields.
+  auto server_url = [](const std::string& u) {
+    std::string url = base::AsciiLower(u);
+    size_t rest = url.find("://");
+    return rest != std::string::npos && (url.substr(0, rest) == "ldap" || url.substr(0, rest) == "ldaps") &&
+           url.size() > rest + 3 && url.find('/', rest + 3) == std::string::npos;
+  };
   smime::DiscoveryOptions dopts;
   dopts.retry_ms = static_cast<int64_t>(c.directory_retry_s() ? c.directory_retry_s() : 300) * 1000;
   for (int i = 0; i < c.directories_size(); ++i) {
     const auto& d = c.directories(i);
     std::string field = StrCat("field 'smime.directories[", i, "].");
-    std::string url = base::AsciiLower(d.url());
-    size_t rest = url.find("://");
-    if (rest == std::string::npos || (url.substr(0, rest) != "ldap" && url.substr(0, rest) != "ldaps") ||
-        url.size() == rest + 3 || url.find('/', rest + 3) != std::string::npos)
+    if (!server_url(d.url()))
       return InvalidArgumentError(StrCat(field, "url': '", d.url(), "' is not ldap://host[:port] or ldaps://host[:port]"));
     smime::Directory ldap;
     ldap.query.server = d.url();
@@ -395,10 +399,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   dopts.request_interval_ms = static_cast<int64_t>(c.certificate_request_interval_s() ? c.certificate_request_interval_s() : 3600) * 1000;
   if (c.has_seemail_directory()) {
     const auto& sd = c.seemail_directory();
-    std::string url = base::AsciiLower(sd.url());
-    size_t rest = url.find("://");
-    if (rest == std::string::npos || (url.substr(0, rest) != "ldap" && url.substr(0, rest) != "ldaps") ||
-        url.size() == rest + 3 || url.find('/', rest + 3) != std::string::npos)
+    if (!server_url(sd.url()))
       return InvalidArgumentError(StrCat("field 'smime.seemail_directory.url': '", sd.url(), "' is not ldap://host[:port] or ldaps://host[:port]"));
     dopts.seemail_query.server = sd.url();
     dopts.seemail_query.base = sd.base().empty() ? "c=NZ" : sd.base();
