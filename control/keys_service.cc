@@ -85,9 +85,11 @@ Result<v1::KeyInfo> Describe(const KeyDeps* d, hsm::Session& s, const std::strin
 
 Result<hsm::CsrRequest> CsrFor(hsm::Purpose p, const google::protobuf::RepeatedPtrField<std::string>& domains,
                                const std::string& org, const std::string& country) {
-  if (p != hsm::Purpose::kDsaSign && p != hsm::Purpose::kDcaEncrypt)
-    return InvalidArgumentError("field 'purpose': dsa-sign or dca-encrypt");
-  if (domains.empty()) return InvalidArgumentError("field 'domains': at least one served domain");
+  if (p != hsm::Purpose::kDsaSign && p != hsm::Purpose::kDcaEncrypt && p != hsm::Purpose::kTls)
+    return InvalidArgumentError("field 'purpose': dsa-sign, dca-encrypt or tls");
+  if (domains.empty())
+    return InvalidArgumentError(p == hsm::Purpose::kTls ? "field 'domains': the host names (or addresses) the TLS certificate names"
+                                                        : "field 'domains': at least one served domain");
   if (!country.empty() && country.size() != 2) return InvalidArgumentError("field 'country': two letters");
   return hsm::CsrRequest{p, {domains.begin(), domains.end()}, org, country};
 }
@@ -125,11 +127,13 @@ class KeyServiceImpl final : public v1::KeyService::Service {
         {"", hsm::KeyType::kRsa2048},         {"rsa:2048", hsm::KeyType::kRsa2048}, {"rsa:3072", hsm::KeyType::kRsa3072},
         {"rsa:4096", hsm::KeyType::kRsa4096}, {"ec:P-256", hsm::KeyType::kEcP256},  {"ec:P-384", hsm::KeyType::kEcP384}};
     auto type = kTypes.find(req->key_type());
-    hsm::Purpose purpose = req->purpose() == "dca-encrypt" ? hsm::Purpose::kDcaEncrypt : hsm::Purpose::kDsaSign;
+    hsm::Purpose purpose = req->purpose() == "dca-encrypt" ? hsm::Purpose::kDcaEncrypt
+                           : req->purpose() == "tls"       ? hsm::Purpose::kTls
+                                                           : hsm::Purpose::kDsaSign;
     mailseal::Status st = OkStatus();
     if (type == kTypes.end()) st = InvalidArgumentError("field 'key_type': rsa:2048, rsa:3072, rsa:4096, ec:P-256 or ec:P-384");
-    else if (req->purpose() != "dsa-sign" && req->purpose() != "dca-encrypt")
-      st = InvalidArgumentError("field 'purpose': dsa-sign or dca-encrypt");
+    else if (req->purpose() != "dsa-sign" && req->purpose() != "dca-encrypt" && req->purpose() != "tls")
+      st = InvalidArgumentError("field 'purpose': dsa-sign, dca-encrypt or tls");
     Result<hsm::CsrRequest> csr_req = CsrFor(purpose, req->domains(), req->organization(), req->country());
     if (st.ok() && !csr_req.ok()) st = csr_req.status();
     if (st.ok())

@@ -673,7 +673,7 @@ class UnparseableRequestsFactory : public grpc::experimental::ServerInterceptorF
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions& options, Deps deps) {
   Result<std::string> cert = base::ReadFile(options.cert_file);
-  Result<std::string> key = base::ReadFile(options.key_file);
+  Result<std::string> key = options.token_key ? Result<std::string>(std::string()) : base::ReadFile(options.key_file);
   Result<std::string> ca = base::ReadFile(options.client_ca_file);
   if (!cert.ok() || !key.ok() || !ca.ok())
     return InvalidArgumentError(StrCat("field 'control': ", !cert.ok() ? cert.status().message()
@@ -729,6 +729,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   fo.listen = options.listen;
   fo.cert_pem = *cert;
   fo.key_pem = *key;
+  fo.key = options.token_key;
   fo.client_ca_pem = *ca;
   fo.backend_path = backend;
   fo.on_refused = [st](const std::string& address, const std::string& reason) {

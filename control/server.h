@@ -18,6 +18,8 @@
 #include "dataplane/queue/spool.h"
 #include "mailseal/v1/control.pb.h"
 
+typedef struct evp_pkey_st EVP_PKEY;
+
 namespace grpc {
 class Server;
 }
@@ -27,6 +29,7 @@ namespace mailseal::control {
 struct ServerOptions {
   std::string listen;              // "host:port", a management address
   std::string cert_file, key_file; // the server's certificate and key (PEM)
+  EVP_PKEY* token_key = nullptr;   // or the key in the token (hsm::SharedTokenKey; key_file unused)
   std::string client_ca_file;      // CA(s) whose client certificates may connect
   std::map<std::string, mailseal::v1::Role> roles;   // client certificate CN -> role
   std::string private_dir;         // for the gRPC server's Unix socket (made 0700)

@@ -119,12 +119,17 @@ Result<SSL_CTX*> MakeContext(const TlsFrontOptions& o) {
   BIO_free(bio);
   ERR_clear_error();
   if (!ok) return fail("cert_file: no usable certificate");
-  bio = BIO_new_mem_buf(o.key_pem.data(), static_cast<int>(o.key_pem.size()));
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  ok = key && SSL_CTX_use_PrivateKey(ctx, key) == 1 && SSL_CTX_check_private_key(ctx) == 1;
-  EVP_PKEY_free(key);
-  if (!ok) return fail(StrCat("key_file: not the certificate's private key (", OpenSslError(), ")"));
+  if (o.key) {   // the token's (SEE-2.4b): its private operations run in the token
+    ok = SSL_CTX_use_PrivateKey(ctx, o.key) == 1 && SSL_CTX_check_private_key(ctx) == 1;
+    if (!ok) return fail(StrCat("key_label: not the certificate's key (", OpenSslError(), ")"));
+  } else {
+    bio = BIO_new_mem_buf(o.key_pem.data(), static_cast<int>(o.key_pem.size()));
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    ok = key && SSL_CTX_use_PrivateKey(ctx, key) == 1 && SSL_CTX_check_private_key(ctx) == 1;
+    EVP_PKEY_free(key);
+    if (!ok) return fail(StrCat("key_file: not the certificate's private key (", OpenSslError(), ")"));
+  }
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
   STACK_OF(X509_NAME)* names = sk_X509_NAME_new_null();
   bio = BIO_new_mem_buf(o.client_ca_pem.data(), static_cast<int>(o.client_ca_pem.size()));

@@ -49,6 +49,7 @@ struct Caller {
 struct TlsFrontOptions {
   std::string listen;                          // "host:port" (port 0: any)
   std::string cert_pem, key_pem, client_ca_pem;
+  EVP_PKEY* key = nullptr;                     // instead of key_pem: a token key (issue #16), borrowed
   std::string backend_path;                    // the gRPC server's Unix socket
   size_t max_connections = 64;
   int max_per_address = 8;   // one address cannot take every slot (a slow handshake holds one 10 s)

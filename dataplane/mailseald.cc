@@ -172,9 +172,10 @@ std::optional<v1::Role> RoleOf(const std::string& name) {
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
                                                              queue::QueueManager* qmgr, audit::AuditLog* log,
                                                              control::PolicyStore* policy, const control::KeyDeps* keys,
-                                                             const control::CertDeps* certs) {
+                                                             const control::CertDeps* certs, hsm::SharedTokenKey* key) {
   const auto& c = cfg.control();
-  control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), c.client_ca_file(), {}, StrCat(cfg.spool_dir(), "/control")};
+  control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), key ? key->pkey() : nullptr, c.client_ca_file(), {},
+                           StrCat(cfg.spool_dir(), "/control")};
   for (int i = 0; i < c.roles_size(); ++i) o.roles[c.roles(i).common_name()] = *RoleOf(c.roles(i).role());   // validated
   return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys, certs});
 }
@@ -319,7 +320,7 @@ Result<v1::Config> Validate(const std::string& path) {
              !parent.empty() && (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
     return bad("spool_dir", StrCat("'", cfg.spool_dir(), "' cannot be made: '", parent, "' is not a directory"));
   }
-  if (cfg.has_tls()) {
+  if (cfg.has_tls()) {   // a key_label's key is checked against the certificate at start (the token)
     Result<::ssl_ctx_st*> made = tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file());
     if (!made.ok()) return bad("tls", made.status().message());
     tls::FreeContext(*made);
@@ -341,9 +342,12 @@ Result<v1::Config> Validate(const std::string& path) {
     if (!cfg.has_hsm()) return bad("control", "needs 'hsm' (the audit key lives on the token)");
     if (a.log_path().empty() || a.heads_path().empty() || a.key_label().empty())
       return bad("control.audit", "log_path, heads_path and key_label are required");
+    if (!c.key_label().empty() && !c.key_file().empty()) return bad("control.key_label", "key_file or key_label, not both");
     for (auto [file, field] : {std::pair{c.cert_file(), "control.cert_file"}, std::pair{c.key_file(), "control.key_file"},
-                               std::pair{c.client_ca_file(), "control.client_ca_file"}})
+                               std::pair{c.client_ca_file(), "control.client_ca_file"}}) {
+      if (file.empty() && std::string_view(field) == "control.key_file" && !c.key_label().empty()) continue;
       if (Result<std::string> r = base::ReadFile(file); !r.ok()) return bad(field, r.status().message());
+    }
     for (int i = 0; i < c.roles_size(); ++i)
       if (!RoleOf(c.roles(i).role()))
         return bad(StrCat("control.roles[", i, "].role"),
@@ -374,7 +378,6 @@ struct Daemon {
 
   std::string path;
   v1::Config cfg;
-  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx{nullptr, tls::FreeContext};
   std::unique_ptr<pki::TrustList> client_trust;   // tls.client_ca_file
   int sfd = -1;
   std::unique_ptr<queue::Spool> spool;
@@ -382,6 +385,10 @@ struct Daemon {
   uint64_t version = 1;
   std::unique_ptr<hsm::TokenManager> token;
   std::atomic<bool> hsm_ok{true};
+  // The SMTP server's and the management API's keys when they are in the token (SEE-2.4b);
+  // after the token (they use it), before the contexts that hold them.
+  std::unique_ptr<hsm::SharedTokenKey> smtp_key, api_key;
+  std::unique_ptr<::ssl_ctx_st, void (*)(::ssl_ctx_st*)> tls_ctx{nullptr, tls::FreeContext};
   std::unique_ptr<sealing::SmimeShared> smime;
   std::unique_ptr<audit::AuditLog> audit_log;
   std::unique_ptr<audit::Recorder> recorder;
@@ -464,10 +471,13 @@ struct Daemon {
     const auto& h = cfg.hsm();
     token = std::make_unique<hsm::TokenManager>(
         hsm::TokenConfig{h.module_path(), h.token_label(), h.token_serial(), h.pin_file(),
-                         // one session per crypto worker, one for the audit signer
-                         std::max<size_t>(h.sessions(), cfg.crypto_workers() + (cfg.has_control() ? 1 : 0))});
+                         // one session per crypto worker, one for the audit signer, one per TLS key
+                         std::max<size_t>(h.sessions(), cfg.crypto_workers() + (cfg.has_control() ? 1 : 0) +
+                                                            !cfg.tls().key_label().empty() +
+                                                            !cfg.control().key_label().empty())});
     hsm_ok.store(token->Tick());   // now: the audit trail's heads are checked with the token's key
   }
+  if (int rc = BindTokenTlsKeys(); rc != kGoOn) return rc;
   if (cfg.has_smime()) {
     Result<std::unique_ptr<sealing::SmimeShared>> loaded_smime = sealing::LoadSmime(cfg, spool.get(), token.get());
     if (!loaded_smime.ok()) {
@@ -490,6 +500,53 @@ struct Daemon {
   if (cfg.spf().mode() == v1::Spf::SPF_OFF)
     Log(LogLevel::kWarning, "mailseald", "spf off: senders' SPF policies are not enforced (SM-5b) and no mail is marked tls+spf");
   return kGoOn;
+  }
+
+  // BindTokenTlsKeys: the STARTTLS and management API keys named by key_label, bound to the
+  // token and checked against their certificates (when the token is there; else at first use).
+  int BindTokenTlsKeys() {
+    auto bind = [this](const std::string& field, const std::string& label, const std::string& cert_file,
+                       EVP_PKEY* cert_key, std::unique_ptr<hsm::SharedTokenKey>* out) {
+      X509* cert = nullptr;
+      if (!cert_key) {   // the management API's certificate: read here
+        Result<std::string> pem = base::ReadFile(cert_file);
+        if (pem.ok()) {
+          BIO* b = BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size()));
+          cert = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+          BIO_free(b);
+        }
+        cert_key = cert ? X509_get0_pubkey(cert) : nullptr;
+      }
+      Result<std::unique_ptr<hsm::SharedTokenKey>> k =
+          cert_key ? hsm::SharedTokenKey::Create(token.get(), label, cert_key)
+                   : Result<std::unique_ptr<hsm::SharedTokenKey>>(InvalidArgumentError("no certificate"));
+      X509_free(cert);
+      Status st = k.ok() && hsm_ok.load() ? (*k)->Check() : k.status();
+      if (!st.ok()) {
+        std::fprintf(stderr, "mailseald: %s: field '%s': %s\n", path.c_str(), field.c_str(), st.message().c_str());
+        return false;
+      }
+      if (!hsm_ok.load())
+        Log(LogLevel::kWarning, "mailseald", "security module unavailable: the TLS key is checked when it is back",
+            {{"field", field}, {"label", label}});
+      *out = std::move(k.value());
+      return true;
+    };
+    if (cfg.has_tls() && !cfg.tls().key_label().empty()) {
+      if (!bind("tls.key_label", cfg.tls().key_label(), "", tls::CertificateKey(tls_ctx.get()), &smtp_key))
+        return kExitUsage;
+      if (Status st = tls::UseServerKey(tls_ctx.get(), smtp_key->pkey()); !st.ok()) {
+        std::fprintf(stderr, "mailseald: %s: field 'tls.key_label': %s\n", path.c_str(), st.message().c_str());
+        return kExitUsage;
+      }
+      Log(LogLevel::kInfo, "mailseald", "STARTTLS key in the token", {{"label", cfg.tls().key_label()}});
+    }
+    if (cfg.has_control() && !cfg.control().key_label().empty()) {
+      if (!bind("control.key_label", cfg.control().key_label(), cfg.control().cert_file(), nullptr, &api_key))
+        return kExitUsage;
+      Log(LogLevel::kInfo, "mailseald", "management API key in the token", {{"label", cfg.control().key_label()}});
+    }
+    return kGoOn;
   }
 
   // OpenAuditTrail: checked before anything is appended; events of a dead audit disk from the
@@ -684,7 +741,7 @@ struct Daemon {
         !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
         : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
                             : StartControl(cfg, spool.get(), qmgr.get(), audit_log.get(), ps->get(), &key_deps,
-                                           smime && smime->store ? &cert_deps : nullptr);
+                                           smime && smime->store ? &cert_deps : nullptr, api_key.get());
     if (ps.ok()) {
       policy_store = std::move(ps.value());
       // The data plane acts on the policy document (issue #6): compiled now and after every

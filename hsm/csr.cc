@@ -8,6 +8,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <arpa/inet.h>
+
 #include <cctype>
 
 namespace mailseal::hsm {
@@ -16,17 +18,28 @@ const char* AuthorityName(Purpose p) {
   return p == Purpose::kDcaEncrypt ? "domain-confidentiality-authority" : "domain-signing-authority";
 }
 
+namespace {
+bool IsAddress(const std::string& s) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, s.c_str(), buf) == 1 || inet_pton(AF_INET6, s.c_str(), buf) == 1;
+}
+}  // namespace
+
 Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& r) {
-  if (r.purpose != Purpose::kDsaSign && r.purpose != Purpose::kDcaEncrypt)
-    return InvalidArgumentError("a CSR is for a DSA (signing) or DCA (encryption) key");
-  if (r.domains.empty()) return InvalidArgumentError("a CSR needs at least one served domain");
+  const bool tls = r.purpose == Purpose::kTls;
+  if (!key) return InvalidArgumentError("a CSR needs the key that signs it");
+  if (r.purpose != Purpose::kDsaSign && r.purpose != Purpose::kDcaEncrypt && !tls)
+    return InvalidArgumentError("a CSR is for a DSA (signing), DCA (encryption) or TLS key");
+  if (r.domains.empty()) return InvalidArgumentError(tls ? "a TLS CSR needs at least one host name" : "a CSR needs at least one served domain");
   for (const std::string& d : r.domains) {
+    if (tls && IsAddress(d)) continue;   // the management API is often reached by address
     if (d.empty() || d.size() > 253) return InvalidArgumentError(StrCat("bad domain '", d, "'"));
     for (unsigned char c : d)
       if (!(std::isalnum(c) || c == '-' || c == '.')) return InvalidArgumentError(StrCat("bad domain '", d, "'"));
   }
   if (!r.country.empty() && r.country.size() != 2) return InvalidArgumentError("country must be two letters");
-  const char* cn = AuthorityName(r.purpose);
+  // TLS server keys (issue #16): CN is the first name, every name a dNSName (or iPAddress).
+  const std::string cn = tls ? r.domains.front() : AuthorityName(r.purpose);
   X509_REQ* req = X509_REQ_new();
   X509_NAME* name = X509_NAME_new();
   auto add = [&](const char* field, const std::string& v) {
@@ -39,15 +52,19 @@ Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& r) {
 
   STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
   std::string san;
-  for (const std::string& d : r.domains) san += StrCat(san.empty() ? "" : ",", "email:", cn, "@", d);
+  for (const std::string& d : r.domains)
+    san += tls ? StrCat(san.empty() ? "" : ",", IsAddress(d) ? "IP:" : "DNS:", d)
+               : StrCat(san.empty() ? "" : ",", "email:", cn, "@", d);
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, nullptr, nullptr, req, nullptr, 0);
-  const char* ku = r.purpose == Purpose::kDsaSign ? "critical,digitalSignature,nonRepudiation"
+  const char* ku = tls ? (EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA ? "critical,digitalSignature,keyEncipherment"
+                                                                  : "critical,digitalSignature")
+                 : r.purpose == Purpose::kDsaSign ? "critical,digitalSignature,nonRepudiation"
                                                   : "critical,keyEncipherment,keyAgreement";
   for (auto [nid, value] : {std::pair<int, std::string>{NID_subject_alt_name, san},
                             std::pair<int, std::string>{NID_key_usage, ku},
-                            std::pair<int, std::string>{NID_ext_key_usage, "emailProtection"}}) {
+                            std::pair<int, std::string>{NID_ext_key_usage, tls ? "serverAuth,clientAuth" : "emailProtection"}}) {
     X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
     if (!ext) {
       ok = false;

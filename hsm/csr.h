@@ -21,8 +21,8 @@
 namespace mailseal::hsm {
 
 struct CsrRequest {
-  Purpose purpose = Purpose::kDsaSign;   // kDsaSign or kDcaEncrypt
-  std::vector<std::string> domains;      // served domains, at least one
+  Purpose purpose = Purpose::kDsaSign;   // kDsaSign, kDcaEncrypt or kTls
+  std::vector<std::string> domains;      // served domains (kTls: host names or addresses), at least one
   std::string organization;              // O=, optional
   std::string country;                   // C=, optional (two letters)
 };
@@ -30,7 +30,9 @@ struct CsrRequest {
 // AuthorityName: "domain-signing-authority" or "domain-confidentiality-authority".
 const char* AuthorityName(Purpose p);
 
-// BuildCsrPem signs the request with `key` (an HSM key through the OpenSSL bridge).
+// BuildCsrPem signs the request with `key` (an HSM key through the OpenSSL bridge). For kTls
+// (the SMTP server's or management API's key, issue #16): CN = the first name, a dNSName or
+// iPAddress SAN per name, serverAuth and clientAuth (partner gateways may ask for it).
 Result<std::string> BuildCsrPem(EVP_PKEY* key, const CsrRequest& req);
 
 // BuildAuditCsrPem: the request for the audit trail's tree-head signing key

@@ -27,9 +27,12 @@ namespace {
 
 thread_local uint64_t token_failures = 0;
 
+// Binding: what a key's private operations run on — a session and the key's object handle
+// (a worker's own key), or a SharedTokenKey that finds both for each operation.
 struct Binding {
   Session* session;
   CK_OBJECT_HANDLE handle;
+  SharedTokenKey* shared = nullptr;
 };
 
 int RsaIndex() {
@@ -49,16 +52,12 @@ int EcIndex() {
 
 // Op runs one single-part C_Sign or C_Decrypt. Failures are logged (OpenSSL's callbacks can
 // only return -1) and leave an OpenSSL error for the caller's message.
-int Op(const Binding* b, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned char* in, size_t inlen,
-       unsigned char* out, size_t outcap) {
-  if (!b || !b->session) {
-    ++token_failures;
-    return -1;
-  }
-  CK_FUNCTION_LIST* f = b->session->fn();
-  CK_SESSION_HANDLE h = b->session->handle();
+int OpOn(Session* session, CK_OBJECT_HANDLE key, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned char* in,
+         size_t inlen, unsigned char* out, size_t outcap) {
+  CK_FUNCTION_LIST* f = session->fn();
+  CK_SESSION_HANDLE h = session->handle();
   CK_MECHANISM mech{mech_type, nullptr, 0};
-  CK_RV rv = sign ? f->C_SignInit(h, &mech, b->handle) : f->C_DecryptInit(h, &mech, b->handle);
+  CK_RV rv = sign ? f->C_SignInit(h, &mech, key) : f->C_DecryptInit(h, &mech, key);
   CK_ULONG len = outcap;
   auto* pin = const_cast<CK_BYTE_PTR>(in);
   if (rv == CKR_OK) rv = sign ? f->C_Sign(h, pin, inlen, out, &len) : f->C_Decrypt(h, pin, inlen, out, &len);
@@ -70,6 +69,28 @@ int Op(const Binding* b, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned 
     return -1;
   }
   return static_cast<int>(len);
+}
+
+int Op(const Binding* b, CK_MECHANISM_TYPE mech_type, bool sign, const unsigned char* in, size_t inlen,
+       unsigned char* out, size_t outcap) {
+  if (b && b->shared) {
+    int n = -1;
+    Status st = b->shared->WithKey([&](Session* s, CK_OBJECT_HANDLE key) {
+      n = OpOn(s, key, mech_type, sign, in, inlen, out, outcap);
+    });
+    if (!st.ok()) {
+      ++token_failures;
+      base::Log(base::LogLevel::kWarning, "hsm", "token key not usable",
+                {{"label", b->shared->label()}, {"error", st.message()}});
+      ERR_raise_data(ERR_LIB_RSA, ERR_R_OPERATION_FAIL, "%s", st.message().c_str());
+    }
+    return n;
+  }
+  if (!b || !b->session) {
+    ++token_failures;
+    return -1;
+  }
+  return OpOn(b->session, b->handle, mech_type, sign, in, inlen, out, outcap);
 }
 
 int RsaPrivEnc(int flen, const unsigned char* from, unsigned char* to, RSA* rsa, int padding) {
@@ -207,30 +228,92 @@ const EC_KEY_METHOD* TokenEcMethod() {
 
 uint64_t TokenFailuresOnThisThread() { return token_failures; }
 
+namespace {
+// BindPublic: an EVP_PKEY (caller frees) with `pub`'s public half whose private operations
+// go through `b` (taken over); nothing on failure.
+EVP_PKEY* BindPublic(EVP_PKEY* pub, Binding* b) {
+  EVP_PKEY* out = EVP_PKEY_new();
+  bool ok = false;
+  if (EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA) {
+    RSA* rsa = EVP_PKEY_get1_RSA(pub);
+    ok = rsa && RSA_set_method(rsa, TokenRsaMethod()) == 1 && RSA_set_ex_data(rsa, RsaIndex(), b) == 1 &&
+         EVP_PKEY_assign_RSA(out, rsa) == 1;
+    if (!ok && rsa && RSA_get_ex_data(rsa, RsaIndex()) == b) b = nullptr;   // the RSA's free deletes it
+    if (!ok) RSA_free(rsa);
+  } else if (EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC) {
+    EC_KEY* ec = EVP_PKEY_get1_EC_KEY(pub);
+    ok = ec && EC_KEY_set_method(ec, TokenEcMethod()) == 1 && EC_KEY_set_ex_data(ec, EcIndex(), b) == 1 &&
+         EVP_PKEY_assign_EC_KEY(out, ec) == 1;
+    if (!ok && ec && EC_KEY_get_ex_data(ec, EcIndex()) == b) b = nullptr;
+    if (!ok) EC_KEY_free(ec);
+  }
+  if (!ok) {
+    delete b;
+    EVP_PKEY_free(out);
+    ERR_clear_error();
+    return nullptr;
+  }
+  return out;
+}
+}  // namespace
+
 Result<EVP_PKEY*> TokenPrivateKey(Session* session, const KeyPair& key) {
   Result<EVP_PKEY*> pub = PublicKey(*session, key.pub);
   if (!pub.ok()) return pub.status();
-  EVP_PKEY* out = EVP_PKEY_new();
-  bool ok = false;
-  if (EVP_PKEY_get_base_id(*pub) == EVP_PKEY_RSA) {
-    RSA* rsa = EVP_PKEY_get1_RSA(*pub);
-    ok = rsa && RSA_set_method(rsa, TokenRsaMethod()) == 1 &&
-         RSA_set_ex_data(rsa, RsaIndex(), new Binding{session, key.priv}) == 1 && EVP_PKEY_assign_RSA(out, rsa) == 1;
-    if (!ok) RSA_free(rsa);
-  } else if (EVP_PKEY_get_base_id(*pub) == EVP_PKEY_EC) {
-    EC_KEY* ec = EVP_PKEY_get1_EC_KEY(*pub);
-    ok = ec && EC_KEY_set_method(ec, TokenEcMethod()) == 1 &&
-         EC_KEY_set_ex_data(ec, EcIndex(), new Binding{session, key.priv}) == 1 &&
-         EVP_PKEY_assign_EC_KEY(out, ec) == 1;
-    if (!ok) EC_KEY_free(ec);
-  }
+  EVP_PKEY* out = BindPublic(*pub, new Binding{session, key.priv});
   EVP_PKEY_free(*pub);
-  if (!ok) {
-    EVP_PKEY_free(out);
-    ERR_clear_error();
-    return InvalidArgumentError(StrCat("key '", key.label, "' is neither RSA nor EC, or cannot be bound"));
-  }
+  if (!out) return InvalidArgumentError(StrCat("key '", key.label, "' is neither RSA nor EC, or cannot be bound"));
   return out;
+}
+
+Result<std::unique_ptr<SharedTokenKey>> SharedTokenKey::Create(TokenManager* token, std::string label,
+                                                                EVP_PKEY* certificate_key) {
+  if (!token) return FailedPreconditionError(StrCat("key '", label, "' is on the token, and no hsm is configured"));
+  std::unique_ptr<SharedTokenKey> k(new SharedTokenKey());
+  k->token_ = token;
+  k->label_ = std::move(label);
+  k->public_ = EVP_PKEY_dup(certificate_key);
+  k->pkey_ = k->public_ ? BindPublic(k->public_, new Binding{nullptr, CK_INVALID_HANDLE, k.get()}) : nullptr;
+  if (!k->pkey_) return InvalidArgumentError(StrCat("key '", k->label_, "': the certificate's key is neither RSA nor EC"));
+  return k;
+}
+
+SharedTokenKey::~SharedTokenKey() {
+  EVP_PKEY_free(pkey_);
+  EVP_PKEY_free(public_);
+}
+
+Status SharedTokenKey::WithKey(const std::function<void(Session*, CK_OBJECT_HANDLE)>& fn) {
+  std::shared_ptr<TokenHandle> h = token_->Handle();
+  if (!h) return UnavailableError("security module unavailable");
+  SessionPool::Lease lease = h->pool->Acquire();
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (generation_ == h->generation) key = priv_;
+  }
+  if (key == CK_INVALID_HANDLE) {
+    // First use on this opening of the token: find the pair and make sure it is the
+    // certificate's (a token re-keyed under the same label must not serve the old certificate).
+    Result<KeyPair> kp = FindKeyPair(*lease, label_);
+    if (!kp.ok()) return kp.status();
+    Result<EVP_PKEY*> pub = PublicKey(*lease, kp->pub);
+    if (!pub.ok()) return pub.status();
+    bool same = EVP_PKEY_eq(*pub, public_) == 1;
+    EVP_PKEY_free(*pub);
+    ERR_clear_error();
+    if (!same) return FailedPreconditionError(StrCat("token key '", label_, "' is not the certificate's key"));
+    key = kp->priv;
+    std::lock_guard<std::mutex> l(mu_);
+    generation_ = h->generation;
+    priv_ = key;
+  }
+  fn(&*lease, key);
+  return OkStatus();
+}
+
+Status SharedTokenKey::Check() {
+  return WithKey([](Session*, CK_OBJECT_HANDLE) {});
 }
 
 }  // namespace mailseal::hsm

@@ -16,9 +16,15 @@
 
 #include <openssl/evp.h>
 
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
 #include "dataplane/base/status.h"
 #include "hsm/keys.h"
 #include "hsm/module.h"
+#include "hsm/token_manager.h"
 
 namespace mailseal::hsm {
 
@@ -31,5 +37,42 @@ Result<EVP_PKEY*> TokenPrivateKey(Session* session, const KeyPair& key);
 // before and after a seal or open tells a token failure (defer the mail) from bad input
 // (hold it).
 uint64_t TokenFailuresOnThisThread();
+
+// SharedTokenKey: a token key for the TLS servers — STARTTLS on every net thread and the
+// management API's front (issue #16, SEE-2.4b: no private key of the appliance is a file).
+// Handshakes sign on several threads at once and must survive the token being re-opened, so
+// unlike TokenPrivateKey the key is not tied to one session: each private operation leases a
+// session from the TokenManager's current opening (the pool has one spare per shared key), and
+// the key object is found by label on the first use of each opening and checked to be the
+// certificate's key. The EVP_PKEY's public half is the certificate's, so a context can be set
+// up while the token is away; operations then fail (the handshake fails; nothing falls back to
+// another key) until it is back.
+class SharedTokenKey {
+ public:
+  // certificate_key: the public key of the certificate served with this key (copied).
+  static Result<std::unique_ptr<SharedTokenKey>> Create(TokenManager* token, std::string label,
+                                                        EVP_PKEY* certificate_key);
+  ~SharedTokenKey();
+  SharedTokenKey(const SharedTokenKey&) = delete;
+  SharedTokenKey& operator=(const SharedTokenKey&) = delete;
+
+  // pkey: for SSL_CTX_use_PrivateKey (borrowed; lives as long as this object).
+  EVP_PKEY* pkey() const { return pkey_; }
+  const std::string& label() const { return label_; }
+  // Check: the key can be used now (found, the certificate's). For start-up.
+  Status Check();
+  // WithKey runs fn on a leased session with the key's object handle.
+  Status WithKey(const std::function<void(Session*, CK_OBJECT_HANDLE)>& fn);
+
+ private:
+  SharedTokenKey() = default;
+  TokenManager* token_ = nullptr;
+  std::string label_;
+  EVP_PKEY* public_ = nullptr;   // the certificate's
+  EVP_PKEY* pkey_ = nullptr;     // public_ bound to this object's private operations
+  std::mutex mu_;
+  uint64_t generation_ = 0;      // the token opening priv_ belongs to (under mu_)
+  CK_OBJECT_HANDLE priv_ = CK_INVALID_HANDLE;
+};
 
 }  // namespace mailseal::hsm

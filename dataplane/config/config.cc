@@ -184,8 +184,12 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     auto tbad = section_bad(*t, "tls");
     if (t->cert_file().empty() || t->cert_file().front() != '/')
       return tbad("cert_file", "an absolute path to the PEM certificate chain is required");
-    if (t->key_file().empty() || t->key_file().front() != '/')
-      return tbad("key_file", "an absolute path to the PEM private key is required");
+    if (!t->key_label().empty()) {
+      if (!t->key_file().empty()) return tbad("key_label", "key_file or key_label, not both");
+      if (!cfg.has_hsm()) return tbad("key_label", "the key is on the token: an hsm section is required");
+    } else if (t->key_file().empty() || t->key_file().front() != '/') {
+      return tbad("key_file", "an absolute path to the PEM private key (or key_label, a key on the token) is required");
+    }
   }
   {
     std::string h = cfg.hostname();

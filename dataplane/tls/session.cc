@@ -30,19 +30,20 @@ bool IsAddressLiteral(const std::string& host) {
 Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::string& key_file,
                                    const std::string& client_ca_file) {
   struct stat st {};
-  if (::stat(key_file.c_str(), &st) != 0)
+  if (!key_file.empty() && ::stat(key_file.c_str(), &st) != 0)
     return InvalidArgumentError(StrCat("tls key_file ", key_file, ": ", std::strerror(errno)));
-  if (st.st_mode & 077)
+  if (!key_file.empty() && (st.st_mode & 077))
     return InvalidArgumentError(StrCat("tls key_file ", key_file, " may be read by group or others (chmod 600)"));
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) return InternalError(base::OpenSslError("TLS context"));
   Harden(ctx);
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
   if (SSL_CTX_set_cipher_list(ctx, kCiphers) != 1 || SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1 ||
-      SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+      (!key_file.empty() && (SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+                             SSL_CTX_check_private_key(ctx) != 1))) {
     std::string why = base::OpenSslError("");
     SSL_CTX_free(ctx);
-    return InvalidArgumentError(StrCat("tls ", cert_file, " / ", key_file, ": ", why));
+    return InvalidArgumentError(StrCat("tls ", cert_file, key_file.empty() ? "" : " / ", key_file, ": ", why));
   }
   if (!client_ca_file.empty()) {
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(client_ca_file.c_str());
@@ -55,6 +56,17 @@ Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::stri
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
   }
   return ctx;
+}
+
+EVP_PKEY* CertificateKey(SSL_CTX* ctx) {
+  X509* leaf = SSL_CTX_get0_certificate(ctx);
+  return leaf ? X509_get0_pubkey(leaf) : nullptr;
+}
+
+Status UseServerKey(SSL_CTX* ctx, EVP_PKEY* key) {
+  if (SSL_CTX_use_PrivateKey(ctx, key) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+    return InvalidArgumentError(base::OpenSslError("the key is not the certificate's"));
+  return OkStatus();
 }
 
 Result<SSL_CTX*> MakeClientContext() {

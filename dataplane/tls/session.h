@@ -27,15 +27,22 @@ typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct bio_st BIO;
 typedef struct x509_st X509;
+typedef struct evp_pkey_st EVP_PKEY;
 
 namespace mailseal::tls {
 
 // MakeServerContext loads a certificate chain and key (PEM) for STARTTLS. The key file must
-// not be readable by group or others.
+// not be readable by group or others. An empty key_file leaves the key to UseServerKey (a key
+// in the token, issue #16); the context serves nobody before it is set.
 // `client_ca_file` (optional): a client certificate is requested (not required) from clients,
 // naming these CAs; the handshake never fails over it — the caller judges PeerChain().
 Result<SSL_CTX*> MakeServerContext(const std::string& cert_file, const std::string& key_file,
                                    const std::string& client_ca_file = "");
+// CertificateKey: the public key of the context's certificate (borrowed).
+EVP_PKEY* CertificateKey(SSL_CTX* ctx);
+// UseServerKey sets the private key (e.g. hsm::SharedTokenKey::pkey()), which must be the
+// certificate's.
+Status UseServerKey(SSL_CTX* ctx, EVP_PKEY* key);
 // MakeClientContext: SM-6.1 ciphers, the peer's certificate not verified (see above).
 Result<SSL_CTX*> MakeClientContext();
 void FreeContext(SSL_CTX* ctx);

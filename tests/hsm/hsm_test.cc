@@ -4,12 +4,16 @@
 #include <openssl/rsa.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "hsm/csr.h"
 #include "hsm/keys.h"
 #include "hsm/openssl_bridge.h"
+#include "hsm/token_key.h"
+#include "hsm/token_manager.h"
 #include "tests/hsm/softhsm_fixture.h"
 
 namespace mailseal::hsm {
@@ -230,7 +234,31 @@ TEST_F(SoftHsmTest, CsrIsSignedInTheHsmWithRfc3183Names) {
   EXPECT_EQ(EVP_PKEY_eq(*pub, *priv), 1);
   EVP_PKEY_free(*pub);
   EVP_PKEY_free(*priv);
+  EXPECT_EQ(BuildCsrPem(*priv, {Purpose::kAudit, {"a.test"}, "", ""}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(BuildCsrPem(nullptr, {Purpose::kTls, {"a.test"}, "", ""}).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Issue #16: the SMTP server's and the API's TLS keys get CSRs with host names and addresses,
+// signed in the token; hostile names never reach the request.
+TEST_F(SoftHsmTest, TlsCsrNamesHostsAndAddressesForServerUse) {
+  Result<KeyPair> k = GenerateKeyPair(*session_, {KeyType::kEcP256, Purpose::kTls, "smtp-tls"});
+  ASSERT_TRUE(k.ok());
+  Result<EVP_PKEY*> priv = TokenPrivateKey(session_.get(), *k);
+  ASSERT_TRUE(priv.ok()) << priv.status().ToString();
+  Result<std::string> pem = BuildCsrPem(*priv, {Purpose::kTls, {"gw-a.agency-a.test", "10.9.0.1", "fd00::1"}, "", ""});
+  ASSERT_TRUE(pem.ok()) << pem.status().ToString();
+  std::string f = dir_ + "/tls.csr";
+  std::ofstream(f) << *pem;
+  int rc = 0;
+  std::string v = Run("openssl req -verify -noout -text -in " + f, &rc);
+  EXPECT_EQ(rc, 0) << v;
+  EXPECT_NE(v.find("CN = gw-a.agency-a.test"), std::string::npos) << v;
+  EXPECT_NE(v.find("DNS:gw-a.agency-a.test, IP Address:10.9.0.1, IP Address:FD00:0:0:0:0:0:0:1"), std::string::npos) << v;
+  EXPECT_NE(v.find("TLS Web Server Authentication, TLS Web Client Authentication"), std::string::npos) << v;
+  EXPECT_EQ(v.find("Key Encipherment"), std::string::npos) << "an EC key signs only: " << v;
+  for (std::string bad : {"a b.test", "x.test,DNS:evil.test", "", "a\nb"})
+    EXPECT_EQ(BuildCsrPem(*priv, {Purpose::kTls, {bad}, "", ""}).status().code(), StatusCode::kInvalidArgument) << bad;
+  EVP_PKEY_free(*priv);
 }
 
 TEST_F(SoftHsmTest, SessionPoolServesConcurrentWorkers) {
@@ -250,6 +278,62 @@ TEST_F(SoftHsmTest, SessionPoolServesConcurrentWorkers) {
   }
   for (auto& t : ts) t.join();
   EXPECT_EQ(good.load(), 200);
+}
+
+// Issue #16: a TLS server key in the token, shared by the threads that do handshakes. Each
+// signature leases a session of the manager's pool; the key is the certificate's or nothing.
+TEST_F(SoftHsmTest, SharedTokenKeySignsFromManyThreadsAndOnlyAsTheCertificatesKey) {
+  Result<KeyPair> k = GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kTls, "smtp-tls"});
+  Result<KeyPair> other = GenerateKeyPair(*session_, {KeyType::kRsa2048, Purpose::kTls, "other-tls"});
+  ASSERT_TRUE(k.ok() && other.ok());
+  Result<EVP_PKEY*> pub = PublicKey(*session_, k->pub);
+  Result<EVP_PKEY*> other_pub = PublicKey(*session_, other->pub);
+  ASSERT_TRUE(pub.ok() && other_pub.ok());
+  std::string pin_file = dir_ + "/user.pin";
+  std::ofstream(pin_file) << testing::kTestUserPin << "\n";
+  ::chmod(pin_file.c_str(), 0600);
+  TokenManager tm({testing::kSoftHsmModule, testing::kTokenLabel, "", pin_file, 2});
+  ASSERT_TRUE(tm.Tick()) << tm.last_error();
+
+  Result<std::unique_ptr<SharedTokenKey>> key = SharedTokenKey::Create(&tm, "smtp-tls", *pub);
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  EXPECT_TRUE((*key)->Check().ok());
+  std::atomic<int> good{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        std::string data = "handshake " + std::to_string(t * 100 + i);
+        EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+        EVP_PKEY_CTX* pctx = nullptr;
+        unsigned char sig[512];
+        size_t len = sizeof sig;
+        bool pss = (i % 2) == 0;   // TLS 1.3 signs with PSS, TLS 1.2 may use PKCS#1 v1.5
+        bool ok = EVP_DigestSignInit(ctx, &pctx, EVP_sha256(), nullptr, (*key)->pkey()) == 1 &&
+                  (!pss || (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+                            EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32) == 1)) &&
+                  EVP_DigestSign(ctx, sig, &len, reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
+        EVP_MD_CTX_free(ctx);
+        if (ok && Verify(*pub, pss ? SignMechanism::kRsaPssSha256 : SignMechanism::kRsaPkcs1Sha256, data,
+                         std::string(reinterpret_cast<char*>(sig), len)))
+          good++;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(good.load(), 40) << "every signature from the token, verified with the certificate's key";
+
+  Result<std::unique_ptr<SharedTokenKey>> wrong = SharedTokenKey::Create(&tm, "smtp-tls", *other_pub);
+  ASSERT_TRUE(wrong.ok());
+  Status st = (*wrong)->Check();
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("not the certificate's key"), std::string::npos) << st.message();
+  Result<std::unique_ptr<SharedTokenKey>> missing = SharedTokenKey::Create(&tm, "no-such-key", *pub);
+  ASSERT_TRUE(missing.ok());
+  EXPECT_FALSE((*missing)->Check().ok());
+  EXPECT_FALSE(SharedTokenKey::Create(nullptr, "smtp-tls", *pub).ok()) << "no token, no token key";
+  EVP_PKEY_free(*pub);
+  EVP_PKEY_free(*other_pub);
 }
 
 TEST(Secret, FileMustBePrivateAndIsTrimmed) {

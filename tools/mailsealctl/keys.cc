@@ -87,14 +87,14 @@ void AddKeyCommands(CLI::App& app, Runner* chosen) {
   On(keys->add_subcommand("list", "labels, purposes, ages and certificates"), chosen, List);
   CLI::App* gen = keys->add_subcommand("generate", "new key pair inside the token, with its CSR");
   gen->add_option("label", a->label, "label of the new pair")->required();
-  gen->add_option("--purpose", a->purpose, "dsa-sign or dca-encrypt")->required();
+  gen->add_option("--purpose", a->purpose, "dsa-sign, dca-encrypt or tls (SMTP / API server key)")->required();
   CLI::App* rot = keys->add_subcommand("rotate", "new key pair for PURPOSE (then install its certificate, "
                                                  "and name it in the configuration)");
-  rot->add_option("purpose", a->purpose, "dsa-sign or dca-encrypt")->required();
+  rot->add_option("purpose", a->purpose, "dsa-sign, dca-encrypt or tls")->required();
   rot->add_option("--label", a->label, "label of the new pair")->required();
   for (CLI::App* sub : {gen, rot}) {
     sub->add_option("--type", a->key_type, "rsa:2048 (default), rsa:3072, rsa:4096, ec:P-256, ec:P-384");
-    sub->add_option("--domain", a->domains, "served domain (repeat)")->required();
+    sub->add_option("--domain", a->domains, "served domain; for tls a host name or address (repeat)")->required();
     sub->add_option("--csr-out", a->csr_out, "write the CSR here (default: print it)");
     On(sub, chosen, [a](const Context& c) { return Generate(c, *a); });
   }
