@@ -236,6 +236,9 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
       if (!base::ValidDomainName(m.starts_with("*.") ? m.substr(2) : m))
         return dbad("tls_policies", StrCat("policy ", i + 1, ": match '", m, "' is not a host name"));
   }
+  for (const std::string& m : del->tls_match())
+    if (!base::ValidDomainName(m.starts_with("*.") ? m.substr(2) : m))
+      return dbad("tls_match", StrCat("'", m, "' is not a host name"));
   if (del->mta_sts() && del->tls_ca_file().empty())
     return dbad("mta_sts", "needs delivery.tls_ca_file (the CAs MTA-STS hosts and policy servers are checked against)");
   if ((default_verify || verify_policy >= 0) && del->tls_ca_file().empty())

@@ -125,6 +125,7 @@ DeliveryAgent::TlsNeed DeliveryAgent::LevelFor(const DeliveryJob& job) const {
   // as may), else may (SM-5).
   need.level = d.tls().empty() && !d.dnssec_trust_anchor_file().empty() ? tls::Level::kDane
                                                                         : LevelOr(d.tls(), tls::Level::kMay);
+  need.match.assign(d.tls_match().begin(), d.tls_match().end());
   bool configured = false;
   for (const auto& p : d.tls_policies()) {
     const std::string& pd = p.domain();

@@ -50,6 +50,8 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf:4:2", "tls_policies"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n tls_policies { domain: \"b.test\" level: \"verify\" }\n}\n",
        "gw.conf:4:2", "tls_policies"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n tls_match: \"not a name\"\n}\n",
+       "gw.conf:4:2", "tls_match"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
