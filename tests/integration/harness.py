@@ -190,7 +190,7 @@ delivery {{
 class Postfix:
     """A private Postfix instance that relays everything to relay_port (TESTING.md recipe)."""
 
-    def __init__(self, root, relay_port, extra_main=""):
+    def __init__(self, root, relay_port, extra_main="", extra_master=""):
         self.dir = os.path.join(root, f"postfix-{free_port()}")
         self.port = free_port()
         conf, queue, data = (os.path.join(self.dir, x) for x in ("conf", "queue", "data"))
@@ -203,7 +203,7 @@ class Postfix:
         master = re.sub(r"^smtp\s+inet\s.*$", f"127.0.0.1:{self.port} inet n - n - - smtpd", master,
                         count=1, flags=re.M)
         with open(os.path.join(conf, "master.cf"), "w") as f:
-            f.write(master)
+            f.write(master + extra_master)
         with open(os.path.join(conf, "main.cf"), "w") as f:
             f.write(f"""compatibility_level = 3.6
 queue_directory = {queue}
