@@ -1,0 +1,511 @@
+// The user-space TCP core (issue #17), driven by scripted segments without privileges: the
+// handshake both ways, RFC 9293's segment processing, RFC 5961's answers to blind RST/SYN/ACK,
+// reassembly with its bounds and the overlap policy, RFC 6298 retransmission, NewReno fast
+// retransmit, zero-window probing, every close, and two cores moving a megabyte each way over
+// a seeded wire that loses, reorders and duplicates segments.
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dataplane/net/tcp/connection.h"
+#include "dataplane/net/tcp/isn.h"
+#include "dataplane/net/tcp/segment.h"
+
+namespace mailseal::net::tcp {
+namespace {
+
+constexpr uint32_t kPeerIsn = 1000;     // the scripted peer's ISN
+constexpr uint32_t kOurIsn = 0xfffffff0;   // ours: wraps around zero within the test
+
+Segment Seg(uint32_t seq, uint32_t ack, uint8_t flags, uint16_t window = 65535, std::string_view payload = "") {
+  Segment s;
+  s.seq = TcpSeq(seq);
+  s.ack = TcpSeq(ack);
+  s.flags = flags;
+  s.window = window;
+  s.payload = payload;
+  return s;
+}
+
+struct Fixture {
+  Limits limits;
+  std::unique_ptr<Connection> c;
+  int64_t now = 0;
+  uint32_t peer_nxt = kPeerIsn + 1;   // the scripted peer's next sequence number
+  uint32_t our_nxt = kOurIsn + 1;
+
+  explicit Fixture(Limits l = {}) : limits(l) {}
+  // Establish: SYN (no window scale), SYN-ACK checked, ACK.
+  void Establish(uint16_t peer_mss = 1000) {
+    Segment syn = Seg(kPeerIsn, 0, kSyn, 65535);
+    syn.options.mss = peer_mss;
+    c = Connection::FromSyn(limits, syn, TcpSeq(kOurIsn), now);
+    ASSERT_TRUE(c);
+    auto out = c->TakeOutput();
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].flags, kSyn | kAck);
+    EXPECT_EQ(out[0].ack.raw(), kPeerIsn + 1);
+    EXPECT_EQ(out[0].options.wscale, -1) << "no window scale offered to a peer that did not offer it";
+    c->Receive(Seg(peer_nxt, our_nxt, kAck), now);
+    ASSERT_EQ(c->state(), State::kEstablished);
+    EXPECT_TRUE(c->TakeOutput().empty());
+  }
+  std::string ReadAll() {
+    std::string s(c->readable_bytes(), '\0');
+    s.resize(c->Read(s.data(), s.size(), now));
+    return s;
+  }
+  void PeerSends(std::string_view data, uint8_t extra = 0) {
+    c->Receive(Seg(peer_nxt, our_nxt, kAck | extra, 65535, data), now);
+    peer_nxt += static_cast<uint32_t>(data.size()) + ((extra & kFin) ? 1 : 0);
+  }
+};
+
+TEST(TcpSegment, WireFormRoundTripsAndBadInputIsRefused) {
+  Segment s = Seg(0x01020304, 0x0a0b0c0d, kSyn | kAck, 4321, "payload");
+  s.src_port = 25;
+  s.dst_port = 40000;
+  s.options.mss = 1460;
+  s.options.wscale = 7;
+  s.options.sack_permitted = true;
+  std::string wire;
+  BuildTcp4(s, 0x0a000001, 0x0a000002, &wire);
+  auto* p = reinterpret_cast<const uint8_t*>(wire.data());
+  Result<Segment> back = ParseTcp4(p, wire.size(), 0x0a000001, 0x0a000002);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->seq.raw(), 0x01020304u);
+  EXPECT_EQ(back->ack.raw(), 0x0a0b0c0du);
+  EXPECT_EQ(back->flags, kSyn | kAck);
+  EXPECT_EQ(back->window, 4321);
+  EXPECT_EQ(back->options.mss, 1460);
+  EXPECT_EQ(back->options.wscale, 7);
+  EXPECT_TRUE(back->options.sack_permitted);
+  EXPECT_EQ(back->payload, "payload");
+  EXPECT_FALSE(ParseTcp4(p, wire.size(), 0x0a000001, 0x0a000003).ok()) << "pseudo-header in the checksum";
+  std::string bad = wire;
+  bad[25] ^= 1;
+  EXPECT_FALSE(ParseTcp4(reinterpret_cast<const uint8_t*>(bad.data()), bad.size(), 0x0a000001, 0x0a000002).ok());
+  EXPECT_FALSE(ParseTcp4(p, 19, 0x0a000001, 0x0a000002).ok()) << "shorter than a header";
+  // An option whose length runs past the header is refused, whatever the checksum.
+  Segment o = Seg(1, 2, kAck);
+  std::string w2;
+  BuildTcp4(o, 1, 2, &w2);
+  w2[12] = 0x60;   // data offset 24: four option bytes
+  w2.insert(20, std::string("\x02\x09\x05\xb4", 4));
+  w2[16] = w2[17] = 0;
+  uint16_t sum = ChecksumFold(ChecksumAdd(0 + 0 + 0 + 1 + 0 + 2 + 6 + static_cast<uint32_t>(w2.size()),
+                                          reinterpret_cast<const uint8_t*>(w2.data()), w2.size()));
+  w2[16] = static_cast<char>(sum >> 8);
+  w2[17] = static_cast<char>(sum & 0xff);
+  Result<Segment> r = ParseTcp4(reinterpret_cast<const uint8_t*>(w2.data()), w2.size(), 1, 2);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("option"), std::string::npos) << r.status().message();
+}
+
+TEST(TcpIsn, KeyedPerFourTupleAndAdvancingWithTime) {
+  IsnGenerator a, b;
+  TcpSeq x = a.Next(0x0a000001, 25, 0x0a000002, 40000, 1000000);
+  EXPECT_EQ(a.Next(0x0a000001, 25, 0x0a000002, 40000, 1000000).raw(), x.raw()) << "a function of its inputs";
+  EXPECT_NE(a.Next(0x0a000001, 25, 0x0a000002, 40001, 1000000).raw(), x.raw()) << "another port, another ISN";
+  EXPECT_NE(b.Next(0x0a000001, 25, 0x0a000002, 40000, 1000000).raw(), x.raw()) << "another secret, another ISN";
+  EXPECT_EQ(a.Next(0x0a000001, 25, 0x0a000002, 40000, 1000400) - x, 100) << "M ticks every 4 us";
+}
+
+TEST(TcpSeq, ComparesAcrossWraparound) {
+  EXPECT_LT(TcpSeq(0xfffffff0), TcpSeq(5));
+  EXPECT_GT(TcpSeq(5), TcpSeq(0xfffffff0));
+  EXPECT_EQ(TcpSeq(5) - TcpSeq(0xfffffff0), 21);
+}
+
+TEST(TcpCore, PassiveOpenWithWindowScaleAndMss) {
+  Limits l;
+  Segment syn = Seg(kPeerIsn, 0, kSyn, 100);
+  syn.options.mss = 1200;
+  syn.options.wscale = 2;
+  auto c = Connection::FromSyn(l, syn, TcpSeq(kOurIsn), 0);
+  ASSERT_TRUE(c);
+  auto out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].options.mss, 1460);
+  EXPECT_EQ(out[0].options.wscale, 7) << "a peer that offers a window scale gets ours";
+  EXPECT_EQ(c->send_mss(), 1200u) << "the peer's MSS bounds our segments";
+  c->Receive(Seg(kPeerIsn + 1, kOurIsn + 1, kAck, 100), 1);   // window 100 << 2
+  ASSERT_EQ(c->state(), State::kEstablished);
+  std::string big(1000, 'x');
+  EXPECT_EQ(c->Send(big, 1), 1000u);
+  out = c->TakeOutput();
+  size_t sent = 0;
+  for (const auto& o : out) sent += o.payload.size();
+  EXPECT_EQ(sent, 400u) << "the peer's window of 100 scaled by 2^2 bounds what is in flight";
+  // Our windows are scaled by 7 from now on.
+  EXPECT_EQ(out.back().window, static_cast<uint16_t>(l.rcv_buf >> 7));
+  EXPECT_EQ(Connection::FromSyn(l, Seg(1, 2, kSyn | kAck), TcpSeq(5), 0), nullptr) << "not a plain SYN";
+}
+
+TEST(TcpCore, ActiveOpenAndTheHandshakesFailures) {
+  Limits l;
+  auto c = Connection::Open(l, TcpSeq(kOurIsn), 0);
+  auto out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].flags, kSyn);
+  EXPECT_EQ(out[0].options.wscale, 7) << "we offer window scaling in our SYN";
+  // An ACK for something we never sent: RST at that ACK, state unchanged.
+  c->Receive(Seg(5, kOurIsn + 7, kSyn | kAck), 1);
+  out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].flags, kRst);
+  EXPECT_EQ(out[0].seq.raw(), kOurIsn + 7);
+  EXPECT_EQ(c->state(), State::kSynSent);
+  Segment synack = Seg(kPeerIsn, kOurIsn + 1, kSyn | kAck, 500);
+  synack.options.mss = 1400;
+  c->Receive(synack, 2);
+  ASSERT_EQ(c->state(), State::kEstablished);
+  out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].flags, kAck);
+  EXPECT_EQ(out[0].ack.raw(), kPeerIsn + 1);
+  // Refused: RST+ACK in SYN-SENT.
+  auto d = Connection::Open(l, TcpSeq(7), 0);
+  d->Receive(Seg(0, 8, kRst | kAck), 1);
+  EXPECT_EQ(d->state(), State::kClosed);
+  EXPECT_EQ(d->error(), "connection refused");
+  // No answer at all: the SYN goes again with back-off, then the open fails.
+  auto e = Connection::Open(l, TcpSeq(7), 0);
+  e->TakeOutput();
+  int64_t t = 0;
+  int syns = 0;
+  while (e->state() != State::kClosed && t < 1000000) {
+    t = *e->NextTimerMs();
+    e->Tick(t);
+    for (const auto& o : e->TakeOutput()) syns += o.flags == kSyn;
+  }
+  EXPECT_EQ(syns, l.max_retransmits);
+  EXPECT_EQ(e->error(), "handshake timed out");
+  EXPECT_GE(t, 1000 + 2000 + 4000 + 8000) << "the retransmission timer backs off";
+}
+
+TEST(TcpCore, LostSynAckIsSentAgainForTheRepeatedSyn) {
+  Fixture f;
+  Segment syn = Seg(kPeerIsn, 0, kSyn);
+  f.c = Connection::FromSyn(f.limits, syn, TcpSeq(kOurIsn), 0);
+  f.c->TakeOutput();
+  f.c->Receive(syn, 5);
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].flags, kSyn | kAck);
+  EXPECT_EQ(f.c->state(), State::kSynReceived);
+}
+
+TEST(TcpCore, InOrderOutOfOrderAndOverlappingData) {
+  Fixture f;
+  f.Establish();
+  f.PeerSends("MAIL FROM:<a@b>\r\n");
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), f.peer_nxt);
+  EXPECT_EQ(f.ReadAll(), "MAIL FROM:<a@b>\r\n");
+  // Out of order: the second part first; nothing readable until the hole is filled.
+  uint32_t base = f.peer_nxt;
+  f.c->Receive(Seg(base + 5, f.our_nxt, kAck, 65535, "world"), 0);
+  EXPECT_EQ(f.c->readable_bytes(), 0u);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), base) << "a duplicate ACK tells the peer where the hole is";
+  f.c->Receive(Seg(base, f.our_nxt, kAck, 65535, "hello"), 0);
+  EXPECT_EQ(f.ReadAll(), "helloworld");
+  // A retransmission of bytes already read, and one overlapping the edge: equal bytes trimmed.
+  f.c->Receive(Seg(base + 3, f.our_nxt, kAck, 65535, "loworld!!"), 0);
+  EXPECT_EQ(f.ReadAll(), "!!");
+  EXPECT_EQ(f.c->state(), State::kEstablished);
+  EXPECT_GE(f.c->stats().trimmed_bytes, 7u);
+}
+
+TEST(TcpCore, OverlappingBytesThatDifferResetTheFlow) {
+  for (int variant = 0; variant < 3; ++variant) {
+    Fixture f;
+    f.Establish();
+    uint32_t base = f.peer_nxt;
+    if (variant == 0) {   // against the unread buffer
+      f.c->Receive(Seg(base, f.our_nxt, kAck, 65535, "RCPT TO:<bob@a.test>"), 0);
+      f.c->Receive(Seg(base + 9, f.our_nxt, kAck, 65535, "<eve@x.test>"), 0);
+    } else if (variant == 1) {   // against what was read already
+      f.c->Receive(Seg(base, f.our_nxt, kAck, 65535, "RCPT TO:<bob@a.test>"), 0);
+      f.ReadAll();
+      f.c->Receive(Seg(base + 9, f.our_nxt, kAck, 65535, "eve"), 0);
+    } else {   // two out-of-order pieces that disagree
+      f.c->Receive(Seg(base + 10, f.our_nxt, kAck, 65535, "abcdef"), 0);
+      f.c->Receive(Seg(base + 12, f.our_nxt, kAck, 65535, "XXXXXXXX"), 0);
+    }
+    EXPECT_EQ(f.c->state(), State::kClosed) << variant;
+    EXPECT_NE(f.c->error().find("evasion"), std::string::npos) << f.c->error();
+    auto out = f.c->TakeOutput();
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(out.back().flags, kRst) << "the reset is sent";
+    EXPECT_EQ(f.c->readable_bytes(), 0u) << "nothing of the disputed stream is handed on";
+  }
+}
+
+TEST(TcpCore, OutOfOrderPiecesAreBounded) {
+  Limits l;
+  l.max_ooo_segments = 8;
+  l.rcv_buf = 64 * 1024;
+  Fixture f(l);
+  f.Establish();
+  for (uint32_t i = 0; i < 100; ++i)   // every other 10-byte piece: 100 holes
+    f.c->Receive(Seg(f.peer_nxt + 20 * (i + 1), f.our_nxt, kAck, 65535, "0123456789"), 0);
+  EXPECT_EQ(f.c->stats().dropped_ooo, 92u);
+  // Beyond the advertised window: trimmed away, never stored.
+  f.c->Receive(Seg(f.peer_nxt + 70000, f.our_nxt, kAck, 65535, std::string(1000, 'z')), 0);
+  EXPECT_EQ(f.c->state(), State::kEstablished);
+  // The hole filled: the kept pieces join the stream in order.
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt, kAck, 65535, "abcdefghijklmnopqrst"), 0);
+  std::string got = f.ReadAll();
+  EXPECT_EQ(got.substr(0, 30), "abcdefghijklmnopqrst0123456789");
+}
+
+TEST(TcpCore, BlindResetsSynsAndAcksGetChallengeAcks) {
+  Fixture f;
+  f.Establish();
+  // RST in the window but not at RCV.NXT: a challenge ACK, the connection stays.
+  f.c->Receive(Seg(f.peer_nxt + 100, 0, kRst), 0);
+  EXPECT_EQ(f.c->state(), State::kEstablished);
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].flags, kAck);
+  // Out of the window: silently ignored.
+  f.c->Receive(Seg(f.peer_nxt + 10000000, 0, kRst), 0);
+  EXPECT_TRUE(f.c->TakeOutput().empty());
+  EXPECT_EQ(f.c->state(), State::kEstablished);
+  // A SYN in a synchronized state: challenge ACKs, at most 10 a second.
+  for (int i = 0; i < 30; ++i) f.c->Receive(Seg(f.peer_nxt + 5, 0, kSyn), 100);
+  EXPECT_EQ(f.c->TakeOutput().size(), 9u) << "one challenge ACK was already spent in this second";
+  EXPECT_EQ(f.c->state(), State::kEstablished);
+  // An ACK for data never sent: answered, ignored.
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 5000, kAck), 2000);
+  EXPECT_EQ(f.c->TakeOutput().size(), 1u);
+  EXPECT_EQ(f.c->state(), State::kEstablished);
+  // The RST exactly at RCV.NXT ends it.
+  f.c->Receive(Seg(f.peer_nxt, 0, kRst), 2000);
+  EXPECT_EQ(f.c->state(), State::kClosed);
+  EXPECT_EQ(f.c->error(), "reset by peer");
+}
+
+TEST(TcpCore, RetransmissionTimerBacksOffAndGivesUp) {
+  Fixture f;
+  f.Establish();
+  f.c->Send("250 2.0.0 Ok\r\n", 0);
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].payload, "250 2.0.0 Ok\r\n");
+  ASSERT_TRUE(f.c->NextTimerMs());
+  EXPECT_EQ(*f.c->NextTimerMs(), 1000) << "RFC 6298: 1 s before a round trip was measured";
+  std::vector<int64_t> at;
+  while (f.c->state() == State::kEstablished) {
+    int64_t t = *f.c->NextTimerMs();
+    f.c->Tick(t);
+    for (const auto& o : f.c->TakeOutput())
+      if (!o.payload.empty()) {
+        EXPECT_EQ(o.payload, "250 2.0.0 Ok\r\n");
+        at.push_back(t);
+      }
+  }
+  ASSERT_EQ(at.size(), static_cast<size_t>(f.limits.max_retransmits));
+  for (size_t i = 1; i < at.size(); ++i) EXPECT_GE(at[i] - at[i - 1], std::min<int64_t>(60000, 1000 << i));
+  EXPECT_EQ(f.c->error(), "retransmission timeout");
+}
+
+TEST(TcpCore, RoundTripTimeSetsTheTimer) {
+  Fixture f;
+  f.Establish();
+  f.c->Send("x", 0);
+  f.c->TakeOutput();
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 1, kAck), 50);   // 50 ms round trip
+  f.c->Send("y", 60);
+  f.c->TakeOutput();
+  ASSERT_TRUE(f.c->NextTimerMs());
+  EXPECT_EQ(*f.c->NextTimerMs(), 60 + 200) << "SRTT 50 + 4*RTTVAR 100 = 150, clamped to the 200 ms minimum";
+}
+
+TEST(TcpCore, ThreeDuplicateAcksRetransmitAtOnce) {
+  Fixture f;
+  f.Establish(1000);
+  std::string data(4000, 'd');
+  for (int i = 0; i < 4; ++i) data[static_cast<size_t>(i) * 1000] = static_cast<char>('A' + i);
+  f.c->Send(data, 0);
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 4u) << "the initial window (RFC 5681: 4 segments of 1000) is sent";
+  // The first segment is lost: the peer acknowledges nothing three times.
+  for (int i = 0; i < 3; ++i) f.c->Receive(Seg(f.peer_nxt, f.our_nxt, kAck), 10);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].seq.raw(), f.our_nxt);
+  EXPECT_EQ(out[0].payload[0], 'A');
+  EXPECT_EQ(f.c->stats().fast_retransmits, 1u);
+  EXPECT_LT(10, *f.c->NextTimerMs()) << "before the retransmission timer";
+  // The whole window acknowledged: recovery ends.
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 4000, kAck), 20);
+  EXPECT_EQ(f.c->send_space(), f.limits.snd_buf);
+}
+
+TEST(TcpCore, ZeroWindowIsProbed) {
+  Fixture f;
+  f.Establish();
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt, kAck, 0), 0);   // the peer's window closes
+  f.c->Send("queued", 0);
+  EXPECT_TRUE(f.c->TakeOutput().empty()) << "nothing beyond a zero window";
+  ASSERT_TRUE(f.c->NextTimerMs());
+  f.c->Tick(*f.c->NextTimerMs());
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].payload, "q") << "a one-byte window probe";
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 1, kAck, 1000), 1500);   // it opens
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].payload, "ueued");
+}
+
+TEST(TcpCore, ClosesFromEitherSideAndAtOnce) {
+  {   // we close first: FIN-WAIT-1, -2, TIME-WAIT, CLOSED after 2 MSL
+    Fixture f;
+    f.Establish();
+    f.c->Close(0);
+    auto out = f.c->TakeOutput();
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].flags, kFin | kAck);
+    EXPECT_EQ(f.c->state(), State::kFinWait1);
+    f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 1, kAck), 1);
+    EXPECT_EQ(f.c->state(), State::kFinWait2);
+    f.PeerSends("bye", kFin);
+    EXPECT_EQ(f.c->state(), State::kTimeWait);
+    EXPECT_EQ(f.ReadAll(), "bye");
+    EXPECT_TRUE(f.c->peer_finished());
+    EXPECT_EQ(*f.c->NextTimerMs(), f.now + f.limits.time_wait_ms);
+    f.c->Tick(f.limits.time_wait_ms);
+    EXPECT_EQ(f.c->state(), State::kClosed);
+    EXPECT_EQ(f.c->error(), "");
+  }
+  {   // the peer closes first: CLOSE-WAIT, our FIN, LAST-ACK, CLOSED
+    Fixture f;
+    f.Establish();
+    f.PeerSends("QUIT\r\n", kFin);
+    EXPECT_EQ(f.c->state(), State::kCloseWait);
+    f.c->Send("221 Bye\r\n", 0);
+    f.c->Close(0);
+    auto out = f.c->TakeOutput();
+    ASSERT_GE(out.size(), 2u);
+    EXPECT_EQ(out.back().flags, kFin | kAck);
+    EXPECT_EQ(f.c->state(), State::kLastAck);
+    f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 9 + 1, kAck), 1);
+    EXPECT_EQ(f.c->state(), State::kClosed);
+  }
+  {   // both at once: CLOSING, then TIME-WAIT
+    Fixture f;
+    f.Establish();
+    f.c->Close(0);
+    f.c->TakeOutput();
+    f.c->Receive(Seg(f.peer_nxt, f.our_nxt, kFin | kAck), 1);   // their FIN crosses ours
+    EXPECT_EQ(f.c->state(), State::kClosing);
+    f.c->Receive(Seg(f.peer_nxt + 1, f.our_nxt + 1, kAck), 2);
+    EXPECT_EQ(f.c->state(), State::kTimeWait);
+  }
+  {   // a FIN ahead of a hole waits for the hole
+    Fixture f;
+    f.Establish();
+    f.c->Receive(Seg(f.peer_nxt + 3, f.our_nxt, kAck | kFin, 65535, "def"), 0);
+    EXPECT_EQ(f.c->state(), State::kEstablished);
+    f.c->Receive(Seg(f.peer_nxt, f.our_nxt, kAck, 65535, "abc"), 0);
+    EXPECT_EQ(f.c->state(), State::kCloseWait);
+    EXPECT_EQ(f.ReadAll(), "abcdef");
+  }
+}
+
+// Two cores, a client and a server, over a wire that loses, reorders and duplicates.
+TEST(TcpCore, AMegabyteEachWayOverALossyReorderingWireArrivesIntact) {
+  std::mt19937 rng(20261201);
+  Limits l;
+  l.rto_min_ms = 50;
+  l.rto_initial_ms = 200;
+  l.max_retransmits = 30;
+  auto client = Connection::Open(l, TcpSeq(0x7ffffff0), 0);
+  std::unique_ptr<Connection> server;
+  struct InFlight {
+    int64_t at;
+    bool to_server;
+    OutSegment s;
+  };
+  std::vector<InFlight> wire;
+  int64_t now = 0;
+  auto put = [&](std::vector<OutSegment> segs, bool to_server) {
+    for (auto& s : segs) {
+      unsigned r = rng() % 100;
+      if (r < 5) continue;                                       // 5 % lost
+      int64_t delay = 1 + static_cast<int64_t>(rng() % 20);      // reordered by jitter
+      if (r < 8) wire.push_back({now + delay + 3, to_server, s});   // 3 % duplicated
+      wire.push_back({now + delay, to_server, std::move(s)});
+    }
+  };
+  std::string up(1 << 20, '\0'), down(1 << 20, '\0');
+  for (size_t i = 0; i < up.size(); ++i) {
+    up[i] = static_cast<char>(rng());
+    down[i] = static_cast<char>(rng());
+  }
+  size_t up_sent = 0, down_sent = 0;
+  std::string up_got, down_got;
+  put(client->TakeOutput(), true);
+  for (int step = 0; step < 2000000 && (up_got.size() < up.size() || down_got.size() < down.size()); ++step) {
+    // Deliver what is due (in time order), else jump to the next event.
+    std::sort(wire.begin(), wire.end(), [](const InFlight& a, const InFlight& b) { return a.at < b.at; });
+    int64_t next = wire.empty() ? INT64_MAX : wire.front().at;
+    for (Connection* c : {client.get(), server.get()})
+      if (c && c->NextTimerMs()) next = std::min(next, *c->NextTimerMs());
+    ASSERT_NE(next, INT64_MAX) << "stalled";
+    now = std::max(now, next);
+    while (!wire.empty() && wire.front().at <= now) {
+      InFlight f = std::move(wire.front());
+      wire.erase(wire.begin());
+      Segment s;
+      s.seq = f.s.seq;
+      s.ack = f.s.ack;
+      s.flags = f.s.flags;
+      s.window = f.s.window;
+      s.options = f.s.options;
+      s.payload = f.s.payload;
+      if (f.to_server) {
+        if (!server) {
+          server = Connection::FromSyn(l, s, TcpSeq(0xfffff000), now);
+          if (server) put(server->TakeOutput(), false);
+          continue;
+        }
+        server->Receive(s, now);
+      } else {
+        client->Receive(s, now);
+      }
+    }
+    client->Tick(now);
+    if (server) server->Tick(now);
+    ASSERT_NE(client->state(), State::kClosed) << client->error();
+    if (server) {
+      ASSERT_NE(server->state(), State::kClosed) << server->error();
+    }
+    if (client->state() == State::kEstablished && up_sent < up.size())
+      up_sent += client->Send(std::string_view(up).substr(up_sent, 50000), now);
+    if (server && server->state() == State::kEstablished && down_sent < down.size())
+      down_sent += server->Send(std::string_view(down).substr(down_sent, 50000), now);
+    char buf[65536];
+    if (server)
+      while (size_t n = server->Read(buf, sizeof buf, now)) up_got.append(buf, n);
+    while (size_t n = client->Read(buf, sizeof buf, now)) down_got.append(buf, n);
+    put(client->TakeOutput(), true);
+    if (server) put(server->TakeOutput(), false);
+  }
+  EXPECT_TRUE(up_got == up) << up_got.size() << " of " << up.size() << " bytes up";
+  EXPECT_TRUE(down_got == down) << down_got.size() << " of " << down.size() << " bytes down";
+  EXPECT_GT(client->stats().retransmits + server->stats().retransmits, 0u);
+  EXPECT_EQ(client->state(), State::kEstablished);
+}
+
+}  // namespace
+}  // namespace mailseal::net::tcp
