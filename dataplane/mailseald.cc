@@ -41,6 +41,9 @@
 #include "dataplane/io/dns.h"
 #include "dataplane/endpoint/smtp_server.h"
 #include "dataplane/kernel/backend.h"
+#ifdef MAILSEAL_HAVE_DPDK
+#include "dataplane/dpdk/backend.h"
+#endif
 #include "dataplane/tls/session.h"
 #include "dataplane/policy/classify.h"
 #include "dataplane/policy/snapshot.h"
@@ -395,6 +398,10 @@ struct Daemon {
   std::atomic<bool> audit_ok{true};   // false: mail events cannot be recorded (fail closed)
   // The network back end: the kernel's (epoll over sockets).
   kernel::KernelBackend backend{"421 4.3.2 Service busy (out of resources), try again later\r\n"};
+#ifdef MAILSEAL_HAVE_DPDK
+  std::unique_ptr<dpdk::DpdkBackend> dpdk_backend;   // io.backend DPDK (issue #17)
+#endif
+  io::Backend* network = &backend;                    // the one the endpoints and deliveries use
   std::unique_ptr<queue::QueueManager> qmgr;
   std::unique_ptr<queue::Committer> committer;
   control::KeyDeps key_deps;   // outlives the server that uses it
@@ -610,8 +617,9 @@ struct Daemon {
   int BuildQueue() {
   // Deliveries connect through the network back end; the SMTP server endpoints get its
   // listeners in StartNetwork.
+  if (int rc = StartDpdk(); rc != kGoOn) return rc;
   queue::QueueOptions qopts;
-  qopts.network = &backend;
+  qopts.network = network;
   qopts.hostname = cfg.hostname();
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
@@ -669,11 +677,53 @@ struct Daemon {
 
   }
 
+  // StartDpdk: with io.backend DPDK, the poll-mode port and the project's TCP take the
+  // listeners' ports and the deliveries (issue #17).
+  int StartDpdk() {
+    if (cfg.io().backend() != v1::Io::DPDK) return kGoOn;
+#ifdef MAILSEAL_HAVE_DPDK
+    const auto& d = cfg.io().dpdk();
+    dpdk::DpdkOptions o;
+    o.eal_args.assign(d.eal_args().begin(), d.eal_args().end());
+    o.port = d.port();
+    o.exception_port = d.exception_port();
+    dpdk::ParseAddress(d.address(), &o.ip, &o.netmask);   // validated
+    uint32_t unused_mask;
+    if (!d.gateway().empty()) dpdk::ParseAddress(d.gateway(), &o.gateway, &unused_mask);
+    for (const auto& l : cfg.listen()) {
+      std::string host;
+      uint16_t port = 0;
+      config::ParseHostPort(l.address(), &host, &port);
+      o.listen_ports.push_back(port);
+    }
+    o.mbufs = d.mbufs();
+    o.max_flows = d.max_flows();
+    o.syn_budget = d.syn_budget();
+    Result<std::unique_ptr<dpdk::DpdkBackend>> b = dpdk::DpdkBackend::Start(o);
+    if (!b.ok()) {
+      Log(LogLevel::kError, "mailseald", "DPDK back end not started", {{"error", b.status().message()}});
+      return kExitRuntime;
+    }
+    dpdk_backend = std::move(b.value());
+    network = dpdk_backend.get();
+    return kGoOn;
+#else
+    std::fprintf(stderr, "mailseald: %s: field 'io.backend': this build has no DPDK (libdpdk-dev missing)\n", path.c_str());
+    return kExitUsage;
+#endif
+  }
+
   // OpenListeners: one listening socket per (net thread, address); SO_REUSEPORT spreads the
   // connections.
   int OpenListeners(std::vector<std::vector<int>>* fds) {
   // One listening socket per (net thread, address), SO_REUSEPORT spreads the connections.
   fds->assign(cfg.net_threads(), {});
+  if (network != &backend) {   // DPDK: the stack listens on the ports (StartDpdk)
+    for (const auto& l : cfg.listen())
+      Log(LogLevel::kInfo, "mailseald", "listening", {{"address", l.address()}, {"backend", "dpdk"},
+                                                      {"on", cfg.io().dpdk().address()}});
+    return kGoOn;
+  }
   for (const auto& l : cfg.listen()) {
     std::string host;
     uint16_t port = 0;
@@ -779,11 +829,11 @@ struct Daemon {
   }
   // One SMTP server endpoint per net thread on the network back end (kernel: epoll over the
   // sockets opened above).
-  backend.SetListeners(std::move(fds));
+  if (network == &backend) backend.SetListeners(std::move(fds));
   endpoint::ServerContext ctx{&policy,       spool.get(), committer.get(), qmgr.get(), token ? &hsm_ok : nullptr,
                        recorder ? &audit_ok : nullptr, tls_ctx.get(), client_trust.get(), spf.get(), &limiter};
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
-    nets.push_back(std::make_unique<endpoint::SmtpServer>(static_cast<int>(t), ctx, &backend));
+    nets.push_back(std::make_unique<endpoint::SmtpServer>(static_cast<int>(t), ctx, network));
     if (Status st = nets.back()->Start(); !st.ok()) {
       Log(LogLevel::kError, "mailseald", "net thread not started", {{"error", st.message()}});
       std::abort();   // broken environment: the listeners were opened above

@@ -161,6 +161,27 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (h->sessions() > 64) return hbad("sessions", "at most 64");
     if (h->health_interval_ms() == 0) h->set_health_interval_ms(1000);
   }
+  if (cfg.io().backend() == mailseal::v1::Io::DPDK) {   // issue #17
+    auto ibad = section_bad(cfg.io(), "io");
+    const auto& d = cfg.io().dpdk();
+    if (d.eal_args().empty()) return ibad("dpdk.eal_args", "required (e.g. --no-huge -m 256 --no-pci --vdev=...)");
+    if (d.port().empty()) return ibad("dpdk.port", "required: the mail port's device name (e.g. net_af_packet0)");
+    auto v4 = [](const std::string& a, bool prefix) {
+      size_t slash = a.find('/');
+      if (!prefix && slash != std::string::npos) return false;
+      in_addr x{};
+      if (inet_pton(AF_INET, a.substr(0, slash).c_str(), &x) != 1) return false;
+      if (slash == std::string::npos) return !prefix;
+      std::string p = a.substr(slash + 1);
+      return !p.empty() && p.size() <= 2 && p.find_first_not_of("0123456789") == std::string::npos && std::stoi(p) <= 32;
+    };
+    if (!v4(d.address(), true)) return ibad("dpdk.address", StrCat("'", d.address(), "' is not an IPv4 address with prefix (10.0.0.2/24)"));
+    if (!d.gateway().empty() && !v4(d.gateway(), false))
+      return ibad("dpdk.gateway", StrCat("'", d.gateway(), "' is not an IPv4 address"));
+    if (d.max_flows() > 4000000) return ibad("dpdk.max_flows", "at most 4000000");
+  } else if (cfg.io().has_dpdk()) {
+    return section_bad(cfg.io(), "io")("dpdk", "set, but backend is not DPDK");
+  }
   auto* lim = cfg.mutable_limits();
   auto lbad = section_bad(*lim, "limits");
   if (lim->max_message_size() == 0) lim->set_max_message_size(35ull << 20);

@@ -52,6 +52,11 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf:4:2", "tls_policies"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {\n tls_match: \"not a name\"\n}\n",
        "gw.conf:4:2", "tls_match"},
+      // Issue #17: the DPDK back end needs its port and address.
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" }\n}\n",
+       "gw.conf", "dpdk.port"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.300/24\" }\n}\n",
+       "gw.conf", "dpdk.address"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
