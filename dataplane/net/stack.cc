@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "dataplane/net/bytes.h"
+
 namespace mailseal::net {
 namespace {
 using tcp::TcpSeq;
@@ -18,18 +20,6 @@ constexpr uint16_t kCookieMss[4] = {536, 1220, 1440, 1460};   // RFC 4987: a few
 constexpr int64_t kCookiePeriodMs = 64000;
 const Mac kBroadcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
-uint16_t Get16(const char* p) {
-  return static_cast<uint16_t>(static_cast<uint8_t>(p[0]) << 8 | static_cast<uint8_t>(p[1]));
-}
-uint32_t Get32(const char* p) { return static_cast<uint32_t>(Get16(p)) << 16 | Get16(p + 2); }
-void Put16(std::string* o, uint16_t v) {
-  o->push_back(static_cast<char>(v >> 8));
-  o->push_back(static_cast<char>(v & 0xff));
-}
-void Put32(std::string* o, uint32_t v) {
-  Put16(o, static_cast<uint16_t>(v >> 16));
-  Put16(o, static_cast<uint16_t>(v & 0xffff));
-}
 uint16_t Checksum(std::string_view b) {
   return tcp::ChecksumFold(tcp::ChecksumAdd(0, reinterpret_cast<const uint8_t*>(b.data()), b.size()));
 }

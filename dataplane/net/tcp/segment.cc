@@ -3,20 +3,14 @@
 
 #include <algorithm>
 
+#include "dataplane/net/bytes.h"
+
 namespace mailseal::net::tcp {
 namespace {
-uint16_t Get16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
-uint32_t Get32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 | p[3];
-}
-void Put16(std::string* o, uint16_t v) {
-  o->push_back(static_cast<char>(v >> 8));
-  o->push_back(static_cast<char>(v & 0xff));
-}
-void Put32(std::string* o, uint32_t v) {
-  Put16(o, static_cast<uint16_t>(v >> 16));
-  Put16(o, static_cast<uint16_t>(v & 0xffff));
-}
+using net::Get16;
+using net::Get32;
+using net::Put16;
+using net::Put32;
 uint32_t PseudoHeader(uint32_t src, uint32_t dst, size_t len) {
   return (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 6u /* TCP */ + static_cast<uint32_t>(len);
 }
