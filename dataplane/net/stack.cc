@@ -103,6 +103,26 @@ Stack::Verdict Stack::InputIpv4(std::string_view p, int64_t now) {
       ++stats_.echo_replies;
       return Verdict::kConsumed;
     }
+    // Destination unreachable quoting one of our segments (RFC 792; RFC 5927's checks in
+    // Connection::IcmpError): the IP header we sent and the first 8 bytes of its TCP header.
+    if (body.size() >= 8 + 20 + 8 && body[0] == 3 && Checksum(body) == 0) {
+      std::string_view inner = body.substr(8);
+      size_t ihl2 = static_cast<size_t>(inner[0] & 0x0f) * 4;
+      if ((static_cast<uint8_t>(inner[0]) >> 4) == 4 && ihl2 >= 20 && inner.size() >= ihl2 + 8 &&
+          static_cast<uint8_t>(inner[9]) == kProtoTcp && Get32(inner.data() + 12) == cfg_.ip) {
+        Key k{Get32(inner.data() + 16), Get16(inner.data() + ihl2 + 2), Get16(inner.data() + ihl2)};
+        if (auto it = by_key_.find(k); it != by_key_.end()) {
+          FlowState& f = flows_.at(it->second);
+          uint8_t code = static_cast<uint8_t>(body[1]);
+          uint32_t mtu = code == 4 ? Get16(body.data() + 6) : 0;
+          if (f.conn->IcmpError(TcpSeq(Get32(inner.data() + ihl2 + 4)), mtu, code != 4,
+                                StrCat("destination unreachable (ICMP code ", int{code}, ")")))
+            ++stats_.icmp_errors;
+          Drain(it->second, f, now);
+          return Verdict::kConsumed;
+        }
+      }
+    }
     return Verdict::kToKernel;
   }
   if (proto == kProtoTcp) return InputTcp(src, body, now);

@@ -2,7 +2,8 @@
 // frames in (Input), frames out (TakeFrames), TCP flows for the SMTP endpoints.
 //
 // What it answers itself: ARP for its address (RFC 826; and it resolves its next hops,
-// queueing a bounded number of frames per address meanwhile), ICMP echo (RFC 792), and TCP for
+// queueing a bounded number of frames per address meanwhile), ICMP echo (RFC 792), ICMP
+// destination unreachable for its own flows (path MTU, refused opens; RFC 5927), and TCP for
 // its listening ports and the connections it opened (connection.h). Everything else — other
 // protocols, IPv6, fragments, UDP (DNS), TCP for other ports (management gRPC, LDAP, SSH),
 // ARP as well (so the kernel's table stays right) — is the exception path: Input says
@@ -94,7 +95,7 @@ class Stack {
   struct Stats {
     uint64_t frames_in = 0, frames_out = 0, to_kernel = 0, dropped = 0, bad_checksum = 0, rst_sent = 0,
              syn_cookies_sent = 0, syn_cookies_accepted = 0, syn_dropped = 0, arp_replies = 0, echo_replies = 0,
-             flows_reset = 0;
+             flows_reset = 0, icmp_errors = 0;
   };
   const Stats& stats() const { return stats_; }
   size_t flows() const { return flows_.size(); }

@@ -240,5 +240,58 @@ TEST(Stack, SynFloodIsBoundedAndARealClientStillGetsThrough) {
   EXPECT_EQ(b.flows(), 1u);
 }
 
+// ICMP "fragmentation needed" quoting a segment in flight lowers the flow's segment size and
+// what was sent goes again smaller; a quote of a sequence number not in flight is not believed
+// (RFC 5927), and neither is a floor below 536.
+TEST(Stack, PathMtuFromIcmpOnlyForSegmentsInFlight) {
+  Stack a(Config(kA, kMacA)), b(Config(kB, kMacB));
+  b.Listen(25);
+  int64_t now = 0;
+  std::optional<FlowId> client = a.Connect(kB, 25, now);
+  Exchange(a, b, now);
+  FlowId server = 0;
+  for (auto& [f, e] : b.TakeEvents())
+    if (e == Stack::Event::kAccepted) server = f;
+  ASSERT_NE(server, 0u);
+  uint16_t cport = b.RemoteOf(server).port;
+  EXPECT_EQ(b.Flow(server)->send_mss(), 1460u);
+  b.Send(server, std::string(3000, 'x'), now);
+  auto sent = b.TakeFrames();   // lost on the way: the router answers instead
+  ASSERT_FALSE(sent.empty());
+  uint32_t seq = static_cast<uint8_t>(sent[0][38]) << 24 | static_cast<uint8_t>(sent[0][39]) << 16 |
+                 static_cast<uint8_t>(sent[0][40]) << 8 | static_cast<uint8_t>(sent[0][41]);
+  auto icmp = [&](uint32_t quoted_seq, uint16_t mtu) {
+    std::string m("\x03\x04\x00\x00\x00\x00", 6);
+    Put16(&m, mtu);
+    m += sent[0].substr(14, 20);   // our IP header
+    std::string tcp8;
+    Put16(&tcp8, 25);
+    Put16(&tcp8, cport);
+    Put16(&tcp8, static_cast<uint16_t>(quoted_seq >> 16));
+    Put16(&tcp8, static_cast<uint16_t>(quoted_seq));
+    m += tcp8;
+    uint16_t sum = tcp::ChecksumFold(tcp::ChecksumAdd(0, reinterpret_cast<const uint8_t*>(m.data()), m.size()));
+    m[2] = static_cast<char>(sum >> 8);
+    m[3] = static_cast<char>(sum & 0xff);
+    return Frame(kMacB, kMacA, 0x0a0000fe, kB, 1, m);
+  };
+  EXPECT_EQ(b.Input(icmp(seq + 100000, 1000), now), Stack::Verdict::kConsumed);
+  EXPECT_EQ(b.Flow(server)->send_mss(), 1460u) << "a sequence number not in flight is not believed";
+  EXPECT_EQ(b.Input(icmp(seq, 300), now), Stack::Verdict::kConsumed);
+  EXPECT_EQ(b.Flow(server)->send_mss(), 536u) << "never below 536";
+  EXPECT_EQ(b.stats().icmp_errors, 1u);
+  auto again = b.TakeFrames();
+  ASSERT_FALSE(again.empty()) << "what was sent too large goes again at once";
+  size_t ip_len = static_cast<uint8_t>(again[0][16]) << 8 | static_cast<uint8_t>(again[0][17]);
+  EXPECT_EQ(ip_len, 20u + 20u + 536u);
+  for (auto& f : again) a.Input(f, now);
+  // The data still arrives, in smaller segments.
+  Exchange(a, b, now, 2000);
+  now += 2000;
+  b.Tick(now);
+  Exchange(a, b, now, 2000);
+  EXPECT_EQ(ReadAll(a, *client, now), std::string(3000, 'x'));
+}
+
 }  // namespace
 }  // namespace mailseal::net

@@ -628,6 +628,21 @@ void Connection::Tick(int64_t now) {
   }
 }
 
+bool Connection::IcmpError(TcpSeq seq, uint32_t next_hop_mtu, bool unreachable, const std::string& why) {
+  if (state_ == State::kClosed || seq < snd_una_ || seq >= snd_max_) return false;
+  if (next_hop_mtu > 0) {
+    uint32_t mss = std::max<uint32_t>(536, next_hop_mtu > 40 ? next_hop_mtu - 40 : 0);
+    if (mss < smss_) {
+      smss_ = mss;
+      snd_nxt_ = snd_una_;   // what was sent too large goes again in smaller segments
+      Retransmit(0);
+    }
+    return true;
+  }
+  if (unreachable && state_ == State::kSynSent) Reset(why, false);
+  return true;
+}
+
 std::optional<int64_t> Connection::NextTimerMs() const {
   std::optional<int64_t> t;
   for (const auto& x : {rto_at_, persist_at_, time_wait_at_})

@@ -88,6 +88,12 @@ class Connection {
   // Close: FIN after what was queued (RFC 9293 CLOSE). Abort: RST now, state CLOSED.
   void Close(int64_t now_ms);
   void Abort(const std::string& why);
+  // IcmpError: an ICMP error quoting our segment with sequence number `seq` (RFC 5927: believed
+  // only when seq is in flight, between SND.UNA and SND.MAX). Fragmentation needed (next_hop_mtu
+  // > 0) lowers the segment size, never below 536 (RFC 5927 §7.2: an attacker must not force
+  // tiny segments); unreachable during the handshake ends an active open (`why`), later it is
+  // a soft error (ignored, as RFC 1122 §4.2.3.9 allows). Returns whether it was believed.
+  bool IcmpError(TcpSeq seq, uint32_t next_hop_mtu, bool unreachable, const std::string& why);
   // Tick runs the timers due at now_ms.
   void Tick(int64_t now_ms);
   // NextTimerMs: when Tick should run next (nullopt: no timer).
