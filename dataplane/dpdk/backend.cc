@@ -431,6 +431,13 @@ Result<std::unique_ptr<DpdkBackend>> DpdkBackend::Start(DpdkOptions o) {
   }
   rte_ether_addr mac{};
   rte_eth_macaddr_get(impl->port, &mac);
+  // One MAC for the address: the kernel's side of the exception port takes the mail port's, so
+  // that frames the stack hands it (addressed to that MAC) are the kernel's own.
+  if (impl->has_exc) {
+    if (int rc = rte_eth_dev_default_mac_addr_set(impl->exc, &mac); rc != 0)
+      return UnavailableError(StrCat("DPDK: exception port '", o.exception_port, "' cannot take the port's MAC: ",
+                                     rte_strerror(-rc)));
+  }
   net::StackConfig sc;
   std::memcpy(sc.mac.data(), mac.addr_bytes, 6);
   sc.ip = o.ip;

@@ -36,72 +36,94 @@ def sh(cmd, check=True):
     return r
 
 
-def main():
-    a = harness.args()
-    c = harness.Checker("dpdk_e2e")
-    root = harness.tempdir(a.keep)
-    tag = f"{os.getpid() % 100000:05d}"
-    ns, veth_dp, veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
-    sh(f"ip netns add {ns}")
-    harness._cleanups.append(lambda: sh(f"ip netns del {ns}", check=False))
-    sh(f"ip link add {veth_dp} type veth peer name {veth_ns}")
-    harness._cleanups.append(lambda: sh(f"ip link del {veth_dp}", check=False))
-    sh(f"ip link set {veth_ns} netns {ns}")
-    sh(f"ip link set {veth_dp} up")
-    sh(f"ip -n {ns} addr add {NS_IP}/24 dev {veth_ns}")
-    sh(f"ip -n {ns} link set {veth_ns} up")
-    sh(f"ip -n {ns} link set lo up")
-    sh(f"ip netns exec {ns} ethtool -K {veth_ns} tx off")   # real checksums on what AF_PACKET reads
+class DpdkGateway:
+    """mailseald on the DPDK back end with its world: a namespace holding the outside at
+    10.77.0.1 (and smtp-sink there as the next hop) on one end of a veth pair, DPDK owning the
+    other end (net_af_packet) and a TAP exception port whose kernel side gets GW_IP."""
 
-    # The next hop in the namespace.
-    sink_dir = os.path.join(root, "sink")
-    os.makedirs(sink_dir)
-    sh(f"chown postfix {sink_dir}")
-    sink_port = 2600 + random.randrange(300)
-    sink = subprocess.Popen(["ip", "netns", "exec", ns, "smtp-sink", "-u", "postfix", "-d", f"{sink_dir}/%M.",
-                             f"{NS_IP}:{sink_port}", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    harness._cleanups.append(lambda: sink.poll() is None and sink.kill())
+    def __init__(self, a, c, root, dpdk_extra=""):
+        tag = f"{os.getpid() % 100000:05d}"
+        self.ns, veth_dp, self.veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
+        ns = self.ns
+        sh(f"ip netns add {ns}")
+        harness._cleanups.append(lambda: sh(f"ip netns del {ns}", check=False))
+        sh(f"ip link add {veth_dp} type veth peer name {self.veth_ns}")
+        harness._cleanups.append(lambda: sh(f"ip link del {veth_dp}", check=False))
+        sh(f"ip link set {self.veth_ns} netns {ns}")
+        sh(f"ip link set {veth_dp} up")
+        # AF_PACKET reads the frames but does not take them from the kernel, which would answer
+        # for GW_IP (the TAP's address) too: keep the kernel off the DPDK port. A netdev
+        # ingress hook runs after packet sockets have their copy.
+        sh(f"nft add table netdev {ns}")
+        harness._cleanups.append(lambda: sh(f"nft delete table netdev {ns}", check=False))
+        sh(f"nft 'add chain netdev {ns} in {{ type filter hook ingress device \"{veth_dp}\" priority 0; policy drop; }}'")
+        sh(f"ip -n {ns} addr add {NS_IP}/24 dev {self.veth_ns}")
+        sh(f"ip -n {ns} link set {self.veth_ns} up")
+        sh(f"ip -n {ns} link set lo up")
+        sh(f"ip netns exec {ns} ethtool -K {self.veth_ns} tx off")   # real checksums on what AF_PACKET reads
+        # The next hop in the namespace.
+        self.sink_dir = os.path.join(root, "sink")
+        os.makedirs(self.sink_dir)
+        sh(f"chown postfix {self.sink_dir}")
+        sink_port = 2600 + random.randrange(300)
+        sink = subprocess.Popen(["ip", "netns", "exec", ns, "smtp-sink", "-u", "postfix", "-d", f"{self.sink_dir}/%M.",
+                                 f"{NS_IP}:{sink_port}", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness._cleanups.append(lambda: sink.poll() is None and sink.kill())
+        eal = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", f"--file-prefix=ms{tag}", "-l", "0",
+               f"--vdev=net_af_packet0,iface={veth_dp}", f"--vdev=net_tap0,iface={tap}"]
+        io = ('io { backend: DPDK dpdk { ' + " ".join(f'eal_args: "{x}"' for x in eal) +
+              f' port: "net_af_packet0" exception_port: "net_tap0" address: "{GW_IP}/24" {dpdk_extra} }} }}\n')
+        self.gw = gw = harness.Mailseald(a.mailseald, root, relay_port=None, trusted="10.77.0.0/24",
+                                         local_domain="agency-a.test",
+                                         delivery_extra=f'relay_host: "{NS_IP}:{sink_port}"', extra=io)
+        # The stack listens on the listener's port (on GW_IP); the harness's start() probes the
+        # loopback, which DPDK does not serve: start by hand.
+        logf = open(gw.log, "ab")
+        gw.proc = subprocess.Popen([a.mailseald, "--config", gw.config], stdout=logf, stderr=logf)
+        logf.close()
+        harness._cleanups.append(gw.kill)
+        harness.wait_for(lambda: "dpdk: port up" in gw.read_log() or gw.proc.poll() is not None, 30, "DPDK port up")
+        c.check(gw.proc.poll() is None, "mailseald runs on the DPDK back end", gw.read_log()[-2000:])
+        # The kernel's side of the exception port gets the stack's address (as the appliance's
+        # network configuration would).
+        harness.wait_for(lambda: sh(f"ip link show {tap}", check=False).returncode == 0, 15, "TAP interface")
+        sh(f"ip addr add {GW_IP}/24 dev {tap}")
+        sh(f"ip link set {tap} up")
 
-    eal = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", f"--file-prefix=ms{tag}", "-l", "0",
-           f"--vdev=net_af_packet0,iface={veth_dp}", f"--vdev=net_tap0,iface={tap}"]
-    io = ('io { backend: DPDK dpdk { ' + " ".join(f'eal_args: "{x}"' for x in eal) +
-          f' port: "net_af_packet0" exception_port: "net_tap0" address: "{GW_IP}/24" }} }}\n')
-    gw = harness.Mailseald(a.mailseald, root, relay_port=None, trusted="10.77.0.0/24", local_domain="agency-a.test",
-                           delivery_extra=f'relay_host: "{NS_IP}:{sink_port}"', extra=io)
-    # The stack listens on the listener's port (on GW_IP); the harness's start() probes the
-    # loopback, which DPDK does not serve: start by hand.
-    logf = open(gw.log, "ab")
-    gw.proc = subprocess.Popen([a.mailseald, "--config", gw.config], stdout=logf, stderr=logf)
-    logf.close()
-    harness.wait_for(lambda: "dpdk: port up" in gw.read_log() or gw.proc.poll() is not None, 30, "DPDK port up")
-    c.check(gw.proc.poll() is None, "mailseald runs on the DPDK back end", gw.read_log()[-2000:])
-    # The kernel's side of the exception port gets the stack's address (as the appliance's
-    # network configuration would).
-    harness.wait_for(lambda: sh(f"ip link show {tap}", check=False).returncode == 0, 15, "TAP interface")
-    sh(f"ip addr add {GW_IP}/24 dev {tap}")
-    sh(f"ip link set {tap} up")
-
-    r = sh(f"ip netns exec {ns} ping -c 3 -W 2 {GW_IP}", check=False)
-    c.check(r.returncode == 0, "ICMP echo to the stack's address is answered", r.stdout[-300:] + r.stderr[-300:])
-
-    def swaks(subject, body_file=None, timeout=60):
-        cmd = ["ip", "netns", "exec", ns, "swaks", "--server", f"{GW_IP}:{gw.port}", "--from", "alice@agency-a.test",
-               "--to", "bob@plain.test", "--h-Subject", subject, "--timeout", "30"]
-        if body_file:
-            cmd += ["--body", body_file]
-        else:
-            cmd += ["--body", f"body of {subject}"]
+    def swaks(self, subject, body_file=None, timeout=60):
+        cmd = ["ip", "netns", "exec", self.ns, "swaks", "--server", f"{GW_IP}:{self.gw.port}", "--from",
+               "alice@agency-a.test", "--to", "bob@plain.test", "--h-Subject", subject, "--timeout", "30",
+               "--body", body_file or f"body of {subject}"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
-    def delivered():
+    def delivered(self):
         out = {}
-        for name in os.listdir(sink_dir):
-            with open(os.path.join(sink_dir, name), "rb") as f:
+        for name in os.listdir(self.sink_dir):
+            with open(os.path.join(self.sink_dir, name), "rb") as f:
                 data = f.read()
             for line in data.split(b"\n"):   # smtp-sink writes LF line ends
                 if line.startswith(b"Subject: "):
                     out[line[9:].rstrip(b"\r").decode()] = data
         return out
+
+    def stop(self):
+        self.gw.proc.terminate()
+        try:
+            self.gw.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.gw.proc.kill()
+        return self.gw.proc.returncode
+
+
+def main():
+    a = harness.args()
+    c = harness.Checker("dpdk_e2e")
+    root = harness.tempdir(a.keep)
+    d = DpdkGateway(a, c, root)
+    ns, gw, veth_ns, swaks, delivered = d.ns, d.gw, d.veth_ns, d.swaks, d.delivered
+
+    r = sh(f"ip netns exec {ns} ping -c 3 -W 2 {GW_IP}", check=False)
+    c.check(r.returncode == 0, "ICMP echo to the stack's address is answered", r.stdout[-300:] + r.stderr[-300:])
 
     ok, failures = 0, []
     for i in range(10):
@@ -166,12 +188,7 @@ def main():
             "and all delivered intact", len([k for k in delivered() if k.startswith("lossy-")]))
     counters = sh(f"ip netns exec {ns} nft list table netdev chaos").stdout
     c.check("counter packets 0 " not in counters, "packets were really dropped", counters[-300:])
-    gw.proc.terminate()
-    try:
-        gw.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        gw.proc.kill()
-    c.check(gw.proc.returncode == 0, "clean stop", gw.read_log()[-1500:])
+    c.check(d.stop() == 0, "clean stop", gw.read_log()[-1500:])
     c.finish()
 
 
