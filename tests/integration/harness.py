@@ -190,7 +190,12 @@ delivery {{
 class Postfix:
     """A private Postfix instance that relays everything to relay_port (TESTING.md recipe)."""
 
-    def __init__(self, root, relay_port, extra_main="", extra_master=""):
+    def __init__(self, root, relay_port, extra_main="", extra_master="", host="127.0.0.1", relay_host="127.0.0.1",
+                 netns=None):
+        """host: the address it listens on; relay_host: where it relays; netns: run it inside this
+        network namespace (host and relay_host are then that namespace's addresses)."""
+        self.netns = netns
+        self.host = host
         self.dir = os.path.join(root, f"postfix-{free_port()}")
         self.port = free_port()
         conf, queue, data = (os.path.join(self.dir, x) for x in ("conf", "queue", "data"))
@@ -200,7 +205,7 @@ class Postfix:
         shutil.chown(data, "postfix")
         with open("/etc/postfix/master.cf") as f:
             master = f.read()
-        master = re.sub(r"^smtp\s+inet\s.*$", f"127.0.0.1:{self.port} inet n - n - - smtpd", master,
+        master = re.sub(r"^smtp\s+inet\s.*$", f"{host}:{self.port} inet n - n - - smtpd", master,
                         count=1, flags=re.M)
         with open(os.path.join(conf, "master.cf"), "w") as f:
             f.write(master + extra_master)
@@ -210,10 +215,10 @@ queue_directory = {queue}
 data_directory = {data}
 myhostname = peer.test
 mydestination =
-inet_interfaces = 127.0.0.1
+inet_interfaces = {host}
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:{relay_port}
+mynetworks = 127.0.0.0/8 {host}/32
+relayhost = [{relay_host}]:{relay_port}
 smtpd_recipient_restrictions = permit_mynetworks, reject
 maillog_file_prefixes = /var, /dev/stdout, /tmp
 maillog_file = {self.dir}/maillog
@@ -221,14 +226,22 @@ message_size_limit = 104857600
 {extra_main}
 """)
         self.conf = conf
-        r = subprocess.run(["postfix", "-c", conf, "start"], capture_output=True, text=True)
+        r = subprocess.run(self._in_ns(["postfix", "-c", conf, "start"]), capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"postfix start failed: {r.stdout}{r.stderr}")
         _cleanups.append(self.stop)
-        wait_port(self.port)
+        if netns:
+            probe = f"import socket; socket.create_connection(('{host}', {self.port}), timeout=1).recv(10)"
+            wait_for(lambda: subprocess.run(self._in_ns(["python3", "-c", probe]), capture_output=True).returncode == 0,
+                     20, "postfix in the namespace listening")
+        else:
+            wait_port(self.port, host=host)
+
+    def _in_ns(self, cmd):
+        return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
 
     def stop(self):
-        subprocess.run(["postfix", "-c", self.conf, "stop"], capture_output=True)
+        subprocess.run(self._in_ns(["postfix", "-c", self.conf, "stop"]), capture_output=True)
         pid_file = os.path.join(self.dir, "queue", "pid", "master.pid")
         try:
             with open(pid_file) as f:

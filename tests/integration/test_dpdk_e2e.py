@@ -14,6 +14,8 @@ exception port gives the kernel everything else.
   reachable from the namespace through the DPDK port.
 - With 5 % of the namespace's packets dropped (nftables netdev egress), 30 more messages all
   arrive intact (retransmission, fast retransmit, reassembly).
+- Postfix in the namespace as the sending MTA: 20 messages relayed by it to mailseald over the
+  project's TCP arrive at the next hop (a real MTA's pipelining, its connection reuse and QUIT).
 """
 import os
 import random
@@ -188,6 +190,24 @@ def main():
             "and all delivered intact", len([k for k in delivered() if k.startswith("lossy-")]))
     counters = sh(f"ip netns exec {ns} nft list table netdev chaos").stdout
     c.check("counter packets 0 " not in counters, "packets were really dropped", counters[-300:])
+    sh(f"ip netns exec {ns} nft delete table netdev chaos")
+
+    # Postfix as the peer: it relays to mailseald over the project's TCP.
+    pf = harness.Postfix(root, gw.port, host=NS_IP, relay_host=GW_IP, netns=ns)
+    for i in range(20):
+        r = subprocess.run(["ip", "netns", "exec", ns, "swaks", "--server", f"{NS_IP}:{pf.port}", "--from",
+                            "alice@agency-a.test", "--to", "bob@plain.test", "--h-Subject", f"via-postfix-{i}",
+                            "--body", f"body of via-postfix-{i}"], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            c.check(False, "Postfix in the namespace takes the message", r.stdout[-400:])
+            break
+    c.check(harness.eventually(lambda: all(f"via-postfix-{i}" in delivered() for i in range(20)), 90, "via Postfix"),
+            "20 messages from Postfix in the namespace reach the next hop through mailseald's TCP",
+            len([k for k in delivered() if k.startswith("via-postfix-")]))
+    got = delivered()
+    c.check(all(b"by peer.test (Postfix)" in got.get(f"via-postfix-{i}", b"") for i in range(20)),
+            "they came through Postfix (its Received line)")
+    pf.stop()
     c.check(d.stop() == 0, "clean stop", gw.read_log()[-1500:])
     c.finish()
 
