@@ -911,6 +911,18 @@ struct Daemon {
           {{"received", std::to_string(s.received)}, {"delivered", std::to_string(s.delivered)},
            {"bounced", std::to_string(s.bounced)}, {"deferrals", std::to_string(s.deferrals)},
            {"in_queue", std::to_string(s.in_queue)}, {"deferred", std::to_string(s.deferred)}});
+#ifdef MAILSEAL_HAVE_DPDK
+      if (dpdk_backend) {
+        dpdk::DpdkBackend::Stats d = dpdk_backend->stats();
+        Log(LogLevel::kInfo, "dpdk", "stats",
+            {{"rx", std::to_string(d.rx)}, {"tx", std::to_string(d.tx)}, {"tx_dropped", std::to_string(d.tx_dropped)},
+             {"to_kernel", std::to_string(d.to_kernel)}, {"from_kernel", std::to_string(d.from_kernel)},
+             {"flows", std::to_string(d.flows)}, {"half_open", std::to_string(d.half_open)},
+             {"syn_cookies_sent", std::to_string(d.syn_cookies_sent)},
+             {"syn_cookies_accepted", std::to_string(d.syn_cookies_accepted)}, {"rst_sent", std::to_string(d.rst_sent)},
+             {"flows_reset", std::to_string(d.flows_reset)}, {"bad_checksum", std::to_string(d.bad_checksum)}});
+      }
+#endif
     }
   }
   }

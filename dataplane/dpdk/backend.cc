@@ -112,6 +112,8 @@ struct DpdkBackend::Impl : std::enable_shared_from_this<Impl> {
   std::unordered_map<net::FlowId, PendingConnect> connects;
 
   std::atomic<uint64_t> rx{0}, tx{0}, tx_dropped{0}, to_kernel{0}, from_kernel{0};
+  DpdkBackend::Stats published;   // the stack's counters, under mu
+  int64_t last_publish = 0;
 
   void PostTask(std::function<void()> t) {
     std::lock_guard<std::mutex> g(mu);
@@ -372,6 +374,20 @@ void DpdkBackend::Impl::Run() {
     std::vector<std::string> frames = stack->TakeFrames();
     busy |= !frames.empty();
     if (!frames.empty()) Transmit(port, std::move(frames));
+    if (now - last_publish >= 1000) {
+      last_publish = now;
+      const net::Stack::Stats& st = stack->stats();
+      std::lock_guard<std::mutex> g(mu);
+      published.flows = stack->flows();
+      published.half_open = stack->half_open();
+      published.syn_cookies_sent = st.syn_cookies_sent;
+      published.syn_cookies_accepted = st.syn_cookies_accepted;
+      published.syn_dropped = st.syn_dropped;
+      published.rst_sent = st.rst_sent;
+      published.flows_reset = st.flows_reset;
+      published.bad_checksum = st.bad_checksum;
+      published.icmp_errors = st.icmp_errors;
+    }
     idle = busy ? 0 : idle + 1;
     if (idle > 64) ::usleep(50);
   }
@@ -463,6 +479,15 @@ DpdkBackend::~DpdkBackend() { Stop(); }
 void DpdkBackend::Stop() {
   if (!impl_ || impl_->stop.exchange(true)) return;
   if (impl_->poller.joinable()) impl_->poller.join();
+  // The poll thread is gone: the stack may be read here.
+  const net::Stack::Stats& st = impl_->stack->stats();
+  Log(LogLevel::kInfo, "dpdk", "stopped",
+      {{"rx", std::to_string(impl_->rx.load())}, {"tx", std::to_string(impl_->tx.load())},
+       {"to_kernel", std::to_string(impl_->to_kernel.load())}, {"flows", std::to_string(impl_->stack->flows())},
+       {"half_open", std::to_string(impl_->stack->half_open())},
+       {"syn_cookies_sent", std::to_string(st.syn_cookies_sent)},
+       {"syn_cookies_accepted", std::to_string(st.syn_cookies_accepted)}, {"syn_dropped", std::to_string(st.syn_dropped)},
+       {"rst_sent", std::to_string(st.rst_sent)}, {"flows_reset", std::to_string(st.flows_reset)}});
   rte_eth_dev_stop(impl_->port);
   if (impl_->has_exc) rte_eth_dev_stop(impl_->exc);
 }
@@ -500,6 +525,10 @@ void DpdkBackend::Connect(io::Loop* loop, const sockaddr_storage& to, int timeou
 
 DpdkBackend::Stats DpdkBackend::stats() const {
   Stats s;
+  {
+    std::lock_guard<std::mutex> g(impl_->mu);
+    s = impl_->published;
+  }
   s.rx = impl_->rx;
   s.tx = impl_->tx;
   s.tx_dropped = impl_->tx_dropped;

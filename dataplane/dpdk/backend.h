@@ -49,8 +49,11 @@ class DpdkBackend : public io::Backend {
   void Connect(io::Loop* loop, const sockaddr_storage& to, int timeout_ms, io::ConnectFn done) override;
   void Stop();
 
+  // Stats: counters of the port and the stack, published by the poll thread once a second.
   struct Stats {
-    uint64_t rx = 0, tx = 0, tx_dropped = 0, to_kernel = 0, from_kernel = 0, flows = 0, syn_cookies = 0, resets = 0;
+    uint64_t rx = 0, tx = 0, tx_dropped = 0, to_kernel = 0, from_kernel = 0;
+    uint64_t flows = 0, half_open = 0, syn_cookies_sent = 0, syn_cookies_accepted = 0, syn_dropped = 0, rst_sent = 0,
+             flows_reset = 0, bad_checksum = 0, icmp_errors = 0;
   };
   Stats stats() const;
 

@@ -12,6 +12,7 @@
   all of it.
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -102,6 +103,10 @@ def main():
     c.check("still here" in r.stdout, "the exception path still works", r.stdout + r.stderr[-300:])
     srv.close()
     c.check(d.stop() == 0, "clean stop", d.gw.read_log()[-1500:])
+    m = re.search(r"dpdk: stopped .*half_open=(\d+) syn_cookies_sent=(\d+)", d.gw.read_log())
+    c.check(m is not None and int(m.group(1)) <= 256 and int(m.group(2)) >= FLOOD // 2,
+            "the stack kept at most 256 half-open flows and answered the rest of the flood with SYN cookies",
+            m.group(0) if m else d.gw.read_log()[-800:])
     c.finish()
 
 
