@@ -42,9 +42,11 @@ def sh(cmd, check=True):
 class DpdkGateway:
     """mailseald on the DPDK back end with its world: a namespace holding the outside at
     10.77.0.1 (and smtp-sink there as the next hop) on one end of a veth pair, DPDK owning the
-    other end (net_af_packet) and a TAP exception port whose kernel side gets GW_IP."""
+    other end (net_af_packet) and a TAP exception port whose kernel side gets GW_IP. With
+    kernel=True the same world with the kernel back end instead (GW_IP on the veth's root end),
+    for comparisons (tools/bench/dpdk)."""
 
-    def __init__(self, a, c, root, dpdk_extra="", extra=""):
+    def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info"):
         tag = f"{os.getpid() % 100000:05d}"
         self.ns, veth_dp, self.veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
         ns = self.ns
@@ -54,12 +56,16 @@ class DpdkGateway:
         harness._cleanups.append(lambda: sh(f"ip link del {veth_dp}", check=False))
         sh(f"ip link set {self.veth_ns} netns {ns}")
         sh(f"ip link set {veth_dp} up")
-        # AF_PACKET reads the frames but does not take them from the kernel, which would answer
-        # for GW_IP (the TAP's address) too: keep the kernel off the DPDK port. A netdev
-        # ingress hook runs after packet sockets have their copy.
-        sh(f"nft add table netdev {ns}")
-        harness._cleanups.append(lambda: sh(f"nft delete table netdev {ns}", check=False))
-        sh(f"nft 'add chain netdev {ns} in {{ type filter hook ingress device \"{veth_dp}\" priority 0; policy drop; }}'")
+        if kernel:
+            sh(f"ip addr add {GW_IP}/24 dev {veth_dp}")
+        else:
+            # AF_PACKET reads the frames but does not take them from the kernel, which would
+            # answer for GW_IP (the TAP's address) too: keep the kernel off the DPDK port. A
+            # netdev ingress hook runs after packet sockets have their copy.
+            sh(f"nft add table netdev {ns}")
+            harness._cleanups.append(lambda: sh(f"nft delete table netdev {ns}", check=False))
+            sh(f"nft 'add chain netdev {ns} in {{ type filter hook ingress device \"{veth_dp}\" priority 0; "
+               f"policy drop; }}'")
         sh(f"ip -n {ns} addr add {NS_IP}/24 dev {self.veth_ns}")
         sh(f"ip -n {ns} link set {self.veth_ns} up")
         sh(f"ip -n {ns} link set lo up")
@@ -78,20 +84,35 @@ class DpdkGateway:
               f' port: "net_af_packet0" exception_port: "net_tap0" address: "{GW_IP}/24" {dpdk_extra} }} }}\n')
         self.gw = gw = harness.Mailseald(a.mailseald, root, relay_port=None, trusted="10.77.0.0/24",
                                          local_domain="agency-a.test",
-                                         delivery_extra=f'relay_host: "{NS_IP}:{sink_port}"', extra=io + extra)
+                                         delivery_extra=f'relay_host: "{NS_IP}:{sink_port}"',
+                                         extra=("" if kernel else io) + extra + f'log_level: "{log_level}"\n')
+        if kernel:   # listen on the veth's address
+            with open(gw.config) as f:
+                text = f.read()
+            with open(gw.config, "w") as f:
+                f.write(text.replace(f'address: "127.0.0.1:{gw.port}"', f'address: "{GW_IP}:{gw.port}"'))
         # The stack listens on the listener's port (on GW_IP); the harness's start() probes the
         # loopback, which DPDK does not serve: start by hand.
         logf = open(gw.log, "ab")
         gw.proc = subprocess.Popen([a.mailseald, "--config", gw.config], stdout=logf, stderr=logf)
         logf.close()
         harness._cleanups.append(gw.kill)
-        harness.wait_for(lambda: "dpdk: port up" in gw.read_log() or gw.proc.poll() is not None, 30, "DPDK port up")
-        c.check(gw.proc.poll() is None, "mailseald runs on the DPDK back end", gw.read_log()[-2000:])
-        # The kernel's side of the exception port gets the stack's address (as the appliance's
-        # network configuration would).
-        harness.wait_for(lambda: sh(f"ip link show {tap}", check=False).returncode == 0, 15, "TAP interface")
-        sh(f"ip addr add {GW_IP}/24 dev {tap}")
-        sh(f"ip link set {tap} up")
+        probe = f"import socket; socket.create_connection(('{GW_IP}', {gw.port}), timeout=1).recv(10)"
+
+        def listening():
+            return gw.proc.poll() is not None or subprocess.run(
+                ["ip", "netns", "exec", ns, "python3", "-c", probe], capture_output=True).returncode == 0
+        if not kernel:
+            # The kernel's side of the exception port gets the stack's address (as the
+            # appliance's network configuration would).
+            harness.wait_for(lambda: gw.proc.poll() is not None or sh(f"ip link show {tap}", check=False).returncode == 0,
+                             30, "TAP interface")
+            if gw.proc.poll() is None:
+                sh(f"ip addr add {GW_IP}/24 dev {tap}")
+                sh(f"ip link set {tap} up")
+        harness.wait_for(listening, 30, "listening")
+        c.check(gw.proc.poll() is None, f"mailseald runs on the {'kernel' if kernel else 'DPDK'} back end",
+                gw.read_log()[-2000:])
 
     def swaks(self, subject, body_file=None, timeout=60, tls=False):
         cmd = ["ip", "netns", "exec", self.ns, "swaks", "--server", f"{GW_IP}:{self.gw.port}", "--from",

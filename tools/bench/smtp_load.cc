@@ -27,6 +27,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Options {
+  std::string host = "127.0.0.1";
   int port = 25;
   int sessions = 20;
   int messages = 1000;
@@ -46,12 +47,12 @@ SSL_CTX* ClientContext() {
 
 class Conn {
  public:
-  bool Open(int port, bool tls) {
+  bool Open(const std::string& host, int port, bool tls) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return false;
     int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return false;
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--port") o.port = std::atoi(v.c_str());
+    if (k == "--host") o.host = v;
     else if (k == "--sessions") o.sessions = std::atoi(v.c_str());
     else if (k == "--messages") o.messages = std::atoi(v.c_str());
     else if (k == "--size") o.size = static_cast<size_t>(std::atol(v.c_str()));
@@ -138,7 +140,7 @@ int main(int argc, char** argv) {
         if (i >= o.messages) break;
         if (!c || !o.reuse) {
           c = std::make_unique<Conn>();
-          if (!c->Open(o.port, o.tls)) {
+          if (!c->Open(o.host, o.port, o.tls)) {
             errors++;
             c.reset();
             continue;
