@@ -699,6 +699,7 @@ struct Daemon {
     o.mbufs = d.mbufs();
     o.max_flows = d.max_flows();
     o.syn_budget = d.syn_budget();
+    o.lcores = d.lcores() ? d.lcores() : 1;
     Result<std::unique_ptr<dpdk::DpdkBackend>> b = dpdk::DpdkBackend::Start(o);
     if (!b.ok()) {
       Log(LogLevel::kError, "mailseald", "DPDK back end not started", {{"error", b.status().message()}});
@@ -913,14 +914,7 @@ struct Daemon {
            {"in_queue", std::to_string(s.in_queue)}, {"deferred", std::to_string(s.deferred)}});
 #ifdef MAILSEAL_HAVE_DPDK
       if (dpdk_backend) {
-        dpdk::DpdkBackend::Stats d = dpdk_backend->stats();
-        Log(LogLevel::kInfo, "dpdk", "stats",
-            {{"rx", std::to_string(d.rx)}, {"tx", std::to_string(d.tx)}, {"tx_dropped", std::to_string(d.tx_dropped)},
-             {"to_kernel", std::to_string(d.to_kernel)}, {"from_kernel", std::to_string(d.from_kernel)},
-             {"flows", std::to_string(d.flows)}, {"half_open", std::to_string(d.half_open)},
-             {"syn_cookies_sent", std::to_string(d.syn_cookies_sent)},
-             {"syn_cookies_accepted", std::to_string(d.syn_cookies_accepted)}, {"rst_sent", std::to_string(d.rst_sent)},
-             {"flows_reset", std::to_string(d.flows_reset)}, {"bad_checksum", std::to_string(d.bad_checksum)}});
+        Log(LogLevel::kInfo, "dpdk", "stats", dpdk_backend->stats().Fields());
       }
 #endif
     }

@@ -51,9 +51,9 @@ std::string EscapeForLog(std::string_view value) {
   return out;
 }
 
-void Log(LogLevel level, std::string_view component, std::string_view message,
-         std::initializer_list<LogField> fields) {
-  if (!LogEnabled(level)) return;
+namespace {
+void Write(LogLevel level, std::string_view component, std::string_view message, const LogField* begin,
+           const LogField* end) {
   auto now = std::chrono::system_clock::now();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
   std::time_t secs = static_cast<std::time_t>(ms / 1000);
@@ -72,7 +72,8 @@ void Log(LogLevel level, std::string_view component, std::string_view message,
   line += component;
   line += ": ";
   line += EscapeForLog(message);
-  for (const auto& [key, value] : fields) {
+  for (const LogField* f = begin; f != end; ++f) {
+    const auto& [key, value] = *f;
     line += ' ';
     line += key;
     line += '=';
@@ -89,6 +90,20 @@ void Log(LogLevel level, std::string_view component, std::string_view message,
   // One write() per record keeps records from different threads whole.
   ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
   (void)ignored;
+}
+}  // namespace
+
+void Log(LogLevel level, std::string_view component, std::string_view message,
+         std::initializer_list<LogField> fields) {
+  if (!LogEnabled(level)) return;
+  Write(level, component, message, fields.begin(), fields.end());
+}
+
+void Log(LogLevel level, std::string_view component, std::string_view message,
+         const std::vector<std::pair<std::string, std::string>>& fields) {
+  if (!LogEnabled(level)) return;
+  std::vector<LogField> f(fields.begin(), fields.end());
+  Write(level, component, message, f.data(), f.data() + f.size());
 }
 
 }  // namespace mailseal::base

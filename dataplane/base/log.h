@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace mailseal::base {
 
@@ -25,6 +26,9 @@ bool LogEnabled(LogLevel level);
 // Log writes one record to stderr (which systemd hands to journald). Thread safe.
 void Log(LogLevel level, std::string_view component, std::string_view message,
          std::initializer_list<LogField> fields = {});
+// The same with fields built at run time (e.g. a component's counters).
+void Log(LogLevel level, std::string_view component, std::string_view message,
+         const std::vector<std::pair<std::string, std::string>>& fields);
 
 // EscapeForLog returns `value` with control bytes, backslashes and quotes escaped.
 std::string EscapeForLog(std::string_view value);

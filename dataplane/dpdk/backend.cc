@@ -6,10 +6,13 @@
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
+#include <rte_lcore.h>
 #include <rte_mbuf.h>
+#include <rte_ring.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <bitset>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -19,8 +22,11 @@
 #include "dataplane/base/log.h"
 #include "dataplane/memory/backend.h"
 #include "dataplane/net/stack.h"
+#include "dataplane/net/steer.h"
 
 namespace mailseal::dpdk {
+struct Poller;
+
 namespace {
 using base::Log;
 using base::LogLevel;
@@ -30,6 +36,7 @@ constexpr uint16_t kBurst = 32;
 
 // Link: one stream's state shared by its owner's loop and the poll thread.
 struct Link {
+  Poller* poller = nullptr;   // the lcore that owns the flow
   std::mutex mu;
   net::FlowId flow = 0;
   std::string rx, tx;         // toward the owner / toward the flow
@@ -81,18 +88,23 @@ sockaddr_storage Address(uint32_t ip, uint16_t port) {
 }
 }  // namespace
 
+struct Poller;
+
 struct DpdkBackend::Impl : std::enable_shared_from_this<Impl> {
   DpdkOptions opt;
   uint16_t port = 0, exc = 0;
   bool has_exc = false;
+  uint16_t rx_queues = 1;   // the port's RX queues: the first rx_queues pollers poll one each
+  bool rss = false;         // the port hashes flows to queues itself (same key as steer.h)
   rte_mempool* pool = nullptr;
-  std::unique_ptr<net::Stack> stack;
-  std::thread poller;
+  std::vector<std::unique_ptr<Poller>> pollers;   // one per lcore; fixed after Start
+  net::SteerConfig steer;
+  std::bitset<65536> stack_ports;                 // listening and ephemeral: the stacks' TCP
   std::atomic<bool> stop{false};
+  std::atomic<uint64_t> to_kernel{0}, from_kernel{0};
+  std::atomic<unsigned> next_connect{0};
 
-  std::mutex mu;   // guards tasks, dirty, acceptors
-  std::vector<std::function<void()>> tasks;
-  std::vector<std::shared_ptr<Link>> dirty;
+  std::mutex mu;   // guards acceptors, next_acceptor
   struct Acceptor {
     io::Loop* loop;
     io::AcceptFn fn;
@@ -101,7 +113,24 @@ struct DpdkBackend::Impl : std::enable_shared_from_this<Impl> {
   std::vector<std::shared_ptr<Acceptor>> acceptors;
   size_t next_acceptor = 0;
 
-  // The poll thread's own.
+  ~Impl();
+};
+
+// Poller: one lcore's thread — its RX/TX queue pair of the port, its ring of frames other
+// lcores steered to it, its Stack and the streams of its flows. Only its thread touches the
+// Stack, links and connects; tasks and dirty are handed in under mu.
+struct Poller {
+  DpdkBackend::Impl* impl = nullptr;
+  unsigned index = 0;
+  std::unique_ptr<net::Stack> stack;
+  rte_ring* ring = nullptr;   // MP/SC: frames steered here by the other lcores
+  std::thread thread;
+
+  std::mutex mu;   // guards tasks, dirty, published
+  std::vector<std::function<void()>> tasks;
+  std::vector<std::shared_ptr<Link>> dirty;
+  DpdkBackend::Stats published;
+
   std::unordered_map<net::FlowId, std::shared_ptr<Link>> links;
   struct PendingConnect {
     io::Loop* loop;
@@ -110,10 +139,9 @@ struct DpdkBackend::Impl : std::enable_shared_from_this<Impl> {
     sockaddr_storage to;
   };
   std::unordered_map<net::FlowId, PendingConnect> connects;
+  std::vector<std::string> to_exc;   // lcore 0: frames for the kernel, this round
 
-  std::atomic<uint64_t> rx{0}, tx{0}, tx_dropped{0}, to_kernel{0}, from_kernel{0};
-  DpdkBackend::Stats published;   // the stack's counters, under mu
-  int64_t last_publish = 0;
+  std::atomic<uint64_t> rx{0}, tx{0}, tx_dropped{0}, steered{0}, steer_dropped{0};
 
   void PostTask(std::function<void()> t) {
     std::lock_guard<std::mutex> g(mu);
@@ -124,10 +152,18 @@ struct DpdkBackend::Impl : std::enable_shared_from_this<Impl> {
     dirty.push_back(std::move(l));
   }
   void Run();
+  void Route(rte_mbuf* m, int64_t now);   // a frame from the port: here, to its owner, or to all
+  void Local(rte_mbuf* m, int64_t now);   // a frame this lcore's stack takes
   void Pump(const std::shared_ptr<Link>& l, int64_t now);
   void HandleEvents(int64_t now);
-  void Transmit(uint16_t to, std::vector<std::string> frames);
+  void Transmit(uint16_t to, uint16_t queue, std::vector<std::string> frames);
+  void Publish();
 };
+
+DpdkBackend::Impl::~Impl() {
+  for (auto& p : pollers)
+    if (p->ring) rte_ring_free(p->ring);
+}
 
 namespace {
 class DpdkStream : public io::Stream {
@@ -143,7 +179,7 @@ class DpdkStream : public io::Stream {
       link_->owner_gone = true;
       link_->handler = nullptr;
     }
-    impl_->MarkDirty(link_);   // the poll thread closes the flow after what was written
+    link_->poller->MarkDirty(link_);   // the poll thread closes the flow after what was written
   }
   io::IoResult Read(char* buf, size_t cap) override {
     std::lock_guard<std::mutex> g(link_->mu);
@@ -151,7 +187,7 @@ class DpdkStream : public io::Stream {
       size_t n = std::min(cap, link_->rx.size());
       std::memcpy(buf, link_->rx.data(), n);
       link_->rx.erase(0, n);
-      impl_->MarkDirty(link_);   // room: take more from the flow
+      link_->poller->MarkDirty(link_);   // room: take more from the flow
       return io::IoResult::Ok(n);
     }
     if (!link_->failed.empty()) return io::IoResult::Failed(link_->failed);
@@ -165,7 +201,7 @@ class DpdkStream : public io::Stream {
     if (room == 0) return io::IoResult::WouldBlock();
     size_t n = std::min(room, bytes.size());
     link_->tx.append(bytes.substr(0, n));
-    impl_->MarkDirty(link_);
+    link_->poller->MarkDirty(link_);
     return io::IoResult::Ok(n);
   }
   void Watch(io::StreamHandler* h, bool read, bool write) override {
@@ -195,7 +231,7 @@ class DpdkListener : public io::Listener {
 };
 }  // namespace
 
-void DpdkBackend::Impl::Pump(const std::shared_ptr<Link>& l, int64_t now) {
+void Poller::Pump(const std::shared_ptr<Link>& l, int64_t now) {
   std::lock_guard<std::mutex> g(l->mu);
   const net::tcp::Connection* c = stack->Flow(l->flow);
   if (!c) return;
@@ -226,29 +262,30 @@ void DpdkBackend::Impl::Pump(const std::shared_ptr<Link>& l, int64_t now) {
   if (kick) KickLocked(l);
 }
 
-void DpdkBackend::Impl::HandleEvents(int64_t now) {
+void Poller::HandleEvents(int64_t now) {
   for (auto [f, e] : stack->TakeEvents()) {
     switch (e) {
       case net::Stack::Event::kAccepted: {
-        std::shared_ptr<Acceptor> a;
+        std::shared_ptr<DpdkBackend::Impl::Acceptor> a;
         {
-          std::lock_guard<std::mutex> g(mu);
-          for (size_t i = 0; i < acceptors.size() && !a; ++i) {
-            auto& cand = acceptors[(next_acceptor + i) % acceptors.size()];
+          std::lock_guard<std::mutex> g(impl->mu);
+          for (size_t i = 0; i < impl->acceptors.size() && !a; ++i) {
+            auto& cand = impl->acceptors[(impl->next_acceptor + i) % impl->acceptors.size()];
             if (!cand->paused) a = cand;
           }
-          ++next_acceptor;
+          ++impl->next_acceptor;
         }
         if (!a) {
           stack->Abort(f, "no listener accepting");
           break;
         }
         auto link = std::make_shared<Link>();
+        link->poller = this;
         link->flow = f;
         links[f] = link;
         net::Stack::Remote r = stack->RemoteOf(f);
         auto stream = std::make_shared<std::unique_ptr<io::Stream>>(
-            std::make_unique<DpdkStream>(shared_from_this(), link, a->loop, Address(r.ip, r.port)));
+            std::make_unique<DpdkStream>(impl->shared_from_this(), link, a->loop, Address(r.ip, r.port)));
         a->loop->Post([a, stream] { a->fn(std::move(*stream)); });
         break;
       }
@@ -256,10 +293,11 @@ void DpdkBackend::Impl::HandleEvents(int64_t now) {
         auto it = connects.find(f);
         if (it == connects.end()) break;
         auto link = std::make_shared<Link>();
+        link->poller = this;
         link->flow = f;
         links[f] = link;
         auto stream = std::make_shared<std::unique_ptr<io::Stream>>(
-            std::make_unique<DpdkStream>(shared_from_this(), link, it->second.loop, it->second.to));
+            std::make_unique<DpdkStream>(impl->shared_from_this(), link, it->second.loop, it->second.to));
         io::ConnectFn done = std::move(it->second.done);
         it->second.loop->Post([done, stream] { done(std::move(*stream)); });
         connects.erase(it);
@@ -290,13 +328,13 @@ void DpdkBackend::Impl::HandleEvents(int64_t now) {
   }
 }
 
-void DpdkBackend::Impl::Transmit(uint16_t to, std::vector<std::string> frames) {
+void Poller::Transmit(uint16_t to, uint16_t queue, std::vector<std::string> frames) {
   rte_mbuf* out[kBurst];
   size_t i = 0;
   while (i < frames.size()) {
     uint16_t n = 0;
     for (; n < kBurst && i < frames.size(); ++i) {
-      rte_mbuf* m = rte_pktmbuf_alloc(pool);
+      rte_mbuf* m = rte_pktmbuf_alloc(impl->pool);
       if (!m) {
         ++tx_dropped;
         continue;
@@ -310,7 +348,7 @@ void DpdkBackend::Impl::Transmit(uint16_t to, std::vector<std::string> frames) {
       std::memcpy(p, frames[i].data(), frames[i].size());
       out[n++] = m;
     }
-    uint16_t sent = rte_eth_tx_burst(to, 0, out, n);
+    uint16_t sent = rte_eth_tx_burst(to, queue, out, n);
     tx += sent;
     for (uint16_t k = sent; k < n; ++k) {
       rte_pktmbuf_free(out[k]);
@@ -319,32 +357,74 @@ void DpdkBackend::Impl::Transmit(uint16_t to, std::vector<std::string> frames) {
   }
 }
 
-void DpdkBackend::Impl::Run() {
+void Poller::Local(rte_mbuf* m, int64_t now) {
+  net::Stack::Verdict v = net::Stack::Verdict::kDropped;
+  if (m->nb_segs == 1) v = stack->Input(std::string_view(rte_pktmbuf_mtod(m, const char*), m->data_len), now);
+  bool kernel = v == net::Stack::Verdict::kToKernel || v == net::Stack::Verdict::kBoth;
+  // Only lcore 0 is steered what is the kernel's (steer.h); the others see ARP as well.
+  if (kernel && index == 0 && impl->has_exc) to_exc.emplace_back(rte_pktmbuf_mtod(m, const char*), m->data_len);
+  rte_pktmbuf_free(m);
+}
+
+void Poller::Route(rte_mbuf* m, int64_t now) {
+  int owner = m->nb_segs == 1
+                  ? net::OwnerOf(std::string_view(rte_pktmbuf_mtod(m, const char*), m->data_len), impl->steer)
+                  : static_cast<int>(index);
+  if (owner == net::kAllLcores) {   // ARP: a copy for every other lcore's stack
+    for (auto& p : impl->pollers) {
+      if (p.get() == this) continue;
+      rte_mbuf* c = rte_pktmbuf_copy(m, impl->pool, 0, UINT32_MAX);
+      if (!c || rte_ring_mp_enqueue(p->ring, c) != 0) {
+        if (c) rte_pktmbuf_free(c);
+        ++steer_dropped;
+      }
+    }
+    owner = static_cast<int>(index);
+  }
+  if (owner == static_cast<int>(index)) return Local(m, now);
+  if (rte_ring_mp_enqueue(impl->pollers[static_cast<size_t>(owner)]->ring, m) != 0) {
+    rte_pktmbuf_free(m);   // the owner is behind: dropped like a full RX queue (TCP sends again)
+    ++steer_dropped;
+    return;
+  }
+  ++steered;
+}
+
+void Poller::Publish() {
+  std::lock_guard<std::mutex> g(mu);
+  published.flows = stack->flows();
+  published.half_open = stack->half_open();
+  published.stack = stack->stats();
+}
+
+void Poller::Run() {
+  rte_thread_register();   // an lcore id, for the mempool's per-lcore cache (none: it works without)
   rte_mbuf* bufs[kBurst];
   int idle = 0;
-  while (!stop.load(std::memory_order_acquire)) {
+  int64_t last_publish = 0;
+  const bool polls_port = index < impl->rx_queues;
+  while (!impl->stop.load(std::memory_order_acquire)) {
     int64_t now = base::SteadyMs();
     bool busy = false;
-    uint16_t n = rte_eth_rx_burst(port, 0, bufs, kBurst);
-    rx += n;
-    std::vector<std::string> to_exc;
-    for (uint16_t i = 0; i < n; ++i) {
-      rte_mbuf* m = bufs[i];
-      net::Stack::Verdict v = net::Stack::Verdict::kDropped;
-      if (m->nb_segs == 1) v = stack->Input(std::string_view(rte_pktmbuf_mtod(m, const char*), m->data_len), now);
-      if (has_exc && (v == net::Stack::Verdict::kToKernel || v == net::Stack::Verdict::kBoth))
-        to_exc.emplace_back(rte_pktmbuf_mtod(m, const char*), m->data_len);
-      rte_pktmbuf_free(m);
+    if (polls_port) {
+      uint16_t n = rte_eth_rx_burst(impl->port, static_cast<uint16_t>(index), bufs, kBurst);
+      rx += n;
+      for (uint16_t i = 0; i < n; ++i) Route(bufs[i], now);
+      busy |= n > 0;
     }
-    busy |= n > 0;
-    if (!to_exc.empty()) {
-      to_kernel += to_exc.size();
-      Transmit(exc, std::move(to_exc));
-    }
-    if (has_exc) {   // the kernel's packets out of the mail port
-      uint16_t k = rte_eth_rx_burst(exc, 0, bufs, kBurst);
-      from_kernel += k;
-      uint16_t sent = k ? rte_eth_tx_burst(port, 0, bufs, k) : 0;
+    unsigned r = rte_ring_sc_dequeue_burst(ring, reinterpret_cast<void**>(bufs), kBurst, nullptr);
+    for (unsigned i = 0; i < r; ++i) Local(bufs[i], now);
+    busy |= r > 0;
+    if (index == 0 && impl->has_exc) {
+      if (!to_exc.empty()) {
+        impl->to_kernel += to_exc.size();
+        Transmit(impl->exc, 0, std::move(to_exc));
+        to_exc.clear();
+      }
+      // The kernel's packets out of the mail port.
+      uint16_t k = rte_eth_rx_burst(impl->exc, 0, bufs, kBurst);
+      impl->from_kernel += k;
+      uint16_t sent = k ? rte_eth_tx_burst(impl->port, 0, bufs, k) : 0;
       for (uint16_t i = sent; i < k; ++i) rte_pktmbuf_free(bufs[i]);
       busy |= k > 0;
     }
@@ -373,24 +453,15 @@ void DpdkBackend::Impl::Run() {
     HandleEvents(now);
     std::vector<std::string> frames = stack->TakeFrames();
     busy |= !frames.empty();
-    if (!frames.empty()) Transmit(port, std::move(frames));
+    if (!frames.empty()) Transmit(impl->port, static_cast<uint16_t>(index), std::move(frames));
     if (now - last_publish >= 1000) {
       last_publish = now;
-      const net::Stack::Stats& st = stack->stats();
-      std::lock_guard<std::mutex> g(mu);
-      published.flows = stack->flows();
-      published.half_open = stack->half_open();
-      published.syn_cookies_sent = st.syn_cookies_sent;
-      published.syn_cookies_accepted = st.syn_cookies_accepted;
-      published.syn_dropped = st.syn_dropped;
-      published.rst_sent = st.rst_sent;
-      published.flows_reset = st.flows_reset;
-      published.bad_checksum = st.bad_checksum;
-      published.icmp_errors = st.icmp_errors;
+      Publish();
     }
     idle = busy ? 0 : idle + 1;
     if (idle > 64) ::usleep(50);
   }
+  Publish();
 }
 
 bool ParseAddress(const std::string& s, uint32_t* ip, uint32_t* netmask) {
@@ -422,27 +493,61 @@ Result<std::unique_ptr<DpdkBackend>> DpdkBackend::Start(DpdkOptions o) {
     if (eal_rc < 0) eal_error = rte_strerror(rte_errno);
   });
   if (eal_rc < 0) return UnavailableError(StrCat("DPDK EAL: ", eal_error));
+  const unsigned lcores = std::max(1u, o.lcores);
   auto impl = std::make_shared<Impl>();
   impl->opt = o;
-  impl->pool = rte_pktmbuf_pool_create("mailseal_mbufs", o.mbufs ? o.mbufs : 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+  uint16_t port_id = 0;
+  if (rte_eth_dev_get_port_by_name(o.port.c_str(), &port_id) != 0)
+    return InvalidArgumentError(StrCat("DPDK: no port named '", o.port, "' (is it in eal_args as a --vdev?)"));
+  rte_eth_dev_info info{};
+  if (int rc = rte_eth_dev_info_get(port_id, &info); rc != 0)
+    return UnavailableError(StrCat("DPDK: port '", o.port, "': ", rte_strerror(-rc)));
+  if (info.max_tx_queues < lcores)
+    return InvalidArgumentError(StrCat("DPDK: port '", o.port, "' has ", info.max_tx_queues,
+                                       " TX queue(s); io.dpdk.lcores is ", lcores,
+                                       " (net_af_packet: qpairs=N in its --vdev)"));
+  impl->rx_queues = static_cast<uint16_t>(std::min<unsigned>(lcores, info.max_rx_queues));
+  constexpr uint16_t kDesc = 1024;
+  constexpr unsigned kRing = 1024;
+  // The pool holds every RX descriptor's mbuf, the rings, and what is in flight to TX.
+  uint32_t need = (impl->rx_queues + 1u) * kDesc + lcores * (kRing + 2 * kDesc) + 1024;
+  uint32_t mbufs = std::max(o.mbufs ? o.mbufs : 8191u, need);
+  impl->pool = rte_pktmbuf_pool_create("mailseal_mbufs", mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
                                        static_cast<int>(rte_socket_id()));
-  if (!impl->pool) return UnavailableError(StrCat("DPDK: no mbuf pool: ", rte_strerror(rte_errno)));
-  auto setup = [&](const std::string& name, uint16_t* id) -> Status {
-    if (rte_eth_dev_get_port_by_name(name.c_str(), id) != 0)
-      return InvalidArgumentError(StrCat("DPDK: no port named '", name, "' (is it in eal_args as a --vdev?)"));
+  if (!impl->pool) return UnavailableError(StrCat("DPDK: no mbuf pool of ", mbufs, ": ", rte_strerror(rte_errno)));
+  auto setup = [&](const std::string& name, uint16_t id, uint16_t rxq, uint16_t txq, bool rss) -> Status {
     rte_eth_conf conf{};
-    int rc = rte_eth_dev_configure(*id, 1, 1, &conf);
-    int socket = rte_eth_dev_socket_id(*id);
-    if (rc == 0) rc = rte_eth_rx_queue_setup(*id, 0, 1024, socket < 0 ? 0 : socket, nullptr, impl->pool);
-    if (rc == 0) rc = rte_eth_tx_queue_setup(*id, 0, 1024, socket < 0 ? 0 : socket, nullptr);
-    if (rc == 0) rc = rte_eth_dev_start(*id);
+    uint8_t key[40];
+    std::memcpy(key, net::kRssKey.data(), sizeof key);
+    if (rss) {
+      conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+      conf.rx_adv_conf.rss_conf.rss_key = key;
+      conf.rx_adv_conf.rss_conf.rss_key_len = sizeof key;
+      conf.rx_adv_conf.rss_conf.rss_hf = RTE_ETH_RSS_NONFRAG_IPV4_TCP;
+    }
+    int rc = rte_eth_dev_configure(id, rxq, txq, &conf);
+    int socket = rte_eth_dev_socket_id(id);
+    for (uint16_t q = 0; rc == 0 && q < rxq; ++q)
+      rc = rte_eth_rx_queue_setup(id, q, kDesc, socket < 0 ? 0 : socket, nullptr, impl->pool);
+    for (uint16_t q = 0; rc == 0 && q < txq; ++q)
+      rc = rte_eth_tx_queue_setup(id, q, kDesc, socket < 0 ? 0 : socket, nullptr);
+    if (rc == 0) rc = rte_eth_dev_start(id);
     if (rc != 0) return UnavailableError(StrCat("DPDK: port '", name, "' cannot start: ", rte_strerror(-rc)));
-    rte_eth_promiscuous_enable(*id);
+    rte_eth_promiscuous_enable(id);
     return OkStatus();
   };
-  if (Status st = setup(o.port, &impl->port); !st.ok()) return st;
+  // RSS with the key of steer.h where the port hashes TCP/IPv4 itself: a flow arrives at its
+  // owner's queue. Elsewhere the lcores steer in software.
+  impl->rss = impl->rx_queues > 1 && (info.flow_type_rss_offloads & RTE_ETH_RSS_NONFRAG_IPV4_TCP) != 0 &&
+              info.hash_key_size == 40;
+  impl->port = port_id;
+  if (Status st = setup(o.port, port_id, impl->rx_queues, static_cast<uint16_t>(lcores), impl->rss); !st.ok())
+    return st;
   if (!o.exception_port.empty()) {
-    if (Status st = setup(o.exception_port, &impl->exc); !st.ok()) return st;
+    if (rte_eth_dev_get_port_by_name(o.exception_port.c_str(), &impl->exc) != 0)
+      return InvalidArgumentError(
+          StrCat("DPDK: no port named '", o.exception_port, "' (is it in eal_args as a --vdev?)"));
+    if (Status st = setup(o.exception_port, impl->exc, 1, 1, false); !st.ok()) return st;
     impl->has_exc = true;
   }
   rte_ether_addr mac{};
@@ -459,35 +564,77 @@ Result<std::unique_ptr<DpdkBackend>> DpdkBackend::Start(DpdkOptions o) {
   sc.ip = o.ip;
   sc.netmask = o.netmask;
   sc.gateway = o.gateway;
-  if (o.max_flows) sc.max_flows = o.max_flows;
-  if (o.syn_budget) sc.syn_budget = o.syn_budget;
-  impl->stack = std::make_unique<net::Stack>(sc);
-  for (uint16_t p : o.listen_ports) impl->stack->Listen(p);
+  // The flow and half-open bounds are the port's: each lcore gets its share.
+  if (o.max_flows) sc.max_flows = std::max<size_t>(1, o.max_flows / lcores);
+  if (o.syn_budget) sc.syn_budget = std::max<size_t>(1, o.syn_budget / lcores);
+  for (uint16_t p : o.listen_ports) impl->stack_ports.set(p);
+  for (uint32_t p = sc.ephemeral_first; p <= sc.ephemeral_last; ++p) impl->stack_ports.set(p);
+  impl->steer.ip = o.ip;
+  impl->steer.lcores = lcores;
+  impl->steer.ctx = impl.get();
+  impl->steer.is_stack_port = [](const void* ctx, uint16_t p) {
+    return static_cast<const Impl*>(ctx)->stack_ports.test(p);
+  };
+  for (unsigned i = 0; i < lcores; ++i) {
+    auto p = std::make_unique<Poller>();
+    p->impl = impl.get();
+    p->index = i;
+    net::StackConfig c = sc;
+    c.primary = i == 0;
+    const net::SteerConfig* steer = &impl->steer;
+    if (lcores > 1)
+      c.own_port = [steer, i](uint32_t ip, uint16_t rport, uint16_t lport) {
+        return net::FlowOwner(*steer, ip, rport, lport) == i;
+      };
+    p->stack = std::make_unique<net::Stack>(c);
+    for (uint16_t lp : o.listen_ports) p->stack->Listen(lp);
+    std::string ring_name = StrCat("mailseal_steer", i);
+    p->ring = rte_ring_create(ring_name.c_str(), kRing, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
+    if (!p->ring) return UnavailableError(StrCat("DPDK: no ring ", ring_name, ": ", rte_strerror(rte_errno)));
+    impl->pollers.push_back(std::move(p));
+  }
   std::unique_ptr<DpdkBackend> b(new DpdkBackend());
   b->impl_ = impl;
-  impl->poller = std::thread([impl] { impl->Run(); });
+  for (auto& p : impl->pollers) {
+    Poller* raw = p.get();
+    p->thread = std::thread([raw] { raw->Run(); });
+  }
   char macs[18];
   std::snprintf(macs, sizeof macs, "%02x:%02x:%02x:%02x:%02x:%02x", mac.addr_bytes[0], mac.addr_bytes[1],
                 mac.addr_bytes[2], mac.addr_bytes[3], mac.addr_bytes[4], mac.addr_bytes[5]);
   Log(LogLevel::kInfo, "dpdk", "port up",
-      {{"port", o.port}, {"mac", macs}, {"exception_port", o.exception_port.empty() ? "none" : o.exception_port}});
+      {{"port", o.port}, {"mac", macs}, {"exception_port", o.exception_port.empty() ? "none" : o.exception_port},
+       {"lcores", std::to_string(lcores)}, {"rx_queues", std::to_string(impl->rx_queues)},
+       {"steering", lcores == 1 ? "none" : impl->rss ? "rss" : "software"}, {"mbufs", std::to_string(mbufs)}});
   return b;
 }
 
 DpdkBackend::~DpdkBackend() { Stop(); }
 
+std::vector<std::pair<std::string, std::string>> DpdkBackend::Stats::Fields() const {
+  return {{"rx", std::to_string(rx)},
+          {"tx", std::to_string(tx)},
+          {"tx_dropped", std::to_string(tx_dropped)},
+          {"to_kernel", std::to_string(to_kernel)},
+          {"from_kernel", std::to_string(from_kernel)},
+          {"steered", std::to_string(steered)},
+          {"steer_dropped", std::to_string(steer_dropped)},
+          {"flows", std::to_string(flows)},
+          {"half_open", std::to_string(half_open)},
+          {"syn_cookies_sent", std::to_string(stack.syn_cookies_sent)},
+          {"syn_cookies_accepted", std::to_string(stack.syn_cookies_accepted)},
+          {"syn_dropped", std::to_string(stack.syn_dropped)},
+          {"rst_sent", std::to_string(stack.rst_sent)},
+          {"flows_reset", std::to_string(stack.flows_reset)},
+          {"bad_checksum", std::to_string(stack.bad_checksum)},
+          {"icmp_errors", std::to_string(stack.icmp_errors)}};
+}
+
 void DpdkBackend::Stop() {
   if (!impl_ || impl_->stop.exchange(true)) return;
-  if (impl_->poller.joinable()) impl_->poller.join();
-  // The poll thread is gone: the stack may be read here.
-  const net::Stack::Stats& st = impl_->stack->stats();
-  Log(LogLevel::kInfo, "dpdk", "stopped",
-      {{"rx", std::to_string(impl_->rx.load())}, {"tx", std::to_string(impl_->tx.load())},
-       {"to_kernel", std::to_string(impl_->to_kernel.load())}, {"flows", std::to_string(impl_->stack->flows())},
-       {"half_open", std::to_string(impl_->stack->half_open())},
-       {"syn_cookies_sent", std::to_string(st.syn_cookies_sent)},
-       {"syn_cookies_accepted", std::to_string(st.syn_cookies_accepted)}, {"syn_dropped", std::to_string(st.syn_dropped)},
-       {"rst_sent", std::to_string(st.rst_sent)}, {"flows_reset", std::to_string(st.flows_reset)}});
+  for (auto& p : impl_->pollers)
+    if (p->thread.joinable()) p->thread.join();
+  Log(LogLevel::kInfo, "dpdk", "stopped", stats().Fields());
   rte_eth_dev_stop(impl_->port);
   if (impl_->has_exc) rte_eth_dev_stop(impl_->exc);
 }
@@ -511,27 +658,34 @@ void DpdkBackend::Connect(io::Loop* loop, const sockaddr_storage& to, int timeou
   const auto* in = reinterpret_cast<const sockaddr_in*>(&to);
   uint32_t ip = ntohl(in->sin_addr.s_addr);
   uint16_t port = ntohs(in->sin_port);
-  std::shared_ptr<Impl> impl = impl_;
-  impl->PostTask([impl, loop, to, ip, port, timeout_ms, done] {
+  // Active opens spread over the lcores; each picks a local port that hashes to itself.
+  Poller* p = impl_->pollers[impl_->next_connect++ % impl_->pollers.size()].get();
+  p->PostTask([p, loop, to, ip, port, timeout_ms, done] {
     int64_t now = base::SteadyMs();
-    std::optional<net::FlowId> f = impl->stack->Connect(ip, port, now);
+    std::optional<net::FlowId> f = p->stack->Connect(ip, port, now);
     if (!f) {
       loop->Post([done] { done(UnavailableError("no free local port or flow slot")); });
       return;
     }
-    impl->connects[*f] = Impl::PendingConnect{loop, done, now + timeout_ms, to};
+    p->connects[*f] = Poller::PendingConnect{loop, done, now + timeout_ms, to};
   });
 }
 
 DpdkBackend::Stats DpdkBackend::stats() const {
   Stats s;
-  {
-    std::lock_guard<std::mutex> g(impl_->mu);
-    s = impl_->published;
+  for (auto& p : impl_->pollers) {
+    {
+      std::lock_guard<std::mutex> g(p->mu);
+      s.flows += p->published.flows;
+      s.half_open += p->published.half_open;
+      s.stack += p->published.stack;
+    }
+    s.rx += p->rx;
+    s.tx += p->tx;
+    s.tx_dropped += p->tx_dropped;
+    s.steered += p->steered;
+    s.steer_dropped += p->steer_dropped;
   }
-  s.rx = impl_->rx;
-  s.tx = impl_->tx;
-  s.tx_dropped = impl_->tx_dropped;
   s.to_kernel = impl_->to_kernel;
   s.from_kernel = impl_->from_kernel;
   return s;

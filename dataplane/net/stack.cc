@@ -9,13 +9,13 @@
 #include <cstring>
 
 #include "dataplane/net/bytes.h"
+#include "dataplane/net/frame.h"
 
 namespace mailseal::net {
 namespace {
 using tcp::TcpSeq;
 
-constexpr uint16_t kTypeArp = 0x0806, kTypeIpv4 = 0x0800;
-constexpr uint8_t kProtoIcmp = 1, kProtoTcp = 6;
+constexpr uint16_t kTypeArp = kEtherArp, kTypeIpv4 = kEtherIpv4;
 constexpr uint16_t kCookieMss[4] = {536, 1220, 1440, 1460};   // RFC 4987: a few common values
 constexpr int64_t kCookiePeriodMs = 64000;
 const Mac kBroadcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -24,6 +24,23 @@ uint16_t Checksum(std::string_view b) {
   return tcp::ChecksumFold(tcp::ChecksumAdd(0, reinterpret_cast<const uint8_t*>(b.data()), b.size()));
 }
 }  // namespace
+
+Stack::Stats& Stack::Stats::operator+=(const Stats& o) {
+  frames_in += o.frames_in;
+  frames_out += o.frames_out;
+  to_kernel += o.to_kernel;
+  dropped += o.dropped;
+  bad_checksum += o.bad_checksum;
+  rst_sent += o.rst_sent;
+  syn_cookies_sent += o.syn_cookies_sent;
+  syn_cookies_accepted += o.syn_cookies_accepted;
+  syn_dropped += o.syn_dropped;
+  arp_replies += o.arp_replies;
+  echo_replies += o.echo_replies;
+  flows_reset += o.flows_reset;
+  icmp_errors += o.icmp_errors;
+  return *this;
+}
 
 Stack::Stack(StackConfig cfg) : cfg_(std::move(cfg)) {
   if (RAND_bytes(cookie_secret_.data(), static_cast<int>(cookie_secret_.size())) != 1) std::abort();   // see isn.h
@@ -70,7 +87,7 @@ void Stack::InputArp(std::string_view p, int64_t now) {
     for (std::string& pkt : it->second.pending) SendFrame(sha, kTypeIpv4, pkt);
     it->second.pending.clear();
   }
-  if (op == 1 && tpa == cfg_.ip) {
+  if (op == 1 && tpa == cfg_.ip && cfg_.primary) {
     SendArp(2, sha, spa);
     ++stats_.arp_replies;
   }
@@ -257,22 +274,7 @@ void Stack::SendRst(uint32_t dst, const tcp::Segment& s, uint16_t lport, int64_t
 }
 
 void Stack::SendIpv4(uint32_t dst, uint8_t proto, std::string payload, int64_t now) {
-  std::string pkt;
-  pkt.reserve(20 + payload.size());
-  pkt.push_back(0x45);
-  pkt.push_back(0);
-  Put16(&pkt, static_cast<uint16_t>(20 + payload.size()));
-  Put16(&pkt, ip_id_++);
-  Put16(&pkt, 0x4000);   // don't fragment: TCP segments fit the MSS
-  pkt.push_back(64);
-  pkt.push_back(static_cast<char>(proto));
-  Put16(&pkt, 0);
-  Put32(&pkt, cfg_.ip);
-  Put32(&pkt, dst);
-  uint16_t sum = Checksum(pkt);
-  pkt[10] = static_cast<char>(sum >> 8);
-  pkt[11] = static_cast<char>(sum & 0xff);
-  pkt += payload;
+  std::string pkt = Ipv4Packet(cfg_.ip, dst, proto, payload, ip_id_++);
   uint32_t hop = (dst & cfg_.netmask) == (cfg_.ip & cfg_.netmask) ? dst : cfg_.gateway;
   if (hop == 0) {
     ++stats_.dropped;
@@ -301,14 +303,7 @@ void Stack::SendIpv4(uint32_t dst, uint8_t proto, std::string payload, int64_t n
 }
 
 void Stack::SendFrame(const Mac& dst, uint16_t type, std::string_view payload) {
-  std::string f;
-  f.reserve(14 + std::max<size_t>(payload.size(), 46));
-  f.append(reinterpret_cast<const char*>(dst.data()), 6);
-  f.append(reinterpret_cast<const char*>(cfg_.mac.data()), 6);
-  Put16(&f, type);
-  f.append(payload);
-  if (f.size() < 60) f.resize(60, '\0');
-  frames_.push_back(std::move(f));
+  frames_.push_back(EthernetFrame(dst, cfg_.mac, type, payload));
   ++stats_.frames_out;
 }
 
@@ -426,7 +421,7 @@ std::optional<FlowId> Stack::Connect(uint32_t ip, uint16_t port, int64_t now) {
     uint16_t lport = next_ephemeral_;
     next_ephemeral_ = lport >= cfg_.ephemeral_last ? cfg_.ephemeral_first : static_cast<uint16_t>(lport + 1);
     Key k{ip, port, lport};
-    if (by_key_.count(k)) continue;
+    if (by_key_.count(k) || (cfg_.own_port && !cfg_.own_port(ip, port, lport))) continue;
     FlowId id = next_id_++;
     FlowState& f = flows_[id];
     f.key = k;

@@ -36,12 +36,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dataplane/net/frame.h"
 #include "dataplane/net/tcp/connection.h"
 #include "dataplane/net/tcp/isn.h"
 
 namespace mailseal::net {
-
-using Mac = std::array<uint8_t, 6>;
 
 struct StackConfig {
   Mac mac{};
@@ -52,6 +51,11 @@ struct StackConfig {
   uint16_t ephemeral_first = 61000, ephemeral_last = 65535;   // for active opens
   size_t arp_entries = 4096, arp_pending = 16;
   int64_t arp_ttl_ms = 300000, arp_retry_ms = 1000;
+  // Several stacks on one port (one per lcore, steer.h): only the primary answers ARP requests;
+  // the others learn from ARP and resolve their own next hops. own_port: the local ports this
+  // stack's active opens may use toward ip:rport (every port when empty).
+  bool primary = true;
+  std::function<bool(uint32_t ip, uint16_t rport, uint16_t lport)> own_port;
 };
 
 // FlowId: a stable handle for a TCP flow (never reused within a stack's life).
@@ -96,6 +100,7 @@ class Stack {
     uint64_t frames_in = 0, frames_out = 0, to_kernel = 0, dropped = 0, bad_checksum = 0, rst_sent = 0,
              syn_cookies_sent = 0, syn_cookies_accepted = 0, syn_dropped = 0, arp_replies = 0, echo_replies = 0,
              flows_reset = 0, icmp_errors = 0;
+    Stats& operator+=(const Stats& o);
   };
   const Stats& stats() const { return stats_; }
   size_t flows() const { return flows_.size(); }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/net/frame.h"
 #include "dataplane/net/stack.h"
 #include "dataplane/net/tcp/segment.h"
 
@@ -25,33 +26,9 @@ StackConfig Config(uint32_t ip, Mac mac) {
   return c;
 }
 
-void Put16(std::string* o, uint16_t v) {
-  o->push_back(static_cast<char>(v >> 8));
-  o->push_back(static_cast<char>(v & 0xff));
-}
-
 // Frame: Ethernet + IPv4 (correct checksum) around `payload`.
 std::string Frame(const Mac& dst, const Mac& src, uint32_t sip, uint32_t dip, uint8_t proto, std::string_view payload) {
-  std::string f(reinterpret_cast<const char*>(dst.data()), 6);
-  f.append(reinterpret_cast<const char*>(src.data()), 6);
-  Put16(&f, 0x0800);
-  std::string ip;
-  ip.push_back(0x45);
-  ip.push_back(0);
-  Put16(&ip, static_cast<uint16_t>(20 + payload.size()));
-  Put16(&ip, 1);
-  Put16(&ip, 0);
-  ip.push_back(64);
-  ip.push_back(static_cast<char>(proto));
-  Put16(&ip, 0);
-  Put16(&ip, static_cast<uint16_t>(sip >> 16));
-  Put16(&ip, static_cast<uint16_t>(sip));
-  Put16(&ip, static_cast<uint16_t>(dip >> 16));
-  Put16(&ip, static_cast<uint16_t>(dip));
-  uint16_t sum = tcp::ChecksumFold(tcp::ChecksumAdd(0, reinterpret_cast<const uint8_t*>(ip.data()), 20));
-  ip[10] = static_cast<char>(sum >> 8);
-  ip[11] = static_cast<char>(sum & 0xff);
-  return f + ip + std::string(payload);
+  return EthernetFrame(dst, src, kEtherIpv4, Ipv4Packet(sip, dip, proto, payload, 1));
 }
 
 std::string TcpFrame(uint32_t sip, uint16_t sport, uint32_t dip, uint16_t dport, uint32_t seq, uint32_t ack,

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "dataplane/net/bytes.h"
+#include "dataplane/net/frame.h"
 #include "dataplane/net/stack.h"
 #include "dataplane/net/tcp/segment.h"
 
@@ -28,26 +28,6 @@ using namespace mailseal::net;
 namespace {
 constexpr uint32_t kA = 0x0a000001, kB = 0x0a000002;
 
-std::string Frame(const Mac& dst, const Mac& src, std::string_view ip_payload, uint32_t sip, uint32_t dip) {
-  std::string f(reinterpret_cast<const char*>(dst.data()), 6);
-  f.append(reinterpret_cast<const char*>(src.data()), 6);
-  Put16(&f, 0x0800);
-  std::string ip;
-  ip.push_back(0x45);
-  ip.push_back(0);
-  Put16(&ip, static_cast<uint16_t>(20 + ip_payload.size()));
-  Put16(&ip, 0);
-  Put16(&ip, 0x4000);
-  ip.push_back(64);
-  ip.push_back(6);
-  Put16(&ip, 0);
-  Put32(&ip, sip);
-  Put32(&ip, dip);
-  uint16_t sum = tcp::ChecksumFold(tcp::ChecksumAdd(0, reinterpret_cast<const uint8_t*>(ip.data()), 20));
-  ip[10] = static_cast<char>(sum >> 8);
-  ip[11] = static_cast<char>(sum & 0xff);
-  return f + ip + std::string(ip_payload);
-}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -102,7 +82,7 @@ int main(int argc, char** argv) {
     s.payload = std::string_view(data).substr(off, 1460);
     std::string seg;
     tcp::BuildTcp4(s, kA, kB, &seg);
-    frames.push_back(Frame(mb, ma, seg, kA, kB));
+    frames.push_back(EthernetFrame(mb, ma, kEtherIpv4, Ipv4Packet(kA, kB, kProtoTcp, seg)));
   }
   for (size_t i = 0; i + 1 < frames.size(); i += 16) std::swap(frames[i], frames[i + 1]);
 

@@ -57,6 +57,8 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf", "dpdk.port"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.300/24\" }\n}\n",
        "gw.conf", "dpdk.address"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.2/24\" lcores: 64 }\n}\n",
+       "gw.conf", "dpdk.lcores"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
