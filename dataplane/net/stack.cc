@@ -42,6 +42,12 @@ Stack::Stats& Stack::Stats::operator+=(const Stats& o) {
   return *this;
 }
 
+// TsOffset: a connection's timestamp clock offset (RFC 7323 §7.1), the ISN function's keyed
+// hash of the tuple with the ends swapped: unpredictable, and unrelated to the ISN.
+uint32_t Stack::TsOffset(uint32_t remote, uint16_t rport, uint16_t lport) const {
+  return isn_.Next(remote, rport, cfg_.ip, lport, 0).raw();
+}
+
 Stack::Stack(StackConfig cfg) : cfg_(std::move(cfg)) {
   if (RAND_bytes(cookie_secret_.data(), static_cast<int>(cookie_secret_.size())) != 1) std::abort();   // see isn.h
   next_ephemeral_ = cfg_.ephemeral_first;
@@ -172,7 +178,8 @@ Stack::Verdict Stack::InputTcp(uint32_t src, std::string_view bytes, int64_t now
       return Verdict::kConsumed;
     }
     if (half_open_ < cfg_.syn_budget) {
-      auto conn = tcp::Connection::FromSyn(cfg_.tcp, seg, isn_.Next(cfg_.ip, lport, src, seg.src_port, now * 1000), now);
+      auto conn = tcp::Connection::FromSyn(cfg_.tcp, seg, isn_.Next(cfg_.ip, lport, src, seg.src_port, now * 1000), now,
+                                           TsOffset(src, seg.src_port, lport));
       if (!conn) return Verdict::kConsumed;
       FlowId id = next_id_++;
       FlowState& f = flows_[id];
@@ -425,7 +432,8 @@ std::optional<FlowId> Stack::Connect(uint32_t ip, uint16_t port, int64_t now) {
     FlowId id = next_id_++;
     FlowState& f = flows_[id];
     f.key = k;
-    f.conn = tcp::Connection::Open(cfg_.tcp, isn_.Next(cfg_.ip, lport, ip, port, now * 1000), now);
+    f.conn = tcp::Connection::Open(cfg_.tcp, isn_.Next(cfg_.ip, lport, ip, port, now * 1000), now,
+                                   TsOffset(ip, port, lport));
     by_key_[k] = id;
     Drain(id, f, now);
     return id;

@@ -142,6 +142,7 @@ class Stack {
   uint32_t Cookie(const Key& k, tcp::TcpSeq peer_isn, uint32_t t, uint32_t mss_index) const;
   std::optional<uint16_t> CookieMss(const Key& k, tcp::TcpSeq peer_isn, tcp::TcpSeq ack, int64_t now) const;
   void ScheduleTimer(FlowId id, FlowState& f);
+  uint32_t TsOffset(uint32_t remote, uint16_t rport, uint16_t lport) const;
 
   StackConfig cfg_;
   tcp::IsnGenerator isn_;

@@ -329,6 +329,86 @@ TEST(TcpCore, RoundTripTimeSetsTheTimer) {
   EXPECT_EQ(*f.c->NextTimerMs(), 60 + 200) << "SRTT 50 + 4*RTTVAR 100 = 150, clamped to the 200 ms minimum";
 }
 
+// RFC 7323: timestamps agreed in the handshake, echoed, timing retransmitted segments, and
+// PAWS dropping an old duplicate (one a reader of the stream must never take for new data).
+TEST(TcpCore, TimestampsAreAgreedEchoedAndProtectAgainstWrappedSequences) {
+  Limits l;
+  Segment syn = Seg(kPeerIsn, 0, kSyn, 65535);
+  syn.options.mss = 1000;
+  syn.options.has_timestamps = true;
+  syn.options.ts_val = 5000;
+  auto c = Connection::FromSyn(l, syn, TcpSeq(kOurIsn), 0, /*ts_offset=*/777);
+  ASSERT_TRUE(c);
+  auto out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(out[0].options.has_timestamps) << "a peer that offers timestamps gets them";
+  EXPECT_EQ(out[0].options.ts_ecr, 5000u);
+  EXPECT_EQ(out[0].options.ts_val, 777u) << "our clock (0 ms) plus the connection's offset";
+  EXPECT_TRUE(c->timestamps());
+  EXPECT_EQ(c->send_mss(), 1000u - 12) << "the 12 option bytes come off every segment";
+  uint32_t peer = kPeerIsn + 1, ours = kOurIsn + 1;
+  auto seg = [&](uint32_t seq, uint32_t tsval, std::string_view data, uint8_t flags = kAck) {
+    Segment s = Seg(seq, ours, flags, 65535, data);
+    s.options.has_timestamps = true;
+    s.options.ts_val = tsval;
+    s.options.ts_ecr = 777;
+    return s;
+  };
+  c->Receive(seg(peer, 5001, ""), 10);
+  ASSERT_EQ(c->state(), State::kEstablished);
+  c->Receive(seg(peer, 6000, "new "), 20);
+  peer += 4;
+  out = c->TakeOutput();
+  ASSERT_FALSE(out.empty());
+  EXPECT_TRUE(out.back().options.has_timestamps);
+  EXPECT_EQ(out.back().options.ts_ecr, 6000u) << "TS.Recent follows the newest in-order segment";
+  // An old duplicate: in the window, but its timestamp is older than TS.Recent.
+  c->Receive(seg(peer, 5500, "OLD!"), 30);
+  EXPECT_EQ(c->readable_bytes(), 4u) << "PAWS dropped it";
+  EXPECT_EQ(c->stats().paws_dropped, 1u);
+  out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u) << "and acknowledged what we have";
+  EXPECT_EQ(out[0].ack.raw(), peer);
+  // A timestamp that wrapped around zero is newer, not older.
+  c->Receive(seg(peer, 6000 + 0x7fff0000u, "more"), 40);
+  peer += 4;
+  EXPECT_EQ(c->readable_bytes(), 8u);
+  c->TakeOutput();
+  // RTT from the echo: our segment sent at 100 ms carries TSval 877; echoed at 400 ms, even
+  // after a retransmission (which Karn's rule alone would leave untimed).
+  c->Send("x", 100);
+  out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].options.ts_val, 877u);
+  c->Tick(1100);   // the RTO (1 s initial) fires: sent again
+  out = c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out[0].payload, "x");
+  Segment ack = seg(peer, 0x7fff2000u, "");
+  ack.ack = TcpSeq(ours + 1);
+  ack.options.ts_ecr = out[0].options.ts_val;   // echoes the retransmission (sent at 1100 ms)
+  c->Receive(ack, 1400);
+  // Samples: 10 ms (the handshake's ACK echoed the SYN-ACK's 777), then 300 ms: SRTT 10 -> 46.25,
+  // RTTVAR 5 -> 76.25, RTO 46.25 + 4 * 76.25 = 351.
+  EXPECT_EQ(c->rto_ms(), 351) << "the retransmitted segment was timed by its echo";
+  // A segment without the option is still taken (as Linux does).
+  c->Receive(Seg(peer, ours + 1, kAck, 65535, "bare"), 1500);
+  EXPECT_EQ(c->readable_bytes(), 12u);
+  // An old timestamp does not shield a RST from the RST rules (PAWS skips RSTs).
+  peer += 4;
+  c->Receive(seg(peer, 1, "", kRst), 1600);
+  EXPECT_EQ(c->state(), State::kClosed);
+  // Timestamps off: none offered.
+  Limits off;
+  off.timestamps = false;
+  auto a = Connection::Open(off, TcpSeq(kOurIsn), 0);
+  EXPECT_FALSE(a->TakeOutput()[0].options.has_timestamps);
+  auto b = Connection::Open(l, TcpSeq(kOurIsn), 0, 42);
+  auto bo = b->TakeOutput();
+  EXPECT_TRUE(bo[0].options.has_timestamps) << "offered in our SYN";
+  EXPECT_EQ(bo[0].options.ts_ecr, 0u);
+}
+
 TEST(TcpCore, ThreeDuplicateAcksRetransmitAtOnce) {
   Fixture f;
   f.Establish(1000);

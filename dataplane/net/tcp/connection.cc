@@ -32,13 +32,23 @@ uint32_t InitialWindow(uint32_t smss) {   // RFC 5681 §3.1
 }  // namespace
 
 void Connection::SetSendMss(const Options& o) {
-  smss_ = std::max<uint32_t>(kMinMss, std::min<uint32_t>(limits_.mss, o.mss ? o.mss : 536));
+  // The MSS counts no options: the 12 bytes of timestamps come off every segment (RFC 6691).
+  uint32_t mss = std::min<uint32_t>(limits_.mss, o.mss ? o.mss : 536);
+  smss_ = std::max<uint32_t>(kMinMss, ts_ok_ && mss > 12 ? mss - 12 : mss);
   cwnd_ = InitialWindow(smss_);
 }
 
-std::unique_ptr<Connection> Connection::FromSyn(const Limits& limits, const Segment& syn, TcpSeq iss, int64_t now) {
+std::unique_ptr<Connection> Connection::FromSyn(const Limits& limits, const Segment& syn, TcpSeq iss, int64_t now,
+                                                uint32_t ts_offset) {
   if (!syn.has(kSyn) || syn.has(kAck) || syn.has(kRst) || syn.has(kFin)) return nullptr;
   std::unique_ptr<Connection> c(new Connection(limits));
+  c->now_ = now;
+  c->ts_offset_ = ts_offset;
+  if (limits.timestamps && syn.options.has_timestamps) {   // RFC 7323 §3.2: answered
+    c->ts_ok_ = true;
+    c->ts_recent_ = syn.options.ts_val;
+    c->ts_recent_at_ = now;
+  }
   c->passive_ = true;
   c->irs_ = syn.seq;
   c->rcv_nxt_ = syn.seq + 1;
@@ -61,8 +71,10 @@ std::unique_ptr<Connection> Connection::FromSyn(const Limits& limits, const Segm
   return c;
 }
 
-std::unique_ptr<Connection> Connection::Open(const Limits& limits, TcpSeq iss, int64_t now) {
+std::unique_ptr<Connection> Connection::Open(const Limits& limits, TcpSeq iss, int64_t now, uint32_t ts_offset) {
   std::unique_ptr<Connection> c(new Connection(limits));
+  c->now_ = now;
+  c->ts_offset_ = ts_offset;
   c->iss_ = c->snd_una_ = c->recover_ = iss;
   c->snd_nxt_ = c->snd_max_ = iss + 1;
   c->syn_unacked_ = true;
@@ -90,7 +102,10 @@ void Connection::Emit(TcpSeq seq, uint8_t flags, std::string payload) {
   OutSegment o;
   o.seq = seq;
   o.flags = flags;
-  if (flags & kAck) o.ack = rcv_nxt_;
+  if (flags & kAck) {
+    o.ack = rcv_nxt_;
+    last_ack_sent_ = rcv_nxt_;
+  }
   if (flags & kSyn) {   // the window of a SYN is never scaled; our options go with it
     uint32_t w = std::min<uint32_t>(RcvWindow(), 0xffff);
     o.window = static_cast<uint16_t>(w);
@@ -99,6 +114,12 @@ void Connection::Emit(TcpSeq seq, uint8_t flags, std::string payload) {
     if (state_ == State::kSynSent || peer_ws_) o.options.wscale = limits_.wscale;   // offered, or answered
   } else if (!(flags & kRst)) {
     o.window = AdvertisedWindow();
+  }
+  // Timestamps: offered in our SYN, then on every segment but a RST once both sides sent them.
+  if (!(flags & kRst) && (ts_ok_ || (state_ == State::kSynSent && (flags & kSyn) && limits_.timestamps))) {
+    o.options.has_timestamps = true;
+    o.options.ts_val = TsNow();
+    o.options.ts_ecr = ts_ok_ ? ts_recent_ : 0;
   }
   o.payload = std::move(payload);
   out_.push_back(std::move(o));
@@ -162,7 +183,28 @@ bool Connection::Acceptable(const Segment& s) const {   // RFC 9293 §3.10.7.4, 
   return in_window(s.seq) || in_window(s.seq + (len - 1));
 }
 
+bool Connection::PawsRejects(const Segment& s) const {   // RFC 7323 §5.3 R1
+  if (!ts_ok_ || !s.options.has_timestamps || s.has(kRst)) return false;
+  if (now_ - ts_recent_at_ > 24LL * 24 * 3600 * 1000) return false;   // TS.Recent too old to judge by (§5.5)
+  return static_cast<int32_t>(s.options.ts_val - ts_recent_) < 0;
+}
+
+void Connection::RttSample(double r) {   // RFC 6298 §2
+  if (r < 0 || r > static_cast<double>(limits_.rto_max_ms)) return;   // an echo we never sent
+  if (!have_rtt_) {
+    srtt_ms_ = r;
+    rttvar_ms_ = r / 2;
+    have_rtt_ = true;
+  } else {
+    rttvar_ms_ = 0.75 * rttvar_ms_ + 0.25 * std::abs(srtt_ms_ - r);
+    srtt_ms_ = 0.875 * srtt_ms_ + 0.125 * r;
+  }
+  rto_ms_ = std::clamp<int64_t>(static_cast<int64_t>(srtt_ms_ + std::max(1.0, 4 * rttvar_ms_)), limits_.rto_min_ms,
+                                limits_.rto_max_ms);
+}
+
 void Connection::Receive(const Segment& seg, int64_t now) {
+  now_ = now;
   switch (state_) {
     case State::kClosed:
       return;   // the back end answers RST for flows it does not know
@@ -183,6 +225,12 @@ void Connection::Receive(const Segment& seg, int64_t now) {
         peer_ws_ = true;
         snd_wscale_ = seg.options.wscale;
         rcv_wscale_ = limits_.wscale;
+      }
+      if (limits_.timestamps && seg.options.has_timestamps) {
+        ts_ok_ = true;
+        ts_recent_ = seg.options.ts_val;
+        ts_recent_at_ = now;
+        if (seg.has(kAck) && seg.options.ts_ecr != 0) RttSample(static_cast<double>(TsNow() - seg.options.ts_ecr));
       }
       SetSendMss(seg.options);
       snd_wnd_ = max_snd_wnd_ = seg.window;
@@ -211,6 +259,13 @@ void Connection::Receive(const Segment& seg, int64_t now) {
     Emit(iss_, kSyn | kAck, "");   // our SYN-ACK was lost: the peer sent its SYN again
     return;
   }
+  // PAWS (RFC 7323 §5.3 R1): an old duplicate is answered with an ACK and dropped.
+  if (PawsRejects(seg)) {
+    ++stats_.paws_dropped;
+    if (seg.length() > 0) SendAck();
+    else ChallengeAck(now);
+    return;
+  }
   // First: sequence number acceptability.
   if (!Acceptable(seg)) {
     if (seg.has(kRst)) return;   // RFC 5961 §3.2: out of window, silently dropped
@@ -231,6 +286,12 @@ void Connection::Receive(const Segment& seg, int64_t now) {
     if (seg.length() > 0) SendAck();
     else ChallengeAck(now);
     return;
+  }
+  // TS.Recent follows the segments that reach the left window edge (RFC 7323 §4.3).
+  if (ts_ok_ && seg.options.has_timestamps && static_cast<int32_t>(seg.options.ts_val - ts_recent_) >= 0 &&
+      seg.seq <= last_ack_sent_) {
+    ts_recent_ = seg.options.ts_val;
+    ts_recent_at_ = now;
   }
   // Second: RST (RFC 5961 §3.2: only exactly at RCV.NXT; elsewhere in the window, a challenge).
   if (seg.has(kRst)) {
@@ -319,21 +380,14 @@ void Connection::ProcessAck(const Segment& seg, int64_t now) {
       --bytes;
     }
     snd_data_.erase(0, std::min<size_t>(bytes, snd_data_.size()));
-    if (timing_ && seg.ack > timed_seq_) {   // RFC 6298 §2, Karn: only segments sent once
-      double r = static_cast<double>(now - timed_at_);
-      if (!have_rtt_) {
-        srtt_ms_ = r;
-        rttvar_ms_ = r / 2;
-        have_rtt_ = true;
-      } else {
-        rttvar_ms_ = 0.75 * rttvar_ms_ + 0.25 * std::abs(srtt_ms_ - r);
-        srtt_ms_ = 0.875 * srtt_ms_ + 0.125 * r;
-      }
+    if (ts_ok_ && seg.options.has_timestamps && seg.options.ts_ecr != 0) {
+      // RFC 7323 §4: the echo times the segment it acknowledges, retransmitted or not.
+      RttSample(static_cast<double>(static_cast<int32_t>(TsNow() - seg.options.ts_ecr)));
+      timing_ = false;
+    } else if (timing_ && seg.ack > timed_seq_) {   // RFC 6298 §2, Karn: only segments sent once
+      RttSample(static_cast<double>(now - timed_at_));
       timing_ = false;
     }
-    if (have_rtt_)
-      rto_ms_ = std::clamp<int64_t>(static_cast<int64_t>(srtt_ms_ + std::max(1.0, 4 * rttvar_ms_)), limits_.rto_min_ms,
-                                    limits_.rto_max_ms);
     snd_una_ = seg.ack;
     if (snd_nxt_ < snd_una_) snd_nxt_ = snd_una_;
     retries_ = 0;
@@ -496,6 +550,7 @@ void Connection::AbsorbOutOfOrder() {
 }
 
 size_t Connection::Read(char* buf, size_t cap, int64_t now) {
+  now_ = now;
   size_t n = std::min(cap, rcv_data_.size());
   if (n == 0) return 0;
   uint32_t offered = static_cast<uint32_t>(std::max<int32_t>(0, rcv_adv_ - rcv_nxt_));
@@ -513,6 +568,7 @@ size_t Connection::Read(char* buf, size_t cap, int64_t now) {
 }
 
 size_t Connection::Send(std::string_view data, int64_t now) {
+  now_ = now;
   bool open = state_ == State::kEstablished || state_ == State::kCloseWait || state_ == State::kSynSent ||
               state_ == State::kSynReceived;
   if (!open || fin_queued_) return 0;
@@ -523,6 +579,7 @@ size_t Connection::Send(std::string_view data, int64_t now) {
 }
 
 void Connection::Close(int64_t now) {
+  now_ = now;
   switch (state_) {
     case State::kSynSent: Reset("closed before the handshake", false); return;
     case State::kSynReceived:
@@ -595,6 +652,7 @@ void Connection::Retransmit(int64_t now) {
 }
 
 void Connection::Tick(int64_t now) {
+  now_ = now;
   if (time_wait_at_ && now >= *time_wait_at_) {
     time_wait_at_.reset();
     state_ = State::kClosed;
@@ -632,6 +690,7 @@ bool Connection::IcmpError(TcpSeq seq, uint32_t next_hop_mtu, bool unreachable, 
   if (state_ == State::kClosed || seq < snd_una_ || seq >= snd_max_) return false;
   if (next_hop_mtu > 0) {
     uint32_t mss = std::max<uint32_t>(536, next_hop_mtu > 40 ? next_hop_mtu - 40 : 0);
+    if (ts_ok_) mss -= 12;   // the options travel in every segment
     if (mss < smss_) {
       smss_ = mss;
       snd_nxt_ = snd_una_;   // what was sent too large goes again in smaller segments

@@ -14,7 +14,13 @@
 // aborts); NewReno congestion control (RFC 5681, RFC 6582); window scaling (RFC 7323, offered
 // in our SYN and used when both sides sent it); MSS (RFC 6691: the peer's, 536 when absent);
 // zero-window probing; orderly close both ways and TIME-WAIT (2 MSL, configurable).
-// Not yet: timestamps (not offered, so never in use), SACK (not offered), delayed ACKs
+// Timestamps (RFC 7323 §3-5): offered in our SYN, answered when the peer's SYN has them; once
+// agreed every segment but a RST carries them, RTT is sampled from each ACK's echo (so
+// retransmitted segments are timed too), and PAWS drops an old segment (TSval below
+// TS.Recent) with an ACK. Segments without the option are still taken, as Linux does, though
+// RFC 7323 §3.2 says SHOULD drop. TSval is a millisecond clock plus a per-connection offset
+// (§7.1: the clock is not revealed).
+// Not yet: SACK (not offered), delayed ACKs
 // (every data segment is acknowledged at once), urgent data (ignored, as RFC 6093 advises).
 //
 // Reassembly: in-order bytes wait in the receive buffer until Read; out-of-order pieces are
@@ -28,7 +34,7 @@
 // SECURITY: every field of a segment is the peer's; nothing it sends makes state grow beyond
 // the limits above, and a sequence number outside the window changes nothing but an ACK.
 //
-// STANDARDS: RFC 9293, RFC 5961, RFC 6298, RFC 5681, RFC 6582, RFC 7323 (window scale),
+// STANDARDS: RFC 9293, RFC 5961, RFC 6298, RFC 5681, RFC 6582, RFC 7323 (window scale, timestamps, PAWS),
 // RFC 6691, RFC 6093.
 #pragma once
 
@@ -61,6 +67,7 @@ struct Limits {
   int max_retransmits = 8;             // of one segment: then the connection is aborted
   int64_t time_wait_ms = 60000;        // 2 MSL
   int challenge_acks_per_s = 10;       // RFC 5961 §7
+  bool timestamps = true;              // offer and use RFC 7323 timestamps
 };
 
 // OutSegment: a segment to transmit (ports are the back end's; payload owned).
@@ -76,9 +83,11 @@ class Connection {
  public:
   // FromSyn: a SYN arrived for a listener (RFC 9293 §3.10.7.2). nullptr when it is not a
   // plain SYN (the listener answers RST to an ACK and drops the rest).
-  static std::unique_ptr<Connection> FromSyn(const Limits& limits, const Segment& syn, TcpSeq iss, int64_t now_ms);
+  // ts_offset: added to the timestamp clock (secret per connection, RFC 7323 §7.1).
+  static std::unique_ptr<Connection> FromSyn(const Limits& limits, const Segment& syn, TcpSeq iss, int64_t now_ms,
+                                             uint32_t ts_offset = 0);
   // Open: an active open; the SYN is queued.
-  static std::unique_ptr<Connection> Open(const Limits& limits, TcpSeq iss, int64_t now_ms);
+  static std::unique_ptr<Connection> Open(const Limits& limits, TcpSeq iss, int64_t now_ms, uint32_t ts_offset = 0);
 
   void Receive(const Segment& seg, int64_t now_ms);
   // Send queues application bytes (bounded by snd_buf): how many were taken.
@@ -108,11 +117,14 @@ class Connection {
   const std::string& error() const { return error_; }
   // Counters (per connection; the back end sums them).
   struct Stats {
-    uint64_t retransmits = 0, challenge_acks = 0, dropped_ooo = 0, trimmed_bytes = 0, fast_retransmits = 0;
+    uint64_t retransmits = 0, challenge_acks = 0, dropped_ooo = 0, trimmed_bytes = 0, fast_retransmits = 0,
+             paws_dropped = 0;
   };
   const Stats& stats() const { return stats_; }
   uint32_t cwnd() const { return cwnd_; }
   uint32_t send_mss() const { return smss_; }
+  bool timestamps() const { return ts_ok_; }
+  int64_t rto_ms() const { return rto_ms_; }
 
  private:
   explicit Connection(const Limits& l) : limits_(l) {}
@@ -132,6 +144,9 @@ class Connection {
   void FinArrived(int64_t now);
   void Advance(size_t n);   // rcv_nxt moves over n in-order bytes
   void SetSendMss(const Options& o);
+  void RttSample(double ms);
+  uint32_t TsNow() const { return static_cast<uint32_t>(now_) + ts_offset_; }
+  bool PawsRejects(const Segment& s) const;
   uint32_t RcvWindow() const;
   uint16_t AdvertisedWindow();
   uint32_t FlightSize() const { return static_cast<uint32_t>(snd_nxt_ - snd_una_); }
@@ -142,6 +157,13 @@ class Connection {
   std::string error_;
   Stats stats_;
   std::vector<OutSegment> out_;
+  int64_t now_ = 0;   // the latest time an entry point was given
+
+  // Timestamps (RFC 7323).
+  bool ts_ok_ = false;
+  uint32_t ts_offset_ = 0, ts_recent_ = 0;
+  int64_t ts_recent_at_ = 0;
+  TcpSeq last_ack_sent_;
 
   // Send side (RFC 9293 §3.3.1). snd_data_ holds the bytes from SND.UNA on (acknowledged bytes
   // leave it); a SYN and a FIN take a sequence number each but no byte.
