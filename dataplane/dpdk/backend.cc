@@ -9,6 +9,7 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_ring.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -489,7 +490,12 @@ Result<std::unique_ptr<DpdkBackend>> DpdkBackend::Start(DpdkOptions o) {
     args.insert(args.end(), o.eal_args.begin(), o.eal_args.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
+    // EAL pins the calling thread to its main lcore's CPUs, and every thread started from it
+    // later (net threads, crypto workers, queue) would inherit that: give it back its own set.
+    cpu_set_t cpus;
+    bool have_cpus = sched_getaffinity(0, sizeof cpus, &cpus) == 0;
     eal_rc = rte_eal_init(static_cast<int>(argv.size()), argv.data());
+    if (have_cpus) sched_setaffinity(0, sizeof cpus, &cpus);
     if (eal_rc < 0) eal_error = rte_strerror(rte_errno);
   });
   if (eal_rc < 0) return UnavailableError(StrCat("DPDK EAL: ", eal_error));

@@ -20,6 +20,7 @@ them in software (steer.h) throughout.
 - Postfix in the namespace as the sending MTA: 20 messages relayed by it to mailseald over the
   project's TCP arrive at the next hop (a real MTA's pipelining, its connection reuse and QUIT).
 """
+import json
 import os
 import random
 import socket
@@ -46,9 +47,11 @@ class DpdkGateway:
     10.77.0.1 (and smtp-sink there as the next hop) on one end of a veth pair, DPDK owning the
     other end (net_af_packet) and a TAP exception port whose kernel side gets GW_IP. With
     kernel=True the same world with the kernel back end instead (GW_IP on the veth's root end),
-    for comparisons (tools/bench/dpdk)."""
+    for comparisons (tools/bench/dpdk). With impair (mailseal-impair's options), the veth's root
+    end goes to the seeded impairment forwarder, which bridges it to a second veth pair whose
+    far end is mailseald's port: every frame both ways passes the impairments."""
 
-    def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info", lcores=1):
+    def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info", lcores=1, impair=None):
         tag = f"{os.getpid() % 100000:05d}"
         self.ns, veth_dp, self.veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
         ns = self.ns
@@ -68,6 +71,30 @@ class DpdkGateway:
             harness._cleanups.append(lambda: sh(f"nft delete table netdev {ns}", check=False))
             sh(f"nft 'add chain netdev {ns} in {{ type filter hook ingress device \"{veth_dp}\" priority 0; "
                f"policy drop; }}'")
+        port_if = veth_dp
+        self.impair_proc = None
+        if impair is not None:
+            fwd, port_if = f"msi{tag}a", f"msi{tag}b"
+            sh(f"ip link add {fwd} type veth peer name {port_if}")
+            harness._cleanups.append(lambda: sh(f"ip link del {fwd}", check=False))
+            for i, dev in enumerate((fwd, port_if)):
+                sh(f"ip link set {dev} up")
+                sh(f"nft 'add chain netdev {ns} in{i} {{ type filter hook ingress device \"{dev}\" priority 0; "
+                   f"policy drop; }}'")
+            binary = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(a.mailseald))), "tools",
+                                  "mailseal-impair")
+            self.impair_log = os.path.join(root, "impair.log")
+            with open(self.impair_log, "ab") as log:
+                self.impair_proc = subprocess.Popen(
+                    [binary] + impair + ["--", "--no-huge", "-m", "128", "--no-pci", "--no-shconf",
+                                         f"--file-prefix=mi{tag}", "-l", "1", f"--vdev=net_af_packet0,iface={veth_dp}",
+                                         f"--vdev=net_af_packet1,iface={fwd}"],
+                    stdout=subprocess.PIPE, stderr=log, text=True)
+            proc = self.impair_proc
+            harness._cleanups.append(lambda: proc.poll() is None and proc.kill())
+            harness.wait_for(lambda: proc.poll() is not None or "forwarding" in open(self.impair_log).read(), 30,
+                             "the impairment forwarder")
+            c.check(proc.poll() is None, "the impairment forwarder runs", open(self.impair_log).read()[-800:])
         sh(f"ip -n {ns} addr add {NS_IP}/24 dev {self.veth_ns}")
         sh(f"ip -n {ns} link set {self.veth_ns} up")
         sh(f"ip -n {ns} link set lo up")
@@ -81,7 +108,7 @@ class DpdkGateway:
                                  f"{NS_IP}:{sink_port}", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         harness._cleanups.append(lambda: sink.poll() is None and sink.kill())
         eal = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", f"--file-prefix=ms{tag}", "-l", "0",
-               f"--vdev=net_af_packet0,iface={veth_dp},qpairs={lcores}", f"--vdev=net_tap0,iface={tap}"]
+               f"--vdev=net_af_packet0,iface={port_if},qpairs={lcores}", f"--vdev=net_tap0,iface={tap}"]
         if lcores > 1:
             dpdk_extra += f" lcores: {lcores}"
         io = ('io { backend: DPDK dpdk { ' + " ".join(f'eal_args: "{x}"' for x in eal) +
@@ -133,6 +160,12 @@ class DpdkGateway:
                 if line.startswith(b"Subject: "):
                     out[line[9:].rstrip(b"\r").decode()] = data
         return out
+
+    def stop_impair(self):
+        """Stops the forwarder; its counters per direction (0to1: toward mailseald)."""
+        self.impair_proc.terminate()
+        out, _ = self.impair_proc.communicate(timeout=20)
+        return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
 
     def stop(self):
         self.gw.proc.terminate()
