@@ -8,6 +8,11 @@
   aftermath.
 - 300 idle connections (a slowloris that sends nothing after connecting) hold flows but not
   the service: a real client still gets its mail through.
+- 40 clients that shrink their receive window to nothing (the smallest SO_RCVBUF, never
+  reading) and pipeline 4 MB of NOOPs each inside a transaction, so that every reply must wait
+  in mailseald: its memory grows by less than 2 MiB per client (the server stops reading a
+  client whose replies do not leave; what a flow may hold is bounded), and a real client's
+  mail is accepted beside them.
 - The exception path keeps working (ping to the kernel's TCP service through the TAP) after
   all of it.
 """
@@ -91,6 +96,37 @@ def main():
     slow.kill()
     c.check(harness.eventually(lambda: all(s in d.delivered() for s in ("before", "after-flood", "beside-slowloris")),
                                60, "delivered"), "every real message is delivered", sorted(d.delivered()))
+
+    # Zero-window clients: inside a transaction (where NOOPs are not limited) they pipeline NOOPs,
+    # each one a reply, and never read the replies.
+    before = rss_kib(d.gw.proc.pid)
+    code = (f"import socket, threading, time\nsocks = []\nsent = [0]\n"
+            f"def push(s):\n    try:\n        s.sendall(b'EHLO zero.test\\r\\nMAIL FROM:<z@zero.test>\\r\\n')\n"
+            f"        for _ in range(128):\n            s.sendall(b'NOOP\\r\\n' * 5000)\n"
+            f"            sent[0] += 30000\n    except OSError:\n        pass\n"
+            f"for i in range(40):\n    s = socket.socket()\n"
+            f"    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)\n    s.settimeout(20)\n"
+            f"    s.connect(('{GW_IP}', {d.gw.port}))\n    socks.append(s)\n"
+            f"    threading.Thread(target=push, args=(s,), daemon=True).start()\n"
+            f"time.sleep(15)\nprint('pushed', sent[0], flush=True)\ntime.sleep(60)\n")
+    tiny = subprocess.Popen(["ip", "netns", "exec", d.ns, "python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    harness._cleanups.append(lambda: tiny.poll() is None and tiny.kill())
+    pushed = tiny.stdout.readline().strip()
+    c.check(pushed.startswith("pushed ") and int(pushed.split()[1]) > 0, "40 zero-window clients pipeline commands",
+            pushed)
+    r = d.swaks("beside-zero-window", timeout=120)
+    c.check(r.returncode == 0 and "250 2.0.0" in r.stdout, "a real client's mail is accepted beside them",
+            r.stdout[-600:])
+    grown = (rss_kib(d.gw.proc.pid) - before) // 1024
+    print(f"zero-window clients: {pushed} bytes in 15 s, mailseald grew {grown} MiB")
+    # Each flow may hold its TCP receive and send buffers and the stream's two buffers (256 KiB
+    # each), the SMTP server's reply backlog (64 KiB and a bite) and 64 KiB of history: 1.1 MiB.
+    # Unbounded, 40 clients' 4 MB of NOOPs would be 380 MB of replies.
+    c.check(grown < 40 * 2, "mailseald's memory grew by less than 2 MiB per zero-window client",
+            f"{grown} MiB; pushed {pushed}")
+    tiny.kill()
+    c.check(harness.eventually(lambda: "beside-zero-window" in d.delivered(), 60, "delivered"),
+            "the message sent beside them is delivered", sorted(d.delivered()))
 
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
