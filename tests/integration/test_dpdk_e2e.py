@@ -47,11 +47,13 @@ class DpdkGateway:
     10.77.0.1 (and smtp-sink there as the next hop) on one end of a veth pair, DPDK owning the
     other end (net_af_packet) and a TAP exception port whose kernel side gets GW_IP. With
     kernel=True the same world with the kernel back end instead (GW_IP on the veth's root end),
-    for comparisons (tools/bench/dpdk). With impair (mailseal-impair's options), the veth's root
+    for comparisons (tools/bench/dpdk). With dns ("ip@port"), mailseald asks that resolver for
+    MX records (through the exception path) and only plain.test is routed to the sink. With impair (mailseal-impair's options), the veth's root
     end goes to the seeded impairment forwarder, which bridges it to a second veth pair whose
     far end is mailseald's port: every frame both ways passes the impairments."""
 
-    def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info", lcores=1, impair=None):
+    def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info", lcores=1, impair=None,
+                 dns=None):
         tag = f"{os.getpid() % 100000:05d}"
         self.ns, veth_dp, self.veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
         ns = self.ns
@@ -115,7 +117,9 @@ class DpdkGateway:
               f' port: "net_af_packet0" exception_port: "net_tap0" address: "{GW_IP}/24" {dpdk_extra} }} }}\n')
         self.gw = gw = harness.Mailseald(a.mailseald, root, relay_port=None, trusted="10.77.0.0/24",
                                          local_domain="agency-a.test",
-                                         delivery_extra=f'relay_host: "{NS_IP}:{sink_port}"',
+                                         delivery_extra=(f'relay_host: "{NS_IP}:{sink_port}"' if dns is None else
+                                                         f'dns_forwarder: "{dns}" routes {{ domain: "plain.test" '
+                                                         f'next_hop: "{NS_IP}:{sink_port}" }}'),
                                          extra=("" if kernel else io) + extra + f'log_level: "{log_level}"\n')
         if kernel:   # listen on the veth's address
             with open(gw.config) as f:
@@ -145,9 +149,9 @@ class DpdkGateway:
         c.check(gw.proc.poll() is None, f"mailseald runs on the {'kernel' if kernel else 'DPDK'} back end",
                 gw.read_log()[-2000:])
 
-    def swaks(self, subject, body_file=None, timeout=60, tls=False):
+    def swaks(self, subject, body_file=None, timeout=60, tls=False, to="bob@plain.test"):
         cmd = ["ip", "netns", "exec", self.ns, "swaks", "--server", f"{GW_IP}:{self.gw.port}", "--from",
-               "alice@agency-a.test", "--to", "bob@plain.test", "--h-Subject", subject, "--timeout", "30",
+               "alice@agency-a.test", "--to", to, "--h-Subject", subject, "--timeout", "30",
                "--body", body_file or f"body of {subject}"] + (["--tls"] if tls else [])
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 

@@ -13,10 +13,13 @@
   in mailseald: its memory grows by less than 2 MiB per client (the server stops reading a
   client whose replies do not leave; what a flow may hold is bounded), and a real client's
   mail is accepted beside them.
-- The exception path keeps working (ping to the kernel's TCP service through the TAP) after
-  all of it.
+- The exception path keeps working after all of it: a kernel TCP service on the TAP's address
+  is reached from the namespace, and mailseald's own DNS lookups (the kernel's UDP, out of the
+  TAP and the port) get the MX of a domain from unbound in the namespace, so mail for it is
+  delivered to that MX.
 """
 import os
+import random
 import re
 import socket
 import subprocess
@@ -26,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_dpdk_e2e import GW_IP, DpdkGateway, sh  # noqa: E402
+from test_dpdk_e2e import GW_IP, NS_IP, DpdkGateway, sh  # noqa: E402
 
 FLOOD = 100000
 
@@ -68,7 +71,8 @@ def main():
     a = harness.args()
     c = harness.Checker("dpdk_hostile")
     root = harness.tempdir(a.keep)
-    d = DpdkGateway(a, c, root, dpdk_extra="syn_budget: 256")
+    dns_port = 5300 + random.randrange(500)
+    d = DpdkGateway(a, c, root, dpdk_extra="syn_budget: 256", dns=f"{NS_IP}@{dns_port}")
     r = d.swaks("before")
     c.check(r.returncode == 0, "a message before the flood", r.stdout[-400:])
     before = rss_kib(d.gw.proc.pid)
@@ -138,6 +142,52 @@ def main():
            f"print(s.recv(100).decode())\"", check=False)
     c.check("still here" in r.stdout, "the exception path still works", r.stdout + r.stderr[-300:])
     srv.close()
+
+    # DNS through the exception path: unbound and an MX host (smtp-sink on port 25) in the
+    # namespace; mail for mx.example is delivered to the MX that mailseald's lookup found.
+    udir = os.path.join(root, "unbound")
+    os.makedirs(udir)
+    with open(os.path.join(udir, "unbound.conf"), "w") as f:
+        f.write(f"""server:
+  interface: {NS_IP}
+  port: {dns_port}
+  do-ip6: no
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{udir}"
+  pidfile: ""
+  use-syslog: no
+  verbosity: 1
+  access-control: 0.0.0.0/0 allow
+  module-config: "iterator"
+  local-zone: "mx.example." static
+  local-data: "mx.example. IN MX 10 mail.mx.example."
+  local-data: "mail.mx.example. IN A {NS_IP}"
+""")
+    ulog = open(os.path.join(udir, "unbound.log"), "ab")
+    unbound = subprocess.Popen(["ip", "netns", "exec", d.ns, "unbound", "-d", "-c", os.path.join(udir, "unbound.conf")],
+                               stdout=ulog, stderr=ulog)
+    harness._cleanups.append(lambda: unbound.poll() is None and unbound.kill())
+    mx_dir = os.path.join(root, "mx-sink")
+    os.makedirs(mx_dir)
+    sh(f"chown postfix {mx_dir}")
+    mx = subprocess.Popen(["ip", "netns", "exec", d.ns, "smtp-sink", "-u", "postfix", "-d", f"{mx_dir}/%M.",
+                           f"{NS_IP}:25", "16"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness._cleanups.append(lambda: mx.poll() is None and mx.kill())
+    harness.wait_for(lambda: "start of service" in open(os.path.join(udir, "unbound.log"), errors="replace").read(),
+                     15, "unbound serving")
+    r = d.swaks("by-mx", to="carol@mx.example")
+    c.check(r.returncode == 0 and "250 2.0.0" in r.stdout, "mail for a domain reached by MX is accepted", r.stdout[-400:])
+
+    def by_mx():
+        for name in os.listdir(mx_dir):
+            if b"Subject: by-mx" in open(os.path.join(mx_dir, name), "rb").read():
+                return True
+        return False
+    c.check(harness.eventually(by_mx, 60, "delivered to the MX"),
+            "mailseald's MX lookup went through the exception path and the mail reached the MX",
+            d.gw.read_log()[-1200:])
     c.check(d.stop() == 0, "clean stop", d.gw.read_log()[-1500:])
     m = re.search(r"dpdk: stopped .*half_open=(\d+) syn_cookies_sent=(\d+)", d.gw.read_log())
     c.check(m is not None and int(m.group(1)) <= 256 and int(m.group(2)) >= FLOOD // 2,
