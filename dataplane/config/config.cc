@@ -180,6 +180,7 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
       return ibad("dpdk.gateway", StrCat("'", d.gateway(), "' is not an IPv4 address"));
     if (d.max_flows() > 4000000) return ibad("dpdk.max_flows", "at most 4000000");
     if (d.lcores() > 16) return ibad("dpdk.lcores", "at most 16");
+    if (d.delayed_ack_ms() > 200) return ibad("dpdk.delayed_ack_ms", "at most 200 (RFC 9293: under 500)");
   } else if (cfg.io().has_dpdk()) {
     return section_bad(cfg.io(), "io")("dpdk", "set, but backend is not DPDK");
   }

@@ -570,6 +570,7 @@ Result<std::unique_ptr<DpdkBackend>> DpdkBackend::Start(DpdkOptions o) {
   sc.ip = o.ip;
   sc.netmask = o.netmask;
   sc.gateway = o.gateway;
+  sc.tcp.delayed_ack_ms = o.delayed_ack_ms;
   // The flow and half-open bounds are the port's: each lcore gets its share.
   if (o.max_flows) sc.max_flows = std::max<size_t>(1, o.max_flows / lcores);
   if (o.syn_budget) sc.syn_budget = std::max<size_t>(1, o.syn_budget / lcores);

@@ -86,7 +86,12 @@ def main():
     c.check(not bad, "swaks: all 100 messages got 250 from mailseald", str(bad[:2]))
 
     try:
-        harness.wait_for(lambda: len(sink.messages()) >= 100, 120, "100 messages at the sink")
+        # smtp-sink writes a file as it receives it: wait until every one ends as its reference.
+        def complete():
+            got = sink.messages()
+            ends = [m for m in got if any(m.endswith(r) for r in reference.values())]
+            return len(got) >= 100 and len(ends) == len(got)
+        harness.wait_for(complete, 120, "100 complete messages at the sink")
     except AssertionError as e:
         print(e)
     got = sink.messages()

@@ -503,9 +503,10 @@ TEST(TcpCore, ClosesFromEitherSideAndAtOnce) {
 }
 
 // Two cores, a client and a server, over a wire that loses, reorders and duplicates.
-TEST(TcpCore, AMegabyteEachWayOverALossyReorderingWireArrivesIntact) {
+void LossyMegabyteEachWay(int64_t delayed_ack_ms) {
   std::mt19937 rng(20261201);
   Limits l;
+  l.delayed_ack_ms = delayed_ack_ms;
   l.rto_min_ms = 50;
   l.rto_initial_ms = 200;
   l.max_retransmits = 30;
@@ -585,6 +586,73 @@ TEST(TcpCore, AMegabyteEachWayOverALossyReorderingWireArrivesIntact) {
   EXPECT_TRUE(down_got == down) << down_got.size() << " of " << down.size() << " bytes down";
   EXPECT_GT(client->stats().retransmits + server->stats().retransmits, 0u);
   EXPECT_EQ(client->state(), State::kEstablished);
+  if (delayed_ack_ms > 0) {
+    EXPECT_GT(client->stats().delayed_acks + server->stats().delayed_acks, 0u);
+  }
+}
+
+TEST(TcpCore, AMegabyteEachWayOverALossyReorderingWireArrivesIntact) { LossyMegabyteEachWay(0); }
+TEST(TcpCore, AndWithDelayedAcks) { LossyMegabyteEachWay(40); }
+
+TEST(TcpCore, DelayedAcksWaitForASecondSegmentOrTheTimerButNeverForAHole) {
+  Limits l;
+  l.delayed_ack_ms = 40;
+  Fixture f(l);
+  f.Establish();
+  f.now = 1000;
+  // One in-order segment: its ACK waits, with a timer under 500 ms (RFC 9293 §3.8.6.3).
+  f.PeerSends("EHLO a\r\n");
+  EXPECT_TRUE(f.c->TakeOutput().empty());
+  ASSERT_TRUE(f.c->NextTimerMs());
+  EXPECT_EQ(*f.c->NextTimerMs(), 1040);
+  // The second one is acknowledged at once, both of them (RFC 5681 §4.2).
+  f.PeerSends("MAIL FROM:<a@b>\r\n");
+  auto out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), f.peer_nxt);
+  EXPECT_FALSE(f.c->NextTimerMs()) << "nothing owed, no timer";
+  // One more: the timer sends its ACK.
+  f.PeerSends("RCPT TO:<c@d>\r\n");
+  EXPECT_TRUE(f.c->TakeOutput().empty());
+  f.now = 1039;
+  f.c->Tick(f.now);
+  EXPECT_TRUE(f.c->TakeOutput().empty());
+  f.now = 1040;
+  f.c->Tick(f.now);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), f.peer_nxt);
+  // An owed ACK rides on our data: the reply carries it, no pure ACK follows.
+  f.PeerSends("DATA\r\n");
+  EXPECT_TRUE(f.c->TakeOutput().empty());
+  EXPECT_EQ(f.c->Send("354 go ahead\r\n", f.now), 14u);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].payload, "354 go ahead\r\n");
+  EXPECT_EQ(out[0].ack.raw(), f.peer_nxt);
+  f.now = 2000;
+  f.c->Tick(f.now);
+  EXPECT_TRUE(f.c->TakeOutput().empty()) << "the delayed ACK went with the data";
+  f.c->Receive(Seg(f.peer_nxt, f.our_nxt + 14, kAck), f.now);   // the peer acknowledges the reply
+  f.our_nxt += 14;
+  // Out of order: a duplicate ACK at once; the segment that fills the hole: an ACK at once.
+  uint32_t base = f.peer_nxt;
+  f.c->Receive(Seg(base + 5, f.our_nxt, kAck, 65535, "world"), f.now);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), base);
+  f.c->Receive(Seg(base, f.our_nxt, kAck, 65535, "hello"), f.now);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), base + 10);
+  f.peer_nxt = base + 10;
+  // A FIN is acknowledged at once.
+  f.PeerSends("", kFin);
+  out = f.c->TakeOutput();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ack.raw(), f.peer_nxt);
+  EXPECT_EQ(f.c->state(), State::kCloseWait);
+  EXPECT_GE(f.c->stats().delayed_acks, 3u);
 }
 
 }  // namespace

@@ -105,6 +105,8 @@ void Connection::Emit(TcpSeq seq, uint8_t flags, std::string payload) {
   if (flags & kAck) {
     o.ack = rcv_nxt_;
     last_ack_sent_ = rcv_nxt_;
+    unacked_segments_ = 0;   // whatever was owed goes with this one
+    delack_at_.reset();
   }
   if (flags & kSyn) {   // the window of a SYN is never scaled; our options go with it
     uint32_t w = std::min<uint32_t>(RcvWindow(), 0xffff);
@@ -155,6 +157,7 @@ void Connection::Reset(const std::string& why, bool send_rst) {
   rto_at_.reset();
   persist_at_.reset();
   time_wait_at_.reset();
+  delack_at_.reset();
   rcv_data_.clear();
   history_.clear();
   ooo_.clear();
@@ -168,10 +171,18 @@ void Connection::EnterTimeWait(int64_t now) {
   state_ = State::kTimeWait;
   rto_at_.reset();
   persist_at_.reset();
+  delack_at_.reset();
   time_wait_at_ = now + limits_.time_wait_ms;
 }
 
 void Connection::ArmRto(int64_t now) { rto_at_ = now + rto_ms_; }
+
+bool Connection::DelayAck(int64_t now) {
+  if (limits_.delayed_ack_ms <= 0 || ++unacked_segments_ >= 2) return false;
+  if (!delack_at_) delack_at_ = now + limits_.delayed_ack_ms;
+  ++stats_.delayed_acks;
+  return true;
+}
 
 bool Connection::Acceptable(const Segment& s) const {   // RFC 9293 §3.10.7.4, first check
   uint32_t len = s.length();
@@ -320,9 +331,14 @@ void Connection::Receive(const Segment& seg, int64_t now) {
   (void)before;
   // Seventh: segment text (ESTABLISHED, FIN-WAIT-1, FIN-WAIT-2).
   bool data_states = state_ == State::kEstablished || state_ == State::kFinWait1 || state_ == State::kFinWait2;
+  // In order, no hole before or after it, taken whole: the only data whose ACK may wait.
+  bool may_delay = false;
   if (!seg.payload.empty() && data_states && !fin_received_) {
+    bool in_order = seg.seq == rcv_nxt_ && ooo_.empty();
+    uint64_t before_abs = rcv_nxt_abs_;
     ProcessText(seg);
     if (state_ == State::kClosed) return;
+    may_delay = in_order && ooo_.empty() && rcv_nxt_abs_ - before_abs == seg.payload.size() && RcvWindow() >= limits_.mss;
   }
   // Eighth: FIN — taken when every byte before it arrived (it may come ahead of a hole).
   if (seg.has(kFin) && !fin_received_) {
@@ -337,7 +353,7 @@ void Connection::Receive(const Segment& seg, int64_t now) {
     }
   }
   if (fin_at_ && !fin_received_ && *fin_at_ == rcv_nxt_abs_) FinArrived(now);
-  if (!seg.payload.empty() || seg.has(kFin)) SendAck();
+  if (seg.has(kFin) || (!seg.payload.empty() && !(may_delay && DelayAck(now)))) SendAck();
   Output(now);
 }
 
@@ -658,6 +674,7 @@ void Connection::Tick(int64_t now) {
     state_ = State::kClosed;
     return;
   }
+  if (delack_at_ && now >= *delack_at_) SendAck();   // clears delack_at_
   if (rto_at_ && now >= *rto_at_) {   // RFC 6298 §5
     if (++retries_ > limits_.max_retransmits) {
       Reset(state_ == State::kSynReceived || state_ == State::kSynSent ? "handshake timed out" : "retransmission timeout",
@@ -704,7 +721,7 @@ bool Connection::IcmpError(TcpSeq seq, uint32_t next_hop_mtu, bool unreachable, 
 
 std::optional<int64_t> Connection::NextTimerMs() const {
   std::optional<int64_t> t;
-  for (const auto& x : {rto_at_, persist_at_, time_wait_at_})
+  for (const auto& x : {rto_at_, persist_at_, time_wait_at_, delack_at_})
     if (x && (!t || *x < *t)) t = x;
   return t;
 }

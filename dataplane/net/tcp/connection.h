@@ -68,6 +68,11 @@ struct Limits {
   int64_t time_wait_ms = 60000;        // 2 MSL
   int challenge_acks_per_s = 10;       // RFC 5961 §7
   bool timestamps = true;              // offer and use RFC 7323 timestamps
+  // Delayed ACKs (RFC 5681 §4.2, RFC 9293 §3.8.6.3): 0 acknowledges every segment at once;
+  // otherwise in-order data is acknowledged at the latest with the second segment or after this
+  // many ms (under 500), or with the next segment we send. Out-of-order data, a segment that
+  // fills a hole, a FIN and a full window are acknowledged at once.
+  int64_t delayed_ack_ms = 0;
 };
 
 // OutSegment: a segment to transmit (ports are the back end's; payload owned).
@@ -118,7 +123,7 @@ class Connection {
   // Counters (per connection; the back end sums them).
   struct Stats {
     uint64_t retransmits = 0, challenge_acks = 0, dropped_ooo = 0, trimmed_bytes = 0, fast_retransmits = 0,
-             paws_dropped = 0;
+             paws_dropped = 0, delayed_acks = 0;
   };
   const Stats& stats() const { return stats_; }
   uint32_t cwnd() const { return cwnd_; }
@@ -139,6 +144,7 @@ class Connection {
   void Emit(TcpSeq seq, uint8_t flags, std::string payload);
   void Retransmit(int64_t now);
   void ArmRto(int64_t now);
+  bool DelayAck(int64_t now);   // true: this segment's ACK waits (delack_at_ armed)
   void Reset(const std::string& why, bool send_rst);
   void EnterTimeWait(int64_t now);
   void FinArrived(int64_t now);
@@ -190,7 +196,8 @@ class Connection {
   int64_t rto_ms_ = 1000;
   double srtt_ms_ = 0, rttvar_ms_ = 0;
   bool have_rtt_ = false;
-  std::optional<int64_t> rto_at_, persist_at_, time_wait_at_;
+  std::optional<int64_t> rto_at_, persist_at_, time_wait_at_, delack_at_;
+  int unacked_segments_ = 0;              // in-order data segments not yet acknowledged
   int retries_ = 0;
   bool timing_ = false;
   TcpSeq timed_seq_;

@@ -59,6 +59,8 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf", "dpdk.address"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.2/24\" lcores: 64 }\n}\n",
        "gw.conf", "dpdk.lcores"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.2/24\" delayed_ack_ms: 600 }\n}\n",
+       "gw.conf", "dpdk.delayed_ack_ms"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
