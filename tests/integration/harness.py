@@ -66,6 +66,18 @@ def wait_port(port, timeout=10.0, host="127.0.0.1"):
     raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
+def rss_kib(pid):
+    """The resident set of a process, in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def wait_for(pred, timeout, what, interval=0.1):
     end = time.time() + timeout
     while time.time() < end:

@@ -34,14 +34,6 @@ from test_dpdk_e2e import GW_IP, NS_IP, DpdkGateway, sh  # noqa: E402
 FLOOD = 100000
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def syn_flood(ns, target, port, count, sources):
     """`count` SYNs to target:port from spoofed source addresses, sent in the namespace."""
     code = f'''
@@ -75,7 +67,7 @@ def main():
     d = DpdkGateway(a, c, root, dpdk_extra="syn_budget: 256", dns=f"{NS_IP}@{dns_port}")
     r = d.swaks("before")
     c.check(r.returncode == 0, "a message before the flood", r.stdout[-400:])
-    before = rss_kib(d.gw.proc.pid)
+    before = harness.rss_kib(d.gw.proc.pid)
 
     sources = [f"10.77.0.{i}" for i in range(10, 250)]
     r = syn_flood(d.ns, GW_IP, d.gw.port, FLOOD, sources)
@@ -83,7 +75,7 @@ def main():
     r = d.swaks("after-flood", timeout=120)
     c.check(r.returncode == 0 and "250 2.0.0" in r.stdout, "a real client's mail is accepted right after the flood",
             r.stdout[-600:])
-    grown = (rss_kib(d.gw.proc.pid) - before) // 1024
+    grown = (harness.rss_kib(d.gw.proc.pid) - before) // 1024
     c.check(grown < 64, "mailseald's memory grew by less than 64 MiB", f"{grown} MiB")
 
     # Slowloris: 300 connections that say nothing.
@@ -103,7 +95,7 @@ def main():
 
     # Zero-window clients: inside a transaction (where NOOPs are not limited) they pipeline NOOPs,
     # each one a reply, and never read the replies.
-    before = rss_kib(d.gw.proc.pid)
+    before = harness.rss_kib(d.gw.proc.pid)
     code = (f"import socket, threading, time\nsocks = []\nsent = [0]\n"
             f"def push(s):\n    try:\n        s.sendall(b'EHLO zero.test\\r\\nMAIL FROM:<z@zero.test>\\r\\n')\n"
             f"        for _ in range(128):\n            s.sendall(b'NOOP\\r\\n' * 5000)\n"
@@ -121,7 +113,7 @@ def main():
     r = d.swaks("beside-zero-window", timeout=120)
     c.check(r.returncode == 0 and "250 2.0.0" in r.stdout, "a real client's mail is accepted beside them",
             r.stdout[-600:])
-    grown = (rss_kib(d.gw.proc.pid) - before) // 1024
+    grown = (harness.rss_kib(d.gw.proc.pid) - before) // 1024
     print(f"zero-window clients: {pushed} bytes in 15 s, mailseald grew {grown} MiB")
     # Each flow may hold its TCP receive and send buffers and the stream's two buffers (256 KiB
     # each), the SMTP server's reply backlog (64 KiB and a bite) and 64 KiB of history: 1.1 MiB.

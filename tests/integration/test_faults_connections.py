@@ -42,14 +42,6 @@ def connect(port, source="127.0.0.1", timeout=5):
     return s, greeting
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -143,7 +135,7 @@ def main():
 
     # ---- 3. clients that do not read their replies -----------------------------------------
     gw3 = harness.Mailseald(a.mailseald, root, name="readers", extra="net_threads: 1\n").start()
-    before = rss_kib(gw3.proc.pid)
+    before = harness.rss_kib(gw3.proc.pid)
     start = b"EHLO reader.test\r\nMAIL FROM:<r@reader.test>\r\n"
     pushed, stop = [0], threading.Event()
 
@@ -179,7 +171,7 @@ def main():
         for sock, buf in zip(slow, got):
             buf += sock.recv(32768)
         time.sleep(0.01)
-    grown = (rss_kib(gw3.proc.pid) - before) // 1024
+    grown = (harness.rss_kib(gw3.proc.pid) - before) // 1024
     s2, g = connect(gw3.port, "127.0.3.1")
     s2.close()
     c.check(g.startswith(b"220"), "a new client is served beside clients that do not read", g)
