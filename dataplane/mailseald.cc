@@ -700,7 +700,7 @@ struct Daemon {
     o.max_flows = d.max_flows();
     o.syn_budget = d.syn_budget();
     o.lcores = d.lcores() ? d.lcores() : 1;
-    o.delayed_ack_ms = d.delayed_ack_ms() ? d.delayed_ack_ms() : 40;
+    if (d.delayed_ack_ms()) o.delayed_ack_ms = d.delayed_ack_ms();   // 0: DpdkOptions' default
     Result<std::unique_ptr<dpdk::DpdkBackend>> b = dpdk::DpdkBackend::Start(o);
     if (!b.ok()) {
       Log(LogLevel::kError, "mailseald", "DPDK back end not started", {{"error", b.status().message()}});
