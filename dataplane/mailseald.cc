@@ -43,6 +43,7 @@
 #include "dataplane/kernel/backend.h"
 #ifdef MAILSEAL_HAVE_DPDK
 #include "dataplane/dpdk/backend.h"
+#include "dataplane/dpdk/crypto_ring.h"
 #endif
 #include "dataplane/tls/session.h"
 #include "dataplane/policy/classify.h"
@@ -624,8 +625,13 @@ struct Daemon {
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
   qopts.crypto_workers = cfg.crypto_workers();
+#ifdef MAILSEAL_HAVE_DPDK
+  if (dpdk_backend) qopts.crypto_rings = dpdk::MakeCryptoRing;   // rte_ring in EAL memory
+#endif
   if (smime) {
     qopts.processor = sealing::SmimeProcessorFactory(smime.get());
+    // Jobs carry the message as the spool writer wrote it (within the bound), not a path.
+    spool->SetBodyBudget(std::make_shared<queue::BodyBudget>(uint64_t{cfg.crypto_memory_mib()} << 20));
     // Notices about held mail (SEE-2.1b, SEE-2.12), from the policy document in force.
     sealing::SmimeShared* shared = smime.get();
     queue::NotifierOptions base;
@@ -752,7 +758,13 @@ struct Daemon {
     hsm_ok.store(token->Tick());
     qmgr->SetSuspended(!hsm_ok.load());
   }
-  qmgr->Start();
+  if (Status st = qmgr->Start(); !st.ok()) {
+    Log(LogLevel::kError, "mailseald", "queue not started", {{"error", st.message()}});
+    return kExitRuntime;
+  }
+  Log(LogLevel::kInfo, "crypto", "workers started",
+      {{"workers", std::to_string(cfg.crypto_workers())}, {"rings", qmgr->CryptoRings()},
+       {"memory_mib", smime ? std::to_string(cfg.crypto_memory_mib()) : "0"}});
   committer->Start();
   // Partner certificates looked up when mail waits for them; held copies released when one
   // turns up (issue #15).
@@ -908,11 +920,7 @@ struct Daemon {
     auto now = std::chrono::steady_clock::now();
     if (now - last_stats > std::chrono::seconds(60)) {
       last_stats = now;
-      queue::QueueStats s = qmgr->Stats();
-      Log(LogLevel::kInfo, "qmgr", "stats",
-          {{"received", std::to_string(s.received)}, {"delivered", std::to_string(s.delivered)},
-           {"bounced", std::to_string(s.bounced)}, {"deferrals", std::to_string(s.deferrals)},
-           {"in_queue", std::to_string(s.in_queue)}, {"deferred", std::to_string(s.deferred)}});
+      LogQueueStats();
 #ifdef MAILSEAL_HAVE_DPDK
       if (dpdk_backend) {
         Log(LogLevel::kInfo, "dpdk", "stats", dpdk_backend->stats().Fields());
@@ -920,6 +928,16 @@ struct Daemon {
 #endif
     }
   }
+  }
+
+  void LogQueueStats() {
+    queue::QueueStats s = qmgr->Stats();
+    Log(LogLevel::kInfo, "qmgr", "stats",
+        {{"received", std::to_string(s.received)}, {"delivered", std::to_string(s.delivered)},
+         {"bounced", std::to_string(s.bounced)}, {"deferrals", std::to_string(s.deferrals)},
+         {"in_queue", std::to_string(s.in_queue)}, {"deferred", std::to_string(s.deferred)},
+         {"crypto_jobs", std::to_string(s.crypto_jobs)},
+         {"crypto_jobs_in_memory", std::to_string(s.crypto_jobs_in_memory)}});
   }
 
   // Shutdown: drain sessions, stop the stages in order, sign the last tree head.
@@ -932,6 +950,7 @@ struct Daemon {
   if (smime && smime->discovery) smime->discovery->Stop();
   committer->Stop();
   qmgr->Stop();
+  LogQueueStats();   // the last figures (the periodic line comes once a minute)
   if (recorder) recorder->Flush();
   // A clean stop leaves every record under a signed head (issue #13): nothing after the last
   // head can be changed undetected while the gateway is down.

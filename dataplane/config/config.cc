@@ -133,6 +133,8 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   // cores busy (tools/bench/relay --seal).
   if (cfg.crypto_workers() == 0) cfg.set_crypto_workers(std::clamp(2 * std::thread::hardware_concurrency(), 2u, 64u));
   if (cfg.crypto_workers() > 64) return bad(cfg, tree, "crypto_workers", -1, "at most 64");
+  if (cfg.crypto_memory_mib() == 0) cfg.set_crypto_memory_mib(64);
+  if (cfg.crypto_memory_mib() > 4096) return bad(cfg, tree, "crypto_memory_mib", -1, "at most 4096");
   for (int i = 0; i < cfg.trusted_networks_size(); ++i) {
     policy::Cidr c;
     if (!policy::ParseCidr(cfg.trusted_networks(i), &c))

@@ -2,7 +2,12 @@
 //
 // One dispatcher thread (the queue manager) is the only producer of every job ring; each
 // worker is the only producer of its completion ring. A full job ring is push-back: Submit()
-// returns false and the caller keeps the job, never spins or drops it.
+// returns false and the caller keeps the job, never spins or drops it. The rings are
+// PointerRings (pointer_ring.h): SpscRing by default, rte_ring under the DPDK back end.
+//
+// A job carries the message where it is still in memory (the envelope and the body bytes the
+// spool writer kept, within the daemon's budget); the worker reads the spool file only for
+// messages that are not (recovered after a restart, released from hold, over the budget).
 //
 // What a worker does with a job is its JobProcessor's business (one per worker, made on the
 // worker's own thread, so it may own a PKCS#11 session and OpenSSL state): the daemon plugs in
@@ -19,7 +24,11 @@
 #include <thread>
 #include <vector>
 
-#include "dataplane/crypto/spsc_ring.h"
+#include "dataplane/crypto/pointer_ring.h"
+
+namespace mailseal::queue {
+struct SpoolMessage;   // what a job carries; only the processors (dataplane/sealing) look inside
+}
 
 namespace mailseal::crypto {
 
@@ -30,6 +39,9 @@ enum class Verdict { kPlain, kTransformed, kCorrupt, kTempFail };
 struct Job {
   std::string queue_id;
   std::string spool_path;   // the message's current spool file
+  // The message as the spool writer wrote it, when it is still in memory: both or neither.
+  std::shared_ptr<const queue::SpoolMessage> message;
+  std::shared_ptr<const std::string> body;
 };
 
 // Treatment: what a worker did for a copy's recipients (typed: the audit event comes from it).
@@ -76,7 +88,10 @@ class CryptoStage {
               ProcessorFactory factory = nullptr);
   ~CryptoStage();
 
-  void Start();
+  // SetRingFactory (before Start): where the rings come from (null: SpscRing).
+  void SetRingFactory(RingFactory factory) { ring_factory_ = std::move(factory); }
+  // Start makes the rings and the workers; false (nothing started) when a ring cannot be made.
+  [[nodiscard]] bool Start(std::string* error = nullptr);
   void Stop();
   // Submit (dispatcher thread only): false when every ring is full (push back); `job` is
   // left intact then.
@@ -85,18 +100,26 @@ class CryptoStage {
   size_t DrainCompletions(std::vector<Completion>* out);
 
   uint64_t jobs_done() const { return jobs_done_.load(std::memory_order_relaxed); }
+  // Jobs that carried their message (no spool read), and the rings' kind (after Start).
+  uint64_t jobs_in_memory() const { return jobs_in_memory_.load(std::memory_order_relaxed); }
+  const char* ring_kind() const { return ring_kind_; }
 
  private:
   struct Worker {
-    explicit Worker(size_t cap) : jobs(cap), done(cap), wake(0) {}
-    SpscRing<Job> jobs;
-    SpscRing<Completion> done;
+    Worker() : wake(0) {}
+    std::unique_ptr<PointerRing> jobs;   // of Job*, owned while in the ring
+    std::unique_ptr<PointerRing> done;   // of Completion*
     std::counting_semaphore<> wake;
     std::thread thread;
   };
   void Run(Worker* w, size_t index);
+  void DrainLeftovers();
 
   std::vector<std::unique_ptr<Worker>> workers_;
+  size_t ring_capacity_;
+  RingFactory ring_factory_;
+  const char* ring_kind_ = "none";
+  std::atomic<uint64_t> jobs_in_memory_{0};
   std::function<void()> on_completion_ready_;
   ProcessorFactory factory_;
   size_t next_ = 0;

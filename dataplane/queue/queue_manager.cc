@@ -150,20 +150,25 @@ void QueueManager::Admit(SpoolMessage msg, SpoolState state, int64_t next_attemp
   e.attempts = attempts;
   e.next_attempt_ms = next_attempt_ms;
   std::string id = msg.id;
+  if (state == SpoolState::kActive) e.body = std::move(msg.retained_body);
+  msg.retained_body.reset();
   e.msg = std::make_shared<const SpoolMessage>(std::move(msg));
   entries_[id] = std::move(e);
   held_.store(static_cast<uint32_t>(entries_.size()), std::memory_order_relaxed);
   if (state == SpoolState::kActive) to_crypto_.push_back(id);
 }
 
-void QueueManager::Start() {
-  crypto_->Start();
+Status QueueManager::Start() {
+  std::string error;
+  if (options_.crypto_rings) crypto_->SetRingFactory(options_.crypto_rings);
+  if (!crypto_->Start(&error)) return UnavailableError(error);
   thread_ = std::thread([this] { Run(); });
   pthread_setname_np(thread_.native_handle(), "qmgr");
   for (uint32_t i = 0; i < options_.delivery.agents(); ++i) {
     agents_.push_back(std::make_unique<DeliveryAgent>(this, static_cast<int>(i), options_.network));
     agents_.back()->Start();
   }
+  return OkStatus();
 }
 
 void QueueManager::Stop() {
@@ -260,7 +265,10 @@ void QueueManager::SetSuspended(bool suspended) {
 
 QueueStats QueueManager::Stats() const {
   std::lock_guard<std::mutex> l(mu_);
-  return stats_;
+  QueueStats s = stats_;
+  s.crypto_jobs = crypto_->jobs_done();
+  s.crypto_jobs_in_memory = crypto_->jobs_in_memory();
+  return s;
 }
 
 bool QueueManager::TakeJob(const std::string& held, int wait_ms, DeliveryJob* job) {
@@ -324,8 +332,15 @@ void QueueManager::PumpCrypto() {
       to_crypto_.pop_front();
       continue;
     }
-    crypto::Job job{id, PathOf(it->second)};
-    if (!crypto_->Submit(job)) break;  // every ring full: try again after completions
+    crypto::Job job{id, PathOf(it->second), nullptr, nullptr};
+    if (it->second.body) {   // the message as received, still in memory: no spool read
+      job.message = it->second.msg;
+      job.body = std::move(it->second.body);
+    }
+    if (!crypto_->Submit(job)) {   // every ring full: try again after completions
+      it->second.body = std::move(job.body);
+      break;
+    }
     to_crypto_.pop_front();
   }
 }

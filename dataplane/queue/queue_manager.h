@@ -76,6 +76,9 @@ struct QueueOptions {
   uint32_t max_messages = 10000;
   uint32_t crypto_workers = 2;
   crypto::ProcessorFactory processor;   // what crypto workers do; null: pass everything on
+  // crypto_rings: where the crypto stage's rings come from (the DPDK back end: rte_ring),
+  // called by Start(); null: SpscRing.
+  crypto::RingFactory crypto_rings;
   // on_event: mail events for the audit trail ("mail.accepted", "mail.sealed", "mail.opened",
   // "mail.held", "mail.delivered", "mail.bounced"), called on the manager thread; must not
   // block for long (the recorder batches). Identifiers and addresses only, never content.
@@ -94,6 +97,9 @@ struct QueueOptions {
 struct QueueStats {
   uint64_t received = 0, delivered = 0, bounced = 0, deferrals = 0, dsns = 0, corrupt = 0;
   size_t in_queue = 0, deferred = 0;
+  // crypto_jobs: jobs the workers finished; crypto_jobs_in_memory: of them, those that carried
+  // their message (no spool read).
+  uint64_t crypto_jobs = 0, crypto_jobs_in_memory = 0;
 };
 
 class DeliveryAgent;
@@ -106,7 +112,10 @@ class QueueManager {
   // Recover scans the spool before Start(): incoming/ (complete files go on, incomplete ones
   // were never acknowledged and are removed), active/ and deferred/.
   [[nodiscard]] Status Recover();
-  void Start();
+  // Start: the crypto stage (its rings made here), the manager and the delivery agents.
+  [[nodiscard]] Status Start();
+  // CryptoRings: the kind of the crypto stage's rings ("spsc", "rte_ring"), after Start().
+  const char* CryptoRings() const { return crypto_->ring_kind(); }
   // Stop ends the agents after their current job and joins every thread. Mail stays queued.
   void Stop();
 
@@ -152,6 +161,7 @@ class QueueManager {
   };
   struct Entry {
     std::shared_ptr<const SpoolMessage> msg;
+    std::shared_ptr<const std::string> body;   // kept from the writer until its job takes it
     SpoolState state = SpoolState::kActive;
     std::vector<RcptState> rcpt;
     std::vector<bool> recorded;          // a STATUS record (and DSN) already covers it

@@ -207,6 +207,7 @@ Result<std::vector<std::string>> Spool::List(SpoolState s) const {
 
 SpoolWriter::~SpoolWriter() {
   if (fd_ >= 0) Abandon();
+  StopRetaining();
 }
 
 Status SpoolWriter::Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env_in) {
@@ -229,7 +230,15 @@ Status SpoolWriter::Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env_in
   file_offset_ = buf_.size();
   envelope_ = std::move(env);
   body_crc_ = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
+  retain_ = spool->body_budget() != nullptr;
   return OkStatus();
+}
+
+void SpoolWriter::StopRetaining() {
+  retain_ = false;
+  std::string().swap(retained_);
+  if (reserved_ && spool_ && spool_->body_budget()) spool_->body_budget()->Release(reserved_);
+  reserved_ = 0;
 }
 
 void SpoolWriter::AddBodyRecord() {
@@ -250,6 +259,18 @@ SpoolMessage SpoolWriter::TakeMessage() {
   m.body = std::move(extents_);
   m.body_size = body_size_;
   m.file_size = file_offset_;
+  if (retain_ && retained_.size() == body_size_) {
+    std::shared_ptr<BodyBudget> budget = spool_->body_budget();
+    uint64_t n = reserved_;
+    m.retained_body = std::shared_ptr<const std::string>(new std::string(std::move(retained_)),
+                                                         [budget, n](const std::string* p) {
+                                                           budget->Release(n);
+                                                           delete p;
+                                                         });
+    reserved_ = 0;
+    retain_ = false;
+  }
+  StopRetaining();
   return m;
 }
 
@@ -264,6 +285,14 @@ Status SpoolWriter::FlushBuffer() {
 Status SpoolWriter::Append(std::string_view body) {
   if (failed_ || fd_ < 0) return FailedPreconditionError("spool writer failed earlier");
   body_size_ += body.size();
+  if (retain_) {
+    if (spool_->body_budget()->Reserve(body.size())) {
+      reserved_ += body.size();
+      retained_.append(body);
+    } else {
+      StopRetaining();   // over the budget: this message's job reads the file
+    }
+  }
   body_crc_ = static_cast<uint32_t>(
       crc32(body_crc_, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size())));
   while (!body.empty()) {
@@ -311,6 +340,7 @@ Status SpoolWriter::Publish(SpoolState to) {
 }
 
 void SpoolWriter::Abandon() {
+  StopRetaining();
   if (fd_ < 0) return;
   ::close(fd_);
   fd_ = -1;

@@ -5,8 +5,10 @@
 // and never silently deleted. Not yet encrypted at rest (DE-22 lands with the HSM issue).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -22,6 +24,28 @@ enum class SpoolState { kIncoming, kActive, kDeferred, kHold, kCorrupt };
 const char* StateDir(SpoolState s);
 
 // Spool owns the directory tree. Thread safe (no mutable state beyond the id counter).
+// BodyBudget bounds the bytes of received bodies kept in memory for the crypto workers (a
+// job then carries its message instead of a path to read again). Thread safe; a body that
+// would pass the bound is not kept (its job reads the spool file).
+class BodyBudget {
+ public:
+  explicit BodyBudget(uint64_t max_bytes) : max_(max_bytes) {}
+  bool Reserve(uint64_t n) {
+    uint64_t cur = used_.load(std::memory_order_relaxed);
+    do {
+      if (n > max_ || cur > max_ - n) return false;
+    } while (!used_.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
+    return true;
+  }
+  void Release(uint64_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  uint64_t max() const { return max_; }
+
+ private:
+  const uint64_t max_;
+  std::atomic<uint64_t> used_{0};
+};
+
 class Spool {
  public:
   explicit Spool(std::string root) : root_(std::move(root)) {}
@@ -48,10 +72,15 @@ class Spool {
   // last call; after that nothing written may be relied on (the caller exits, recovery reads
   // the disk).
   [[nodiscard]] Status SyncAll() const;
+  // SetBodyBudget (before the first writer opens): writers keep the bodies they write within
+  // it (SpoolWriter::TakeMessage hands them on). Unset: none is kept.
+  void SetBodyBudget(std::shared_ptr<BodyBudget> b) { body_budget_ = std::move(b); }
+  const std::shared_ptr<BodyBudget>& body_budget() const { return body_budget_; }
 
  private:
   std::string root_;
   int root_fd_ = -1;
+  std::shared_ptr<BodyBudget> body_budget_;
 };
 
 // Durability of a file written whole: kSynced — the data is fdatasync'ed and the directory
@@ -79,6 +108,10 @@ struct SpoolMessage {
   // be delivered twice, never lost). CutTornTail removes the tail. tail_problem says what.
   bool torn_tail = false;
   std::string tail_problem;
+  // retained_body: the body bytes as the writer wrote them, when it kept them (the spool's
+  // BodyBudget); their reservation is released when the last reference goes. Never set by a
+  // reader.
+  std::shared_ptr<const std::string> retained_body;
 };
 
 // SpoolWriter writes one new message into incoming/. Not thread safe; one per message.
@@ -108,6 +141,7 @@ class SpoolWriter {
 
  private:
   void AddBodyRecord();
+  void StopRetaining();
   [[nodiscard]] Status FlushBuffer();
   Spool* spool_ = nullptr;
   int fd_ = -1;
@@ -116,6 +150,9 @@ class SpoolWriter {
   std::string pending_body_;
   uint64_t body_size_ = 0;
   uint32_t body_crc_ = 0;
+  std::string retained_;         // the body, while the budget allows (retain_ stays true)
+  bool retain_ = false;
+  uint64_t reserved_ = 0;        // of the spool's BodyBudget, for retained_
   bool failed_ = false;   // after a failed write or fsync, every later call fails (LevelDB)
   uint64_t file_offset_ = 0;                 // bytes framed so far (flushed or buffered)
   mailseal::v1::SpoolEnvelope envelope_;

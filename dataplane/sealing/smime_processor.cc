@@ -67,28 +67,40 @@ class SmimeProcessor : public JobProcessor {
 
   Completion Process(const Job& job) override {
     Completion c{job.queue_id, Verdict::kPlain, "", 0, {}};
-    Result<queue::SpoolMessage> m = queue::ReadSpoolFile(job.spool_path);
-    if (!m.ok()) {
-      c.verdict = m.status().code() == StatusCode::kDataLoss ? Verdict::kCorrupt : Verdict::kTempFail;
-      c.reason = m.status().message();
-      return c;
+    // The message as the job carries it (received, spooled, still in memory), else as the
+    // spool file holds it.
+    std::shared_ptr<const queue::SpoolMessage> m = job.message;
+    std::shared_ptr<const std::string> carried = job.body;
+    if (!m || !carried) {
+      Result<queue::SpoolMessage> read = queue::ReadSpoolFile(job.spool_path);
+      if (!read.ok()) {
+        c.verdict = read.status().code() == StatusCode::kDataLoss ? Verdict::kCorrupt : Verdict::kTempFail;
+        c.reason = read.status().message();
+        return c;
+      }
+      m = std::make_shared<const queue::SpoolMessage>(std::move(read.value()));
+      carried = nullptr;
     }
     const auto& env = m->envelope;
     if (env.crypto_done()) {
       c.reason = "copy made by the crypto stage";
       return c;
     }
-    std::string body;
-    body.reserve(m->body_size);
-    Status rs = queue::ReadBody(job.spool_path, *m, [&](std::string_view chunk) {
-      body.append(chunk);
-      return OkStatus();
-    });
-    if (!rs.ok()) {
-      c.verdict = rs.code() == StatusCode::kDataLoss ? Verdict::kCorrupt : Verdict::kTempFail;
-      c.reason = rs.message();
-      return c;
+    if (!carried) {
+      auto body = std::make_shared<std::string>();
+      body->reserve(m->body_size);
+      Status rs = queue::ReadBody(job.spool_path, *m, [&](std::string_view chunk) {
+        body->append(chunk);
+        return OkStatus();
+      });
+      if (!rs.ok()) {
+        c.verdict = rs.code() == StatusCode::kDataLoss ? Verdict::kCorrupt : Verdict::kTempFail;
+        c.reason = rs.message();
+        return c;
+      }
+      carried = std::move(body);
     }
+    const std::string& body = *carried;
     std::vector<std::string> rcpts;
     for (const auto& r : env.recipients()) rcpts.push_back(r.address());
     smime::GatewayKeys keys = Keys();

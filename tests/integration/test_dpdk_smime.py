@@ -144,6 +144,17 @@ def main():
 
     c.check(d.stop() == 0, "clean stop", d.gw.read_log()[-1500:])
     gb.stop()
+
+    # ---- the crypto jobs: rte_rings, and the message carried (ARCHITECTURE "crypto workers") ----
+    log_a = d.gw.read_log()
+    c.check(re.search(r"crypto: workers started workers=\d+ rings=rte_ring", log_a) is not None,
+            "on the DPDK back end the crypto workers are fed by rte_rings", log_a[-1500:])
+    c.check(re.search(r"crypto: workers started workers=\d+ rings=spsc", gb.read_log()) is not None,
+            "on the kernel back end by the process's own rings (no EAL there)", gb.read_log()[-800:])
+    jobs = re.findall(r"qmgr: stats .*crypto_jobs=(\d+) crypto_jobs_in_memory=(\d+)", log_a)
+    c.check(bool(jobs) and int(jobs[-1][1]) >= 2 and int(jobs[-1][1]) <= int(jobs[-1][0]),
+            "the seal and the open took their messages from memory, not from a second spool read",
+            str(jobs))
     c.finish()
 
 

@@ -175,7 +175,9 @@ struct Node {
     qo.delivery = cfg->delivery();
     qo.network = backend;
     qmgr = std::make_unique<queue::QueueManager>(spool.get(), qo);
-    if (deliver) qmgr->Start();   // else mail stays queued for the test to read
+    if (deliver) {   // else mail stays queued for the test to read
+      ASSERT_TRUE(qmgr->Start().ok());
+    }
     committer = std::make_unique<queue::Committer>(spool.get(), qmgr.get());
     committer->Start();
     endpoint::ServerContext ctx;

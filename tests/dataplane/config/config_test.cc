@@ -61,6 +61,8 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf", "dpdk.lcores"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.2/24\" delayed_ack_ms: 600 }\n}\n",
        "gw.conf", "dpdk.delayed_ack_ms"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\ncrypto_memory_mib: 5000\n",
+       "gw.conf:4:1", "crypto_memory_mib"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <mutex>
 
 #include "dataplane/kernel/backend.h"
 #include "dataplane/queue/queue_manager.h"
@@ -109,7 +111,7 @@ TEST_F(RecoveryTest, UnreachableNextHopDefersWithBackoffAndKeepsTheFile) {
   ASSERT_TRUE(id.ok());
   QueueManager q(spool_.get(), Options());
   ASSERT_TRUE(q.Recover().ok());
-  q.Start();
+  ASSERT_TRUE(q.Start().ok());
   for (int i = 0; i < 100 && q.Stats().deferrals == 0; ++i) usleep(50000);
   q.Stop();
   EXPECT_GE(q.Stats().deferrals, 1u);
@@ -120,6 +122,57 @@ TEST_F(RecoveryTest, UnreachableNextHopDefersWithBackoffAndKeepsTheFile) {
   ASSERT_FALSE(m->statuses.empty());
   EXPECT_EQ(m->statuses.back().kind(), mailseal::v1::SpoolStatus::KIND_DEFERRED);
   EXPECT_NE(m->statuses.back().reply().find("4.4.1"), std::string::npos) << m->statuses.back().reply();
+}
+
+// Issue #17: a message the spool writer kept goes to its crypto job in memory (the body
+// the writer wrote, the envelope as admitted); one recovered from the disk goes by its path.
+TEST_F(RecoveryTest, JobsCarryTheMessageTheWriterKeptAndRecoveredOnesGoByPath) {
+  struct Seen {
+    std::mutex mu;
+    std::map<std::string, std::string> how;   // queue id -> "memory:<body>" or "path"
+  };
+  auto seen = std::make_shared<Seen>();
+  struct Recorder : crypto::JobProcessor {
+    explicit Recorder(std::shared_ptr<Seen> s) : seen(std::move(s)) {}
+    crypto::Completion Process(const crypto::Job& job) override {
+      std::lock_guard<std::mutex> l(seen->mu);
+      seen->how[job.queue_id] = job.body && job.message
+                                    ? "memory:" + *job.body + ":" + job.message->envelope.mail_from()
+                                    : "path";
+      return {job.queue_id, crypto::Verdict::kTempFail, "recorded only", 0, {}};
+    }
+    std::shared_ptr<Seen> seen;
+  };
+  Result<std::string> on_disk = WriteWholeMessage(spool_.get(), Env(), "from the disk\r\n");
+  ASSERT_TRUE(on_disk.ok());
+  auto budget = std::make_shared<BodyBudget>(1 << 20);
+  spool_->SetBodyBudget(budget);
+  QueueOptions o = Options();
+  o.processor = [seen](size_t) { return std::make_unique<Recorder>(seen); };
+  QueueManager q(spool_.get(), o);
+  ASSERT_TRUE(q.Recover().ok());
+  ASSERT_TRUE(q.Start().ok());
+  SpoolWriter w;
+  ASSERT_TRUE(w.Open(spool_.get(), Env()).ok());
+  ASSERT_TRUE(w.Append("kept in memory\r\n").ok());
+  ASSERT_TRUE(w.Finish().ok());
+  ASSERT_TRUE(w.Publish().ok());
+  std::string fresh = w.id();
+  q.Submit(w.TakeMessage());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    {
+      std::lock_guard<std::mutex> l(seen->mu);
+      if (seen->how.count(fresh) && seen->how.count(*on_disk)) break;
+    }
+    usleep(20000);
+  }
+  q.Stop();
+  std::lock_guard<std::mutex> l(seen->mu);
+  EXPECT_EQ(seen->how[fresh], "memory:kept in memory\r\n:a@x.test");
+  EXPECT_EQ(seen->how[*on_disk], "path");
+  EXPECT_EQ(q.Stats().crypto_jobs_in_memory, 1u);
+  EXPECT_EQ(budget->used(), 0u) << "the job gave the memory back (the retry reads the file)";
 }
 
 }  // namespace

@@ -128,5 +128,68 @@ TEST_F(SpoolTest, QueueIdsAreUnique) {
   EXPECT_EQ(ids.size(), 10000u);
 }
 
+// Issue #17 (ARCHITECTURE "jobs carry the message, not a path to re-read"): the writer keeps
+// the body it wrote, within the spool's bound, and gives the reservation back with the last
+// reference; over the bound (or abandoned) nothing is kept and nothing stays reserved.
+TEST_F(SpoolTest, WriterKeepsTheBodyWithinTheBudgetAndGivesItBack) {
+  auto budget = std::make_shared<BodyBudget>(10000);
+  spool_->SetBodyBudget(budget);
+  mailseal::v1::SpoolEnvelope env;
+  env.set_mail_from("a@x.test");
+  env.add_recipients()->set_address("b@y.test");
+  std::string body;
+  for (int i = 0; i < 300; ++i) body += "line " + std::to_string(i) + "\r\n";
+  ASSERT_LT(body.size(), 10000u);
+  std::shared_ptr<const std::string> kept;
+  {
+    SpoolWriter w;
+    ASSERT_TRUE(w.Open(spool_.get(), env).ok());
+    for (size_t off = 0; off < body.size(); off += 700) ASSERT_TRUE(w.Append(body.substr(off, 700)).ok());
+    ASSERT_TRUE(w.Finish().ok());
+    ASSERT_TRUE(w.Publish().ok());
+    SpoolMessage m = w.TakeMessage();
+    ASSERT_TRUE(m.retained_body);
+    EXPECT_EQ(*m.retained_body, body);
+    kept = m.retained_body;
+    // What the file holds is what was kept.
+    Result<SpoolMessage> read = ReadSpoolFile(spool_->PathOf(SpoolState::kActive, w.id()));
+    ASSERT_TRUE(read.ok());
+    EXPECT_FALSE(read->retained_body) << "a reader never sets it";
+    std::string from_disk;
+    ASSERT_TRUE(ReadBody(spool_->PathOf(SpoolState::kActive, w.id()), *read, [&](std::string_view c) {
+                  from_disk.append(c);
+                  return OkStatus();
+                }).ok());
+    EXPECT_EQ(from_disk, *kept);
+  }
+  EXPECT_EQ(budget->used(), body.size()) << "reserved while referenced";
+  kept.reset();
+  EXPECT_EQ(budget->used(), 0u) << "given back with the last reference";
+
+  // Over the bound: written to the spool as ever, not kept, nothing left reserved.
+  std::string big(12000, 'x');
+  {
+    SpoolWriter w;
+    ASSERT_TRUE(w.Open(spool_.get(), env).ok());
+    for (size_t off = 0; off < big.size(); off += 1000) ASSERT_TRUE(w.Append(big.substr(off, 1000)).ok());
+    ASSERT_TRUE(w.Finish().ok());
+    ASSERT_TRUE(w.Publish().ok());
+    SpoolMessage m = w.TakeMessage();
+    EXPECT_FALSE(m.retained_body);
+    EXPECT_EQ(m.body_size, big.size());
+  }
+  EXPECT_EQ(budget->used(), 0u);
+
+  // Abandoned mid-way (connection lost): the reservation goes with it.
+  {
+    SpoolWriter w;
+    ASSERT_TRUE(w.Open(spool_.get(), env).ok());
+    ASSERT_TRUE(w.Append("half a message\r\n").ok());
+    EXPECT_GT(budget->used(), 0u);
+    w.Abandon();
+  }
+  EXPECT_EQ(budget->used(), 0u);
+}
+
 }  // namespace
 }  // namespace mailseal::queue
