@@ -634,7 +634,13 @@ std::vector<std::pair<std::string, std::string>> DpdkBackend::Stats::Fields() co
           {"rst_sent", std::to_string(stack.rst_sent)},
           {"flows_reset", std::to_string(stack.flows_reset)},
           {"bad_checksum", std::to_string(stack.bad_checksum)},
-          {"icmp_errors", std::to_string(stack.icmp_errors)}};
+          {"icmp_errors", std::to_string(stack.icmp_errors)},
+          {"tcp_retransmits", std::to_string(stack.retransmits)},
+          {"tcp_fast_retransmits", std::to_string(stack.fast_retransmits)},
+          {"tcp_timeouts", std::to_string(stack.timeouts)},
+          {"tcp_sack_flows", std::to_string(stack.sack_flows)},
+          {"tcp_sack_recoveries", std::to_string(stack.sack_recoveries)},
+          {"tcp_sack_retransmits", std::to_string(stack.sack_retransmits)}};
 }
 
 void DpdkBackend::Stop() {

@@ -39,6 +39,12 @@ Stack::Stats& Stack::Stats::operator+=(const Stats& o) {
   echo_replies += o.echo_replies;
   flows_reset += o.flows_reset;
   icmp_errors += o.icmp_errors;
+  retransmits += o.retransmits;
+  fast_retransmits += o.fast_retransmits;
+  sack_recoveries += o.sack_recoveries;
+  sack_retransmits += o.sack_retransmits;
+  timeouts += o.timeouts;
+  sack_flows += o.sack_flows;
   return *this;
 }
 
@@ -383,6 +389,13 @@ void Stack::Drain(FlowId id, FlowState& f, int64_t now) {
       events_.emplace_back(id, Event::kClosed);
     }
     if (f.half_open) --half_open_;
+    const tcp::Connection::Stats& cs = f.conn->stats();
+    stats_.retransmits += cs.retransmits;
+    stats_.fast_retransmits += cs.fast_retransmits;
+    stats_.sack_recoveries += cs.sack_recoveries;
+    stats_.sack_retransmits += cs.sack_retransmits;
+    stats_.timeouts += cs.timeouts;
+    if (f.conn->sack()) ++stats_.sack_flows;
     by_key_.erase(f.key);
     flows_.erase(id);
     return;

@@ -26,6 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   syn.window = 512;
   syn.options.mss = 100;
   syn.options.wscale = size ? data[0] % 16 : -1;
+  syn.options.sack_permitted = size && (data[0] & 0x10);   // SACK agreed in half the runs
   auto c = Connection::FromSyn(l, syn, TcpSeq(0xfffffff0), 0);
   if (!c) std::abort();
   int64_t now = 0;
@@ -55,6 +56,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const uint8_t* p = take(len);
         if (!p) break;
         s.payload = std::string_view(reinterpret_cast<const char*>(p), len);
+        if (h[0] & 0x40) {   // SACK blocks near what was sent (peer's, so arbitrary)
+          const uint8_t* b = take(9);
+          if (!b) break;
+          s.options.sack_count = static_cast<uint8_t>(b[0] % 5);
+          for (int k = 0; k < s.options.sack_count; ++k) {
+            uint32_t left = 0xfffffff1 + static_cast<uint32_t>(static_cast<int16_t>(b[1 + 2 * k] << 8 | b[2 + 2 * k]));
+            s.options.sack[k] = {TcpSeq(left), TcpSeq(left + b[2 + 2 * k] * 8u)};
+          }
+        }
         c->Receive(s, now);
         break;
       }

@@ -298,6 +298,7 @@ def main():
     stopped = [l for l in gw.read_log().splitlines() if "dpdk: stopped" in l]
     fields = dict(kv.split("=", 1) for kv in stopped[-1].split()[4:] if "=" in kv) if stopped else {}
     c.check(int(fields.get("steered", "0")) > 0, "frames were steered between the lcores", stopped[-1:])
+    c.check(int(fields.get("tcp_sack_flows", "0")) > 0, "SACK agreed with Linux's TCP (RFC 2018)", stopped[-1:])
     c.finish()
 
 

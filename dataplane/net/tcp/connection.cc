@@ -50,6 +50,7 @@ std::unique_ptr<Connection> Connection::FromSyn(const Limits& limits, const Segm
     c->ts_recent_at_ = now;
   }
   c->passive_ = true;
+  c->sack_ok_ = limits.sack && syn.options.sack_permitted;   // RFC 2018 §2: answered
   c->irs_ = syn.seq;
   c->rcv_nxt_ = syn.seq + 1;
   c->iss_ = c->snd_una_ = c->recover_ = iss;
@@ -86,7 +87,11 @@ std::unique_ptr<Connection> Connection::Open(const Limits& limits, TcpSeq iss, i
 }
 
 uint32_t Connection::RcvWindow() const {
-  size_t used = rcv_data_.size() + ooo_bytes_;
+  // Sequence space, not free memory: out-of-order pieces lie inside the window already offered
+  // (ProcessText trims at its right edge), so unread + pieces stays within rcv_buf. Counting
+  // the pieces would shrink the window field of every duplicate ACK, and a sender counts an
+  // ACK with another window as no duplicate (RFC 5681 §2): no fast retransmit, only timeouts.
+  size_t used = rcv_data_.size();
   return used >= limits_.rcv_buf ? 0 : static_cast<uint32_t>(limits_.rcv_buf - used);
 }
 
@@ -114,6 +119,7 @@ void Connection::Emit(TcpSeq seq, uint8_t flags, std::string payload) {
     rcv_adv_ = rcv_nxt_ + w;
     o.options.mss = limits_.mss;
     if (state_ == State::kSynSent || peer_ws_) o.options.wscale = limits_.wscale;   // offered, or answered
+    o.options.sack_permitted = state_ == State::kSynSent ? limits_.sack : sack_ok_;
   } else if (!(flags & kRst)) {
     o.window = AdvertisedWindow();
   }
@@ -123,6 +129,7 @@ void Connection::Emit(TcpSeq seq, uint8_t flags, std::string payload) {
     o.options.ts_val = TsNow();
     o.options.ts_ecr = ts_ok_ ? ts_recent_ : 0;
   }
+  if ((flags & kAck) && !(flags & (kSyn | kRst)) && sack_ok_ && !ooo_.empty()) AddSackBlocks(&o);
   o.payload = std::move(payload);
   out_.push_back(std::move(o));
 }
@@ -163,6 +170,7 @@ void Connection::Reset(const std::string& why, bool send_rst) {
   ooo_.clear();
   ooo_bytes_ = 0;
   snd_data_.clear();
+  scoreboard_.clear();
 }
 
 void Connection::Abort(const std::string& why) { Reset(why, true); }
@@ -237,6 +245,7 @@ void Connection::Receive(const Segment& seg, int64_t now) {
         snd_wscale_ = seg.options.wscale;
         rcv_wscale_ = limits_.wscale;
       }
+      sack_ok_ = limits_.sack && seg.options.sack_permitted;
       if (limits_.timestamps && seg.options.has_timestamps) {
         ts_ok_ = true;
         ts_recent_ = seg.options.ts_val;
@@ -384,6 +393,7 @@ void Connection::ProcessAck(const Segment& seg, int64_t now) {
     return;
   }
   uint32_t wnd = static_cast<uint32_t>(seg.window) << snd_wscale_;
+  if (sack_ok_ && seg.options.sack_count > 0 && !syn_unacked_) TakeSackBlocks(seg);
   if (seg.ack > snd_una_) {
     uint32_t acked = static_cast<uint32_t>(seg.ack - snd_una_);
     uint32_t bytes = acked;
@@ -406,6 +416,8 @@ void Connection::ProcessAck(const Segment& seg, int64_t now) {
     }
     snd_una_ = seg.ack;
     if (snd_nxt_ < snd_una_) snd_nxt_ = snd_una_;
+    if (high_rxt_ < snd_una_) high_rxt_ = snd_una_;
+    PruneScoreboard();
     retries_ = 0;
     // Congestion control: RFC 5681 §3.1, NewReno recovery RFC 6582 §3.2.
     if (in_recovery_) {
@@ -413,12 +425,12 @@ void Connection::ProcessAck(const Segment& seg, int64_t now) {
         cwnd_ = std::min(ssthresh_, std::max(FlightSize(), smss_) + smss_);
         in_recovery_ = false;
         dupacks_ = 0;
-      } else {
+      } else if (!sack_ok_) {
         Retransmit(now);   // partial ACK: the next hole
         cwnd_ = cwnd_ > bytes ? cwnd_ - bytes : 0;
         if (bytes >= smss_) cwnd_ += smss_;
         cwnd_ = std::max(cwnd_, smss_);
-      }
+      }   // with SACK the holes go again from Output(), as the pipe allows (RFC 6675 §5)
     } else {
       dupacks_ = 0;
       if (cwnd_ < ssthresh_) cwnd_ += std::min(bytes, smss_);
@@ -440,14 +452,29 @@ void Connection::ProcessAck(const Segment& seg, int64_t now) {
              wnd == snd_wnd_) {
     // A duplicate ACK (RFC 5681 §2).
     ++dupacks_;
-    if (!in_recovery_ && dupacks_ == 3 && snd_una_ - 1 >= recover_) {   // RFC 6582 §3.2 step 2
+    bool lost = sack_ok_ && !scoreboard_.empty() && scoreboard_.front().first > snd_una_ &&
+                HoleLost(scoreboard_.front().first);
+    // Early retransmit (RFC 5827): with fewer than four segments out and nothing new to send,
+    // three duplicate ACKs can never come; one fewer than the segments out is enough.
+    uint32_t oseg = (FlightSize() + smss_ - 1) / smss_;
+    size_t sent = static_cast<size_t>(snd_nxt_ - snd_una_);
+    bool nothing_new = snd_data_.size() <= sent || snd_wnd_ <= FlightSize();
+    bool early = oseg >= 2 && oseg < 4 && nothing_new && dupacks_ >= static_cast<int>(oseg) - 1;
+    if (!in_recovery_ && (dupacks_ == 3 || lost || early) && snd_una_ - 1 >= recover_) {   // RFC 6582 §3.2 step 2, RFC 6675 §5
       ssthresh_ = std::max(FlightSize() / 2, 2 * smss_);
       recover_ = snd_max_;
       ++stats_.fast_retransmits;
+      high_rxt_ = snd_una_;
       Retransmit(now);
-      cwnd_ = ssthresh_ + 3 * smss_;
       in_recovery_ = true;
-    } else if (in_recovery_) {
+      if (sack_ok_) {   // RFC 6675 §5 step 4: the first hole went again; the pipe governs the rest
+        ++stats_.sack_recoveries;
+        high_rxt_ = snd_una_ + static_cast<uint32_t>(std::min<size_t>(smss_, snd_data_.size()));
+        cwnd_ = ssthresh_;
+      } else {
+        cwnd_ = ssthresh_ + 3 * smss_;
+      }
+    } else if (in_recovery_ && !sack_ok_) {
       cwnd_ += smss_;
     }
   }
@@ -549,6 +576,7 @@ void Connection::ProcessText(const Segment& seg) {
     ooo_.emplace(off, std::string(piece));
     ooo_bytes_ += piece.size();
   }
+  last_ooo_at_ = at;
 }
 
 void Connection::AbsorbOutOfOrder() {
@@ -610,12 +638,21 @@ void Connection::Output(int64_t now) {
   if (state_ != State::kEstablished && state_ != State::kCloseWait && state_ != State::kFinWait1 &&
       state_ != State::kLastAck && state_ != State::kClosing)
     return;
+  // SACK loss recovery (RFC 6675 §5 step 5): the holes judged lost first, as the pipe allows.
+  if (sack_ok_ && in_recovery_)
+    while (cwnd_ >= Pipe() + smss_ && SackRetransmitNext()) {
+    }
   for (;;) {
     size_t offset = static_cast<size_t>(snd_nxt_ - snd_una_);   // the SYN is acknowledged here
     if (fin_sent_ && snd_nxt_ > fin_seq_) return;               // everything, FIN included, is out
     size_t unsent = snd_data_.size() > offset ? snd_data_.size() - offset : 0;
-    uint32_t limit = std::min(snd_wnd_, cwnd_);
-    uint32_t avail = limit > FlightSize() ? limit - FlightSize() : 0;
+    // The peer's window bounds what is beyond SND.UNA; cwnd bounds what is in the network
+    // (the pipe during SACK recovery, else the flight size).
+    uint32_t flight = FlightSize(), in_flight = InFlight();
+    // Limited transmit (RFC 3042): the first two duplicate ACKs each let one new segment out,
+    // so that a small window still gets its third duplicate ACK.
+    uint32_t limit = cwnd_ + (!in_recovery_ && dupacks_ > 0 ? static_cast<uint32_t>(std::min(dupacks_, 2)) * smss_ : 0);
+    uint32_t avail = std::min(snd_wnd_ > flight ? snd_wnd_ - flight : 0, limit > in_flight ? limit - in_flight : 0);
     if (unsent > 0 && avail > 0) {
       size_t n = std::min<size_t>({unsent, smss_, avail});
       // Sender SWS avoidance (RFC 9293 §3.8.6.2.1), without Nagle: a full segment, the rest
@@ -681,11 +718,13 @@ void Connection::Tick(int64_t now) {
             true);
       return;
     }
+    ++stats_.timeouts;
     ssthresh_ = std::max(FlightSize() / 2, 2 * smss_);
     cwnd_ = smss_;
     recover_ = snd_max_;
     in_recovery_ = false;
     dupacks_ = 0;
+    scoreboard_.clear();   // RFC 2018 §8: the receiver may have reneged; go back to SND.UNA
     rto_ms_ = std::min(rto_ms_ * 2, limits_.rto_max_ms);
     snd_nxt_ = snd_una_;   // go back: what follows the resent segment goes again as cwnd allows
     Retransmit(now);
@@ -717,6 +756,127 @@ bool Connection::IcmpError(TcpSeq seq, uint32_t next_hop_mtu, bool unreachable, 
   }
   if (unreachable && state_ == State::kSynSent) Reset(why, false);
   return true;
+}
+
+// ---- SACK (RFC 2018, RFC 6675) -------------------------------------------------------------
+
+namespace {
+constexpr size_t kMaxScoreboard = 32;   // SACKed ranges remembered per connection
+}  // namespace
+
+void Connection::TakeSackBlocks(const Segment& seg) {
+  TcpSeq floor = seg.ack > snd_una_ ? seg.ack : snd_una_;
+  for (int b = 0; b < seg.options.sack_count; ++b) {
+    TcpSeq l = seg.options.sack[b].left, r = seg.options.sack[b].right;
+    // Believed only inside (SND.UNA, SND.MAX]; a block at or below the ACK (D-SACK) says
+    // nothing about holes.
+    if (!(l < r) || r <= floor || r > snd_max_ || l < snd_una_ - max_snd_wnd_) continue;
+    if (l < floor) l = floor;
+    auto it = std::lower_bound(scoreboard_.begin(), scoreboard_.end(), l,
+                               [](const std::pair<TcpSeq, TcpSeq>& x, TcpSeq v) { return x.first < v; });
+    if (it != scoreboard_.begin() && std::prev(it)->second >= l) --it;   // touches the one before
+    if (it == scoreboard_.end() || r < it->first) {                     // a new range
+      if (scoreboard_.size() >= kMaxScoreboard) continue;
+      scoreboard_.insert(it, {l, r});
+      continue;
+    }
+    if (l < it->first) it->first = l;   // merge with every range it touches
+    if (it->second < r) it->second = r;
+    auto next = std::next(it);
+    while (next != scoreboard_.end() && next->first <= it->second) {
+      if (it->second < next->second) it->second = next->second;
+      next = scoreboard_.erase(next);
+      it = std::prev(next);
+    }
+  }
+}
+
+void Connection::PruneScoreboard() {
+  while (!scoreboard_.empty() && scoreboard_.front().second <= snd_una_) scoreboard_.erase(scoreboard_.begin());
+  if (!scoreboard_.empty() && scoreboard_.front().first < snd_una_) scoreboard_.front().first = snd_una_;
+}
+
+bool Connection::HoleLost(TcpSeq hole_end) const {
+  // RFC 6675 IsLost: DupThresh (3) discontiguous SACKed ranges above it, or more than
+  // (DupThresh - 1) * SMSS bytes SACKed above it. Every byte of a hole has the same above.
+  int ranges = 0;
+  uint64_t bytes = 0;
+  for (const auto& [l, r] : scoreboard_) {
+    if (l < hole_end) continue;
+    ++ranges;
+    bytes += static_cast<uint32_t>(r - l);
+  }
+  return ranges >= 3 || bytes > 2ull * smss_;
+}
+
+uint32_t Connection::Pipe() const {
+  // RFC 6675 SetPipe: each byte from SND.UNA to SND.MAX not SACKed counts once unless it is
+  // judged lost, and once more if it was sent again in this recovery (below HighRxt).
+  uint64_t pipe = 0;
+  auto resent = [&](TcpSeq a, TcpSeq b) -> uint64_t {   // bytes of [a, b) below HighRxt
+    TcpSeq e = b < high_rxt_ ? b : high_rxt_;
+    return a < e ? static_cast<uint32_t>(e - a) : 0;
+  };
+  TcpSeq cur = snd_una_;
+  for (const auto& [l, r] : scoreboard_) {
+    if (cur < l) {
+      if (!HoleLost(l)) pipe += static_cast<uint32_t>(l - cur);
+      pipe += resent(cur, l);
+    }
+    if (cur < r) cur = r;
+  }
+  if (cur < snd_max_) pipe += static_cast<uint32_t>(snd_max_ - cur) + resent(cur, snd_max_);
+  return static_cast<uint32_t>(std::min<uint64_t>(pipe, 0xffffffffu));
+}
+
+bool Connection::SackRetransmitNext() {
+  // NextSeg rule 1: the lowest byte above HighRxt in a hole judged lost.
+  TcpSeq cur = snd_una_;
+  for (const auto& [l, r] : scoreboard_) {
+    TcpSeq start = cur < high_rxt_ ? high_rxt_ : cur;
+    if (start < l && HoleLost(l)) {
+      size_t offset = static_cast<size_t>(start - snd_una_);
+      if (offset >= snd_data_.size()) return false;
+      size_t n = std::min<size_t>({smss_, static_cast<size_t>(static_cast<uint32_t>(l - start)), snd_data_.size() - offset});
+      Emit(start, kAck, snd_data_.substr(offset, n));
+      high_rxt_ = start + static_cast<uint32_t>(n);
+      ++stats_.retransmits;
+      ++stats_.sack_retransmits;
+      timing_ = false;   // Karn's rule
+      return true;
+    }
+    if (cur < r) cur = r;
+  }
+  return false;
+}
+
+void Connection::AddSackBlocks(OutSegment* o) const {
+  // The pieces as contiguous ranges of the stream; the one holding the newest piece first
+  // (RFC 2018 §4), then the others from the left.
+  std::pair<uint64_t, uint64_t> ranges[8];
+  size_t n = 0, first = 0;
+  bool truncated = false;
+  for (const auto& [at, bytes] : ooo_) {
+    if (n > 0 && ranges[n - 1].second == at) {
+      ranges[n - 1].second += bytes.size();
+    } else if (n < 8) {
+      ranges[n++] = {at, at + bytes.size()};
+    } else {
+      truncated = true;
+      break;
+    }
+  }
+  (void)truncated;
+  for (size_t i = 0; i < n; ++i)
+    if (ranges[i].first <= last_ooo_at_ && last_ooo_at_ < ranges[i].second) first = i;
+  auto seq = [&](uint64_t abs) { return rcv_nxt_ + static_cast<uint32_t>(abs - rcv_nxt_abs_); };
+  o->options.sack_count = 0;
+  auto add = [&](size_t i) {
+    if (o->options.sack_count < 4) o->options.sack[o->options.sack_count++] = {seq(ranges[i].first), seq(ranges[i].second)};
+  };
+  if (n > 0) add(first);
+  for (size_t i = 0; i < n; ++i)
+    if (i != first) add(i);
 }
 
 std::optional<int64_t> Connection::NextTimerMs() const {

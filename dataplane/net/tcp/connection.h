@@ -20,8 +20,16 @@
 // TS.Recent) with an ACK. Segments without the option are still taken, as Linux does, though
 // RFC 7323 §3.2 says SHOULD drop. TSval is a millisecond clock plus a per-connection offset
 // (§7.1: the clock is not revealed).
-// Not yet: SACK (not offered), delayed ACKs
-// (every data segment is acknowledged at once), urgent data (ignored, as RFC 6093 advises).
+// Delayed ACKs (RFC 5681 §4.2) when Limits::delayed_ack_ms is set.
+// SACK (RFC 2018): offered in our SYN, answered when the peer's SYN has it. As receiver, every
+// ACK sent while out-of-order pieces are held names them (the block holding the newest piece
+// first, up to 3 beside timestamps). As sender, the peer's blocks make a scoreboard (only
+// blocks inside (SND.UNA, SND.MAX] are believed; at most 32 ranges), loss recovery follows
+// RFC 6675 — entered on the third duplicate ACK or when the scoreboard shows a hole lost
+// (three SACKed ranges or more than 2 SMSS above it); while in recovery the holes judged lost
+// are sent again, then new data, as long as the pipe (bytes believed in the network) is below
+// cwnd; a retransmission timeout forgets the scoreboard (RFC 2018 §8: the receiver may renege).
+// Not done: urgent data (ignored, as RFC 6093 advises); D-SACK is not sent.
 //
 // Reassembly: in-order bytes wait in the receive buffer until Read; out-of-order pieces are
 // kept, at most `max_ooo_segments` of them and never more bytes than the window we
@@ -73,6 +81,7 @@ struct Limits {
   // many ms (under 500), or with the next segment we send. Out-of-order data, a segment that
   // fills a hole, a FIN and a full window are acknowledged at once.
   int64_t delayed_ack_ms = 0;
+  bool sack = true;                    // offer and use SACK (RFC 2018, RFC 6675)
 };
 
 // OutSegment: a segment to transmit (ports are the back end's; payload owned).
@@ -123,12 +132,14 @@ class Connection {
   // Counters (per connection; the back end sums them).
   struct Stats {
     uint64_t retransmits = 0, challenge_acks = 0, dropped_ooo = 0, trimmed_bytes = 0, fast_retransmits = 0,
-             paws_dropped = 0, delayed_acks = 0;
+             paws_dropped = 0, delayed_acks = 0, sack_retransmits = 0, sack_recoveries = 0,
+             timeouts = 0;
   };
   const Stats& stats() const { return stats_; }
   uint32_t cwnd() const { return cwnd_; }
   uint32_t send_mss() const { return smss_; }
   bool timestamps() const { return ts_ok_; }
+  bool sack() const { return sack_ok_; }
   int64_t rto_ms() const { return rto_ms_; }
 
  private:
@@ -156,6 +167,14 @@ class Connection {
   uint32_t RcvWindow() const;
   uint16_t AdvertisedWindow();
   uint32_t FlightSize() const { return static_cast<uint32_t>(snd_nxt_ - snd_una_); }
+  // SACK (RFC 2018, RFC 6675).
+  void TakeSackBlocks(const Segment& s);
+  void PruneScoreboard();
+  bool HoleLost(TcpSeq hole_end) const;    // RFC 6675 IsLost, for a hole ending at hole_end
+  uint32_t Pipe() const;                   // RFC 6675 SetPipe
+  uint32_t InFlight() const { return sack_ok_ && in_recovery_ ? Pipe() : FlightSize(); }
+  bool SackRetransmitNext();               // RFC 6675 NextSeg rule 1: one lost hole segment again
+  void AddSackBlocks(OutSegment* o) const;
   uint64_t Abs(TcpSeq s) const { return rcv_nxt_abs_ + static_cast<int64_t>(s - rcv_nxt_); }
 
   Limits limits_;
@@ -185,6 +204,13 @@ class Connection {
   bool syn_unacked_ = false;
   bool passive_ = false;
   bool peer_ws_ = false;                  // the peer's SYN carried a window scale
+
+  // SACK: agreed in the handshake; the peer's SACKed ranges above SND.UNA, sorted, disjoint;
+  // HighRxt of RFC 6675 (the highest sequence number sent again in this recovery).
+  bool sack_ok_ = false;
+  std::vector<std::pair<TcpSeq, TcpSeq>> scoreboard_;
+  TcpSeq high_rxt_;
+  uint64_t last_ooo_at_ = 0;              // stream offset of the newest out-of-order piece
 
   // Congestion control (RFC 5681, RFC 6582).
   uint32_t cwnd_ = 0, ssthresh_ = 0xffffffff;

@@ -68,6 +68,13 @@ Result<Segment> ParseTcp4(const uint8_t* p, size_t len, uint32_t src_ip, uint32_
         if (olen != 2) return InvalidArgumentError("TCP: bad SACK-permitted option");
         s.options.sack_permitted = true;
         break;
+      case 5: {   // SACK (RFC 2018 §3): 1-4 blocks of two sequence numbers
+        if (olen < 10 || (olen - 2) % 8 != 0 || olen > 34) return InvalidArgumentError("TCP: bad SACK option");
+        s.options.sack_count = static_cast<uint8_t>((olen - 2) / 8);
+        for (int b = 0; b < s.options.sack_count; ++b)
+          s.options.sack[b] = {TcpSeq(Get32(v + 8 * b)), TcpSeq(Get32(v + 8 * b + 4))};
+        break;
+      }
       case 8:
         if (olen != 10) return InvalidArgumentError("TCP: bad timestamps option");
         s.options.has_timestamps = true;
@@ -75,7 +82,7 @@ Result<Segment> ParseTcp4(const uint8_t* p, size_t len, uint32_t src_ip, uint32_
         s.options.ts_ecr = Get32(v + 4);
         break;
       default:
-        break;   // unknown (SACK blocks, MD5, ...): skipped
+        break;   // unknown (MD5, ...): skipped
     }
     i += olen;
   }
@@ -98,6 +105,16 @@ void BuildTcp4(const Segment& s, uint32_t src_ip, uint32_t dst_ip, std::string* 
   if (s.options.wscale >= 0) {
     opts += std::string("\x01\x03\x03", 3);
     opts.push_back(static_cast<char>(s.options.wscale));
+  }
+  // SACK blocks in the room left of the 40 option bytes (RFC 2018 §3: 3 beside timestamps).
+  size_t room = opts.size() + 2 + 8 <= 40 ? (40 - opts.size() - 2) / 8 : 0;
+  if (size_t n = std::min<size_t>({s.options.sack_count, 4, room}); n > 0) {
+    opts += std::string("\x01\x01\x05", 3);
+    opts.push_back(static_cast<char>(2 + 8 * n));
+    for (size_t b = 0; b < n; ++b) {
+      Put32(&opts, s.options.sack[b].left.raw());
+      Put32(&opts, s.options.sack[b].right.raw());
+    }
   }
   while (opts.size() % 4) opts.push_back('\0');
   size_t start = out->size();

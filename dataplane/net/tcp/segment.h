@@ -9,7 +9,7 @@
 // payload is a view into the caller's buffer.
 //
 // STANDARDS: RFC 9293 §3.1 (header, options), RFC 1071 (checksum), RFC 6691 (MSS), RFC 7323
-// (window scale, timestamps), RFC 2018 (SACK-permitted).
+// (window scale, timestamps), RFC 2018 (SACK-permitted, SACK blocks).
 #pragma once
 
 #include <cstddef>
@@ -24,12 +24,18 @@ namespace mailseal::net::tcp {
 
 enum Flag : uint8_t { kFin = 0x01, kSyn = 0x02, kRst = 0x04, kPsh = 0x08, kAck = 0x10, kUrg = 0x20 };
 
+struct SackBlock {
+  TcpSeq left, right;        // [left, right): received, RFC 2018 §3
+};
+
 struct Options {
   uint16_t mss = 0;          // 0: absent
   int wscale = -1;           // -1: absent; else the shift (capped at 14, RFC 7323 §2.3)
   bool sack_permitted = false;
   bool has_timestamps = false;
   uint32_t ts_val = 0, ts_ecr = 0;
+  uint8_t sack_count = 0;    // SACK blocks (at most 4 fit; 3 beside timestamps)
+  SackBlock sack[4];
 };
 
 struct Segment {
