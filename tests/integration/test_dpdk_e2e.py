@@ -53,7 +53,7 @@ class DpdkGateway:
     far end is mailseald's port: every frame both ways passes the impairments."""
 
     def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info", lcores=1, impair=None,
-                 dns=None, env=None, hostname="gw.test"):
+                 dns=None, env=None, hostname="gw.test", delivery_extra=""):
         tag = f"{os.getpid() % 100000:05d}"
         self.ns, veth_dp, self.veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
         ns = self.ns
@@ -105,7 +105,7 @@ class DpdkGateway:
         self.sink_dir = os.path.join(root, "sink")
         os.makedirs(self.sink_dir)
         sh(f"chown postfix {self.sink_dir}")
-        sink_port = 2600 + random.randrange(300)
+        self.sink_port = sink_port = 2600 + random.randrange(300)
         sink = subprocess.Popen(["ip", "netns", "exec", ns, "smtp-sink", "-u", "postfix", "-d", f"{self.sink_dir}/%M.",
                                  f"{NS_IP}:{sink_port}", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         harness._cleanups.append(lambda: sink.poll() is None and sink.kill())
@@ -119,35 +119,43 @@ class DpdkGateway:
                                          local_domain="agency-a.test", env=env, hostname=hostname,
                                          delivery_extra=(f'relay_host: "{NS_IP}:{sink_port}"' if dns is None else
                                                          f'dns_forwarder: "{dns}" routes {{ domain: "plain.test" '
-                                                         f'next_hop: "{NS_IP}:{sink_port}" }}'),
+                                                         f'next_hop: "{NS_IP}:{sink_port}" }}') + " " + delivery_extra,
                                          extra=("" if kernel else io) + extra + f'log_level: "{log_level}"\n')
         if kernel:   # listen on the veth's address
             with open(gw.config) as f:
                 text = f.read()
             with open(gw.config, "w") as f:
                 f.write(text.replace(f'address: "127.0.0.1:{gw.port}"', f'address: "{GW_IP}:{gw.port}"'))
-        # The stack listens on the listener's port (on GW_IP); the harness's start() probes the
-        # loopback, which DPDK does not serve: start by hand.
+        self.tap, self.kernel, self.env = tap, kernel, env
+        self.launch(a.mailseald)
+        c.check(gw.proc.poll() is None, f"mailseald runs on the {'kernel' if kernel else 'DPDK'} back end",
+                gw.read_log()[-2000:])
+
+    def launch(self, binary):
+        """Starts mailseald (again) and waits until it listens. The stack listens on the
+        listener's port (on GW_IP); the harness's start() probes the loopback, which DPDK does
+        not serve: started by hand."""
+        gw, ns, tap = self.gw, self.ns, self.tap
         logf = open(gw.log, "ab")
-        gw.proc = subprocess.Popen([a.mailseald, "--config", gw.config], stdout=logf, stderr=logf, env=env)
+        gw.proc = subprocess.Popen([binary, "--config", gw.config], stdout=logf, stderr=logf, env=self.env)
         logf.close()
-        harness._cleanups.append(gw.kill)
+        if gw.kill not in harness._cleanups:
+            harness._cleanups.append(gw.kill)
         probe = f"import socket; socket.create_connection(('{GW_IP}', {gw.port}), timeout=1).recv(10)"
 
         def listening():
             return gw.proc.poll() is not None or subprocess.run(
                 ["ip", "netns", "exec", ns, "python3", "-c", probe], capture_output=True).returncode == 0
-        if not kernel:
+        if not self.kernel:
             # The kernel's side of the exception port gets the stack's address (as the
-            # appliance's network configuration would).
+            # appliance's network configuration would); a new process makes a new TAP.
             harness.wait_for(lambda: gw.proc.poll() is not None or sh(f"ip link show {tap}", check=False).returncode == 0,
                              30, "TAP interface")
             if gw.proc.poll() is None:
-                sh(f"ip addr add {GW_IP}/24 dev {tap}")
+                if GW_IP not in sh(f"ip -o addr show dev {tap}", check=False).stdout:
+                    sh(f"ip addr add {GW_IP}/24 dev {tap}")
                 sh(f"ip link set {tap} up")
         harness.wait_for(listening, 30, "listening")
-        c.check(gw.proc.poll() is None, f"mailseald runs on the {'kernel' if kernel else 'DPDK'} back end",
-                gw.read_log()[-2000:])
 
     def swaks(self, subject, body_file=None, timeout=60, tls=False, to="bob@plain.test"):
         cmd = ["ip", "netns", "exec", self.ns, "swaks", "--server", f"{GW_IP}:{self.gw.port}", "--from",
