@@ -66,6 +66,14 @@ using base::Log;
 using base::LogLevel;
 
 constexpr int kExitOk = 0, kExitRuntime = 1, kExitUsage = 2;
+
+// CpuList: "1,3" for the log ("any" when empty).
+template <typename List>
+std::string CpuList(const List& cpus) {
+  std::string s;
+  for (uint32_t c : cpus) s += (s.empty() ? "" : ",") + std::to_string(c);
+  return s.empty() ? "any" : s;
+}
 constexpr int64_t kDrainMs = 10000;
 
 void Usage() {
@@ -625,6 +633,7 @@ struct Daemon {
   qopts.delivery = cfg.delivery();
   qopts.max_messages = cfg.max_active_messages();
   qopts.crypto_workers = cfg.crypto_workers();
+  qopts.crypto_cpus.assign(cfg.crypto_cpus().begin(), cfg.crypto_cpus().end());
 #ifdef MAILSEAL_HAVE_DPDK
   if (dpdk_backend) qopts.crypto_rings = dpdk::MakeCryptoRing;   // rte_ring in EAL memory
 #endif
@@ -707,6 +716,7 @@ struct Daemon {
     o.syn_budget = d.syn_budget();
     o.lcores = d.lcores() ? d.lcores() : 1;
     if (d.delayed_ack_ms()) o.delayed_ack_ms = d.delayed_ack_ms();   // 0: DpdkOptions' default
+    o.cpus.assign(d.cpus().begin(), d.cpus().end());
     Result<std::unique_ptr<dpdk::DpdkBackend>> b = dpdk::DpdkBackend::Start(o);
     if (!b.ok()) {
       Log(LogLevel::kError, "mailseald", "DPDK back end not started", {{"error", b.status().message()}});
@@ -764,7 +774,8 @@ struct Daemon {
   }
   Log(LogLevel::kInfo, "crypto", "workers started",
       {{"workers", std::to_string(cfg.crypto_workers())}, {"rings", qmgr->CryptoRings()},
-       {"memory_mib", smime ? std::to_string(cfg.crypto_memory_mib()) : "0"}});
+       {"memory_mib", smime ? std::to_string(cfg.crypto_memory_mib()) : "0"},
+       {"cpus", CpuList(cfg.crypto_cpus())}});
   committer->Start();
   // Partner certificates looked up when mail waits for them; held copies released when one
   // turns up (issue #15).

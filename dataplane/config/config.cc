@@ -135,6 +135,8 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (cfg.crypto_workers() > 64) return bad(cfg, tree, "crypto_workers", -1, "at most 64");
   if (cfg.crypto_memory_mib() == 0) cfg.set_crypto_memory_mib(64);
   if (cfg.crypto_memory_mib() > 4096) return bad(cfg, tree, "crypto_memory_mib", -1, "at most 4096");
+  for (uint32_t cpu : cfg.crypto_cpus())
+    if (cpu >= 1024) return bad(cfg, tree, "crypto_cpus", -1, "CPU numbers are below 1024");
   for (int i = 0; i < cfg.trusted_networks_size(); ++i) {
     policy::Cidr c;
     if (!policy::ParseCidr(cfg.trusted_networks(i), &c))
@@ -183,6 +185,8 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (d.max_flows() > 4000000) return ibad("dpdk.max_flows", "at most 4000000");
     if (d.lcores() > 16) return ibad("dpdk.lcores", "at most 16");
     if (d.delayed_ack_ms() > 200) return ibad("dpdk.delayed_ack_ms", "at most 200 (RFC 9293: under 500)");
+    for (uint32_t cpu : d.cpus())
+      if (cpu >= 1024) return ibad("dpdk.cpus", "CPU numbers are below 1024");
   } else if (cfg.io().has_dpdk()) {
     return section_bad(cfg.io(), "io")("dpdk", "set, but backend is not DPDK");
   }

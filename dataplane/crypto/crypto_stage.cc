@@ -5,6 +5,9 @@
 
 #include <chrono>
 
+#include "dataplane/base/cpu.h"
+#include "dataplane/base/log.h"
+
 namespace mailseal::crypto {
 
 const char* TreatmentEvent(Treatment t) {
@@ -110,6 +113,12 @@ size_t CryptoStage::DrainCompletions(std::vector<Completion>* out) {
 }
 
 void CryptoStage::Run(Worker* w, size_t index) {
+  if (!cpus_.empty()) {
+    int cpu = cpus_[index % cpus_.size()];
+    if (!base::PinThisThread(cpu))
+      base::Log(base::LogLevel::kWarning, "crypto", "worker not pinned: that CPU cannot be used",
+                {{"worker", std::to_string(index)}, {"cpu", std::to_string(cpu)}});
+  }
   std::unique_ptr<JobProcessor> processor = factory_ ? factory_(index) : nullptr;
   auto process = [&](const Job& job) {
     if (processor) return processor->Process(job);

@@ -90,6 +90,9 @@ class CryptoStage {
 
   // SetRingFactory (before Start): where the rings come from (null: SpscRing).
   void SetRingFactory(RingFactory factory) { ring_factory_ = std::move(factory); }
+  // SetCpus (before Start): worker i runs only on cpus[i % n]; empty: not pinned. A CPU that
+  // cannot be had is logged and the worker runs unpinned (mail goes on).
+  void SetCpus(std::vector<int> cpus) { cpus_ = std::move(cpus); }
   // Start makes the rings and the workers; false (nothing started) when a ring cannot be made.
   [[nodiscard]] bool Start(std::string* error = nullptr);
   void Stop();
@@ -118,6 +121,7 @@ class CryptoStage {
   std::vector<std::unique_ptr<Worker>> workers_;
   size_t ring_capacity_;
   RingFactory ring_factory_;
+  std::vector<int> cpus_;
   const char* ring_kind_ = "none";
   std::atomic<uint64_t> jobs_in_memory_{0};
   std::function<void()> on_completion_ready_;

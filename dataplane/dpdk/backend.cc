@@ -6,6 +6,7 @@
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
+#include <pthread.h>
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_ring.h>
@@ -20,6 +21,7 @@
 #include <unordered_map>
 
 #include "dataplane/base/clock.h"
+#include "dataplane/base/cpu.h"
 #include "dataplane/base/log.h"
 #include "dataplane/memory/backend.h"
 #include "dataplane/net/stack.h"
@@ -140,6 +142,11 @@ struct Poller {
     sockaddr_storage to;
   };
   std::unordered_map<net::FlowId, PendingConnect> connects;
+  // Flows reset because a peer sent different bytes for the same sequence numbers (an evasion
+  // attempt, tcp/connection.h) are logged, at most 10 a second per lcore; the rest are counted.
+  int64_t evasion_window_ms = 0;
+  int evasion_logged = 0;
+  uint64_t evasion_suppressed = 0;
   std::vector<std::string> to_exc;   // lcore 0: frames for the kernel, this round
 
   std::atomic<uint64_t> rx{0}, tx{0}, tx_dropped{0}, steered{0}, steer_dropped{0};
@@ -310,6 +317,20 @@ void Poller::HandleEvents(int64_t now) {
         break;
       case net::Stack::Event::kClosed: {
         std::string why = stack->ClosedReason(f);
+        if (why.find("evasion") != std::string::npos) {
+          if (now - evasion_window_ms >= 1000) {
+            if (evasion_suppressed)
+              Log(LogLevel::kWarning, "dpdk", "more flows reset for differing overlapping bytes (not logged one by one)",
+                  {{"count", std::to_string(evasion_suppressed)}});
+            evasion_window_ms = now;
+            evasion_logged = 0;
+            evasion_suppressed = 0;
+          }
+          if (evasion_logged++ < 10)
+            Log(LogLevel::kWarning, "dpdk", "flow reset: an evasion attempt", {{"peer", stack->ClosedPeer(f)}, {"reason", why}});
+          else
+            ++evasion_suppressed;
+        }
         if (auto it = connects.find(f); it != connects.end()) {
           io::ConnectFn done = std::move(it->second.done);
           std::string msg = why.empty() ? "connection closed" : why;
@@ -399,6 +420,14 @@ void Poller::Publish() {
 }
 
 void Poller::Run() {
+  if (!impl->opt.cpus.empty()) {
+    uint32_t cpu = impl->opt.cpus[index % impl->opt.cpus.size()];
+    if (!base::PinThisThread(static_cast<int>(cpu)))
+      Log(LogLevel::kWarning, "dpdk", "poll thread not pinned: that CPU cannot be used",
+          {{"lcore", std::to_string(index)}, {"cpu", std::to_string(cpu)}});
+  }
+  std::string name = "dpdk-poll" + std::to_string(index);
+  pthread_setname_np(pthread_self(), name.c_str());
   rte_thread_register();   // an lcore id, for the mempool's per-lcore cache (none: it works without)
   rte_mbuf* bufs[kBurst];
   int idle = 0;

@@ -41,6 +41,7 @@ struct DpdkOptions {
   uint32_t max_flows = 65536, syn_budget = 1024;   // for the port, shared out over the lcores
   unsigned lcores = 1;                              // poll threads, each with its queue pair and stack
   uint32_t delayed_ack_ms = 40;                     // tcp::Limits::delayed_ack_ms
+  std::vector<uint32_t> cpus;                       // poll thread i runs on cpus[i % n]; empty: any
 };
 
 // ParseAddress: "10.0.0.2/24" into ip and netmask (host order).

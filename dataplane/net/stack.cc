@@ -386,6 +386,9 @@ void Stack::Drain(FlowId id, FlowState& f, int64_t now) {
     // Reported to whoever holds the id (an active open that failed, too).
     if (f.announced || !f.passive) {
       closing_reasons_[id] = f.conn->error();
+      if (!f.conn->error().empty())
+        closing_peers_[id] = StrCat((f.key.ip >> 24) & 255, ".", (f.key.ip >> 16) & 255, ".", (f.key.ip >> 8) & 255, ".",
+                                    f.key.ip & 255, ":", f.key.rport);
       events_.emplace_back(id, Event::kClosed);
     }
     if (f.half_open) --half_open_;
@@ -499,9 +502,16 @@ Stack::Remote Stack::RemoteOf(FlowId id) const {
 std::vector<std::pair<FlowId, Stack::Event>> Stack::TakeEvents() {
   closed_reasons_.swap(closing_reasons_);
   closing_reasons_.clear();
+  closed_peers_.swap(closing_peers_);
+  closing_peers_.clear();
   std::vector<std::pair<FlowId, Event>> e;
   e.swap(events_);
   return e;
+}
+
+std::string Stack::ClosedPeer(FlowId id) const {
+  auto it = closed_peers_.find(id);
+  return it == closed_peers_.end() ? "" : it->second;
 }
 
 std::string Stack::ClosedReason(FlowId id) const {

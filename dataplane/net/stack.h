@@ -95,6 +95,8 @@ class Stack {
   enum class Event { kAccepted, kConnected, kReadable, kWritable, kClosed };
   std::vector<std::pair<FlowId, Event>> TakeEvents();
   std::string ClosedReason(FlowId f) const;
+  // ClosedPeer: "a.b.c.d:port" of a flow that closed with a reason (for the log).
+  std::string ClosedPeer(FlowId f) const;
 
   struct Stats {
     uint64_t frames_in = 0, frames_out = 0, to_kernel = 0, dropped = 0, bad_checksum = 0, rst_sent = 0,
@@ -160,6 +162,7 @@ class Stack {
   std::vector<std::string> frames_;
   std::vector<std::pair<FlowId, Event>> events_;
   std::map<FlowId, std::string> closing_reasons_, closed_reasons_;   // since / at the last TakeEvents
+  std::map<FlowId, std::string> closing_peers_, closed_peers_;       // "ip:port" of flows closed with a reason
   std::priority_queue<std::pair<int64_t, FlowId>, std::vector<std::pair<int64_t, FlowId>>, std::greater<>> timers_;
   uint16_t ip_id_ = 0;
   int64_t now_ = 0;   // the latest time an entry point was given

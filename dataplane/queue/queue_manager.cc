@@ -161,6 +161,7 @@ void QueueManager::Admit(SpoolMessage msg, SpoolState state, int64_t next_attemp
 Status QueueManager::Start() {
   std::string error;
   if (options_.crypto_rings) crypto_->SetRingFactory(options_.crypto_rings);
+  crypto_->SetCpus(options_.crypto_cpus);
   if (!crypto_->Start(&error)) return UnavailableError(error);
   thread_ = std::thread([this] { Run(); });
   pthread_setname_np(thread_.native_handle(), "qmgr");

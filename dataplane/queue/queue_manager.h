@@ -79,6 +79,7 @@ struct QueueOptions {
   // crypto_rings: where the crypto stage's rings come from (the DPDK back end: rte_ring),
   // called by Start(); null: SpscRing.
   crypto::RingFactory crypto_rings;
+  std::vector<int> crypto_cpus;   // crypto::CryptoStage::SetCpus
   // on_event: mail events for the audit trail ("mail.accepted", "mail.sealed", "mail.opened",
   // "mail.held", "mail.delivered", "mail.bounced"), called on the manager thread; must not
   // block for long (the recorder batches). Identifiers and addresses only, never content.

@@ -13,11 +13,18 @@
   in mailseald: its memory grows by less than 2 MiB per client (the server stops reading a
   client whose replies do not leave; what a flow may hold is bounded), and a real client's
   mail is accepted beside them.
+- 20 raw clients that offer a window of 4 bytes (no window scaling) and acknowledge each
+  segment as it comes: the stack sends them the greeting and the EHLO reply in segments of at
+  most 4 bytes (nothing beyond the offered window), their SMTP dialogue completes, and a real
+  client's mail is accepted meanwhile.
+- A raw client that sends bytes of its stream again, different this time: the flow is reset
+  and the reset is logged with the peer (at most 10 such lines a second per lcore).
 - The exception path keeps working after all of it: a kernel TCP service on the TAP's address
   is reached from the namespace, and mailseald's own DNS lookups (the kernel's UDP, out of the
   TAP and the port) get the MX of a domain from unbound in the namespace, so mail for it is
   delivered to that MX.
 """
+import json
 import os
 import random
 import re
@@ -57,6 +64,176 @@ for i in range({count}):
 '''
     return subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", code], capture_output=True, text=True,
                           timeout=900)
+
+
+EVADE = r'''
+import select, socket, struct, sys, time
+gw, port, me = sys.argv[1], int(sys.argv[2]), socket.inet_aton(sys.argv[3])
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+dst = socket.inet_aton(gw)
+sport = 40100
+def send(seq, ack, flags, payload=b""):
+    tcp = struct.pack("!HHIIBBHHH", sport, port, seq & 0xffffffff, ack & 0xffffffff, 5 << 4, flags, 65535, 0, 0)
+    tcp += payload
+    c = csum(me + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tx.sendto(tcp[:16] + struct.pack("!H", c) + tcp[18:], (gw, 0))
+snd, rcv, got, phase = 5001, None, b"", "syn"
+send(5000, 0, 0x02)
+deadline = time.time() + 30
+while time.time() < deadline:
+    r, _, _ = select.select([rx], [], [], 0.5)
+    if not r:
+        continue
+    pkt = rx.recv(65535)
+    if pkt[12:16] != dst:
+        continue
+    t = pkt[(pkt[0] & 15) * 4:]
+    sp, dp, seq, ack, offb, flags = struct.unpack("!HHIIBB", t[:14])
+    if sp != port or dp != sport:
+        continue
+    if flags & 0x04:
+        print("reset after", phase, flush=True)
+        sys.exit(0)
+    data = t[(offb >> 4) * 4:]
+    if phase == "syn" and flags & 0x12 == 0x12:
+        rcv, phase = seq + 1, "banner"
+        send(snd, rcv, 0x10)
+        continue
+    if data and seq == rcv:
+        got += data
+        rcv += len(data)
+        send(snd, rcv, 0x10)
+    if phase == "banner" and got.endswith(b"\r\n"):
+        phase = "overlap"
+        send(snd, rcv, 0x18, b"EHLO aaaa")          # bytes 0..8 of our stream
+        time.sleep(0.2)
+        send(snd + 5, rcv, 0x18, b"bbbb.test\r\n")  # 5..8 again, but different
+print("no reset after", phase, flush=True)
+'''
+
+TINY = r'''
+import json, select, socket, struct, sys, time
+gw, port, n, wnd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+me = socket.inet_aton(sys.argv[5])
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+dst = socket.inet_aton(gw)
+def send(sport, seq, ack, flags, payload=b"", opts=b""):
+    off = (20 + len(opts)) // 4
+    tcp = struct.pack("!HHIIBBHHH", sport, port, seq & 0xffffffff, ack & 0xffffffff, off << 4, flags, wnd, 0, 0)
+    tcp += opts + payload
+    c = csum(me + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tx.sendto(tcp[:16] + struct.pack("!H", c) + tcp[18:], (gw, 0))
+clients = {}
+for i in range(n):
+    sport = 40000 + i
+    clients[sport] = {"isn": 1000 * i, "snd": 1000 * i + 1, "rcv": None, "got": b"", "max": 0, "segs": 0,
+                      "stage": "syn", "over": 0}
+    send(sport, 1000 * i, 0, 0x02, opts=struct.pack("!BBH", 2, 4, 536))
+deadline = time.time() + 60
+while time.time() < deadline and any(c["stage"] != "done" for c in clients.values()):
+    r, _, _ = select.select([rx], [], [], 0.5)
+    if not r:
+        for sport, c in clients.items():   # nudge: our last ACK may be lost
+            if c["rcv"] is not None and c["stage"] != "done":
+                send(sport, c["snd"], c["rcv"], 0x10)
+        continue
+    pkt = rx.recv(65535)
+    ihl = (pkt[0] & 15) * 4
+    if pkt[12:16] != dst:
+        continue
+    t = pkt[ihl:]
+    sp, dp, seq, ack, offb, flags, win = struct.unpack("!HHIIBBH", t[:16])
+    c = clients.get(dp)
+    if c is None or sp != port:
+        continue
+    data = t[(offb >> 4) * 4:]
+    if flags & 0x04:
+        c["stage"] = "reset"
+        continue
+    if c["stage"] == "syn" and flags & 0x12 == 0x12:
+        c["rcv"] = seq + 1
+        c["stage"] = "banner"
+        send(dp, c["snd"], c["rcv"], 0x10)
+        continue
+    if not data or c["rcv"] is None:
+        continue
+    c["segs"] += 1
+    c["max"] = max(c["max"], len(data))
+    if len(data) > wnd:
+        c["over"] += 1
+    if seq == c["rcv"] & 0xffffffff:
+        c["got"] += data
+        c["rcv"] += len(data)
+    send(dp, c["snd"], c["rcv"], 0x10)
+    if c["stage"] == "banner" and c["got"].endswith(b"\r\n") and c["got"].startswith(b"220"):
+        c["stage"] = "ehlo"
+        c["mark"] = len(c["got"])
+        send(dp, c["snd"], c["rcv"], 0x18, b"EHLO tiny.test\r\n")
+        c["snd"] += 16
+    elif c["stage"] == "ehlo" and b"\r\n250 " in c["got"][c["mark"] - 2:] and c["got"].endswith(b"\r\n"):
+        c["stage"] = "done"
+print(json.dumps({"done": sum(c["stage"] == "done" for c in clients.values()),
+                  "max_segment": max(c["max"] for c in clients.values()),
+                  "over_window": sum(c["over"] for c in clients.values()),
+                  "segments": sum(c["segs"] for c in clients.values()),
+                  "bytes": sum(len(c["got"]) for c in clients.values()),
+                  "stages": sorted({c["stage"] for c in clients.values()})}))
+'''
+
+
+def tiny_window(c, d, root):
+    """Few-byte-window clients: raw TCP in the namespace (the namespace's kernel, which has no
+    socket for these flows, is kept from answering them with RST)."""
+    sh(f"ip netns exec {d.ns} nft add table ip tiny")
+    sh(f"ip netns exec {d.ns} nft 'add chain ip tiny out {{ type filter hook output priority 0; }}'")
+    sh(f"ip netns exec {d.ns} nft add rule ip tiny out tcp sport 40000-40199 tcp flags rst drop")
+    tiny_script = os.path.join(root, "tiny.py")
+    with open(tiny_script, "w") as f:
+        f.write(TINY)
+    few = subprocess.Popen(["ip", "netns", "exec", d.ns, "python3", tiny_script, GW_IP, str(d.gw.port), "20", "4", NS_IP],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    harness._cleanups.append(lambda: few.poll() is None and few.kill())
+    r = d.swaks("beside-tiny-window", timeout=120)
+    c.check(r.returncode == 0 and "250 2.0.0" in r.stdout, "a real client's mail is accepted beside 20 clients "
+            "with a 4-byte window", r.stdout[-600:])
+    out, err = few.communicate(timeout=120)
+    res = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    print("tiny-window clients:", res)
+    c.check(res.get("done") == 20, "all 20 four-byte-window clients get the greeting and the EHLO reply",
+            str(res) + err[-600:])
+    c.check(res.get("over_window") == 0 and 0 < res.get("max_segment", 0) <= 4,
+            "the stack never sends beyond a 4-byte window (segments of at most 4 bytes)", res)
+    c.check(res.get("segments", 0) * 4 >= res.get("bytes", 1), "every reply went 4 bytes at a time", res)
+    c.check(harness.eventually(lambda: "beside-tiny-window" in d.delivered(), 60, "delivered"),
+            "the message sent beside them is delivered", sorted(d.delivered()))
+    # A client that sends bytes again, different this time (an IDS evasion: two readers of the
+    # stream must never disagree): the flow is reset and the reset logged with the peer.
+    evade = os.path.join(root, "evade.py")
+    with open(evade, "w") as f:
+        f.write(EVADE)
+    r = subprocess.run(["ip", "netns", "exec", d.ns, "python3", evade, GW_IP, str(d.gw.port), NS_IP],
+                       capture_output=True, text=True, timeout=60)
+    c.check("reset after overlap" in r.stdout, "overlapping bytes that differ reset the flow", r.stdout + r.stderr[-400:])
+    c.check(harness.eventually(lambda: re.search(rf"flow reset: an evasion attempt peer={NS_IP}:40100 "
+                                                 r"reason=\"overlapping bytes differ", d.gw.read_log()), 20, "logged"),
+            "the reset is logged with the peer and the reason",
+            "\n".join(l for l in d.gw.read_log().splitlines() if "reset" in l)[-600:])
 
 
 def main():
@@ -123,6 +300,8 @@ def main():
     tiny.kill()
     c.check(harness.eventually(lambda: "beside-zero-window" in d.delivered(), 60, "delivered"),
             "the message sent beside them is delivered", sorted(d.delivered()))
+
+    tiny_window(c, d, root)
 
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

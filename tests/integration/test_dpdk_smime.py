@@ -65,9 +65,31 @@ def main():
                f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "admin-1" role: "administrator" }} '
                f'audit {{ log_path: "{root}/audit.log" heads_path: "{root}/audit.heads" head_every: 5 '
                f'key_label: "audit" }} }}\n')
-    d = DpdkGateway(a, c, root, env=env_a, hostname="gw-a.test",
+    # The appliance's pinning: poll lcore on the first CPU the machine allows, crypto workers on
+    # the last (the same one when there is only one).
+    cpus = sorted(os.sched_getaffinity(0))
+    d = DpdkGateway(a, c, root, env=env_a, hostname="gw-a.test", dpdk_extra=f"cpus: {cpus[0]}",
                     extra=smime_conf("gw-a", da, pin_a, ca_dir,
-                                     f'partners {{ domain: "agency-b.test" dca_cert_file: "{db}/dca.crt" }}') + control)
+                                     f'partners {{ domain: "agency-b.test" dca_cert_file: "{db}/dca.crt" }}') + control
+                    + f"crypto_cpus: {cpus[-1]}\n")
+
+    def threads_named(prefix):
+        out = {}
+        for tid in os.listdir(f"/proc/{d.gw.proc.pid}/task"):
+            try:
+                comm = open(f"/proc/{d.gw.proc.pid}/task/{tid}/comm").read().strip()
+                status = open(f"/proc/{d.gw.proc.pid}/task/{tid}/status").read()
+            except OSError:
+                continue
+            if comm.startswith(prefix):
+                out[comm] = re.search(r"Cpus_allowed_list:\s*(\S+)", status).group(1)
+        return out
+    crypto_threads = harness.eventually(lambda: threads_named("crypto") or None, 20, "crypto workers")
+    c.check(bool(crypto_threads) and all(v == str(cpus[-1]) for v in crypto_threads.values()),
+            f"every crypto worker runs only on CPU {cpus[-1]} (crypto_cpus)", crypto_threads)
+    poll_threads = threads_named("dpdk-poll")
+    c.check(poll_threads == {"dpdk-poll0": str(cpus[0])}, f"the poll lcore runs only on CPU {cpus[0]} (io.dpdk.cpus)",
+            poll_threads)
     for g, what in ((d.gw, "a"), (gb, "b")):
         harness.wait_for(lambda: "security module ready" in g.read_log() or (g.proc.poll() is not None), 20,
                          f"token of {what} opened")

@@ -63,6 +63,10 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
        "gw.conf", "dpdk.delayed_ack_ms"},
       {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\ncrypto_memory_mib: 5000\n",
        "gw.conf:4:1", "crypto_memory_mib"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\ncrypto_cpus: 0\ncrypto_cpus: 4096\n",
+       "gw.conf", "crypto_cpus"},
+      {"listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\nio {\n backend: DPDK\n dpdk { eal_args: \"--no-pci\" port: \"p\" address: \"10.0.0.2/24\" cpus: 2000 }\n}\n",
+       "gw.conf", "dpdk.cpus"},
   };
   for (const Case& k : cases) {
     Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
