@@ -122,8 +122,8 @@ class Failure(Exception):
 
 
 class Session:
-    def __init__(self, port, timeout=10.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=10.0, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.transcript = []
 
@@ -191,9 +191,9 @@ class Session:
             pass
 
 
-def run_case(port, body, procs):
+def run_case(port, body, procs, host="127.0.0.1"):
     """None when the case passes, else why (with the last lines of the transcript)."""
-    s = Session(port)
+    s = Session(port, host=host)
     try:
         s.run(body, procs)
         return None

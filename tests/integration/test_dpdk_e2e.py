@@ -53,7 +53,7 @@ class DpdkGateway:
     far end is mailseald's port: every frame both ways passes the impairments."""
 
     def __init__(self, a, c, root, dpdk_extra="", extra="", kernel=False, log_level="info", lcores=1, impair=None,
-                 dns=None, env=None, hostname="gw.test", delivery_extra=""):
+                 dns=None, env=None, hostname="gw.test", delivery_extra="", local_domain="agency-a.test"):
         tag = f"{os.getpid() % 100000:05d}"
         self.ns, veth_dp, self.veth_ns, tap = f"msdp{tag}", f"msd{tag}a", f"msd{tag}b", f"mst{tag}"
         ns = self.ns
@@ -116,7 +116,7 @@ class DpdkGateway:
         io = ('io { backend: DPDK dpdk { ' + " ".join(f'eal_args: "{x}"' for x in eal) +
               f' port: "net_af_packet0" exception_port: "net_tap0" address: "{GW_IP}/24" {dpdk_extra} }} }}\n')
         self.gw = gw = harness.Mailseald(a.mailseald, root, relay_port=None, trusted="10.77.0.0/24",
-                                         local_domain="agency-a.test", env=env, hostname=hostname,
+                                         local_domain=local_domain, env=env, hostname=hostname,
                                          delivery_extra=(f'relay_host: "{NS_IP}:{sink_port}"' if dns is None else
                                                          f'dns_forwarder: "{dns}" routes {{ domain: "plain.test" '
                                                          f'next_hop: "{NS_IP}:{sink_port}" }}') + " " + delivery_extra,
