@@ -24,10 +24,11 @@ N = 500
 SENDERS = 8
 
 
-def send_one(port, i, to="partner.test"):
+def send_one(port, i, to="partner.test", host="127.0.0.1"):
     """One SMTP transaction; True only when the server answered 250 to the end of data."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.settimeout(5)
             f = s.makefile("rb")
 
             def reply():

@@ -33,41 +33,19 @@ from tlspeers import issue, make_ca, self_signed  # noqa: E402
 
 N = 400
 SENDER = r'''
-import socket, sys, threading, time
+import sys, threading, time
+sys.path.insert(0, sys.argv[6])
+from test_crash_kill9 import send_one   # the same transaction as issue #2's kill -9 test
 gw, port, n, out, senders = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 lock = threading.Lock()
 todo = list(range(n))
-def reply(f):
-    while True:
-        line = f.readline()
-        if not line:
-            raise ConnectionError("closed")
-        if line[3:4] != b"-":
-            return line
-def send(i):
-    try:
-        with socket.create_connection((gw, port), timeout=5) as s:
-            s.settimeout(5)
-            f = s.makefile("rb")
-            if not reply(f).startswith(b"220"):
-                return False
-            s.sendall(b"EHLO crash.test\r\n")
-            reply(f)
-            s.sendall(f"MAIL FROM:<s{i}@agency-a.test>\r\nRCPT TO:<r{i}@plain.test>\r\nDATA\r\n".encode())
-            if not (reply(f).startswith(b"250") and reply(f).startswith(b"250") and reply(f).startswith(b"354")):
-                return False
-            body = f"Message-ID: <dk-{i}@agency-a.test>\r\nSubject: dk {i}\r\n\r\n" + ("line %d\r\n" % i) * 300
-            s.sendall(body.encode() + b".\r\n")
-            return reply(f).startswith(b"250 2.0.0")
-    except (OSError, ConnectionError):
-        return False
 def worker():
     while True:
         with lock:
             if not todo:
                 return
             i = todo.pop(0)
-        if send(i):
+        if send_one(port, i, "plain.test", gw):
             with open(out, "a") as f:
                 f.write(f"{i}\n")
             time.sleep(0.1)   # spread the messages over the kills
@@ -150,7 +128,8 @@ def crash(a, c, root, d):
     sender = os.path.join(root, "sender.py")
     with open(sender, "w") as f:
         f.write(SENDER)
-    proc = subprocess.Popen(["ip", "netns", "exec", d.ns, "python3", sender, GW_IP, str(d.gw.port), str(N), out, "4"],
+    proc = subprocess.Popen(["ip", "netns", "exec", d.ns, "python3", sender, GW_IP, str(d.gw.port), str(N), out, "4",
+                             os.path.dirname(os.path.abspath(__file__))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     harness._cleanups.append(lambda: proc.poll() is None and proc.kill())
 
@@ -190,7 +169,7 @@ def crash(a, c, root, d):
         got = {}
         for name in os.listdir(d.sink_dir):
             with open(os.path.join(d.sink_dir, name), "rb") as f:
-                m = re.search(rb"Message-ID: <dk-(\d+)@", f.read())
+                m = re.search(rb"Message-ID: <kill-(\d+)@", f.read())
             if m:
                 got[int(m.group(1))] = got.get(int(m.group(1)), 0) + 1
         return got

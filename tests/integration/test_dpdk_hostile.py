@@ -66,8 +66,10 @@ for i in range({count}):
                           timeout=900)
 
 
-EVADE = r'''
-import select, socket, struct, sys, time
+# RAW_TCP: what the raw clients below share — argv (gateway, port, our address), the checksum,
+# a sending and a receiving raw socket, and send(sport, seq, ack, flags, payload, opts, window).
+RAW_TCP = r'''
+import json, select, socket, struct, sys, time
 gw, port, me = sys.argv[1], int(sys.argv[2]), socket.inet_aton(sys.argv[3])
 def csum(b):
     if len(b) % 2:
@@ -79,12 +81,18 @@ def csum(b):
 tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 dst = socket.inet_aton(gw)
-sport = 40100
-def send(seq, ack, flags, payload=b""):
-    tcp = struct.pack("!HHIIBBHHH", sport, port, seq & 0xffffffff, ack & 0xffffffff, 5 << 4, flags, 65535, 0, 0)
-    tcp += payload
+def send_from(sport, seq, ack, flags, payload=b"", opts=b"", window=65535):
+    off = (20 + len(opts)) // 4
+    tcp = struct.pack("!HHIIBBHHH", sport, port, seq & 0xffffffff, ack & 0xffffffff, off << 4, flags, window, 0, 0)
+    tcp += opts + payload
     c = csum(me + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
     tx.sendto(tcp[:16] + struct.pack("!H", c) + tcp[18:], (gw, 0))
+'''
+
+EVADE = RAW_TCP + r'''
+sport = 40100
+def send(seq, ack, flags, payload=b""):
+    send_from(sport, seq, ack, flags, payload)
 snd, rcv, got, phase = 5001, None, b"", "syn"
 send(5000, 0, 0x02)
 deadline = time.time() + 30
@@ -119,26 +127,10 @@ while time.time() < deadline:
 print("no reset after", phase, flush=True)
 '''
 
-TINY = r'''
-import json, select, socket, struct, sys, time
-gw, port, n, wnd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-me = socket.inet_aton(sys.argv[5])
-def csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
-tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-dst = socket.inet_aton(gw)
+TINY = RAW_TCP + r'''
+n, wnd = int(sys.argv[4]), int(sys.argv[5])
 def send(sport, seq, ack, flags, payload=b"", opts=b""):
-    off = (20 + len(opts)) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, port, seq & 0xffffffff, ack & 0xffffffff, off << 4, flags, wnd, 0, 0)
-    tcp += opts + payload
-    c = csum(me + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
-    tx.sendto(tcp[:16] + struct.pack("!H", c) + tcp[18:], (gw, 0))
+    send_from(sport, seq, ack, flags, payload, opts, wnd)
 clients = {}
 for i in range(n):
     sport = 40000 + i
@@ -206,7 +198,7 @@ def tiny_window(c, d, root):
     tiny_script = os.path.join(root, "tiny.py")
     with open(tiny_script, "w") as f:
         f.write(TINY)
-    few = subprocess.Popen(["ip", "netns", "exec", d.ns, "python3", tiny_script, GW_IP, str(d.gw.port), "20", "4", NS_IP],
+    few = subprocess.Popen(["ip", "netns", "exec", d.ns, "python3", tiny_script, GW_IP, str(d.gw.port), NS_IP, "20", "4"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     harness._cleanups.append(lambda: few.poll() is None and few.kill())
     r = d.swaks("beside-tiny-window", timeout=120)
