@@ -45,6 +45,7 @@
 #include "dataplane/dpdk/backend.h"
 #include "dataplane/dpdk/crypto_ring.h"
 #endif
+#include "dataplane/service/notify.h"
 #include "dataplane/tls/session.h"
 #include "dataplane/policy/classify.h"
 #include "dataplane/policy/snapshot.h"
@@ -876,13 +877,26 @@ struct Daemon {
 
   // ControlLoop: health, signals (SIGHUP reloads, SIGTERM/SIGINT stop), tree heads, stats.
   void ControlLoop() {
+  // systemd (Type=notify): ready now that the listeners and the queue run; the watchdog is fed
+  // from this loop, so a hung control thread gets the daemon restarted.
+  service::Ready(StrCat("accepting mail on ", cfg.listen_size(), " listener(s)"));
+  const int64_t watchdog_ms = service::WatchdogIntervalMs();
+  auto last_watchdog = std::chrono::steady_clock::now();
+  if (watchdog_ms > 0) service::Watchdog();
   auto last_stats = std::chrono::steady_clock::now();
   auto last_health = std::chrono::steady_clock::now();
   bool head_failing = false;
   const auto health_every = std::chrono::milliseconds(cfg.has_hsm() ? cfg.hsm().health_interval_ms() : 1000);
   while (true) {
     pollfd p{sfd, POLLIN, 0};
-    int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(1000, health_every.count())));
+    int64_t wait_ms = std::min<int64_t>(1000, health_every.count());
+    if (watchdog_ms > 0) wait_ms = std::min(wait_ms, watchdog_ms);
+    int n = ::poll(&p, 1, static_cast<int>(wait_ms));
+    if (watchdog_ms > 0 &&
+        std::chrono::steady_clock::now() - last_watchdog >= std::chrono::milliseconds(watchdog_ms)) {
+      last_watchdog = std::chrono::steady_clock::now();
+      service::Watchdog();
+    }
     if (token && std::chrono::steady_clock::now() - last_health >= health_every) {
       last_health = std::chrono::steady_clock::now();
       bool ok = token->Tick();
@@ -902,10 +916,12 @@ struct Daemon {
       signalfd_siginfo si{};
       if (::read(sfd, &si, sizeof si) != sizeof si) continue;
       if (si.ssi_signo == SIGHUP) {
+        service::Reloading();
         Result<v1::Config> fresh = Validate(path);   // what --check-config and start-up accept
         if (!fresh.ok()) {
           Log(LogLevel::kError, "mailseald", "reload refused, keeping the running config",
               {{"error", fresh.status().message()}});
+          service::Ready(StrCat("reload refused (", fresh.status().message(), "); the running configuration stays"));
           continue;
         }
         policy.Publish(policy::BuildSnapshot(*fresh, ++version));
@@ -915,9 +931,11 @@ struct Daemon {
           Log(LogLevel::kError, "mailseald", "certificates not reloaded, keeping the trust list in force", {{"error", st.message()}});
         else if (smime && smime->store)
           Log(LogLevel::kInfo, "mailseald", "trust list, CRL files and pinned partner certificates reloaded", {});
+        service::Ready(StrCat("accepting mail; policy version ", version));
         continue;
       }
       Log(LogLevel::kInfo, "mailseald", "stopping: draining sessions", {{"signal", strsignal(static_cast<int>(si.ssi_signo))}});
+      service::Stopping();
       return;
     }
     if (audit_log) {   // tree heads every N records (in the log) or every T seconds (here)

@@ -1,9 +1,11 @@
 // log.cc — see log.h.
 #include "dataplane/base/log.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -11,6 +13,31 @@
 namespace mailseal::base {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
+
+// Journal: stderr is a stream to journald (JOURNAL_STREAM names its device and inode, as
+// systemd.exec(5) says): each record starts with its syslog priority ("<3>" error ... "<7>"
+// debug, sd-daemon(3)) so the journal keeps it, and carries no time of its own.
+bool ToJournal() {
+  static const bool journal = [] {
+    const char* js = std::getenv("JOURNAL_STREAM");
+    struct stat st {};
+    if (!js || ::fstat(STDERR_FILENO, &st) != 0) return false;
+    unsigned long long dev = 0, ino = 0;
+    if (std::sscanf(js, "%llu:%llu", &dev, &ino) != 2) return false;
+    return dev == static_cast<unsigned long long>(st.st_dev) && ino == static_cast<unsigned long long>(st.st_ino);
+  }();
+  return journal;
+}
+
+const char* Priority(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug: return "<7>";
+    case LogLevel::kInfo: return "<6>";
+    case LogLevel::kWarning: return "<4>";
+    case LogLevel::kError: return "<3>";
+  }
+  return "<6>";
+}
 
 const char* LevelName(LogLevel level) {
   switch (level) {
@@ -65,8 +92,12 @@ void Write(LogLevel level, std::string_view component, std::string_view message,
                 static_cast<int>(ms % 1000));
   std::string line;
   line.reserve(160);
-  line += ts;
-  line += ' ';
+  if (ToJournal()) {
+    line += Priority(level);
+  } else {
+    line += ts;
+    line += ' ';
+  }
   line += LevelName(level);
   line += ' ';
   line += component;

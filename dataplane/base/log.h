@@ -4,7 +4,9 @@
 // escaped so a hostile peer cannot forge log lines (CR, LF and other control bytes become
 // \xNN). Never log message bodies, keys, PINs or shares.
 //
-// Format: "<RFC 3339 UTC time> <level> <component>: <message> key=value key="value with space""
+// Format: "<RFC 3339 UTC time> <level> <component>: <message> key=value key="value with space"";
+// when stderr is journald's stream (JOURNAL_STREAM), "<priority><level> <component>: ..." —
+// the journal keeps the syslog priority and its own time.
 #pragma once
 
 #include <initializer_list>

@@ -1,0 +1,19 @@
+// notify.h — telling systemd how the daemon is (sd_notify(3), libsystemd): ready, reloading,
+// stopping, a status line, and the watchdog's keep-alive. Without NOTIFY_SOCKET (not started
+// by systemd as Type=notify) every call does nothing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mailseal::service {
+
+void Ready(const std::string& status);       // READY=1: listeners up, mail accepted
+void Reloading();                            // RELOADING=1: SIGHUP taken (then Ready again)
+void Stopping();                             // STOPPING=1: draining
+void Status(const std::string& status);      // STATUS=...: one line for `systemctl status`
+// WatchdogIntervalMs: how often to send the keep-alive (half of WatchdogSec; 0: no watchdog).
+int64_t WatchdogIntervalMs();
+void Watchdog();                             // WATCHDOG=1
+
+}  // namespace mailseal::service
