@@ -433,6 +433,8 @@ struct Daemon {
   cfg = std::move(loaded.value());
   base::LogLevel level = base::LogLevel::kInfo;
   if (base::ParseLogLevel(cfg.log_level(), &level)) base::SetLogLevel(level);   // validated
+  // What an attacker who took this process would hold (issue #18): said once, at the start.
+  Log(LogLevel::kInfo, "mailseald", "running with", service::Privileges());
   // STARTTLS (SM-5): the certificate and key were checked; the context serves every client.
   if (cfg.has_tls()) {
     Result<::ssl_ctx_st*> made =

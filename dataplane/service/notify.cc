@@ -1,7 +1,13 @@
 // notify.cc — see notify.h.
 #include "dataplane/service/notify.h"
 
+#include <pwd.h>
+#include <sys/capability.h>
+#include <sys/prctl.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <fstream>
 
 namespace mailseal::service {
 
@@ -17,5 +23,28 @@ int64_t WatchdogIntervalMs() {
 }
 
 void Watchdog() { sd_notify(0, "WATCHDOG=1"); }
+
+std::vector<std::pair<std::string, std::string>> Privileges() {
+  std::vector<std::pair<std::string, std::string>> out;
+  uid_t uid = geteuid();
+  passwd* pw = getpwuid(uid);
+  out.emplace_back("user", pw ? pw->pw_name : std::to_string(uid));
+  std::string caps = "?";
+  if (cap_t c = cap_get_proc()) {
+    if (char* text = cap_to_text(c, nullptr)) {
+      caps = text;
+      cap_free(text);
+    }
+    cap_free(c);
+  }
+  out.emplace_back("capabilities", caps);
+  out.emplace_back("no_new_privs", std::to_string(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)));
+  std::string seccomp = "?";
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("Seccomp:", 0) == 0) seccomp = line.substr(line.find_first_not_of(" \t", 8));
+  out.emplace_back("seccomp", seccomp == "0" ? "off" : seccomp == "2" ? "filter" : seccomp);
+  return out;
+}
 
 }  // namespace mailseal::service

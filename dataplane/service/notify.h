@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace mailseal::service {
 
@@ -15,5 +17,9 @@ void Status(const std::string& status);      // STATUS=...: one line for `system
 // WatchdogIntervalMs: how often to send the keep-alive (half of WatchdogSec; 0: no watchdog).
 int64_t WatchdogIntervalMs();
 void Watchdog();                             // WATCHDOG=1
+
+// Privileges: what the process runs with, for the start-up log — user, effective capabilities
+// (cap_to_text form, "=" for none), no_new_privs and the seccomp mode.
+std::vector<std::pair<std::string, std::string>> Privileges();
 
 }  // namespace mailseal::service
