@@ -13,9 +13,13 @@ configuration written there; the host's sink as the next hop through qemu's user
 - mail sent to the forwarded SMTP port is relayed to the sink on the host;
 - mailseald also listens on port 2525, which the firewall does not allow: nothing answers
   there from outside;
+- the guest's clock is synchronised (SM-10) against chrony running on the host (qemu's user
+  network takes the guest's NTP to 10.0.2.2:123 to the host's 127.0.0.1:123; a small relay
+  there counts the exchanges and hands them to chronyd on a port of the test's);
 - after an orderly power-off the journal on the state partition says: multi-user reached, no
-  unit failed, mailseald ran as `mailseal` with `cap_net_bind_service` only, no_new_privs and
-  a seccomp filter, and it said READY (Type=notify).
+  unit failed, timesyncd synchronised to 10.0.2.2, mailseald ran as `mailseal` with
+  `cap_net_bind_service` only, no_new_privs and a seccomp filter, and it said READY
+  (Type=notify).
 """
 import os
 import re
@@ -23,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -77,6 +82,49 @@ def inspect_rootfs(c, tree):
     c.check(not os.path.exists(f"{tree}/usr/sbin/sshd"), "no SSH server")
 
 
+def ntp_server(c, root):
+    """chronyd serving its own clock (stratum 8, never setting the host's) on a free port, and a
+    relay on 127.0.0.1:123 (where qemu's user network sends the guest's NTP) that counts the
+    answers it passes back. Returns a function giving that count."""
+    port = harness.free_port()
+    conf = os.path.join(root, "chrony.conf")
+    with open(conf, "w") as f:
+        f.write(f"port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\n"
+                f"driftfile {root}/chrony.drift\npidfile {root}/chronyd.pid\n")
+    chrony = subprocess.Popen(["chronyd", "-d", "-x", "-u", "root", "-f", conf], stdout=subprocess.DEVNULL,
+                              stderr=open(os.path.join(root, "chronyd.log"), "w"))
+    harness._cleanups.append(lambda: chrony.poll() is None and chrony.kill())
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        relay.bind(("127.0.0.1", 123))
+    except OSError as e:
+        c.check(False, "UDP 127.0.0.1:123 is free for the guest's NTP", str(e))
+        return lambda: 0
+    relay.settimeout(0.5)
+    answered = [0]
+
+    def run():
+        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        up.settimeout(2)
+        while chrony.poll() is None:
+            try:
+                data, peer = relay.recvfrom(512)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                up.sendto(data, ("127.0.0.1", port))
+                reply = up.recv(512)
+            except OSError:
+                continue
+            relay.sendto(reply, peer)
+            answered[0] += 1
+    threading.Thread(target=run, daemon=True).start()
+    harness._cleanups.append(relay.close)
+    return lambda: answered[0]
+
+
 def main():
     a = harness.args()
     c = harness.Checker("image_boot")
@@ -126,6 +174,7 @@ def main():
         r = sh(["debugfs", "-w", "-R", cmd, var])
         c.check(r.returncode == 0 and "rror" not in r.stderr, f"debugfs: {cmd.split()[0]}", r.stderr[-300:])
 
+    ntp_answers = ntp_server(c, root)
     smtp, closed = harness.free_port(), harness.free_port()
     mon = os.path.join(root, "monitor.sock")
     console = os.path.join(root, "console.log")
@@ -161,6 +210,9 @@ def main():
         c.check(not banner(closed).startswith(b"220"),
                 "port 2525, where mailseald also listens, is closed from outside (nftables default-deny)")
 
+    c.check(harness.eventually(lambda: ntp_answers() > 0 or None, 180, "the guest asked for the time"),
+            "the guest's timesyncd got the time from chrony on the host", str(ntp_answers()))
+
     # An orderly stop — Ctrl-Alt-Del: systemd stops every unit and flushes the journal; qemu
     # exits instead of rebooting (-no-reboot) —, then the journal from the state partition.
     with socket.socket(socket.AF_UNIX) as m:
@@ -178,6 +230,10 @@ def main():
     journal = sh(["journalctl", "-D", os.path.join(jdir, "journal"), "--no-pager", "-o", "short"]).stdout
     c.check("Reached target multi-user.target" in journal or "Reached target Multi-User System" in journal,
             "the persistent journal on the state partition shows multi-user reached", journal[-800:])
+    c.check(re.search(r"systemd-timesyncd\[\d+\]: (Initial clock synchronization|Contacted time server 10\.0\.2\.2)",
+                      journal) is not None,
+            "the journal says timesyncd synchronised to the NTP server (SM-10)",
+            "\n".join(l for l in journal.splitlines() if "timesyncd" in l)[-600:])
     failed = [l for l in journal.splitlines() if re.search(r"Failed to start|Failed with result|failed with result", l)]
     c.check(not failed, "no unit failed (systemctl --failed would be empty)", "\n".join(failed[:10]))
     running = re.search(r"mailseald: running with user=(\S+) capabilities=\"?([^\"]*)\"? no_new_privs=(\d) seccomp=(\S+)",
