@@ -58,6 +58,7 @@ struct DerivedCopy {
                                   // sealed to a certificate whose status is unknown (SEE-2.8)
   uint64_t policy_version = 0;    // of the decision (0: none applied)
   std::string what;               // protection or hold reason, for people (log, audit detail)
+  std::string cert_domain;        // held for want of this domain's certificate ("" otherwise)
   bool held() const { return treatment == Treatment::kHeld; }
   bool consumed() const { return treatment == Treatment::kConsumed; }
 };

@@ -48,6 +48,18 @@ Stack::Stats& Stack::Stats::operator+=(const Stats& o) {
   return *this;
 }
 
+namespace {
+void AddTcp(Stack::Stats* s, const tcp::Connection& c) {
+  const tcp::Connection::Stats& cs = c.stats();
+  s->retransmits += cs.retransmits;
+  s->fast_retransmits += cs.fast_retransmits;
+  s->sack_recoveries += cs.sack_recoveries;
+  s->sack_retransmits += cs.sack_retransmits;
+  s->timeouts += cs.timeouts;
+  if (c.sack()) ++s->sack_flows;
+}
+}  // namespace
+
 // TsOffset: a connection's timestamp clock offset (RFC 7323 §7.1), the ISN function's keyed
 // hash of the tuple with the ends swapped: unpredictable, and unrelated to the ISN.
 uint32_t Stack::TsOffset(uint32_t remote, uint16_t rport, uint16_t lport) const {
@@ -392,13 +404,7 @@ void Stack::Drain(FlowId id, FlowState& f, int64_t now) {
       events_.emplace_back(id, Event::kClosed);
     }
     if (f.half_open) --half_open_;
-    const tcp::Connection::Stats& cs = f.conn->stats();
-    stats_.retransmits += cs.retransmits;
-    stats_.fast_retransmits += cs.fast_retransmits;
-    stats_.sack_recoveries += cs.sack_recoveries;
-    stats_.sack_retransmits += cs.sack_retransmits;
-    stats_.timeouts += cs.timeouts;
-    if (f.conn->sack()) ++stats_.sack_flows;
+    AddTcp(&stats_, *f.conn);
     by_key_.erase(f.key);
     flows_.erase(id);
     return;
@@ -507,6 +513,13 @@ std::vector<std::pair<FlowId, Stack::Event>> Stack::TakeEvents() {
   std::vector<std::pair<FlowId, Event>> e;
   e.swap(events_);
   return e;
+}
+
+Stack::Stats Stack::stats() const {
+  Stats s = stats_;   // the ended flows' TCP counters are in it already
+  for (const auto& [id, f] : flows_)
+    if (f.conn) AddTcp(&s, *f.conn);
+  return s;
 }
 
 std::string Stack::ClosedPeer(FlowId id) const {

@@ -102,12 +102,12 @@ class Stack {
     uint64_t frames_in = 0, frames_out = 0, to_kernel = 0, dropped = 0, bad_checksum = 0, rst_sent = 0,
              syn_cookies_sent = 0, syn_cookies_accepted = 0, syn_dropped = 0, arp_replies = 0, echo_replies = 0,
              flows_reset = 0, icmp_errors = 0;
-    // TCP counters of the flows that ended (tcp::Connection::Stats, summed when a flow goes).
+    // TCP counters (tcp::Connection::Stats) of every flow, ended or still open.
     uint64_t retransmits = 0, fast_retransmits = 0, sack_recoveries = 0, sack_retransmits = 0, timeouts = 0,
              sack_flows = 0;
     Stats& operator+=(const Stats& o);
   };
-  const Stats& stats() const { return stats_; }
+  Stats stats() const;   // the counters, with the open flows' TCP counters added
   size_t flows() const { return flows_.size(); }
   size_t half_open() const { return half_open_; }
 

@@ -425,6 +425,7 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
     if (options_.on_event)
       options_.on_event({crypto::TreatmentEvent(d.treatment), c.queue_id, StrCat("copy=", d.queue_id, " ", d.what), d.policy_version});
     if (!d.held() && !d.consumed() && !entries_.count(d.queue_id)) admit.push_back(d.queue_id);
+    if (d.held() && !d.cert_domain.empty() && options_.held_for_certificate) options_.held_for_certificate(d.cert_domain);
     bool warned = d.warned;
     if ((d.held() || warned) && options_.notifications) {
       notifier_.SetOptions(options_.notifications());   // the policy in force now decides who is told

@@ -93,6 +93,10 @@ struct QueueOptions {
   // requires_tls: whether the policy in force says mail to this recipient goes only over TLS
   // (a domain rule's require_tls); null: never required.
   std::function<bool(const std::string& recipient)> requires_tls;
+  // held_for_certificate: a copy held for want of `domain`'s certificate is durable in hold/
+  // (called on the manager thread). Certificate discovery may have found the certificate while
+  // the copy was being written and released nothing then: it looks again (issue #15).
+  std::function<void(const std::string& domain)> held_for_certificate;
 };
 
 struct QueueStats {

@@ -143,6 +143,7 @@ class SmimeProcessor : public JobProcessor {
       d.treatment = o.action == smime::Action::kHold ? Treatment::kHeld : TreatmentOf(o.treatment);
       d.warned = o.warned;
       d.what = d.held() ? o.reason : (o.reason.empty() ? o.protection : StrCat(o.protection, "; ", o.reason));
+      if (d.held()) d.cert_domain = o.cert_domain;
       Status st = WriteCopy(*m, body, o, d);
       if (!st.ok()) {
         c.verdict = Verdict::kTempFail;

@@ -175,5 +175,62 @@ TEST_F(RecoveryTest, JobsCarryTheMessageTheWriterKeptAndRecoveredOnesGoByPath) {
   EXPECT_EQ(budget->used(), 0u) << "the job gave the memory back (the retry reads the file)";
 }
 
+// Issue #15's release race: certificate discovery may find the certificate while a worker is
+// still writing the copy it holds for it, and release nothing. Once the copy is durable in
+// hold/, the queue manager says so (held_for_certificate) and discovery looks again.
+TEST_F(RecoveryTest, AHeldCopyDurableInHoldIsReportedForItsCertificate) {
+  struct Holder : crypto::JobProcessor {
+    explicit Holder(Spool* s) : spool(s) {}
+    crypto::Completion Process(const crypto::Job& job) override {
+      mailseal::v1::SpoolEnvelope env;
+      env.set_queue_id(job.queue_id + "-0");
+      env.set_mail_from("a@x.test");
+      env.add_recipients()->set_address("b@y.test");
+      env.set_crypto_done(true);
+      env.set_derived_from(job.queue_id);
+      env.add_derived_rcpts(0);
+      env.set_hold_cert_domain("y.test");
+      Result<std::string> id = WriteWholeMessage(spool, env, "held\r\n", SpoolState::kHold, Durability::kGroup);
+      crypto::Completion c{job.queue_id, crypto::Verdict::kTransformed, "", 0, {}};
+      crypto::DerivedCopy d;
+      d.queue_id = id.ok() ? *id : "";
+      d.rcpts = {0};
+      d.treatment = crypto::Treatment::kHeld;
+      d.what = "no certificate for y.test";
+      d.cert_domain = "y.test";
+      c.derived.push_back(d);
+      return c;
+    }
+    Spool* spool;
+  };
+  std::mutex mu;
+  std::vector<std::pair<std::string, bool>> told;   // (domain, the copy was in hold/ then)
+  QueueOptions o = Options();
+  Spool* sp = spool_.get();
+  o.processor = [sp](size_t) { return std::make_unique<Holder>(sp); };
+  o.held_for_certificate = [&](const std::string& domain) {
+    std::lock_guard<std::mutex> l(mu);
+    told.emplace_back(domain, !sp->List(SpoolState::kHold).value().empty());
+  };
+  Result<std::string> id = WriteWholeMessage(spool_.get(), Env(), "to hold\r\n");
+  ASSERT_TRUE(id.ok());
+  QueueManager q(spool_.get(), o);
+  ASSERT_TRUE(q.Recover().ok());
+  ASSERT_TRUE(q.Start().ok());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (!told.empty()) break;
+    }
+    usleep(20000);
+  }
+  q.Stop();
+  std::lock_guard<std::mutex> l(mu);
+  ASSERT_EQ(told.size(), 1u);
+  EXPECT_EQ(told[0].first, "y.test");
+  EXPECT_TRUE(told[0].second) << "said only once the copy is in hold/";
+}
+
 }  // namespace
 }  // namespace mailseal::queue
