@@ -665,11 +665,9 @@ struct Daemon {
     qopts.requires_tls = [shared](const std::string& rcpt) {
       return shared->document.load(std::memory_order_acquire)->RequiresTls(rcpt);
     };
-    // A copy held for a certificate discovery may already have found (the lookup can finish
-    // while the copy is being written): discovery checks again and releases it.
-    qopts.held_for_certificate = [shared](const std::string& domain) {
-      if (shared->discovery) shared->discovery->Found(domain);
-    };
+    // qopts.held_for_certificate is not wired to discovery yet: its release check takes a valid
+    // but unsuitable certificate (SEE-2.4/2.6) for usable, so a copy held as unsuitable would be
+    // released and held again without end (integration.trust caught it). See the closing note.
     qopts.hold_expiry_ms = [shared] {
       return static_cast<int64_t>(shared->document.load(std::memory_order_acquire)->hold_expiry_s) * 1000;
     };
