@@ -500,6 +500,7 @@ Result<std::string> WriteWholeMessage(Spool* spool, mailseal::v1::SpoolEnvelope 
   const bool sync = durability == Durability::kSynced;
   SpoolWriter w;
   if (Status s = w.Open(spool, env); !s.ok()) return s;
+  w.KeepNoBody();
   if (Status s = w.Append(body); !s.ok()) return s;
   if (Status s = w.Finish(sync); !s.ok()) return s;
   if (Status s = w.Publish(to); !s.ok()) return s;

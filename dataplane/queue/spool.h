@@ -136,6 +136,9 @@ class SpoolWriter {
 
   const std::string& id() const { return id_; }
   uint64_t body_size() const { return body_size_; }
+  // KeepNoBody (after Open): this message's body is not kept in memory (a copy or DSN written
+  // whole: no crypto job will carry it, and it must not take the budget from received mail).
+  void KeepNoBody() { StopRetaining(); }
   // TakeMessage: after Publish(), what a reader would load from the file (no second read).
   SpoolMessage TakeMessage();
 
