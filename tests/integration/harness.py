@@ -49,10 +49,22 @@ def tempdir(keep=False):
     return d
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this test process: the kernel may return
+    the same ephemeral port to two bind(0) calls when nothing listens on it in between, and two
+    daemons configured before either starts would then share a port (integration.pki_certrequest
+    once routed gateway A's mail to itself that way)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def wait_port(port, timeout=10.0, host="127.0.0.1"):
