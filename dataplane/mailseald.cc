@@ -46,6 +46,7 @@
 #include "dataplane/dpdk/crypto_ring.h"
 #endif
 #include "dataplane/service/notify.h"
+#include "dataplane/service/privileges.h"
 #include "dataplane/tls/session.h"
 #include "dataplane/policy/classify.h"
 #include "dataplane/policy/snapshot.h"
@@ -311,7 +312,11 @@ control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* co
 // nothing: it reads the files the configuration names (certificates, keys, the PIN file's
 // owner and mode) and checks what start-up would otherwise find out late (resolver settings,
 // TLS context, roles, the spool path). Errors are "path: field 'x': why" (or file:line:col).
-Result<v1::Config> Validate(const std::string& path) {
+// `at_start` false (SIGHUP, after the drop to `user`): the files read only at start, as root —
+// the SMTP and API keys and certificates, which a reload does not apply — are not read again
+// (they may be root's, 0600, and unreadable now); a change to them needs a restart. The PIN
+// file is checked either way: it is read after the drop, so `user` must own it.
+Result<v1::Config> Validate(const std::string& path, bool at_start = true) {
   Result<v1::Config> loaded = config::LoadConfig(path);
   if (!loaded.ok()) return loaded.status();
   const v1::Config& cfg = *loaded;
@@ -333,7 +338,7 @@ Result<v1::Config> Validate(const std::string& path) {
              !parent.empty() && (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
     return bad("spool_dir", StrCat("'", cfg.spool_dir(), "' cannot be made: '", parent, "' is not a directory"));
   }
-  if (cfg.has_tls()) {   // a key_label's key is checked against the certificate at start (the token)
+  if (cfg.has_tls() && at_start) {   // a key_label's key is checked against the certificate at start (the token)
     Result<::ssl_ctx_st*> made = tls::MakeServerContext(cfg.tls().cert_file(), cfg.tls().key_file());
     if (!made.ok()) return bad("tls", made.status().message());
     tls::FreeContext(*made);
@@ -346,7 +351,11 @@ Result<v1::Config> Validate(const std::string& path) {
     if (::access(cfg.hsm().module_path().c_str(), R_OK) != 0)
       return bad("hsm.module_path", StrCat("'", cfg.hsm().module_path(), "': ", std::strerror(errno)));
     // The PIN is read (owner, mode 0600/0400, size) and wiped at once.
-    if (Result<hsm::Secret> pin = hsm::ReadSecretFile(cfg.hsm().pin_file()); !pin.ok())
+    // Read after the drop to `user`: that user must own it.
+    std::optional<uid_t> owner = ::geteuid();
+    if (uid_t uid = 0, gid = 0; !cfg.user().empty() && ::geteuid() == 0 && service::UserIds(cfg.user(), &uid, &gid).ok())
+      owner = uid;
+    if (Result<hsm::Secret> pin = hsm::ReadSecretFile(cfg.hsm().pin_file(), owner); !pin.ok())
       return bad("hsm.pin_file", pin.status().message());
   }
   if (cfg.has_control()) {
@@ -355,10 +364,16 @@ Result<v1::Config> Validate(const std::string& path) {
     if (!cfg.has_hsm()) return bad("control", "needs 'hsm' (the audit key lives on the token)");
     if (a.log_path().empty() || a.heads_path().empty() || a.key_label().empty())
       return bad("control.audit", "log_path, heads_path and key_label are required");
+    std::string api_host;
+    uint16_t api_port = 0;
+    if (!cfg.user().empty() && config::ParseHostPort(c.listen(), &api_host, &api_port) && api_port < 1024)
+      return bad("control.listen", StrCat("port ", api_port, " is below 1024: the management API starts after the drop "
+                                          "to 'user' (", cfg.user(), "), which may not bind it"));
     if (!c.key_label().empty() && !c.key_file().empty()) return bad("control.key_label", "key_file or key_label, not both");
     for (auto [file, field] : {std::pair{c.cert_file(), "control.cert_file"}, std::pair{c.key_file(), "control.key_file"},
                                std::pair{c.client_ca_file(), "control.client_ca_file"}}) {
       if (file.empty() && std::string_view(field) == "control.key_file" && !c.key_label().empty()) continue;
+      if (!at_start) continue;
       if (Result<std::string> r = base::ReadFile(file); !r.ok()) return bad(field, r.status().message());
     }
     for (int i = 0; i < c.roles_size(); ++i)
@@ -627,9 +642,8 @@ struct Daemon {
 
   // BuildQueue: the queue manager (recovered from the spool, not started) and the committer.
   int BuildQueue() {
-  // Deliveries connect through the network back end; the SMTP server endpoints get its
-  // listeners in StartNetwork.
-  if (int rc = StartDpdk(); rc != kGoOn) return rc;
+  // Deliveries connect through the network back end (StartDpdk chose it); the SMTP server
+  // endpoints get its listeners in StartNetwork.
   queue::QueueOptions qopts;
   qopts.network = network;
   qopts.hostname = cfg.hostname();
@@ -767,6 +781,25 @@ struct Daemon {
   return kGoOn;
   }
 
+  // DropPrivileges: after the listeners are bound (issue #18) — `user`, no capabilities,
+  // no_new_privs, the seccomp filter; see service/privileges.h. Nothing that reads outside
+  // input runs before this.
+  int DropPrivileges() {
+    bool was_root = geteuid() == 0;
+    if (Status st = service::DropPrivileges(cfg.user()); !st.ok()) {
+      Log(LogLevel::kError, "mailseald", "cannot drop privileges", {{"user", cfg.user()}, {"error", st.message()}});
+      return kExitRuntime;
+    }
+    auto fields = service::Privileges();
+    fields.emplace_back("from", was_root ? "root" : "unprivileged start");
+    for (auto& f : service::ProcStatus()) fields.push_back(std::move(f));   // as /proc/<pid>/status has it
+    Log(LogLevel::kInfo, "mailseald", "privileges dropped", fields);
+    if (geteuid() == 0)
+      Log(LogLevel::kWarning, "mailseald", "still running as root: set 'user' so that a compromise of the daemon is not "
+          "a compromise of the machine", {});
+    return kGoOn;
+  }
+
   // StartQueueAndControl: the queue and the committer run; the management API (issue #5),
   // whose audit trail was opened before the queue.
   int StartQueueAndControl() {
@@ -817,7 +850,9 @@ struct Daemon {
     Result<std::unique_ptr<control::PolicyStore>> ps =
         control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
     Status keys_loaded = LoadKeyDeps(cfg, token.get(), &key_deps);
-    if (smime && smime->store) cert_deps = CertDepsFor(smime.get(), &path, Validate);
+    // The API's certificate reload runs after the drop, as SIGHUP does.
+    if (smime && smime->store)
+      cert_deps = CertDepsFor(smime.get(), &path, [](const std::string& p) { return Validate(p, /*at_start=*/false); });
     Result<std::unique_ptr<control::ControlServer>> srv =
         !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
         : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
@@ -922,7 +957,7 @@ struct Daemon {
       if (::read(sfd, &si, sizeof si) != sizeof si) continue;
       if (si.ssi_signo == SIGHUP) {
         service::Reloading();
-        Result<v1::Config> fresh = Validate(path);   // what --check-config and start-up accept
+        Result<v1::Config> fresh = Validate(path, /*at_start=*/false);   // as --check-config, but the start-only secrets
         if (!fresh.ok()) {
           Log(LogLevel::kError, "mailseald", "reload refused, keeping the running config",
               {{"error", fresh.status().message()}});
@@ -1001,9 +1036,12 @@ int Run(const std::string& path) {
   Daemon d(path);
   std::vector<std::vector<int>> fds;
   // Each step runs only when the one before went well (a failed step's exit code is returned).
-  std::function<int()> steps[] = {[&] { return d.Configure(); },   [&] { return d.OpenStores(); },
-                                  [&] { return d.OpenAuditTrail(); }, [&] { return d.BuildQueue(); },
-                                  [&] { return d.OpenListeners(&fds); }, [&] { return d.StartQueueAndControl(); }};
+  // What needs root comes first (the DPDK port, listeners on privileged ports); then the
+  // daemon becomes `user` and opens everything else — token, spool, audit trail — as that user.
+  std::function<int()> steps[] = {[&] { return d.Configure(); },      [&] { return d.StartDpdk(); },
+                                  [&] { return d.OpenListeners(&fds); }, [&] { return d.DropPrivileges(); },
+                                  [&] { return d.OpenStores(); },     [&] { return d.OpenAuditTrail(); },
+                                  [&] { return d.BuildQueue(); },     [&] { return d.StartQueueAndControl(); }};
   for (auto& step : steps)
     if (int rc = step(); rc != Daemon::kGoOn) return rc;
   d.StartNetwork(std::move(fds));

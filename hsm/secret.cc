@@ -26,7 +26,7 @@ void Secret::Wipe() {
   value_.shrink_to_fit();
 }
 
-Result<Secret> ReadSecretFile(const std::string& path) {
+Result<Secret> ReadSecretFile(const std::string& path, std::optional<uid_t> owner) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return InvalidArgumentError(StrCat("secret file ", path, ": ", std::strerror(errno)));
   struct stat st {};
@@ -34,10 +34,15 @@ Result<Secret> ReadSecretFile(const std::string& path) {
     ::close(fd);
     return InvalidArgumentError(StrCat("secret file ", path, ": not a regular file"));
   }
-  if ((st.st_mode & 077) != 0 || st.st_uid != ::geteuid()) {
+  // Root running a tool (keygen, the ceremony helpers) may read the daemon user's file; the
+  // daemon itself always says whose it must be.
+  uid_t want = owner.value_or(::geteuid());
+  bool owner_ok = st.st_uid == want || (!owner && ::geteuid() == 0);
+  if ((st.st_mode & 077) != 0 || !owner_ok) {
     ::close(fd);
     return Status(StatusCode::kPermissionDenied,
-            StrCat("secret file ", path, ": must be owned by us with mode 0600 or 0400"));
+                  StrCat("secret file ", path, ": must be owned by ", want == ::geteuid() ? "us" : StrCat("uid ", want),
+                         " with mode 0600 or 0400"));
   }
   char buf[258];
   ssize_t n = ::read(fd, buf, sizeof buf);

@@ -5,7 +5,9 @@
 // cannot end up in a log line by accident.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <sys/types.h>
 #include <string_view>
 
 #include "dataplane/base/status.h"
@@ -33,6 +35,9 @@ class Secret {
 
 // ReadSecretFile reads a PIN or passphrase: a regular file, owned by us, mode 0600 or 0400,
 // at most 256 bytes; one trailing newline is dropped. Refuses anything looser.
-Result<Secret> ReadSecretFile(const std::string& path);
+// `owner`: the uid that must own it (mailseald says which: its own, or, started as root, the
+// user it drops to). Unset: the reader's — or anyone's when the reader is root (a tool run by
+// root on the daemon user's file); the mode rule holds either way.
+Result<Secret> ReadSecretFile(const std::string& path, std::optional<uid_t> owner = std::nullopt);
 
 }  // namespace mailseal::hsm

@@ -1,6 +1,8 @@
 // token_manager.cc — see token_manager.h.
 #include "hsm/token_manager.h"
 
+#include <unistd.h>
+
 #include "dataplane/base/log.h"
 #include "hsm/ckr.h"
 
@@ -28,7 +30,7 @@ Status TokenManager::Open() {
   if (!m.ok()) return m.status();
   Result<CK_SLOT_ID> slot = (*m)->FindToken(cfg_.token_label, cfg_.token_serial);
   if (!slot.ok()) return slot.status();
-  Result<Secret> pin = ReadSecretFile(cfg_.pin_file);
+  Result<Secret> pin = ReadSecretFile(cfg_.pin_file, ::geteuid());   // the daemon's own file, even as root
   if (!pin.ok()) return pin.status();
   Result<std::unique_ptr<SessionPool>> pool = SessionPool::Open(m->get(), *slot, cfg_.sessions, *pin);
   if (!pool.ok()) return pool.status();

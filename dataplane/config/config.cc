@@ -7,6 +7,7 @@
 #include "dataplane/base/file.h"
 
 #include <arpa/inet.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -137,6 +138,14 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
   if (cfg.crypto_memory_mib() > 4096) return bad(cfg, tree, "crypto_memory_mib", -1, "at most 4096");
   for (uint32_t cpu : cfg.crypto_cpus())
     if (cpu >= 1024) return bad(cfg, tree, "crypto_cpus", -1, "CPU numbers are below 1024");
+  if (!cfg.user().empty()) {
+    std::vector<char> buf(16384);
+    passwd pw{};
+    passwd* found = nullptr;
+    if (getpwnam_r(cfg.user().c_str(), &pw, buf.data(), buf.size(), &found) != 0 || !found)
+      return bad(cfg, tree, "user", -1, StrCat("no user '", cfg.user(), "' on this system"));
+    if (found->pw_uid == 0) return bad(cfg, tree, "user", -1, "must not be root (nothing would be given up)");
+  }
   for (int i = 0; i < cfg.trusted_networks_size(); ++i) {
     policy::Cidr c;
     if (!policy::ParseCidr(cfg.trusted_networks(i), &c))

@@ -7,6 +7,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 
 namespace mailseal::service {
@@ -44,6 +46,23 @@ std::vector<std::pair<std::string, std::string>> Privileges() {
   for (std::string line; std::getline(status, line);)
     if (line.rfind("Seccomp:", 0) == 0) seccomp = line.substr(line.find_first_not_of(" \t", 8));
   out.emplace_back("seccomp", seccomp == "0" ? "off" : seccomp == "2" ? "filter" : seccomp);
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> ProcStatus() {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    if (key != "Uid" && key != "Gid" && key.rfind("Cap", 0) != 0) continue;
+    std::string value = line.substr(std::min(line.size(), line.find_first_not_of(" \t", colon + 1)));
+    for (char& ch : value)
+      if (ch == '\t') ch = ',';
+    for (char& ch : key) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    out.emplace_back(key, value);
+  }
   return out;
 }
 

@@ -22,4 +22,9 @@ void Watchdog();                             // WATCHDOG=1
 // (cap_to_text form, "=" for none), no_new_privs and the seccomp mode.
 std::vector<std::pair<std::string, std::string>> Privileges();
 
+// ProcStatus: the kernel's own account of the process from /proc/self/status — uids, gids and
+// every capability set as the kernel shows them (Uid, Gid, CapInh, CapPrm, CapEff, CapBnd,
+// CapAmb), for the log line after the drop, which the image test reads.
+std::vector<std::pair<std::string, std::string>> ProcStatus();
+
 }  // namespace mailseal::service

@@ -349,6 +349,16 @@ TEST(Secret, FileMustBePrivateAndIsTrimmed) {
   Result<Secret> ok = ReadSecretFile(tmpl);
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->Reveal(), "s3cret");
+  // The owner the daemon names is the one it must have (issue #18: read after the drop).
+  EXPECT_TRUE(ReadSecretFile(tmpl, ::geteuid()).ok());
+  Result<Secret> someone_else = ReadSecretFile(tmpl, ::geteuid() + 4242);
+  EXPECT_EQ(someone_else.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(someone_else.status().message().find("must be owned by uid"), std::string::npos);
+  if (::geteuid() == 0 && chown(tmpl, 4242, 4242) == 0) {
+    EXPECT_TRUE(ReadSecretFile(tmpl).ok()) << "root's tools read the daemon user's PIN file";
+    EXPECT_FALSE(ReadSecretFile(tmpl, 0).ok()) << "but the daemon, told to own it, does not";
+    EXPECT_TRUE(ReadSecretFile(tmpl, 4242).ok());
+  }
   unlink(tmpl);
   EXPECT_FALSE(ReadSecretFile("/nonexistent-pin").ok());
 }

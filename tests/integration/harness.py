@@ -7,6 +7,7 @@ test sink, which writes every message it accepts to a file), swaks.
 import argparse
 import atexit
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -138,11 +139,45 @@ class Sink:
         return out
 
 
+# The account mailseald drops to once its listeners are bound (issue #18: the same privilege
+# drop outside the image as inside it). Tests run as root, so every daemon the harness starts
+# begins as root and becomes this user.
+DAEMON_USER = "mailseal"
+
+
+def ensure_daemon_user():
+    """The system account the package's postinst makes (no home, no shell, locked), made here
+    when the machine running the tests has none."""
+    try:
+        pwd.getpwnam(DAEMON_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", DAEMON_USER], check=True)
+    return DAEMON_USER
+
+
+def give_to_daemon_user(top):
+    """Everything root made under `top` (keys, PIN files, token directories, configuration)
+    becomes the daemon user's, as the package and the key ceremony leave them on an appliance.
+    Files of other users (the sinks' postfix) stay theirs."""
+    pw = pwd.getpwnam(DAEMON_USER)
+    for d, dirs, files in os.walk(top):
+        for n in [d] + [os.path.join(d, f) for f in files]:
+            try:
+                if os.lstat(n).st_uid == 0:
+                    os.lchown(n, pw.pw_uid, pw.pw_gid)
+            except FileNotFoundError:
+                pass
+
+
 class Mailseald:
     def __init__(self, binary, root, relay_port=None, extra="", name="gw", trusted="127.0.0.0/8",
-                 delivery_extra="", local_domain="agency-a.test", env=None, hostname="gw.test"):
+                 delivery_extra="", local_domain="agency-a.test", env=None, hostname="gw.test",
+                 user=None):
         self.binary = binary
         self.env = env
+        self.top = root
+        self.user = (ensure_daemon_user() if os.geteuid() == 0 else "") if user is None else user
         self.root = os.path.join(root, name)
         os.makedirs(self.root, exist_ok=True)
         self.spool = os.path.join(self.root, "spool")
@@ -166,11 +201,18 @@ delivery {{
   {delivery_extra}
 }}
 {extra}
+{f'user: "{self.user}"' if self.user else ""}
 """)
         self.proc = None
         _cleanups.append(self.kill)
 
+    def prepare(self):
+        """What start() does before it runs the binary: the files become the daemon user's."""
+        if self.user:
+            give_to_daemon_user(self.top)
+
     def start(self):
+        self.prepare()
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen([self.binary, "--config", self.config], stdout=logf, stderr=logf,
                                      env=self.env)

@@ -22,6 +22,7 @@ them in software (steer.h) throughout.
 """
 import json
 import os
+import pwd
 import random
 import socket
 import subprocess
@@ -130,6 +131,15 @@ class DpdkGateway:
         self.launch(a.mailseald)
         c.check(gw.proc.poll() is None, f"mailseald runs on the {'kernel' if kernel else 'DPDK'} back end",
                 gw.read_log()[-2000:])
+        if gw.user and gw.proc.poll() is None:   # issue #18: the drop holds on this back end too
+            with open(f"/proc/{gw.proc.pid}/status") as f:
+                st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            uid = str(pwd.getpwnam(gw.user).pw_uid)
+            c.check(st["Uid"].split() == [uid] * 4 and st["CapEff"] == st["CapPrm"] == st["CapBnd"] == "0" * 16
+                    and st["NoNewPrivs"] == "1" and st["Seccomp"] == "2",
+                    f"on the {'kernel' if kernel else 'DPDK'} back end mailseald runs as {gw.user} with no capability, "
+                    "no_new_privs and the seccomp filter (README: Privileges)",
+                    " ".join(f"{k}={st.get(k)}" for k in ("Uid", "CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")))
 
     def launch(self, binary):
         """Starts mailseald (again) and waits until it listens. The stack listens on the
@@ -137,6 +147,7 @@ class DpdkGateway:
         not serve: started by hand."""
         gw, ns, tap = self.gw, self.ns, self.tap
         logf = open(gw.log, "ab")
+        gw.prepare()
         gw.proc = subprocess.Popen([binary, "--config", gw.config], stdout=logf, stderr=logf, env=self.env)
         logf.close()
         if gw.kill not in harness._cleanups:

@@ -96,6 +96,7 @@ def main():
     # ---- 2. the descriptor limit --------------------------------------------------------------
     gw2 = harness.Mailseald(a.mailseald, root, name="fdlimit", extra="net_threads: 1\ncrypto_workers: 1\n")
     logf = open(gw2.log, "ab")
+    gw2.prepare()
     gw2.proc = subprocess.Popen(["prlimit", "--nofile=128:128", gw2.binary, "--config", gw2.config],
                                 stdout=logf, stderr=logf)
     logf.close()

@@ -164,7 +164,7 @@ def main():
     conf = os.path.join(root, "mailseald.conf")
     with open(conf, "w") as f:
         f.write('hostname: "gw.appliance.test"\nlisten { address: "0.0.0.0:25" }\nlisten { address: "0.0.0.0:2525" }\n'
-                'spool_dir: "/var/spool/mailseal"\ntrusted_networks: "10.0.2.0/24"\n'
+                'spool_dir: "/var/spool/mailseal"\ntrusted_networks: "10.0.2.0/24"\nuser: "mailseal"\n'
                 f'delivery {{ relay_host: "[10.0.2.2]:{sink.port}" }}\n')
     var = f"{out}/var.img"
     for cmd in (f"write {conf} /lib/mailseal/mailseald.conf",
@@ -242,6 +242,15 @@ def main():
             and running.group(3) == "1" and running.group(4) == "filter",
             "mailseald ran as mailseal with cap_net_bind_service only, no_new_privs and a seccomp filter",
             running.group(0) if running else "\n".join(l for l in journal.splitlines() if "mailseald" in l)[-800:])
+    # After binding port 25 it gives the capability up: what /proc/<pid>/status said then.
+    dropped = re.search(r"mailseald: privileges dropped (.*)", journal)
+    f = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', dropped.group(1))) if dropped else {}
+    c.check(dropped is not None and f.get("user") == "mailseal" and f.get("uid") == ",".join([str(uid)] * 4)
+            and f.get("capprm") == f.get("capeff") == f.get("capamb") == f.get("capinh") == "0" * 16
+            and f.get("capbnd") == "0000000000000400" and f.get("no_new_privs") == "1" and f.get("seccomp") == "filter",
+            "once port 25 is bound: no capability left (bounding set: cap_net_bind_service, the unit's), "
+            "as /proc/<pid>/status showed it (README: Privileges)",
+            dropped.group(0) if dropped else "\n".join(l for l in journal.splitlines() if "mailseald" in l)[-800:])
     c.check(re.search(r"Started mailseald.service|Started .*mailseal secure-email gateway", journal) is not None,
             "systemd saw mailseald ready (Type=notify)")
     c.finish()

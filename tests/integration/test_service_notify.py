@@ -51,6 +51,7 @@ def main():
     st = os.fstat(log.fileno())
     env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="2000000",
                JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    gw.prepare()
     gw.proc = subprocess.Popen([a.mailseald, "--config", gw.config], stdout=log, stderr=log, env=env)
     log.close()
     harness._cleanups.append(gw.kill)
