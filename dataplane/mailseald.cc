@@ -679,9 +679,15 @@ struct Daemon {
     qopts.requires_tls = [shared](const std::string& rcpt) {
       return shared->document.load(std::memory_order_acquire)->RequiresTls(rcpt);
     };
-    // qopts.held_for_certificate is not wired to discovery yet: its release check takes a valid
-    // but unsuitable certificate (SEE-2.4/2.6) for usable, so a copy held as unsuitable would be
-    // released and held again without end (integration.trust caught it). See the closing note.
+    // A copy held for want of a certificate, once durable in hold/, is reported to discovery,
+    // which releases it when the certificate is usable by then — the one that turned up while
+    // the copy was still being written included (it would otherwise wait for the domain's next
+    // lookup). Discovery's release check applies the gateway's suitability rules, so a copy
+    // held as unsuitable is not released to be held again.
+    if (smime->discovery) {
+      smime::Discovery* disc = smime->discovery.get();
+      qopts.held_for_certificate = [disc](const std::string& domain) { disc->Found(domain); };
+    }
     qopts.hold_expiry_ms = [shared] {
       return static_cast<int64_t>(shared->document.load(std::memory_order_acquire)->hold_expiry_s) * 1000;
     };

@@ -1,5 +1,6 @@
 // discovery.cc — see discovery.h.
 #include "dataplane/smime/discovery.h"
+#include "dataplane/smime/gateway.h"
 
 #include <openssl/x509v3.h>
 #include <pthread.h>
@@ -240,7 +241,11 @@ Result<std::vector<std::string>> Discovery::ReadSeemailList(size_t* skipped) {
 void Discovery::ReleaseIfUsable(const std::string& domain) {
   std::string covering;
   X509Ref dca = store_->Dca(domain, &covering);
-  if (!dca || store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid) return;
+  // Usable as the gateway judges it: valid now, and suitable (naming, key strength) — a copy
+  // held as unsuitable must not be released to be held again.
+  if (!dca || store_->Check(dca.get(), X509_PURPOSE_SMIME_ENCRYPT).first != CertStatus::kValid ||
+      !UnsuitableDca(dca.get()).empty())
+    return;
   // Every wanted domain this certificate covers (sub-domains too) is satisfied.
   std::vector<std::string> covered;
   {

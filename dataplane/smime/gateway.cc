@@ -189,16 +189,14 @@ std::string OurReceived(const std::string& message, const std::string& gateway_n
   return fields.front().raw.find(StrCat("by ", gateway_name, " (mailseal)")) != std::string::npos ? fields.front().raw : "";
 }
 
-// UnsuitableDca: why a certificate cannot be encrypted to (SEE-2.6 naming, SEE-2.4 key
-// strength), or "".
+}  // namespace
+
 std::string UnsuitableDca(X509* dca) {
   AuthorityNames names = ExamineAuthority(dca, "domain-confidentiality-authority");
   if (!names.problem.empty()) return names.problem;
   if (names.domains.empty()) return "it does not name a domain-confidentiality-authority (SEE-2.6)";
   return KeyStrengthProblem(dca);
 }
-
-}  // namespace
 
 const char* ActionName(Action a) {
   switch (a) {

@@ -209,4 +209,9 @@ std::string CertificateRequest(const std::string& from, const std::string& domai
 // Warning texts of the SEE-2.8 table (receiving column), put in front of the Subject.
 std::string WarningFor(CertStatus s);
 
+// UnsuitableDca: why a certificate cannot be encrypted to (SEE-2.6 naming, SEE-2.4 key
+// strength), or "". The gateway holds mail rather than seal to such a certificate; discovery
+// releases held mail only for one that passes (else a release would be held again at once).
+std::string UnsuitableDca(X509* dca);
+
 }  // namespace mailseal::smime
