@@ -130,6 +130,11 @@ class KeyServiceImpl final : public v1::KeyService::Service {
     hsm::Purpose purpose = req->purpose() == "dca-encrypt" ? hsm::Purpose::kDcaEncrypt
                            : req->purpose() == "tls"       ? hsm::Purpose::kTls
                                                            : hsm::Purpose::kDsaSign;
+    if (d_->keys_only_in_ceremony)
+      return guard_->Refuse(actor, method, object,
+                            Status(StatusCode::FAILED_PRECONDITION,
+                                   "keys are made only in a ceremony here (control.ceremony.keys_only_in_ceremony): "
+                                   "mailsealctl ceremony start --kind initialise"));
     mailseal::Status st = OkStatus();
     if (type == kTypes.end()) st = InvalidArgumentError("field 'key_type': rsa:2048, rsa:3072, rsa:4096, ec:P-256 or ec:P-384");
     else if (req->purpose() != "dsa-sign" && req->purpose() != "dca-encrypt" && req->purpose() != "tls")
@@ -184,7 +189,8 @@ class KeyServiceImpl final : public v1::KeyService::Service {
     if (Status st = guard_->Check(ctx, method, req->label(), &actor); !st.ok()) return st;
     mailseal::Status st = OkStatus();
     if (req->domains().empty()) st = InvalidArgumentError("field 'domains': the served domains the certificate must name");
-    else if (d_->anchors_pem.empty()) st = FailedPreconditionError("no trust anchors configured (smime.trust_anchors_file)");
+    else if (d_->anchors_pem.empty()) st = FailedPreconditionError(
+        "no trust anchors configured (smime.trust_anchors_file, or control.domain_trust_anchors_file before the smime section exists)");
     if (st.ok())
       st = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
         hsm::InstallRequest in{req->label(), req->certificate_pem(), {req->chain_pem().begin(), req->chain_pem().end()},
@@ -218,28 +224,52 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     const char* method = "mailseal.v1.CeremonyService.StartCeremony";
     std::string object = StrCat(req->kind(), " ", req->key_label());
     if (Status st = guard_->Check(ctx, method, StrCat(object, " reason=", req->reason()), &actor); !st.ok()) return st;
-    if (req->kind() != "destroy-key")
-      return guard_->Refuse(actor, method, object, Invalid("kind", "destroy-key (the only ceremony served over the API)"));
+    const bool init = req->kind() == "initialise";
+    if (req->kind() != "destroy-key" && !init)
+      return guard_->Refuse(actor, method, object, Invalid("kind", "destroy-key or initialise"));
     if (req->reason().empty())
       return guard_->Refuse(actor, method, object,
                             Invalid("reason", "required (it goes to the transcript and the audit trail)"));
     if (d_->threshold == 0)
       return guard_->Refuse(actor, method, object,
                             Status(StatusCode::FAILED_PRECONDITION, "no ceremony custodians configured (control.ceremony)"));
-    if (d_->in_use.count(req->key_label()))
-      return guard_->Refuse(actor, method, object,
-                            Status(StatusCode::FAILED_PRECONDITION, StrCat("'", req->key_label(),
-                                                                            "' is in use by the configuration: retire it there first")));
-    mailseal::Status exists = WithSession(d_, [&](hsm::Session& s) { return hsm::FindKeyPair(s, req->key_label()).status(); });
-    if (!exists.ok()) return FromStatus(exists);
+    Params p;
+    p.kind = req->kind();
+    p.dsa_label = req->key_label();
+    std::string action_object;   // what the custodians' statement names
+    if (init) {
+      Result<Params> made = InitialiseParams(*req);
+      if (!made.ok()) return guard_->Refuse(actor, method, object, FromStatus(made.status()));
+      p = std::move(made.value());
+      action_object = StrCat("dsa=", p.dsa_label, " dca=", p.dca_label, " key_type=", p.key_type_name, " domains=",
+                             Join(p.domains), p.organization.empty() ? "" : StrCat(" O=", p.organization),
+                             p.country.empty() ? "" : StrCat(" C=", p.country));
+      // Both labels must be free: a ceremony makes keys, it never replaces one.
+      for (const std::string& label : {p.dsa_label, p.dca_label}) {
+        mailseal::Status taken = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
+          Result<hsm::KeyPair> kp = hsm::FindKeyPair(s, label);
+          if (kp.ok()) return AlreadyExistsError(StrCat("a key pair labelled '", label, "' is on the token already"));
+          return kp.status().code() == mailseal::StatusCode::kNotFound ? OkStatus() : kp.status();
+        });
+        if (!taken.ok()) return guard_->Refuse(actor, method, object, FromStatus(taken));
+      }
+    } else {
+      if (d_->in_use.count(req->key_label()))
+        return guard_->Refuse(actor, method, object,
+                              Status(StatusCode::FAILED_PRECONDITION, StrCat("'", req->key_label(),
+                                                                              "' is in use by the configuration: retire it there first")));
+      mailseal::Status exists = WithSession(d_, [&](hsm::Session& s) { return hsm::FindKeyPair(s, req->key_label()).status(); });
+      if (!exists.ok()) return FromStatus(exists);
+      action_object = req->key_label();
+    }
     std::lock_guard<std::mutex> l(mu_);
     size_t pending = 0;
     for (const auto& [id, c] : ceremonies_) pending += c.state == "pending";
     if (pending >= 16) return Status(StatusCode::RESOURCE_EXHAUSTED, "16 ceremonies are pending already");
-    Result<hsm::Ceremony> c = hsm::Ceremony::Begin("destroy", d_->threshold, d_->custodians,
+    Result<hsm::Ceremony> c = hsm::Ceremony::Begin(init ? "initialise" : "destroy", d_->threshold, d_->custodians,
                                                    StrCat("started by CN=", actor, ": ", req->reason()));
     if (!c.ok()) return FromStatus(c.status());
-    Result<std::string> statement = c->Propose("destroy-key", req->key_label());
+    Result<std::string> statement = c->Propose(req->kind(), action_object);
     if (!statement.ok()) return FromStatus(statement.status());
     std::string id = c->transcript().ceremony_id();
     // Finished ceremonies stay readable (their transcripts are also on disk); at most 256 are
@@ -251,7 +281,8 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
       if (oldest == ceremonies_.end()) break;
       ceremonies_.erase(oldest);
     }
-    ceremonies_.emplace(id, Entry{std::move(c.value()), req->key_label(), "pending", "", ++seq_});
+    ceremonies_.emplace(id, Entry{std::move(c.value()), init ? p.dsa_label : req->key_label(), "pending", "", ++seq_,
+                                  std::move(p), {}});
     resp->set_ceremony_id(id);
     resp->set_statement(*statement);
     resp->set_threshold(d_->threshold);
@@ -287,6 +318,7 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     // The quorum is there: act, then close the transcript with the audit key's signature.
     mailseal::Status done = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
       mailseal::Status acted = e.ceremony.Execute([&]() -> Result<std::string> {
+        if (e.params.kind == "initialise") return Initialise(s, e);
         Result<hsm::KeyPair> kp = hsm::FindKeyPair(s, e.key_label);
         if (!kp.ok()) return kp.status();
         if (mailseal::Status st = hsm::DestroyKeyPair(s, *kp); !st.ok()) return st;
@@ -305,14 +337,15 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     });
     v1::AuditRecord r;
     r.set_actor(StrCat("CN=", actor));
-    r.set_action("ceremony.destroy-key");
-    r.set_object(e.key_label);
+    r.set_action(StrCat("ceremony.", e.params.kind));
+    r.set_object(e.params.kind == "initialise" ? StrCat(e.params.dsa_label, ",", e.params.dca_label) : e.key_label);
     r.set_outcome(e.state == "done" && done.ok() ? v1::AuditRecord::OUTCOME_DONE : v1::AuditRecord::OUTCOME_FAILED);
     r.set_detail(StrCat("ceremony ", req->ceremony_id(), ": ", e.detail, done.ok() ? "" : StrCat("; transcript: ", done.message())));
     (void)audit_->Append(r);
     Log(LogLevel::kInfo, "control", "ceremony finished", {{"id", req->ceremony_id()}, {"state", e.state}, {"detail", e.detail}});
     resp->set_state(e.state);
     resp->set_detail(done.ok() ? e.detail : StrCat(e.detail, "; transcript not kept: ", done.message()));
+    for (const v1::CeremonyCsr& csr : e.csrs) *resp->add_csrs() = csr;
     return Status::OK;
   }
 
@@ -328,19 +361,86 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     const v1::CeremonyTranscript& t = it->second.ceremony.transcript();
     google::protobuf::TextFormat::PrintToString(t, resp->mutable_text());
     resp->set_key_label(it->second.key_label);
+    resp->set_kind(it->second.params.kind);
+    for (const v1::CeremonyCsr& csr : it->second.csrs) *resp->add_csrs() = csr;
     if (it->second.state == "pending" && t.steps_size() && t.steps().rbegin()->requires_approval())
       resp->set_statement(hsm::ApprovalStatement(t.ceremony_id(), t.steps().rbegin()->hash()));
     return Status::OK;
   }
 
  private:
+  // Params: what a ceremony acts on, fixed when it starts (the statement names it).
+  struct Params {
+    std::string kind;
+    std::string dsa_label, dca_label;   // initialise: the pairs made; destroy-key: dsa_label unused
+    hsm::KeyType key_type = hsm::KeyType::kRsa2048;
+    std::string key_type_name = "rsa:2048";
+    std::vector<std::string> domains;
+    std::string organization, country;
+  };
   struct Entry {
     hsm::Ceremony ceremony;
     std::string key_label;
     std::string state;   // pending, done, failed
     std::string detail;
     uint64_t seq = 0;    // start order
+    Params params;
+    std::vector<v1::CeremonyCsr> csrs;   // initialise, done
   };
+
+  static std::string Join(const std::vector<std::string>& v) {
+    std::string out;
+    for (const std::string& x : v) out += (out.empty() ? "" : ",") + x;
+    return out;
+  }
+
+  // InitialiseParams: the request's fields for an initialise ceremony, checked.
+  static Result<Params> InitialiseParams(const v1::StartCeremonyRequest& req) {
+    static const std::map<std::string, hsm::KeyType> kTypes = {
+        {"", hsm::KeyType::kRsa2048},         {"rsa:2048", hsm::KeyType::kRsa2048}, {"rsa:3072", hsm::KeyType::kRsa3072},
+        {"rsa:4096", hsm::KeyType::kRsa4096}, {"ec:P-256", hsm::KeyType::kEcP256},  {"ec:P-384", hsm::KeyType::kEcP384}};
+    Params p;
+    p.kind = "initialise";
+    p.dsa_label = req.key_label().empty() ? "dsa" : req.key_label();
+    p.dca_label = req.dca_key_label().empty() ? "dca" : req.dca_key_label();
+    if (p.dsa_label == p.dca_label) return InvalidArgumentError("fields 'key_label' and 'dca_key_label': two different labels");
+    auto type = kTypes.find(req.key_type());
+    if (type == kTypes.end()) return InvalidArgumentError("field 'key_type': rsa:2048, rsa:3072, rsa:4096, ec:P-256 or ec:P-384");
+    p.key_type = type->second;
+    p.key_type_name = req.key_type().empty() ? "rsa:2048" : req.key_type();
+    p.domains.assign(req.domains().begin(), req.domains().end());
+    // The CSR checks, once for each purpose, now rather than after the quorum.
+    for (hsm::Purpose purpose : {hsm::Purpose::kDsaSign, hsm::Purpose::kDcaEncrypt})
+      if (Result<hsm::CsrRequest> r = CsrFor(purpose, req.domains(), req.organization(), req.country()); !r.ok())
+        return r.status();
+    p.organization = req.organization();
+    p.country = req.country();
+    return p;
+  }
+
+  // Initialise: the quorum is there — both key pairs made inside the token, their CSRs kept
+  // for the response; what it did, for the transcript.
+  Result<std::string> Initialise(hsm::Session& s, Entry& e) {
+    std::string done;
+    google::protobuf::RepeatedPtrField<std::string> domains(e.params.domains.begin(), e.params.domains.end());
+    for (auto [label, purpose] : {std::pair{e.params.dsa_label, hsm::Purpose::kDsaSign},
+                                  std::pair{e.params.dca_label, hsm::Purpose::kDcaEncrypt}}) {
+      Result<hsm::KeyPair> kp = hsm::GenerateKeyPair(s, {e.params.key_type, purpose, label});
+      if (!kp.ok()) return kp.status();
+      Result<hsm::CsrRequest> req = CsrFor(purpose, domains, e.params.organization, e.params.country);
+      if (!req.ok()) return req.status();
+      Result<std::string> csr = SignCsr(s, *kp, *req);
+      if (!csr.ok()) return csr.status();
+      v1::CeremonyCsr out;
+      out.set_key_label(label);
+      out.set_purpose(hsm::PurposeName(purpose));
+      out.set_csr_pem(*csr);
+      e.csrs.push_back(std::move(out));
+      done += StrCat(done.empty() ? "" : "; ", hsm::PurposeName(purpose), " key pair '", label, "' (", e.params.key_type_name,
+                     ") made in the token, CSR for ", Join(e.params.domains));
+    }
+    return done;
+  }
   const Guard* guard_;
   const KeyDeps* d_;
   audit::AuditLog* audit_;

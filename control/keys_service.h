@@ -30,6 +30,7 @@ struct KeyDeps {
   unsigned threshold = 0;                  // 0: ceremonies refused (not configured)
   std::vector<mailseal::v1::CustodianRecord> custodians;
   std::string transcript_dir;
+  bool keys_only_in_ceremony = false;      // GenerateKey refused: keys only from an initialise ceremony
 };
 
 std::unique_ptr<grpc::Service> NewKeyService(const Guard* guard, const KeyDeps* deps);

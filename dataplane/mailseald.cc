@@ -147,8 +147,21 @@ Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::Key
     if (Result<std::string> anchors = base::ReadFile(cfg.smime().trust_anchors_file()); anchors.ok())
       k->anchors_pem = PemCertificates(*anchors);
   }
+  if (const std::string& f = cfg.control().domain_trust_anchors_file(); !f.empty()) {
+    Result<std::string> anchors = base::ReadFile(f);
+    std::vector<std::string> certs = anchors.ok() ? PemCertificates(*anchors) : std::vector<std::string>{};
+    if (certs.empty())
+      return InvalidArgumentError(StrCat("field 'control.domain_trust_anchors_file': '", f, "' holds no PEM certificate"));
+    k->anchors_pem = std::move(certs);
+  }
   const auto& c = cfg.control().ceremony();
-  if (c.custodians_size() == 0 && c.threshold() == 0) return OkStatus();
+  k->keys_only_in_ceremony = c.keys_only_in_ceremony();
+  if (c.custodians_size() == 0 && c.threshold() == 0) {
+    if (c.keys_only_in_ceremony())
+      return InvalidArgumentError("field 'control.ceremony.keys_only_in_ceremony': needs custodians and a threshold "
+                                  "(no key could ever be made)");
+    return OkStatus();
+  }
   for (int i = 0; i < c.custodians_size(); ++i) {
     Result<std::string> read = base::ReadFile(c.custodians(i).cert_file());
     std::string pem = read.ok() ? *read : "";
