@@ -236,7 +236,7 @@ def main():
             "\n".join(l for l in journal.splitlines() if "timesyncd" in l)[-600:])
     failed = [l for l in journal.splitlines() if re.search(r"Failed to start|Failed with result|failed with result", l)]
     c.check(not failed, "no unit failed (systemctl --failed would be empty)", "\n".join(failed[:10]))
-    running = re.search(r"mailseald: running with user=(\S+) capabilities=\"?([^\"]*)\"? no_new_privs=(\d) seccomp=(\S+)",
+    running = re.search(r"mailseald: running with user=(\S+) capabilities=\"?([^\"\s]*)\"? no_new_privs=(\d) seccomp=(\S+)",
                         journal)
     c.check(running is not None and running.group(1) == "mailseal" and running.group(2) == "cap_net_bind_service=eip"
             and running.group(3) == "1" and running.group(4) == "filter",
