@@ -19,31 +19,13 @@ yet (nothing to seal with).
 """
 import json
 import os
-import stat
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_control_api import control_pki  # noqa: E402
-from test_smime_gateways import MODULE, SO_PIN, USER_PIN, make_pki, run, send, smime_conf  # noqa: E402
-
-
-def bare_token(root, name):
-    """A token with no key yet (the audit key comes next, from control_pki), as an appliance's
-    HSM is before its first ceremony."""
-    d = os.path.join(root, f"pki-{name}")
-    os.makedirs(os.path.join(d, "tokens"))
-    conf = os.path.join(d, "softhsm2.conf")
-    with open(conf, "w") as f:
-        f.write(f"directories.tokendir = {d}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
-    env = dict(os.environ, SOFTHSM2_CONF=conf)
-    run(["softhsm2-util", "--init-token", "--free", "--label", name, "--so-pin", SO_PIN, "--pin", USER_PIN], d, env)
-    pin = os.path.join(d, "user.pin")
-    with open(pin, "w") as f:
-        f.write(USER_PIN + "\n")
-    os.chmod(pin, stat.S_IRUSR | stat.S_IWUSR)
-    return d, env, pin
+from test_smime_gateways import MODULE, make_pki, make_token, run, send, smime_conf  # noqa: E402
 
 
 def main():
@@ -51,7 +33,7 @@ def main():
     c = harness.Checker("ceremony_initialise")
     root = harness.tempdir(a.keep)
     ca_dir, [(db, env_b, pin_b)] = make_pki(root, a.keygen, [("gw-b", "agency-b.test")])
-    da, env_a, pin_a = bare_token(root, "gw-a")
+    da, env_a, pin_a = make_token(root, "gw-a")   # no key yet: the audit key comes next (control_pki)
     m = control_pki(root, a.keygen, da, env_a, pin_a, ca_dir, ("so-1", "auditor-1"))
     for i in (1, 2, 3):
         run(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout custodian-{i}.key "

@@ -76,8 +76,9 @@ class Capture:
                 pass
 
 
-def make_gateway(root, name, domain, keygen, ca_dir):
-    """A token for `name` with DSA and DCA keys made inside it, certificates from the CA."""
+def make_token(root, name):
+    """An initialised token labelled `name` with no key yet, its SoftHSM configuration and a
+    0600 PIN file: (directory, environment, PIN file)."""
     d = os.path.join(root, f"pki-{name}")
     os.makedirs(os.path.join(d, "tokens"))
     conf = os.path.join(d, "softhsm2.conf")
@@ -89,6 +90,12 @@ def make_gateway(root, name, domain, keygen, ca_dir):
     with open(pin, "w") as f:
         f.write(USER_PIN + "\n")
     os.chmod(pin, stat.S_IRUSR | stat.S_IWUSR)
+    return d, env, pin
+
+
+def make_gateway(root, name, domain, keygen, ca_dir):
+    """A token for `name` with DSA and DCA keys made inside it, certificates from the CA."""
+    d, env, pin = make_token(root, name)
     for kind in ("dsa", "dca"):
         run([keygen, MODULE, name, pin, kind, kind, "rsa2048", domain, f"{d}/{kind}.csr"], d, env)
         run(f"openssl x509 -req -in {kind}.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial "
