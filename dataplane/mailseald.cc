@@ -54,6 +54,7 @@
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
 #include "hsm/secret.h"
+#include "hsm/lifecycle.h"
 #include "hsm/token_manager.h"
 #include "dataplane/sealing/smime_processor.h"
 #include "dataplane/smime/naming.h"
@@ -299,8 +300,21 @@ control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* co
   }
   d.smimea = [smime](int ttl) {
     std::vector<std::string> out;
-    for (auto [cert, authority] : {std::pair{smime->dsa_cert.get(), "domain-signing-authority"},
-                                   std::pair{smime->dca_cert.get(), "domain-confidentiality-authority"}}) {
+    // Our certificates: the configured files', or the ones installed on the token.
+    auto ours = [smime](const smime::X509Ref& configured, const std::string& label) -> smime::X509Ref {
+      std::shared_ptr<hsm::TokenHandle> h = configured || !smime->token ? nullptr : smime->token->Handle();
+      if (!h) return configured;
+      hsm::SessionPool::Lease lease = h->pool->Acquire();
+      Result<hsm::KeyPair> kp = hsm::FindKeyPair(*lease, label);
+      Result<std::string> der = kp.ok() ? hsm::StoredCertificate(*lease, *kp) : Result<std::string>(kp.status());
+      if (!der.ok()) return nullptr;
+      const unsigned char* p = reinterpret_cast<const unsigned char*>(der->data());
+      X509* x = d2i_X509(nullptr, &p, static_cast<long>(der->size()));
+      return x ? smime::Ref(x) : nullptr;
+    };
+    smime::X509Ref dsa = ours(smime->dsa_cert, smime->dsa_label), dca = ours(smime->dca_cert, smime->dca_label);
+    for (auto [cert, authority] : {std::pair{dsa.get(), "domain-signing-authority"},
+                                   std::pair{dca.get(), "domain-confidentiality-authority"}}) {
       if (!cert) continue;
       unsigned char* der = nullptr;
       int n = i2d_X509(cert, &der);
@@ -946,6 +960,12 @@ struct Daemon {
   auto last_health = std::chrono::steady_clock::now();
   bool head_failing = false;
   const auto health_every = std::chrono::milliseconds(cfg.has_hsm() ? cfg.hsm().health_interval_ms() : 1000);
+  bool keys_ready = true;
+  auto last_keys_check = std::chrono::steady_clock::now();
+  if (Status st = sealing::DomainKeysReady(smime.get()); !st.ok()) {
+    keys_ready = false;
+    Log(LogLevel::kWarning, "mailseald", "domain keys not ready: sealing not serving", {{"reason", st.message()}});
+  }
   while (true) {
     pollfd p{sfd, POLLIN, 0};
     int64_t wait_ms = std::min<int64_t>(1000, health_every.count());
@@ -961,15 +981,27 @@ struct Daemon {
       bool ok = token->Tick();
       hsm_ok.store(ok, std::memory_order_release);
       qmgr->SetSuspended(!ok);
+      // The domain keys and their certificates (an appliance before its initialise ceremony
+      // has neither): looked for every 5 s while missing, every minute once there.
+      if (ok && (!keys_ready || std::chrono::steady_clock::now() - last_keys_check >= std::chrono::seconds(60)) &&
+          std::chrono::steady_clock::now() - last_keys_check >= std::chrono::seconds(5)) {
+        last_keys_check = std::chrono::steady_clock::now();
+        Status st = sealing::DomainKeysReady(smime.get());
+        if (st.ok() != keys_ready)
+          Log(st.ok() ? LogLevel::kInfo : LogLevel::kWarning, "mailseald",
+              st.ok() ? "domain keys ready: sealing serving" : "domain keys not ready: sealing not serving",
+              {{"reason", st.ok() ? "" : st.message()}});
+        keys_ready = st.ok();
+      }
     }
     if (control_server) {   // health says what the gateway can do now, part by part (issue #13)
       bool token_ok = !token || hsm_ok.load(std::memory_order_acquire);
       bool audit_up = audit_ok.load(std::memory_order_acquire) && audit_log->healthy();
       bool smtp_up = token_ok && audit_ok.load(std::memory_order_acquire) && qmgr->Accepting();
       control_server->SetServing("mailseal.smtp", smtp_up);
-      control_server->SetServing("mailseal.sealing", token_ok);
+      control_server->SetServing("mailseal.sealing", token_ok && keys_ready);
       control_server->SetServing("mailseal.audit", audit_up);
-      control_server->SetServing("", smtp_up && token_ok && audit_up);
+      control_server->SetServing("", smtp_up && token_ok && keys_ready && audit_up);
     }
     if (n > 0) {
       signalfd_siginfo si{};

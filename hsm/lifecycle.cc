@@ -220,12 +220,9 @@ Result<std::vector<KeyInfo>> ListKeys(Session& s) {
                                                           : StrCat("rsa:", EVP_PKEY_get_bits(*pub));
       EVP_PKEY_free(*pub);
     }
-    CK_OBJECT_CLASS cert_class = CKO_CERTIFICATE;
-    Result<std::vector<CK_OBJECT_HANDLE>> certs = ObjectsWithId(s, kp->id, &cert_class);
-    if (certs.ok() && !certs->empty()) {
-      Result<std::string> der = Attribute(s, (*certs)[0], CKA_VALUE);
-      const unsigned char* p = der.ok() ? reinterpret_cast<const unsigned char*>(der->data()) : nullptr;
-      X509Ptr x(p ? d2i_X509(nullptr, &p, static_cast<long>(der->size())) : nullptr);
+    if (Result<std::string> der = StoredCertificate(s, *kp); der.ok()) {
+      const unsigned char* p = reinterpret_cast<const unsigned char*>(der->data());
+      X509Ptr x(d2i_X509(nullptr, &p, static_cast<long>(der->size())));
       if (x) {
         char buf[512];
         X509_NAME_oneline(X509_get_subject_name(x.get()), buf, sizeof buf);
@@ -237,6 +234,14 @@ Result<std::vector<KeyInfo>> ListKeys(Session& s) {
   }
   std::sort(out.begin(), out.end(), [](const KeyInfo& a, const KeyInfo& b) { return a.label < b.label; });
   return out;
+}
+
+Result<std::string> StoredCertificate(Session& s, const KeyPair& key) {
+  CK_OBJECT_CLASS cert_class = CKO_CERTIFICATE;
+  Result<std::vector<CK_OBJECT_HANDLE>> certs = ObjectsWithId(s, key.id, &cert_class);
+  if (!certs.ok()) return certs.status();
+  if (certs->empty()) return NotFoundError(StrCat("no certificate installed for key '", key.label, "'"));
+  return Attribute(s, (*certs)[0], CKA_VALUE);
 }
 
 Status DestroyKeyPair(Session& s, const KeyPair& key) {

@@ -63,6 +63,10 @@ struct KeyInfo {
 // ListKeys: every private key's pair on the token, with its certificate if one is stored.
 Result<std::vector<KeyInfo>> ListKeys(Session& s);
 
+// StoredCertificate: the DER certificate stored beside the key pair (InstallCertificate);
+// NotFound when none is.
+Result<std::string> StoredCertificate(Session& s, const KeyPair& key);
+
 // DestroyKeyPair removes the private key, public key and certificate with the pair's CKA_ID.
 Status DestroyKeyPair(Session& s, const KeyPair& key);
 

@@ -211,18 +211,26 @@ class SmimeProcessor : public JobProcessor {
   }
 
   // Keys binds the DSA and DCA to this worker's session for the token's current opening.
+  // A key or certificate missing from the token (before the initialise ceremony, or while an
+  // operator installs a certificate) is looked for again this often.
+  static constexpr int64_t kMissingRetryS = 5;
+
   smime::GatewayKeys Keys() {
-    smime::GatewayKeys k{s_->dsa_cert, s_->dca_cert, s_->chain, nullptr, nullptr, {}};
+    smime::GatewayKeys k{s_->dsa_cert, s_->dca_cert, s_->chain, nullptr, nullptr, {}, {}};
     std::shared_ptr<hsm::TokenHandle> h = s_->token ? s_->token->Handle() : nullptr;
     if (!h) {
       Drop();
       return k;
     }
-    if (h->generation != generation_ || !lease_) {
+    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::steady_clock::now().time_since_epoch()).count();
+    bool incomplete = !dsa_ || !dca_ || !dsa_cert_ || !dca_cert_;
+    if (h->generation != generation_ || !lease_ || (incomplete && now - looked_up_ >= kMissingRetryS)) {
       Drop();
       handle_ = h;
       lease_ = std::make_unique<hsm::SessionPool::Lease>(h->pool->Acquire());
       generation_ = h->generation;
+      looked_up_ = now;
       Result<hsm::KeyPair> dsa = hsm::FindKeyPair(**lease_, s_->dsa_label);
       Result<hsm::KeyPair> dca = hsm::FindKeyPair(**lease_, s_->dca_label);
       if (dsa.ok()) {
@@ -234,6 +242,8 @@ class SmimeProcessor : public JobProcessor {
         Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&**lease_, *dca);
         if (key.ok()) dca_ = *key;
       }
+      dsa_cert_ = s_->dsa_cert ? s_->dsa_cert : TokenCertificate(dsa);
+      dca_cert_ = s_->dca_cert ? s_->dca_cert : TokenCertificate(dca);
       for (const auto& [label, cert] : s_->previous_dca) {
         Result<hsm::KeyPair> old = hsm::FindKeyPair(**lease_, label);
         Result<EVP_PKEY*> key = old.ok() ? hsm::TokenPrivateKey(&**lease_, *old) : Result<EVP_PKEY*>(old.status());
@@ -241,14 +251,26 @@ class SmimeProcessor : public JobProcessor {
         else Log(LogLevel::kWarning, "crypto", "previous DCA key not usable: mail sealed to it will not open",
                  {{"label", label}, {"error", key.status().message()}});
       }
-      if (!dsa_ || !dca_)
-        Log(LogLevel::kError, "crypto", "domain keys not usable on the token: sealing/opening deferred",
-            {{"dsa", dsa.ok() ? "ok" : dsa.status().message()}, {"dca", dca.ok() ? "ok" : dca.status().message()}});
+      bool missing = !dsa_ || !dca_ || !dsa_cert_ || !dca_cert_;
+      unusable_.clear();
+      if (missing) {
+        std::string dsa_why = !dsa.ok() ? dsa.status().message() : !dsa_ ? "key not usable" : !dsa_cert_ ? "no certificate installed" : "ok";
+        std::string dca_why = !dca.ok() ? dca.status().message() : !dca_ ? "key not usable" : !dca_cert_ ? "no certificate installed" : "ok";
+        unusable_ = StrCat("domain keys not ready on the token (dsa '", s_->dsa_label, "': ", dsa_why, "; dca '",
+                           s_->dca_label, "': ", dca_why, ")");
+        if (!s_->keys_missing_reported.exchange(true))   // once for all workers, not every retry
+          Log(LogLevel::kError, "crypto", "domain keys not usable on the token: sealing/opening deferred",
+              {{"dsa", dsa_why}, {"dca", dca_why}});
+      }
+      if (!missing && s_->keys_missing_reported.exchange(false))
+        Log(LogLevel::kInfo, "crypto", "domain keys and certificates found on the token: sealing/opening resumed",
+            {{"dsa", s_->dsa_label}, {"dca", s_->dca_label}});
       may_sign_checked_ = 0;
     }
+    k.dsa_cert = dsa_cert_;
+    k.dca_cert = dca_cert_;
+    k.unusable = unusable_;
     // Key age (SEE-2.3) is re-checked once a minute: an old DSA stops signing.
-    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
-                      std::chrono::steady_clock::now().time_since_epoch()).count();
     if (dsa_ && now - may_sign_checked_ >= 60) {
       Status st = hsm::CheckMaySign(**lease_, dsa_pair_);
       may_sign_ = st.ok();
@@ -260,6 +282,16 @@ class SmimeProcessor : public JobProcessor {
     k.dca_key = dca_;
     k.previous_dca = previous_dca_;
     return k;
+  }
+
+  // TokenCertificate: the certificate installed beside `pair` on the token, or none.
+  smime::X509Ref TokenCertificate(const Result<hsm::KeyPair>& pair) {
+    if (!pair.ok()) return {};
+    Result<std::string> der = hsm::StoredCertificate(**lease_, *pair);
+    if (!der.ok()) return {};
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(der->data());
+    X509* x = d2i_X509(nullptr, &p, static_cast<long>(der->size()));
+    return x ? smime::Ref(x) : smime::X509Ref{};
   }
 
   bool SessionAlive() {
@@ -287,6 +319,9 @@ class SmimeProcessor : public JobProcessor {
   hsm::KeyPair dsa_pair_;
   EVP_PKEY* dsa_ = nullptr;
   EVP_PKEY* dca_ = nullptr;
+  smime::X509Ref dsa_cert_, dca_cert_;   // the configured files' or the token's
+  int64_t looked_up_ = 0;
+  std::string unusable_;   // what is missing, for the deferral's reason
   std::vector<std::pair<smime::X509Ref, EVP_PKEY*>> previous_dca_;   // owned keys
   bool may_sign_ = false;
   int64_t may_sign_checked_ = 0;
@@ -310,8 +345,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   };
   if (!cfg.has_hsm()) return InvalidArgumentError("field 'smime': needs 'hsm' (the domain keys live on the token)");
   for (auto [v, f] : {std::pair<const std::string&, const char*>{c.dsa_key_label(), "dsa_key_label"},
-                      {c.dsa_cert_file(), "dsa_cert_file"}, {c.dca_key_label(), "dca_key_label"},
-                      {c.dca_cert_file(), "dca_cert_file"}, {c.trust_anchors_file(), "trust_anchors_file"}})
+                      {c.dca_key_label(), "dca_key_label"}, {c.trust_anchors_file(), "trust_anchors_file"}})
     if (Status st = need(v, f); !st.ok()) return st;
   auto s = std::make_unique<SmimeShared>();
   s->spool = spool;
@@ -319,12 +353,16 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   s->dsa_label = c.dsa_key_label();
   s->dca_label = c.dca_key_label();
   std::string err;
-  std::vector<smime::X509Ref> dsa = ReadCerts(c.dsa_cert_file(), &err);
-  if (dsa.empty()) return InvalidArgumentError(StrCat("field 'smime.dsa_cert_file': ", err));
-  std::vector<smime::X509Ref> dca = ReadCerts(c.dca_cert_file(), &err);
-  if (dca.empty()) return InvalidArgumentError(StrCat("field 'smime.dca_cert_file': ", err));
-  s->dsa_cert = dsa[0];
-  s->dca_cert = dca[0];
+  // A certificate file left empty: the certificate installed on the token beside the key
+  // (KeyService.InstallCertificate, checked against the trust anchors there), looked up by
+  // the crypto workers — an appliance whose keys come from the initialise ceremony.
+  for (auto [file, cert, field] : {std::tuple{&c.dsa_cert_file(), &s->dsa_cert, "dsa_cert_file"},
+                                   std::tuple{&c.dca_cert_file(), &s->dca_cert, "dca_cert_file"}}) {
+    if (file->empty()) continue;
+    std::vector<smime::X509Ref> read = ReadCerts(*file, &err);
+    if (read.empty()) return InvalidArgumentError(StrCat("field 'smime.", field, "': ", err));
+    *cert = read[0];
+  }
   if (c.previous_dca_size() > 2) return InvalidArgumentError("field 'smime.previous_dca': at most 2");
   for (int i = 0; i < c.previous_dca_size(); ++i) {
     const auto& p = c.previous_dca(i);
@@ -360,6 +398,7 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   for (auto [cert, purpose, field] :
        {std::tuple{s->dsa_cert.get(), X509_PURPOSE_SMIME_SIGN, "dsa_cert_file"},
         std::tuple{s->dca_cert.get(), X509_PURPOSE_SMIME_ENCRYPT, "dca_cert_file"}}) {
+    if (!cert) continue;   // on the token: checked when it was installed
     std::vector<X509*> chain;
     for (const auto& x : s->chain) chain.push_back(x.get());
     auto [st, why] = smime::CheckPath(cert, chain, s->store->trust()->store(), purpose);
@@ -472,6 +511,20 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
   s->policy.gateway_name = cfg.hostname();
   return s;
+}
+
+Status DomainKeysReady(const SmimeShared* s) {
+  if (!s || !s->token || s->dsa_label.empty()) return OkStatus();
+  std::shared_ptr<hsm::TokenHandle> h = s->token->Handle();
+  if (!h) return UnavailableError("security module unavailable");
+  hsm::SessionPool::Lease lease = h->pool->Acquire();
+  for (auto [label, configured] : {std::pair{&s->dsa_label, &s->dsa_cert}, std::pair{&s->dca_label, &s->dca_cert}}) {
+    Result<hsm::KeyPair> kp = hsm::FindKeyPair(*lease, *label);
+    if (!kp.ok()) return kp.status();
+    if (!*configured)
+      if (Result<std::string> der = hsm::StoredCertificate(*lease, *kp); !der.ok()) return der.status();
+  }
+  return OkStatus();
 }
 
 Status ReloadCertificates(SmimeShared* s, const mailseal::v1::Config& cfg) {

@@ -47,6 +47,9 @@ struct SmimeShared {
   smime::X509Ref dsa_cert, dca_cert;
   std::vector<smime::X509Ref> chain;
   std::string dsa_label, dca_label;
+  // Whether a worker has logged that the domain keys or certificates are missing on the token
+  // (logged once for all workers, and once when they are found).
+  mutable std::atomic<bool> keys_missing_reported{false};
   std::vector<std::pair<std::string, smime::X509Ref>> previous_dca;   // (token label, certificate)
   // The compiled policy document (issue #6), replaced by the control thread on every accepted
   // change; each job loads it once.
@@ -87,5 +90,11 @@ std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::
 void StartDiscovery(SmimeShared* shared, std::function<size_t(const std::string& domain)> release);
 
 crypto::ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
+
+// DomainKeysReady: OK when the DSA and DCA pairs are on the token with their certificates (a
+// configured file or one installed on the token); otherwise what is missing. For health
+// (mailseal.sealing): an appliance before its initialise ceremony is not ready to seal. A
+// shared part without smime section or token is ready (policy only).
+Status DomainKeysReady(const SmimeShared* shared);
 
 }  // namespace mailseal::sealing

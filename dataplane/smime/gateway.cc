@@ -403,7 +403,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   if (sign && !dca) {   // signed only: no certificate of theirs needed (SEE-2.9)
     if (!keys.dsa_key || !keys.dsa_cert) {
       o.action = Action::kTempFail;
-      o.reason = "security module unavailable: signing deferred (SEE-AG-4)";
+      o.reason = StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": signing deferred (SEE-AG-4)");
       return o;
     }
     Signer signer = OurSigner(keys);
@@ -466,7 +466,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   }
   if (!keys.dsa_key || !keys.dsa_cert) {
     o.action = Action::kTempFail;
-    o.reason = "security module unavailable: sealing deferred (SEE-AG-4)";
+    o.reason = StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": sealing deferred (SEE-AG-4)");
     return o;
   }
   std::vector<std::string> caps = store_->Capabilities(covering);
@@ -576,7 +576,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     }
     if (!keys.dca_key) {
       o.action = Action::kTempFail;
-      o.reason = "security module unavailable: opening deferred (SEE-AG-4)";
+      o.reason = StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": opening deferred (SEE-AG-4)");
       return o;
     }
     o.action = Action::kHold;

@@ -72,6 +72,9 @@ struct GatewayKeys {
   EVP_PKEY* dca_key = nullptr;
   // Previous DCA pairs (after a key rollover): inbound mail sealed to them still opens.
   std::vector<std::pair<X509Ref, EVP_PKEY*>> previous_dca;
+  // unusable: why a key or certificate above is missing when the token itself is up (e.g. the
+  // domain keys are not made yet); empty: the security module is unavailable.
+  std::string unusable;
 };
 
 enum class Action {

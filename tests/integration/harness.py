@@ -39,6 +39,7 @@ def args():
     p.add_argument("--keygen", help="mailseal-keygen (tests that make token keys)")
     p.add_argument("--mailsealctl", help="the management CLI (control tests)")
     p.add_argument("--audit", help="mailseal-audit (control tests)")
+    p.add_argument("--provision", help="mailseal-provision (first-boot tests)")
     return p.parse_args()
 
 

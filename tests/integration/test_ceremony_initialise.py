@@ -3,9 +3,12 @@
 mailsealctl (REQUIREMENTS.md §6 CARD ceremonies, §8 CARD image: "no key made without a
 ceremony on an appliance").
 
-A fresh gateway A: its token holds only the audit key, the configuration has the management
-API with three custodians, a 2-of-3 threshold and keys_only_in_ceremony, and no smime section
-yet (nothing to seal with).
+A fresh gateway A, set up the way the appliance is: its token holds only the audit key; the
+configuration has the management API with three custodians, a 2-of-3 threshold and
+keys_only_in_ceremony, and an smime section that names the domain keys by label only (their
+certificates are the ones installed on the token) — keys that do not exist yet.
+0. Mail for the partner is accepted and waits (deferred: "domain keys not ready on the token"),
+   never sent in clear.
 1. A security officer cannot generate a key alone (refused, the reason named).
 2. `mailsealctl ceremony start --kind initialise --domain agency-a.test` gives the statement
    custodians sign (it names both labels, the key type and the domain); one custodian's
@@ -14,8 +17,8 @@ yet (nothing to seal with).
    their CSRs (`--csr-out`): each verifies and names its RFC 3183 authority address.
 4. The CA's certificates are installed through `mailsealctl keys install`; the transcript is
    signed by the audit key; the audit trail has `ceremony.initialise`.
-5. A, restarted with the smime section naming the new keys, seals mail that partner gateway B
-   opens and verifies (smime=pass).
+5. Without a restart, the waiting message is sealed with the new keys and partner gateway B
+   opens and verifies it (smime=pass); so is a new one.
 """
 import json
 import os
@@ -47,6 +50,8 @@ def main():
                f'ceremony {{ threshold: 2 keys_only_in_ceremony: true {custodians} }} '
                f'domain_trust_anchors_file: "{ca_dir}/ca.crt" }}\n')
     hsm = f'hsm {{ module_path: "{MODULE}" token_label: "gw-a" pin_file: "{pin_a}" health_interval_ms: 500 }}\n'
+    smime = (f'smime {{ dsa_key_label: "dsa" dca_key_label: "dca" trust_anchors_file: "{ca_dir}/ca.crt" '
+             f'partners {{ domain: "agency-b.test" dca_cert_file: "{db}/dca.crt" }} }}\n')
 
     sink_b = harness.Sink(root)
     gb = harness.Mailseald(a.mailseald, root, relay_port=sink_b.port, name="b", local_domain="agency-b.test",
@@ -55,9 +60,19 @@ def main():
     gb.start()
     route = f'routes {{ domain: "agency-b.test" next_hop: "127.0.0.1:{gb.port}" }}'
     ga = harness.Mailseald(a.mailseald, root, name="a", env=env_a, hostname="gw-a.test", delivery_extra=route,
-                           extra=hsm + control)
+                           extra=hsm + smime + control)
     ga.start()
     harness.wait_for(lambda: "management API listening" in ga.read_log(), 20, "API up")
+
+    # 0. Before the keys exist: accepted, waiting, never in clear.
+    early = b"Written before the ceremony."
+    r = send(ga.port, "alice@agency-a.test", ["bob@agency-b.test"],
+             b"From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: early\r\n\r\n" + early + b"\r\n")
+    c.check(b"250 2.0.0" in r, "before the ceremony, mail for the partner is accepted", r[-200:])
+    waiting = harness.eventually(
+        lambda: "domain keys not ready on the token (dsa 'dsa': " in ga.read_log() or None, 20, "deferred for the keys")
+    c.check(waiting and not sink_b.messages(), "and waits for the domain keys (deferred, the reason named), "
+            "nothing reaches the partner", ga.read_log()[-600:])
 
     def ctl(who, *args):
         r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/{who}.crt",
@@ -68,6 +83,15 @@ def main():
     def labels():
         rc, o, _ = ctl("so-1", "-o", "json", "keys", "list")
         return {k["label"] for k in json.loads(o).get("keys", [])} if rc == 0 else None
+
+    def sealing_health():
+        rc, o, _ = ctl("so-1", "health")
+        m = __import__("re").search(r"mailseal\.sealing\s+(\w+)", o)
+        return rc, m.group(1) if m else None
+    rc, part = harness.wait_for(lambda: (lambda r: r if r[1] in ("SERVING", "NOT_SERVING") else None)(sealing_health()),
+                                20, "health")
+    c.check(rc != 0 and part == "NOT_SERVING", "health before the ceremony: sealing not serving, overall not healthy",
+            str((rc, part)))
 
     # 1. No key alone.
     rc, o, e = ctl("so-1", "keys", "generate", "dsa", "--purpose", "dsa-sign", "--domain", "agency-a.test")
@@ -126,26 +150,24 @@ def main():
     recs = [(r.get("action"), r.get("outcome"), r.get("object")) for r in json.loads(o).get("records", [])] if rc == 0 else []
     c.check(("ceremony.initialise", "OUTCOME_DONE", "dsa,dca") in recs, "the audit trail has ceremony.initialise, done",
             str(recs) + e)
-    c.check(ga.stop() == 0, "clean stop")
 
-    # 5. The new keys in use: A seals, B opens and verifies.
-    smime = (f'smime {{ dsa_key_label: "dsa" dsa_cert_file: "{csr_dir}/dsa.crt" dca_key_label: "dca" '
-             f'dca_cert_file: "{csr_dir}/dca.crt" trust_anchors_file: "{ca_dir}/ca.crt" '
-             f'partners {{ domain: "agency-b.test" dca_cert_file: "{db}/dca.crt" }} }}\n')
-    with open(ga.config) as f:
-        text = f.read()
-    with open(ga.config, "w") as f:
-        f.write(text.replace(hsm, hsm + smime))
-    ga.start()
+    got = harness.eventually(lambda: sealing_health() == (0, "SERVING") or None, 20, "sealing serving")
+    c.check(got, "with the certificates installed: sealing serving, overall healthy (within 5 s)", str(sealing_health()))
+    c.check("domain keys ready: sealing serving" in ga.read_log(), "the log says when sealing became ready")
+
+    # 5. No restart: the waiting message goes out sealed with the new keys, and so does a new one.
     secret = b"The first sealed words of gw-a."
     r = send(ga.port, "alice@agency-a.test", ["bob@agency-b.test"],
              b"From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: hello\r\n\r\n" + secret + b"\r\n")
     c.check(b"250 2.0.0" in r, "A accepts mail for the partner", r[-200:])
-    got = harness.eventually(lambda: [x for x in sink_b.messages() if secret in x] or None, 30, "opened at B")
-    c.check(got is not None and b"smime=pass" in got[0]
-            and b"body.smime-identifier=domain-signing-authority@agency-a.test" in got[0],
-            "sealed with the ceremony's keys: B opens it and the signature verifies (smime=pass)",
-            (got or [b""])[0][:500] + ga.read_log()[-800:].encode())
+    for text, what in ((early, "the message that waited"), (secret, "a new message")):
+        got = harness.eventually(lambda: [x for x in sink_b.messages() if text in x] or None, 30, "opened at B")
+        c.check(got is not None and b"smime=pass" in got[0]
+                and b"body.smime-identifier=domain-signing-authority@agency-a.test" in got[0],
+                f"{what}: sealed with the ceremony's keys (from the token, no restart); B opens it and the "
+                "signature verifies (smime=pass)", (got or [b""])[0][:500] + ga.read_log()[-800:].encode())
+    c.check("domain keys and certificates found on the token: sealing/opening resumed" in ga.read_log(),
+            "A's log says when sealing resumed")
     for g in (ga, gb):
         c.check(g.stop() == 0, "clean stop")
     c.finish()

@@ -110,7 +110,7 @@ TEST_F(DamagedKeyTest, EveryKindOfDamageIsHeldOnceTheSameWayAndTheTokenSeesNoFai
   policy.local_domains = {"agency-a.test"};
   policy.authserv_id = "gw-a.test";
   Gateway gw(&policy, store->get());
-  GatewayKeys keys{RefUp(dsa_cert_), RefUp(dca_cert_), {}, dsa_, dca_, {}};
+  GatewayKeys keys{RefUp(dsa_cert_), RefUp(dca_cert_), {}, dsa_, dca_, {}, {}};
   std::vector<Output> good = gw.Process("a@agency-a.test", {"b@agency-a.test"}, with_key(der.substr(ek, 256)), keys);
   ASSERT_EQ(good[0].action, Action::kDeliver) << good[0].reason;
   ASSERT_NE(good[0].body.find("the content"), std::string::npos);

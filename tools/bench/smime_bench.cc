@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
               if (!k.ok()) return failed.store(true);
               key = *k;
             }
-            smime::GatewayKeys keys{Cert(dir + "/" + v.cert), dca, {}, key, nullptr, {}};
+            smime::GatewayKeys keys{Cert(dir + "/" + v.cert), dca, {}, key, nullptr, {}, {}};
             while (!go.load()) std::this_thread::yield();
             uint64_t n = 0;
             while (!stop.load(std::memory_order_relaxed)) {

@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   CLI::App app{"mailsealctl — manage a mailseal gateway through its management API (mTLS)"};
   app.set_help_all_flag("--help-all", "help for every command");
   std::string server = Env("MAILSEALCTL_SERVER"), cert = Env("MAILSEALCTL_CERT"), key = Env("MAILSEALCTL_KEY"),
-              ca = Env("MAILSEALCTL_CA"), output = "table";
+              ca = Env("MAILSEALCTL_CA"), server_name = Env("MAILSEALCTL_SERVER_NAME"), output = "table";
   std::string default_config = Env("MAILSEALCTL_CONFIG");
   if (default_config.empty() && !Env("HOME").empty()) default_config = Env("HOME") + "/.config/mailsealctl.conf";
   app.set_config("--config", default_config, "connection settings file (server = , cert = , key = , ca = )");
@@ -83,6 +83,9 @@ int main(int argc, char** argv) {
   app.add_option("--cert", cert, "client certificate, PEM (MAILSEALCTL_CERT)");
   app.add_option("--key", key, "client key, PEM (MAILSEALCTL_KEY)");
   app.add_option("--ca", ca, "CA that issued the server certificate, PEM (MAILSEALCTL_CA)");
+  app.add_option("--server-name", server_name,
+                 "the name the server's certificate must carry when --server is an address or a forwarded port "
+                 "(MAILSEALCTL_SERVER_NAME); default: the host of --server");
   app.add_option("-o,--output", output, "table or json")->check(CLI::IsMember({"table", "json"}));
   app.require_subcommand(1);
 
@@ -122,7 +125,9 @@ int main(int argc, char** argv) {
   tls.watch_root_certs();
   tls.watch_identity_key_cert_pairs();
   Context ctx;
-  ctx.channel = grpc::CreateChannel(server, grpc::experimental::TlsCredentials(tls));
+  grpc::ChannelArguments args;
+  if (!server_name.empty()) args.SetSslTargetNameOverride(server_name);
+  ctx.channel = grpc::CreateCustomChannel(server, grpc::experimental::TlsCredentials(tls), args);
   ctx.json = output == "json";
   return chosen(ctx);
 }
