@@ -967,6 +967,16 @@ struct Daemon {
     Log(LogLevel::kWarning, "mailseald", "domain keys not ready: sealing not serving", {{"reason", st.message()}});
   }
   while (true) {
+    // First in the loop: the first answer is there as soon as the API is (not a second later).
+    if (control_server) {   // health says what the gateway can do now, part by part (issue #13)
+      bool token_ok = !token || hsm_ok.load(std::memory_order_acquire);
+      bool audit_up = audit_ok.load(std::memory_order_acquire) && audit_log->healthy();
+      bool smtp_up = token_ok && audit_ok.load(std::memory_order_acquire) && qmgr->Accepting();
+      control_server->SetServing("mailseal.smtp", smtp_up);
+      control_server->SetServing("mailseal.sealing", token_ok && keys_ready);
+      control_server->SetServing("mailseal.audit", audit_up);
+      control_server->SetServing("", smtp_up && token_ok && keys_ready && audit_up);
+    }
     pollfd p{sfd, POLLIN, 0};
     int64_t wait_ms = std::min<int64_t>(1000, health_every.count());
     if (watchdog_ms > 0) wait_ms = std::min(wait_ms, watchdog_ms);
@@ -993,15 +1003,6 @@ struct Daemon {
               {{"reason", st.ok() ? "" : st.message()}});
         keys_ready = st.ok();
       }
-    }
-    if (control_server) {   // health says what the gateway can do now, part by part (issue #13)
-      bool token_ok = !token || hsm_ok.load(std::memory_order_acquire);
-      bool audit_up = audit_ok.load(std::memory_order_acquire) && audit_log->healthy();
-      bool smtp_up = token_ok && audit_ok.load(std::memory_order_acquire) && qmgr->Accepting();
-      control_server->SetServing("mailseal.smtp", smtp_up);
-      control_server->SetServing("mailseal.sealing", token_ok && keys_ready);
-      control_server->SetServing("mailseal.audit", audit_up);
-      control_server->SetServing("", smtp_up && token_ok && keys_ready && audit_up);
     }
     if (n > 0) {
       signalfd_siginfo si{};

@@ -78,7 +78,7 @@ bool TokenManager::Tick() {
   ever_opened_ = true;
   available_.store(true, std::memory_order_release);
   Log(LogLevel::kInfo, "hsm", outages_ ? "security module back: mail resumes" : "security module ready",
-      {{"token", cfg_.token_label}, {"sessions", std::to_string(cfg_.sessions)}});
+      {{"token", cfg_.token_label}, {"module", cfg_.module_path}, {"sessions", std::to_string(cfg_.sessions)}});
   return true;
 }
 

@@ -19,7 +19,11 @@
 // No domain key is made here: the domain's keys come only from the initialise ceremony, which
 // the custodians run over the management API once this is done.
 //
-//   mailseal-provision CONFIG
+//   mailseal-provision [--module PKCS11_MODULE] CONFIG
+//
+// --module: the token's own module when mailseald reaches the token through a token holder
+// (hsm.module_path is then p11-kit's client module; image/systemd/mailseal-token.service):
+// initialising a token is done on the module itself, never over the remote protocol.
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -31,6 +35,7 @@
 #include <optional>
 #include <ctime>
 #include <string>
+#include <string_view>
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -183,8 +188,14 @@ Result<KeyPair> EnsureKey(Session& s, const std::string& label, Purpose purpose,
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string module_override;
+  if (argc == 4 && std::string_view(argv[1]) == "--module") {
+    module_override = argv[2];
+    argv += 2;
+    argc -= 2;
+  }
   if (argc != 2) {
-    std::fprintf(stderr, "usage: mailseal-provision CONFIG\n");
+    std::fprintf(stderr, "usage: mailseal-provision [--module PKCS11_MODULE] CONFIG\n");
     return 2;
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -203,7 +214,7 @@ int main(int argc, char** argv) {
     uid = pw->pw_uid;
     gid = pw->pw_gid;
   }
-  Result<std::unique_ptr<Module>> m = Module::Load(h.module_path());
+  Result<std::unique_ptr<Module>> m = Module::Load(module_override.empty() ? h.module_path() : module_override);
   if (!m.ok()) return Fail("module", m.status());
   Result<CK_SLOT_ID> slot = (*m)->FindToken(h.token_label(), h.token_serial());
   if (!slot.ok()) {

@@ -118,7 +118,7 @@ class Sink:
     def __init__(self, root, extra=(), port=None, host="127.0.0.1", dump=True):
         self.port = port or free_port()
         self.dir = os.path.join(root, f"sink-{host}-{self.port}")
-        os.makedirs(self.dir)
+        os.makedirs(self.dir, exist_ok=True)   # a sink started again on its port keeps its files
         shutil.chown(self.dir, "postfix")
         dump_args = ["-d", os.path.join(self.dir, "%M.")] if dump else []
         self.proc = subprocess.Popen(

@@ -154,6 +154,10 @@ def main():
     got = harness.eventually(lambda: sealing_health() == (0, "SERVING") or None, 20, "sealing serving")
     c.check(got, "with the certificates installed: sealing serving, overall healthy (within 5 s)", str(sealing_health()))
     c.check("domain keys ready: sealing serving" in ga.read_log(), "the log says when sealing became ready")
+    rc, o, e = ctl("so-1", "certs", "smimea")
+    c.check(rc == 0 and "SMIMEA" in o and o.count("SMIMEA") == 2
+            and "._smimecert.agency-a.test" in o,
+            "the SMIMEA export takes both certificates from the token (no certificate file configured)", o + e)
 
     # 5. No restart: the waiting message goes out sealed with the new keys, and so does a new one.
     secret = b"The first sealed words of gw-a."

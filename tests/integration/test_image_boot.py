@@ -97,6 +97,13 @@ def inspect_rootfs(c, tree):
                 usable.append(name)
     c.check(not usable, "no account has a password (or an empty one): all locked", usable)
     c.check(not os.path.exists(f"{tree}/usr/sbin/sshd"), "no SSH server")
+    groups = {l.split(":")[0]: l.strip().split(":")[3].split(",") for l in open(f"{tree}/etc/group")}
+    c.check("mailseal-token" in groups.get("softhsm", []) and "mailseal" not in groups.get("softhsm", []),
+            "the token holder's account (mailseal-token) may use SoftHSM's files; mailseald's (mailseal) may not",
+            str(groups.get("softhsm")))
+    c.check(os.path.exists(f"{tree}/usr/lib/systemd/system/mailseal-token.service")
+            and os.path.exists(f"{tree}/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"),
+            "the token holder's unit and p11-kit's client module are installed")
 
 
 def ntp_server(c, root):
@@ -142,6 +149,188 @@ def ntp_server(c, root):
     return lambda: answered[0]
 
 
+def boot(root, image, var, console, ports):
+    """qemu (TCG) booting `image`'s kernel and read-only root with the state partition `var`:
+    the mail NIC forwards SMTP, 2525 and 8443 (the last two closed by the firewall); the
+    management NIC (its own network, 10.9.0.0/24, in the PCI slot 10-mgmt0.link names mgmt0)
+    forwards the management port. Returns (process, monitor socket)."""
+    mon = os.path.join(root, f"monitor-{os.path.basename(image)}.sock")
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2", "-nodefaults",
+         "-kernel", f"{image}/vmlinuz", "-initrd", f"{image}/initrd.img",
+         "-append", "root=/dev/vda ro console=ttyS0 systemd.show_status=1",
+         "-drive", f"file={image}/root.img,if=virtio,format=raw,readonly=on",
+         "-drive", f"file={var},if=virtio,format=raw",
+         "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{ports['smtp']}-:25,"
+                 f"hostfwd=tcp:127.0.0.1:{ports['closed']}-:2525,hostfwd=tcp:127.0.0.1:{ports['mgmt_on_mail']}-:8443",
+         "-netdev", f"user,id=mg,net=10.9.0.0/24,hostfwd=tcp:127.0.0.1:{ports['mgmt']}-:8443",
+         "-device", "virtio-net-pci,netdev=mg,addr=0x10",
+         "-serial", f"file:{console}", "-display", "none", "-monitor", f"unix:{mon},server,nowait", "-no-reboot"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    harness._cleanups.append(lambda: qemu.poll() is None and qemu.kill())
+    return qemu, mon
+
+
+def power_off(c, qemu, mon, console):
+    """An orderly stop — Ctrl-Alt-Del: systemd stops every unit and flushes the journal; qemu
+    exits instead of rebooting (-no-reboot)."""
+    with socket.socket(socket.AF_UNIX) as m:
+        m.connect(mon)
+        m.sendall(b"sendkey ctrl-alt-delete\n")
+        time.sleep(1)
+    try:
+        qemu.wait(300)
+    except subprocess.TimeoutExpired:
+        qemu.kill()
+        c.check(False, "the guest stops within 300 s", open(console, errors="replace").read()[-1500:])
+
+
+def banner(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            return s.recv(100)
+    except OSError:
+        return b""
+
+
+def make_ctl(a, site, crt, port):
+    """mailsealctl as an operator of the site, trusting the appliance's own certificate."""
+    def ctl(who, *args, port=port):
+        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{port}", "--server-name", "gw.appliance.test",
+                            "--cert", f"{site}/{who}.crt", "--key", f"{site}/{who}.key", "--ca", crt, *args],
+                           capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stdout, r.stderr
+    return ctl
+
+
+def health(ctl):
+    """(exit code, {part: status}, output) once every part is reported, else None."""
+    rc, o, e = ctl("so-1", "health")
+    parts = dict(re.findall(r"^\s+mailseal\.(\w+)\s+(\w+)$", o, re.M))
+    return (rc, parts, o + e) if parts and "UNKNOWN" not in parts.values() else None
+
+
+def sealed_at(sink, root, site, subject):
+    """(sealed message, signature verified, openssl's words) once a message with body
+    "body <subject>" is at the sink sealed for agency-b.test: opened with the partner's key, the
+    signature inside verified against the site's CA."""
+    for n, m in enumerate(sink.messages()):
+        if b"bob@agency-b.test" not in m or b"enveloped-data" not in m:
+            continue
+        sealed, inner = os.path.join(root, f"sealed-{n}.eml"), os.path.join(root, f"inner-{n}.eml")
+        with open(sealed, "wb") as f:
+            f.write(m)
+        r = subprocess.run(["openssl", "cms", "-decrypt", "-in", sealed, "-recip", f"{site}/partner-dca.crt",
+                            "-inkey", f"{site}/partner-dca.key", "-out", inner], capture_output=True)
+        if r.returncode != 0:
+            continue
+        v = subprocess.run(["openssl", "cms", "-verify", "-in", inner, "-CAfile", f"{site}/ca.crt", "-purpose", "any"],
+                           capture_output=True)
+        if f"body {subject}".encode() in v.stdout:
+            return m, v.returncode == 0 and b"Verification successful" in v.stderr, v.stderr
+    return None
+
+
+def check_sealed(c, sink, root, site, subject, timeout=120):
+    got = harness.eventually(lambda: sealed_at(sink, root, site, subject), timeout, f"'{subject}' sealed at the sink")
+    c.check(got is not None and f"body {subject}".encode() not in got[0],
+            f"'{subject}': arrives at the host's sink sealed (never in clear) and opens with the partner's key",
+            b"\n---\n".join(sink.messages())[-800:])
+    c.check(got is not None and got[1], f"'{subject}': signed by the ceremony's DSA, verified against the site's CA",
+            got[2][-400:] if got else b"")
+
+
+def before_update(c, ctl, root, sink, smtp):
+    """What the update must keep, set up on the A slot before it stops: a signed tree head of the
+    audit trail exported to the host, and a sealed message waiting in the spool (the next hop
+    is down)."""
+    rc, o, e = ctl("so-1", "audit", "export", os.path.join(root, "head-a.json"))
+    c.check(rc == 0, "slot A: a signed tree head of the audit trail is exported to the host", o + e)
+    sink.stop()
+    reply = harness.send_one(smtp, "bob@agency-b.test", "kept across the update", mail_from="alice@appliance.test",
+                             timeout=60)
+    c.check(b"250 2.0.0" in reply, "slot A: mail accepted while the next hop is down", reply[-300:])
+
+    def deferred():
+        rc, o, _ = ctl("admin-1", "-o", "json", "queue", "list", "--state", "deferred")
+        return rc == 0 and json.loads(o).get("messages") or None
+    c.check(harness.eventually(deferred, 120, "deferred in the spool") is not None,
+            "slot A: it waits in the spool, sealed, for the next hop", ctl("admin-1", "queue", "counts")[1][-400:])
+
+
+def update(c, a, root, out, var, deb, sink_port, crt, site):
+    """The B slot: the same appliance with a newer package, booted on the state partition slot
+    A left behind (image/README.md, "Updates")."""
+    version = sh(["dpkg-deb", "-f", deb, "Version"]).stdout.strip()
+    newer = f"{version}+update1"
+    unpacked = os.path.join(root, "deb-b")
+    r1 = sh(["dpkg-deb", "-R", deb, unpacked])
+    control = os.path.join(unpacked, "DEBIAN", "control")
+    with open(control) as f:
+        text = f.read()
+    with open(control, "w") as f:
+        f.write(re.sub(r"(?m)^Version: .*$", f"Version: {newer}", text))
+    deb_b = os.path.join(root, f"mailseal_{newer}_amd64.deb")
+    r2 = sh(["dpkg-deb", "--root-owner-group", "-b", unpacked, deb_b])
+    c.check(r1.returncode == 0 and r2.returncode == 0, f"a newer package ({newer})", r1.stderr + r2.stderr)
+    out_b = os.path.join(root, "image-b")
+    started = time.time()
+    r = sh([os.path.join(SRC, "image", "build"), out_b],
+           env=dict(os.environ, MAILSEAL_DEB=deb_b, MAILSEAL_BASE_TREE=f"{out}/tree"), timeout=1200)
+    installed = sh(["dpkg-query", f"--root={out_b}/tree", "-W", "-f=${Version}", "mailseal"]).stdout
+    c.check(r.returncode == 0 and installed == newer,
+            f"image/build makes the B root from A's with the package upgraded ({time.time() - started:.0f} s)",
+            r.stdout[-800:] + r.stderr[-800:] + installed)
+    if r.returncode != 0:
+        return
+    sink = harness.Sink(root, port=sink_port)   # the next hop is back
+    ports = dict(smtp=harness.free_port(), closed=harness.free_port(), mgmt=harness.free_port(),
+                 mgmt_on_mail=harness.free_port())
+    console = os.path.join(root, "console-b.log")
+    qemu, mon = boot(root, out_b, var, console, ports)
+    got = harness.eventually(lambda: banner(ports["smtp"]).startswith(b"220") or None, 600, "B's SMTP banner")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", open(console, errors="replace").read())   # systemd's colours
+    c.check(got is not None and f"Welcome to mailseal appliance {newer}" in text,
+            f"slot B boots ({newer} greets on the console) on A's state partition and mailseald answers",
+            text[-1500:])
+    if got:
+        ctl = make_ctl(a, site, crt, ports["mgmt"])
+        h = harness.eventually(lambda: (lambda r: r if r and r[0] == 0 else None)(health(ctl)), 120, "B healthy")
+        c.check(h is not None, "slot B: healthy over gRPC with the management identity made on A's first boot "
+                "(the same certificate: the token and the state were kept)", (health(ctl) or (0, 0, ""))[2])
+        rc, o, e = ctl("so-1", "-o", "json", "keys", "list")
+        labels = {k["label"] for k in json.loads(o).get("keys", [])} if rc == 0 else None
+        c.check(labels == {"audit", "mgmt", "dsa", "dca"}, "slot B: the token's keys are all there (none made again)",
+                str(labels) + e)
+        rc, o, e = ctl("so-1", "audit", "verify", "--exported", os.path.join(root, "head-a.json"))
+        c.check(rc == 0, "slot B: the audit trail extends the head exported on A (nothing rewritten or lost)", o + e)
+        check_sealed(c, sink, root, site, "kept across the update")
+        reply = harness.send_one(ports["smtp"], "bob@agency-b.test", "sealed on slot B", mail_from="alice@appliance.test",
+                                 timeout=60)
+        c.check(b"250 2.0.0" in reply, "slot B: new mail accepted", reply[-300:])
+        check_sealed(c, sink, root, site, "sealed on slot B")
+    power_off(c, qemu, mon, console)
+
+
+def token_files(c, root, tree, var, journal):
+    """The token holder split (README "Privileges"): SoftHSM's token files on the state
+    partition are the token holder's alone, and mailseald reached the token through its socket."""
+    ids = {l.split(":")[0]: int(l.split(":")[2]) for l in open(f"{tree}/etc/passwd")}
+    dump = os.path.join(root, "tokens-dump")
+    os.makedirs(dump)
+    sh(["debugfs", "-R", f"rdump /lib/softhsm/tokens {dump}", var])
+    entries = [os.path.join(d, f) for d, ds, fs in os.walk(os.path.join(dump, "tokens")) for f in ds + fs]
+    wrong = [(os.path.relpath(p, dump), os.stat(p).st_uid, oct(os.stat(p).st_mode & 0o777)) for p in entries
+             if os.stat(p).st_uid != ids.get("mailseal-token") or os.stat(p).st_mode & 0o077]
+    c.check(entries and not wrong, f"the token's {len(entries)} files and directories belong to mailseal-token, "
+            "no access for group or others (mailseald cannot read them)", str(wrong[:5]))
+    c.check(re.search(r"Started mailseal-token.service|Started .*mailseal token holder", journal) is not None
+            and re.search(r"mailseald\[\d+\]: .*security module ready.*p11-kit-client", journal) is not None,
+            "mailseald reached the token through the token holder (p11-kit's client module)",
+            "\n".join(l for l in journal.splitlines() if "token" in l or "security module" in l)[-800:])
+
+
 def sh_ok(c, cmd, cwd):
     r = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -172,7 +361,7 @@ def first_boot(c, a, root, site, console, sink, smtp, mgmt, mgmt_on_mail):
     c.check(got is not None, "first boot: the console shows the management certificate and its fingerprint",
             open(console, errors="replace").read()[-1500:])
     if not got:
-        return
+        return None, None
     fp, pem = got
     crt = os.path.join(root, "mgmt.crt")
     with open(crt, "w") as f:
@@ -181,17 +370,8 @@ def first_boot(c, a, root, site, console, sink, smtp, mgmt, mgmt_on_mail):
     c.check(r.returncode == 0 and f"={fp}" in r.stdout and "DNS:gw.appliance.test" in r.stdout,
             "the certificate read there has that fingerprint and names the host (what an operator checks)", r.stdout + r.stderr)
 
-    def ctl(who, *args, port=mgmt):
-        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{port}", "--server-name", "gw.appliance.test",
-                            "--cert", f"{site}/{who}.crt", "--key", f"{site}/{who}.key", "--ca", crt, *args],
-                           capture_output=True, text=True, timeout=120)
-        return r.returncode, r.stdout, r.stderr
-
-    def health():
-        rc, o, e = ctl("so-1", "health")
-        parts = dict(re.findall(r"^\s+mailseal\.(\w+)\s+(\w+)$", o, re.M))
-        return (rc, parts, o + e) if parts and "UNKNOWN" not in parts.values() else None
-    h = harness.eventually(health, 120, "gRPC health through the forwarded management port")
+    ctl = make_ctl(a, site, crt, mgmt)
+    h = harness.eventually(lambda: health(ctl), 120, "gRPC health through the forwarded management port")
     c.check(h is not None and h[1].get("smtp") == "SERVING" and h[1].get("audit") == "SERVING",
             "gRPC health answers through the forwarded management port (the API's key is in the guest's token): "
             "smtp and audit serving", h[2] if h else ctl("so-1", "health")[2][-400:])
@@ -228,38 +408,16 @@ def first_boot(c, a, root, site, console, sink, smtp, mgmt, mgmt_on_mail):
         rc, o, e = ctl("so-1", "keys", "install", label, f"{csrs}/{label}.crt", "--domain", "appliance.test")
         c.check(rc == 0, f"the CA's {label} certificate is installed over the API", o + e)
 
-    h = harness.eventually(lambda: (lambda r: r if r and r[0] == 0 else None)(health()), 60, "healthy")
+    h = harness.eventually(lambda: (lambda r: r if r and r[0] == 0 else None)(health(ctl)), 60, "healthy")
     c.check(h is not None and set(h[1].values()) == {"SERVING"},
             "with the certificates installed mailseald is healthy over gRPC: smtp, sealing, audit serving",
-            (health() or (0, 0, ""))[2])
+            (health(ctl) or (0, 0, ""))[2])
     reply = harness.send_one(smtp, "bob@agency-b.test", "sealed after the ceremony", mail_from="alice@appliance.test",
                              timeout=60)
     c.check(b"250 2.0.0" in reply, "after the ceremony, mail for the partner is accepted", reply[-300:])
     for subject in (early, "sealed after the ceremony"):
-        def arrived(subject=subject):
-            """(sealed message, verification output, content) once it is at the sink: opened
-            with the partner's key, the signature inside verified against the site's CA."""
-            for n, m in enumerate(sink.messages()):
-                if b"bob@agency-b.test" not in m or b"enveloped-data" not in m:
-                    continue
-                sealed, inner = os.path.join(root, f"sealed-{n}.eml"), os.path.join(root, f"inner-{n}.eml")
-                with open(sealed, "wb") as f:
-                    f.write(m)
-                r = subprocess.run(["openssl", "cms", "-decrypt", "-in", sealed, "-recip", f"{site}/partner-dca.crt",
-                                    "-inkey", f"{site}/partner-dca.key", "-out", inner], capture_output=True)
-                if r.returncode != 0:
-                    continue
-                v = subprocess.run(["openssl", "cms", "-verify", "-in", inner, "-CAfile", f"{site}/ca.crt",
-                                    "-purpose", "any"], capture_output=True)
-                if f"body {subject}".encode() in v.stdout:
-                    return m, v.returncode == 0 and b"Verification successful" in v.stderr, v.stderr
-            return None
-        got = harness.eventually(arrived, 120, f"'{subject}' sealed at the sink")
-        c.check(got is not None and f"body {subject}".encode() not in got[0],
-                f"'{subject}': arrives at the host's sink sealed (never in clear) and opens with the partner's key",
-                b"\n---\n".join(sink.messages())[-800:])
-        c.check(got is not None and got[1], f"'{subject}': signed by the ceremony's DSA, verified against the site's CA",
-                got[2][-400:] if got else b"")
+        check_sealed(c, sink, root, site, subject)
+    return ctl, crt
 
 
 def main():
@@ -269,6 +427,7 @@ def main():
     out = os.path.join(root, "image")
     if os.environ.get("MAILSEAL_IMAGE_DIR"):   # an image built before (developers): its state partition copied
         src = os.environ["MAILSEAL_IMAGE_DIR"]
+        deb = None   # no package to update to: the update part is left out
         os.makedirs(out)
         for f in ("root.img", "vmlinuz", "initrd.img", "tree"):   # read only
             os.symlink(os.path.join(src, f), os.path.join(out, f))
@@ -278,9 +437,9 @@ def main():
         r = sh(["cmake", "--build", build, "--target", "package"], timeout=900)
         debs = sorted(f for f in os.listdir(build) if re.fullmatch(r"mailseal_[\d.]+_amd64\.deb", f))
         c.check(r.returncode == 0 and debs, "the package is built", r.stderr[-600:])
+        deb = os.path.join(build, debs[-1])
         started = time.time()
-        r = sh([os.path.join(SRC, "image", "build"), out],
-               env=dict(os.environ, MAILSEAL_DEB=os.path.join(build, debs[-1])), timeout=2400)
+        r = sh([os.path.join(SRC, "image", "build"), out], env=dict(os.environ, MAILSEAL_DEB=deb), timeout=2400)
         c.check(r.returncode == 0 and os.path.exists(f"{out}/root.img"),
                 f"image/build makes the image ({time.time() - started:.0f} s)", r.stdout[-1500:] + r.stderr[-1500:])
         if r.returncode != 0:
@@ -306,6 +465,7 @@ def main():
     sh_ok(c, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mgmt-ca.key "
              "-out mgmt-ca.crt -subj /CN=site-operators-ca -days 2", site)
     issue_ec(site, "so-1", "mgmt-ca")
+    issue_ec(site, "admin-1", "mgmt-ca")
     for i in (1, 2, 3):
         sh_ok(c, f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout custodian-{i}.key "
                  f"-out custodian-{i}.crt -subj /CN=custodian-{i} -days 2", site)
@@ -319,13 +479,14 @@ def main():
         f.write('hostname: "gw.appliance.test"\nlisten { address: "0.0.0.0:25" }\nlisten { address: "0.0.0.0:2525" }\n'
                 'spool_dir: "/var/spool/mailseal"\ntrusted_networks: "10.0.2.0/24"\nuser: "mailseal"\n'
                 'local_domains: "appliance.test"\n'
-                f'delivery {{ relay_host: "[10.0.2.2]:{sink.port}" }}\n'
-                'hsm { module_path: "/usr/lib/softhsm/libsofthsm2.so" token_label: "mailseal" '
+                f'delivery {{ relay_host: "[10.0.2.2]:{sink.port}" min_backoff_s: 5 max_backoff_s: 10 }}\n'
+                'hsm { module_path: "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so" token_label: "mailseal" '
                 'pin_file: "/var/lib/mailseal/token.pin" }\n'
                 'smime { dsa_key_label: "dsa" dca_key_label: "dca" trust_anchors_file: "/var/lib/mailseal/site/ca.crt" '
                 'partners { domain: "agency-b.test" dca_cert_file: "/var/lib/mailseal/site/partner-dca.crt" } }\n'
                 'control { listen: "0.0.0.0:8443" cert_file: "/var/lib/mailseal/mgmt.crt" key_label: "mgmt" '
                 'client_ca_file: "/var/lib/mailseal/site/mgmt-ca.crt" roles { common_name: "so-1" role: "security-officer" } '
+                'roles { common_name: "admin-1" role: "administrator" } '
                 'audit { log_path: "/var/lib/mailseal/audit/log" heads_path: "/var/lib/mailseal/audit/heads" key_label: "audit" } '
                 f'ceremony {{ threshold: 2 keys_only_in_ceremony: true {custodians}}} }}\n')
     var = f"{out}/var.img"
@@ -347,33 +508,12 @@ def main():
             "the configuration and the site's certificates are on the state partition (debugfs)", r.stderr[-600:])
 
     ntp_answers = ntp_server(c, root)
+    ctl = crt = None
     smtp, closed, mgmt, mgmt_on_mail = harness.free_port(), harness.free_port(), harness.free_port(), harness.free_port()
-    mon = os.path.join(root, "monitor.sock")
     console = os.path.join(root, "console.log")
-    qemu = subprocess.Popen(
-        ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2", "-nodefaults",
-         "-kernel", f"{out}/vmlinuz", "-initrd", f"{out}/initrd.img",
-         "-append", "root=/dev/vda ro console=ttyS0 systemd.show_status=1",
-         "-drive", f"file={out}/root.img,if=virtio,format=raw,readonly=on",
-         "-drive", f"file={var},if=virtio,format=raw",
-         "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{smtp}-:25,hostfwd=tcp:127.0.0.1:{closed}-:2525,"
-                 f"hostfwd=tcp:127.0.0.1:{mgmt_on_mail}-:8443",
-         # The management interface: its own network (10.9.0.0/24), in the PCI slot the image's
-         # 10-mgmt0.link names mgmt0.
-         "-netdev", f"user,id=mg,net=10.9.0.0/24,hostfwd=tcp:127.0.0.1:{mgmt}-:8443",
-         "-device", "virtio-net-pci,netdev=mg,addr=0x10",
-         "-serial", f"file:{console}", "-display", "none", "-monitor", f"unix:{mon},server,nowait", "-no-reboot"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    harness._cleanups.append(lambda: qemu.poll() is None and qemu.kill())
+    ports = dict(smtp=smtp, closed=closed, mgmt=mgmt, mgmt_on_mail=mgmt_on_mail)
+    qemu, mon = boot(root, out, var, console, ports)
     booted = time.time()
-
-    def banner(port):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.settimeout(5)
-                return s.recv(100)
-        except OSError:
-            return b""
     got = harness.eventually(lambda: banner(smtp).startswith(b"220") or None, 600, "the guest's SMTP banner")
     c.check(got is not None, f"the appliance boots and mailseald answers on the forwarded SMTP port "
             f"({time.time() - booted:.0f} s under TCG)", open(console, errors="replace").read()[-2000:])
@@ -386,22 +526,14 @@ def main():
                 "and relayed to the sink on the host", (arrived or b"")[:400])
         c.check(not banner(closed).startswith(b"220"),
                 "port 2525, where mailseald also listens, is closed from outside (nftables default-deny)")
-        first_boot(c, a, root, site, console, sink, smtp, mgmt, mgmt_on_mail)
+        ctl, crt = first_boot(c, a, root, site, console, sink, smtp, mgmt, mgmt_on_mail)
+        if ctl and deb:
+            before_update(c, ctl, root, sink, smtp)
 
     c.check(harness.eventually(lambda: ntp_answers() > 0 or None, 180, "the guest asked for the time"),
             "the guest's timesyncd got the time from chrony on the host", str(ntp_answers()))
 
-    # An orderly stop — Ctrl-Alt-Del: systemd stops every unit and flushes the journal; qemu
-    # exits instead of rebooting (-no-reboot) —, then the journal from the state partition.
-    with socket.socket(socket.AF_UNIX) as m:
-        m.connect(mon)
-        m.sendall(b"sendkey ctrl-alt-delete\n")
-        time.sleep(1)
-    try:
-        qemu.wait(300)
-    except subprocess.TimeoutExpired:
-        qemu.kill()
-        c.check(False, "the guest stops within 300 s", open(console, errors="replace").read()[-1500:])
+    power_off(c, qemu, mon, console)
     jdir = os.path.join(root, "journal")
     os.makedirs(jdir)
     r = sh(["debugfs", "-R", f"rdump /log/journal {jdir}", var])
@@ -435,6 +567,9 @@ def main():
             and "management TLS key 'mgmt': made inside the token" in journal,
             "the journal has the provisioning: token initialised, audit and management keys made inside it",
             "\n".join(l for l in journal.splitlines() if "provision" in l)[-800:])
+    token_files(c, root, tree, var, journal)
+    if ctl and deb:
+        update(c, a, root, out, var, deb, sink.port, crt, site)
     c.finish()
 
 
