@@ -43,6 +43,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "dataplane/base/openssl_error.h"
 #include "dataplane/base/strings.h"
 #include "dataplane/config/config.h"
 #include "hsm/keys.h"
@@ -146,9 +147,7 @@ Result<std::string> SelfSigned(EVP_PKEY* key, const std::string& name) {
   }
   BIO* b = BIO_new(BIO_s_mem());
   PEM_write_bio_X509(b, x);
-  char* p = nullptr;
-  long len = BIO_get_mem_data(b, &p);
-  std::string pem(p, static_cast<size_t>(len));
+  std::string pem = base::BioString(b);
   BIO_free(b);
   X509_free(x);
   return pem;

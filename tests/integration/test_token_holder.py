@@ -124,20 +124,15 @@ def main():
             "mailseald's address space has p11-kit's client module, not the token's (libsofthsm2)")
 
     # Both directions through the holder.
-    out = send(ga.port, "alice@agency-a.test", ["bob@agency-b.test"],
-               b"From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: out\r\n\r\nHELD-BY-THE-HOLDER-OUT\r\n")
-    c.check(b"250 2.0.0" in out, "A accepts mail for partner B")
-    got = harness.eventually(lambda: [m for m in sink_b.messages() if b"HELD-BY-THE-HOLDER-OUT" in m] or None, 30,
-                             "opened at B")
-    c.check(got is not None and b"smime=pass" in got[0], "A signed and sealed through the holder: B opens and "
-            "verifies it (smime=pass)", (got or [b""])[0][:400] + ga.read_log()[-600:].encode())
-    out = send(gb.port, "bob@agency-b.test", ["alice@agency-a.test"],
-               b"From: bob@agency-b.test\r\nTo: alice@agency-a.test\r\nSubject: in\r\n\r\nHELD-BY-THE-HOLDER-IN\r\n")
-    c.check(b"250 2.0.0" in out, "B accepts mail for A")
-    got = harness.eventually(lambda: [m for m in sink_a.messages() if b"HELD-BY-THE-HOLDER-IN" in m] or None, 30,
-                             "opened at A")
-    c.check(got is not None and b"smime=pass" in got[0], "A decrypted B's sealed mail through the holder and "
-            "verified it (smime=pass)", (got or [b""])[0][:400] + ga.read_log()[-600:].encode())
+    def through(gw, sender, rcpt, sink, marker, what):
+        out = send(gw.port, sender, [rcpt], f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {marker}\r\n\r\n{marker}\r\n".encode())
+        got = harness.eventually(lambda: [m for m in sink.messages() if marker.encode() + b"\n" in m] or None, 30, what)
+        c.check(b"250 2.0.0" in out and got is not None and b"smime=pass" in got[0], what,
+                out[-200:] + (got or [b""])[0][:400] + ga.read_log()[-600:].encode())
+    through(ga, "alice@agency-a.test", "bob@agency-b.test", sink_b, "HELD-BY-THE-HOLDER-OUT",
+            "A signed and sealed through the holder: B opens and verifies it (smime=pass)")
+    through(gb, "bob@agency-b.test", "alice@agency-a.test", sink_a, "HELD-BY-THE-HOLDER-IN",
+            "A decrypted B's sealed mail through the holder and verified it (smime=pass)")
 
     # The holder gone: fail closed; back: A resumes by itself.
     holder.stop()
@@ -148,12 +143,8 @@ def main():
     holder.start()
     back = harness.eventually(lambda: "security module back" in ga.read_log() or None, 30, "token re-opened")
     c.check(back is not None, "the holder started again: A re-opens the token by itself", ga.read_log()[-800:])
-    out = send(ga.port, "alice@agency-a.test", ["bob@agency-b.test"],
-               b"From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: after\r\n\r\nHELD-BY-THE-HOLDER-AFTER\r\n")
-    got = harness.eventually(lambda: [m for m in sink_b.messages() if b"HELD-BY-THE-HOLDER-AFTER" in m] or None, 30,
-                             "after the holder came back")
-    c.check(b"250 2.0.0" in out and got is not None and b"smime=pass" in got[0],
-            "mail is sealed through the holder again", out[-200:] + ga.read_log()[-600:].encode())
+    through(ga, "alice@agency-a.test", "bob@agency-b.test", sink_b, "HELD-BY-THE-HOLDER-AFTER",
+            "mail is sealed through the holder again")
     for g in (ga, gb):
         c.check(g.stop() == 0, "clean stop")
     c.finish()
