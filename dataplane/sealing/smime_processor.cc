@@ -12,6 +12,7 @@
 
 #include "dataplane/base/log.h"
 #include "hsm/lifecycle.h"
+#include "dataplane/pki/validator.h"
 #include "dataplane/base/strings.h"
 #include "hsm/token_key.h"
 
@@ -214,6 +215,7 @@ class SmimeProcessor : public JobProcessor {
   // A key or certificate missing from the token (before the initialise ceremony, or while an
   // operator installs a certificate) is looked for again this often.
   static constexpr int64_t kMissingRetryS = 5;
+  static constexpr int64_t kCertRereadS = 10;
 
   smime::GatewayKeys Keys() {
     smime::GatewayKeys k{s_->dsa_cert, s_->dca_cert, s_->chain, nullptr, nullptr, {}, {}};
@@ -239,11 +241,13 @@ class SmimeProcessor : public JobProcessor {
         if (key.ok()) dsa_ = *key;
       }
       if (dca.ok()) {
+        dca_pair_ = *dca;
         Result<EVP_PKEY*> key = hsm::TokenPrivateKey(&**lease_, *dca);
         if (key.ok()) dca_ = *key;
       }
       dsa_cert_ = s_->dsa_cert ? s_->dsa_cert : TokenCertificate(dsa);
       dca_cert_ = s_->dca_cert ? s_->dca_cert : TokenCertificate(dca);
+      certs_read_ = now;
       for (const auto& [label, cert] : s_->previous_dca) {
         Result<hsm::KeyPair> old = hsm::FindKeyPair(**lease_, label);
         Result<EVP_PKEY*> key = old.ok() ? hsm::TokenPrivateKey(&**lease_, *old) : Result<EVP_PKEY*>(old.status());
@@ -266,6 +270,20 @@ class SmimeProcessor : public JobProcessor {
         Log(LogLevel::kInfo, "crypto", "domain keys and certificates found on the token: sealing/opening resumed",
             {{"dsa", s_->dsa_label}, {"dca", s_->dca_label}});
       may_sign_checked_ = 0;
+    }
+    // Certificates kept on the token are read again every kCertRereadS: a renewal installed
+    // over the API (same key, new certificate) is in use within seconds, with no restart.
+    if (!incomplete && (!s_->dsa_cert || !s_->dca_cert) && now - certs_read_ >= kCertRereadS) {
+      certs_read_ = now;
+      for (auto [configured, pair, cert] : {std::tuple{&s_->dsa_cert, &dsa_pair_, &dsa_cert_},
+                                            std::tuple{&s_->dca_cert, &dca_pair_, &dca_cert_}}) {
+        if (*configured) continue;
+        if (smime::X509Ref fresh = TokenCertificate(*pair); fresh && X509_cmp(fresh.get(), cert->get()) != 0) {
+          Log(LogLevel::kInfo, "crypto", "certificate on the token replaced: the new one is in use",
+              {{"label", pair->label}, {"serial", pki::SerialHex(fresh.get())}});
+          *cert = fresh;
+        }
+      }
     }
     k.dsa_cert = dsa_cert_;
     k.dca_cert = dca_cert_;
@@ -319,8 +337,10 @@ class SmimeProcessor : public JobProcessor {
   hsm::KeyPair dsa_pair_;
   EVP_PKEY* dsa_ = nullptr;
   EVP_PKEY* dca_ = nullptr;
+  hsm::KeyPair dca_pair_;
   smime::X509Ref dsa_cert_, dca_cert_;   // the configured files' or the token's
   int64_t looked_up_ = 0;
+  int64_t certs_read_ = 0;
   std::string unusable_;   // what is missing, for the deferral's reason
   std::vector<std::pair<smime::X509Ref, EVP_PKEY*>> previous_dca_;   // owned keys
   bool may_sign_ = false;

@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
@@ -172,6 +173,26 @@ def main():
                 "signature verifies (smime=pass)", (got or [b""])[0][:500] + ga.read_log()[-800:].encode())
     c.check("domain keys and certificates found on the token: sealing/opening resumed" in ga.read_log(),
             "A's log says when sealing resumed")
+
+    # 6. A renewal: a new DSA certificate for the same key, installed over the API, is used for
+    # the next message within seconds (no restart); B still verifies it.
+    run(f"openssl x509 -req -in {csr_dir}/dsa.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial "
+        f"-copy_extensions copy -days 60 -out {csr_dir}/dsa-renewed.crt", csr_dir)
+    serial = subprocess.run(["openssl", "x509", "-in", f"{csr_dir}/dsa-renewed.crt", "-noout", "-serial"],
+                            capture_output=True, text=True).stdout.strip().split("=")[-1].upper().lstrip("0")
+    rc, o, e = ctl("so-1", "keys", "install", "dsa", f"{csr_dir}/dsa-renewed.crt", "--domain", "agency-a.test")
+    c.check(rc == 0, "a renewed DSA certificate (same key) is installed over the API", o + e)
+
+    def renewed_in_use():
+        text = f"After the renewal {time.time()}".encode()
+        send(ga.port, "alice@agency-a.test", ["bob@agency-b.test"],
+             b"From: alice@agency-a.test\r\nTo: bob@agency-b.test\r\nSubject: renewed\r\n\r\n" + text + b"\r\n")
+        got = harness.eventually(lambda: [x for x in sink_b.messages() if text in x] or None, 30, "opened at B")
+        return "certificate on the token replaced" in ga.read_log() and got and b"smime=pass" in got[0] or None
+    c.check(harness.eventually(renewed_in_use, 40, "the renewed certificate in use", interval=3),
+            "the renewed certificate is in use within seconds, no restart (A's log names it; B verifies: smime=pass)",
+            ga.read_log()[-600:])
+    c.check(f"serial={serial}" in ga.read_log(), "A's log names the new certificate's serial", serial)
     for g in (ga, gb):
         c.check(g.stop() == 0, "clean stop")
     c.finish()
