@@ -41,8 +41,9 @@ def main():
         ('hsm { module_path: "/m.so" token_label: "t" pin_file: "/p" }\n'
          'smime { dsa_key_label: "dsa" dsa_cert_file: "/no/dsa.crt" dca_key_label: "dca" '
          'dca_cert_file: "/no/dca.crt" trust_anchors_file: "/no/ca.crt" }\n', "field 'smime.dsa_cert_file'"),
+        # The certificate files may be left out (then the token's are used); the labels may not.
         ('hsm { module_path: "/m.so" token_label: "t" pin_file: "/p" }\nsmime { dsa_key_label: "dsa" }\n',
-         "field 'smime.dsa_cert_file': required")]:
+         "field 'smime.dca_key_label': required")]:
         sm = os.path.join(root, "smime.conf")
         with open(sm, "w") as f:
             f.write(base + body)
