@@ -6,7 +6,8 @@
 //  1. the token: when the configured token does not exist and no PIN file does either (a first
 //     boot), a free slot is initialised with that label, a random user PIN written to
 //     hsm.pin_file (0400, mailseald's user) and a random SO PIN to <pin dir>/so.pin (0400,
-//     root). A missing token with a PIN file present is an error (a real HSM that is not
+//     root); both are written before the token is made and renamed into place after it, so a
+//     crash at any point is finished by the next run. A missing token with a PIN file present is an error (a real HSM that is not
 //     reachable is never replaced by a new token). With a real HSM the vendor's procedure makes
 //     the token and the site writes the PIN file: this step then does nothing.
 //  2. the audit key (control.audit.key_label), a P-256 pair made inside the token.
@@ -82,6 +83,17 @@ Status WriteNew(const std::string& path, std::string_view data, uid_t uid, gid_t
     ::unlink(tmp.c_str());
     return InternalError(StrCat(path, ": ", std::strerror(err)));
   }
+  int dfd = ::open(Dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return OkStatus();
+}
+
+// Promote renames a PIN file written as `<path>.pending` into place, and syncs the directory.
+Status Promote(const std::string& path) {
+  if (::rename((path + ".pending").c_str(), path.c_str()) != 0) return InternalError(StrCat(path, ": ", std::strerror(errno)));
   int dfd = ::open(Dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
@@ -215,6 +227,7 @@ int main(int argc, char** argv) {
   }
   Result<std::unique_ptr<Module>> m = Module::Load(module_override.empty() ? h.module_path() : module_override);
   if (!m.ok()) return Fail("module", m.status());
+  const std::string so_file = StrCat(Dir(h.pin_file()), "/so.pin");
   Result<CK_SLOT_ID> slot = (*m)->FindToken(h.token_label(), h.token_serial());
   if (!slot.ok()) {
     if (Exists(h.pin_file()))
@@ -233,16 +246,21 @@ int main(int argc, char** argv) {
       }
     if (!free) return Fail("token", FailedPreconditionError("no slot with an uninitialised token"));
     Secret so = RandomPin(), user = RandomPin();
-    // The PINs are on disk before the token exists: a crash in between leaves files to
-    // remove, never a token whose PIN nobody knows.
-    std::string so_file = StrCat(Dir(h.pin_file()), "/so.pin");
-    if (Status st = WriteNew(so_file, so.Reveal(), 0, 0, 0400); !st.ok()) return Fail("SO PIN", st);
-    if (Status st = WriteNew(h.pin_file(), user.Reveal(), uid, gid, 0400); !st.ok()) return Fail("PIN file", st);
+    // The PINs are on disk (as .pending) before the token exists and take their names only
+    // after it does: a crash before the token is made leaves .pending files the next run
+    // overwrites (still a first boot: no PIN file); a crash after it leaves .pending files the
+    // next run puts in place (below). Never a token whose PIN nobody knows, never a PIN file
+    // that makes a first boot look like a missing HSM.
+    if (Status st = WriteNew(so_file + ".pending", so.Reveal(), 0, 0, 0400); !st.ok()) return Fail("SO PIN", st);
+    if (Status st = WriteNew(h.pin_file() + ".pending", user.Reveal(), uid, gid, 0400); !st.ok())
+      return Fail("PIN file", st);
     if (Status st = (*m)->InitializeToken(free->slot, h.token_label(), so, user); !st.ok()) {
-      ::unlink(h.pin_file().c_str());
-      ::unlink(so_file.c_str());
+      ::unlink((h.pin_file() + ".pending").c_str());
+      ::unlink((so_file + ".pending").c_str());
       return Fail("token initialisation", st);
     }
+    for (const std::string* f : {&so_file, &h.pin_file()})
+      if (Status st = Promote(*f); !st.ok()) return Fail("PIN file", st);
     std::printf("token '%s' initialised in slot %lu; user PIN in %s (owner %s), SO PIN in %s (root only)\n",
                 h.token_label().c_str(), static_cast<unsigned long>(free->slot), h.pin_file().c_str(),
                 cfg->user().empty() ? "root" : cfg->user().c_str(), so_file.c_str());
@@ -250,6 +268,12 @@ int main(int argc, char** argv) {
     if (!slot.ok()) return Fail("token", slot.status());
   } else {
     std::printf("token '%s': present\n", h.token_label().c_str());
+    // A first boot cut short after the token was made: its PINs are still .pending.
+    for (const std::string* f : {&so_file, &h.pin_file()})
+      if (!Exists(*f) && Exists(*f + ".pending")) {
+        if (Status st = Promote(*f); !st.ok()) return Fail("PIN file", st);
+        std::printf("%s: put in place (a first boot was interrupted after the token was made)\n", f->c_str());
+      }
   }
   Result<Secret> pin = ReadSecretFile(h.pin_file(), cfg->user().empty() ? std::nullopt : std::optional<uid_t>(uid));
   if (!pin.ok()) return Fail("PIN file", pin.status());

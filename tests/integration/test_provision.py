@@ -13,7 +13,8 @@ integration.image_boot runs it there). Here on the host, against SoftHSM:
 4. mailseald starts with that configuration: the management API answers with that
    certificate (mailsealctl trusts it with --ca and --server-name), and its token holds only
    the audit and management keys — no domain key is made outside the ceremony.
-5. Fail safe: the token gone but the PIN file there (a real HSM unreachable, not a first
+5. A first boot cut short before or after the token was made is finished by the next run.
+6. Fail safe: the token gone but the PIN file there (a real HSM unreachable, not a first
    boot) is refused and no new token is made.
 """
 import json
@@ -59,6 +60,13 @@ def main():
     def provision_run():
         return subprocess.run([provision, gw.config], capture_output=True, text=True, env=env, timeout=120)
 
+    # A first boot cut short before the token was made (PINs written as .pending, no token):
+    # still a first boot for the next run, which writes new PINs over them.
+    for f in (pin, so_pin):
+        with open(f + ".pending", "w") as fh:
+            fh.write("stale")
+        os.chmod(f + ".pending", 0o400)
+
     # 1 and 2: a first boot.
     r = provision_run()
     out = r.stdout + r.stderr
@@ -74,6 +82,8 @@ def main():
     c.check(len(pins) == 2 and all(len(p) == 32 for p in pins) and pins[0] != pins[1],
             "the PINs are random (128 bits each, different)")
     c.check(pins and not any(p in out for p in pins), "neither PIN is in the output")
+    c.check(not os.path.exists(pin + ".pending") and not os.path.exists(so_pin + ".pending") and "stale" not in pins,
+            "a first boot interrupted before the token was made is simply done again (new PINs, no .pending left)")
     c.check("audit key 'audit': made inside the token" in out and "management TLS key 'mgmt': made inside the token" in out,
             "the audit and management keys are made inside the token", out)
     fp = re.search(r"fingerprint: ([0-9A-F:]{95})", out)
@@ -99,6 +109,14 @@ def main():
         same = f.read() == first_cert
     c.check(same and after == token_files and [open(p).read().strip() for p in (pin, so_pin)] == pins,
             "same certificate, same PINs, no new object on the token")
+    # Cut short after the token was made: the PINs are still .pending; the next run puts them in place.
+    for f in (pin, so_pin):
+        os.rename(f, f + ".pending")
+    r = provision_run()
+    out = r.stdout + r.stderr
+    c.check(r.returncode == 0 and "put in place" in out and [open(p).read().strip() for p in (pin, so_pin)] == pins
+            and not os.path.exists(pin + ".pending"),
+            "a first boot interrupted after the token was made is finished by the next run (the PINs put in place)", out)
 
     # 4. mailseald with it.
     so_owner = os.stat(so_pin).st_uid
@@ -124,7 +142,7 @@ def main():
     c.check(gw.stop() == 0, "clean stop")
     os.chown(so_pin, so_owner, 0)   # the harness gave the test's files to the daemon user
 
-    # 5. A missing token is not replaced once the PIN file exists.
+    # 6. A missing token is not replaced once the PIN file exists.
     shutil.rmtree(tokens)
     os.makedirs(tokens)
     r = provision_run()
