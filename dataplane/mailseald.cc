@@ -54,7 +54,6 @@
 #include "dataplane/queue/queue_manager.h"
 #include "dataplane/queue/spool.h"
 #include "hsm/secret.h"
-#include "hsm/lifecycle.h"
 #include "hsm/token_manager.h"
 #include "dataplane/sealing/smime_processor.h"
 #include "dataplane/smime/naming.h"
@@ -306,11 +305,7 @@ control::CertDeps CertDepsFor(sealing::SmimeShared* smime, const std::string* co
       if (!h) return configured;
       hsm::SessionPool::Lease lease = h->pool->Acquire();
       Result<hsm::KeyPair> kp = hsm::FindKeyPair(*lease, label);
-      Result<std::string> der = kp.ok() ? hsm::StoredCertificate(*lease, *kp) : Result<std::string>(kp.status());
-      if (!der.ok()) return nullptr;
-      const unsigned char* p = reinterpret_cast<const unsigned char*>(der->data());
-      X509* x = d2i_X509(nullptr, &p, static_cast<long>(der->size()));
-      return x ? smime::Ref(x) : nullptr;
+      return kp.ok() ? sealing::TokenCertificate(*lease, *kp) : nullptr;
     };
     smime::X509Ref dsa = ours(smime->dsa_cert, smime->dsa_label), dca = ours(smime->dca_cert, smime->dca_label);
     for (auto [cert, authority] : {std::pair{dsa.get(), "domain-signing-authority"},
@@ -993,9 +988,8 @@ struct Daemon {
       qmgr->SetSuspended(!ok);
       // The domain keys and their certificates (an appliance before its initialise ceremony
       // has neither): looked for every 5 s while missing, every minute once there.
-      if (ok && (!keys_ready || std::chrono::steady_clock::now() - last_keys_check >= std::chrono::seconds(60)) &&
-          std::chrono::steady_clock::now() - last_keys_check >= std::chrono::seconds(5)) {
-        last_keys_check = std::chrono::steady_clock::now();
+      if (ok && last_health - last_keys_check >= std::chrono::seconds(keys_ready ? 60 : 5)) {
+        last_keys_check = last_health;
         Status st = sealing::DomainKeysReady(smime.get());
         if (st.ok() != keys_ready)
           Log(st.ok() ? LogLevel::kInfo : LogLevel::kWarning, "mailseald",

@@ -226,7 +226,7 @@ class SmimeProcessor : public JobProcessor {
     }
     int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                       std::chrono::steady_clock::now().time_since_epoch()).count();
-    bool incomplete = !dsa_ || !dca_ || !dsa_cert_ || !dca_cert_;
+    bool incomplete = !Complete();
     if (h->generation != generation_ || !lease_ || (incomplete && now - looked_up_ >= kMissingRetryS)) {
       Drop();
       handle_ = h;
@@ -255,11 +255,13 @@ class SmimeProcessor : public JobProcessor {
         else Log(LogLevel::kWarning, "crypto", "previous DCA key not usable: mail sealed to it will not open",
                  {{"label", label}, {"error", key.status().message()}});
       }
-      bool missing = !dsa_ || !dca_ || !dsa_cert_ || !dca_cert_;
+      bool missing = !Complete();
       unusable_.clear();
       if (missing) {
-        std::string dsa_why = !dsa.ok() ? dsa.status().message() : !dsa_ ? "key not usable" : !dsa_cert_ ? "no certificate installed" : "ok";
-        std::string dca_why = !dca.ok() ? dca.status().message() : !dca_ ? "key not usable" : !dca_cert_ ? "no certificate installed" : "ok";
+        auto why = [](const Result<hsm::KeyPair>& pair, EVP_PKEY* key, const smime::X509Ref& cert) -> std::string {
+          return !pair.ok() ? pair.status().message() : !key ? "key not usable" : !cert ? "no certificate installed" : "ok";
+        };
+        std::string dsa_why = why(dsa, dsa_, dsa_cert_), dca_why = why(dca, dca_, dca_cert_);
         unusable_ = StrCat("domain keys not ready on the token (dsa '", s_->dsa_label, "': ", dsa_why, "; dca '",
                            s_->dca_label, "': ", dca_why, ")");
         if (!s_->keys_missing_reported.exchange(true))   // once for all workers, not every retry
@@ -302,14 +304,10 @@ class SmimeProcessor : public JobProcessor {
     return k;
   }
 
-  // TokenCertificate: the certificate installed beside `pair` on the token, or none.
+  bool Complete() const { return dsa_ && dca_ && dsa_cert_ && dca_cert_; }
+
   smime::X509Ref TokenCertificate(const Result<hsm::KeyPair>& pair) {
-    if (!pair.ok()) return {};
-    Result<std::string> der = hsm::StoredCertificate(**lease_, *pair);
-    if (!der.ok()) return {};
-    const unsigned char* p = reinterpret_cast<const unsigned char*>(der->data());
-    X509* x = d2i_X509(nullptr, &p, static_cast<long>(der->size()));
-    return x ? smime::Ref(x) : smime::X509Ref{};
+    return pair.ok() ? sealing::TokenCertificate(**lease_, *pair) : smime::X509Ref{};
   }
 
   bool SessionAlive() {
@@ -531,6 +529,14 @@ Result<std::unique_ptr<SmimeShared>> LoadSmime(const mailseal::v1::Config& cfg, 
   s->policy.authserv_id = c.authserv_id().empty() ? cfg.hostname() : c.authserv_id();
   s->policy.gateway_name = cfg.hostname();
   return s;
+}
+
+smime::X509Ref TokenCertificate(hsm::Session& session, const hsm::KeyPair& pair) {
+  Result<std::string> der = hsm::StoredCertificate(session, pair);
+  if (!der.ok()) return {};
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(der->data());
+  X509* x = d2i_X509(nullptr, &p, static_cast<long>(der->size()));
+  return x ? smime::Ref(x) : smime::X509Ref{};
 }
 
 Status DomainKeysReady(const SmimeShared* s) {

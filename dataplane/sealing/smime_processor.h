@@ -25,6 +25,7 @@
 #include "dataplane/queue/spool.h"
 #include "dataplane/smime/discovery.h"
 #include "dataplane/smime/gateway.h"
+#include "hsm/keys.h"
 #include "hsm/token_manager.h"
 #include "mailseal/v1/config.pb.h"
 
@@ -90,6 +91,10 @@ std::unique_ptr<SmimeShared> PolicyOnly(const mailseal::v1::Config& cfg, queue::
 void StartDiscovery(SmimeShared* shared, std::function<size_t(const std::string& domain)> release);
 
 crypto::ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared);
+
+// TokenCertificate: the certificate installed on the token beside `pair`
+// (KeyService.InstallCertificate), or none.
+smime::X509Ref TokenCertificate(hsm::Session& session, const hsm::KeyPair& pair);
 
 // DomainKeysReady: OK when the DSA and DCA pairs are on the token with their certificates (a
 // configured file or one installed on the token); otherwise what is missing. For health

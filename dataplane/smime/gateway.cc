@@ -22,6 +22,11 @@
 namespace mailseal::smime {
 namespace {
 
+// Deferred: the reason a job waits for our keys — what is missing, or the token itself.
+std::string Deferred(const GatewayKeys& keys, const char* what) {
+  return StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": ", what, " deferred (SEE-AG-4)");
+}
+
 struct Field {
   std::string name;   // as written
   std::string raw;    // whole field with its line ends, byte-exact
@@ -403,7 +408,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   if (sign && !dca) {   // signed only: no certificate of theirs needed (SEE-2.9)
     if (!keys.dsa_key || !keys.dsa_cert) {
       o.action = Action::kTempFail;
-      o.reason = StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": signing deferred (SEE-AG-4)");
+      o.reason = Deferred(keys, "signing");
       return o;
     }
     Signer signer = OurSigner(keys);
@@ -466,7 +471,7 @@ Output Gateway::Seal1(const std::string& domain, std::vector<uint32_t> rcpts, co
   }
   if (!keys.dsa_key || !keys.dsa_cert) {
     o.action = Action::kTempFail;
-    o.reason = StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": sealing deferred (SEE-AG-4)");
+    o.reason = Deferred(keys, "sealing");
     return o;
   }
   std::vector<std::string> caps = store_->Capabilities(covering);
@@ -576,7 +581,7 @@ Output Gateway::Open1(const std::string& sender, std::vector<uint32_t> rcpts, co
     }
     if (!keys.dca_key) {
       o.action = Action::kTempFail;
-      o.reason = StrCat(keys.unusable.empty() ? "security module unavailable" : keys.unusable, ": opening deferred (SEE-AG-4)");
+      o.reason = Deferred(keys, "opening");
       return o;
     }
     o.action = Action::kHold;
