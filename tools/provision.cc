@@ -44,6 +44,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "dataplane/base/file.h"
 #include "dataplane/base/openssl_error.h"
 #include "dataplane/base/strings.h"
 #include "dataplane/config/config.h"
@@ -65,41 +66,6 @@ int Fail(const std::string& what, const Status& st) {
 std::string Dir(const std::string& path) {
   size_t slash = path.rfind('/');
   return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// WriteNew writes `data` to `path` through a temporary file (fsync, owner, mode, rename, the
-// directory synced): never half a file, never readable by anyone else on the way.
-Status WriteNew(const std::string& path, std::string_view data, uid_t uid, gid_t gid, mode_t mode) {
-  std::string tmp = path + ".new";
-  ::unlink(tmp.c_str());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return InternalError(StrCat(tmp, ": ", std::strerror(errno)));
-  bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && ::fchown(fd, uid, gid) == 0 &&
-            ::fchmod(fd, mode) == 0 && ::fsync(fd) == 0;
-  int err = errno;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    if (ok) err = errno;
-    ::unlink(tmp.c_str());
-    return InternalError(StrCat(path, ": ", std::strerror(err)));
-  }
-  int dfd = ::open(Dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return OkStatus();
-}
-
-// Promote renames a PIN file written as `<path>.pending` into place, and syncs the directory.
-Status Promote(const std::string& path) {
-  if (::rename((path + ".pending").c_str(), path.c_str()) != 0) return InternalError(StrCat(path, ": ", std::strerror(errno)));
-  int dfd = ::open(Dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return OkStatus();
 }
 
 Secret RandomPin() {
@@ -251,8 +217,14 @@ int main(int argc, char** argv) {
     // overwrites (still a first boot: no PIN file); a crash after it leaves .pending files the
     // next run puts in place (below). Never a token whose PIN nobody knows, never a PIN file
     // that makes a first boot look like a missing HSM.
-    if (Status st = WriteNew(so_file + ".pending", so.Reveal(), 0, 0, 0400); !st.ok()) return Fail("SO PIN", st);
-    if (Status st = WriteNew(h.pin_file() + ".pending", user.Reveal(), uid, gid, 0400); !st.ok())
+    auto write_pin = [](const std::string& path, const Secret& pin, base::FileOwner owner) {
+      std::string bytes(pin.Reveal());
+      Status st = base::WriteFileDurably(path, bytes, 0400, owner);
+      OPENSSL_cleanse(bytes.data(), bytes.size());
+      return st;
+    };
+    if (Status st = write_pin(so_file + ".pending", so, base::FileOwner{}); !st.ok()) return Fail("SO PIN", st);
+    if (Status st = write_pin(h.pin_file() + ".pending", user, base::FileOwner{uid, gid}); !st.ok())
       return Fail("PIN file", st);
     if (Status st = (*m)->InitializeToken(free->slot, h.token_label(), so, user); !st.ok()) {
       ::unlink((h.pin_file() + ".pending").c_str());
@@ -260,7 +232,7 @@ int main(int argc, char** argv) {
       return Fail("token initialisation", st);
     }
     for (const std::string* f : {&so_file, &h.pin_file()})
-      if (Status st = Promote(*f); !st.ok()) return Fail("PIN file", st);
+      if (Status st = base::RenameDurably(*f + ".pending", *f); !st.ok()) return Fail("PIN file", st);
     std::printf("token '%s' initialised in slot %lu; user PIN in %s (owner %s), SO PIN in %s (root only)\n",
                 h.token_label().c_str(), static_cast<unsigned long>(free->slot), h.pin_file().c_str(),
                 cfg->user().empty() ? "root" : cfg->user().c_str(), so_file.c_str());
@@ -271,7 +243,7 @@ int main(int argc, char** argv) {
     // A first boot cut short after the token was made: its PINs are still .pending.
     for (const std::string* f : {&so_file, &h.pin_file()})
       if (!Exists(*f) && Exists(*f + ".pending")) {
-        if (Status st = Promote(*f); !st.ok()) return Fail("PIN file", st);
+        if (Status st = base::RenameDurably(*f + ".pending", *f); !st.ok()) return Fail("PIN file", st);
         std::printf("%s: put in place (a first boot was interrupted after the token was made)\n", f->c_str());
       }
   }
@@ -306,7 +278,8 @@ int main(int argc, char** argv) {
   Result<std::string> pem = SelfSigned(*key, name);
   EVP_PKEY_free(*key);
   if (!pem.ok()) return Fail("management certificate", pem.status());
-  if (Status st = WriteNew(c.cert_file(), *pem, 0, 0, 0644); !st.ok()) return Fail("management certificate", st);
+  if (Status st = base::WriteFileDurably(c.cert_file(), *pem, 0644, base::FileOwner{}); !st.ok())
+    return Fail("management certificate", st);
   std::printf("management certificate for %s (self-signed inside the token) in %s\n", name.c_str(), c.cert_file().c_str());
   std::printf("management certificate SHA-256 fingerprint: %s\n", Fingerprint(*pem).c_str());
   std::fputs(pem->c_str(), stdout);

@@ -2,6 +2,7 @@
 #include "dataplane/base/file.h"
 #include <unistd.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -28,11 +29,25 @@ Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {
   return out;
 }
 
-Status WriteFileDurably(const std::string& path, const std::string& data) {
+namespace {
+std::string DirOf(const std::string& path) {
   size_t slash = path.rfind('/');
-  std::string dir = slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+  return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+}
+
+Status SyncDirOf(const std::string& path) {
+  int dfd = ::open(DirOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  bool synced = dfd >= 0 && ::fsync(dfd) == 0;
+  int err = errno;
+  if (dfd >= 0) ::close(dfd);
+  if (!synced) return UnavailableError(StrCat("stored ", path, " but its directory could not be synced: ", std::strerror(err)));
+  return OkStatus();
+}
+}  // namespace
+
+Status WriteFileDurably(const std::string& path, const std::string& data, mode_t mode, std::optional<FileOwner> owner) {
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return UnavailableError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
   size_t done = 0;
   bool ok = true;
@@ -43,7 +58,7 @@ Status WriteFileDurably(const std::string& path, const std::string& data) {
     if (ok) done += static_cast<size_t>(n);
   }
   int err = ok ? 0 : errno;
-  if (ok && ::fsync(fd) != 0) {
+  if (ok && ((owner && ::fchown(fd, owner->uid, owner->gid) != 0) || ::fchmod(fd, mode) != 0 || ::fsync(fd) != 0)) {
     ok = false;
     err = errno;
   }
@@ -56,12 +71,13 @@ Status WriteFileDurably(const std::string& path, const std::string& data) {
     ::unlink(tmp.c_str());
     return UnavailableError(StrCat("cannot store ", path, ": ", std::strerror(err)));
   }
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  bool synced = dfd >= 0 && ::fsync(dfd) == 0;
-  err = errno;
-  if (dfd >= 0) ::close(dfd);
-  if (!synced) return UnavailableError(StrCat("stored ", path, " but its directory could not be synced: ", std::strerror(err)));
-  return OkStatus();
+  return SyncDirOf(path);
+}
+
+Status RenameDurably(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    return UnavailableError(StrCat("cannot rename ", from, " to ", to, ": ", std::strerror(errno)));
+  return SyncDirOf(to);
 }
 
 }  // namespace mailseal::base
