@@ -55,6 +55,7 @@
 #include "dataplane/queue/spool.h"
 #include "hsm/secret.h"
 #include "hsm/token_manager.h"
+#include "dataplane/sealing/at_rest_keys.h"
 #include "dataplane/sealing/smime_processor.h"
 #include "dataplane/smime/naming.h"
 #include "dataplane/pki/smimea.h"
@@ -380,6 +381,18 @@ Result<v1::Config> Validate(const std::string& path, bool at_start = true) {
     if (Result<hsm::Secret> pin = hsm::ReadSecretFile(cfg.hsm().pin_file(), owner); !pin.ok())
       return bad("hsm.pin_file", pin.status().message());
   }
+  if (cfg.has_recipient_directory()) {   // DE-11: the bind password as for the PIN above
+    const auto& d = cfg.recipient_directory();
+    if (!d.bind_password_file().empty()) {
+      std::optional<uid_t> owner = ::geteuid();
+      if (uid_t uid = 0, gid = 0; !cfg.user().empty() && ::geteuid() == 0 && service::UserIds(cfg.user(), &uid, &gid).ok())
+        owner = uid;
+      if (Result<hsm::Secret> pw = hsm::ReadSecretFile(d.bind_password_file(), owner); !pw.ok())
+        return bad("recipient_directory.bind_password_file", pw.status().message());
+    }
+    if (!d.ca_file().empty() && ::access(d.ca_file().c_str(), R_OK) != 0)
+      return bad("recipient_directory.ca_file", StrCat("'", d.ca_file(), "': ", std::strerror(errno)));
+  }
   if (cfg.has_control()) {
     const auto& c = cfg.control();
     const auto& a = c.audit();
@@ -435,6 +448,7 @@ struct Daemon {
   uint64_t version = 1;
   std::unique_ptr<hsm::TokenManager> token;
   std::atomic<bool> hsm_ok{true};
+  std::shared_ptr<sealing::TokenAtRestKeys> at_rest;   // the spool's data keys (DE-22)
   // The SMTP server's and the management API's keys when they are in the token (SEE-2.4b);
   // after the token (they use it), before the contexts that hold them.
   std::unique_ptr<hsm::SharedTokenKey> smtp_key, api_key;
@@ -456,6 +470,8 @@ struct Daemon {
   std::unique_ptr<control::PolicyStore> policy_store;
   std::unique_ptr<control::ControlServer> control_server;
   std::unique_ptr<io::SpfChecker> spf;
+  std::unique_ptr<directory::RecipientDirectory> directory;   // DE-11; outlives the net threads
+  std::vector<std::string> directory_domains;
   io::ClientLimiter limiter;   // per-client connection limits across the net threads (issue #13)
   std::vector<std::unique_ptr<endpoint::SmtpServer>> nets;
 
@@ -533,6 +549,7 @@ struct Daemon {
                                                             !cfg.control().key_label().empty())});
     hsm_ok.store(token->Tick());   // now: the audit trail's heads are checked with the token's key
   }
+  if (int rc = OpenAtRestKeys(); rc != kGoOn) return rc;
   if (int rc = BindTokenTlsKeys(); rc != kGoOn) return rc;
   if (cfg.has_smime()) {
     Result<std::unique_ptr<sealing::SmimeShared>> loaded_smime = sealing::LoadSmime(cfg, spool.get(), token.get());
@@ -553,9 +570,81 @@ struct Daemon {
   }
   if (!cfg.has_tls())
     Log(LogLevel::kWarning, "mailseald", "no tls section: STARTTLS is not offered, all inbound mail arrives in clear (SM-5)");
+  if (cfg.has_recipient_directory()) {   // DE-11 (issue #19): local recipients checked at RCPT
+    const auto& d = cfg.recipient_directory();
+    directory::DirectoryOptions o;
+    o.query.server = d.url();
+    o.query.base = d.base();
+    o.query.filter = d.filter();
+    o.query.bind_dn = d.bind_dn();
+    o.query.starttls = d.starttls();
+    o.query.ca_file = d.ca_file();
+    if (!d.bind_password_file().empty()) {
+      Result<hsm::Secret> pw = hsm::ReadSecretFile(d.bind_password_file());
+      if (!pw.ok()) {
+        std::fprintf(stderr, "mailseald: %s: field 'recipient_directory.bind_password_file': %s\n", path.c_str(),
+                     pw.status().message().c_str());
+        return kExitUsage;
+      }
+      o.query.bind_password = std::string(pw->Reveal());
+    }
+    o.timeout_ms = d.timeout_ms();
+    o.cache_entries = d.cache_entries();
+    o.known_ttl_ms = int64_t{d.known_ttl_s()} * 1000;
+    o.unknown_ttl_ms = int64_t{d.unknown_ttl_s()} * 1000;
+    o.threads = static_cast<int>(d.threads());
+    for (const std::string& dom : d.domains()) directory_domains.push_back(base::AsciiLower(dom));
+    directory = std::make_unique<directory::RecipientDirectory>(std::move(o));
+    Log(LogLevel::kInfo, "mailseald", "recipients checked in the directory at RCPT",
+        {{"url", d.url()}, {"base", d.base()}, {"bind", d.bind_dn().empty() ? "anonymous" : d.bind_dn()},
+         {"tls", d.url().starts_with("ldaps://") ? "ldaps" : d.starttls() ? "starttls" : "none"}});
+  }
   if (cfg.spf().mode() == v1::Spf::SPF_OFF)
     Log(LogLevel::kWarning, "mailseald", "spf off: senders' SPF policies are not enforced (SM-5b) and no mail is marked tls+spf");
   return kGoOn;
+  }
+
+  // OpenAtRestKeys: the spool's data keys (DE-22), before any spool file is read or written.
+  // Without the token they cannot be unwrapped, and the queue cannot be recovered: mailseald
+  // waits for it (saying so every 10 s; systemd is not told it is ready), never starts on a
+  // spool it cannot read, never writes a message in clear instead.
+  int OpenAtRestKeys() {
+    if (cfg.at_rest().mode() != v1::AtRest::AT_REST_ON) {
+      Log(LogLevel::kWarning, "mailseald", "spool not encrypted at rest (at_rest off): a stolen disk reveals the queued mail (DE-22)");
+      return kGoOn;
+    }
+    sealing::AtRestOptions o;
+    o.dir = StrCat(cfg.spool_dir(), "/keys");
+    o.kek_label = cfg.at_rest().kek_label();
+    o.rotate_s = static_cast<int64_t>(cfg.at_rest().rotate_hours()) * 3600;
+    auto last_said = std::chrono::steady_clock::now() - std::chrono::hours(1);
+    while (true) {
+      bool created = false;
+      Result<std::shared_ptr<sealing::TokenAtRestKeys>> ring = sealing::TokenAtRestKeys::Open(token.get(), o, &created);
+      if (ring.ok()) {
+        at_rest = *ring;
+        queue::InstallAtRestKeys(at_rest);
+        if (created) Log(LogLevel::kInfo, "at-rest", "spool key-encrypting key made on the token", {{"label", o.kek_label}});
+        Log(LogLevel::kInfo, "at-rest", "spool encrypted at rest",
+            {{"keys", std::to_string(at_rest->size())}, {"current", at_rest->current_id()}, {"kek", o.kek_label}});
+        return kGoOn;
+      }
+      if (ring.status().code() != StatusCode::kUnavailable) {
+        Log(LogLevel::kError, "at-rest", "spool keys unusable", {{"error", ring.status().message()}});
+        return kExitRuntime;
+      }
+      if (std::chrono::steady_clock::now() - last_said >= std::chrono::seconds(10)) {
+        last_said = std::chrono::steady_clock::now();
+        Log(LogLevel::kWarning, "at-rest", "waiting for the security module to open the spool keys (no mail is taken meanwhile)",
+            {{"error", ring.status().message()}});
+      }
+      pollfd p{sfd, POLLIN, 0};
+      if (::poll(&p, 1, 1000) > 0) {
+        signalfd_siginfo si{};
+        if (::read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo != SIGHUP) return kExitOk;
+      }
+      if (token) token->Tick();
+    }
   }
 
   // BindTokenTlsKeys: the STARTTLS and management API keys named by key_label, bound to the
@@ -925,7 +1014,8 @@ struct Daemon {
   // sockets opened above).
   if (network == &backend) backend.SetListeners(std::move(fds));
   endpoint::ServerContext ctx{&policy,       spool.get(), committer.get(), qmgr.get(), token ? &hsm_ok : nullptr,
-                       recorder ? &audit_ok : nullptr, tls_ctx.get(), client_trust.get(), spf.get(), &limiter};
+                       recorder ? &audit_ok : nullptr, tls_ctx.get(), client_trust.get(), spf.get(), &limiter,
+                       directory.get(), directory_domains};
   for (uint32_t t = 0; t < cfg.net_threads(); ++t) {
     nets.push_back(std::make_unique<endpoint::SmtpServer>(static_cast<int>(t), ctx, network));
     if (Status st = nets.back()->Start(); !st.ok()) {
@@ -986,6 +1076,12 @@ struct Daemon {
       bool ok = token->Tick();
       hsm_ok.store(ok, std::memory_order_release);
       qmgr->SetSuspended(!ok);
+      // The spool's data key rotates when due; with the token away the current one stays.
+      if (ok && at_rest) {
+        if (Result<bool> r = at_rest->Rotate(); !r.ok())
+          Log(LogLevel::kWarning, "at-rest", "spool data key rotation failed (the current key stays; tried again)",
+              {{"error", r.status().message()}});
+      }
       // The domain keys and their certificates (an appliance before its initialise ceremony
       // has neither): looked for every 5 s while missing, every minute once there.
       if (ok && last_health - last_keys_check >= std::chrono::seconds(keys_ready ? 60 : 5)) {
@@ -1061,6 +1157,7 @@ struct Daemon {
   for (auto& t : nets) t->BeginDrain(deadline);
   for (auto& t : nets) t->Join();
   if (spf) spf->Stop();   // a verdict still in hand is posted to a joined (not yet freed) loop
+  if (directory) directory->Stop();   // likewise for a directory answer
   if (control_server) control_server->Stop();
   if (smime && smime->discovery) smime->discovery->Stop();
   committer->Stop();

@@ -174,6 +174,44 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (h->sessions() > 64) return hbad("sessions", "at most 64");
     if (h->health_interval_ms() == 0) h->set_health_interval_ms(1000);
   }
+  {   // encryption at rest (DE-22, issue #19)
+    auto* a = cfg.mutable_at_rest();
+    auto abad = section_bad(*a, "at_rest");
+    if (a->mode() == mailseal::v1::AtRest::AT_REST_DEFAULT)
+      a->set_mode(cfg.has_hsm() ? mailseal::v1::AtRest::AT_REST_ON : mailseal::v1::AtRest::AT_REST_OFF);
+    else if (a->mode() == mailseal::v1::AtRest::AT_REST_ON && !cfg.has_hsm())
+      return abad("mode", "encryption at rest needs a security module: an hsm section is required");
+    if (a->kek_label().empty()) a->set_kek_label("spool-kek");
+    if (a->rotate_hours() == 0) a->set_rotate_hours(24);
+    if (a->rotate_hours() > 24 * 366) return abad("rotate_hours", "at most a year (8784)");
+  }
+  if (cfg.has_recipient_directory()) {   // DE-11, issue #19
+    auto* d = cfg.mutable_recipient_directory();
+    auto dbad = section_bad(*d, "recipient_directory");
+    if (!d->url().starts_with("ldap://") && !d->url().starts_with("ldaps://"))
+      return dbad("url", "an ldap:// or ldaps:// URL is required");
+    if (d->base().empty()) return dbad("base", "required (where the users are)");
+    if (d->filter().empty()) d->set_filter("(|(mail=%s)(mailAlternateAddress=%s))");
+    if (d->filter().find("%s") == std::string::npos || d->filter().front() != '(' || d->filter().back() != ')')
+      return dbad("filter", "an RFC 4515 filter in parentheses with %s where the address goes");
+    if (d->bind_dn().empty() != d->bind_password_file().empty())
+      return dbad(d->bind_dn().empty() ? "bind_dn" : "bind_password_file", "bind_dn and bind_password_file go together");
+    if (!d->bind_password_file().empty() && d->bind_password_file().front() != '/')
+      return dbad("bind_password_file", "an absolute path is required (never the password itself)");
+    std::string host = d->url().substr(d->url().find("://") + 3);
+    bool loopback = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
+    if (!d->bind_dn().empty() && d->url().starts_with("ldap://") && !d->starttls() && !loopback)
+      return dbad("bind_dn", "the password would cross the network in clear: use ldaps:// or starttls");
+    if (d->starttls() && d->url().starts_with("ldaps://")) return dbad("starttls", "not with ldaps:// (TLS already)");
+    if (d->timeout_ms() == 0) d->set_timeout_ms(3000);
+    if (d->timeout_ms() > 60000) return dbad("timeout_ms", "at most 60000");
+    if (d->cache_entries() == 0) d->set_cache_entries(10000);
+    if (d->cache_entries() > 10000000) return dbad("cache_entries", "at most 10000000");
+    if (d->known_ttl_s() == 0) d->set_known_ttl_s(300);
+    if (d->unknown_ttl_s() == 0) d->set_unknown_ttl_s(60);
+    if (d->threads() == 0) d->set_threads(2);
+    if (d->threads() > 32) return dbad("threads", "at most 32");
+  }
   if (cfg.io().backend() == mailseal::v1::Io::DPDK) {   // issue #17
     auto ibad = section_bad(cfg.io(), "io");
     const auto& d = cfg.io().dpdk();

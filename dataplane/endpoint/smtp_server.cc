@@ -7,9 +7,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "dataplane/base/clock.h"
 #include "dataplane/base/log.h"
+#include "dataplane/base/strings.h"
 #include "dataplane/io/socket_util.h"
 #include "dataplane/queue/dsn.h"
 #include "dataplane/smtp/address.h"
@@ -215,11 +217,58 @@ class SmtpServer::Conn : public io::StreamHandler, public smtp::ServerHandler {
     return {};
   }
   Reply OnRcpt(const smtp::Transaction& txn, const smtp::Recipient& rcpt) override {
-    if (trusted_) return {};
     std::string domain = smtp::DomainOf(rcpt.address);
-    if (domain.empty() || snap_->IsLocalDomain(domain)) return {};  // bare "postmaster" is ours
+    if (domain.empty()) return {};   // bare "postmaster" is ours
+    if (snap_->IsLocalDomain(domain)) return CheckDirectory(rcpt.address, domain);
+    if (trusted_) return {};
     Log(LogLevel::kWarning, "smtpd", "relay denied", {{"client", peer_}, {"to", rcpt.address}});
     return MakeReply(554, "5.7.1", StrCat("<", rcpt.address, ">: Relay access denied"));
+  }
+
+  // CheckDirectory: a local recipient against the directory (DE-11): known → accepted, unknown
+  // → 550 5.1.1 now (no bounce later, no backscatter), directory down → 451 4.4.3 (never 5xx).
+  Reply CheckDirectory(const std::string& address, const std::string& domain) {
+    directory::RecipientDirectory* dir = t_->ctx_.directory;
+    if (!dir) return {};
+    const auto& only = t_->ctx_.directory_domains;
+    if (!only.empty() && !base::DomainListCovers(only, base::AsciiLower(domain))) return {};
+    std::string local = address.substr(0, address.rfind('@'));
+    if (base::AsciiLower(local) == "postmaster") return {};   // RFC 5321 §4.5.1: always
+    if (std::optional<directory::Answer> a = dir->Cached(address)) return DirectoryReply(address, *a);
+    SmtpServer* t = t_;
+    uint64_t id = id_;
+    bool queued = dir->Submit(address, [t, id, address](const directory::Answer& a) {
+      t->loop_->Post([t, id, address, a] {
+        auto it = t->conns_.find(id);
+        if (it != t->conns_.end()) it->second->DirectoryDone(address, a);
+      });
+    });
+    if (queued) return MakeReply(smtp::kReplyPending, "", "");
+    Log(LogLevel::kWarning, "smtpd", "recipient directory queue full", {{"client", peer_}, {"to", address}});
+    return MakeReply(451, "4.3.2", "Recipient directory busy, try again later");
+  }
+
+  Reply DirectoryReply(const std::string& address, const directory::Answer& a) {
+    switch (a.result) {
+      case directory::Lookup::kKnown:
+        return {};
+      case directory::Lookup::kUnknown:
+        Log(LogLevel::kInfo, "smtpd", "recipient unknown in the directory",
+            {{"client", peer_}, {"to", address}, {"detail", a.detail}});
+        return MakeReply(550, "5.1.1", StrCat("<", address, ">: Recipient address rejected: user unknown"));
+      case directory::Lookup::kUnavailable:
+        break;
+    }
+    Log(LogLevel::kWarning, "smtpd", "recipient directory unavailable: 451",
+        {{"client", peer_}, {"to", address}, {"error", a.detail}});
+    return MakeReply(451, "4.4.3", "Recipient directory unavailable, try again later");
+  }
+
+  // DirectoryDone runs on this thread with the answer for the RCPT the session waits on.
+  void DirectoryDone(const std::string& address, const directory::Answer& a) {
+    if (closing_ || !session_.Paused()) return;
+    session_.CompleteRcpt(DirectoryReply(address, a));
+    Resume();
   }
   Reply OnDataStart(const smtp::Transaction& txn) override {
     mailseal::v1::SpoolEnvelope env;

@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dataplane/directory/recipients.h"
 #include "dataplane/io/client_limiter.h"
 #include "dataplane/io/spf_checker.h"
 #include "dataplane/io/transport.h"
@@ -56,6 +57,10 @@ struct ServerContext {
   // limiter, when set, applies the per-client connection limits (issue #13); shared by all
   // net threads.
   io::ClientLimiter* limiter = nullptr;
+  // directory, when set, checks local recipients at RCPT (DE-11, issue #19): those of
+  // `directory_domains` (lower case), or of every local domain when that is empty.
+  directory::RecipientDirectory* directory = nullptr;
+  std::vector<std::string> directory_domains;
 };
 
 class SmtpServer {

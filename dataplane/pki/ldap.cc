@@ -70,7 +70,23 @@ std::string FilterFor(const std::string& tmpl, const std::string& value) {
   return out;
 }
 
+namespace {
+Result<std::vector<std::string>> SearchImpl(const LdapSearch& q, const LdapLimits& limits, size_t* entries_out);
+}  // namespace
+
 Result<std::vector<std::string>> Search(const LdapSearch& q, const LdapLimits& limits) {
+  return SearchImpl(q, limits, nullptr);
+}
+
+Result<size_t> CountEntries(const LdapSearch& q, const LdapLimits& limits) {
+  size_t n = 0;
+  Result<std::vector<std::string>> v = SearchImpl(q, limits, &n);
+  if (!v.ok()) return v.status();
+  return n;
+}
+
+namespace {
+Result<std::vector<std::string>> SearchImpl(const LdapSearch& q, const LdapLimits& limits, size_t* entries_out) {
   const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(limits.total_timeout_ms);
   auto left_ms = [&] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
@@ -93,9 +109,25 @@ Result<std::vector<std::string>> Search(const LdapSearch& q, const LdapLimits& l
   bound.cb.lc_arg = &bound;
   ldap_set_option(ld.get(), LDAP_OPT_CONNECT_CB, &bound.cb);
 
-  berval none{0, nullptr};
-  rc = ldap_sasl_bind_s(ld.get(), nullptr, LDAP_SASL_SIMPLE, &none, nullptr, nullptr, nullptr);
-  if (rc != LDAP_SUCCESS) return UnavailableError(StrCat(q.server, ": anonymous bind: ", ldap_err2string(rc)));
+  const bool tls = q.starttls || q.server.starts_with("ldaps://");
+  if (tls) {
+    int hard = LDAP_OPT_X_TLS_HARD;
+    ldap_set_option(ld.get(), LDAP_OPT_X_TLS_REQUIRE_CERT, &hard);
+    if (!q.ca_file.empty()) ldap_set_option(ld.get(), LDAP_OPT_X_TLS_CACERTFILE, q.ca_file.c_str());
+    int is_server = 0;
+    ldap_set_option(ld.get(), LDAP_OPT_X_TLS_NEWCTX, &is_server);
+  }
+  if (q.starttls && !q.server.starts_with("ldaps://")) {
+    rc = ldap_start_tls_s(ld.get(), nullptr, nullptr);
+    if (rc != LDAP_SUCCESS) return UnavailableError(StrCat(q.server, ": StartTLS: ", ldap_err2string(rc)));
+  }
+  std::string password = q.bind_password;
+  berval cred{password.size(), password.data()};
+  rc = ldap_sasl_bind_s(ld.get(), q.bind_dn.empty() ? nullptr : q.bind_dn.c_str(), LDAP_SASL_SIMPLE, &cred, nullptr,
+                        nullptr, nullptr);
+  std::fill(password.begin(), password.end(), '\0');
+  if (rc != LDAP_SUCCESS)
+    return UnavailableError(StrCat(q.server, q.bind_dn.empty() ? ": anonymous bind: " : ": bind: ", ldap_err2string(rc)));
 
   std::string attr = q.attribute;
   char* attrs[] = {attr.data(), nullptr};
@@ -129,6 +161,7 @@ Result<std::vector<std::string>> Search(const LdapSearch& q, const LdapLimits& l
     }
     switch (ldap_msgtype(res.get())) {
       case LDAP_RES_SEARCH_ENTRY: {
+        if (entries_out) ++*entries_out;
         if (++entries > limits.max_entries)
           return give_up(ResourceExhaustedError(StrCat(q.server, ": more than ", limits.max_entries, " entries")));
         BerElement* ber = nullptr;
@@ -172,6 +205,7 @@ Result<std::vector<std::string>> Search(const LdapSearch& q, const LdapLimits& l
     }
   }
 }
+}  // namespace
 
 Result<std::string> FetchLdapUrl(const std::string& url, const LdapLimits& limits) {
   LDAPURLDesc* lud = nullptr;

@@ -39,11 +39,23 @@ struct LdapSearch {
   std::string attribute;   // "userCertificate;binary"
   bool one_level = false;  // scope one level under base (else the whole subtree; base-only for URLs)
   bool base_only = false;
+  // A simple bind as `bind_dn` (else anonymous); the password is wiped after the bind. The
+  // recipient directory (issue #19) binds; certificate and CRL lookups stay anonymous.
+  std::string bind_dn;
+  std::string bind_password;
+  // TLS: ldaps:// URLs, or StartTLS (RFC 4513 §3) on ldap:// when `starttls`; the server's
+  // certificate is checked against `ca_file` (else the system's) and its name — always.
+  bool starttls = false;
+  std::string ca_file;
 };
 
 // Search: every value of `attribute` in the entries found (none found: an empty vector).
 // Errors name the server and what failed ("ldap://127.0.0.1:1: Can't contact LDAP server").
 Result<std::vector<std::string>> Search(const LdapSearch& q, const LdapLimits& limits);
+
+// CountEntries: how many entries match (bounded by limits.max_entries: more is an error).
+// Errors: Unavailable (server down, refused bind, TLS failure), DeadlineExceeded, ResourceExhausted.
+Result<size_t> CountEntries(const LdapSearch& q, const LdapLimits& limits);
 
 // FetchLdapUrl: the first value of the attribute an RFC 4516 URL names (a CRL distribution
 // point: "ldap://host/cn=CA,c=NZ?certificateRevocationList;binary"). A URL naming no

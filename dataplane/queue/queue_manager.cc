@@ -76,6 +76,10 @@ Status QueueManager::Recover() {
       if (Status st = spool_->Move(id, SpoolState::kIncoming, SpoolState::kActive); !st.ok()) return st;
       Log(LogLevel::kWarning, "qmgr", "recovered complete message from incoming/", {{"qid", id}});
       Admit(std::move(m.value()), SpoolState::kActive, now, 0);
+    } else if (!m.ok() && m.status().code() == StatusCode::kUnavailable) {
+      // Encrypted under a data key this run does not hold (DE-22): it may be whole and
+      // acknowledged, so it is kept for an operator, never deleted.
+      MoveToCorrupt(id, SpoolState::kIncoming, m.status());
     } else {
       Log(LogLevel::kWarning, "qmgr", "removed incomplete, never acknowledged message",
           {{"qid", id}, {"reason", m.ok() ? "id mismatch" : m.status().message()}});

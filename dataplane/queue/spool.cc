@@ -2,6 +2,10 @@
 #include "dataplane/queue/spool.h"
 
 #include "dataplane/base/log.h"
+#include "dataplane/queue/at_rest.h"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -22,7 +26,9 @@ using base::LogLevel;
 namespace {
 
 constexpr char kMagic[8] = {'M', 'S', 'P', 'O', 'O', 'L', '1', '\n'};
-constexpr uint8_t kEnvelope = 1, kBody = 2, kEnd = 3, kStatus = 4;
+// Version 2: encrypted at rest (DE-22); a KEY record (salt + data key id) follows the magic.
+constexpr char kMagic2[8] = {'M', 'S', 'P', 'O', 'O', 'L', '2', '\n'};
+constexpr uint8_t kEnvelope = 1, kBody = 2, kEnd = 3, kStatus = 4, kKey = 5;
 constexpr uint32_t kMaxRecord = 16u << 20;
 constexpr size_t kMaxBodyRecord = 64 * 1024;
 constexpr size_t kMaxStatuses = 10000;
@@ -64,6 +70,11 @@ std::string Frame(uint8_t type, std::string_view payload) {
   PutU32(&r, Crc(type, payload));
   r.append(payload);
   return r;
+}
+
+// The payload as stored: sealed under the file's data key, or as it is in a version 1 file.
+std::string Stored(const DataKey* key, std::string_view salt, uint8_t type, std::string_view plain) {
+  return key ? SealRecord(*key, type, salt, plain) : std::string(plain);
 }
 
 Status WriteAll(int fd, std::string_view data, std::string_view path) {
@@ -114,6 +125,31 @@ struct ReadOnlyFile {
   ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
   int fd;
 };
+
+// ReadKeyRecord reads a version 2 file's KEY record (after the magic): the file's salt and its
+// data key from the installed ring. Returns the offset after it. Unavailable: the ring does
+// not hold that key (or there is no ring); DataLoss: the record is damaged.
+Result<uint64_t> ReadKeyRecord(int fd, const std::string& path, uint64_t size, std::shared_ptr<const DataKey>* key,
+                               std::string* salt) {
+  uint64_t off = sizeof kMagic2;
+  if (size - off < kHeader) return DataLossError(StrCat(path, ": truncated KEY record"));
+  char hdr[kHeader];
+  if (Status s = PreadAll(fd, hdr, kHeader, off, path); !s.ok()) return s;
+  uint32_t len = GetU32(hdr + 1), crc = GetU32(hdr + 5);
+  if (static_cast<uint8_t>(hdr[0]) != kKey || len <= kFileSaltBytes || len > 256 || size - off - kHeader < len)
+    return DataLossError(StrCat(path, ": bad KEY record"));
+  std::string payload(len, '\0');
+  if (Status s = PreadAll(fd, payload.data(), len, off + kHeader, path); !s.ok()) return s;
+  if (Crc(kKey, payload) != crc) return DataLossError(StrCat(path, ": CRC mismatch in the KEY record"));
+  *salt = payload.substr(0, kFileSaltBytes);
+  std::string id = payload.substr(kFileSaltBytes);
+  std::shared_ptr<AtRestKeys> ring = InstalledAtRestKeys();
+  if (!ring) return UnavailableError(StrCat(path, ": encrypted under data key ", id, ", and no key ring is loaded"));
+  Result<std::shared_ptr<const DataKey>> k = ring->Find(id);
+  if (!k.ok()) return UnavailableError(StrCat(path, ": ", k.status().message()));
+  *key = std::move(k.value());
+  return off + kHeader + len;
+}
 
 }  // namespace
 
@@ -225,8 +261,18 @@ Status SpoolWriter::Open(Spool* spool, const mailseal::v1::SpoolEnvelope& env_in
   env.set_queue_id(id_);
   std::string payload;
   if (!env.SerializeToString(&payload)) return InternalError("envelope serialisation");
-  buf_.assign(kMagic, sizeof kMagic);
-  buf_ += Frame(kEnvelope, payload);
+  if (std::shared_ptr<AtRestKeys> ring = InstalledAtRestKeys()) {
+    key_ = ring->Current();
+    salt_.assign(kFileSaltBytes, '\0');
+    if (!key_ || RAND_bytes(reinterpret_cast<unsigned char*>(salt_.data()), static_cast<int>(salt_.size())) != 1)
+      return UnavailableError("no data key to encrypt the spool file with");
+    buf_.assign(kMagic2, sizeof kMagic2);
+    buf_ += Frame(kKey, StrCat(salt_, key_->id));
+  } else {
+    buf_.assign(kMagic, sizeof kMagic);
+  }
+  buf_ += Frame(kEnvelope, Stored(key_.get(), salt_, kEnvelope, payload));
+  OPENSSL_cleanse(payload.data(), payload.size());
   file_offset_ = buf_.size();
   envelope_ = std::move(env);
   body_crc_ = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
@@ -242,13 +288,17 @@ void SpoolWriter::StopRetaining() {
 }
 
 void SpoolWriter::AddBodyRecord() {
-  uint32_t crc = Crc(kBody, pending_body_);
-  extents_.push_back({file_offset_ + kHeader, static_cast<uint32_t>(pending_body_.size()), crc});
+  std::string sealed;
+  if (key_) sealed = SealRecord(*key_, kBody, salt_, pending_body_);
+  const std::string& stored = key_ ? sealed : pending_body_;
+  uint32_t crc = Crc(kBody, stored);
+  extents_.push_back({file_offset_ + kHeader, static_cast<uint32_t>(stored.size()), crc});
   buf_.push_back(static_cast<char>(kBody));
-  PutU32(&buf_, static_cast<uint32_t>(pending_body_.size()));
+  PutU32(&buf_, static_cast<uint32_t>(stored.size()));
   PutU32(&buf_, crc);
-  buf_ += pending_body_;
-  file_offset_ += kHeader + pending_body_.size();
+  buf_ += stored;
+  file_offset_ += kHeader + stored.size();
+  OPENSSL_cleanse(pending_body_.data(), pending_body_.size());
   pending_body_.clear();
 }
 
@@ -259,6 +309,8 @@ SpoolMessage SpoolWriter::TakeMessage() {
   m.body = std::move(extents_);
   m.body_size = body_size_;
   m.file_size = file_offset_;
+  m.key = key_;
+  m.salt = salt_;
   if (retain_ && retained_.size() == body_size_) {
     std::shared_ptr<BodyBudget> budget = spool_->body_budget();
     uint64_t n = reserved_;
@@ -316,8 +368,9 @@ Status SpoolWriter::Finish(bool sync) {
   std::string end;
   PutU64(&end, body_size_);
   PutU32(&end, body_crc_);
-  buf_ += Frame(kEnd, end);
-  file_offset_ += kHeader + end.size();
+  std::string stored_end = Stored(key_.get(), salt_, kEnd, end);
+  buf_ += Frame(kEnd, stored_end);
+  file_offset_ += kHeader + stored_end.size();
   if (Status st = FlushBuffer(); !st.ok()) return st;
   if (sync && ::fdatasync(fd_) != 0) {
     failed_ = true;
@@ -363,10 +416,25 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
   if (size < sizeof kMagic) return corrupt("too short for a spool file");
   char magic[sizeof kMagic];
   if (Status s = PreadAll(fd, magic, sizeof magic, 0, path); !s.ok()) return s;
-  if (std::memcmp(magic, kMagic, sizeof kMagic) != 0) return corrupt("bad magic");
+  const bool sealed = std::memcmp(magic, kMagic2, sizeof kMagic2) == 0;
+  if (!sealed && std::memcmp(magic, kMagic, sizeof kMagic) != 0) return corrupt("bad magic");
 
   SpoolMessage msg;
   uint64_t off = sizeof kMagic;
+  if (sealed) {   // version 2: the KEY record names the data key (DE-22)
+    Result<uint64_t> after = ReadKeyRecord(fd, path, size, &msg.key, &msg.salt);
+    if (!after.ok()) return after.status();
+    off = *after;
+  }
+  // The payload as written (for version 2: opened and authenticated).
+  auto open = [&](uint8_t type, std::string* payload) -> Status {
+    if (!sealed) return OkStatus();
+    Result<std::string> plain = OpenRecord(*msg.key, type, msg.salt, *payload);
+    if (!plain.ok()) return plain.status();
+    OPENSSL_cleanse(payload->data(), payload->size());
+    *payload = std::move(plain.value());
+    return OkStatus();
+  };
   bool have_env = false, have_end = false;
   uint32_t body_crc = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
   std::string payload;
@@ -404,6 +472,15 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
       }
       return corrupt(StrCat("CRC mismatch at offset ", off));
     }
+    const uint32_t stored_len = len;
+    if (Status os = open(type, &payload); !os.ok()) {
+      if (have_end) {
+        torn(os.message());
+        break;
+      }
+      return corrupt(StrCat(os.message(), " at offset ", off));
+    }
+    len = static_cast<uint32_t>(payload.size());
     if (!have_env) {
       if (type != kEnvelope) return corrupt("first record is not the envelope");
       if (len > (1u << 20) || !msg.envelope.ParseFromString(payload))
@@ -414,7 +491,7 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
     } else if (!have_end) {
       if (type == kBody) {
         if (len > kMaxBodyRecord) return corrupt("body record too long");
-        msg.body.push_back({off + kHeader, len, crc});
+        msg.body.push_back({off + kHeader, stored_len, crc});
         msg.body_size += len;
         body_crc = static_cast<uint32_t>(
             crc32(body_crc, reinterpret_cast<const Bytef*>(payload.data()), len));
@@ -435,7 +512,8 @@ Result<SpoolMessage> ReadSpoolFile(const std::string& path) {
       }
       msg.statuses.push_back(std::move(status));
     }
-    off += kHeader + len;
+    OPENSSL_cleanse(payload.data(), payload.size());
+    off += kHeader + stored_len;
   }
   if (!have_env) return corrupt("no envelope");
   if (!have_end) return corrupt("no END record (incomplete message)");
@@ -455,6 +533,14 @@ Status ReadBody(const std::string& path, const SpoolMessage& msg,
     if (Status s = PreadAll(fd, buf.data(), e.length, e.offset, path); !s.ok()) return s;
     if (Crc(kBody, buf) != e.crc)
       return DataLossError(StrCat(path, ": body CRC mismatch at ", e.offset));
+    if (msg.key) {
+      Result<std::string> plain = OpenRecord(*msg.key, kBody, msg.salt, buf);
+      if (!plain.ok()) return DataLossError(StrCat(path, ": ", plain.status().message(), " at ", e.offset));
+      Status s = sink(*plain);
+      OPENSSL_cleanse(plain->data(), plain->size());
+      if (!s.ok()) return s;
+      continue;
+    }
     if (Status s = sink(buf); !s.ok()) return s;
   }
   return OkStatus();
@@ -463,9 +549,23 @@ Status ReadBody(const std::string& path, const SpoolMessage& msg,
 Status AppendStatus(const std::string& path, const mailseal::v1::SpoolStatus& status) {
   std::string payload;
   if (!status.SerializeToString(&payload)) return InternalError("status serialisation");
-  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  int fd = ::open(path.c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
   if (fd < 0) return Errno("open", path);
   struct stat st_before {};
+  if (::fstat(fd, &st_before) == 0 && st_before.st_size >= static_cast<off_t>(sizeof kMagic2)) {
+    char magic[sizeof kMagic2];
+    if (PreadAll(fd, magic, sizeof magic, 0, path).ok() && std::memcmp(magic, kMagic2, sizeof magic) == 0) {
+      std::shared_ptr<const DataKey> key;
+      std::string salt;
+      Result<uint64_t> kr = ReadKeyRecord(fd, path, static_cast<uint64_t>(st_before.st_size), &key, &salt);
+      if (!kr.ok()) {
+        ::close(fd);
+        return kr.status();
+      }
+      std::string sealed = SealRecord(*key, kStatus, salt, payload);
+      payload.swap(sealed);
+    }
+  }
   if (::fstat(fd, &st_before) != 0) {
     Status st = Errno("fstat", path);
     ::close(fd);

@@ -2,7 +2,8 @@
 //
 // SECURITY: spool files are written 0600 by the daemon user and are trusted only after the
 // reader has checked framing and CRCs; a damaged file is moved to corrupt/, never delivered
-// and never silently deleted. Not yet encrypted at rest (DE-22 lands with the HSM issue).
+// and never silently deleted. With a key ring installed (at_rest.h) every record is
+// encrypted and authenticated (AES-256-GCM, DE-22): the disk holds no message in clear.
 #pragma once
 
 #include <atomic>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "dataplane/base/status.h"
+#include "dataplane/queue/at_rest.h"
 #include "mailseal/v1/spool.pb.h"
 
 namespace mailseal::queue {
@@ -91,7 +93,7 @@ enum class Durability { kSynced, kGroup };
 
 struct BodyExtent {
   uint64_t offset;   // of the payload in the file
-  uint32_t length;
+  uint32_t length;   // as stored (encrypted: the plaintext's length + kRecordOverhead)
   uint32_t crc;      // record CRC (over type + payload)
 };
 
@@ -112,6 +114,9 @@ struct SpoolMessage {
   // BodyBudget); their reservation is released when the last reference goes. Never set by a
   // reader.
   std::shared_ptr<const std::string> retained_body;
+  // An encrypted file's (version 2) data key and salt; null for a plain one.
+  std::shared_ptr<const DataKey> key;
+  std::string salt;
 };
 
 // SpoolWriter writes one new message into incoming/. Not thread safe; one per message.
@@ -160,6 +165,8 @@ class SpoolWriter {
   uint64_t file_offset_ = 0;                 // bytes framed so far (flushed or buffered)
   mailseal::v1::SpoolEnvelope envelope_;
   std::vector<BodyExtent> extents_;
+  std::shared_ptr<const DataKey> key_;   // with a key ring: the data key and salt of this file
+  std::string salt_;
 };
 
 // ReadSpoolFile validates and loads a file. A corrupt file gives DataLossError with the reason.

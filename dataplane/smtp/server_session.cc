@@ -372,12 +372,30 @@ void ServerSession::CmdRcpt(std::string_view args) {
     }
   }
   Reply r = handler_->OnRcpt(txn_, rc);
+  if (r.code == kReplyPending) {   // a directory lookup (issue #19): input waits for it
+    pending_rcpt_ = std::move(rc);
+    state_ = State::kRcptPending;
+    return;
+  }
+  FinishRcpt(std::move(rc), r);
+}
+
+void ServerSession::FinishRcpt(Recipient rc, const Reply& r) {
   if (r.code != 0 && !r.ok()) {
     if (r.permanent()) return Error(r.code, r.enhanced, r.text);
     return Send(r);
   }
   txn_.recipients.push_back(std::move(rc));
   Send(250, "2.1.5", "Ok");
+}
+
+void ServerSession::CompleteRcpt(const Reply& r) {
+  if (state_ != State::kRcptPending) return;
+  state_ = State::kCommand;
+  Recipient rc = std::move(pending_rcpt_);
+  pending_rcpt_ = Recipient{};
+  FinishRcpt(std::move(rc), r);
+  ProcessInput();   // what was pipelined behind RCPT
 }
 
 Reply ServerSession::BeginData() {

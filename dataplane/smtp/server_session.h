@@ -46,7 +46,8 @@ struct ServerOptions {
 };
 
 // kReplyPending, returned by ServerHandler::OnMail, means "deciding": the session pauses until
-// the driver calls ServerSession::CompleteMail (e.g. after an SPF check, RFC 7208).
+// the driver calls ServerSession::CompleteMail (e.g. after an SPF check, RFC 7208); from
+// OnRcpt, until CompleteRcpt (a recipient directory lookup, issue #19).
 inline constexpr int kReplyPending = 1;
 
 struct Recipient {
@@ -74,7 +75,8 @@ class ServerHandler {
   // OnMail may refuse a transaction (e.g. 452 4.3.1 when the queue is full), or answer
   // kReplyPending and decide later through CompleteMail. Default: accept.
   virtual Reply OnMail(const Transaction& txn) { return {}; }
-  // OnRcpt decides one recipient (relay control). Return code 0 to accept.
+  // OnRcpt decides one recipient (relay control, the recipient directory). Return code 0 to
+  // accept, or kReplyPending and decide later through CompleteRcpt.
   virtual Reply OnRcpt(const Transaction& txn, const Recipient& rcpt) { return {}; }
   // OnDataStart opens the message's storage. Return code 0 to go on.
   virtual Reply OnDataStart(const Transaction& txn) { return {}; }
@@ -100,6 +102,8 @@ class ServerSession {
   bool Feed(std::string_view bytes);
   // CompleteData delivers the reply for the message passed to OnDataEnd and resumes input.
   void CompleteData(const Reply& reply);
+  // CompleteRcpt decides a RCPT that OnRcpt left pending (code 0: accepted) and resumes input.
+  void CompleteRcpt(const Reply& r);
   // CompleteMail decides a MAIL that OnMail left pending (code 0: accepted) and resumes input.
   void CompleteMail(const Reply& reply);
   // TlsPending: STARTTLS was accepted (its 220 is in the output). The driver sends that output
@@ -123,7 +127,8 @@ class ServerSession {
   // Paused: waiting for CompleteData(), CompleteMail() or TlsStarted(); the driver should stop
   // reading (input is buffered).
   bool Paused() const {
-    return state_ == State::kCommitting || state_ == State::kMailPending || state_ == State::kStartTls;
+    return state_ == State::kCommitting || state_ == State::kMailPending || state_ == State::kRcptPending ||
+           state_ == State::kStartTls;
   }
   size_t BufferedInput() const { return in_.size(); }
   // InTransaction: between MAIL and the end of the message (a drain waits for it).
@@ -137,7 +142,7 @@ class ServerSession {
   const Counters& counters() const { return counters_; }
 
  private:
-  enum class State { kCommand, kData, kBdat, kCommitting, kMailPending, kStartTls, kClosed };
+  enum class State { kCommand, kData, kBdat, kCommitting, kMailPending, kRcptPending, kStartTls, kClosed };
   enum class DataState { kBol, kBolBare, kMid, kCR, kBolDot, kBolDotCR };
   enum class Refusal { kNone, kBareNewline, kTooBig, kLineTooLong, kHeaderTooBig, kTooManyHops };
   static constexpr uint32_t kMaxReceived = 100;  // Postfix's hopcount_limit default is 50
@@ -168,6 +173,7 @@ class ServerSession {
   void CmdMail(std::string_view args);
   void AcceptMail(Transaction t);
   void CmdRcpt(std::string_view args);
+  void FinishRcpt(Recipient rc, const Reply& r);
   void CmdData(std::string_view args);
   void CmdBdat(std::string_view args);
   void CmdRset(std::string_view args);
@@ -191,6 +197,7 @@ class ServerSession {
   bool esmtp_ = false;
   bool tls_active_ = false;
   Transaction pending_mail_;   // MAIL waiting for CompleteMail
+  Recipient pending_rcpt_;     // RCPT waiting for CompleteRcpt
   uint32_t errors_ = 0;
   uint32_t commands_outside_txn_ = 0;
 
