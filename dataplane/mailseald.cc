@@ -568,6 +568,13 @@ struct Daemon {
     Log(LogLevel::kWarning, "mailseald",
         "no smime section: nothing can be sealed; mail the policy says must be signed, sealed or held is held (SEE-2.1b)");
   }
+  if (cfg.has_scanning()) {   // DE-15 (issue #19): every worker scans with its own connections
+    smime->scanning = cfg.scanning();
+    std::string names;
+    for (const auto& sc : cfg.scanning().scanners()) names += StrCat(names.empty() ? "" : ", ", sc.name());
+    Log(LogLevel::kInfo, "mailseald", "content scanning on",
+        {{"scanners", names}, {"when_unavailable", v1::Scanning::WhenUnavailable_Name(cfg.scanning().when_unavailable())}});
+  }
   if (!cfg.has_tls())
     Log(LogLevel::kWarning, "mailseald", "no tls section: STARTTLS is not offered, all inbound mail arrives in clear (SM-5)");
   if (cfg.has_recipient_directory()) {   // DE-11 (issue #19): local recipients checked at RCPT

@@ -212,6 +212,25 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (d->threads() == 0) d->set_threads(2);
     if (d->threads() > 32) return dbad("threads", "at most 32");
   }
+  if (cfg.has_scanning()) {   // DE-15, issue #19
+    auto* sc = cfg.mutable_scanning();
+    auto sbad = section_bad(*sc, "scanning");
+    if (sc->scanners_size() == 0) return sbad("scanners", "at least one scanner (clamd or milter)");
+    for (int i = 0; i < sc->scanners_size(); ++i) {
+      auto* one = sc->mutable_scanners(i);
+      if (one->clamd().empty() == one->milter().empty())
+        return sbad("scanners", StrCat("scanner ", i + 1, ": exactly one of clamd and milter"));
+      if (!one->milter().empty() && !one->milter().starts_with("unix:") && !one->milter().starts_with("inet:") &&
+          !one->milter().starts_with("inet6:") && !one->milter().starts_with("local:"))
+        return sbad("scanners", StrCat("scanner ", i + 1, ": milter address is unix:/path or inet:port@host"));
+      if (one->reject_virus() && one->clamd().empty())
+        return sbad("scanners", StrCat("scanner ", i + 1, ": reject_virus is for clamd"));
+      if (one->name().empty()) one->set_name(one->clamd().empty() ? "milter" : "clamd");
+    }
+    if (sc->timeout_ms() == 0) sc->set_timeout_ms(30000);
+    if (sc->timeout_ms() > 600000) return sbad("timeout_ms", "at most 600000");
+    if (sc->max_bytes() == 0) sc->set_max_bytes(25u << 20);
+  }
   if (cfg.io().backend() == mailseal::v1::Io::DPDK) {   // issue #17
     auto ibad = section_bad(cfg.io(), "io");
     const auto& d = cfg.io().dpdk();

@@ -20,6 +20,7 @@ const char* TreatmentEvent(Treatment t) {
     case Treatment::kCertAnswer: return "mail.certificate-sent";
     case Treatment::kHeld: return "mail.held";
     case Treatment::kConsumed: return "mail.consumed";
+    case Treatment::kRejected: return "mail.rejected";
   }
   return "mail.transformed";
 }

@@ -45,7 +45,8 @@ struct Job {
 };
 
 // Treatment: what a worker did for a copy's recipients (typed: the audit event comes from it).
-enum class Treatment { kSealed, kSigned, kOpened, kMarked, kPingReply, kCertAnswer, kHeld, kConsumed };
+// kRejected: refused by a content scanner (issue #19): the recipients fail with a DSN.
+enum class Treatment { kSealed, kSigned, kOpened, kMarked, kPingReply, kCertAnswer, kHeld, kConsumed, kRejected };
 const char* TreatmentEvent(Treatment t);   // "mail.sealed", "mail.held", ...
 
 // DerivedCopy: a new spool file a worker made from the job's message (a sealed copy for one
@@ -60,7 +61,8 @@ struct DerivedCopy {
   std::string what;               // protection or hold reason, for people (log, audit detail)
   std::string cert_domain;        // held for want of this domain's certificate ("" otherwise)
   bool held() const { return treatment == Treatment::kHeld; }
-  bool consumed() const { return treatment == Treatment::kConsumed; }
+  bool consumed() const { return treatment == Treatment::kConsumed || treatment == Treatment::kRejected; }
+  bool rejected() const { return treatment == Treatment::kRejected; }
 };
 
 struct Completion {

@@ -112,7 +112,9 @@ Result<std::string> BuildReport(
     if (delayed) out += StrCat("Will-Retry-Until: ", Rfc5322Date(retry_until_unix_ms), "\r\n");
   }
   out += StrCat("\r\n--", boundary, "\r\n");
-  bool headers_only = relayed || delayed || env.ret() == "HDRS" || msg.body_size > max_quote;
+  bool refused = false;
+  for (const FailedRecipient& f : failed) refused = refused || f.content_refused;
+  bool headers_only = relayed || delayed || refused || env.ret() == "HDRS" || msg.body_size > max_quote;
   std::string original;
   Status st = body([&](std::string_view chunk) {
     if (original.size() < max_quote) original.append(chunk.substr(0, max_quote - original.size()));

@@ -20,6 +20,9 @@ struct FailedRecipient {
   std::string status;          // enhanced status "5.1.1"
   std::string diagnostic;      // "smtp; 550 5.1.1 no such user" or our own text
   std::string remote_mta;      // host name of the next hop, empty when none answered
+  // content_refused: a content scanner refused the message (issue #19): the notice quotes its
+  // header only, never the content that was refused (no malware sent back).
+  bool content_refused = false;
 };
 
 // WantsFailureDsn: whether a failure notice goes to the sender for this recipient.

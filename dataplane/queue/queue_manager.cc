@@ -420,9 +420,19 @@ void QueueManager::ApplyCompletion(const crypto::Completion& c, int64_t now) {
   size_t pending = std::count(it->second.rcpt.begin(), it->second.rcpt.end(), kPending);
   size_t taken = 0;
   for (const crypto::DerivedCopy& d : c.derived)
-    for (uint32_t i : d.rcpts) taken += i < it->second.rcpt.size() && it->second.rcpt[i] == kPending;
+    for (uint32_t i : d.rcpts) taken += !d.rejected() && i < it->second.rcpt.size() && it->second.rcpt[i] == kPending;
   bool record = taken < pending;
   for (const crypto::DerivedCopy& d : c.derived) {
+    if (d.rejected()) {   // a content scanner refused it (issue #19): failed, with a DSN
+      for (uint32_t i : d.rcpts) {
+        if (i >= it->second.rcpt.size() || it->second.rcpt[i] != kPending) continue;
+        it->second.rcpt[i] = kFailed;
+        it->second.failures[i] = {"5.7.1", StrCat("X-Mailseal; ", d.what), "", true};
+      }
+      Log(LogLevel::kWarning, "crypto", "rejected", {{"qid", c.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
+      if (options_.on_event) options_.on_event({crypto::TreatmentEvent(d.treatment), c.queue_id, d.what, d.policy_version});
+      continue;
+    }
     Transfer(it->second, d.rcpts, d.queue_id, now, record);
     Log(d.held() ? LogLevel::kWarning : LogLevel::kInfo, "crypto", d.held() ? "held" : "transformed",
         {{"qid", c.queue_id}, {"copy", d.queue_id}, {"recipients", std::to_string(d.rcpts.size())}, {"what", d.what}});
@@ -605,7 +615,8 @@ void QueueManager::Finalize(const std::string& id) {
         ++stats_.bounced;
       }
       if (!e.recalled && WantsFailureDsn(e.msg->envelope, i))
-        dsn.push_back({i, e.failures[i].status, e.failures[i].diagnostic, e.failures[i].remote_mta});
+        dsn.push_back({i, e.failures[i].status, e.failures[i].diagnostic, e.failures[i].remote_mta,
+                       e.failures[i].content_refused});
     }
     records.push_back(std::move(s));
   }

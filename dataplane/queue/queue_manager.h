@@ -163,6 +163,7 @@ class QueueManager {
   enum RcptState : uint8_t { kPending, kDelivered, kFailed, kTransferred };
   struct FailedInfo {
     std::string status, diagnostic, remote_mta;
+    bool content_refused = false;   // by a content scanner: the DSN quotes the header only
   };
   struct Entry {
     std::shared_ptr<const SpoolMessage> msg;

@@ -15,6 +15,8 @@
 #include "dataplane/pki/validator.h"
 #include "dataplane/base/strings.h"
 #include "hsm/token_key.h"
+#include "dataplane/scan/scanner.h"
+#include <optional>
 
 namespace mailseal::sealing {
 using crypto::Completion;
@@ -58,7 +60,13 @@ std::vector<smime::X509Ref> ReadCerts(const std::string& path, std::string* erro
 
 class SmimeProcessor : public JobProcessor {
  public:
-  explicit SmimeProcessor(const SmimeShared* s) : s_(s), gateway_(&s->policy, s->store.get(), s->ping_limiter.get()) {}
+  explicit SmimeProcessor(const SmimeShared* s) : s_(s), gateway_(&s->policy, s->store.get(), s->ping_limiter.get()) {
+    for (const auto& sc : s->scanning.scanners())
+      scanners_.push_back(sc.clamd().empty()
+                              ? scan::MakeMilter(sc.name(), sc.milter())
+                              : scan::MakeClamd(sc.name(), sc.clamd(),
+                                                sc.reject_virus() ? scan::Verdict::kReject : scan::Verdict::kQuarantine));
+  }
   ~SmimeProcessor() override { Drop(); }
 
   void Idle() override {
@@ -128,8 +136,27 @@ class SmimeProcessor : public JobProcessor {
                               : "security module stopped answering during sealing/opening (SEE-AG-4)";
       return c;
     }
+    // Content scanning (DE-15): the plaintext, before it is sealed or after it was opened.
+    std::vector<bool> rejected(outs.size(), false);
+    if (!scanners_.empty()) {
+      if (std::optional<std::string> defer = ScanOutputs(job.queue_id, *m, body, &outs, &rejected)) {
+        c.verdict = Verdict::kTempFail;
+        c.reason = *defer;
+        return c;
+      }
+    }
     for (size_t k = 0; k < outs.size(); ++k) {
       const smime::Output& o = outs[k];
+      if (rejected[k]) {   // refused by a scanner: these recipients fail (a DSN), nothing is written
+        DerivedCopy d;
+        d.queue_id = StrCat(job.queue_id, "-", k);
+        d.rcpts = o.rcpts;
+        d.policy_version = o.policy_version;
+        d.treatment = Treatment::kRejected;
+        d.what = o.reason;
+        c.derived.push_back(std::move(d));
+        continue;
+      }
       if (o.action == smime::Action::kPass) continue;
       DerivedCopy d;
       d.queue_id = StrCat(job.queue_id, "-", k);
@@ -161,6 +188,74 @@ class SmimeProcessor : public JobProcessor {
   }
 
  private:
+  // ScanOutputs runs the scanners over the plaintext each output would deliver: an opened
+  // body, or the original (to be sealed, signed, marked or passed as it is). The first verdict
+  // that is not a pass decides for the whole message: reject marks the outputs `rejected`;
+  // quarantine, and unavailable under SCAN_HOLD, turn them into holds with the reason;
+  // unavailable under SCAN_DEFER returns the reason to defer the whole message.
+  std::optional<std::string> ScanOutputs(const std::string& qid, const queue::SpoolMessage& m, const std::string& original,
+                                         std::vector<smime::Output>* outs, std::vector<bool>* rejected) {
+    scan::Limits limits;
+    limits.timeout_ms = static_cast<long>(s_->scanning.timeout_ms());
+    limits.max_bytes = s_->scanning.max_bytes();
+    scan::Message msg;
+    msg.mail_from = m.envelope.mail_from();
+    for (const auto& r : m.envelope.recipients()) msg.rcpts.push_back(r.address());
+    msg.client_address = m.envelope.client_address();
+    msg.helo = m.envelope.helo();
+    msg.queue_id = qid;
+    std::optional<scan::Outcome> decided;
+    bool original_scanned = false;
+    for (const smime::Output& o : *outs) {
+      if (decided) break;
+      if (o.action == smime::Action::kHold || o.action == smime::Action::kConsume || o.action == smime::Action::kTempFail ||
+          !o.envelope_to.empty())
+        continue;   // held as it is, consumed, or a message of our own
+      bool opened = o.action == smime::Action::kDeliver && o.treatment == smime::Treatment::kOpened;
+      if (!opened && original_scanned) continue;
+      original_scanned = original_scanned || !opened;
+      msg.bytes = opened ? std::string_view(o.body) : std::string_view(original);
+      for (const auto& sc : scanners_) {
+        scan::Outcome r = sc->Scan(msg, limits);
+        Log(r.verdict == scan::Verdict::kPass ? LogLevel::kDebug : LogLevel::kWarning, "scan", "scanned",
+            {{"qid", qid}, {"scanner", r.scanner}, {"verdict", scan::VerdictName(r.verdict)}, {"reason", r.reason},
+             {"content", opened ? "opened" : "as received"}});
+        if (r.verdict != scan::Verdict::kPass) {
+          decided = std::move(r);
+          break;
+        }
+      }
+    }
+    if (!decided) return std::nullopt;
+    const scan::Outcome& r = *decided;
+    using W = mailseal::v1::Scanning;
+    if (r.verdict == scan::Verdict::kUnavailable && s_->scanning.when_unavailable() == W::SCAN_DEFER)
+      return StrCat("scanner unavailable (", r.scanner, ": ", r.reason, "): deferred");
+    if (r.verdict == scan::Verdict::kUnavailable && s_->scanning.when_unavailable() == W::SCAN_PASS) {
+      Log(LogLevel::kWarning, "scan", "scanner unavailable: passed unscanned (scanning.when_unavailable SCAN_PASS)",
+          {{"qid", qid}, {"scanner", r.scanner}, {"reason", r.reason}});
+      return std::nullopt;
+    }
+    std::string reason =
+        r.verdict == scan::Verdict::kReject       ? StrCat("rejected by the content scanner ", r.scanner, ": ", r.reason)
+        : r.verdict == scan::Verdict::kQuarantine ? StrCat("quarantined by the content scanner ", r.scanner, ": ", r.reason)
+                                                  : StrCat("scanner unavailable (", r.scanner, ": ", r.reason, ")");
+    for (size_t k = 0; k < outs->size(); ++k) {
+      smime::Output& o = (*outs)[k];
+      if (o.action == smime::Action::kHold || o.action == smime::Action::kConsume || !o.envelope_to.empty()) continue;
+      o.reason = reason;
+      o.cert_domain.clear();
+      if (r.verdict == scan::Verdict::kReject) {
+        (*rejected)[k] = true;
+      } else {
+        o.action = smime::Action::kHold;
+        o.treatment = smime::Treatment::kNone;
+        o.body.clear();
+      }
+    }
+    return std::nullopt;
+  }
+
   Status WriteCopy(const queue::SpoolMessage& m, const std::string& original, const smime::Output& o,
                    DerivedCopy& d) {
     for (queue::SpoolState st : {queue::SpoolState::kActive, queue::SpoolState::kDeferred, queue::SpoolState::kHold}) {
@@ -328,6 +423,7 @@ class SmimeProcessor : public JobProcessor {
   }
 
   const SmimeShared* s_;
+  std::vector<std::unique_ptr<scan::Scanner>> scanners_;   // this worker's (DE-15)
   smime::Gateway gateway_;
   std::shared_ptr<hsm::TokenHandle> handle_;
   std::unique_ptr<hsm::SessionPool::Lease> lease_;

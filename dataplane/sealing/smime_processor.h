@@ -61,6 +61,8 @@ struct SmimeShared {
   std::mutex publish_mu;
   std::shared_ptr<const policy::CompiledPolicy> document_base;
   std::vector<std::string> directory_seemail;
+  // Content scanning (DE-15, issue #19): each worker makes its own scanners from this.
+  mailseal::v1::Scanning scanning;
 };
 
 // PublishPolicy puts a compiled policy document in force, with the SEEMAIL list read from the

@@ -444,5 +444,35 @@ TEST(ServerSession, PendingMailHoldsPipelinedCommandsUntilDecided) {
   }
 }
 
+// Issue #19 (DE-11): a RCPT the recipient directory is asked about pauses the session; the
+// commands pipelined behind it wait, in order, and a late second answer changes nothing.
+TEST(ServerSession, PendingRcptHoldsPipelinedCommandsUntilDecided) {
+  for (bool known : {true, false}) {
+    Harness t;
+    t.h.pending_rcpt = true;
+    std::string out = t.Feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<u@dir.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    EXPECT_NE(out.find("250 2.1.0 Ok"), std::string::npos);
+    EXPECT_EQ(out.find("2.1.5"), std::string::npos) << "the RCPT is not answered before the directory";
+    EXPECT_TRUE(t.session.Paused());
+    if (known) {
+      t.session.CompleteRcpt({});
+      EXPECT_EQ(t.session.TakeOutput(), "250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    } else {
+      t.session.CompleteRcpt(MakeReply(550, "5.1.1", "<u@dir.test>: Recipient address rejected: user unknown"));
+      EXPECT_EQ(t.session.TakeOutput(), "550 5.1.1 <u@dir.test>: Recipient address rejected: user unknown\r\n"
+                                        "250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    }
+    t.session.CompleteRcpt(MakeReply(451, "4.4.3", "late"));   // changes nothing
+    EXPECT_EQ(t.session.TakeOutput(), "");
+  }
+  // Directory down: 451 for that recipient, the transaction goes on without it.
+  Harness t;
+  t.h.pending_rcpt = true;
+  t.Feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<u@dir.test>\r\nDATA\r\n");
+  t.session.CompleteRcpt(MakeReply(451, "4.4.3", "Recipient directory unavailable, try again later"));
+  EXPECT_EQ(t.session.TakeOutput(), "451 4.4.3 Recipient directory unavailable, try again later\r\n"
+                                    "554 5.5.1 Error: no valid recipients\r\n");
+}
+
 }  // namespace
 }  // namespace mailseal::smtp

@@ -23,6 +23,7 @@ class RecordingHandler : public ServerHandler {
   int aborts = 0;
   bool refuse_mail = false;
   bool pending_mail = false;   // OnMail answers kReplyPending (the test calls CompleteMail)
+  bool pending_rcpt = false;   // OnRcpt answers kReplyPending for @dir.test (the test calls CompleteRcpt)
   std::vector<std::string> events;   // for golden transcripts
 
   Reply OnMail(const Transaction& t) override {
@@ -31,6 +32,7 @@ class RecordingHandler : public ServerHandler {
     return {};
   }
   Reply OnRcpt(const Transaction& t, const Recipient& r) override {
+    if (pending_rcpt && r.address.find("@dir.test") != std::string::npos) return MakeReply(kReplyPending, "", "");
     if (r.address.find("@denied.test") != std::string::npos)
       return MakeReply(554, "5.7.1", "Relay access denied");
     return {};
