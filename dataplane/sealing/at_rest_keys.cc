@@ -84,11 +84,12 @@ Result<std::shared_ptr<TokenAtRestKeys>> TokenAtRestKeys::Open(hsm::TokenManager
     if (!h) return UnavailableError(StrCat("security module unavailable: ", token->last_error()));
     hsm::SessionPool::Lease lease = h->pool->Acquire();
     bool made = false;
-    Result<CK_OBJECT_HANDLE> kek = Kek(*lease, ring->options_.kek_label, &made);
+    Result<CK_OBJECT_HANDLE> kek = Kek(*lease, ring->options_.kek_label, ring->options_.read_only ? nullptr : &made);
     if (!kek.ok()) return Status(kek.status().code(), StrCat("at_rest.kek_label '", ring->options_.kek_label, "': ", kek.status().message()));
     if (created_kek) *created_kek = made;
   }
   if (Status st = ring->LoadAll(); !st.ok()) return st;
+  if (ring->options_.read_only) return ring;
   if (Status st = ring->MakeCurrent(); !st.ok()) return st;
   return ring;
 }

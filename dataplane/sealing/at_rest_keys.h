@@ -29,6 +29,8 @@ struct AtRestOptions {
   std::string dir;              // where the wrapped data keys live (<spool>/keys)
   std::string kek_label = "spool-kek";
   int64_t rotate_s = 86400;     // a new data key this often (and at every start)
+  // read_only: the keys on disk only — no KEK made, no new current key (tools that read).
+  bool read_only = false;
 };
 
 class TokenAtRestKeys : public queue::AtRestKeys {

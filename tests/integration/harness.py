@@ -276,6 +276,23 @@ delivery {{
         d = os.path.join(self.spool, state)
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
+    def spool_body(self, state, name):
+        """A spooled message's body as it was received. With a token the spool is encrypted at
+        rest (issue #19): mailseal-spool reads it through the token's data keys."""
+        return self._spool_tool("cat", state, name)
+
+    def spool_envelope(self, state, name):
+        """A spooled message's envelope (protobuf text format, with its delivery records)."""
+        return self._spool_tool("envelope", state, name)
+
+    def _spool_tool(self, what, state, name):
+        path = os.path.join(self.spool, state, name)
+        tool = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(self.binary))), "tools", "mailseal-spool")
+        r = subprocess.run([tool, "--config", self.config, what, path], capture_output=True, env=self.env, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"mailseal-spool: {r.stderr.decode(errors='replace')}")
+        return r.stdout
+
 
 class Postfix:
     """A private Postfix instance that relays everything to relay_port (TESTING.md recipe)."""
@@ -370,7 +387,7 @@ def never_in_clear(c, gw, sinks, marker):
     """Checks that the probe sent by send_classified is held and that no sink ever got it."""
     leaked = [m for s in sinks for m in (s.messages() if callable(s.messages) else s.messages) if marker.encode() in m]
     c.check(not leaked, "never in clear: the classified probe reached no next hop", str(len(leaked)))
-    held = eventually(lambda: any(marker.encode() in open(os.path.join(gw.spool, "hold", f), "rb").read()
+    held = eventually(lambda: any(marker.encode() in gw.spool_body("hold", f)
                                   for f in gw.queue_files("hold")) or None, 20, "probe held")
     c.check(held is not None, "the classified probe is held (policy: protect, no certificate)")
 

@@ -249,9 +249,9 @@ def main():
     new_holds = set(ga.queue_files("hold")) - holds_before
     reasons = set()
     for h in new_holds:
-        with open(os.path.join(ga.spool, "hold", h), "rb") as f:
-            m = re.search(rb"the encrypted content cannot be decrypted for our domain[^\x00-\x1f]*", f.read())
-            reasons.add(m.group(0) if m else b"?")
+        m = re.search(rb"the encrypted content cannot be decrypted for our domain[^\x00-\x1f\"]*",
+                      ga.spool_envelope("hold", h))
+        reasons.add(m.group(0) if m else b"?")
     log = ga.read_log()
     c.check(len(new_holds) == len(damage) and not ga.queue_files("deferred"),
             "every damaged key block is held once, none deferred for retry", f"{len(new_holds)} held")
