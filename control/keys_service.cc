@@ -9,7 +9,11 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 
+#include <openssl/crypto.h>
+
+#include "dataplane/records/archive.h"
 #include "hsm/ceremony.h"
 #include "hsm/csr.h"
 #include "hsm/keys.h"
@@ -225,8 +229,9 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     std::string object = StrCat(req->kind(), " ", req->key_label());
     if (Status st = guard_->Check(ctx, method, StrCat(object, " reason=", req->reason()), &actor); !st.ok()) return st;
     const bool init = req->kind() == "initialise";
-    if (req->kind() != "destroy-key" && !init)
-      return guard_->Refuse(actor, method, object, Invalid("kind", "destroy-key or initialise"));
+    const bool archive = req->kind() == "open-archive";
+    if (req->kind() != "destroy-key" && !init && !archive)
+      return guard_->Refuse(actor, method, object, Invalid("kind", "destroy-key, initialise or open-archive"));
     if (req->reason().empty())
       return guard_->Refuse(actor, method, object,
                             Invalid("reason", "required (it goes to the transcript and the audit trail)"));
@@ -237,7 +242,25 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     p.kind = req->kind();
     p.dsa_label = req->key_label();
     std::string action_object;   // what the custodians' statement names
-    if (init) {
+    if (archive) {   // DE-21: the query is fixed now; the custodians approve exactly this export
+      if (d_->archive_dir.empty())
+        return guard_->Refuse(actor, method, object, Status(StatusCode::FAILED_PRECONDITION, "no archive is configured"));
+      p.kind = "open-archive";
+      p.format = req->archive_format().empty() ? "mbox" : req->archive_format();
+      if (p.format != "mbox" && p.format != "maildir")
+        return guard_->Refuse(actor, method, object, Invalid("archive_format", "mbox or maildir"));
+      if (req->archive_since_unix_s() < 0 || req->archive_until_unix_s() < 0 ||
+          (req->archive_until_unix_s() && req->archive_until_unix_s() <= req->archive_since_unix_s()))
+        return guard_->Refuse(actor, method, object, Invalid("archive_until_unix_s", "after archive_since_unix_s"));
+      p.query.since_unix_ms = req->archive_since_unix_s() * 1000;
+      p.query.until_unix_ms = req->archive_until_unix_s() * 1000;
+      p.query.sender = req->archive_sender();
+      p.query.recipient = req->archive_recipient();
+      action_object = StrCat("since=", req->archive_since_unix_s(), " until=", req->archive_until_unix_s(), " sender=",
+                             p.query.sender.empty() ? "*" : p.query.sender, " recipient=",
+                             p.query.recipient.empty() ? "*" : p.query.recipient, " format=", p.format);
+      p.object = action_object;
+    } else if (init) {
       Result<Params> made = InitialiseParams(*req);
       if (!made.ok()) return guard_->Refuse(actor, method, object, FromStatus(made.status()));
       p = std::move(made.value());
@@ -266,7 +289,7 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     size_t pending = 0;
     for (const auto& [id, c] : ceremonies_) pending += c.state == "pending";
     if (pending >= 16) return Status(StatusCode::RESOURCE_EXHAUSTED, "16 ceremonies are pending already");
-    Result<hsm::Ceremony> c = hsm::Ceremony::Begin(init ? "initialise" : "destroy", d_->threshold, d_->custodians,
+    Result<hsm::Ceremony> c = hsm::Ceremony::Begin(archive ? "open-archive" : init ? "initialise" : "destroy", d_->threshold, d_->custodians,
                                                    StrCat("started by CN=", actor, ": ", req->reason()));
     if (!c.ok()) return FromStatus(c.status());
     Result<std::string> statement = c->Propose(req->kind(), action_object);
@@ -281,8 +304,8 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
       if (oldest == ceremonies_.end()) break;
       ceremonies_.erase(oldest);
     }
-    ceremonies_.emplace(id, Entry{std::move(c.value()), init ? p.dsa_label : req->key_label(), "pending", "", ++seq_,
-                                  std::move(p), {}});
+    ceremonies_.emplace(id, Entry{std::move(c.value()), archive ? "archive" : init ? p.dsa_label : req->key_label(), "pending",
+                                  "", ++seq_, std::move(p), {}, {}, {}, {}, 0});
     resp->set_ceremony_id(id);
     resp->set_statement(*statement);
     resp->set_threshold(d_->threshold);
@@ -304,10 +327,21 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     Entry& e = it->second;
     if (e.state != "pending")
       return guard_->Refuse(actor, method, object, Status(StatusCode::FAILED_PRECONDITION, StrCat("the ceremony is ", e.state)));
+    // open-archive: every approval brings its custodian's share (read before the approval
+    // counts; wiped whatever happens once the quorum acts).
+    std::optional<hsm::Share> share;
+    if (e.params.kind == "open-archive") {
+      Result<hsm::Share> parsed = records::ParseShare(req->archive_share());
+      if (!parsed.ok())
+        return guard_->Refuse(actor, method, object, Invalid("archive_share", StrCat("required for open-archive: ", parsed.status().message())));
+      share = std::move(parsed.value());
+    }
     if (mailseal::Status st = e.ceremony.Approve(req->custodian(), req->signature()); !st.ok()) {
       guard_->Failed(actor, method, object, st.message());
+      if (share) OPENSSL_cleanse(share->y.data(), share->y.size());
       return FromStatus(st);
     }
+    if (share) e.shares.push_back(std::move(*share));
     const auto& steps = e.ceremony.transcript().steps();
     unsigned approvals = static_cast<unsigned>(steps.rbegin()->approvals_size());
     resp->set_approvals(approvals);
@@ -319,6 +353,7 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     mailseal::Status done = WithSession(d_, [&](hsm::Session& s) -> mailseal::Status {
       mailseal::Status acted = e.ceremony.Execute([&]() -> Result<std::string> {
         if (e.params.kind == "initialise") return Initialise(s, e);
+        if (e.params.kind == "open-archive") return OpenArchive(e);
         Result<hsm::KeyPair> kp = hsm::FindKeyPair(s, e.key_label);
         if (!kp.ok()) return kp.status();
         if (mailseal::Status st = hsm::DestroyKeyPair(s, *kp); !st.ok()) return st;
@@ -338,7 +373,9 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     v1::AuditRecord r;
     r.set_actor(StrCat("CN=", actor));
     r.set_action(StrCat("ceremony.", e.params.kind));
-    r.set_object(e.params.kind == "initialise" ? StrCat(e.params.dsa_label, ",", e.params.dca_label) : e.key_label);
+    r.set_object(e.params.kind == "initialise" ? StrCat(e.params.dsa_label, ",", e.params.dca_label)
+                 : e.params.kind == "open-archive" ? StrCat("archive ", e.params.object)
+                                                   : e.key_label);
     r.set_outcome(e.state == "done" && done.ok() ? v1::AuditRecord::OUTCOME_DONE : v1::AuditRecord::OUTCOME_FAILED);
     r.set_detail(StrCat("ceremony ", req->ceremony_id(), ": ", e.detail, done.ok() ? "" : StrCat("; transcript: ", done.message())));
     (void)audit_->Append(r);
@@ -346,6 +383,18 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     resp->set_state(e.state);
     resp->set_detail(done.ok() ? e.detail : StrCat(e.detail, "; transcript not kept: ", done.message()));
     for (const v1::CeremonyCsr& csr : e.csrs) *resp->add_csrs() = csr;
+    // The export goes to this caller only and is not kept.
+    if (e.params.kind == "open-archive" && e.state == "done") {
+      resp->set_archive_messages(e.exported);
+      resp->set_archive_mbox(std::move(e.mbox));
+      for (records::ExportFile& f : e.files) {
+        v1::ArchiveFile* out = resp->add_archive_files();
+        out->set_name(std::move(f.name));
+        out->set_content(std::move(f.content));
+      }
+    }
+    e.mbox.clear();
+    e.files.clear();
     return Status::OK;
   }
 
@@ -377,6 +426,9 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     std::string key_type_name = "rsa:2048";
     std::vector<std::string> domains;
     std::string organization, country;
+    records::Query query;   // open-archive
+    std::string format;     // open-archive: mbox or maildir
+    std::string object;     // open-archive: the query as the statement names it
   };
   struct Entry {
     hsm::Ceremony ceremony;
@@ -386,7 +438,28 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     uint64_t seq = 0;    // start order
     Params params;
     std::vector<v1::CeremonyCsr> csrs;   // initialise, done
+    std::vector<hsm::Share> shares;      // open-archive: brought with the approvals, wiped after
+    std::string mbox;                    // open-archive, done: the export until it is answered
+    std::vector<records::ExportFile> files;
+    uint32_t exported = 0;
   };
+
+  // OpenArchive: the quorum's shares rebuild the archive key (checked against its public half);
+  // the export is read with it; key and shares are wiped before this returns.
+  Result<std::string> OpenArchive(Entry& e) {
+    Result<records::Pkey> key = records::RebuildArchiveKey(d_->archive_dir, e.shares, d_->threshold);
+    for (hsm::Share& sh : e.shares) OPENSSL_cleanse(sh.y.data(), sh.y.size());
+    e.shares.clear();
+    if (!key.ok()) return key.status();
+    Result<records::Export> x = records::Read(d_->archive_dir, key->get(), e.params.query, d_->archive_max_bytes);
+    key->reset();
+    if (!x.ok()) return x.status();
+    e.exported = static_cast<uint32_t>(x->records.size());
+    if (e.params.format == "maildir") e.files = records::ToMaildir(*x);
+    else e.mbox = records::ToMbox(*x);
+    return StrCat("archive opened: ", x->records.size(), " message(s) exported as ", e.params.format, " from ", x->files_read,
+                  " file(s)", x->torn ? StrCat(", ", x->torn, " torn record(s) skipped") : "");
+  }
 
   static std::string Join(const std::vector<std::string>& v) {
     std::string out;

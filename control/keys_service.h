@@ -31,6 +31,8 @@ struct KeyDeps {
   std::vector<mailseal::v1::CustodianRecord> custodians;
   std::string transcript_dir;
   bool keys_only_in_ceremony = false;      // GenerateKey refused: keys only from an initialise ceremony
+  std::string archive_dir;                 // the e-records archive (DE-21); empty: none
+  uint64_t archive_max_bytes = 256u << 20; // the most one open-archive export returns
 };
 
 std::unique_ptr<grpc::Service> NewKeyService(const Guard* guard, const KeyDeps* deps);

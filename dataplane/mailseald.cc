@@ -55,6 +55,7 @@
 #include "dataplane/queue/spool.h"
 #include "hsm/secret.h"
 #include "hsm/token_manager.h"
+#include "dataplane/records/archive.h"
 #include "dataplane/sealing/at_rest_keys.h"
 #include "dataplane/sealing/smime_processor.h"
 #include "dataplane/smime/naming.h"
@@ -179,6 +180,10 @@ Status LoadKeyDeps(const v1::Config& cfg, hsm::TokenManager* token, control::Key
                                        " must be at least 2 and at most the number of custodians (",
                                        c.custodians_size(), ")"));
   k->threshold = c.threshold();
+  if (cfg.has_archive()) {   // DE-21: exports through open-archive ceremonies
+    k->archive_dir = cfg.archive().dir();
+    k->archive_max_bytes = uint64_t{cfg.archive().max_export_mib()} << 20;
+  }
   k->transcript_dir = c.transcript_dir().empty() ? StrCat(cfg.spool_dir(), "/ceremonies") : c.transcript_dir();
   if (check_only) return OkStatus();
   std::error_code ec;
@@ -449,6 +454,7 @@ struct Daemon {
   std::unique_ptr<hsm::TokenManager> token;
   std::atomic<bool> hsm_ok{true};
   std::shared_ptr<sealing::TokenAtRestKeys> at_rest;   // the spool's data keys (DE-22)
+  bool archive_key_created = false;                     // this start made the archive key (audited)
   // The SMTP server's and the management API's keys when they are in the token (SEE-2.4b);
   // after the token (they use it), before the contexts that hold them.
   std::unique_ptr<hsm::SharedTokenKey> smtp_key, api_key;
@@ -568,6 +574,38 @@ struct Daemon {
     Log(LogLevel::kWarning, "mailseald",
         "no smime section: nothing can be sealed; mail the policy says must be signed, sealed or held is held (SEE-2.1b)");
   }
+  if (cfg.has_archive()) {   // DE-21 (issue #19): the archive key's public half; shares to the custodians
+    const auto& ar = cfg.archive();
+    std::vector<records::Custodian> custodians;
+    for (const auto& cu : cfg.control().ceremony().custodians()) {
+      Result<std::string> pem = base::ReadFile(cu.cert_file());
+      if (!pem.ok()) {
+        std::fprintf(stderr, "mailseald: %s: field 'control.ceremony.custodians': %s\n", path.c_str(), pem.status().message().c_str());
+        return kExitUsage;
+      }
+      custodians.push_back({cu.name(), *pem});
+    }
+    bool created = false;
+    Result<records::Pkey> key = records::EnsureArchiveKey(ar.dir(), custodians, cfg.control().ceremony().threshold(), &created);
+    if (!key.ok()) {
+      std::fprintf(stderr, "mailseald: %s: field 'archive': %s\n", path.c_str(), key.status().message().c_str());
+      return kExitUsage;
+    }
+    smime->archive_key = std::shared_ptr<EVP_PKEY>(key->release(), EVP_PKEY_free);
+    smime->archive_dir = ar.dir();
+    smime->archive_run = spool->NewQueueId();
+    smime->archive_inbound = ar.directions() != v1::Archive::ARCHIVE_OUTBOUND;
+    smime->archive_outbound = ar.directions() != v1::Archive::ARCHIVE_INBOUND;
+    archive_key_created = created;
+    if (created)
+      Log(LogLevel::kWarning, "archive",
+          "archive key made: its private half exists only as shares, one per custodian (give each custodian their file)",
+          {{"shares", StrCat(ar.dir(), "/shares/")}, {"threshold", std::to_string(cfg.control().ceremony().threshold())},
+           {"custodians", std::to_string(custodians.size())}});
+    Log(LogLevel::kInfo, "archive", "every message archived",
+        {{"dir", ar.dir()}, {"directions", v1::Archive::Directions_Name(ar.directions())},
+         {"retention_days", std::to_string(ar.retention_days())}});
+  }
   if (cfg.has_scanning()) {   // DE-15 (issue #19): every worker scans with its own connections
     smime->scanning = cfg.scanning();
     std::string names;
@@ -609,6 +647,34 @@ struct Daemon {
   if (cfg.spf().mode() == v1::Spf::SPF_OFF)
     Log(LogLevel::kWarning, "mailseald", "spf off: senders' SPF policies are not enforced (SM-5b) and no mail is marked tls+spf");
   return kGoOn;
+  }
+
+  // AuditArchive records what happened to the archive (made, expired) in the audit trail.
+  void AuditArchive(const std::string& action, const std::string& object, const std::string& detail) {
+    if (!recorder) return;
+    v1::AuditRecord r;
+    r.set_actor("mailseald");
+    r.set_action(action);
+    r.set_object(object);
+    r.set_outcome(v1::AuditRecord::OUTCOME_DONE);
+    r.set_detail(detail);
+    recorder->Record(std::move(r));
+  }
+
+  // ExpireArchive removes whole days past the retention period (DE-21), each audited.
+  void ExpireArchive() {
+    if (!cfg.has_archive()) return;
+    auto now = std::chrono::system_clock::now().time_since_epoch();
+    Result<std::vector<records::Expired>> gone = records::Expire(
+        cfg.archive().dir(), cfg.archive().retention_days(), std::chrono::duration_cast<std::chrono::milliseconds>(now).count());
+    if (!gone.ok()) {
+      Log(LogLevel::kError, "archive", "expiry failed (tried again in an hour)", {{"error", gone.status().message()}});
+      return;
+    }
+    for (const records::Expired& x : *gone) {
+      Log(LogLevel::kInfo, "archive", "day expired", {{"day", x.day}, {"files", std::to_string(x.files)}});
+      AuditArchive("archive.expired", x.day, StrCat(x.files, " file(s) removed after ", cfg.archive().retention_days(), " days"));
+    }
   }
 
   // OpenAtRestKeys: the spool's data keys (DE-22), before any spool file is read or written.
@@ -754,6 +820,9 @@ struct Daemon {
           Log(LogLevel::kInfo, "audit", "mail events are recorded again: mail accepted");
         },
         late_path);
+    if (archive_key_created) AuditArchive("archive.key-created", cfg.archive().dir(),
+                                          StrCat("shares for ", cfg.control().ceremony().custodians_size(),
+                                                 " custodians, ", cfg.control().ceremony().threshold(), " rebuild it"));
   }
   return kGoOn;
   }
@@ -1054,6 +1123,7 @@ struct Daemon {
   const auto health_every = std::chrono::milliseconds(cfg.has_hsm() ? cfg.hsm().health_interval_ms() : 1000);
   bool keys_ready = true;
   auto last_keys_check = std::chrono::steady_clock::now();
+  auto last_expiry = std::chrono::steady_clock::now() - std::chrono::hours(2);   // first check at once
   if (Status st = sealing::DomainKeysReady(smime.get()); !st.ok()) {
     keys_ready = false;
     Log(LogLevel::kWarning, "mailseald", "domain keys not ready: sealing not serving", {{"reason", st.message()}});
@@ -1077,6 +1147,10 @@ struct Daemon {
         std::chrono::steady_clock::now() - last_watchdog >= std::chrono::milliseconds(watchdog_ms)) {
       last_watchdog = std::chrono::steady_clock::now();
       service::Watchdog();
+    }
+    if (std::chrono::steady_clock::now() - last_expiry >= std::chrono::hours(1)) {
+      last_expiry = std::chrono::steady_clock::now();
+      ExpireArchive();
     }
     if (token && std::chrono::steady_clock::now() - last_health >= health_every) {
       last_health = std::chrono::steady_clock::now();

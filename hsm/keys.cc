@@ -2,6 +2,7 @@
 #include "hsm/keys.h"
 
 #include <openssl/bn.h>
+#include <openssl/crypto.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
@@ -412,6 +413,104 @@ Result<CK_OBJECT_HANDLE> GenerateAesKey(Session& s, const std::string& label, Pu
       !st.ok())
     return st;
   return h;
+}
+
+Result<CK_OBJECT_HANDLE> GenerateAesBlockKek(Session& s, const std::string& label, Purpose purpose) {
+  Attr a;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  std::vector<uint8_t> id(9);
+  id[0] = static_cast<uint8_t>(purpose);
+  RAND_bytes(id.data() + 1, 8);
+  a.Bytes(CKA_CLASS, &cls, sizeof cls);
+  a.Bytes(CKA_KEY_TYPE, &kt, sizeof kt);
+  a.Ulong(CKA_VALUE_LEN, 32);
+  StoredAndProtected(&a, label, id);
+  a.Bool(CKA_WRAP, false);
+  a.Bool(CKA_UNWRAP, false);
+  a.Bool(CKA_ENCRYPT, true);
+  a.Bool(CKA_DECRYPT, true);
+  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  if (Status st = Check(s.fn()->C_GenerateKey(s.handle(), &mech, a.data(), a.size(), &h), "C_GenerateKey(CKM_AES_KEY_GEN)");
+      !st.ok())
+    return st;
+  return h;
+}
+
+namespace {
+// One AES block through the token: CKM_AES_ECB over exactly 16 bytes.
+Status AesBlock(Session& s, CK_OBJECT_HANDLE kek, bool encrypt, unsigned char block[16]) {
+  CK_MECHANISM mech{CKM_AES_ECB, nullptr, 0};
+  CK_FUNCTION_LIST* f = s.fn();
+  const char* op = encrypt ? "C_Encrypt(CKM_AES_ECB)" : "C_Decrypt(CKM_AES_ECB)";
+  CK_RV rv = encrypt ? f->C_EncryptInit(s.handle(), &mech, kek) : f->C_DecryptInit(s.handle(), &mech, kek);
+  if (Status st = Check(rv, StrCat(op, " init")); !st.ok()) return st;
+  unsigned char out[16];
+  CK_ULONG len = sizeof out;
+  rv = encrypt ? f->C_Encrypt(s.handle(), block, 16, out, &len) : f->C_Decrypt(s.handle(), block, 16, out, &len);
+  if (Status st = Check(rv, op); !st.ok()) return st;
+  if (len != 16) return InternalError(StrCat(op, ": not one block"));
+  std::memcpy(block, out, 16);
+  OPENSSL_cleanse(out, sizeof out);
+  return OkStatus();
+}
+constexpr unsigned char kKwIv[8] = {0xA6, 0xA6, 0xA6, 0xA6, 0xA6, 0xA6, 0xA6, 0xA6};
+}  // namespace
+
+Result<std::string> KwWrapDataKey(Session& s, CK_OBJECT_HANDLE kek, const Secret& data_key) {
+  std::string_view p = data_key.Reveal();
+  if (p.size() != 16 && p.size() != 32) return InvalidArgumentError("a data key is 128 or 256 bits");
+  const size_t n = p.size() / 8;
+  std::string r(p);   // R[1..n]
+  unsigned char a[8];
+  std::memcpy(a, kKwIv, 8);
+  unsigned char b[16];
+  for (uint64_t j = 0; j < 6; ++j) {   // RFC 3394 §2.2.1
+    for (size_t i = 0; i < n; ++i) {
+      std::memcpy(b, a, 8);
+      std::memcpy(b + 8, r.data() + 8 * i, 8);
+      if (Status st = AesBlock(s, kek, true, b); !st.ok()) {
+        OPENSSL_cleanse(r.data(), r.size());
+        OPENSSL_cleanse(b, sizeof b);
+        return st;
+      }
+      uint64_t t = n * j + i + 1;
+      for (int k = 0; k < 8; ++k) a[k] = b[k] ^ static_cast<unsigned char>(t >> (8 * (7 - k)));
+      std::memcpy(r.data() + 8 * i, b + 8, 8);
+    }
+  }
+  OPENSSL_cleanse(b, sizeof b);
+  return std::string(reinterpret_cast<char*>(a), 8) + r;
+}
+
+Result<Secret> KwUnwrapDataKey(Session& s, CK_OBJECT_HANDLE kek, std::string_view c) {
+  if (c.size() != 24 && c.size() != 40) return DataLossError("a wrapped data key is 24 or 40 bytes");
+  const size_t n = c.size() / 8 - 1;
+  unsigned char a[8];
+  std::memcpy(a, c.data(), 8);
+  std::string r(c.substr(8));
+  unsigned char b[16];
+  for (int64_t j = 5; j >= 0; --j) {   // RFC 3394 §2.2.2
+    for (size_t i = n; i >= 1; --i) {
+      uint64_t t = n * static_cast<uint64_t>(j) + i;
+      for (int k = 0; k < 8; ++k) b[k] = a[k] ^ static_cast<unsigned char>(t >> (8 * (7 - k)));
+      std::memcpy(b + 8, r.data() + 8 * (i - 1), 8);
+      if (Status st = AesBlock(s, kek, false, b); !st.ok()) {
+        OPENSSL_cleanse(r.data(), r.size());
+        OPENSSL_cleanse(b, sizeof b);
+        return st;
+      }
+      std::memcpy(a, b, 8);
+      std::memcpy(r.data() + 8 * (i - 1), b + 8, 8);
+    }
+  }
+  OPENSSL_cleanse(b, sizeof b);
+  if (CRYPTO_memcmp(a, kKwIv, 8) != 0) {
+    OPENSSL_cleanse(r.data(), r.size());
+    return DataLossError("the wrapped data key fails its integrity check (damaged, or wrapped by another key)");
+  }
+  return Secret(std::move(r));
 }
 
 Result<CK_OBJECT_HANDLE> FindSecretKey(Session& s, const std::string& label) {

@@ -97,4 +97,14 @@ Result<std::string> WrapDataKey(Session& s, CK_OBJECT_HANDLE kek, const Secret& 
 // UnwrapDataKey gives the data key back for use in software; the token does the unwrapping.
 Result<Secret> UnwrapDataKey(Session& s, CK_OBJECT_HANDLE kek, std::string_view wrapped);
 
+// The same envelope through any PKCS#11 front end: RFC 3394 AES key wrap computed from AES
+// block operations (CKM_AES_ECB) done by the token with `kek`, which must be an AES key made
+// for it (GenerateAesBlockKek: CKA_ENCRYPT/CKA_DECRYPT, never extractable). p11-kit's RPC
+// (the token holder, issue #18) forwards only mechanisms it can serialise — of AES, ECB and
+// key generation — so CKM_AES_KEY_WRAP(_PAD) cannot reach the token through it. Unwrapping
+// checks RFC 3394's integrity value: a damaged or foreign wrapped key is DataLoss.
+Result<CK_OBJECT_HANDLE> GenerateAesBlockKek(Session& s, const std::string& label, Purpose purpose);
+Result<std::string> KwWrapDataKey(Session& s, CK_OBJECT_HANDLE kek, const Secret& data_key);
+Result<Secret> KwUnwrapDataKey(Session& s, CK_OBJECT_HANDLE kek, std::string_view wrapped);
+
 }  // namespace mailseal::hsm

@@ -8,6 +8,10 @@
 // protobuf text format. The data keys are unwrapped by the token named in the configuration
 // (its PIN file; run as root or mailseald's user); nothing is written — no key is made.
 // Exit 0: read; 1: a file could not be read (the reason on stderr); 2: usage or no token.
+#include <grp.h>
+#include <pwd.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <string>
 
@@ -30,6 +34,14 @@ int main(int argc, char** argv) {
   if (!cfg.ok()) {
     std::fprintf(stderr, "mailseal-spool: %s\n", cfg.status().message().c_str());
     return 2;
+  }
+  // The token and the PIN file are mailseald's user's: run as root, become that user first.
+  if (::geteuid() == 0 && !cfg->user().empty()) {
+    passwd* pw = ::getpwnam(cfg->user().c_str());
+    if (!pw || ::initgroups(pw->pw_name, pw->pw_gid) != 0 || ::setgid(pw->pw_gid) != 0 || ::setuid(pw->pw_uid) != 0) {
+      std::fprintf(stderr, "mailseal-spool: cannot become user '%s'\n", cfg->user().c_str());
+      return 2;
+    }
   }
   std::unique_ptr<hsm::TokenManager> token;
   std::shared_ptr<sealing::TokenAtRestKeys> ring;

@@ -231,6 +231,19 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (sc->timeout_ms() > 600000) return sbad("timeout_ms", "at most 600000");
     if (sc->max_bytes() == 0) sc->set_max_bytes(25u << 20);
   }
+  if (cfg.has_archive()) {   // DE-21, issue #19
+    auto* ar = cfg.mutable_archive();
+    auto abad = section_bad(*ar, "archive");
+    if (!cfg.has_control() || cfg.control().ceremony().threshold() < 2 ||
+        static_cast<uint32_t>(cfg.control().ceremony().custodians_size()) < cfg.control().ceremony().threshold())
+      return abad("dir", "the archive key is held by ceremony custodians: control.ceremony needs a threshold of 2 or more "
+                         "and at least that many custodians");
+    if (ar->dir().empty()) ar->set_dir(StrCat(cfg.spool_dir(), "/archive"));
+    if (ar->dir().front() != '/') return abad("dir", "an absolute path is required");
+    if (ar->retention_days() == 0) ar->set_retention_days(3650);
+    if (ar->max_export_mib() == 0) ar->set_max_export_mib(256);
+    if (ar->max_export_mib() > 4096) return abad("max_export_mib", "at most 4096");
+  }
   if (cfg.io().backend() == mailseal::v1::Io::DPDK) {   // issue #17
     auto ibad = section_bad(cfg.io(), "io");
     const auto& d = cfg.io().dpdk();

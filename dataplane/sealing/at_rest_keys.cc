@@ -67,7 +67,7 @@ std::shared_ptr<const queue::DataKey> MakeKey(std::string id, const hsm::Secret&
 Result<CK_OBJECT_HANDLE> Kek(hsm::Session& s, const std::string& label, bool* created) {
   Result<CK_OBJECT_HANDLE> kek = hsm::FindSecretKey(s, label);
   if (kek.ok() || kek.status().code() != StatusCode::kNotFound || !created) return kek;
-  kek = hsm::GenerateAesKey(s, label, hsm::Purpose::kSpool);
+  kek = hsm::GenerateAesBlockKek(s, label, hsm::Purpose::kSpool);
   if (kek.ok()) *created = true;
   return kek;
 }
@@ -126,7 +126,7 @@ Status TokenAtRestKeys::LoadAll() {
       if (!kek.ok()) return Status(kek.status().code(), StrCat(path, ": its KEK '", label, "': ", kek.status().message()));
       it = keks.emplace(label, *kek).first;
     }
-    Result<hsm::Secret> k = hsm::UnwrapDataKey(*lease, it->second, wrapped);
+    Result<hsm::Secret> k = hsm::KwUnwrapDataKey(*lease, it->second, wrapped);
     if (!k.ok()) return Status(k.status().code(), StrCat(path, ": ", k.status().message()));
     if (k->Reveal().size() != 32) return DataLossError(StrCat(path, ": not a 256-bit key"));
     std::string id = n.substr(0, 16);
@@ -146,7 +146,7 @@ Status TokenAtRestKeys::MakeCurrent() {
     hsm::SessionPool::Lease lease = h->pool->Acquire();
     Result<CK_OBJECT_HANDLE> kek = hsm::FindSecretKey(*lease, options_.kek_label);
     if (!kek.ok()) return kek.status();
-    Result<std::string> w = hsm::WrapDataKey(*lease, *kek, *k);
+    Result<std::string> w = hsm::KwWrapDataKey(*lease, *kek, *k);
     if (!w.ok()) return w.status();
     wrapped = std::move(w.value());
   }

@@ -2,7 +2,7 @@
 //
 // The key-encrypting key is an AES-256 key on the token (label `at_rest.kek_label`, purpose
 // spool; made there on first use, never extractable). A data key is 256 random bits drawn in
-// this process, wrapped inside the token (RFC 5649) and written as `<dir>/<id>.key` — durably,
+// this process, wrapped by the token (RFC 3394, from the token's AES block operations: hsm::KwWrapDataKey) and written as `<dir>/<id>.key` — durably,
 // before the first record is sealed under it. At start every wrapped key in the directory is
 // unwrapped (so files written under older keys stay readable without being rewritten) and a
 // fresh key becomes the current one; the ring rotates to a new key after `rotate_s` or when a

@@ -17,6 +17,7 @@
 #include "hsm/token_key.h"
 #include "dataplane/scan/scanner.h"
 #include <optional>
+#include <set>
 
 namespace mailseal::sealing {
 using crypto::Completion;
@@ -60,7 +61,10 @@ std::vector<smime::X509Ref> ReadCerts(const std::string& path, std::string* erro
 
 class SmimeProcessor : public JobProcessor {
  public:
-  explicit SmimeProcessor(const SmimeShared* s) : s_(s), gateway_(&s->policy, s->store.get(), s->ping_limiter.get()) {
+  SmimeProcessor(const SmimeShared* s, size_t index) : s_(s), gateway_(&s->policy, s->store.get(), s->ping_limiter.get()) {
+    if (s->archive_key)
+      archive_ = std::make_unique<records::ArchiveWriter>(s->archive_dir, s->archive_key.get(), s->archive_run,
+                                                          static_cast<int>(index));
     for (const auto& sc : s->scanning.scanners())
       scanners_.push_back(sc.clamd().empty()
                               ? scan::MakeMilter(sc.name(), sc.milter())
@@ -145,6 +149,14 @@ class SmimeProcessor : public JobProcessor {
         return c;
       }
     }
+    // The e-records archive (DE-21): what goes on, before it goes on.
+    if (archive_) {
+      if (Status st = Archive(job.queue_id, *m, body, plan, outs, rejected); !st.ok()) {
+        c.verdict = Verdict::kTempFail;
+        c.reason = StrCat("archive copy could not be written (kept, tried again): ", st.message());
+        return c;
+      }
+    }
     for (size_t k = 0; k < outs.size(); ++k) {
       const smime::Output& o = outs[k];
       if (rejected[k]) {   // refused by a scanner: these recipients fail (a DSN), nothing is written
@@ -188,6 +200,51 @@ class SmimeProcessor : public JobProcessor {
   }
 
  private:
+  // Archive appends the message once per direction it goes in: inbound (recipients in our
+  // domains) as it is delivered — opened when it was sealed — and outbound as it was received
+  // from our side, before sealing. Held, rejected and consumed outputs are not archived (a
+  // held message is archived when it is released and goes on); nor are our own notices.
+  Status Archive(const std::string& qid, const queue::SpoolMessage& m, const std::string& original, const smime::Plan& plan,
+                 const std::vector<smime::Output>& outs, const std::vector<bool>& rejected) {
+    std::set<uint32_t> local(plan.local.begin(), plan.local.end());
+    const std::string* inbound = nullptr;
+    std::vector<std::string> in_rcpts, out_rcpts;
+    bool outbound = false;
+    for (size_t k = 0; k < outs.size(); ++k) {
+      const smime::Output& o = outs[k];
+      if (rejected[k] || o.action == smime::Action::kHold || o.action == smime::Action::kConsume || !o.envelope_to.empty())
+        continue;
+      bool opened = o.action == smime::Action::kDeliver && o.treatment == smime::Treatment::kOpened;
+      for (uint32_t i : o.rcpts) {
+        if (i >= static_cast<uint32_t>(m.envelope.recipients_size())) continue;
+        const std::string& a = m.envelope.recipients(static_cast<int>(i)).address();
+        if (local.count(i)) {
+          in_rcpts.push_back(a);
+          if (opened || !inbound) inbound = opened ? &o.body : &original;
+        } else {
+          out_rcpts.push_back(a);
+          outbound = true;
+        }
+      }
+    }
+    auto append = [&](const char* direction, const std::string& bytes, const std::vector<std::string>& rcpts) {
+      mailseal::v1::ArchiveRecord r;
+      r.set_time_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch()).count());
+      r.set_direction(direction);
+      r.set_queue_id(qid);
+      r.set_mail_from(m.envelope.mail_from());
+      for (const std::string& a : rcpts) r.add_recipients(a);
+      r.set_message(bytes);
+      return archive_->Append(r);
+    };
+    if (inbound && s_->archive_inbound)
+      if (Status st = append("inbound", *inbound, in_rcpts); !st.ok()) return st;
+    if (outbound && s_->archive_outbound)
+      if (Status st = append("outbound", original, out_rcpts); !st.ok()) return st;
+    return OkStatus();
+  }
+
   // ScanOutputs runs the scanners over the plaintext each output would deliver: an opened
   // body, or the original (to be sealed, signed, marked or passed as it is). The first verdict
   // that is not a pass decides for the whole message: reject marks the outputs `rejected`;
@@ -424,6 +481,7 @@ class SmimeProcessor : public JobProcessor {
 
   const SmimeShared* s_;
   std::vector<std::unique_ptr<scan::Scanner>> scanners_;   // this worker's (DE-15)
+  std::unique_ptr<records::ArchiveWriter> archive_;        // this worker's (DE-21)
   smime::Gateway gateway_;
   std::shared_ptr<hsm::TokenHandle> handle_;
   std::unique_ptr<hsm::SessionPool::Lease> lease_;
@@ -444,7 +502,7 @@ class SmimeProcessor : public JobProcessor {
 }  // namespace
 
 ProcessorFactory SmimeProcessorFactory(const SmimeShared* shared) {
-  return [shared](size_t) -> std::unique_ptr<JobProcessor> { return std::make_unique<SmimeProcessor>(shared); };
+  return [shared](size_t index) -> std::unique_ptr<JobProcessor> { return std::make_unique<SmimeProcessor>(shared, index); };
 }
 
 }  // namespace mailseal::sealing

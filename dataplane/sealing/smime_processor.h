@@ -21,6 +21,7 @@
 #include <string>
 
 #include "dataplane/crypto/crypto_stage.h"
+#include "dataplane/records/archive.h"
 #include "dataplane/pki/crl_cache.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/smime/discovery.h"
@@ -63,6 +64,12 @@ struct SmimeShared {
   std::vector<std::string> directory_seemail;
   // Content scanning (DE-15, issue #19): each worker makes its own scanners from this.
   mailseal::v1::Scanning scanning;
+  // The e-records archive (DE-21, issue #19): the archive's public key (null: no archive), and
+  // each worker appends with a writer of its own. A message is archived before it goes on:
+  // a failed append defers it (never delivered without its record).
+  std::shared_ptr<EVP_PKEY> archive_key;
+  std::string archive_dir, archive_run;
+  bool archive_inbound = false, archive_outbound = false;
 };
 
 // PublishPolicy puts a compiled policy document in force, with the SEEMAIL list read from the

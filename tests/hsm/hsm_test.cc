@@ -391,5 +391,44 @@ TEST_F(DataKeyTest, DataKeysAreWrappedUnderATokenKekForSpoolAndArchive) {
       << "the KEK itself never leaves the token";
 }
 
+// The spool's key wrap (issue #19): RFC 3394 computed from the token's AES-ECB, so that it
+// also works through p11-kit's RPC. Checked against RFC 3394 §4.6 (256-bit KEK, 256-bit key)
+// with a session KEK of known value, and against OpenSSL's own RFC 3394 (EVP_aes_256_wrap).
+TEST_F(DataKeyTest, KeyWrapFromBlockOperationsIsRfc3394) {
+  auto hex = [](const char* h) {
+    std::string out;
+    for (size_t i = 0; h[i] && h[i + 1]; i += 2) out.push_back(static_cast<char>(std::stoi(std::string(h + i, 2), nullptr, 16)));
+    return out;
+  };
+  std::string kek_value = hex("000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F");
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt}, {CKA_TOKEN, &no, sizeof no},
+                      {CKA_ENCRYPT, &yes, sizeof yes}, {CKA_DECRYPT, &yes, sizeof yes},
+                      {CKA_VALUE, kek_value.data(), kek_value.size()}};
+  CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+  ASSERT_EQ(session_->fn()->C_CreateObject(session_->handle(), t, 6, &kek), CKR_OK);
+  Secret data(hex("00112233445566778899AABBCCDDEEFF000102030405060708090A0B0C0D0E0F"));
+  Result<std::string> w = KwWrapDataKey(*session_, kek, data);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(*w, hex("28C9F404C4B810F4CBCCB35CFB87F8263F5786E2D80ED326CBC7F0E71A99F43BFB988B9B7A02DD21"));
+  Result<Secret> back = KwUnwrapDataKey(*session_, kek, *w);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->Reveal(), data.Reveal());
+  std::string bad = *w;
+  bad[10] ^= 1;
+  EXPECT_EQ(KwUnwrapDataKey(*session_, kek, bad).status().code(), StatusCode::kDataLoss);
+  // A KEK made for it on the token: never extractable; another KEK cannot unwrap.
+  Result<CK_OBJECT_HANDLE> k1 = GenerateAesBlockKek(*session_, "spool-kek-1", Purpose::kSpool);
+  Result<CK_OBJECT_HANDLE> k2 = GenerateAesBlockKek(*session_, "spool-kek-2", Purpose::kSpool);
+  ASSERT_TRUE(k1.ok() && k2.ok());
+  Result<Secret> dk = NewDataKey();
+  Result<std::string> w1 = KwWrapDataKey(*session_, *k1, *dk);
+  ASSERT_TRUE(w1.ok());
+  EXPECT_EQ(KwUnwrapDataKey(*session_, *k2, *w1).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(Attribute(*session_, *k1, CKA_VALUE).status().code(), StatusCode::kPermissionDenied);
+}
+
 }  // namespace
 }  // namespace mailseal::hsm

@@ -21,7 +21,14 @@ Sendmail's libmilter).
    quarantines another; with clamd stopped B holds mail with "scanner unavailable".
 4. A data key file removed: the files sealed under it are set aside in corrupt/ with the
    reason at the next start, never deleted and never delivered.
+5. The e-records archive (DE-21) on A: every message that went on is archived (the grep of
+   step 2 covers the archive files too); an export through an open-archive ceremony needs 2
+   of 3 custodians each bringing their share — with one it stays pending, the same custodian
+   twice is refused — and gives the messages byte for byte, as mbox (by sender) and as
+   Maildir (by recipient); the export is in the audit trail, and the ceremony's transcript
+   names the query, both approvals and the result.
 """
+import json
 import base64
 import io
 import os
@@ -36,7 +43,8 @@ import zipfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from test_smime_gateways import make_pki, send, smime_conf  # noqa: E402
+from test_control_api import control_pki  # noqa: E402
+from test_smime_gateways import make_pki, run, send, smime_conf  # noqa: E402
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -212,6 +220,25 @@ def main():
     harness._cleanups.append(lambda: (milter.poll() is None and milter.kill(), milter.wait()))
     harness.wait_for(lambda: os.path.exists(milter_sock), 20, "the milter listens")
 
+    # A is managed: the API, an audit trail, 3 ceremony custodians — who hold the archive key.
+    m = control_pki(root, a.keygen, da, env_a, pin_a, ca_dir, ("so-1", "auditor-1"))
+    for i in (1, 2, 3):
+        run(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout custodian-{i}.key "
+            f"-out custodian-{i}.crt -subj /CN=custodian-{i} -days 2", m)
+    api_port = harness.free_port()
+    custodians = "".join(f'custodians {{ name: "custodian-{i}" cert_file: "{m}/custodian-{i}.crt" }} ' for i in (1, 2, 3))
+    control = (f'control {{ listen: "127.0.0.1:{api_port}" cert_file: "{m}/server.crt" key_file: "{m}/server.key" '
+               f'client_ca_file: "{m}/mgmt-ca.crt" roles {{ common_name: "so-1" role: "security-officer" }} '
+               f'roles {{ common_name: "auditor-1" role: "auditor" }} audit {{ log_path: "{root}/audit.log" '
+               f'heads_path: "{root}/audit.heads" head_every: 5 key_label: "audit" }} '
+               f'ceremony {{ threshold: 2 {custodians} }} }}\narchive {{ }}\n')
+
+    def ctl(who, *args):
+        r = subprocess.run([a.mailsealctl, "--server", f"127.0.0.1:{api_port}", "--cert", f"{m}/{who}.crt",
+                            "--key", f"{m}/{who}.key", "--ca", f"{m}/mgmt-ca.crt", *args],
+                           capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stdout, r.stderr
+
     sink_a = harness.Sink(root)
     sink_b = harness.Sink(root)
     # Each knows the other's DCA certificate and route; B's port is only known once B is made,
@@ -222,7 +249,7 @@ def main():
                            extra=smime_conf("gw-a", da, pin_a, ca_dir,
                                             f'partners {{ domain: "agency-b.test" dca_cert_file: "{db}/dca.crt" }} '
                                             'partners { domain: "agency-c.test" }')
-                           + f'scanning {{ scanners {{ name: "testmilter" milter: "unix:{milter_sock}" }} }}\n')
+                           + f'scanning {{ scanners {{ name: "testmilter" milter: "unix:{milter_sock}" }} }}\n' + control)
     gb = harness.Mailseald(a.mailseald, root, relay_port=sink_b.port, name="b", local_domain="agency-b.test",
                            env=env_b, hostname="gw-b.test",
                            delivery_extra=f'routes {{ domain: "agency-a.test" next_hop: "127.0.0.1:{ga.port}" }}',
@@ -263,6 +290,7 @@ def main():
 
     # ---- 2. 100 messages both ways; then mail waiting in the queues (DE-22) ----
     needles = []
+    sent_by_alice = {}
     for i in range(100):
         a_to_b = i % 2 == 0
         frm, to = ("alice@agency-a.test", f"user{i % 10}@agency-b.test") if a_to_b else \
@@ -270,6 +298,8 @@ def main():
         subject = f"Operation KESTREL-{i:03d} budget"
         msg = letter(frm, to, i, subject)
         needles += [subject.encode(), re.search(rb"NIGHTJAR-\d{4}-[0-9a-f]+", msg).group(0)]
+        if a_to_b:
+            sent_by_alice[i] = msg
         out = send(ga.port if a_to_b else gb.port, frm, [to], msg)
         if b"250 2.0.0 Ok: queued" not in out:
             c.check(False, f"message {i} accepted", out.decode(errors="replace"))
@@ -285,6 +315,7 @@ def main():
         msg = letter("alice@agency-a.test", f"user{i % 10}@agency-b.test", i, subject)
         needles += [subject.encode(), re.search(rb"NIGHTJAR-\d{4}-[0-9a-f]+", msg).group(0)]
         waiting[i] = msg
+        sent_by_alice[i] = msg
         send(ga.port, "alice@agency-a.test", [f"user{i % 10}@agency-b.test"], msg)
     held_msg = letter("alice@agency-a.test", "dan@agency-c.test", 200, "Operation KESTREL-200 held")
     needles += [b"KESTREL-200", re.search(rb"NIGHTJAR-\d{4}-[0-9a-f]+", held_msg).group(0)]
@@ -380,6 +411,70 @@ def main():
     harness.wait_for(lambda: gb.queue_files("corrupt") or None, 20, "the file without its key is set aside")
     c.check("is not in the key ring" in gb.read_log(), "the log says the data key is missing")
     c.check(not gb.queue_files("deferred") and gb.queue_files("corrupt"), "kept in corrupt/, not deleted")
+
+    # ---- 5. the e-records archive (DE-21) ----
+    shares = os.path.join(ga.spool, "archive", "shares")
+    c.check(sorted(os.listdir(shares)) == ["custodian-1.pem", "custodian-2.pem", "custodian-3.pem"]
+            and "archive key made" in ga.read_log(), "the archive key was made with one share per custodian")
+    opened = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "PEM", "-in", f"{shares}/custodian-3.pem",
+                             "-inkey", f"{m}/custodian-3.key"], capture_output=True)
+    c.check(opened.returncode == 0 and opened.stdout.startswith(b"mailseal archive share v1\ncustodian custodian-3"),
+            "a custodian opens their share with openssl cms and their own key (any independent tool)")
+    rc, o, e = ctl("so-1", "-o", "json", "ceremony", "start", "--kind", "open-archive", "--sender", "alice@agency-a.test",
+                   "--since", "2000-01-01", "--reason", "records request 2026/19")
+    cid = json.loads(o)["ceremony_id"] if rc == 0 else ""
+    c.check(bool(cid), "a security officer starts an open-archive ceremony for one sender", o + e)
+    out_mbox = os.path.join(root, "export.mbox")
+
+    def approve(i, export=out_mbox):
+        return ctl("so-1", "ceremony", "approve", cid, "--custodian", f"custodian-{i}", "--custodian-key",
+                   f"{m}/custodian-{i}.key", "--archive-share", f"{shares}/custodian-{i}.pem", "--export-out", export)
+    rc, o, e = approve(1)
+    c.check(rc == 0 and "approvals 1; ceremony pending" in o and not os.path.exists(out_mbox),
+            "with one share nothing is exported: the ceremony waits", o + e)
+    rc, o, e = approve(1)
+    c.check(rc != 0 and not os.path.exists(out_mbox), "the same custodian twice is refused", e)
+    rc, o, e = approve(2)
+    c.check(rc == 0 and "ceremony done" in o and os.path.exists(out_mbox), "the second custodian's share opens the export",
+            o + e)
+    mbox = open(out_mbox, "rb").read() if os.path.exists(out_mbox) else b""
+    # mboxrd: split at From_ lines, drop the separator line, unquote ">From " lines.
+    exported = []
+    for part in re.split(rb"(?m)^From [^\n]*\n", mbox)[1:]:
+        part = part[:-1] if part.endswith(b"\n") else part
+        exported.append(re.sub(rb"(?m)^>(>*From )", rb"\1", part))
+    # As received: the gateway's Received: line, then the message as sent (the DATA's last CRLF
+    # is the test client's empty line before the dot).
+    whole = sum(1 for msg in sent_by_alice.values() if sum(x.endswith(msg + b"\r\n") for x in exported) == 1)
+    c.check(whole == len(sent_by_alice) == 60,
+            "the mbox holds each of alice's 60 messages byte for byte, once (as A received them)",
+            f"{whole} of {len(sent_by_alice)}; {len(exported)} exported")
+    c.check(all(b"From: alice@agency-a.test" in x for x in exported), "and nothing from other senders")
+    rc, o, e = ctl("auditor-1", "ceremony", "status", cid)
+    c.check(rc == 0 and "state done" in o and "sender=alice@agency-a.test" in o and o.count("custodian: ") >= 2
+            and "archive opened:" in o and "exported as mbox" in o,
+            "the transcript names the query, the approvals and what was exported", o[-1500:] + e)
+
+    rc, o, e = ctl("so-1", "-o", "json", "ceremony", "start", "--kind", "open-archive", "--recipient",
+                   "alice@agency-a.test", "--format", "maildir", "--reason", "records request 2026/20")
+    cid = json.loads(o)["ceremony_id"] if rc == 0 else ""
+    maildir = os.path.join(root, "export-maildir")
+    approve(3, maildir)
+    rc, o, e = approve(2, maildir)
+    files = sorted(os.listdir(os.path.join(maildir, "cur"))) if os.path.isdir(os.path.join(maildir, "cur")) else []
+    inbound = [x for x in (open(os.path.join(maildir, "cur", f), "rb").read() for f in files) if b"KESTREL-" in x]
+    c.check(rc == 0 and len(inbound) == 50 and all(b"smime=pass" in x and b"To: alice@agency-a.test" in x for x in inbound),
+            "a Maildir export by recipient: the 50 messages B sent to alice, as A delivered them (opened)", f"{len(inbound)} {e}")
+    delivered_a = {re.search(rb"NIGHTJAR-\d{4}-[0-9a-f]+", x).group(0): x for x in sink_a.messages() if b"NIGHTJAR-" in x}
+    same = sum(1 for x in inbound if re.search(rb"NIGHTJAR-\d{4}-[0-9a-f]+", x).group(0) in delivered_a)
+    c.check(same == 50, "each is the message A delivered to its internal server", str(same))
+    rc, o, e = ctl("auditor-1", "-o", "json", "audit", "records", "--limit", "5000")
+    recs = json.loads(o).get("records", []) if rc == 0 else []
+    opens = [r for r in recs if r.get("action") == "ceremony.open-archive" and r.get("outcome") == "OUTCOME_DONE"]
+    c.check(len(opens) == 2 and any("sender=alice@agency-a.test" in r.get("object", "") for r in opens)
+            and all(re.search(r"\d+ message\(s\) exported", r.get("detail", "")) for r in opens),
+            "each export is in the audit trail with its query and what it gave", json.dumps(opens)[:500])
+    c.check(any(r.get("action") == "archive.key-created" for r in recs), "the archive key's making is audited")
     c.finish()
 
 

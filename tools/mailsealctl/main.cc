@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   Context ctx;
   grpc::ChannelArguments args;
   if (!server_name.empty()) args.SetSslTargetNameOverride(server_name);
+  args.SetMaxReceiveMessageSize(1 << 30);   // an archive export (DE-21) may be large
   ctx.channel = grpc::CreateCustomChannel(server, grpc::experimental::TlsCredentials(tls), args);
   ctx.json = output == "json";
   return chosen(ctx);
