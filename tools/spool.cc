@@ -3,9 +3,11 @@
 //
 //   mailseal-spool --config /etc/mailseal/mailseald.conf cat FILE...
 //   mailseal-spool --config /etc/mailseal/mailseald.conf envelope FILE
+//   mailseal-spool --config /etc/mailseal/mailseald.conf open FILE...
 //
 // `cat` writes each message's body to stdout; `envelope` the envelope and delivery records in
-// protobuf text format. The data keys are unwrapped by the token named in the configuration
+// protobuf text format; `open` the plaintext of another sealed file (the certificate store's).
+// The data keys are unwrapped by the token named in the configuration
 // (its PIN file; run as root or mailseald's user); nothing is written — no key is made.
 // Exit 0: read; 1: a file could not be read (the reason on stderr); 2: usage or no token.
 #include <grp.h>
@@ -17,6 +19,7 @@
 
 #include <google/protobuf/text_format.h>
 
+#include "dataplane/base/file.h"
 #include "dataplane/config/config.h"
 #include "dataplane/queue/spool.h"
 #include "dataplane/sealing/at_rest_keys.h"
@@ -26,8 +29,8 @@ using namespace mailseal;
 
 int main(int argc, char** argv) {
   if (argc < 5 || std::string(argv[1]) != "--config" ||
-      (std::string(argv[3]) != "cat" && std::string(argv[3]) != "envelope")) {
-    std::fprintf(stderr, "usage: mailseal-spool --config FILE cat|envelope SPOOL_FILE...\n");
+      (std::string(argv[3]) != "cat" && std::string(argv[3]) != "envelope" && std::string(argv[3]) != "open")) {
+    std::fprintf(stderr, "usage: mailseal-spool --config FILE cat|envelope|open FILE...\n");
     return 2;
   }
   Result<v1::Config> cfg = config::LoadConfig(argv[2]);
@@ -67,6 +70,17 @@ int main(int argc, char** argv) {
   }
   int rc = 0;
   for (int i = 4; i < argc; ++i) {
+    if (std::string(argv[3]) == "open") {
+      Result<std::string> data = base::ReadFile(argv[i], 64u << 20);
+      if (data.ok()) data = queue::OpenBlob(std::move(data.value()));
+      if (!data.ok()) {
+        std::fprintf(stderr, "mailseal-spool: %s: %s\n", argv[i], data.status().message().c_str());
+        rc = 1;
+        continue;
+      }
+      std::fwrite(data->data(), 1, data->size(), stdout);
+      continue;
+    }
     Result<queue::SpoolMessage> m = queue::ReadSpoolFile(argv[i]);
     if (!m.ok()) {
       std::fprintf(stderr, "mailseal-spool: %s\n", m.status().message().c_str());

@@ -86,4 +86,39 @@ Result<std::string> OpenRecord(const DataKey& key, uint8_t type, std::string_vie
   return out;
 }
 
+namespace {
+constexpr std::string_view kBlobMagic = "MSSEAL1\n";
+constexpr uint8_t kBlobType = 0xB0;
+}  // namespace
+
+std::string SealBlob(std::string_view plain) {
+  std::shared_ptr<AtRestKeys> ring = InstalledAtRestKeys();
+  std::shared_ptr<const DataKey> key = ring ? ring->Current() : nullptr;
+  if (!key) return std::string(plain);
+  std::string salt(kFileSaltBytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(salt.data()), static_cast<int>(salt.size())) != 1) std::abort();
+  std::string out(kBlobMagic);
+  out.push_back(static_cast<char>(key->id.size()));
+  out += key->id;
+  out += salt;
+  out += SealRecord(*key, kBlobType, salt, plain);
+  return out;
+}
+
+Result<std::string> OpenBlob(std::string data) {
+  if (!std::string_view(data).starts_with(kBlobMagic)) return data;
+  std::string_view v(data);
+  v.remove_prefix(kBlobMagic.size());
+  if (v.empty() || v.size() < 1 + static_cast<uint8_t>(v[0]) + kFileSaltBytes) return DataLossError("sealed file too short");
+  std::string id(v.substr(1, static_cast<uint8_t>(v[0])));
+  v.remove_prefix(1 + id.size());
+  std::string salt(v.substr(0, kFileSaltBytes));
+  v.remove_prefix(kFileSaltBytes);
+  std::shared_ptr<AtRestKeys> ring = InstalledAtRestKeys();
+  if (!ring) return UnavailableError(StrCat("sealed under data key ", id, ", and no key ring is loaded"));
+  Result<std::shared_ptr<const DataKey>> key = ring->Find(id);
+  if (!key.ok()) return key.status();
+  return OpenRecord(**key, kBlobType, salt, v);
+}
+
 }  // namespace mailseal::queue

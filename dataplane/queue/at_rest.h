@@ -65,4 +65,13 @@ std::string SealRecord(const DataKey& key, uint8_t type, std::string_view salt, 
 // OpenRecord: the plaintext, or DataLoss when the record fails authentication.
 Result<std::string> OpenRecord(const DataKey& key, uint8_t type, std::string_view salt, std::string_view sealed);
 
+// Small files other than the spool's (the certificate store, issue #19): SealBlob gives the
+// file's bytes — "MSSEAL1\n", the key id and a salt, one sealed record — under the installed
+// ring's current key, or `plain` as it is without a ring. OpenBlob gives the plaintext of
+// either form (a plain file — written before encryption was on, or by an operator — is
+// returned as it is); DataLoss when a sealed one fails authentication, Unavailable when its
+// key is not in the ring.
+std::string SealBlob(std::string_view plain);
+Result<std::string> OpenBlob(std::string data);
+
 }  // namespace mailseal::queue

@@ -5,6 +5,8 @@
 #include "dataplane/base/file.h"
 #include "dataplane/base/openssl_error.h"
 #include "dataplane/smime/naming.h"
+#include "dataplane/base/log.h"
+#include "dataplane/queue/at_rest.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -102,7 +104,11 @@ Result<std::unique_ptr<CertStore>> CertStore::Open(const std::string& dir, const
         break;
       }
       Result<std::string> data = ReadFile(dir + "/" + name);
-      if (!data.ok()) break;
+      if (data.ok()) data = queue::OpenBlob(std::move(data.value()));   // sealed at rest (DE-22) or plain
+      if (!data.ok()) {
+        base::Log(base::LogLevel::kError, "certstore", "stored file unreadable: skipped", {{"file", name}, {"error", data.status().message()}});
+        break;
+      }
       if (slot == "caps") {
         std::istringstream lines(*data);
         std::string line;
@@ -292,7 +298,7 @@ std::pair<CertStatus, std::string> CertStore::Check(X509* cert, int purpose) con
 }
 
 Status CertStore::Persist(const std::string& name, const std::string& data) const {
-  return base::WriteFileDurably(StrCat(dir_, "/", name), data);
+  return base::WriteFileDurably(StrCat(dir_, "/", name), queue::SealBlob(data));   // DE-22: sealed at rest
 }
 
 std::string CertStore::LearnOne(const std::string& domain, X509Ref c, const char* authority, int purpose, Table* table,

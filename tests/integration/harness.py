@@ -281,6 +281,11 @@ delivery {{
         rest (issue #19): mailseal-spool reads it through the token's data keys."""
         return self._spool_tool("cat", state, name)
 
+    def stored_file(self, relative):
+        """A file of the spool directory as mailseald reads it (the certificate store's files
+        are sealed at rest with a token, issue #19)."""
+        return self._spool_tool("open", "", relative)
+
     def spool_envelope(self, state, name):
         """A spooled message's envelope (protobuf text format, with its delivery records)."""
         return self._spool_tool("envelope", state, name)

@@ -200,8 +200,7 @@ def main():
             "\n".join(l for l in log.splitlines() if "certdisc" in l)[-800:])
     # Hostile answers (a value that is no certificate; a certificate from an untrusted CA) did not
     # displace the real one.
-    with open(os.path.join(gw.spool, "certs", "agency-b.test.dca.pem")) as f:
-        stored = f.read()
+    stored = gw.stored_file("certs/agency-b.test.dca.pem").decode()   # sealed at rest (issue #19)
     with open(f"{db}/dca.crt") as f:
         c.check(f.read().strip() == stored.strip(), "the stored certificate is the trusted CA's, not the hostile one")
 

@@ -327,6 +327,10 @@ def main():
     found = leaks(spools, needles + [b"NIGHTJAR", b"KESTREL", b"alice@agency-a.test", b"user3@agency-b.test"])
     c.check(not found, "no spool, key or store file holds a fragment of any body, subject or address (DE-22)",
             str(found[:5]))
+    caps = os.path.join(gb.spool, "certs", "agency-a.test.caps")
+    c.check(os.path.exists(caps) and open(caps, "rb").read(8) == b"MSSEAL1\n"
+            and gb.stored_file("certs/agency-a.test.caps").strip() != b"",
+            "the certificate store's files are sealed at rest too (B learnt A's capabilities)")
     queued = [os.path.join(gb.spool, s, f) for s in ("active", "deferred") for f in gb.queue_files(s)]
     c.check(queued and all(open(p, "rb").read(8) == b"MSPOOL2\n" for p in queued),
             "the waiting files are in the encrypted format (version 2)", str(len(queued)))

@@ -245,5 +245,27 @@ TEST_F(AtRestTest, PlainFilesFromBeforeStayReadable) {
   EXPECT_EQ(Body(path), Letter(9000));
 }
 
+// The certificate store's files (and any small file) through SealBlob/OpenBlob.
+TEST_F(AtRestTest, SmallFilesAreSealedAndPlainOnesStillRead) {
+  std::string pem = "-----BEGIN CERTIFICATE-----\nMIIB partner certificate of agency-b.test\n";
+  std::string sealed = SealBlob(pem);
+  EXPECT_EQ(sealed.substr(0, 8), "MSSEAL1\n");
+  EXPECT_EQ(sealed.find("agency-b"), std::string::npos);
+  Result<std::string> back = OpenBlob(sealed);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, pem);
+  std::string bad = sealed;
+  bad[bad.size() - 20] ^= 1;
+  EXPECT_EQ(OpenBlob(bad).status().code(), StatusCode::kDataLoss);
+  Result<std::string> plain = OpenBlob(pem);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(*plain, pem) << "a plain file (from before, or an operator's) is read as it is";
+  ring_->Rotate("00000000000000d4");
+  ring_->Forget("00000000000000a1");
+  EXPECT_EQ(OpenBlob(sealed).status().code(), StatusCode::kUnavailable);
+  InstallAtRestKeys(nullptr);
+  EXPECT_EQ(SealBlob(pem), pem) << "without a ring: plain";
+}
+
 }  // namespace
 }  // namespace mailseal::queue
