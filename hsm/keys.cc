@@ -389,8 +389,10 @@ Result<EVP_PKEY*> PublicKey(Session& s, CK_OBJECT_HANDLE pub) {
   return pkey;
 }
 
-Result<CK_OBJECT_HANDLE> GenerateAesKey(Session& s, const std::string& label, Purpose purpose, size_t bits,
-                                        bool trusted) {
+namespace {
+// An AES key on the token for one use: wrapping keys (C_WrapKey) or block operations (ECB).
+Result<CK_OBJECT_HANDLE> GenerateAes(Session& s, const std::string& label, Purpose purpose, size_t bits, bool trusted,
+                                     bool block_ops) {
   if (bits != 128 && bits != 192 && bits != 256) return InvalidArgumentError("AES key size must be 128, 192 or 256");
   Attr a;
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -402,10 +404,10 @@ Result<CK_OBJECT_HANDLE> GenerateAesKey(Session& s, const std::string& label, Pu
   a.Bytes(CKA_KEY_TYPE, &kt, sizeof kt);
   a.Ulong(CKA_VALUE_LEN, bits / 8);
   StoredAndProtected(&a, label, id);
-  a.Bool(CKA_WRAP, true);
-  a.Bool(CKA_UNWRAP, true);
-  a.Bool(CKA_ENCRYPT, false);
-  a.Bool(CKA_DECRYPT, false);
+  a.Bool(CKA_WRAP, !block_ops);
+  a.Bool(CKA_UNWRAP, !block_ops);
+  a.Bool(CKA_ENCRYPT, block_ops);
+  a.Bool(CKA_DECRYPT, block_ops);
   if (trusted) a.Bool(CKA_TRUSTED, true);
   CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -414,28 +416,15 @@ Result<CK_OBJECT_HANDLE> GenerateAesKey(Session& s, const std::string& label, Pu
     return st;
   return h;
 }
+}  // namespace
+
+Result<CK_OBJECT_HANDLE> GenerateAesKey(Session& s, const std::string& label, Purpose purpose, size_t bits,
+                                        bool trusted) {
+  return GenerateAes(s, label, purpose, bits, trusted, /*block_ops=*/false);
+}
 
 Result<CK_OBJECT_HANDLE> GenerateAesBlockKek(Session& s, const std::string& label, Purpose purpose) {
-  Attr a;
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_AES;
-  std::vector<uint8_t> id(9);
-  id[0] = static_cast<uint8_t>(purpose);
-  RAND_bytes(id.data() + 1, 8);
-  a.Bytes(CKA_CLASS, &cls, sizeof cls);
-  a.Bytes(CKA_KEY_TYPE, &kt, sizeof kt);
-  a.Ulong(CKA_VALUE_LEN, 32);
-  StoredAndProtected(&a, label, id);
-  a.Bool(CKA_WRAP, false);
-  a.Bool(CKA_UNWRAP, false);
-  a.Bool(CKA_ENCRYPT, true);
-  a.Bool(CKA_DECRYPT, true);
-  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  if (Status st = Check(s.fn()->C_GenerateKey(s.handle(), &mech, a.data(), a.size(), &h), "C_GenerateKey(CKM_AES_KEY_GEN)");
-      !st.ok())
-    return st;
-  return h;
+  return GenerateAes(s, label, purpose, 256, /*trusted=*/false, /*block_ops=*/true);
 }
 
 namespace {

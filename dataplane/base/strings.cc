@@ -56,4 +56,27 @@ bool ValidDomainName(std::string_view d) {
   return true;
 }
 
+std::string HexLower(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+bool FromHexLower(std::string_view hex, std::string* out) {
+  if (hex.size() % 2) return false;
+  auto v = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+  out->clear();
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int a = v(hex[i]), b = v(hex[i + 1]);
+    if (a < 0 || b < 0) return false;
+    out->push_back(static_cast<char>(a * 16 + b));
+  }
+  return true;
+}
+
 }  // namespace mailseal::base

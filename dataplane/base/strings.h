@@ -26,4 +26,9 @@ std::string PercentEncode(std::string_view s);
 // ValidDomainName: letters, digits, '-' and '.', at most 253 bytes, no empty label.
 bool ValidDomainName(std::string_view d);
 
+// HexLower: the bytes as lower-case hex. FromHexLower: back; false for anything else (upper
+// case included: the files that use it are written by HexLower).
+std::string HexLower(std::string_view bytes);
+bool FromHexLower(std::string_view hex, std::string* out);
+
 }  // namespace mailseal::base

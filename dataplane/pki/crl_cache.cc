@@ -1,5 +1,6 @@
 // crl_cache.cc — see crl_cache.h.
 #include "dataplane/pki/crl_cache.h"
+#include "dataplane/base/strings.h"
 
 #include <dirent.h>
 #include <openssl/evp.h>
@@ -130,13 +131,7 @@ std::string CrlCache::FileOf(const std::string& url) const {
   unsigned char md[32];
   unsigned int n = 0;
   EVP_Digest(url.data(), url.size(), md, &n, EVP_sha256(), nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned int i = 0; i < n; ++i) {
-    hex += kHex[md[i] >> 4];
-    hex += kHex[md[i] & 15];
-  }
-  return StrCat(options_.dir, "/", hex, ".crl");
+  return StrCat(options_.dir, "/", base::HexLower(std::string_view(reinterpret_cast<char*>(md), n)), ".crl");
 }
 
 bool CrlCache::Note(const std::string& url, const X509_NAME* issuer) {

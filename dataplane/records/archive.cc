@@ -49,28 +49,6 @@ std::string OpenSslError(std::string_view what) {
   return StrCat(what, ": ", buf);
 }
 
-std::string Hex(std::string_view b) {
-  static const char* d = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : b) {
-    out.push_back(d[c >> 4]);
-    out.push_back(d[c & 15]);
-  }
-  return out;
-}
-
-bool Unhex(std::string_view h, std::string* out) {
-  if (h.size() % 2) return false;
-  auto v = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
-  out->clear();
-  for (size_t i = 0; i < h.size(); i += 2) {
-    int a = v(h[i]), b = v(h[i + 1]);
-    if (a < 0 || b < 0) return false;
-    out->push_back(static_cast<char>(a * 16 + b));
-  }
-  return true;
-}
-
 void PutU32(std::string* s, uint32_t v) {
   for (int i = 0; i < 4; ++i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
@@ -103,7 +81,7 @@ std::string PublicDer(EVP_PKEY* k) {
 std::string Sha256Hex(std::string_view b) {
   unsigned char md[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(b.data()), b.size(), md);
-  return Hex(std::string_view(reinterpret_cast<char*>(md), sizeof md));
+  return base::HexLower(std::string_view(reinterpret_cast<char*>(md), sizeof md));
 }
 
 Result<Pkey> ReadPublicKey(const std::string& path) {
@@ -246,7 +224,7 @@ Result<Pkey> EnsureArchiveKey(const std::string& dir, const std::vector<Custodia
   Status failed = OkStatus();
   for (size_t i = 0; i < custodians.size() && failed.ok(); ++i) {
     std::string text = StrCat(kShareHeader, "\ncustodian ", custodians[i].name, "\nthreshold ", threshold, "\nx ",
-                              static_cast<unsigned>((*shares)[i].x), "\ny ", Hex((*shares)[i].y), "\nkey-sha256 ",
+                              static_cast<unsigned>((*shares)[i].x), "\ny ", base::HexLower((*shares)[i].y), "\nkey-sha256 ",
                               fingerprint, "\n");
     STACK_OF(X509)* to = sk_X509_new_null();
     sk_X509_push(to, certs[i]);
@@ -315,7 +293,7 @@ Result<hsm::Share> ParseShare(std::string_view text) {
       s.x = static_cast<uint8_t>(v);
       have_x = true;
     } else if (line.starts_with("y ")) {
-      have_y = Unhex(line.substr(2), &s.y) && !s.y.empty();
+      have_y = base::FromHexLower(line.substr(2), &s.y) && !s.y.empty();
     }
     OPENSSL_cleanse(line.data(), line.size());
   }

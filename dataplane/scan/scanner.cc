@@ -81,6 +81,21 @@ Outcome Unavailable(const std::string& name, std::string_view why) {
   return Outcome{Verdict::kUnavailable, std::string(why), name};
 }
 
+// Reach: a connection to the scanner for `m`, or (in `*refused`) why there is none — the
+// message over the size bound, or the scanner not answering.
+int Reach(const std::string& name, const std::string& address, const Message& m, const Limits& limits, Outcome* refused) {
+  if (m.bytes.size() > limits.max_bytes) {
+    *refused = Unavailable(name, StrCat("too large to scan (", m.bytes.size(), " bytes, limit ", limits.max_bytes, ")"));
+    return -1;
+  }
+  ::mailseal::Result<int> c = Connect(address, limits.timeout_ms);
+  if (!c.ok()) {
+    *refused = Unavailable(name, c.status().message());
+    return -1;
+  }
+  return *c;
+}
+
 // ---- clamd -------------------------------------------------------------------------------
 
 class Clamd : public Scanner {
@@ -90,11 +105,9 @@ class Clamd : public Scanner {
   const std::string& name() const override { return name_; }
 
   Outcome Scan(const Message& m, const Limits& limits) override {
-    if (m.bytes.size() > limits.max_bytes)
-      return Unavailable(name_, StrCat("too large to scan (", m.bytes.size(), " bytes, limit ", limits.max_bytes, ")"));
-    ::mailseal::Result<int> c = Connect(address_, limits.timeout_ms);
-    if (!c.ok()) return Unavailable(name_, c.status().message());
-    Fd fd{*c};
+    Outcome refused;
+    Fd fd{Reach(name_, address_, m, limits, &refused)};
+    if (fd.fd < 0) return refused;
     // zINSTREAM: chunks of <length u32 BE><bytes>, a zero length ends the stream.
     std::string out("zINSTREAM", 10);   // with its NUL
     constexpr size_t kChunk = 64 * 1024;
@@ -153,11 +166,9 @@ class Milter : public Scanner {
   const std::string& name() const override { return name_; }
 
   Outcome Scan(const Message& m, const Limits& limits) override {
-    if (m.bytes.size() > limits.max_bytes)
-      return Unavailable(name_, StrCat("too large to scan (", m.bytes.size(), " bytes, limit ", limits.max_bytes, ")"));
-    ::mailseal::Result<int> c = Connect(address_, limits.timeout_ms);
-    if (!c.ok()) return Unavailable(name_, c.status().message());
-    Fd fd{*c};
+    Outcome refused;
+    Fd fd{Reach(name_, address_, m, limits, &refused)};
+    if (fd.fd < 0) return refused;
     fd_ = fd.fd;
     timeout_ms_ = limits.timeout_ms;
     quarantine_.clear();

@@ -27,28 +27,6 @@ int64_t NowS() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string ToHex(std::string_view b) {
-  static const char* d = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : b) {
-    out.push_back(d[c >> 4]);
-    out.push_back(d[c & 15]);
-  }
-  return out;
-}
-
-bool FromHex(std::string_view h, std::string* out) {
-  if (h.size() % 2) return false;
-  auto v = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
-  out->clear();
-  for (size_t i = 0; i < h.size(); i += 2) {
-    int a = v(h[i]), b = v(h[i + 1]);
-    if (a < 0 || b < 0) return false;
-    out->push_back(static_cast<char>(a * 16 + b));
-  }
-  return true;
-}
-
 bool ValidId(std::string_view id) {
   if (id.size() != 16) return false;
   for (char c : id)
@@ -117,7 +95,7 @@ Status TokenAtRestKeys::LoadAll() {
     std::getline(in, kek_line);
     std::getline(in, wrapped_line);
     if (header != kHeader || !kek_line.starts_with("kek ") || !wrapped_line.starts_with("wrapped ") ||
-        !FromHex(wrapped_line.substr(8), &wrapped))
+        !base::FromHexLower(wrapped_line.substr(8), &wrapped))
       return DataLossError(StrCat(path, ": not a wrapped data key"));
     std::string label = kek_line.substr(4);
     auto it = keks.find(label);
@@ -152,10 +130,10 @@ Status TokenAtRestKeys::MakeCurrent() {
   }
   unsigned char rnd[8];
   if (RAND_bytes(rnd, sizeof rnd) != 1) return InternalError("no randomness");
-  std::string id = ToHex(std::string_view(reinterpret_cast<char*>(rnd), sizeof rnd));
+  std::string id = base::HexLower(std::string_view(reinterpret_cast<char*>(rnd), sizeof rnd));
   // Durable before any record is sealed under it: a file must never name a key that is lost.
   if (Status st = base::WriteFileDurably(StrCat(options_.dir, "/", id, ".key"),
-                                         StrCat(kHeader, "\nkek ", options_.kek_label, "\nwrapped ", ToHex(wrapped), "\n"));
+                                         StrCat(kHeader, "\nkek ", options_.kek_label, "\nwrapped ", base::HexLower(wrapped), "\n"));
       !st.ok())
     return st;
   std::shared_ptr<const queue::DataKey> key = MakeKey(id, *k);

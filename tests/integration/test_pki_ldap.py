@@ -53,14 +53,16 @@ directory {d}/db
 
 
 class Slapd:
-    """A private slapd (foreground, stopped by PID) serving c=NZ on a free loopback port."""
+    """A private slapd (foreground, stopped by PID) on a free loopback port: c=NZ by default, or
+    `conf` (a template with {d} for its directory) administered as `admin_dn`."""
 
-    def __init__(self, root, port):
-        self.dir = os.path.join(root, "ldap")
+    def __init__(self, root, port, conf=SLAPD_CONF, admin_dn="cn=admin,c=NZ", name="ldap"):
+        self.dir = os.path.join(root, name)
         os.makedirs(os.path.join(self.dir, "db"), exist_ok=True)
         self.conf = os.path.join(self.dir, "slapd.conf")
         with open(self.conf, "w") as f:
-            f.write(SLAPD_CONF.format(d=self.dir))
+            f.write(conf.format(d=self.dir))
+        self.admin_dn = admin_dn
         self.port = port
         self.url = f"ldap://127.0.0.1:{port}"
         self.proc = None
@@ -81,7 +83,7 @@ class Slapd:
     def ldif(self, tool, text):
         with tempfile.NamedTemporaryFile("w", suffix=".ldif", delete=False, dir=self.dir) as f:
             f.write(text)
-        r = subprocess.run([tool, "-x", "-H", self.url, "-D", "cn=admin,c=NZ", "-y", self.secret(), "-f", f.name],
+        r = subprocess.run([tool, "-x", "-H", self.url, "-D", self.admin_dn, "-y", self.secret(), "-f", f.name],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{tool}: {r.stdout}{r.stderr}"
 

@@ -44,6 +44,7 @@ import zipfile
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_control_api import control_pki  # noqa: E402
+from test_pki_ldap import Slapd  # noqa: E402
 from test_smime_gateways import make_pki, run, send, smime_conf  # noqa: E402
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -83,41 +84,6 @@ os.umask(0)
 Milter.factory = Filter
 Milter.runmilter("testmilter", "unix:" + sys.argv[1], 60)
 '''
-
-
-class Slapd:
-    def __init__(self, root):
-        self.dir = os.path.join(root, "ldap")
-        os.makedirs(os.path.join(self.dir, "db"))
-        with open(os.path.join(self.dir, "slapd.conf"), "w") as f:
-            f.write(SLAPD_CONF.format(d=self.dir))
-        self.port = harness.free_port()
-        self.url = f"ldap://127.0.0.1:{self.port}"
-        self.proc = None
-        harness._cleanups.append(self.stop)
-
-    def start(self):
-        log = open(os.path.join(self.dir, "slapd.log"), "ab")
-        self.proc = subprocess.Popen(["slapd", "-d", "0", "-f", os.path.join(self.dir, "slapd.conf"),
-                                      "-h", self.url + "/"], stdout=log, stderr=log)
-        harness.wait_port(self.port, 15)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
-        self.proc = None
-
-    def add(self, ldif):
-        secret = os.path.join(self.dir, "admin.secret")
-        with open(secret, "w") as f:
-            f.write("fixture-ldap-secret")
-        path = os.path.join(self.dir, "add.ldif")
-        with open(path, "w") as f:
-            f.write(ldif)
-        r = subprocess.run(["ldapadd", "-x", "-H", self.url, "-D", "cn=admin,dc=agency-b,dc=test", "-y", secret,
-                            "-f", path], capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
 
 
 class Clamd:
@@ -192,7 +158,7 @@ def main():
         root, a.keygen, [("gw-a", "agency-a.test"), ("gw-b", "agency-b.test")])
 
     # The directory: users of agency-b, and a service account the gateway binds as.
-    ldap = Slapd(root)
+    ldap = Slapd(root, harness.free_port(), conf=SLAPD_CONF, admin_dn="cn=admin,dc=agency-b,dc=test")
     ldap.start()
     users = ["bob", "carol"] + [f"user{i}" for i in range(10)]
     ldif = ("dn: dc=agency-b,dc=test\nobjectClass: dcObject\nobjectClass: organization\no: agency-b\ndc: agency-b\n\n"
@@ -203,7 +169,7 @@ def main():
     for u in users:
         ldif += (f"dn: uid={u},ou=people,dc=agency-b,dc=test\nobjectClass: inetOrgPerson\nuid: {u}\ncn: {u}\nsn: {u}\n"
                  f"mail: {u.capitalize()}@Agency-B.test\n\n")
-    ldap.add(ldif)
+    ldap.ldif("ldapadd", ldif)
     bind_pw = os.path.join(root, "ldap-bind.secret")
     with open(bind_pw, "w") as f:
         f.write("fixture-bind-secret\n")
