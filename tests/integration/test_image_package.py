@@ -2,7 +2,7 @@
 """Issue #18 (first part): the Debian package the appliance installs, and its systemd unit.
 
 - `cmake --build BUILD --target package` makes mailseal_<version>_amd64.deb (CPack): it holds
-  exactly mailseald, mailseal-provision, mailsealctl, mailseal-audit, the units and the documentation — no test
+  exactly mailseald, mailseal-provision, mailseal-spool, mailsealctl, mailseal-audit, the units and the documentation — no test
   helper, no key, no configuration with secrets —, its binaries are stripped, its Depends come
   from the binaries' libraries, and its postinst makes the `mailseal` system user and the spool
   and state directories only that user may enter.
@@ -43,9 +43,9 @@ def main():
                    if not l.startswith("d"))
     want = ["/usr/bin/mailseal-audit", "/usr/bin/mailsealctl", "/usr/lib/systemd/system/mailseald.service",
             "/usr/lib/systemd/system/mailseal-provision.service", "/usr/lib/systemd/system/mailseal-token.service",
-            "/usr/sbin/mailseald", "/usr/sbin/mailseal-provision", "/usr/share/doc/mailseal/README.md",
+            "/usr/sbin/mailseald", "/usr/sbin/mailseal-provision", "/usr/sbin/mailseal-spool", "/usr/share/doc/mailseal/README.md",
             "/usr/share/doc/mailseal/dpdk.conf.example", "/usr/share/doc/mailseal/mailseald.conf.example"]
-    c.check(files == sorted(want), "the package holds the daemon, the first-boot provisioner, the CLI, the audit "
+    c.check(files == sorted(want), "the package holds the daemon, the first-boot provisioner, the spool reader, the CLI, the audit "
             "verifier, the units and the documentation — nothing else (no test helper, no key)", "\n".join(files))
 
     tree = os.path.join(root, "tree")

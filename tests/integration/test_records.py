@@ -9,8 +9,9 @@ possible); A scans outbound mail, before sealing, with a milter the test runs (p
 Sendmail's libmilter).
 
 1. Directory: a known user 250, an unknown one 550 5.1.1 at RCPT (nothing accepted, so no
-   bounce), postmaster always 250, a bound search (the bind DN and password file) works; with
-   slapd stopped an address not yet cached gets 451 4.4.3, never 5xx.
+   bounce), postmaster always 250, a bound search (the bind DN and password file) over StartTLS
+   works; with slapd stopped an address not yet cached gets 451 4.4.3, never 5xx; with a CA the
+   directory's certificate does not chain to, 451 too (checked at the end).
 2. At rest (DE-22): 100 messages, 50 each way, then 10 more that wait in B's queue (B's
    internal server down) and one held on A: no file under either spool holds a fragment of any
    body or subject, nor an envelope address; the files name their data key; after a restart
@@ -55,6 +56,9 @@ include /etc/ldap/schema/inetorgperson.schema
 modulepath /usr/lib/ldap
 moduleload back_mdb
 pidfile {d}/slapd.pid
+TLSCACertificateFile {d}/tls-ca.crt
+TLSCertificateFile {d}/tls.crt
+TLSCertificateKeyFile {d}/tls.key
 database mdb
 maxsize 104857600
 suffix "dc=agency-b,dc=test"
@@ -159,6 +163,11 @@ def main():
 
     # The directory: users of agency-b, and a service account the gateway binds as.
     ldap = Slapd(root, harness.free_port(), conf=SLAPD_CONF, admin_dn="cn=admin,dc=agency-b,dc=test")
+    # StartTLS with a certificate from the test CA for 127.0.0.1 (the gateway checks chain and name).
+    run("openssl req -newkey rsa:2048 -nodes -keyout tls.key -out tls.csr -subj /CN=127.0.0.1 "
+        "-addext subjectAltName=IP:127.0.0.1", ldap.dir)
+    run(f"openssl x509 -req -in tls.csr -CA {ca_dir}/ca.crt -CAkey {ca_dir}/ca.key -CAcreateserial -copy_extensions copy "
+        f"-days 2 -out tls.crt && cp {ca_dir}/ca.crt tls-ca.crt", ldap.dir)
     ldap.start()
     users = ["bob", "carol"] + [f"user{i}" for i in range(10)]
     ldif = ("dn: dc=agency-b,dc=test\nobjectClass: dcObject\nobjectClass: organization\no: agency-b\ndc: agency-b\n\n"
@@ -224,7 +233,8 @@ def main():
                            + f'scanning {{ scanners {{ clamd: "{clamd.socket}" }} timeout_ms: 20000 }}\n'
                            f'recipient_directory {{ url: "{ldap.url}" base: "ou=people,dc=agency-b,dc=test" '
                            f'filter: "(mail=%s)" bind_dn: "cn=gateway,ou=services,dc=agency-b,dc=test" '
-                           f'bind_password_file: "{bind_pw}" timeout_ms: 2000 unknown_ttl_s: 1 }}\n')
+                           f'bind_password_file: "{bind_pw}" starttls: true ca_file: "{ca_dir}/ca.crt" '
+                           f'timeout_ms: 2000 unknown_ttl_s: 1 }}\n')
     with open(ga.config) as f:
         text = f.read()
     with open(ga.config, "w") as f:
@@ -381,6 +391,18 @@ def main():
     harness.wait_for(lambda: gb.queue_files("corrupt") or None, 20, "the file without its key is set aside")
     c.check("is not in the key ring" in gb.read_log(), "the log says the data key is missing")
     c.check(not gb.queue_files("deferred") and gb.queue_files("corrupt"), "kept in corrupt/, not deleted")
+
+    # The directory over StartTLS is checked against the configured CA: with another CA named,
+    # the lookup fails — 451, never an answer from an unauthenticated server, never 5xx.
+    gb.stop()
+    with open(gb.config) as f:
+        text = f.read()
+    with open(gb.config, "w") as f:
+        f.write(text.replace(f'ca_file: "{ca_dir}/ca.crt"', f'ca_file: "{m}/custodian-1.crt"'))
+    gb.start()
+    out = send(gb.port, "alice@agency-a.test", ["user9@agency-b.test"], b"Subject: x\r\n\r\nx\r\n").decode(errors="replace")
+    c.check("451 4.4.3" in out and "StartTLS" in gb.read_log(),
+            "a directory whose certificate does not chain to ca_file is not asked: 451 4.4.3", out)
 
     # ---- 5. the e-records archive (DE-21) ----
     shares = os.path.join(ga.spool, "archive", "shares")
