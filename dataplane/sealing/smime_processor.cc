@@ -200,6 +200,13 @@ class SmimeProcessor : public JobProcessor {
   }
 
  private:
+  // GoesOn: an output that delivers the message's content on — not held as it is, consumed,
+  // deferred, nor a message of our own (a ping reply): what is scanned and archived.
+  static bool GoesOn(const smime::Output& o) {
+    return o.action != smime::Action::kHold && o.action != smime::Action::kConsume &&
+           o.action != smime::Action::kTempFail && o.envelope_to.empty();
+  }
+
   // Archive appends the message once per direction it goes in: inbound (recipients in our
   // domains) as it is delivered — opened when it was sealed — and outbound as it was received
   // from our side, before sealing. Held, rejected and consumed outputs are not archived (a
@@ -212,8 +219,7 @@ class SmimeProcessor : public JobProcessor {
     bool outbound = false;
     for (size_t k = 0; k < outs.size(); ++k) {
       const smime::Output& o = outs[k];
-      if (rejected[k] || o.action == smime::Action::kHold || o.action == smime::Action::kConsume || !o.envelope_to.empty())
-        continue;
+      if (rejected[k] || !GoesOn(o)) continue;
       bool opened = o.action == smime::Action::kDeliver && o.treatment == smime::Treatment::kOpened;
       for (uint32_t i : o.rcpts) {
         if (i >= static_cast<uint32_t>(m.envelope.recipients_size())) continue;
@@ -265,9 +271,7 @@ class SmimeProcessor : public JobProcessor {
     bool original_scanned = false;
     for (const smime::Output& o : *outs) {
       if (decided) break;
-      if (o.action == smime::Action::kHold || o.action == smime::Action::kConsume || o.action == smime::Action::kTempFail ||
-          !o.envelope_to.empty())
-        continue;   // held as it is, consumed, or a message of our own
+      if (!GoesOn(o)) continue;
       bool opened = o.action == smime::Action::kDeliver && o.treatment == smime::Treatment::kOpened;
       if (!opened && original_scanned) continue;
       original_scanned = original_scanned || !opened;
@@ -299,7 +303,7 @@ class SmimeProcessor : public JobProcessor {
                                                   : StrCat("scanner unavailable (", r.scanner, ": ", r.reason, ")");
     for (size_t k = 0; k < outs->size(); ++k) {
       smime::Output& o = (*outs)[k];
-      if (o.action == smime::Action::kHold || o.action == smime::Action::kConsume || !o.envelope_to.empty()) continue;
+      if (!GoesOn(o)) continue;
       o.reason = reason;
       o.cert_domain.clear();
       if (r.verdict == scan::Verdict::kReject) {
