@@ -163,11 +163,7 @@ Result<PolicyDocument> PolicyStore::Get(uint64_t version) const {
 
 Result<uint64_t> PolicyStore::Set(PolicyDocument doc, uint64_t expected, const std::string& actor) {
   if (Status st = ValidatePolicy(&doc); !st.ok()) return st;
-  std::lock_guard<std::mutex> l(mu_);
-  if (expected != history_.size())
-    return FailedPreconditionError(StrCat("the policy is at version ", history_.size(), ", not ", expected,
-                                          ": get it again and re-apply the change"));
-  uint64_t v = history_.size() + 1;
+  uint64_t v = expected + 1;
   doc.set_version(v);
   PolicyVersionInfo info;
   info.set_version(v);
@@ -175,12 +171,63 @@ Result<uint64_t> PolicyStore::Set(PolicyDocument doc, uint64_t expected, const s
                            std::chrono::system_clock::now().time_since_epoch()).count());
   info.set_actor(actor);
   info.set_comment(doc.comment());
+  Replicator replicate;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    replicate = replicator_;
+    if (!replicate) {
+      if (expected != history_.size())
+        return FailedPreconditionError(StrCat("the policy is at version ", history_.size(), ", not ", expected,
+                                              ": get it again and re-apply the change"));
+      if (Status st = WriteLocked(doc, info); !st.ok()) return st;
+      return v;
+    }
+  }
+  // Outside the lock: the cluster installs the version through Install before this returns.
+  mailseal::v1::PolicyVersionRecord rec;
+  *rec.mutable_info() = info;
+  *rec.mutable_document() = doc;
+  if (Status st = replicate(rec, expected); !st.ok()) return st;
+  return v;
+}
+
+Status PolicyStore::WriteLocked(const PolicyDocument& doc, const PolicyVersionInfo& info) {
+  uint64_t v = info.version();
   // The document first, its info last: a version exists once its info file does.
   if (Status st = base::WriteFileDurably(Name(dir_, v, "pb"), doc.SerializeAsString()); !st.ok()) return st;
   if (Status st = base::WriteFileDurably(Name(dir_, v, "info"), info.SerializeAsString()); !st.ok()) return st;
   history_.push_back(info);
   if (on_change_) on_change_(doc);
-  return v;
+  return OkStatus();
+}
+
+void PolicyStore::SetReplicator(Replicator r) {
+  std::lock_guard<std::mutex> l(mu_);
+  replicator_ = std::move(r);
+}
+
+Status PolicyStore::Install(const mailseal::v1::PolicyVersionRecord& record) {
+  PolicyDocument doc = record.document();
+  const uint64_t v = record.info().version();
+  if (doc.version() != v) return InvalidArgumentError(StrCat("policy record ", v, " holds document version ", doc.version()));
+  if (Status st = ValidatePolicy(&doc); !st.ok()) return st;
+  std::lock_guard<std::mutex> l(mu_);
+  if (v >= 1 && v <= history_.size()) return OkStatus();
+  if (v != history_.size() + 1)
+    return FailedPreconditionError(StrCat("policy version ", v, " cannot follow version ", history_.size()));
+  return WriteLocked(doc, record.info());
+}
+
+Result<mailseal::v1::PolicyVersionRecord> PolicyStore::Record(uint64_t version) const {
+  Result<PolicyDocument> d = Get(version);
+  if (!d.ok()) return d.status();
+  mailseal::v1::PolicyVersionRecord rec;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    *rec.mutable_info() = history_[d->version() - 1];
+  }
+  *rec.mutable_document() = *d;
+  return rec;
 }
 
 Result<std::vector<std::string>> PolicyStore::Diff(uint64_t from, uint64_t to) const {

@@ -37,12 +37,25 @@ class PolicyStore {
   // under the store's lock: it must only publish a compiled snapshot.
   void SetOnChange(std::function<void(const mailseal::v1::PolicyDocument&)> f);
 
+  // In a cluster (issue #20) a change goes to the cluster first (compare-and-swap in etcd, which
+  // decides between concurrent changes on any node); the cluster installs every version here,
+  // this node's own included, through Install. Set then returns what the replicator said.
+  using Replicator = std::function<Status(const mailseal::v1::PolicyVersionRecord& record, uint64_t expected)>;
+  void SetReplicator(Replicator r);
+  // Install stores a version made elsewhere: it must be current()+1 (one already held is a
+  // no-op); it is validated again (etcd is shared with the other nodes).
+  Status Install(const mailseal::v1::PolicyVersionRecord& record);
+  // Record: a stored version as the cluster keeps it.
+  Result<mailseal::v1::PolicyVersionRecord> Record(uint64_t version) const;
+
  private:
   PolicyStore() = default;
   std::string dir_;
   mutable std::mutex mu_;
   std::vector<mailseal::v1::PolicyVersionInfo> history_;   // oldest first
   std::function<void(const mailseal::v1::PolicyDocument&)> on_change_;
+  Replicator replicator_;
+  Status WriteLocked(const mailseal::v1::PolicyDocument& doc, const mailseal::v1::PolicyVersionInfo& info);
 };
 
 }  // namespace mailseal::control

@@ -1,5 +1,7 @@
 // server.cc — see server.h.
 #include "control/server.h"
+
+#include "control/cluster/cluster.h"
 #include "dataplane/base/clock.h"
 #include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
@@ -460,6 +462,48 @@ class PolicyServiceImpl final : public v1::PolicyService::Service {
   Deps deps_;
 };
 
+class ClusterServiceImpl final : public v1::ClusterService::Service {
+ public:
+  ClusterServiceImpl(const Guard* g, cluster::ClusterNode* c) : guard_(g), cluster_(c) {}
+
+  Status ListMembers(ServerContext* ctx, const v1::ListMembersRequest*, v1::ListMembersResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.ClusterService.ListMembers", "", &actor); !st.ok()) return st;
+    if (!cluster_) return Status(grpc::StatusCode::FAILED_PRECONDITION, "this appliance is not part of a cluster");
+    bool cached = false;
+    for (auto& m : cluster_->Members(&cached)) *resp->add_members() = std::move(m);
+    resp->set_from_cache(cached);
+    return Status::OK;
+  }
+
+  Status GetClusterStatus(ServerContext* ctx, const v1::GetClusterStatusRequest*,
+                          v1::GetClusterStatusResponse* resp) override {
+    std::string actor;
+    if (Status st = guard_->Check(ctx, "mailseal.v1.ClusterService.GetClusterStatus", "", &actor); !st.ok()) return st;
+    if (!cluster_) return Status::OK;   // enabled = false
+    cluster::ClusterStatus s = cluster_->GetStatus();
+    resp->set_enabled(true);
+    resp->set_cluster(s.cluster);
+    resp->set_node_id(s.node_id);
+    resp->set_connected(s.connected);
+    resp->set_degraded(s.degraded);
+    resp->set_revision(s.revision);
+    resp->set_policy_version(s.policy_version);
+    for (const auto& [job, leader] : s.leaders) {
+      auto* j = resp->add_jobs();
+      j->set_job(job);
+      j->set_leader(leader);
+    }
+    for (auto& a : s.alarms) *resp->add_alarms() = std::move(a);
+    resp->set_members(static_cast<uint32_t>(s.members));
+    return Status::OK;
+  }
+
+ private:
+  const Guard* guard_;
+  cluster::ClusterNode* cluster_;
+};
+
 class AuditServiceImpl final : public v1::AuditService::Service {
  public:
   AuditServiceImpl(const Guard* g, Deps d) : guard_(g), deps_(d) {}
@@ -708,6 +752,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ServerOptions&
   st->services.push_back(std::make_unique<QueueServiceImpl>(st->guard.get(), deps));
   st->services.push_back(std::make_unique<AuditServiceImpl>(st->guard.get(), deps));
   if (deps.policy) st->services.push_back(std::make_unique<PolicyServiceImpl>(st->guard.get(), deps));
+  st->services.push_back(std::make_unique<ClusterServiceImpl>(st->guard.get(), deps.cluster));
   if (deps.certs) st->services.push_back(std::make_unique<CertServiceImpl>(st->guard.get(), deps.certs));
   if (deps.keys) {
     st->services.push_back(NewKeyService(st->guard.get(), deps.keys));

@@ -24,6 +24,10 @@ namespace grpc {
 class Server;
 }
 
+namespace mailseal::cluster {
+class ClusterNode;
+}
+
 namespace mailseal::control {
 
 struct ServerOptions {
@@ -56,6 +60,7 @@ struct Deps {
   PolicyStore* policy = nullptr;
   const KeyDeps* keys = nullptr;   // null: no token, no Key/Ceremony services
   const CertDeps* certs = nullptr; // null: no smime section, no Cert service
+  cluster::ClusterNode* cluster = nullptr;   // null: a single appliance (the status says so)
 };
 
 class ControlServer {

@@ -61,10 +61,13 @@
 #include "dataplane/smime/naming.h"
 #include "dataplane/pki/smimea.h"
 #include "control/audit/log.h"
+#include "control/cluster/cluster.h"
 #include "control/server.h"
 #include "hsm/token_key.h"
 
 namespace {
+// The software version (CMake project version), in the start line and the cluster node record.
+constexpr const char* kVersion = MAILSEAL_VERSION;
 using namespace mailseal;
 using base::Log;
 using base::LogLevel;
@@ -205,12 +208,13 @@ std::optional<v1::Role> RoleOf(const std::string& name) {
 Result<std::unique_ptr<control::ControlServer>> StartControl(const v1::Config& cfg, queue::Spool* spool,
                                                              queue::QueueManager* qmgr, audit::AuditLog* log,
                                                              control::PolicyStore* policy, const control::KeyDeps* keys,
-                                                             const control::CertDeps* certs, hsm::SharedTokenKey* key) {
+                                                             const control::CertDeps* certs, hsm::SharedTokenKey* key,
+                                                             cluster::ClusterNode* cluster) {
   const auto& c = cfg.control();
   control::ServerOptions o{c.listen(), c.cert_file(), c.key_file(), key ? key->pkey() : nullptr, c.client_ca_file(), {},
                            StrCat(cfg.spool_dir(), "/control")};
   for (int i = 0; i < c.roles_size(); ++i) o.roles[c.roles(i).common_name()] = *RoleOf(c.roles(i).role());   // validated
-  return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys, certs});
+  return control::ControlServer::Start(o, {spool, qmgr, log, policy, keys, certs, cluster});
 }
 
 // Describe one certificate for the management API, judged now by the one validator.
@@ -474,6 +478,8 @@ struct Daemon {
   control::KeyDeps key_deps;   // outlives the server that uses it
   control::CertDeps cert_deps;  // likewise
   std::unique_ptr<control::PolicyStore> policy_store;
+  std::unique_ptr<cluster::ClusterNode> cluster_node;   // issue #20; outlives the API that shows it
+  std::atomic<bool> serving_all{true};                  // the overall health, for the node record
   std::unique_ptr<control::ControlServer> control_server;
   std::unique_ptr<io::SpfChecker> spf;
   std::unique_ptr<directory::RecipientDirectory> directory;   // DE-11; outlives the net threads
@@ -1043,6 +1049,14 @@ struct Daemon {
     Result<std::unique_ptr<control::PolicyStore>> ps =
         control::PolicyStore::Open(c.policy_dir().empty() ? StrCat(cfg.spool_dir(), "/policy") : c.policy_dir());
     Status keys_loaded = LoadKeyDeps(cfg, token.get(), &key_deps);
+    if (ps.ok() && cfg.has_cluster()) {
+      if (Status st = StartCluster(ps->get()); !st.ok()) {
+        Log(LogLevel::kError, "mailseald", "cluster not joined", {{"error", st.message()}});
+        committer->Stop();
+        qmgr->Stop();
+        return kExitUsage;
+      }
+    }
     // The API's certificate reload runs after the drop, as SIGHUP does.
     if (smime && smime->store)
       cert_deps = CertDepsFor(smime.get(), &path, [](const std::string& p) { return Validate(p, /*at_start=*/false); });
@@ -1050,7 +1064,7 @@ struct Daemon {
         !ps.ok()            ? Result<std::unique_ptr<control::ControlServer>>(ps.status())
         : !keys_loaded.ok() ? Result<std::unique_ptr<control::ControlServer>>(keys_loaded)
                             : StartControl(cfg, spool.get(), qmgr.get(), audit_log.get(), ps->get(), &key_deps,
-                                           smime && smime->store ? &cert_deps : nullptr, api_key.get());
+                                           smime && smime->store ? &cert_deps : nullptr, api_key.get(), cluster_node.get());
     if (ps.ok()) {
       policy_store = std::move(ps.value());
       // The data plane acts on the policy document (issue #6): compiled now and after every
@@ -1073,8 +1087,100 @@ struct Daemon {
       return kExitUsage;
     }
     control_server = std::move(srv.value());
+    if (cluster_node) {   // the cluster part of health changes as soon as the contact does
+      control::ControlServer* cs = control_server.get();
+      cluster::ClusterNode* node = cluster_node.get();
+      node->SetOnChange([cs, node] { cs->SetServing("mailseal.cluster", !node->degraded()); });
+    }
   }
   return kGoOn;
+  }
+
+  // StartCluster (issue #20): this node's part in the cluster — the policy store replicated
+  // through etcd (a change is stored there first, compare-and-swap, then installed on every
+  // node), the node record, singleton jobs, the audit trail's heads anchored.
+  Status StartCluster(control::PolicyStore* store) {
+    const auto& c = cfg.cluster();
+    cluster::ClusterOptions o;
+    o.etcd.endpoints.assign(c.endpoints().begin(), c.endpoints().end());
+    o.etcd.ca_file = c.ca_file();
+    o.etcd.cert_file = c.cert_file();
+    o.etcd.key_file = c.key_file();
+    o.etcd.server_name = c.server_name();
+    o.name = c.name();
+    o.node_id = c.node_id();
+    o.advertise = c.advertise();
+    o.version = kVersion;
+    o.lease_ttl_s = static_cast<int>(c.lease_ttl_s());
+    o.anchor_interval_s = static_cast<int>(c.anchor_interval_s());
+    o.jobs = {"key-expiry-notices"};
+    cluster::ClusterHooks h;
+    h.policy_version = [store] { return store->current(); };
+    h.policy_get = [store](uint64_t v) { return store->Record(v); };
+    h.policy_install = [store](const v1::PolicyVersionRecord& r) { return store->Install(r); };
+    h.describe = [this, store](v1::NodeRecord* r) {
+      if (!serving_all.load(std::memory_order_acquire)) r->set_health("NOT_SERVING");
+      r->set_policy_version(store->current());
+      if (audit_log) r->set_audit_size(audit_log->size());
+    };
+    if (audit_log) {
+      audit::AuditLog* log = audit_log.get();
+      // A head is signed only when records were added since the last one anchored.
+      auto last = std::make_shared<std::pair<uint64_t, v1::TreeHead>>();
+      h.audit_head = [log, last]() -> Result<v1::TreeHead> {
+        if (last->second.tree_size() != 0 && log->size() == last->first) return last->second;
+        Result<v1::TreeHead> head = log->SignHead();
+        if (head.ok()) *last = {head->tree_size(), *head};
+        return head;
+      };
+      h.audit_proof = [log](uint64_t a, uint64_t b) { return log->ConsistencyProofFor(a, b); };
+      h.audit = [log](const std::string& action, const std::string& object, const std::string& detail) {
+        v1::AuditRecord r;
+        r.set_actor("mailseald");
+        r.set_action(action);
+        r.set_object(object);
+        r.set_outcome(action == "cluster.audit-anchor-mismatch" || action == "cluster.audit-anchor-broken"
+                          ? v1::AuditRecord::OUTCOME_FAILED
+                          : v1::AuditRecord::OUTCOME_ALLOWED);
+        r.set_detail(detail);
+        (void)log->Append(r);
+      };
+      Result<std::string> pub = AuditPublicKeyDer();
+      if (pub.ok()) h.audit_public_key = *pub;
+      else Log(LogLevel::kWarning, "cluster", "audit key not readable: heads not anchored", {{"error", pub.status().message()}});
+      if (!pub.ok()) h.audit_head = nullptr;
+    }
+    Result<std::unique_ptr<cluster::ClusterNode>> n = cluster::ClusterNode::Start(std::move(o), std::move(h));
+    if (!n.ok()) return n.status();
+    cluster_node = std::move(n.value());
+    cluster::ClusterNode* node = cluster_node.get();
+    const std::string me = c.node_id();
+    store->SetReplicator([node, me](const v1::PolicyVersionRecord& rec, uint64_t expected) {
+      v1::PolicyVersionRecord r = rec;
+      r.set_node_id(me);
+      return node->ProposePolicy(r, expected);
+    });
+    Log(LogLevel::kInfo, "cluster", "joining", {{"cluster", c.name()}, {"node", me}, {"endpoints", std::to_string(c.endpoints_size())}});
+    return OkStatus();
+  }
+
+  // AuditPublicKeyDer: the audit key's public half (DER SubjectPublicKeyInfo), for the anchors.
+  Result<std::string> AuditPublicKeyDer() {
+    if (!token) return UnavailableError("no token");
+    std::shared_ptr<hsm::TokenHandle> th = token->Handle();
+    if (!th) return UnavailableError("security module unavailable");
+    hsm::SessionPool::Lease lease = th->pool->Acquire();
+    Result<hsm::KeyPair> kp = hsm::FindKeyPair(*lease, cfg.control().audit().key_label());
+    if (!kp.ok()) return kp.status();
+    Result<EVP_PKEY*> pub = hsm::PublicKey(*lease, kp->pub);
+    if (!pub.ok()) return pub.status();
+    unsigned char* der = nullptr;
+    int n = i2d_PUBKEY(*pub, &der);
+    EVP_PKEY_free(*pub);
+    if (n <= 0) return InternalError("audit public key not encoded");
+    std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+    OPENSSL_free(der);
+    return out;
   }
 
   // StartNetwork: SPF checkers and one SMTP server endpoint per net thread.
@@ -1100,7 +1206,7 @@ struct Daemon {
     }
   }
   Log(LogLevel::kInfo, "mailseald", "started",
-      {{"version", "0.1.0"}, {"hostname", cfg.hostname()}, {"pid", std::to_string(getpid())},
+      {{"version", kVersion}, {"hostname", cfg.hostname()}, {"pid", std::to_string(getpid())},
        {"net_threads", std::to_string(cfg.net_threads())},
        {"crypto_workers", std::to_string(cfg.crypto_workers())},
        {"agents", std::to_string(cfg.delivery().agents())},
@@ -1138,6 +1244,10 @@ struct Daemon {
       control_server->SetServing("mailseal.sealing", token_ok && keys_ready);
       control_server->SetServing("mailseal.audit", audit_up);
       control_server->SetServing("", smtp_up && token_ok && keys_ready && audit_up);
+      serving_all.store(smtp_up && token_ok && keys_ready && audit_up, std::memory_order_release);
+      // A node cut off from etcd keeps relaying with its last good state; health says so
+      // (issue #20) without taking the whole gateway out of service.
+      if (cluster_node) control_server->SetServing("mailseal.cluster", !cluster_node->degraded());
     }
     pollfd p{sfd, POLLIN, 0};
     int64_t wait_ms = std::min<int64_t>(1000, health_every.count());
@@ -1239,7 +1349,9 @@ struct Daemon {
   for (auto& t : nets) t->Join();
   if (spf) spf->Stop();   // a verdict still in hand is posted to a joined (not yet freed) loop
   if (directory) directory->Stop();   // likewise for a directory answer
+  if (cluster_node) cluster_node->SetOnChange(nullptr);
   if (control_server) control_server->Stop();
+  if (cluster_node) cluster_node->Stop();   // leaves the member list at once (lease revoked)
   if (smime && smime->discovery) smime->discovery->Stop();
   committer->Stop();
   qmgr->Stop();

@@ -244,6 +244,41 @@ Result<Config> ParseConfigText(const std::string& text, const std::string& name)
     if (ar->max_export_mib() == 0) ar->set_max_export_mib(256);
     if (ar->max_export_mib() > 4096) return abad("max_export_mib", "at most 4096");
   }
+  if (cfg.has_cluster()) {   // issue #20
+    auto* cl = cfg.mutable_cluster();
+    auto cbad = section_bad(*cl, "cluster");
+    if (!cfg.has_control()) return cbad("name", "a cluster is managed through the API: a control section is required");
+    if (cl->name().empty() || cl->name().size() > 64 ||
+        cl->name().find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != std::string::npos)
+      return cbad("name", "required: 1-64 letters, digits, '-' or '_'");
+    if (cl->endpoints().empty()) return cbad("endpoints", "at least one etcd client address is required");
+    bool v6 = false;
+    for (int i = 0; i < cl->endpoints_size(); ++i) {
+      std::string host;
+      uint16_t port = 0;
+      in6_addr a6{};
+      in_addr a4{};
+      const std::string& e = cl->endpoints(i);
+      if (!ParseHostPort(e, &host, &port) || port == 0 ||
+          (inet_pton(AF_INET, host.c_str(), &a4) != 1 && inet_pton(AF_INET6, host.c_str(), &a6) != 1))
+        return cbad("endpoints", StrCat("'", e, "' is not an IP address and port (\"127.0.0.1:2379\", \"[::1]:2379\")"));
+      bool is6 = inet_pton(AF_INET6, host.c_str(), &a6) == 1;
+      if (i > 0 && is6 != v6) return cbad("endpoints", "all endpoints must be IPv4 or all IPv6");
+      v6 = is6;
+      bool loopback = is6 ? IN6_IS_ADDR_LOOPBACK(&a6) : (ntohl(a4.s_addr) >> 24) == 127;
+      if (cl->ca_file().empty() && !loopback)
+        return cbad("endpoints", StrCat("'", e, "' is not on loopback: etcd is reached over TLS (set ca_file)"));
+    }
+    if (cl->cert_file().empty() != cl->key_file().empty()) return cbad("cert_file", "cert_file and key_file go together");
+    if (cl->node_id().empty()) cl->set_node_id(cfg.hostname());
+    if (cl->node_id().size() > 64 || cl->node_id().find_first_of("/ \t\r\n") != std::string::npos)
+      return cbad("node_id", "at most 64 characters, no '/' or white space");
+    if (cl->advertise().empty()) cl->set_advertise(cfg.control().listen());
+    if (cl->lease_ttl_s() == 0) cl->set_lease_ttl_s(5);
+    if (cl->lease_ttl_s() < 2 || cl->lease_ttl_s() > 60) return cbad("lease_ttl_s", "2 to 60 seconds");
+    if (cl->anchor_interval_s() == 0) cl->set_anchor_interval_s(10);
+    if (cl->anchor_interval_s() > 3600) return cbad("anchor_interval_s", "at most 3600");
+  }
   if (cfg.io().backend() == mailseal::v1::Io::DPDK) {   // issue #17
     auto ibad = section_bad(cfg.io(), "io");
     const auto& d = cfg.io().dpdk();

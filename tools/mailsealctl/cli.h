@@ -1,7 +1,7 @@
 // cli.h — what mailsealctl's command groups share: the connection and output choice (Context),
 // the one printer for table and JSON output, calls with deadlines and error reports, and the
 // registration of each group's commands (one file per group: queue.cc, policy.cc, audit.cc,
-// keys.cc, ceremony.cc, health.cc, certs.cc).
+// keys.cc, ceremony.cc, health.cc, certs.cc, cluster.cc).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -43,6 +43,7 @@ void AddKeyCommands(CLI::App& app, Runner* chosen);
 void AddCeremonyCommands(CLI::App& app, Runner* chosen);
 void AddHealthCommand(CLI::App& app, Runner* chosen);
 void AddCertCommands(CLI::App& app, Runner* chosen);
+void AddClusterCommands(CLI::App& app, Runner* chosen);
 
 std::string Env(const char* name);
 // Slurp: a file's bytes (base::ReadFile), as a bool for && chains.

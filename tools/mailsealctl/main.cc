@@ -11,6 +11,7 @@
 //     ceremony start --key LABEL --reason R | approve ID --custodian NAME --custodian-key F
 //           | status ID [--transcript-out F]
 //     certs list | crls | reload
+//     cluster members | status
 //     health | completion bash
 //
 // Connection settings: flags, else MAILSEALCTL_SERVER / _CERT / _KEY / _CA, else the config file
@@ -18,7 +19,7 @@
 // TLS 1.3 with our client certificate (mTLS); the server is checked against --ca.
 // Exit codes: 0 ok, 1 error (including no connection or a failed check), 2 usage, 3 permission
 // denied. Private keys given to it (the client key, a custodian's key) never leave this host.
-// One file per command group (queue.cc, policy.cc, audit.cc, keys.cc, ceremony.cc, health.cc, certs.cc);
+// One file per command group (queue.cc, policy.cc, audit.cc, keys.cc, ceremony.cc, health.cc, certs.cc, cluster.cc);
 // cli.h has what they share.
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bash"}));
   AddPolicyCommands(app, &chosen);
   AddCertCommands(app, &chosen);
+  AddClusterCommands(app, &chosen);
   AddAuditCommands(app, &chosen);
   AddKeyCommands(app, &chosen);
   AddCeremonyCommands(app, &chosen);
