@@ -106,6 +106,22 @@ Result<std::string> SignCsr(hsm::Session& s, const hsm::KeyPair& kp, const hsm::
   return csr;
 }
 
+}  // namespace
+
+Result<std::vector<v1::KeyInfo>> DescribeKeys(const KeyDeps* d) {
+  std::vector<v1::KeyInfo> out;
+  mailseal::Status st = WithSession(d, [&](hsm::Session& s) -> mailseal::Status {
+    Result<std::vector<hsm::KeyInfo>> all = hsm::ListKeys(s);
+    if (!all.ok()) return all.status();
+    for (const hsm::KeyInfo& k : *all) Fill(k, d, s, &out.emplace_back());
+    return OkStatus();
+  });
+  if (!st.ok()) return st;
+  return out;
+}
+
+namespace {
+
 class KeyServiceImpl final : public v1::KeyService::Service {
  public:
   KeyServiceImpl(const Guard* g, const KeyDeps* d) : guard_(g), d_(d) {}

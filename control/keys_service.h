@@ -35,6 +35,10 @@ struct KeyDeps {
   uint64_t archive_max_bytes = 256u << 20; // the most one open-archive export returns
 };
 
+// DescribeKeys: every key pair on the token as `keys list` shows it (UNAVAILABLE while the
+// token is away); the key-expiry notices (SEE-2.3) read it.
+Result<std::vector<mailseal::v1::KeyInfo>> DescribeKeys(const KeyDeps* deps);
+
 std::unique_ptr<grpc::Service> NewKeyService(const Guard* guard, const KeyDeps* deps);
 std::unique_ptr<grpc::Service> NewCeremonyService(const Guard* guard, const KeyDeps* deps, audit::AuditLog* audit);
 

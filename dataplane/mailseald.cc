@@ -414,6 +414,12 @@ Result<v1::Config> Validate(const std::string& path, bool at_start = true) {
       return bad("control.listen", StrCat("port ", api_port, " is below 1024: the management API starts after the drop "
                                           "to 'user' (", cfg.user(), "), which may not bind it"));
     if (!c.key_label().empty() && !c.key_file().empty()) return bad("control.key_label", "key_file or key_label, not both");
+    if (const std::string& so = c.security_officer_address(); !so.empty()) {
+      size_t at = so.find('@');
+      bool ok = so.size() <= 254 && at != std::string::npos && at > 0 && at + 1 < so.size() && so.find('@', at + 1) == std::string::npos;
+      for (char ch : so) ok = ok && ch > ' ' && ch < 0x7f && ch != '<' && ch != '>' && ch != '"' && ch != ',';
+      if (!ok) return bad("control.security_officer_address", StrCat("'", so, "' is not a mailbox (local@domain)"));
+    }
     for (auto [file, field] : {std::pair{c.cert_file(), "control.cert_file"}, std::pair{c.key_file(), "control.key_file"},
                                std::pair{c.client_ca_file(), "control.client_ca_file"}}) {
       if (file.empty() && std::string_view(field) == "control.key_file" && !c.key_label().empty()) continue;
@@ -480,6 +486,7 @@ struct Daemon {
   std::unique_ptr<control::PolicyStore> policy_store;
   std::unique_ptr<cluster::ClusterNode> cluster_node;   // issue #20; outlives the API that shows it
   std::atomic<bool> serving_all{true};                  // the overall health, for the node record
+  std::atomic<bool> key_expiry_urgent{false};           // an in-use key's certificate within 7 days of its end
   std::unique_ptr<control::ControlServer> control_server;
   std::unique_ptr<io::SpfChecker> spf;
   std::unique_ptr<directory::RecipientDirectory> directory;   // DE-11; outlives the net threads
@@ -1164,6 +1171,112 @@ struct Daemon {
     return OkStatus();
   }
 
+  // KeyExpiry (SEE-2.3, issue #20): on every node, whether an in-use key's certificate is within
+  // 7 days of its end or past it (health part mailseal.keys NOT_SERVING: a warning, the gateway
+  // as a whole stays SERVING); and, where `send` (the node elected for the job in a cluster, or
+  // a single appliance), a notice to the security officers each time a certificate crosses 30,
+  // 14, 7 and 1 days before it expires and once expired — once per certificate and threshold,
+  // remembered in etcd (or the spool) so that a failover or restart does not repeat it.
+  void KeyExpiry(bool send) {
+    if (!token) return;
+    Result<std::vector<v1::KeyInfo>> keys = control::DescribeKeys(&key_deps);
+    if (!keys.ok()) return;   // the token is away: the health loop says so
+    bool urgent = false;
+    std::string why;
+    for (const v1::KeyInfo& k : *keys) {
+      if (k.expiry_warning() == 0 || k.certificate_not_after_unix_s() == 0) continue;
+      if (k.in_use() && (k.expiry_warning() < 0 || k.expiry_warning() <= 7)) {
+        urgent = true;
+        why = StrCat("key '", k.label(), "': certificate ", k.expiry_warning() < 0 ? "expired" : "expires within 7 days");
+      }
+      if (!send) continue;
+      // Once per key, certificate end (to the day: the nodes of a cluster hold the same key's
+      // certificate, or copies issued together) and threshold.
+      const std::string mark = StrCat(k.certificate_not_after_unix_s() / 86400, ":", k.expiry_warning());
+      const std::string where = StrCat("notices/key-expiry/", k.label());
+      Result<std::string> last = cluster_node ? cluster_node->GetShared(where)
+                                              : base::ReadFile(StrCat(cfg.spool_dir(), "/", where), 256);
+      if (last.ok() && *last == mark) continue;
+      if (!last.ok() && last.status().code() != StatusCode::kNotFound) continue;   // etcd away: next time
+      if (Status st = QueueKeyNotice(k); !st.ok()) {
+        Log(LogLevel::kError, "keys", "key expiry notice not queued (tried again in an hour)",
+            {{"label", k.label()}, {"error", st.message()}});
+        continue;
+      }
+      Status kept = cluster_node ? cluster_node->PutShared(where, mark) : KeepLocalMark(where, mark);
+      if (!kept.ok())
+        Log(LogLevel::kWarning, "keys", "key expiry notice sent but not remembered (it may come again)",
+            {{"label", k.label()}, {"error", kept.message()}});
+    }
+    if (urgent != key_expiry_urgent.exchange(urgent))
+      Log(urgent ? LogLevel::kWarning : LogLevel::kInfo, "keys",
+          urgent ? "a domain key's certificate is about to expire or has expired" : "no key certificate about to expire",
+          {{"reason", why}});
+  }
+
+  Status KeepLocalMark(const std::string& where, const std::string& mark) {
+    std::string dir = StrCat(cfg.spool_dir(), "/notices");
+    ::mkdir(dir.c_str(), 0700);
+    ::mkdir(StrCat(dir, "/key-expiry").c_str(), 0700);
+    return base::WriteFileDurably(StrCat(cfg.spool_dir(), "/", where), mark);
+  }
+
+  // QueueKeyNotice: one notice about one key, from the null sender, marked auto-generated.
+  Status QueueKeyNotice(const v1::KeyInfo& k) {
+    std::string ours = cfg.local_domains().empty() ? cfg.hostname() : base::AsciiLower(cfg.local_domains(0));
+    const std::string& to = cfg.control().security_officer_address();
+    int64_t now = base::QueueNowMs();
+    int64_t days = (k.certificate_not_after_unix_s() - now / 1000) / 86400;
+    char when[32];
+    std::time_t t = static_cast<std::time_t>(k.certificate_not_after_unix_s());
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    std::strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tm);
+    std::string state = k.expiry_warning() < 0 ? "has EXPIRED" : StrCat("expires in ", days, " day", days == 1 ? "" : "s");
+    char date[64];
+    std::time_t nowt = static_cast<std::time_t>(now / 1000);
+    std::tm ntm{};
+    gmtime_r(&nowt, &ntm);
+    std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &ntm);
+    std::string text = StrCat(
+        "From: mailseal <postmaster@", ours, ">\r\nTo: <", to, ">\r\nSubject: mailseal: the certificate of key '",
+        k.label(), "' ", state, "\r\nDate: ", date, "\r\nMessage-ID: <key-expiry.", k.label(), ".",
+        k.certificate_not_after_unix_s(), ".", k.expiry_warning(), "@", cfg.hostname(),
+        ">\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+        "The certificate of a key on the gateway's security module ", state, " (SEE-2.3).\r\n\r\n",
+        "  key:         ", k.label(), " (", k.purpose(), ", ", k.key_type(), ")\r\n",
+        "  in use:      ", k.in_use() ? "yes - mail is sealed or opened with it" : "no", "\r\n",
+        "  certificate: ", k.certificate_subject(), "\r\n",
+        "  not after:   ", when, "\r\n",
+        "  key age:     ", k.age_days(), " days\r\n\r\n",
+        "Renew it: mailsealctl keys csr ", k.label(), " --domain ... ; have the CSR signed; mailsealctl keys install.\r\n",
+        "A key older than 4 years is replaced instead (mailsealctl keys rotate).\r\n",
+        "Reported by ", cfg.hostname(), cluster_node ? StrCat(" for cluster ", cfg.cluster().name()) : std::string(), ".\r\n");
+    v1::SpoolEnvelope env;
+    env.set_mail_from("");
+    env.add_recipients()->set_address(to);
+    env.set_arrival_unix_ms(now);
+    env.set_is_dsn(true);
+    env.set_body_type("7BIT");
+    Result<std::string> qid = queue::WriteWholeMessage(spool.get(), env, text);
+    if (!qid.ok()) return qid.status();
+    Result<queue::SpoolMessage> m = queue::ReadSpoolFile(spool->PathOf(queue::SpoolState::kActive, *qid));
+    if (!m.ok()) return m.status();
+    qmgr->Submit(std::move(m.value()));
+    Log(LogLevel::kWarning, "keys", "key expiry notice queued",
+        {{"label", k.label()}, {"state", state}, {"to", to}, {"qid", *qid}});
+    if (audit_log) {
+      v1::AuditRecord r;
+      r.set_actor("mailseald");
+      r.set_action("keys.expiry-notice");
+      r.set_object(k.label());
+      r.set_outcome(v1::AuditRecord::OUTCOME_ALLOWED);
+      r.set_detail(StrCat(state, "; not after ", when, "; to <", to, "> qid ", *qid));
+      (void)audit_log->Append(r);
+    }
+    return OkStatus();
+  }
+
   // AuditPublicKeyDer: the audit key's public half (DER SubjectPublicKeyInfo), for the anchors.
   Result<std::string> AuditPublicKeyDer() {
     if (!token) return UnavailableError("no token");
@@ -1230,6 +1343,8 @@ struct Daemon {
   bool keys_ready = true;
   auto last_keys_check = std::chrono::steady_clock::now();
   auto last_expiry = std::chrono::steady_clock::now() - std::chrono::hours(2);   // first check at once
+  auto last_key_scan = std::chrono::steady_clock::now() - std::chrono::hours(2);
+  bool was_key_leader = false;
   if (Status st = sealing::DomainKeysReady(smime.get()); !st.ok()) {
     keys_ready = false;
     Log(LogLevel::kWarning, "mailseald", "domain keys not ready: sealing not serving", {{"reason", st.message()}});
@@ -1243,6 +1358,7 @@ struct Daemon {
       control_server->SetServing("mailseal.smtp", smtp_up);
       control_server->SetServing("mailseal.sealing", token_ok && keys_ready);
       control_server->SetServing("mailseal.audit", audit_up);
+      if (token) control_server->SetServing("mailseal.keys", !key_expiry_urgent.load(std::memory_order_acquire));
       control_server->SetServing("", smtp_up && token_ok && keys_ready && audit_up);
       serving_all.store(smtp_up && token_ok && keys_ready && audit_up, std::memory_order_release);
       // A node cut off from etcd keeps relaying with its last good state; health says so
@@ -1261,6 +1377,17 @@ struct Daemon {
     if (std::chrono::steady_clock::now() - last_expiry >= std::chrono::hours(1)) {
       last_expiry = std::chrono::steady_clock::now();
       ExpireArchive();
+    }
+    // Key expiry (SEE-2.3): hourly, and at once when this node takes the job over.
+    {
+      bool leader = !cluster_node || cluster_node->IsLeader("key-expiry-notices");
+      if (std::chrono::steady_clock::now() - last_key_scan >= std::chrono::hours(1) || (leader && !was_key_leader)) {
+        last_key_scan = std::chrono::steady_clock::now();
+        // Notices are mailed where the security officers' address is configured; health and
+        // `keys list` say it on every node regardless.
+        KeyExpiry(leader && !cfg.control().security_officer_address().empty());
+      }
+      was_key_leader = leader;
     }
     if (token && std::chrono::steady_clock::now() - last_health >= health_every) {
       last_health = std::chrono::steady_clock::now();

@@ -531,6 +531,18 @@ ClusterStatus ClusterNode::GetStatus() const {
   return s;
 }
 
+Result<std::string> ClusterNode::GetShared(const std::string& rest) const {
+  Result<RangeResult> r = etcd_->Get(prefix_ + rest);
+  if (!r.ok()) return r.status();
+  if (r->kvs.empty()) return NotFoundError(StrCat("no ", rest));
+  return r->kvs[0].value;
+}
+
+mailseal::Status ClusterNode::PutShared(const std::string& rest, const std::string& value) {
+  Result<int64_t> r = etcd_->Put(prefix_ + rest, value);
+  return r.ok() ? OkStatus() : r.status();
+}
+
 // ---- audit anchors ----
 
 void ClusterNode::Anchor() {

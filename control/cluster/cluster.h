@@ -101,6 +101,10 @@ class ClusterNode {
   // Members: the node records (read from etcd; the last known ones when it cannot be reached).
   std::vector<mailseal::v1::NodeRecord> Members(bool* from_cache) const;
   ClusterStatus GetStatus() const;
+  // Shared small values under /mailseal/<cluster>/<rest> (what a singleton job remembers, so the
+  // node that takes it over does not repeat it). NotFound for a missing key.
+  Result<std::string> GetShared(const std::string& rest) const;
+  mailseal::Status PutShared(const std::string& rest, const std::string& value);
   bool degraded() const;
   // changed: called (on a cluster thread) when degraded() or the leadership of a job changes.
   void SetOnChange(std::function<void()> f);

@@ -4,6 +4,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
+#include <thread>
 
 #include "dataplane/base/file.h"
 #include "dataplane/base/strings.h"
@@ -75,6 +77,22 @@ Result<std::string> Target(const std::vector<std::string>& endpoints) {
     t += e;
   }
   return t;
+}
+// Retry: runs a call again while etcd answers UNAVAILABLE (a member lost its leader, "leader
+// changed" during an election, the connection moved to another member) — for at most `budget_ms`.
+// Every call of this client may be repeated: reads, puts of a whole value, deletes, and
+// transactions guarded by a compare (a repeat after a lost reply fails the compare, and the
+// caller reads what is there).
+grpc::Status Retry(int budget_ms, const std::function<grpc::Status()>& call) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(budget_ms);
+  int backoff = 50;
+  while (true) {
+    grpc::Status st = call();
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE || std::chrono::steady_clock::now() + std::chrono::milliseconds(backoff) >= end)
+      return st;
+    std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
+    backoff = std::min(backoff * 2, 400);
+  }
 }
 }  // namespace
 
@@ -152,9 +170,11 @@ Result<RangeResult> EtcdClient::Range(const std::string& key, const std::string&
   req.set_key(key);
   if (!end.empty()) req.set_range_end(end);
   pb::RangeResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  grpc::Status st = stubs_->kv->Range(&ctx, req, &resp);
+  grpc::Status st = Retry(options_.request_timeout_ms, [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    return stubs_->kv->Range(&ctx, req, &resp);
+  });
   if (!st.ok()) return FromGrpc(st, "range");
   RangeResult out;
   out.revision = resp.header().revision();
@@ -171,9 +191,11 @@ Result<int64_t> EtcdClient::Put(const std::string& key, const std::string& value
   req.set_value(value);
   req.set_lease(lease);
   pb::PutResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  grpc::Status st = stubs_->kv->Put(&ctx, req, &resp);
+  grpc::Status st = Retry(options_.request_timeout_ms, [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    return stubs_->kv->Put(&ctx, req, &resp);
+  });
   if (!st.ok()) return FromGrpc(st, "put");
   return resp.header().revision();
 }
@@ -182,9 +204,11 @@ Result<int64_t> EtcdClient::Delete(const std::string& key) {
   pb::DeleteRangeRequest req;
   req.set_key(key);
   pb::DeleteRangeResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  grpc::Status st = stubs_->kv->DeleteRange(&ctx, req, &resp);
+  grpc::Status st = Retry(options_.request_timeout_ms, [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    return stubs_->kv->DeleteRange(&ctx, req, &resp);
+  });
   if (!st.ok()) return FromGrpc(st, "delete");
   return resp.header().revision();
 }
@@ -218,9 +242,11 @@ Result<TxnResult> EtcdClient::Txn(const std::vector<Compare>& compares, const st
   for (const Op& op : success) ToPb(op, req.add_success());
   for (const Op& op : failure) ToPb(op, req.add_failure());
   pb::TxnResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  grpc::Status st = stubs_->kv->Txn(&ctx, req, &resp);
+  grpc::Status st = Retry(options_.request_timeout_ms, [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    return stubs_->kv->Txn(&ctx, req, &resp);
+  });
   if (!st.ok()) return FromGrpc(st, "txn");
   TxnResult out;
   out.succeeded = resp.succeeded();
@@ -232,15 +258,27 @@ Result<int64_t> EtcdClient::LeaseGrant(int64_t ttl_s) {
   pb::LeaseGrantRequest req;
   req.set_ttl(ttl_s);
   pb::LeaseGrantResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  grpc::Status st = stubs_->lease->LeaseGrant(&ctx, req, &resp);
+  grpc::Status st = Retry(options_.request_timeout_ms, [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    return stubs_->lease->LeaseGrant(&ctx, req, &resp);
+  });
   if (!st.ok()) return FromGrpc(st, "lease grant");
   if (!resp.error().empty()) return InternalError(StrCat("etcd lease grant: ", resp.error()));
   return resp.id();
 }
 
 Result<int64_t> EtcdClient::LeaseKeepAlive(int64_t id) {
+  Result<int64_t> r = UnavailableError("not tried");
+  (void)Retry(options_.request_timeout_ms, [&] {
+    r = LeaseKeepAliveOnce(id);
+    return r.ok() || r.status().code() != StatusCode::kUnavailable ? grpc::Status::OK
+                                                                     : grpc::Status(grpc::StatusCode::UNAVAILABLE, "");
+  });
+  return r;
+}
+
+Result<int64_t> EtcdClient::LeaseKeepAliveOnce(int64_t id) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   auto stream = stubs_->lease->LeaseKeepAlive(&ctx);
@@ -260,9 +298,11 @@ Status EtcdClient::LeaseRevoke(int64_t id) {
   pb::LeaseRevokeRequest req;
   req.set_id(id);
   pb::LeaseRevokeResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  grpc::Status st = stubs_->lease->LeaseRevoke(&ctx, req, &resp);
+  grpc::Status st = Retry(options_.request_timeout_ms, [&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    return stubs_->lease->LeaseRevoke(&ctx, req, &resp);
+  });
   if (!st.ok()) return FromGrpc(st, "lease revoke");
   return OkStatus();
 }

@@ -140,6 +140,7 @@ class EtcdClient {
   friend class Watch;
   EtcdClient() = default;
   void SetDeadline(grpc::ClientContext* ctx) const;
+  Result<int64_t> LeaseKeepAliveOnce(int64_t id);
   Result<RangeResult> Range(const std::string& key, const std::string& end);
   EtcdOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

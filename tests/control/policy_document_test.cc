@@ -117,5 +117,64 @@ TEST(Policy, VersionsPersistAndStaleEditsAreRefused) {
   std::system(("rm -rf " + dir).c_str());
 }
 
+// Issue #20: in a cluster a change goes to the replicator (etcd's compare-and-swap) and comes
+// back through Install, like any other node's; Install takes only the next version, validates
+// what etcd holds, and is idempotent.
+TEST(Policy, ClusterChangesGoThroughTheReplicatorAndInstall) {
+  char tmpl[] = "/tmp/mailseal-policy-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  auto s = PolicyStore::Open(dir + "/p");
+  ASSERT_TRUE(s.ok());
+  PolicyStore* store = s->get();
+  std::vector<uint64_t> published;
+  store->SetOnChange([&](const PolicyDocument& d) { published.push_back(d.version()); });
+  std::vector<mailseal::v1::PolicyVersionRecord> proposed;
+  Status answer = OkStatus();
+  store->SetReplicator([&](const mailseal::v1::PolicyVersionRecord& r, uint64_t expected) -> Status {
+    proposed.push_back(r);
+    if (!answer.ok()) return answer;
+    EXPECT_EQ(r.info().version(), expected + 1);
+    return store->Install(r);   // what the cluster does once etcd took it
+  });
+  PolicyDocument d;
+  d.add_trigger_words("SECRET");
+  ASSERT_EQ(*store->Set(d, 0, "CN=a"), 1u);
+  ASSERT_EQ(proposed.size(), 1u);
+  EXPECT_EQ(proposed[0].info().actor(), "CN=a");
+  EXPECT_EQ(proposed[0].document().version(), 1u);
+  EXPECT_EQ(store->current(), 1u);
+  EXPECT_EQ(published, std::vector<uint64_t>{1});
+
+  answer = FailedPreconditionError("the cluster's policy is at version 2");
+  EXPECT_EQ(store->Set(d, 1, "CN=b").status().code(), StatusCode::kFailedPrecondition) << "the cluster's answer";
+  EXPECT_EQ(store->current(), 1u) << "a refused change stores nothing";
+
+  // Versions made on other nodes.
+  mailseal::v1::PolicyVersionRecord two = proposed[0];
+  two.mutable_info()->set_version(2);
+  two.mutable_document()->set_version(2);
+  mailseal::v1::PolicyVersionRecord three = two;
+  three.mutable_info()->set_version(3);
+  three.mutable_document()->set_version(3);
+  EXPECT_EQ(store->Install(three).code(), StatusCode::kFailedPrecondition) << "a gap is refused";
+  EXPECT_TRUE(store->Install(two).ok());
+  EXPECT_TRUE(store->Install(two).ok()) << "installing a version held is a no-op";
+  EXPECT_TRUE(store->Install(three).ok());
+  EXPECT_EQ(published, (std::vector<uint64_t>{1, 2, 3}));
+  mailseal::v1::PolicyVersionRecord bad = three;
+  bad.mutable_info()->set_version(4);
+  bad.mutable_document()->set_version(4);
+  bad.mutable_document()->add_trigger_words("[bad]");
+  EXPECT_EQ(store->Install(bad).code(), StatusCode::kInvalidArgument) << "etcd's copy is validated again";
+  bad.mutable_document()->clear_trigger_words();
+  bad.mutable_document()->set_version(7);
+  EXPECT_EQ(store->Install(bad).code(), StatusCode::kInvalidArgument) << "record and document disagree";
+  Result<mailseal::v1::PolicyVersionRecord> rec = store->Record(2);
+  ASSERT_TRUE(rec.ok());
+  EXPECT_EQ(rec->info().version(), 2u);
+  EXPECT_EQ(rec->document().trigger_words(0), "SECRET");
+  std::system(("rm -rf " + dir).c_str());
+}
+
 }  // namespace
 }  // namespace mailseal::control
