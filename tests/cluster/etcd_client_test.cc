@@ -348,6 +348,58 @@ TEST_F(EtcdTest, WatchIsToldWhenItsRevisionWasCompacted) {
   EXPECT_EQ(s.keys(), std::vector<std::string>{K("b")}) << "goes on from the revision the caller gave";
 }
 
+// TLS to etcd: a member started with a server certificate and --client-cert-auth; the client
+// with the CA and a client certificate works, without the client certificate or with another CA
+// it gets nothing.
+TEST(EtcdTls, ServerCheckedAndClientCertificateRequired) {
+  std::string dir = std::filesystem::temp_directory_path() / ("etcd-tls-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  auto sh = [&](const std::string& cmd) { return std::system(("cd " + dir + " && " + cmd + " >/dev/null 2>&1").c_str()); };
+  ASSERT_EQ(sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt "
+               "-subj /CN=etcd-ca -days 2"), 0);
+  ASSERT_EQ(sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt "
+               "-subj /CN=other-ca -days 2"), 0);
+  for (std::string who : {"server", "client"}) {
+    std::string san = who == "server" ? "-addext subjectAltName=IP:127.0.0.1,DNS:etcd.test" : "";
+    ASSERT_EQ(sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " + who + ".key -out " +
+                 who + ".csr -subj /CN=" + who + " " + san),
+              0);
+    ASSERT_EQ(sh("openssl x509 -req -in " + who + ".csr -CA ca.crt -CAkey ca.key -CAcreateserial -copy_extensions copy "
+                 "-days 2 -out " + who + ".crt"),
+              0);
+  }
+  int port = FreePort(), peer = FreePort();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    std::string c = "https://127.0.0.1:" + std::to_string(port), p = "http://127.0.0.1:" + std::to_string(peer);
+    FILE* f = std::freopen((dir + "/etcd.log").c_str(), "w", stderr);
+    (void)f;
+    ::execlp("etcd", "etcd", "--name", "t", "--data-dir", (dir + "/data").c_str(), "--listen-client-urls", c.c_str(),
+             "--advertise-client-urls", c.c_str(), "--listen-peer-urls", p.c_str(), "--initial-advertise-peer-urls",
+             p.c_str(), "--initial-cluster", ("t=" + p).c_str(), "--cert-file", (dir + "/server.crt").c_str(),
+             "--key-file", (dir + "/server.key").c_str(), "--client-cert-auth", "--trusted-ca-file",
+             (dir + "/ca.crt").c_str(), nullptr);
+    std::_Exit(127);
+  }
+  std::string ep = "127.0.0.1:" + std::to_string(port);
+  auto good = EtcdClient::Connect({{ep}, dir + "/ca.crt", dir + "/client.crt", dir + "/client.key", "etcd.test", 2000});
+  ASSERT_TRUE(good.ok()) << good.status().message();
+  EXPECT_TRUE(WaitFor([&] { return (*good)->Put("/tls/k", "v").ok(); }, 30000)) << "mutual TLS works";
+  EXPECT_EQ((*good)->Get("/tls/k")->kvs.at(0).value, "v");
+  auto no_cert = EtcdClient::Connect({{ep}, dir + "/ca.crt", "", "", "etcd.test", 1000});
+  ASSERT_TRUE(no_cert.ok());
+  EXPECT_FALSE((*no_cert)->Get("/tls/k").ok()) << "no client certificate: refused";
+  auto wrong_ca = EtcdClient::Connect({{ep}, dir + "/other.crt", dir + "/client.crt", dir + "/client.key", "etcd.test", 1000});
+  ASSERT_TRUE(wrong_ca.ok());
+  EXPECT_FALSE((*wrong_ca)->Get("/tls/k").ok()) << "a server not signed by our CA: refused";
+  auto wrong_name = EtcdClient::Connect({{ep}, dir + "/ca.crt", dir + "/client.crt", dir + "/client.key", "other.test", 1000});
+  ASSERT_TRUE(wrong_name.ok());
+  EXPECT_FALSE((*wrong_name)->Get("/tls/k").ok()) << "a server certificate without the expected name: refused";
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(EtcdTest, UnreachableEtcdIsUnavailableNotAnInsideFault) {
   Result<std::unique_ptr<EtcdClient>> c = EtcdClient::Connect({{Endpoint(FreePort())}, "", "", "", "", 500});
   ASSERT_TRUE(c.ok());

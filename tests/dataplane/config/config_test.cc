@@ -77,6 +77,39 @@ TEST(Config, SemanticErrorsNameTheFieldAndWhereItIs) {
   }
 }
 
+// Issue #20: the cluster section.
+TEST(Config, ClusterSection) {
+  const std::string base = "listen { address: \"127.0.0.1:1\" }\nspool_dir: \"/q\"\ndelivery {}\n";
+  const std::string control = "control { listen: \"127.0.0.1:9000\" }\n";
+  struct Case {
+    std::string text, want_field;
+  } bad[] = {
+      {base + "cluster {\n name: \"c\"\n endpoints: \"127.0.0.1:2379\"\n}\n", "name"},   // no control section
+      {base + control + "cluster {\n name: \"a/b\"\n endpoints: \"127.0.0.1:2379\"\n}\n", "name"},
+      {base + control + "cluster {\n name: \"c\"\n}\n", "endpoints"},
+      {base + control + "cluster {\n name: \"c\"\n endpoints: \"etcd.example:2379\"\n}\n", "endpoints"},
+      {base + control + "cluster {\n name: \"c\"\n endpoints: \"10.0.0.5:2379\"\n}\n", "endpoints"},   // plaintext off loopback
+      {base + control + "cluster {\n name: \"c\"\n endpoints: \"127.0.0.1:2379\"\n endpoints: \"[::1]:2379\"\n}\n", "endpoints"},
+      {base + control + "cluster {\n name: \"c\"\n endpoints: \"127.0.0.1:2379\"\n lease_ttl_s: 1\n}\n", "lease_ttl_s"},
+      {base + control + "cluster {\n name: \"c\"\n endpoints: \"127.0.0.1:2379\"\n node_id: \"a b\"\n}\n", "node_id"},
+      {base + control + "cluster {\n name: \"c\"\n endpoints: \"10.0.0.5:2379\"\n ca_file: \"/ca\"\n cert_file: \"/c\"\n}\n", "cert_file"},
+  };
+  for (const Case& k : bad) {
+    Result<v1::Config> c = ParseConfigText(k.text, "gw.conf");
+    ASSERT_FALSE(c.ok()) << k.text;
+    EXPECT_EQ(c.status().message().rfind("gw.conf:", 0), 0u) << c.status().message();
+    EXPECT_NE(c.status().message().find("field '" + k.want_field + "'"), std::string::npos) << c.status().message();
+  }
+  Result<v1::Config> ok = ParseConfigText(
+      base + control + "hostname: \"n1.test\"\ncluster {\n name: \"agency-a\"\n endpoints: \"10.0.0.5:2379\"\n ca_file: \"/ca\"\n}\n",
+      "gw.conf");
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_EQ(ok->cluster().node_id(), "n1.test") << "the hostname by default";
+  EXPECT_EQ(ok->cluster().advertise(), "127.0.0.1:9000") << "control.listen by default";
+  EXPECT_EQ(ok->cluster().lease_ttl_s(), 5u);
+  EXPECT_EQ(ok->cluster().anchor_interval_s(), 10u);
+}
+
 TEST(Config, HostPort) {
   std::string h;
   uint16_t p;
