@@ -20,9 +20,6 @@ can cut (a partition: a real peer cannot be told to drop one client).
   etcd: `cluster status` names node 2 and exits 1, and node 1's audit trail records it.
 """
 import os
-import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,7 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from test_control_api import issue  # noqa: E402
-from test_smime_gateways import MODULE, make_gateway, run, send, smime_conf  # noqa: E402
+from test_smime_gateways import MODULE, Capture, make_gateway, run, send, smime_conf  # noqa: E402
 
 TTL = 3
 
@@ -85,68 +82,6 @@ class Etcd:
         return [ln for ln in r.stdout.splitlines() if ln]
 
 
-class Relay:
-    """A TCP relay to one etcd member that the test can cut (both ways, every connection)."""
-
-    def __init__(self, target_port):
-        self.target = target_port
-        self.cut = False
-        self.conns = []
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            if self.cut:
-                c.close()
-                continue
-            try:
-                u = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            except OSError:
-                c.close()
-                continue
-            with self.lock:
-                self.conns += [c, u]
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
-
-    def pump(self, a, b):
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data or self.cut:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def set_cut(self, cut):
-        self.cut = cut
-        if cut:
-            with self.lock:
-                for s in self.conns:
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                        s.close()
-                    except OSError:
-                        pass
-                self.conns = []
-
-
 def frames(path, magic):
     """(offset after each frame, payload) of an audit file (u32le length, u32le CRC, payload)."""
     data = open(path, "rb").read()
@@ -190,7 +125,7 @@ def main():
     issue(m, "admin-1", "mgmt-ca")
 
     etcd = Etcd(root)
-    relay = Relay(etcd.client[2])   # node 3's only way to etcd (member e3)
+    relay = Capture(etcd.client[2], record=False)   # node 3's only way to etcd (member e3); cut for a partition
     sink = harness.Sink(root)
 
     nodes = []

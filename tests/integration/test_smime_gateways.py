@@ -34,16 +34,21 @@ def run(cmd, cwd, env=None):
 
 
 class Capture:
-    """A TCP forwarder that records what the client sends (the wire between the gateways)."""
+    """A TCP forwarder that records what the client sends (the wire between the gateways), and
+    can be cut (set_cut: every connection closed, new ones refused until mended) — a partition a
+    real peer cannot be told to make for one client."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port, record=True):
         self.target = target_port
+        self.record = record
+        self.cut = False
+        self.conns = []
         self.data = bytearray()
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self.accept, daemon=True).start()
 
@@ -53,15 +58,24 @@ class Capture:
                 c, _ = self.sock.accept()
             except OSError:
                 return
-            s = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self.pipe, args=(c, s, True), daemon=True).start()
+            try:
+                if self.cut:
+                    raise OSError("cut")
+                s = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                s.settimeout(None)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.conns += [c, s]
+            threading.Thread(target=self.pipe, args=(c, s, self.record), daemon=True).start()
             threading.Thread(target=self.pipe, args=(s, c, False), daemon=True).start()
 
     def pipe(self, src, dst, record):
         try:
             while True:
                 d = src.recv(65536)
-                if not d:
+                if not d or self.cut:
                     break
                 if record:
                     with self.lock:
@@ -74,6 +88,18 @@ class Capture:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+    def set_cut(self, cut):
+        self.cut = cut
+        if cut:
+            with self.lock:
+                conns, self.conns = self.conns, []
+            for s in conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
 
 
 def make_token(root, name):
