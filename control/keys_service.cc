@@ -1,12 +1,17 @@
 // keys_service.cc — see keys_service.h.
 #include "control/keys_service.h"
 
+#include "dataplane/base/file.h"
+
 #include <google/protobuf/text_format.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <ctime>
 #include <fstream>
+#include <cstdio>
+#include <sys/stat.h>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -236,7 +241,7 @@ class KeyServiceImpl final : public v1::KeyService::Service {
 
 class CeremonyServiceImpl final : public v1::CeremonyService::Service {
  public:
-  CeremonyServiceImpl(const Guard* g, const KeyDeps* d, audit::AuditLog* a) : guard_(g), d_(d), audit_(a) {}
+  CeremonyServiceImpl(const Guard* g, const KeyDeps* d, audit::AuditLog* a) : guard_(g), d_(d), audit_(a) { LoadPending(); }
 
   Status StartCeremony(ServerContext* ctx, const v1::StartCeremonyRequest* req,
                        v1::StartCeremonyResponse* resp) override {
@@ -321,7 +326,13 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
       ceremonies_.erase(oldest);
     }
     ceremonies_.emplace(id, Entry{std::move(c.value()), archive ? "archive" : init ? p.dsa_label : req->key_label(), "pending",
-                                  "", ++seq_, std::move(p), {}, {}, {}, {}, 0});
+                                  "", ++seq_, std::move(p), {}, {}, {}, {}, 0, *req});
+    if (!archive) {
+      if (mailseal::Status kept = KeepPending(ceremonies_.at(id)); !kept.ok()) {
+        ceremonies_.erase(id);   // a ceremony a restart would silently drop is not started
+        return FromStatus(kept);
+      }
+    }
     resp->set_ceremony_id(id);
     resp->set_statement(*statement);
     resp->set_threshold(d_->threshold);
@@ -362,6 +373,11 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     unsigned approvals = static_cast<unsigned>(steps.rbegin()->approvals_size());
     resp->set_approvals(approvals);
     if (approvals < d_->threshold) {
+      if (e.params.kind != "open-archive") {
+        if (mailseal::Status kept = KeepPending(e); !kept.ok())
+          Log(LogLevel::kError, "control", "pending ceremony not kept on disk (a restart would lose this approval)",
+              {{"id", req->ceremony_id()}, {"error", kept.message()}});
+      }
       resp->set_state("pending");
       return Status::OK;
     }
@@ -396,6 +412,7 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     r.set_detail(StrCat("ceremony ", req->ceremony_id(), ": ", e.detail, done.ok() ? "" : StrCat("; transcript: ", done.message())));
     (void)audit_->Append(r);
     Log(LogLevel::kInfo, "control", "ceremony finished", {{"id", req->ceremony_id()}, {"state", e.state}, {"detail", e.detail}});
+    std::remove(PendingPath(req->ceremony_id()).c_str());
     resp->set_state(e.state);
     resp->set_detail(done.ok() ? e.detail : StrCat(e.detail, "; transcript not kept: ", done.message()));
     for (const v1::CeremonyCsr& csr : e.csrs) *resp->add_csrs() = csr;
@@ -458,7 +475,75 @@ class CeremonyServiceImpl final : public v1::CeremonyService::Service {
     std::string mbox;                    // open-archive, done: the export until it is answered
     std::vector<records::ExportFile> files;
     uint32_t exported = 0;
+    v1::StartCeremonyRequest request;    // as accepted (kept with a pending ceremony)
   };
+
+  // Pending ceremonies are kept in <transcript_dir>/pending/<id>.pending (written durably) until
+  // they finish, and read back at start: a restart no longer drops them (issue #20).
+  std::string PendingPath(const std::string& id) const { return StrCat(d_->transcript_dir, "/pending/", id, ".pending"); }
+
+  mailseal::Status KeepPending(const Entry& e) {
+    if (d_->transcript_dir.empty()) return OkStatus();
+    ::mkdir(StrCat(d_->transcript_dir, "/pending").c_str(), 0700);
+    v1::PendingCeremony pc;
+    *pc.mutable_transcript() = e.ceremony.transcript();
+    pc.set_start_request(e.request.SerializeAsString());
+    pc.set_seq(e.seq);
+    return base::WriteFileDurably(PendingPath(e.ceremony.transcript().ceremony_id()), pc.SerializeAsString());
+  }
+
+  void LoadPending() {
+    if (d_->transcript_dir.empty() || d_->threshold == 0) return;
+    std::error_code ec;
+    std::filesystem::directory_iterator it(StrCat(d_->transcript_dir, "/pending"), ec);
+    if (ec) return;
+    for (const auto& f : it) {
+      const std::string path = f.path().string();
+      if (f.path().extension() != ".pending") continue;
+      auto refuse = [&](const std::string& why) {
+        Log(LogLevel::kError, "control", "pending ceremony not resumed (set aside as .refused)", {{"file", path}, {"why", why}});
+        std::rename(path.c_str(), StrCat(path, ".refused").c_str());
+      };
+      Result<std::string> bytes = base::ReadFile(path, 4 << 20);
+      v1::PendingCeremony pc;
+      v1::StartCeremonyRequest req;
+      if (!bytes.ok() || !pc.ParseFromString(*bytes) || !req.ParseFromString(pc.start_request())) {
+        refuse(bytes.ok() ? "does not parse" : bytes.status().message());
+        continue;
+      }
+      Result<hsm::Ceremony> c = hsm::Ceremony::Resume(pc.transcript(), d_->threshold, d_->custodians);
+      if (!c.ok()) {
+        refuse(c.status().message());
+        continue;
+      }
+      Params p;
+      p.kind = req.kind();
+      p.dsa_label = req.key_label();
+      if (req.kind() == "initialise") {
+        Result<Params> made = InitialiseParams(req);
+        if (!made.ok()) {
+          refuse(made.status().message());
+          continue;
+        }
+        p = std::move(made.value());
+      } else if (req.kind() != "destroy-key") {
+        refuse(StrCat("kind '", req.kind(), "' is not kept across restarts"));
+        continue;
+      }
+      std::string id = pc.transcript().ceremony_id();
+      if (f.path().stem().string() != id) {
+        refuse("file name and ceremony id differ");
+        continue;
+      }
+      seq_ = std::max<uint64_t>(seq_, pc.seq());
+      std::string label = req.kind() == "initialise" ? p.dsa_label : req.key_label();
+      Entry e{std::move(c.value()), label, "pending", "", pc.seq(), std::move(p), {}, {}, {}, {}, 0, req};
+      ceremonies_.emplace(id, std::move(e));
+      Log(LogLevel::kInfo, "control", "pending ceremony resumed",
+          {{"id", id}, {"kind", req.kind()},
+           {"approvals", std::to_string(pc.transcript().steps(pc.transcript().steps_size() - 1).approvals_size())}});
+    }
+  }
 
   // OpenArchive: the quorum's shares rebuild the archive key (checked against its public half);
   // the export is read with it; key and shares are wiped before this returns.

@@ -178,7 +178,9 @@ Result<CeremonyTranscript> Ceremony::Finish(Session& s, const KeyPair& audit_key
   return t_;
 }
 
-Status VerifyTranscript(const CeremonyTranscript& t, const std::string& trusted_audit_key_der) {
+// CheckChain: the steps' order, hash chain and approvals (what a transcript proves before its
+// audit signature).
+Status CheckChain(const CeremonyTranscript& t) {
   if (t.steps_size() == 0) return DataLossError("transcript has no steps");
   std::string prev = t.ceremony_id();
   for (int i = 0; i < t.steps_size(); ++i) {
@@ -199,6 +201,28 @@ Status VerifyTranscript(const CeremonyTranscript& t, const std::string& trusted_
       return DataLossError(StrCat("step ", i, " ran with ", approvers.size(), " of ", t.threshold(), " approvals"));
     prev = st.hash();
   }
+  return OkStatus();
+}
+
+Result<Ceremony> Ceremony::Resume(const CeremonyTranscript& t, unsigned threshold,
+                                  const std::vector<CustodianRecord>& custodians) {
+  if (Status st = CheckChain(t); !st.ok()) return st;
+  if (t.threshold() != threshold || t.custodians_size() != static_cast<int>(custodians.size()))
+    return FailedPreconditionError("the custodians or the quorum changed since the ceremony began");
+  for (int i = 0; i < t.custodians_size(); ++i)
+    if (t.custodians(i).name() != custodians[i].name() || t.custodians(i).cert_pem() != custodians[i].cert_pem())
+      return FailedPreconditionError(StrCat("custodian ", custodians[i].name(), " changed since the ceremony began"));
+  const CeremonyStep& last = t.steps(t.steps_size() - 1);
+  if (!last.requires_approval() || static_cast<unsigned>(last.approvals_size()) >= threshold || !t.audit_signature().empty())
+    return FailedPreconditionError("the ceremony is not waiting for approvals");
+  Ceremony c;
+  c.t_ = t;
+  return c;
+}
+
+Status VerifyTranscript(const CeremonyTranscript& t, const std::string& trusted_audit_key_der) {
+  if (Status st = CheckChain(t); !st.ok()) return st;
+  std::string prev = t.steps(t.steps_size() - 1).hash();
   if (!trusted_audit_key_der.empty() && trusted_audit_key_der != t.audit_public_key_der())
     return Status(StatusCode::kPermissionDenied, "transcript signed by a different audit key");
   const unsigned char* p = reinterpret_cast<const unsigned char*>(t.audit_public_key_der().data());

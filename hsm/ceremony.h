@@ -35,6 +35,13 @@ class Ceremony {
                                 const std::vector<mailseal::v1::CustodianRecord>& custodians,
                                 const std::string& detail);
 
+  // Resume continues a pending ceremony from its stored transcript (issue #20: pending
+  // ceremonies survive a restart). The stored file is untrusted: its chain and approvals are
+  // checked, its custodians and quorum must be the configured ones, and it must be waiting for
+  // approvals.
+  static Result<Ceremony> Resume(const mailseal::v1::CeremonyTranscript& t, unsigned threshold,
+                                 const std::vector<mailseal::v1::CustodianRecord>& custodians);
+
   // Propose records a step that needs approval and returns the statement custodians sign.
   Result<std::string> Propose(const std::string& action, const std::string& detail);
   // Approve adds one custodian's approval of the pending step (checked at once).

@@ -98,6 +98,37 @@ TEST_F(CeremonyTest, TooFewRepeatedForeignOrWrongApprovalsChangeNothing) {
   EXPECT_TRUE(VerifyTranscript(*t).ok());
 }
 
+// Issue #20: a pending ceremony resumes from its stored transcript — with its approvals — and
+// a stored transcript that was changed, belongs to other custodians or is not waiting is refused.
+TEST_F(CeremonyTest, PendingCeremonyResumesFromItsTranscriptOnlyWhenIntact) {
+  Result<Ceremony> c = Ceremony::Begin("destroy", 2, records_, "retire old DSA key");
+  ASSERT_TRUE(c.ok());
+  Result<std::string> st = c->Propose("destroy-key", "dsa-sign");
+  ASSERT_TRUE(st.ok());
+  ASSERT_TRUE(c->Approve("custodian-1", ApproveAs(1, *st)).ok());
+  const CeremonyTranscript stored = c->transcript();
+
+  Result<Ceremony> again = Ceremony::Resume(stored, 2, records_);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->Approve("custodian-1", ApproveAs(1, *st)).code(), StatusCode::kAlreadyExists) << "its approval kept";
+  ASSERT_TRUE(again->Approve("custodian-2", ApproveAs(2, *st)).ok());
+  bool ran = false;
+  EXPECT_TRUE(again->Execute([&]() -> Result<std::string> { ran = true; return std::string("done"); }).ok());
+  EXPECT_TRUE(ran);
+
+  CeremonyTranscript changed = stored;
+  changed.mutable_steps(1)->set_detail("dsa-other");
+  EXPECT_EQ(Ceremony::Resume(changed, 2, records_).status().code(), StatusCode::kDataLoss) << "a changed step";
+  EXPECT_EQ(Ceremony::Resume(stored, 3, records_).status().code(), StatusCode::kFailedPrecondition) << "another quorum";
+  std::vector<mailseal::v1::CustodianRecord> others = records_;
+  others[0] = records_[1];
+  EXPECT_EQ(Ceremony::Resume(stored, 2, others).status().code(), StatusCode::kFailedPrecondition) << "other custodians";
+  Result<Ceremony> done = Ceremony::Resume(stored, 2, records_);
+  ASSERT_TRUE(done->Approve("custodian-3", ApproveAs(3, *st)).ok());
+  EXPECT_EQ(Ceremony::Resume(done->transcript(), 2, records_).status().code(), StatusCode::kFailedPrecondition)
+      << "a ceremony with its quorum is not waiting";
+}
+
 TEST_F(CeremonyTest, TamperedTranscriptsAreDetected) {
   Result<Ceremony> c = Ceremony::Begin("backup", 2, records_, "test");
   ASSERT_TRUE(c.ok());

@@ -274,7 +274,7 @@ def main():
             gone = time.monotonic() - t_kill
         time.sleep(0.05)
     c.check(moved is not None and moved <= TTL + 1.0,
-            f"killing the job's node moves it within the lease TTL ({moved} s, TTL {TTL} s)")
+            f"killing the job's node moves it within the lease TTL ({moved:.1f} s, TTL {TTL} s)" if moved is not None else f"killing the job's node moves it within the lease TTL (not moved)")
     c.check(gone is not None and gone <= TTL + 1.0, f"the killed node left `cluster members` within the TTL ({gone} s)")
     time.sleep(2)   # the new holder has scanned the keys on taking the job
     c.check(len(notices("dsa")) == 1 and len(notices("dca")) == 1,

@@ -5,7 +5,7 @@ audit proofs, streaming and exported heads, error details, and a generic reflect
 - A security officer lists the token's keys, generates a new DSA key in the token (its CSR is
   signed there and names the domain per RFC 3183), installs the CA's certificate for it; a
   certificate for another key is refused. An administrator may not generate keys (exit 3).
-- Destroying a key takes a ceremony: a key in use cannot be put up; one custodian is not
+- Destroying a key takes a ceremony (which survives a restart of mailseald half approved): a key in use cannot be put up; one custodian is not
   enough, the same custodian twice is refused, a signature by the wrong key is refused; the
   second distinct custodian's approval destroys the pair in the token, and the transcript is
   signed by the HSM audit key and kept.
@@ -103,6 +103,13 @@ def main():
     c.check(rc == 3 and "does not verify" in e, "a signature by another custodian's key is refused", o + e)
     rc, o, e = ctl("so-1", "-o", "json", "keys", "list")
     c.check("dsa-2027" in o, "the key still exists before the quorum", o)
+    # Issue #20: a pending ceremony survives a restart, with the approval it had.
+    gw.stop()
+    gw.start()
+    harness.wait_for(lambda: gw.read_log().count("management API listening") >= 2, 15, "API up again")
+    c.check("pending ceremony resumed" in gw.read_log(), "the pending ceremony is read back at start")
+    rc, o, e = ctl("so-1", "ceremony", "approve", cid, "--custodian", "custodian-1", "--custodian-key", f"{m}/custodian-1.key")
+    c.check(rc == 1 and "already approved" in e, "after the restart the first approval still counts", o + e)
     rc, o, e = ctl("so-1", "ceremony", "approve", cid, "--custodian", "custodian-2", "--custodian-key", f"{m}/custodian-2.key")
     c.check(rc == 0 and "ceremony done" in o and "destroyed" in o, "the second custodian's approval destroys the key", o + e)
     rc, o, e = ctl("so-1", "-o", "json", "keys", "list")
